@@ -1,0 +1,10 @@
+"""Toy shop, version 2: adds a currency (compatible) or renames name to title (breaking)."""
+
+VERSION = "v2"
+
+
+def item(item_id: int, breaking: bool) -> dict:
+    """The item ``item_id`` as v2 serves it; ``breaking`` renames ``name`` to ``title``."""
+    label = "title" if breaking else "name"
+    price = 100 + item_id % 900
+    return {"id": item_id, label: f"item-{item_id}", "price": price, "currency": "EUR"}

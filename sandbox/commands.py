@@ -1,0 +1,330 @@
+"""What each CLI command does, as keyword-only coroutines the CLI (and tests) call.
+
+Each one takes a validated :class:`~sandbox.config.Settings`; the CLI only
+parses flags, builds the settings and prints what comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandbox import plan as planner
+from sandbox.balancer import Balancer, Upstream
+from sandbox.config import Settings, check_port_free
+from sandbox.controller import Controller, ErrorRatioExceeded, Interrupted
+from sandbox.errors import BalancerError, NotFoundError, RolloutError, SandboxError, UsageError
+from sandbox.images import ImageSet, ensure_images, missing_images
+from sandbox.measure import MeasureSettings, measure
+from sandbox.progress import Progress, TrafficMonitor, make_progress
+from sandbox.records import Event
+from sandbox.report import build_report, write_report_dir
+from sandbox.runtime import Instance, Runtime
+from sandbox.traffic import LoadRun, LoadSettings
+
+log = logging.getLogger("sandbox.commands")
+
+MIN_SAMPLE_FOR_ERROR_RATIO = 30
+
+
+def other_version(version: str) -> str:
+    return "v1" if version == "v2" else "v2"
+
+
+# -- images ---------------------------------------------------------------------------------------
+async def images(*, runtime: Runtime, force: bool = False, say: Callable[[str], None] = log.info) -> ImageSet:
+    """Build the images that are missing (all of them with ``force``)."""
+    return await asyncio.to_thread(ensure_images, runtime.client, log=say, force=force)
+
+
+# -- up / status / down ---------------------------------------------------------------------------
+async def up(settings: Settings, *, runtime: Runtime, say: Callable[[str], None] = log.info) -> dict[str, Any]:
+    """Start ``settings.size`` servers on ``settings.version`` behind NGINX on 127.0.0.1:``port``.
+
+    Bad input (a taken port, an existing fleet) raises UsageError before anything is created.
+    A failure halfway removes what this call created.
+    """
+    project = settings.project
+    if await runtime.has_project(project):
+        raise UsageError(f"project: {project!r} is already up; `sandbox status` shows it, `sandbox down` removes it")
+    check_port_free(settings.port)
+    image_set = await asyncio.to_thread(ensure_images, runtime.client, log=say)
+    try:
+        await runtime.ensure_network(project)
+        await runtime.start_lb(project, settings.port, image_set.lb)
+        balancer = Balancer(runtime, project, settings.port)
+        controller = Controller(runtime, balancer, settings, image_set)
+        await balancer.apply([], rollout=None, sticky=settings.sticky, size=settings.size)
+        steps = planner.plan([], planner.PlanSettings(size=settings.size, to_version=settings.version,
+                                                       strategy="double-half"))
+        await controller.execute(steps, settings.version, env=dict(settings.app_env))
+    except BaseException:
+        with suppress(Exception):
+            await runtime.down(project)
+        raise
+    say(f"{settings.size} servers on {settings.version} behind http://127.0.0.1:{settings.port}")
+    return await status(settings, runtime=runtime)
+
+
+async def status(settings: Settings, *, runtime: Runtime) -> dict[str, Any]:
+    """The fleet as Docker and the load balancer's live config see it."""
+    lb, instances = await runtime.require_fleet(settings.project)
+    port = await runtime.lb_port(settings.project)
+    balancer = Balancer(runtime, settings.project, port or 0)
+    try:
+        state = await balancer.load()
+        upstreams = state.upstreams
+    except SandboxError:
+        state, upstreams = None, []
+    attached = {u.name for u in upstreams}
+    return {
+        "project": settings.project,
+        "lb": {
+            "url": f"http://127.0.0.1:{port}",
+            "state": lb.status,
+            "upstreams": [u.address for u in upstreams],
+            "size": state.size if state else None,
+            "sticky": state.sticky if state else None,
+            "rollout": state.rollout if state else None,
+        },
+        "instances": [
+            {"name": i.name, "slot": i.slot, "version": i.version, "state": i.state,
+             "address": i.address, "attached": i.name in attached}
+            for i in instances
+        ],
+    }
+
+
+async def down(settings: Settings, *, runtime: Runtime) -> dict[str, int]:
+    """Remove this project's containers, volumes and network; nothing else."""
+    return await runtime.down(settings.project)
+
+
+# -- roll / rollback ------------------------------------------------------------------------------
+@dataclass
+class RolloutResult:
+    report: dict[str, Any]
+    exit_code: int
+    message: str
+
+
+async def roll(
+    settings: Settings,
+    *,
+    runtime: Runtime,
+    to_version: str | None = None,
+    kind: str = "roll",
+    progress: Progress | None = None,
+    report_dir: Path | None = None,
+    install_sigint: bool = True,
+) -> RolloutResult:
+    """Move the fleet to ``to_version`` (default ``settings.to_version``) under live traffic.
+
+    ``kind="rollback"`` reverts the last roll recorded in the load balancer's state.
+    Raises NotFoundError (no fleet), UsageError (nothing to roll back); a failed
+    rollout is reported in the result, not raised.
+    """
+    project = settings.project
+    lb, _ = await runtime.require_fleet(project)
+    port = await runtime.lb_port(project)
+    if port is None:
+        raise NotFoundError(f"project {project!r}: the load balancer has no port label")
+    balancer = Balancer(runtime, project, port)
+    state = await balancer.load()
+    if kind == "rollback":
+        last = state.rollout or {}
+        if last.get("kind") != "roll" or not last.get("from"):
+            raise UsageError("rollback: nothing to roll back (no roll recorded for this fleet)")
+        target = str(last["from"])
+    else:
+        target = to_version or settings.to_version
+    source = other_version(target)
+    image_set = await asyncio.to_thread(ensure_images, runtime.client)
+    size = state.size or len({i.slot for i in await runtime.instances(project)})
+    progress = progress or make_progress()
+    events: list[Event] = []
+
+    def on_event(event: Event) -> None:
+        progress.event(event)
+
+    controller = Controller(runtime, balancer, settings, image_set, on_event=on_event)
+    controller.events = events
+    instances, servers = await controller.fleet()
+    strategy = settings.strategy
+    plan_settings = planner.PlanSettings(size=size, to_version=target, strategy=strategy,  # type: ignore[arg-type]
+                                         batch=settings.batch, mode=settings.mode)
+    steps = planner.plan(servers, plan_settings)
+    env = dict(settings.set_env) if target == settings.to_version or kind == "roll" else {}
+    if kind == "rollback":
+        env = {}
+
+    workdir = Path(tempfile.mkdtemp(prefix=f"rolling-sandbox-{project}-"))
+    if report_dir is not None:
+        report_dir.mkdir(parents=True, exist_ok=True)
+    rows_path = (report_dir or workdir) / "requests.jsonl"
+    load: LoadRun | None = None
+    monitor = TrafficMonitor()
+    outcome = "completed"
+    message = ""
+    started = time.time()
+    t_roll_start = t_roll_end = None
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if hasattr(progress, "seed"):
+        attached_names = {u.name for u in balancer.state.upstreams}
+        for inst in instances:
+            progress.seed(inst.name, inst.slot, inst.version, inst.name in attached_names)
+    ticker: asyncio.Task[None] | None = None
+    try:
+        with progress:
+            if install_sigint:
+                def first_interrupt() -> None:
+                    progress.line("Ctrl-C: finishing the current step, then stopping (Ctrl-C again to cut it short)")
+                sigint_state = {"count": 0}
+
+                def on_sigint() -> None:
+                    sigint_state["count"] += 1
+                    if sigint_state["count"] == 1:
+                        controller.stop_requested.set()
+                        first_interrupt()
+                    elif task is not None:
+                        task.cancel()
+                loop.add_signal_handler(signal.SIGINT, on_sigint)
+            if settings.load and steps:
+                load = LoadRun(balancer.url, LoadSettings(
+                    users=settings.users, spawn_rate=settings.spawn_rate, locustfile=settings.locustfile,
+                    v2_mode=settings.v2_mode), rows_path)
+                await load.start()
+                events.append({"t": time.time(), "phase": "load-start", "instance": None})
+
+                async def tick() -> None:
+                    while True:
+                        monitor.add(load.new_rows())
+                        progress.traffic(monitor)
+                        await asyncio.sleep(0.5)
+                ticker = asyncio.create_task(tick())
+                await _sleep_unless(controller.stop_requested, settings.warmup_s)
+
+            def health() -> str | None:
+                total, failed = monitor.since_mark()
+                if total >= MIN_SAMPLE_FOR_ERROR_RATIO and failed / total > settings.max_error_ratio:
+                    return (f"error ratio {failed / total:.1%} ({failed} of {total} requests) is above "
+                            f"max_error_ratio {settings.max_error_ratio:.1%}")
+                return None
+
+            monitor.mark()
+            t_roll_start = time.time()
+            controller.emit("rollout-start", None, version=target,
+                            detail={"from": source, "to": target, "instances": len(instances),
+                                    "strategy": strategy, "kind": kind})
+            await balancer.apply(list(balancer.state.upstreams),
+                                 rollout={"kind": kind, "from": source, "to": target, "strategy": strategy,
+                                          "status": "running"})
+            try:
+                await controller.execute(steps, target, env=env,
+                                         health=health if kind == "roll" else None, from_version=source)
+            except (RolloutError, BalancerError) as exc:
+                controller.emit("failed", None, detail={"reason": str(exc)})
+                progress.line(f"rollout failed: {exc}")
+                if settings.auto_rollback and kind == "roll":
+                    outcome, message = await _roll_back(controller, settings, size, source, progress, exc)
+                else:
+                    outcome = "failed"
+                    message = (f"rollout failed: {exc}. The fleet is consistent; `sandbox rollback` reverts it, "
+                               f"`sandbox roll --to {target}` tries again.")
+            except (Interrupted, asyncio.CancelledError):
+                if task is not None:
+                    task.uncancel()
+                outcome = "interrupted"
+                controller.emit("interrupted", None)
+                message = (f"interrupted: every attached server is healthy and the load balancer is consistent. "
+                           f"`sandbox roll --to {target}` resumes, `sandbox rollback` reverts.")
+            t_roll_end = time.time()
+            controller.emit("rollout-end", None, detail={"outcome": outcome})
+            final_status = {"completed": "completed", "rolled_back": "rolled_back"}.get(outcome, outcome)
+            await balancer.apply(list(balancer.state.upstreams), rollout={
+                "kind": kind if outcome != "rolled_back" else "rollback", "from": source, "to": target,
+                "strategy": strategy, "status": final_status,
+            } if outcome != "rolled_back" else {"kind": "rollback", "from": target, "to": source,
+                                                "strategy": strategy, "status": "completed"})
+            if load is not None:
+                await asyncio.sleep(settings.cooldown_s)
+                await load.stop()
+                events.append({"t": time.time(), "phase": "load-stop", "instance": None})
+                monitor.add(load.new_rows())
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+        if install_sigint:
+            with suppress(Exception):
+                loop.remove_signal_handler(signal.SIGINT)
+        if load is not None:
+            await load.stop()
+
+    rows = load.all_rows() if load is not None else []
+    nginx_rows: list[Any] = []
+    if load is not None:
+        with suppress(SandboxError):
+            t_load = events[0]["t"] if events else started
+            nginx_rows = [r for r in await balancer.access_log() if float(r.get("time", 0)) >= t_load - 1]
+    measured = measure(rows, events, nginx=nginx_rows, settings=MeasureSettings(slow_budget_s=settings.slow_budget_s))
+    meta = {
+        "project": project, "kind": kind, "strategy": strategy, "size": size,
+        "batch": settings.batch if strategy in ("rolling", "surge", "naive") else (size if strategy in (
+            "double-half", "blue-green") else 1),
+        "mode": settings.mode, "from_version": source, "to_version": target, "outcome": outcome,
+        "duration_s": round((t_roll_end or time.time()) - (t_roll_start or started), 3),
+        "peak_instances": controller.peak, "sticky": balancer.state.sticky, "users": settings.users if load else 0,
+        "load": load is not None, "plan_steps": len(steps),
+    }
+    report = build_report(meta=meta, measured=measured, steps=events)
+    if report_dir is not None:
+        report["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
+    shutil.rmtree(workdir, ignore_errors=True)
+    dropped = int(report["requests"]["dropped"])
+    exit_code = 0
+    if outcome == "interrupted":
+        exit_code = Interrupted.exit_code
+    elif outcome != "completed" or dropped > settings.max_dropped:
+        exit_code = 1
+    if not steps:
+        message = f"already on {target}: nothing to do"
+    return RolloutResult(report=report, exit_code=exit_code, message=message)
+
+
+async def _roll_back(controller: Controller, settings: Settings, size: int, source: str,
+                     progress: Progress, cause: BaseException) -> tuple[str, str]:
+    """Roll back to ``source`` with the same care; return (outcome, message)."""
+    controller.emit("rollback-start", None, version=source)
+    progress.line(f"rolling back to {source}")
+    _, servers = await controller.fleet()
+    strategy = "rolling" if settings.strategy == "naive" else settings.strategy
+    back = planner.plan(servers, planner.PlanSettings(size=size, to_version=source, strategy=strategy,  # type: ignore[arg-type]
+                                                       batch=settings.batch, mode=settings.mode))
+    try:
+        await controller.execute(back, source, env={}, from_version=other_version(source))
+    except SandboxError as exc:
+        controller.emit("failed", None, detail={"reason": f"rollback: {exc}"})
+        return "failed", f"rollout failed ({cause}) and so did the rollback ({exc}); `sandbox status` shows the fleet"
+    controller.emit("rollback-end", None, version=source)
+    return "rolled_back", f"rolled back to {source}: {cause}"
+
+
+async def _sleep_unless(flag: asyncio.Event, seconds: float) -> None:
+    with suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(flag.wait(), timeout=seconds)
+
+
+__all__ = [
+    "ErrorRatioExceeded", "Instance", "RolloutResult", "Upstream", "down", "images", "missing_images",
+    "roll", "status", "up",
+]

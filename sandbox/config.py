@@ -1,0 +1,204 @@
+"""Typed settings, validated once, before anything is touched.
+
+Values come, lowest precedence first, from built-in defaults, an optional
+``sandbox.toml`` (path from ``--config`` or ``./sandbox.toml``), environment
+variables ``SANDBOX_<FIELD>`` (for example ``SANDBOX_PORT=9090``) and command
+line flags. Every bad value raises :class:`~sandbox.errors.UsageError` naming
+the field, so the CLI exits 2 with one line and no container is created.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from sandbox.errors import PortInUseError, UsageError
+
+Version = Literal["v1", "v2"]
+Strategy = Literal["one-at-a-time", "rolling", "surge", "double-half", "blue-green", "naive"]
+Mode = Literal["replace", "in-place"]
+V2Mode = Literal["compatible", "breaking"]
+
+VERSIONS: tuple[str, ...] = get_args(Version)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+MODES: tuple[str, ...] = get_args(Mode)
+V2_MODES: tuple[str, ...] = get_args(V2Mode)
+
+PROJECT_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38}[A-Za-z0-9])?$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a command may need; each command reads the fields it uses."""
+
+    project: str = "sandbox"
+    # fleet
+    size: int = 3
+    port: int = 8080
+    version: Version = "v1"
+    sticky: bool = False
+    app_env: Mapping[str, str] = field(default_factory=dict)
+    # rollout
+    to_version: Version = "v2"
+    strategy: Strategy = "one-at-a-time"
+    batch: int = 1
+    mode: Mode = "replace"
+    drain_timeout: float = 30.0
+    ready_timeout: float = 30.0
+    ready_successes: int = 2
+    settle_s: float = 0.5
+    max_error_ratio: float = 0.05
+    auto_rollback: bool = True
+    set_env: Mapping[str, str] = field(default_factory=dict)
+    # load
+    load: bool = True
+    users: int = 20
+    spawn_rate: float = 20.0
+    locustfile: Path | None = None
+    warmup_s: float = 3.0
+    cooldown_s: float = 3.0
+    max_dropped: int = 0
+    slow_budget_s: float = 2.0
+    v2_mode: V2Mode = "compatible"
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def _check(cond: bool, name: str, message: str) -> None:
+    if not cond:
+        raise UsageError(f"{name}: {message}")
+
+
+def validate(s: Settings) -> None:
+    """Raise UsageError naming the first invalid field of ``s``."""
+    _check(bool(PROJECT_RE.match(s.project)), "project",
+           f"{s.project!r} must be 1-40 letters, digits or dashes, not starting or ending with a dash")
+    _check(1 <= s.size <= MAX_SIZE, "size", f"{s.size} must be between 1 and {MAX_SIZE}")
+    _check(1 <= s.port <= 65535, "port", f"{s.port} must be between 1 and 65535")
+    for name in ("version", "to_version"):
+        _check(getattr(s, name) in VERSIONS, name, f"{getattr(s, name)!r} must be one of {', '.join(VERSIONS)}")
+    _check(s.strategy in STRATEGIES, "strategy", f"{s.strategy!r} must be one of {', '.join(STRATEGIES)}")
+    _check(s.mode in MODES, "mode", f"{s.mode!r} must be one of {', '.join(MODES)}")
+    _check(s.v2_mode in V2_MODES, "v2_mode", f"{s.v2_mode!r} must be one of {', '.join(V2_MODES)}")
+    _check(s.batch >= 1, "batch", f"{s.batch} must be at least 1")
+    _check(not (s.mode == "in-place" and s.strategy in ("surge", "double-half", "blue-green")),
+           "mode", f"in-place cannot be used with {s.strategy} (it needs new containers)")
+    for name in ("drain_timeout", "ready_timeout"):
+        _check(0 < getattr(s, name) <= 3600, name, f"{getattr(s, name)} must be in (0, 3600] seconds")
+    _check(0 <= s.settle_s <= 60, "settle_s", f"{s.settle_s} must be in [0, 60] seconds")
+    _check(1 <= s.ready_successes <= 20, "ready_successes", f"{s.ready_successes} must be 1..20")
+    _check(0 <= s.max_error_ratio <= 1, "max_error_ratio", f"{s.max_error_ratio} must be in [0, 1]")
+    _check(1 <= s.users <= 1000, "users", f"{s.users} must be between 1 and 1000")
+    _check(0 < s.spawn_rate <= 1000, "spawn_rate", f"{s.spawn_rate} must be in (0, 1000]")
+    _check(s.max_dropped >= 0, "max_dropped", f"{s.max_dropped} must be 0 or more")
+    _check(0 <= s.warmup_s <= 600 and 0 <= s.cooldown_s <= 600, "warmup_s/cooldown_s",
+           "must be in [0, 600] seconds")
+    _check(s.slow_budget_s > 0, "slow_budget_s", f"{s.slow_budget_s} must be above 0")
+    if s.locustfile is not None:
+        _check(s.locustfile.is_file(), "locustfile", f"{s.locustfile} is not a file")
+    for name in ("set_env", "app_env"):
+        for key, value in getattr(s, name).items():
+            _check(bool(ENV_KEY_RE.match(key)), name, f"{key!r} is not a valid environment variable name")
+            _check(isinstance(value, str), name, f"{key} must be a string")
+
+
+def parse_env_pairs(pairs: list[str] | tuple[str, ...], name: str = "set_env") -> dict[str, str]:
+    """Turn ``["KEY=VALUE", ...]`` into a dict; raise UsageError naming ``name`` on a bad pair."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not ENV_KEY_RE.match(key):
+            raise UsageError(f"{name}: {pair!r} must look like KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    """Convert a TOML or environment value to the type of field ``name``."""
+    default = Settings.__dataclass_fields__[name].default
+    try:
+        if name in ("app_env", "set_env"):
+            if isinstance(raw, Mapping):
+                return {str(k): str(v) for k, v in raw.items()}
+            return parse_env_pairs([p for p in str(raw).split(",") if p], name)
+        if name == "locustfile":
+            return None if raw in (None, "") else Path(str(raw))
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if isinstance(default, int):
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(str(raw).strip()) if not isinstance(raw, int) else raw
+        if isinstance(default, float):
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{name}: {raw!r} is not a valid value") from exc
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    config_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge defaults, ``sandbox.toml``, ``SANDBOX_*`` variables and ``overrides`` (CLI flags).
+
+    ``overrides`` entries whose value is None are ignored (a flag not given).
+    Raises UsageError for an unknown key, an unreadable file or a bad value.
+    """
+    names = {f.name for f in fields(Settings)}
+    merged: dict[str, Any] = {}
+    path = config_path if config_path is not None else Path("sandbox.toml")
+    if config_path is not None or path.is_file():
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise UsageError(f"config: cannot read {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"config: {path}: {exc}") from exc
+        table = data.get("sandbox", data)
+        for key, value in table.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise UsageError(f"config: {path}: unknown setting {key!r}")
+            merged[name] = _coerce(name, value)
+    env = os.environ if environ is None else environ
+    for name in names:
+        raw = env.get(f"SANDBOX_{name.upper()}")
+        if raw is not None:
+            merged[name] = _coerce(name, raw)
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if name not in names:
+            raise UsageError(f"{name}: unknown setting")
+        merged[name] = value
+    return Settings(**merged)
+
+
+def check_port_free(port: int, host: str = "127.0.0.1") -> None:
+    """Raise PortInUseError when ``host:port`` cannot be bound right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as servers do: a port held only by TIME_WAIT connections counts as free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise PortInUseError(f"port: {host}:{port} is already in use ({exc.strerror})") from exc

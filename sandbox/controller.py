@@ -1,0 +1,276 @@
+"""The asyncio controller: executes a plan against the runtime and the balancer.
+
+It owns no state of its own beyond the current run: the fleet is read from
+Docker labels and the attached set from the load balancer's live config, so a
+fresh process can resume (``roll`` again) or revert (``rollback``) after a
+crash or Ctrl-C. Each step emits an :class:`~sandbox.records.Event`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from sandbox import plan as planner
+from sandbox.balancer import Balancer, Upstream
+from sandbox.config import Settings
+from sandbox.errors import ReadinessError, RolloutError, SandboxError
+from sandbox.images import ImageSet, app_code_tar
+from sandbox.probes import Probe
+from sandbox.records import Event
+from sandbox.runtime import Instance, Runtime
+
+log = logging.getLogger("sandbox.controller")
+
+DRAIN_QUIET_S = 0.5  # no new request for this long, and nothing in flight: drained
+STOP_GRACE_S = 20.0  # SIGTERM, then SIGKILL after this long (the app bounds itself at 15 s)
+POLL_S = 0.2
+
+
+class Interrupted(SandboxError):
+    """The user asked the rollout to stop (Ctrl-C); the fleet was left consistent."""
+
+    exit_code = 130
+
+
+class ErrorRatioExceeded(RolloutError):
+    """The share of failed requests during the rollout went above the configured limit."""
+
+
+HealthCheck = Callable[[], str | None]
+EventSink = Callable[[Event], None]
+
+
+class Controller:
+    """Runs plans for one project: start servers, drain, replace or swap, attach."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        balancer: Balancer,
+        settings: Settings,
+        images: ImageSet,
+        *,
+        on_event: EventSink | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.balancer = balancer
+        self.settings = settings
+        self.images = images
+        self.project = settings.project
+        self.events: list[Event] = []
+        self._on_event = on_event
+        self.stop_requested = asyncio.Event()  # first Ctrl-C: finish the current step, then stop
+        self.live = 0  # app containers alive now (for peak_instances)
+        self.peak = 0
+
+    # -- events -------------------------------------------------------------------------------
+    def emit(self, phase: str, instance: Instance | None = None, **extra: Any) -> Event:
+        event: Event = {"t": time.time(), "phase": phase, "instance": instance.name if instance else None}
+        if instance is not None:
+            event["slot"] = instance.slot
+            event["version"] = instance.version
+            event["address"] = instance.address
+        for key, value in extra.items():
+            event[key] = value  # type: ignore[literal-required]
+        self.events.append(event)
+        if self._on_event is not None:
+            self._on_event(event)
+        return event
+
+    # -- the fleet as the planner sees it -----------------------------------------------------
+    async def fleet(self) -> tuple[list[Instance], list[planner.Server]]:
+        """The app containers and their planner view (attached = in the live config)."""
+        instances = await self.runtime.instances(self.project)
+        attached = {u.name for u in self.balancer.state.upstreams}
+        servers = [
+            planner.Server(id=i.id, slot=i.slot, version=i.version, attached=i.name in attached)  # type: ignore[arg-type]
+            for i in instances
+        ]
+        return instances, servers
+
+    # -- executing a plan ---------------------------------------------------------------------
+    async def execute(
+        self,
+        steps: Sequence[planner.Step],
+        to_version: str,
+        *,
+        env: dict[str, str],
+        health: HealthCheck | None = None,
+        from_version: str = "",
+    ) -> None:
+        """Run ``steps`` in order. Raises ReadinessError, ErrorRatioExceeded, BalancerError,
+        EngineError, or Interrupted (between steps, after a Ctrl-C)."""
+        instances, _ = await self.fleet()
+        by_id = {i.id: i for i in instances}
+        new_in_slot: dict[int, Instance] = {}
+        self.live = len(instances)
+        self.peak = max(self.peak, self.live)
+
+        def resolve(ref: planner.Ref) -> Instance:
+            if ref.id is not None:
+                return by_id[ref.id]
+            return new_in_slot[ref.slot]
+
+        async with Probe() as probe:
+            for step in steps:
+                if self.stop_requested.is_set():
+                    raise Interrupted("interrupted")
+                if health is not None and (reason := health()):
+                    raise ErrorRatioExceeded(reason)
+                targets = [ref for ref in step.targets]
+                action = step.action
+                if action == "start":
+                    started = await self._gather(
+                        self.runtime.start_app(
+                            self.project, ref.slot, to_version, self.images.app[to_version], env, from_version
+                        )
+                        for ref in targets
+                    )
+                    for inst in started:
+                        new_in_slot[inst.slot] = inst
+                        by_id[inst.id] = inst
+                        self.live += 1
+                        self.peak = max(self.peak, self.live)
+                        self.emit("start", inst, batch=step.batch_no)
+                elif action == "ready":
+                    insts = [resolve(r) for r in targets]
+                    await self._gather(self._wait_ready(probe, i, to_version, health) for i in insts)
+                    for inst in insts:
+                        self.emit("ready", inst, batch=step.batch_no)
+                elif action in ("attach", "detach", "switch"):
+                    attach = [resolve(r) for r in targets] if action != "detach" else []
+                    detach = [resolve(r) for r in (step.detach if action == "switch" else targets)] \
+                        if action != "attach" else []
+                    in_flight = await self._in_flight(probe, detach)
+                    await self._set_attached(attach=attach, detach=detach)
+                    for inst in attach:
+                        self.emit("attach", inst, batch=step.batch_no)
+                    for inst in detach:
+                        self.emit("detach", inst, batch=step.batch_no, detail={"in_flight": in_flight[inst.id]})
+                    if action == "switch":
+                        self.emit("switch", None, batch=step.batch_no,
+                                  detail={"attached": [i.name for i in attach], "detached": [i.name for i in detach]})
+                elif action == "drain":
+                    insts = [resolve(r) for r in targets]
+                    await self._gather(self._drain(probe, i, step.batch_no) for i in insts)
+                elif action in ("stop", "kill"):
+                    insts = [resolve(r) for r in targets]
+                    if action == "stop":
+                        await self._gather(self.runtime.stop_app(i, STOP_GRACE_S) for i in insts)
+                    else:
+                        await self._gather(self.runtime.kill_app(i) for i in insts)
+                    for inst in insts:
+                        self.live -= 1
+                        by_id.pop(inst.id, None)
+                        self.emit(action, inst, batch=step.batch_no)
+                elif action == "swap":
+                    insts = [resolve(r) for r in targets]
+                    code = app_code_tar(to_version, env)
+                    await self._gather(self.runtime.swap_code(i, code) for i in insts)
+                    for inst in insts:
+                        self.emit("swap", inst, batch=step.batch_no, detail={"to": to_version})
+                        by_id[inst.id] = dataclasses.replace(inst, version=to_version)
+                else:  # pragma: no cover - the planner's Literal forbids it
+                    raise RolloutError(f"unknown plan action {action!r}")
+
+    @staticmethod
+    async def _gather(coros: Any) -> list[Any]:
+        """Run concurrently; if one fails, let the others finish, then raise the first error."""
+        results = await asyncio.gather(*coros, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return list(results)
+
+    async def _set_attached(self, *, attach: Sequence[Instance], detach: Sequence[Instance]) -> None:
+        current = {u.name: u for u in self.balancer.state.upstreams}
+        for inst in detach:
+            current.pop(inst.name, None)
+        for inst in attach:
+            if inst.address is None:
+                raise RolloutError(f"{inst.name} has no address on the project network")
+            current[inst.name] = Upstream(name=inst.name, address=inst.address, version=inst.version)
+        await self.balancer.apply(list(current.values()))
+
+    async def _in_flight(self, probe: Probe, insts: Sequence[Instance]) -> dict[str, int]:
+        async def one(inst: Instance) -> int:
+            m = await probe.metrics(inst.address) if inst.address else None
+            return int(m.get("app_requests_in_flight", 0)) if m else 0
+        counts = await asyncio.gather(*(one(i) for i in insts))
+        return {i.id: c for i, c in zip(insts, counts, strict=True)}
+
+    async def _wait_ready(self, probe: Probe, inst: Instance, version: str, health: HealthCheck | None) -> None:
+        """Poll /healthz until ``ready_successes`` consecutive passes on ``version``, then settle.
+
+        Raises ReadinessError when the container exits or the deadline passes.
+        """
+        deadline = time.monotonic() + self.settings.ready_timeout
+        successes = 0
+        last_state_check = 0.0
+        while True:
+            now = time.monotonic()
+            if now > deadline:
+                raise ReadinessError(
+                    f"{inst.name} ({version}) was not ready within {self.settings.ready_timeout:g} s"
+                    f" ({await self.runtime.exit_info(inst)})"
+                )
+            if now - last_state_check > 1.0:
+                last_state_check = now
+                fresh = await self.runtime.refresh(self.project, inst)
+                if fresh is None or fresh.state in ("exited", "dead"):
+                    raise ReadinessError(f"{inst.name} ({version}) stopped before it was ready: "
+                                         f"{await self.runtime.exit_info(inst)}")
+            ok = inst.address is not None and await probe.ready(inst.address, version)
+            successes = successes + 1 if ok else 0
+            if successes >= self.settings.ready_successes:
+                break
+            await asyncio.sleep(POLL_S)
+        if self.settings.settle_s:
+            await asyncio.sleep(self.settings.settle_s)
+
+    async def _drain(self, probe: Probe, inst: Instance, batch: int) -> None:
+        """Wait until ``inst`` has nothing in flight and got nothing new for DRAIN_QUIET_S."""
+        t0 = time.monotonic()
+        deadline = t0 + self.settings.drain_timeout
+        first = await probe.metrics(inst.address) if inst.address else None
+        in_flight_start = int(first.get("app_requests_in_flight", 0)) if first else 0
+        last_total = first.get("app_requests_total") if first else None
+        quiet_since = time.monotonic()
+        timed_out = False
+        while first is not None:
+            await asyncio.sleep(POLL_S)
+            m = await probe.metrics(inst.address) if inst.address else None
+            if m is None:
+                break  # it stopped answering: nothing more can be in flight there
+            total = m.get("app_requests_total")
+            if total != last_total:
+                last_total, quiet_since = total, time.monotonic()
+            if m.get("app_requests_in_flight", 0) == 0 and time.monotonic() - quiet_since >= DRAIN_QUIET_S:
+                break
+            if time.monotonic() > deadline:
+                timed_out = True
+                log.warning("%s: drain timed out after %.1f s", inst.name, self.settings.drain_timeout)
+                break
+        self.emit("drain", inst, batch=batch, detail={
+            "duration_s": round(time.monotonic() - t0, 3), "in_flight": in_flight_start, "timed_out": timed_out,
+        })
+
+
+def make_sigint_handler(controller: Controller, on_first: Callable[[], None],
+                        task: asyncio.Task[Any] | None) -> Callable[[], None]:
+    """First Ctrl-C: finish the current step, then stop. Second: cancel the current step."""
+    def handler() -> None:
+        if not controller.stop_requested.is_set():
+            controller.stop_requested.set()
+            on_first()
+        elif task is not None:
+            task.cancel()
+    return handler
+
+
+AsyncFn = Callable[[], Awaitable[None]]

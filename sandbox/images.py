@@ -1,0 +1,586 @@
+"""The three images rolling-sandbox runs: base, app (v1, v2) and lb.
+
+Every image is tagged with a hash of its build inputs, so an image that is
+present is reused as long as its inputs are unchanged, and a change in any input
+(a harness file, a version's code, a Dockerfile) yields a new tag.
+
+- base ``rolling-sandbox/base:<hash12>``: Debian bookworm with python3,
+  python3-aiohttp and nginx-light. Built offline with ``debootstrap`` and
+  ``docker import`` (needs root and debootstrap, and a reachable Debian mirror),
+  or, where that is impossible, with ``docker build`` FROM ``debian:bookworm-slim``
+  (needs a registry). ``ROLLING_SANDBOX_BASE_METHOD=debootstrap|pull`` forces one;
+  ``ROLLING_SANDBOX_DEBIAN_MIRROR`` overrides the mirror read from apt's sources.
+- app ``rolling-sandbox/app:<version>-<hash12>``: the harness (``sandbox/appserver``)
+  in /opt/rolling-sandbox and the version's code in /srv/app, running as 10001.
+- lb ``rolling-sandbox/lb:<hash12>``: NGINX from ``lb/Dockerfile``.
+
+All Docker SDK calls here are blocking; call them from asyncio via ``to_thread``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+import requests
+
+from sandbox.errors import EngineError, ImageBuildError, UsageError
+from sandbox.labels import LABEL_INPUTS, LABEL_MANAGED, LABEL_ROLE, LABEL_VERSION, ROLE_IMAGE
+
+logger = logging.getLogger("sandbox.images")
+
+REPO_ROOT: Path = Path(__file__).resolve().parent.parent
+"""The checkout holding app_v1/, app_v2/, lb/ and sandbox/appserver/."""
+
+VERSIONS: tuple[str, ...] = ("v1", "v2")
+APP_UID = 10001
+APP_DIR = "/srv/app"
+HARNESS_DIR = "/opt/rolling-sandbox"
+
+BASE_REPO = "rolling-sandbox/base"
+APP_REPO = "rolling-sandbox/app"
+LB_REPO = "rolling-sandbox/lb"
+
+SUITE = "bookworm"
+VARIANT = "minbase"
+PACKAGES: tuple[str, ...] = ("python3", "python3-aiohttp", "nginx-light")
+BASE_RECIPE = "1"  # bump when the way the base rootfs is made or trimmed changes
+PULL_FROM = "debian:bookworm-slim"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+METHOD_ENV = "ROLLING_SANDBOX_BASE_METHOD"
+MIRROR_ENV = "ROLLING_SANDBOX_DEBIAN_MIRROR"
+APT_SOURCES = Path("/etc/apt")
+
+APP_DOCKERFILE = f"""\
+# rolling-sandbox app image; the context holds appserver/ (the harness) and app/ (one version)
+ARG BASE
+FROM ${{BASE}}
+COPY appserver/ {HARNESS_DIR}/appserver/
+RUN python3 -m compileall -q {HARNESS_DIR}/appserver \\
+    && mkdir -p {APP_DIR} && chown {APP_UID}:{APP_UID} {APP_DIR}
+COPY --chown={APP_UID}:{APP_UID} app/ {APP_DIR}/
+ENV PYTHONPATH={HARNESS_DIR}:{APP_DIR} \\
+    PYTHONDONTWRITEBYTECODE=1 \\
+    PYTHONUNBUFFERED=1 \\
+    APP_DIR={APP_DIR} \\
+    APP_PORT=8000
+USER {APP_UID}:{APP_UID}
+WORKDIR {APP_DIR}
+EXPOSE 8000
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["python3", "-m", "appserver.supervisor"]
+"""
+
+PULL_BASE_DOCKERFILE = f"""\
+# rolling-sandbox base image, pull-based fallback of the debootstrap build
+FROM {PULL_FROM}
+RUN apt-get update \\
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\
+        {" ".join(PACKAGES)} \\
+    && rm -rf /var/lib/apt/lists/* /usr/share/man/* /usr/share/info/*
+"""
+
+_TRIM = (
+    "var/lib/apt/lists",
+    "var/cache/apt",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "usr/share/lintian",
+    "var/log",
+)
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Refs of the images one checkout runs."""
+
+    base: str
+    app: dict[str, str]  # {"v1": ref, "v2": ref}
+    lb: str
+
+    def refs(self) -> list[str]:
+        """All refs, base first (the order they must be built in)."""
+        return [self.base, *(self.app[v] for v in sorted(self.app)), self.lb]
+
+
+# -- input hashes ------------------------------------------------------------
+
+
+def _digest(parts: Iterable[str | bytes]) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def _read(path: Path) -> bytes:
+    """Bytes of a repo file; raises ImageBuildError if it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ImageBuildError(f"cannot read build input {path}: {exc.strerror}") from exc
+
+
+def _harness_files() -> dict[str, bytes]:
+    """The harness package's files, by name (``*.py`` only)."""
+    folder = REPO_ROOT / "sandbox" / "appserver"
+    names = sorted(p.name for p in folder.glob("*.py")) if folder.is_dir() else []
+    if "supervisor.py" not in names or "server.py" not in names:
+        raise ImageBuildError(f"the app harness is missing from {folder}")
+    return {name: _read(folder / name) for name in names}
+
+
+def _version_files(version: str) -> dict[str, bytes]:
+    """``app.py`` and ``VERSION`` of ``version``; raises UsageError for an unknown version."""
+    if version not in VERSIONS:
+        raise UsageError(f"unknown app version {version!r} (expected one of {', '.join(VERSIONS)})")
+    folder = REPO_ROOT / f"app_{version}"
+    return {name: _read(folder / name) for name in ("app.py", "VERSION")}
+
+
+def _lb_dockerfile() -> bytes:
+    return _read(REPO_ROOT / "lb" / "Dockerfile")
+
+
+def _files_parts(files: Mapping[str, bytes]) -> list[str | bytes]:
+    parts: list[str | bytes] = []
+    for name in sorted(files):
+        parts += [name, files[name]]
+    return parts
+
+
+def base_inputs() -> str:
+    """Hash of the base image's inputs: recipe, suite, variant, packages."""
+    return _digest(["base", BASE_RECIPE, SUITE, VARIANT, *sorted(PACKAGES)])
+
+
+def app_inputs(version: str, base_ref: str) -> str:
+    """Hash of an app image's inputs; raises ImageBuildError (unreadable file), UsageError."""
+    return _digest(
+        [
+            "app",
+            base_ref,
+            APP_DOCKERFILE,
+            "harness",
+            *_files_parts(_harness_files()),
+            "version",
+            *_files_parts(_version_files(version)),
+        ]
+    )
+
+
+def lb_inputs(base_ref: str) -> str:
+    """Hash of the lb image's inputs; raises ImageBuildError if lb/Dockerfile is unreadable."""
+    return _digest(["lb", base_ref, _lb_dockerfile()])
+
+
+def image_set() -> ImageSet:
+    """The refs for this checkout, from its files only; raises ImageBuildError on a missing file."""
+    base = f"{BASE_REPO}:{base_inputs()[:12]}"
+    apps = {v: f"{APP_REPO}:{v}-{app_inputs(v, base)[:12]}" for v in VERSIONS}
+    return ImageSet(base=base, app=apps, lb=f"{LB_REPO}:{lb_inputs(base)[:12]}")
+
+
+# -- app code for in-place rollouts ------------------------------------------
+
+
+def app_code_tar(version: str, extra_env: Mapping[str, str] | None = None) -> bytes:
+    """A tar of /srv/app for ``version`` (app.py, VERSION, env.json), owned by 10001.
+
+    ``env.json`` is always included (``{}`` without ``extra_env``) so that a later
+    put_archive of another version overwrites the environment of an earlier one.
+    Raises UsageError for an unknown version or non-string env, ImageBuildError if a
+    file is unreadable.
+    """
+    files = dict(_version_files(version))
+    env = dict(extra_env or {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise UsageError("extra_env must map strings to strings")
+    files["env.json"] = (json.dumps(env, sort_keys=True) + "\n").encode()
+    return _tar(files, uid=APP_UID, mtime=time.time())
+
+
+def _tar(files: Mapping[str, bytes], *, uid: int = 0, mtime: float = 0.0) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name in sorted(files):
+            info = tarfile.TarInfo(name)
+            info.size = len(files[name])
+            info.mode = 0o644
+            info.uid = info.gid = uid
+            info.mtime = int(mtime)
+            tar.addfile(info, io.BytesIO(files[name]))
+    return buf.getvalue()
+
+
+# -- presence ----------------------------------------------------------------
+
+
+def _exists(client: docker.DockerClient, ref: str) -> bool:
+    """Whether ``ref`` is present locally; raises EngineError if the engine fails."""
+    try:
+        client.images.get(ref)
+    except docker.errors.ImageNotFound:
+        return False
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise EngineError(f"cannot inspect image {ref}: {_one_line(exc)}") from exc
+    return True
+
+
+def missing_images(client: docker.DockerClient) -> list[str]:
+    """Refs of the image set that are not present locally; raises EngineError, ImageBuildError."""
+    return [ref for ref in image_set().refs() if not _exists(client, ref)]
+
+
+# -- building ----------------------------------------------------------------
+
+
+def _labels(inputs: str, **extra: str) -> dict[str, str]:
+    return {LABEL_MANAGED: "true", LABEL_ROLE: ROLE_IMAGE, LABEL_INPUTS: inputs, **extra}
+
+
+def _one_line(exc: BaseException | str) -> str:
+    text = exc if isinstance(exc, str) else getattr(exc, "explanation", None) or str(exc)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def ensure_images(
+    client: docker.DockerClient,
+    *,
+    log: Callable[[str], None] = logger.info,
+    force: bool = False,
+) -> ImageSet:
+    """Build whichever images of the set are missing (all of them with ``force``).
+
+    ``log`` receives one progress line per image. Raises ImageBuildError (one line
+    saying what failed or is missing), EngineError if the engine is unreachable,
+    UsageError for a bad ``ROLLING_SANDBOX_BASE_METHOD``.
+    """
+    images = image_set()
+    built = 0
+    started = time.monotonic()
+    if force or not _exists(client, images.base):
+        _build_base(client, images.base, base_inputs(), log)
+        built += 1
+    for version in VERSIONS:
+        ref = images.app[version]
+        if force or not _exists(client, ref):
+            _build_app(client, version, ref, images.base, log)
+            built += 1
+    if force or not _exists(client, images.lb):
+        _build_lb(client, images.lb, images.base, log)
+        built += 1
+    if built:
+        log(f"images ready: built {built}, reused {4 - built} in {time.monotonic() - started:.1f}s")
+    return images
+
+
+def _build_app(
+    client: docker.DockerClient, version: str, ref: str, base: str, log: Callable[[str], None]
+) -> None:
+    files = {f"appserver/{name}": data for name, data in _harness_files().items()}
+    files.update({f"app/{name}": data for name, data in _version_files(version).items()})
+    _docker_build(
+        client,
+        ref,
+        APP_DOCKERFILE,
+        files,
+        labels=_labels(app_inputs(version, base), **{LABEL_VERSION: version}),
+        buildargs={"BASE": base},
+        log=log,
+    )
+
+
+def _build_lb(client: docker.DockerClient, ref: str, base: str, log: Callable[[str], None]) -> None:
+    _docker_build(
+        client,
+        ref,
+        _lb_dockerfile().decode(),
+        {},
+        labels=_labels(lb_inputs(base)),
+        buildargs={"BASE": base},
+        log=log,
+    )
+
+
+def _docker_build(
+    client: docker.DockerClient,
+    ref: str,
+    dockerfile: str,
+    files: Mapping[str, bytes],
+    *,
+    labels: Mapping[str, str],
+    buildargs: Mapping[str, str] | None,
+    log: Callable[[str], None],
+) -> None:
+    """``docker build`` of an in-memory context; raises ImageBuildError, EngineError."""
+    log(f"building {ref}")
+    started = time.monotonic()
+    context = io.BytesIO(_tar({"Dockerfile": dockerfile.encode(), **files}))
+    last = ""
+    try:
+        stream = client.api.build(
+            fileobj=context,
+            custom_context=True,
+            tag=ref,
+            pull=False,
+            rm=True,
+            forcerm=True,
+            labels=dict(labels),
+            buildargs=dict(buildargs or {}),
+            decode=True,
+            timeout=1800,
+        )
+        for chunk in stream:
+            for line in str(chunk.get("stream", "")).splitlines():
+                if line.strip():
+                    last = line.strip()
+                    logger.debug("%s: %s", ref, last)
+            if "error" in chunk:
+                raise ImageBuildError(f"building {ref} failed: {_one_line(str(chunk['error']))}")
+    except (docker.errors.BuildError, docker.errors.APIError) as exc:
+        raise ImageBuildError(f"building {ref} failed: {_one_line(exc)}") from exc
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise EngineError(f"building {ref}: the engine failed: {_one_line(exc)}") from exc
+    if not _exists(client, ref):
+        raise ImageBuildError(f"building {ref} produced no image (last output: {last or 'none'})")
+    log(f"built {ref} in {time.monotonic() - started:.1f}s")
+
+
+# -- the base image ----------------------------------------------------------
+
+
+def _base_method() -> str:
+    """``debootstrap``, ``pull`` or ``auto``; raises UsageError for another value."""
+    method = os.environ.get(METHOD_ENV, "").strip().lower() or "auto"
+    if method not in ("auto", "debootstrap", "pull"):
+        raise UsageError(f"{METHOD_ENV}={method!r}: expected debootstrap or pull")
+    return method
+
+
+def _debootstrap_unavailable() -> str | None:
+    """Why the debootstrap build cannot run here, or None if it can."""
+    if shutil.which("debootstrap") is None:
+        return "debootstrap is not installed (apt-get install debootstrap)"
+    if os.geteuid() != 0:
+        return "debootstrap needs root"
+    if shutil.which("tar") is None:
+        return "tar is not installed"
+    return None
+
+
+def _build_base(
+    client: docker.DockerClient, ref: str, inputs: str, log: Callable[[str], None]
+) -> None:
+    method = _base_method()
+    why_not = _debootstrap_unavailable()
+    if method == "debootstrap" or (method == "auto" and why_not is None):
+        if why_not is not None:
+            raise ImageBuildError(f"cannot build {ref} with debootstrap: {why_not}")
+        _debootstrap_base(client, ref, inputs, log)
+        return
+    if method == "auto":
+        log(f"{why_not}: building the base image from {PULL_FROM} instead")
+    try:
+        _docker_build(
+            client, ref, PULL_BASE_DOCKERFILE, {}, labels=_labels(inputs), buildargs=None, log=log
+        )
+    except ImageBuildError as exc:
+        if method == "pull":
+            raise
+        raise ImageBuildError(
+            f"cannot build the base image: {why_not}, and pulling {PULL_FROM} failed ({exc})"
+        ) from exc
+
+
+def debian_mirror(apt_dir: Path | None = None) -> str:
+    """The Debian mirror to debootstrap from: $ROLLING_SANDBOX_DEBIAN_MIRROR, else the first
+    apt source (one-line or deb822) that carries the ``bookworm`` suite, else deb.debian.org."""
+    override = os.environ.get(MIRROR_ENV, "").strip()
+    if override:
+        return override
+    apt_dir = apt_dir or APT_SOURCES
+    candidates: list[Path] = [apt_dir / "sources.list"]
+    folder = apt_dir / "sources.list.d"
+    if folder.is_dir():
+        candidates += sorted(p for p in folder.iterdir() if p.suffix in (".list", ".sources"))
+    for path in candidates:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        uri = _deb822_mirror(text) if path.suffix == ".sources" else _one_line_mirror(text)
+        if uri:
+            return uri
+    return DEFAULT_MIRROR
+
+
+def _one_line_mirror(text: str) -> str | None:
+    for line in text.splitlines():
+        line = re.sub(r"\[[^\]]*\]", " ", line.split("#", 1)[0])
+        words = line.split()
+        if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
+            return words[1].rstrip("/")
+    return None
+
+
+def _deb822_mirror(text: str) -> str | None:
+    for stanza in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if line.startswith("#") or ":" not in line or line[:1].isspace():
+                continue
+            key, value = line.split(":", 1)
+            fields[key.strip().lower()] = value.strip()
+        if (
+            fields.get("enabled", "yes").lower() != "no"
+            and "deb" in fields.get("types", "").split()
+            and SUITE in fields.get("suites", "").split()
+            and fields.get("uris")
+        ):
+            return fields["uris"].split()[0].rstrip("/")
+    return None
+
+
+def _run(cmd: list[str], what: str, timeout: float) -> None:
+    """Run ``cmd``; raises ImageBuildError with the last output line if it fails."""
+    try:
+        proc = subprocess.run(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ImageBuildError(f"{what} failed: {_one_line(exc)}") from exc
+    for line in proc.stdout.splitlines():
+        logger.debug("%s: %s", what, line)
+    if proc.returncode != 0:
+        raise ImageBuildError(f"{what} failed (exit {proc.returncode}): {_one_line(proc.stdout)}")
+
+
+def _debootstrap_base(
+    client: docker.DockerClient, ref: str, inputs: str, log: Callable[[str], None]
+) -> None:
+    """debootstrap a rootfs, trim it, ``docker import`` it as ``ref``; raises ImageBuildError."""
+    mirror = debian_mirror()
+    log(f"building {ref} offline: debootstrap {SUITE} from {mirror} (about a minute)")
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="rolling-sandbox-base-"))
+    try:
+        root = work / "rootfs"
+        _run(
+            [
+                "debootstrap",
+                f"--variant={VARIANT}",
+                f"--include={','.join(PACKAGES)}",
+                SUITE,
+                str(root),
+                mirror,
+            ],
+            "debootstrap",
+            timeout=1800,
+        )
+        _trim_rootfs(root)
+        tarball = work / "rootfs.tar"
+        _run(
+            ["tar", "--numeric-owner", "-C", str(root), "-cf", str(tarball), "."],
+            "tar of the rootfs",
+            timeout=600,
+        )
+        repository, tag = ref.rsplit(":", 1)
+        changes = [f"LABEL {key}={value}" for key, value in _labels(inputs).items()] + [
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "ENV LANG=C.UTF-8",
+            'CMD ["/bin/bash"]',
+        ]
+        try:
+            result = client.api.import_image(
+                src=str(tarball), repository=repository, tag=tag, changes=changes
+            )
+        except docker.errors.APIError as exc:
+            raise ImageBuildError(f"docker import of {ref} failed: {_one_line(exc)}") from exc
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise EngineError(f"docker import of {ref}: engine failed: {_one_line(exc)}") from exc
+        if '"error' in str(result):
+            raise ImageBuildError(f"docker import of {ref} failed: {_one_line(str(result))}")
+    finally:
+        _remove_tree(work)
+    if not _exists(client, ref):
+        raise ImageBuildError(f"docker import of {ref} produced no image")
+    log(f"built {ref} in {time.monotonic() - started:.1f}s")
+
+
+def _trim_rootfs(root: Path) -> None:
+    """Drop apt lists and caches, logs, man pages, locales and docs (keeping copyright files).
+
+    Only files go; directories stay, since apt and nginx expect some of them to exist.
+    """
+    for rel in _TRIM:
+        for path in _files_below(root / rel):
+            path.unlink()
+    for path in _files_below(root / "usr/share/doc"):
+        if path.name != "copyright":
+            path.unlink()
+    for name in ("var/cache/debconf/config.dat-old", "var/cache/debconf/templates.dat-old"):
+        (root / name).unlink(missing_ok=True)
+    for name in ("etc/hostname", "etc/resolv.conf"):  # the host's; Docker provides its own
+        path = root / name
+        if path.is_file() and not path.is_symlink():
+            path.write_text("")
+
+
+def _files_below(folder: Path) -> list[Path]:
+    """Every non-directory entry below ``folder`` (symlinks included, never followed)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        found += [Path(dirpath, name) for name in filenames]
+        found += [Path(dirpath, name) for name in dirnames if Path(dirpath, name).is_symlink()]
+    return found
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve())
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    points = [line.split()[1].replace("\\040", " ") for line in lines if len(line.split()) > 1]
+    return sorted((p for p in points if p == prefix or p.startswith(prefix + "/")), reverse=True)
+
+
+def _remove_tree(work: Path) -> None:
+    """Delete the debootstrap work dir, first unmounting anything debootstrap left mounted."""
+    for point in _mounts_under(work):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+    left = _mounts_under(work)
+    if left:
+        logger.warning("not removing %s: %s is still mounted", work, left[0])
+        return
+
+    shutil.rmtree(work, ignore_errors=True)
+    if work.exists():
+        logger.warning("could not remove all of %s", work)

@@ -1,0 +1,40 @@
+"""Docker label keys: the only state rolling-sandbox keeps.
+
+Every container, network, volume and image the project creates carries
+``LABEL_PROJECT`` (the project name) or, for images, ``LABEL_ROLE`` = "image";
+``down`` and test teardown select by these labels and never touch anything else.
+"""
+
+from __future__ import annotations
+
+PREFIX = "io.rolling-sandbox"
+
+LABEL_MANAGED = f"{PREFIX}.managed"  # "true" on everything we create
+LABEL_PROJECT = f"{PREFIX}.project"  # project name
+LABEL_ROLE = f"{PREFIX}.role"  # "app", "lb", "network", "image", "volume"
+LABEL_SLOT = f"{PREFIX}.slot"  # "1".."N" for app containers
+LABEL_VERSION = f"{PREFIX}.version"  # "v1" / "v2": the version the container was created with
+LABEL_FROM = f"{PREFIX}.from-version"  # version the fleet had when a roll created it
+LABEL_PORT = f"{PREFIX}.port"  # load balancer port on 127.0.0.1 (lb only)
+LABEL_INPUTS = f"{PREFIX}.inputs"  # hash of an image's build inputs (images only)
+
+ROLE_APP = "app"
+ROLE_LB = "lb"
+ROLE_NETWORK = "network"
+ROLE_IMAGE = "image"
+ROLE_VOLUME = "volume"
+
+
+def project_labels(project: str, role: str, **extra: str) -> dict[str, str]:
+    """Labels for an object of ``project`` with ``role``, plus ``extra`` (already keyed)."""
+    labels = {LABEL_MANAGED: "true", LABEL_PROJECT: project, LABEL_ROLE: role}
+    labels.update(extra)
+    return labels
+
+
+def project_filter(project: str, role: str | None = None) -> dict[str, list[str]]:
+    """A Docker SDK ``filters`` dict that selects exactly this project's objects."""
+    wanted = [f"{LABEL_MANAGED}=true", f"{LABEL_PROJECT}={project}"]
+    if role is not None:
+        wanted.append(f"{LABEL_ROLE}={role}")
+    return {"label": wanted}

@@ -1,0 +1,634 @@
+"""What the users of the fleet saw, as numbers: pure functions, no I/O.
+
+Inputs are the records of :mod:`sandbox.records`: one ``RequestRow`` per request
+the load generator started, the controller's ``Event`` list and, optionally, the
+NGINX access log rows. :func:`measure` turns them into one JSON-able dict (see
+its docstring for every key); :mod:`sandbox.report` presents it.
+
+Conventions used throughout (DESIGN.md, "What is measured"):
+
+* **ok**: an HTTP answer with status 200-399.
+* **dropped**: status 0 (connection error, reset, timeout, or still unanswered
+  when the load stopped) or status >= 500. 4xx answers are counted apart.
+* **answered**: the request got an HTTP answer (status > 0, not unanswered);
+  latency percentiles are taken over answered requests of any status.
+* **slow**: the request waited longer than the budget: answered or failed after
+  more than ``slow_budget_s``, or still unanswered when the load stopped.
+* Percentiles use the **nearest-rank** method: the value at rank
+  ``ceil(p / 100 * n)`` of the ``n`` sorted values (always a measured value).
+* Every input list may be unsorted and rows may lack optional fields; rows are
+  sorted by ``t`` (then ``rid``) and events by ``t`` before anything is counted.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sandbox.records import Event, NginxRow, RequestRow
+
+HistoryEntry = tuple[str, str, float, float | None]
+"""``(address, version, t_from, t_to)``: ``version`` held ``address`` in that span."""
+AddressHistory = list[HistoryEntry]
+
+VANISH_PHASES = frozenset({"stop", "kill", "swap"})
+"""Event phases after which the server's in-memory state is gone."""
+
+KNOWN_VERSIONS = ("v1", "v2")
+
+_UPSTREAM_SPLIT = re.compile(r"\s*,\s*|\s+:\s+")
+"""NGINX separates retried servers with ", " and upstream groups with " : "."""
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """Knobs of the measurement itself."""
+
+    slow_budget_s: float = 2.0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """Nearest-rank percentile ``p`` (0-100] of ``values``; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _sorted_rows(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return sorted(rows, key=lambda r: (float(r.get("t") or 0.0), str(r.get("rid") or "")))
+
+
+def _sorted_events(events: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    # stable sort: events with equal t keep the controller's order
+    return sorted(events, key=lambda e: float(e.get("t") or 0.0))
+
+
+def _status(row: Mapping[str, Any]) -> int:
+    return int(row.get("status") or 0)
+
+
+def is_unanswered(row: Mapping[str, Any]) -> bool:
+    """True when the request was still waiting when the load stopped."""
+    return bool(row.get("unanswered")) or row.get("t_end") is None
+
+
+def is_ok(row: Mapping[str, Any]) -> bool:
+    """True for a successful answer (2xx/3xx)."""
+    return not is_unanswered(row) and 200 <= _status(row) < 400
+
+
+def is_dropped(row: Mapping[str, Any]) -> bool:
+    """True for status 0 (no HTTP answer), 5xx, or a request unanswered at stop."""
+    status = _status(row)
+    return is_unanswered(row) or status == 0 or status >= 500
+
+
+def is_4xx(row: Mapping[str, Any]) -> bool:
+    """True for a 4xx answer (counted apart from dropped)."""
+    return not is_unanswered(row) and 400 <= _status(row) < 500
+
+
+def is_answered(row: Mapping[str, Any]) -> bool:
+    """True when the request got an HTTP answer (any status > 0)."""
+    return not is_unanswered(row) and _status(row) > 0
+
+
+def latency_ms(row: Mapping[str, Any]) -> float | None:
+    """The row's latency in ms: ``latency_ms``, else ``t_end - t``; None if unknown."""
+    value = row.get("latency_ms")
+    if value is not None:
+        return float(value)
+    t_end = row.get("t_end")
+    if t_end is None or row.get("t") is None:
+        return None
+    return (float(t_end) - float(row["t"])) * 1000.0
+
+
+def _end(row: Mapping[str, Any]) -> float:
+    """When the answer arrived (``t_end``), or when it was sent if unknown."""
+    t_end = row.get("t_end")
+    return float(t_end if t_end is not None else row.get("t") or 0.0)
+
+
+def upstream_addresses(upstream_addr: str | None) -> list[str]:
+    """The servers NGINX tried for one request, in order ("-" and "" dropped)."""
+    if not upstream_addr:
+        return []
+    parts = _UPSTREAM_SPLIT.split(upstream_addr.strip())
+    return [p for p in (part.strip() for part in parts) if p and p != "-"]
+
+
+def _latency_summary(rows: Iterable[Mapping[str, Any]], *, with_max: bool) -> dict[str, Any]:
+    values = [v for r in rows if is_answered(r) and (v := latency_ms(r)) is not None]
+    out: dict[str, Any] = {
+        "p50": _round(percentile(values, 50), 1),
+        "p95": _round(percentile(values, 95), 1),
+        "p99": _round(percentile(values, 99), 1),
+    }
+    if with_max:
+        out["max"] = _round(max(values), 1) if values else None
+    return out
+
+
+def _first_event(events: Sequence[Mapping[str, Any]], phase: str) -> Mapping[str, Any] | None:
+    return next((e for e in events if e.get("phase") == phase), None)
+
+
+def _last_event(events: Sequence[Mapping[str, Any]], phase: str) -> Mapping[str, Any] | None:
+    return next((e for e in reversed(events) if e.get("phase") == phase), None)
+
+
+# --------------------------------------------------------------------------- window
+
+
+def load_window(
+    rows: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]]
+) -> tuple[float, float]:
+    """``(start, end)`` of the load: first row's ``t`` to the last ``t_end``/``t``
+    or the ``load-stop`` event, whichever is later.
+
+    Without rows, the ``load-start``/``load-stop`` events (or the first/last
+    event) bound it; with nothing at all it is ``(0.0, 0.0)``.
+    """
+    stop = _last_event(events, "load-stop")
+    if rows:
+        start = min(float(r.get("t") or 0.0) for r in rows)
+        ends = [_end(r) for r in rows] + [float(r.get("t") or 0.0) for r in rows]
+        if stop is not None:
+            ends.append(float(stop["t"]))
+        return start, max(ends)
+    if not events:
+        return 0.0, 0.0
+    begin = _first_event(events, "load-start") or events[0]
+    finish = stop or events[-1]
+    start = float(begin["t"])
+    return start, max(start, float(finish["t"]))
+
+
+def stall_seconds(rows: Sequence[Mapping[str, Any]], window: tuple[float, float]) -> float:
+    """Longest stretch of ``window`` with no successful answer completing."""
+    start, end = window
+    marks = sorted(min(max(_end(r), start), end) for r in rows if is_ok(r))
+    points = [start, *marks, end]
+    return max((b - a for a, b in itertools.pairwise(points)), default=0.0)
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def request_counts(
+    rows: Sequence[Mapping[str, Any]],
+    nginx: Sequence[Mapping[str, Any]],
+    settings: MeasureSettings,
+) -> dict[str, Any]:
+    """The ``requests`` block of :func:`measure`."""
+    budget_ms = settings.slow_budget_s * 1000.0
+    by_version: dict[str, int] = {v: 0 for v in KNOWN_VERSIONS}
+    by_version["unknown"] = 0
+    for row in rows:
+        if is_ok(row):
+            key = row.get("version") or "unknown"
+            by_version[key] = by_version.get(key, 0) + 1
+    return {
+        "total": len(rows),
+        "ok": sum(1 for r in rows if is_ok(r)),
+        "dropped": sum(1 for r in rows if is_dropped(r)),
+        "errors_4xx": sum(1 for r in rows if is_4xx(r)),
+        "unanswered": sum(1 for r in rows if is_unanswered(r)),
+        "slow": sum(1 for r in rows if _is_slow(r, budget_ms)),
+        "retried": sum(1 for n in nginx if len(upstream_addresses(n.get("upstream_addr"))) > 1),
+        "by_version": by_version,
+    }
+
+
+def _is_slow(row: Mapping[str, Any], budget_ms: float) -> bool:
+    if is_unanswered(row):
+        return True
+    value = latency_ms(row)
+    return value is not None and value > budget_ms
+
+
+# --------------------------------------------------------------------------- exposure
+
+
+def rollout_direction(events: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    """``(from, to)`` versions of the rollout.
+
+    Taken from the ``rollout-start`` event: ``detail["from"]``/``detail["to"]``
+    when given, else its ``version`` field is the target and the other of
+    v1/v2 the origin. Without such an event: ``("v1", "v2")``.
+    """
+    start = _first_event(events, "rollout-start")
+    if start is None:
+        return "v1", "v2"
+    detail = start.get("detail") or {}
+    to = detail.get("to") or start.get("version") or "v2"
+    default_from = "v2" if to == "v1" else "v1"
+    return str(detail.get("from") or default_from), str(to)
+
+
+def mixed_window_s(rows: Sequence[Mapping[str, Any]], from_v: str, to_v: str) -> float:
+    """Seconds from the first successful ``to_v`` answer to the last ``from_v`` one."""
+    to_ends = [_end(r) for r in rows if is_ok(r) and r.get("version") == to_v]
+    from_ends = [_end(r) for r in rows if is_ok(r) and r.get("version") == from_v]
+    if not to_ends or not from_ends:
+        return 0.0
+    return max(0.0, max(from_ends) - min(to_ends))
+
+
+def downgrades_by_user(rows: Sequence[Mapping[str, Any]], from_v: str, to_v: str) -> dict[str, int]:
+    """Per user, the successful ``from_v`` answers received after a ``to_v`` one.
+
+    Each user's answers are taken in the order they arrived (``t_end``).
+    """
+    per_user: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if is_ok(row) and row.get("version") in (from_v, to_v):
+            per_user[str(row.get("user"))].append(row)
+    counts: dict[str, int] = {}
+    for user, answers in per_user.items():
+        seen_new = False
+        for row in sorted(answers, key=lambda r: (_end(r), float(r.get("t") or 0.0))):
+            if row.get("version") == to_v:
+                seen_new = True
+            elif seen_new:
+                counts[user] = counts.get(user, 0) + 1
+    return counts
+
+
+def sessions_lost(rows: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]]) -> int:
+    """Users with a successful answer from a server instance before it vanished.
+
+    A server vanishes at a ``stop``, ``kill`` or ``swap`` event for host ``H``;
+    an answer came from it when its ``instance`` starts with ``H + "/"``.
+    """
+    lost: set[str] = set()
+    for event in events:
+        host = event.get("instance")
+        if event.get("phase") not in VANISH_PHASES or not host:
+            continue
+        prefix, when = f"{host}/", float(event["t"])
+        for row in rows:
+            instance = row.get("instance") or ""
+            if is_ok(row) and instance.startswith(prefix) and _end(row) < when:
+                lost.add(str(row.get("user")))
+    return len(lost)
+
+
+def _users_saw_both(rows: Sequence[Mapping[str, Any]], a: str, b: str) -> int:
+    seen: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        if is_ok(row) and row.get("version"):
+            seen[str(row.get("user"))].add(str(row["version"]))
+    return sum(1 for versions in seen.values() if {a, b} <= versions)
+
+
+def timeline(
+    rows: Sequence[Mapping[str, Any]], window: tuple[float, float]
+) -> list[dict[str, Any]]:
+    """One bucket per whole second of ``window``: answers per version, drops, p99.
+
+    ``v1``/``v2`` count successful answers finishing in the second, ``dropped``
+    the dropped requests *sent* in it, ``p99_ms`` the p99 latency of answers
+    finishing in it (None when there are none).
+    """
+    start, end = window
+    if end <= start and not rows:
+        return []
+    n = math.floor(end - start) + 1
+    buckets: list[dict[str, Any]] = [
+        {"t": i, "v1": 0, "v2": 0, "dropped": 0, "p99_ms": None} for i in range(n)
+    ]
+    latencies: list[list[float]] = [[] for _ in range(n)]
+
+    def index(t: float) -> int:
+        return min(max(math.floor(t - start), 0), n - 1)
+
+    for row in rows:
+        if is_dropped(row):
+            buckets[index(float(row.get("t") or start))]["dropped"] += 1
+        if is_unanswered(row):
+            continue
+        i = index(_end(row))
+        version = row.get("version")
+        if is_ok(row) and version in KNOWN_VERSIONS:
+            buckets[i][version] += 1
+        value = latency_ms(row)
+        if is_answered(row) and value is not None:
+            latencies[i].append(value)
+    for bucket, values in zip(buckets, latencies, strict=True):
+        bucket["p99_ms"] = _round(percentile(values, 99), 1)
+    return buckets
+
+
+def exposure(
+    rows: Sequence[Mapping[str, Any]],
+    events: Sequence[Mapping[str, Any]],
+    window: tuple[float, float],
+) -> dict[str, Any]:
+    """The ``exposure`` block of :func:`measure`."""
+    from_v, to_v = rollout_direction(events)
+    downgrades = downgrades_by_user(rows, from_v, to_v)
+    return {
+        "from_version": from_v,
+        "to_version": to_v,
+        "mixed_window_s": round(mixed_window_s(rows, from_v, to_v), 3),
+        "users_total": len({str(r.get("user")) for r in rows}),
+        "users_saw_both": _users_saw_both(rows, from_v, to_v),
+        "downgrades": sum(downgrades.values()),
+        "users_downgraded": len(downgrades),
+        "contract_violations": sum(1 for r in rows if r.get("contract") == "violation"),
+        "sessions_lost": sessions_lost(rows, events),
+        "timeline": timeline(rows, window),
+    }
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def phase_bounds(
+    events: Sequence[Mapping[str, Any]], window: tuple[float, float]
+) -> list[tuple[str, float, float]]:
+    """``(name, start, end)`` of warmup/rollout/cooldown, or one "all" phase.
+
+    The rollout runs from ``rollout-start`` to ``rollout-end``; a run that
+    never reached ``rollout-end`` ends it at ``rollback-end`` if any, else at
+    the end of the load window.
+    """
+    start, end = window
+    began = _first_event(events, "rollout-start")
+    if began is None:
+        return [("all", start, end)]
+    r_start = float(began["t"])
+    finished = _last_event(events, "rollout-end") or _last_event(events, "rollback-end")
+    r_end = float(finished["t"]) if finished is not None else max(end, r_start)
+    return [
+        ("warmup", min(start, r_start), r_start),
+        ("rollout", r_start, r_end),
+        ("cooldown", r_end, max(end, r_end)),
+    ]
+
+
+def phases(
+    rows: Sequence[Mapping[str, Any]],
+    events: Sequence[Mapping[str, Any]],
+    window: tuple[float, float],
+) -> dict[str, dict[str, Any]]:
+    """The ``phases`` block: requests are assigned to a phase by when they were sent."""
+    bounds = phase_bounds(events, window)
+    starts = [p_start for _, p_start, _ in bounds]
+    members: list[list[Mapping[str, Any]]] = [[] for _ in bounds]
+    for row in rows:  # the last phase begun when the row was sent; before all: the first
+        members[max(0, bisect.bisect_right(starts, float(row.get("t") or 0.0)) - 1)].append(row)
+    out: dict[str, dict[str, Any]] = {}
+    for (name, p_start, p_end), inside in zip(bounds, members, strict=True):
+        duration = max(0.0, p_end - p_start)
+        out[name] = {
+            "duration_s": round(duration, 3),
+            "requests": len(inside),
+            "rps": round(len(inside) / duration, 2) if duration > 0 else 0.0,
+            "dropped": sum(1 for r in inside if is_dropped(r)),
+            "errors_4xx": sum(1 for r in inside if is_4xx(r)),
+            "latency_ms": _latency_summary(inside, with_max=False),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- rollout
+
+
+def peak_instances(events: Sequence[Mapping[str, Any]]) -> int:
+    """Most app containers alive at once, as implied by the events.
+
+    The count starts at the ``rollout-start`` event's ``detail["instances"]``
+    (0 if absent) and moves +1 per ``start``, -1 per ``stop``/``kill`` event
+    from then on (from the first event when there is no ``rollout-start``).
+    """
+    at = next((i for i, e in enumerate(events) if e.get("phase") == "rollout-start"), None)
+    count = 0
+    todo: Sequence[Mapping[str, Any]] = events
+    if at is not None:
+        detail = events[at].get("detail") or {}
+        try:
+            count = int(detail.get("instances") or 0)
+        except (TypeError, ValueError):
+            count = 0
+        todo = events[at + 1 :]
+    peak = count
+    for event in todo:
+        phase = event.get("phase")
+        if phase == "start":
+            count += 1
+        elif phase in ("stop", "kill"):
+            count -= 1
+        peak = max(peak, count)
+    return peak
+
+
+def rollout_summary(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``rollout`` block: duration (start to end, or None) and peak instances."""
+    began = _first_event(events, "rollout-start")
+    ended = _last_event(events, "rollout-end")
+    duration = None
+    if began is not None and ended is not None:
+        duration = round(max(0.0, float(ended["t"]) - float(began["t"])), 3)
+    return {"duration_s": duration, "peak_instances": peak_instances(events)}
+
+
+def drains(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per ``drain`` event: instance, drain duration and in-flight count."""
+    out = []
+    for event in events:
+        if event.get("phase") != "drain":
+            continue
+        detail = event.get("detail") or {}
+        out.append(
+            {
+                "instance": event.get("instance"),
+                "duration_s": detail.get("duration_s"),
+                "in_flight": detail.get("in_flight"),
+            }
+        )
+    return out
+
+
+# ------------------------------------------------------------- versions from the NGINX log
+
+
+def address_history_from_events(events: Sequence[Event]) -> AddressHistory:
+    """Which version held which address when: ``[(address, version, t_from, t_to)]``.
+
+    A ``start`` or ``swap`` event with an address and a version opens an entry
+    (closing any entry still open for that address, as an in-place swap
+    does); a ``stop`` or ``kill`` event closes the open entry of its address
+    (or of its instance's address when the event has none). A ``stop``/``kill``
+    with an address and version but no open entry records a server that
+    existed before the events began: ``t_from`` is 0.0.
+    """
+    history: AddressHistory = []
+    open_at: dict[str, int] = {}  # address -> index in history
+    address_of: dict[str, str] = {}  # instance -> address
+    for event in _sorted_events(events):
+        phase, t = event.get("phase"), float(event.get("t") or 0.0)
+        address, version = event.get("address"), event.get("version")
+        instance = event.get("instance")
+        if address and instance:
+            address_of[str(instance)] = str(address)
+        if phase in ("start", "swap") and address and version:
+            _close(history, open_at, str(address), t)
+            open_at[str(address)] = len(history)
+            history.append((str(address), str(version), t, None))
+        elif phase in ("stop", "kill"):
+            addr = address or (address_of.get(str(instance)) if instance else None)
+            if not addr:
+                continue
+            if str(addr) in open_at:
+                _close(history, open_at, str(addr), t)
+            elif version:
+                history.append((str(addr), str(version), 0.0, t))
+    return history
+
+
+def _close(history: AddressHistory, open_at: dict[str, int], address: str, t: float) -> None:
+    index = open_at.pop(address, None)
+    if index is not None:
+        addr, version, t_from, _ = history[index]
+        history[index] = (addr, version, t_from, t)
+
+
+def version_at(address: str, when: float, history: Sequence[HistoryEntry]) -> str | None:
+    """The version that held ``address`` at ``when`` (the latest such entry), or None."""
+    best: tuple[float, str] | None = None
+    for addr, version, t_from, t_to in history:
+        if addr != address or when < t_from or (t_to is not None and when > t_to):
+            continue
+        if best is None or t_from >= best[0]:
+            best = (t_from, version)
+    return best[1] if best else None
+
+
+def _nginx_by_rid(nginx: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    return {str(n["rid"]): n for n in nginx if n.get("rid")}
+
+
+def _log_version(
+    row: Mapping[str, Any],
+    by_rid: Mapping[str, Mapping[str, Any]],
+    history: Sequence[HistoryEntry],
+) -> str | None:
+    entry = by_rid.get(str(row.get("rid")))
+    if entry is None:
+        return None
+    addresses = upstream_addresses(entry.get("upstream_addr"))
+    if not addresses:
+        return None
+    when = entry.get("time")
+    when = float(when) if when is not None else _end(row)
+    return version_at(addresses[-1], when, history)
+
+
+def attribute_versions(
+    rows: Sequence[RequestRow],
+    nginx: Sequence[NginxRow],
+    address_history: Sequence[HistoryEntry],
+) -> list[RequestRow]:
+    """Copies of ``rows`` with ``version`` filled from the NGINX log where it was None.
+
+    The version is the one that held the *last* upstream address NGINX used
+    for the request (the server that answered after any retry), at the time
+    NGINX logged it. Rows with a version, or with no usable log line, are
+    returned unchanged (as copies).
+    """
+    by_rid = _nginx_by_rid(nginx)
+    out: list[RequestRow] = []
+    for row in rows:
+        copy: RequestRow = dict(row)  # type: ignore[assignment]
+        if copy.get("version") is None:
+            copy["version"] = _log_version(row, by_rid, address_history)
+        out.append(copy)
+    return out
+
+
+def agreement(
+    rows: Sequence[RequestRow],
+    nginx: Sequence[NginxRow],
+    address_history: Sequence[HistoryEntry],
+) -> float:
+    """Share of rows whose header version equals the NGINX-derived one.
+
+    Only rows where both are known count; 0.0 when there are none (nothing
+    was shown to agree).
+    """
+    by_rid = _nginx_by_rid(nginx)
+    pairs = [
+        (row.get("version"), derived)
+        for row in rows
+        if row.get("version") is not None
+        and (derived := _log_version(row, by_rid, address_history)) is not None
+    ]
+    if not pairs:
+        return 0.0
+    return sum(1 for header, derived in pairs if header == derived) / len(pairs)
+
+
+# --------------------------------------------------------------------------- everything
+
+
+def measure(
+    rows: Sequence[RequestRow],
+    events: Sequence[Event],
+    *,
+    nginx: Sequence[NginxRow] = (),
+    settings: MeasureSettings = MeasureSettings(),
+) -> dict[str, Any]:
+    """Every number of the report, as a JSON-able dict.
+
+    Keys: ``requests`` (total, ok, dropped, errors_4xx, unanswered, slow,
+    retried, by_version), ``latency_ms`` (p50/p95/p99/max of answered
+    requests, nearest-rank), ``stall_s``, ``exposure`` (mixed window, users,
+    downgrades, contract violations, sessions lost, per-second timeline),
+    ``phases``, ``rollout`` (duration_s, peak_instances), ``drains``, and
+    ``window`` (absolute ``start``/``end`` unix times of the load and its
+    ``duration_s``, so the timeline can be aligned with the events) and
+    ``settings`` (the slow budget used).
+
+    Rows without a version header get one from the NGINX log when ``nginx``
+    is given (see :func:`attribute_versions`, with the address history built
+    from ``events``).
+    """
+    ordered_events = _sorted_events(events)
+    ordered: list[Mapping[str, Any]] = _sorted_rows(rows)
+    if nginx and any(r.get("version") is None for r in ordered):
+        history = address_history_from_events(ordered_events)  # type: ignore[arg-type]
+        ordered = list(attribute_versions(ordered, nginx, history))  # type: ignore[arg-type]
+    window = load_window(ordered, ordered_events)
+    return {
+        "requests": request_counts(ordered, nginx, settings),
+        "latency_ms": _latency_summary(ordered, with_max=True),
+        "stall_s": round(stall_seconds(ordered, window), 3),
+        "exposure": exposure(ordered, ordered_events, window),
+        "phases": phases(ordered, ordered_events, window),
+        "rollout": rollout_summary(ordered_events),
+        "drains": drains(ordered_events),
+        "window": {
+            "start": window[0],
+            "end": window[1],
+            "duration_s": round(window[1] - window[0], 3),
+        },
+        "settings": {"slow_budget_s": settings.slow_budget_s},
+    }

@@ -1,0 +1,66 @@
+"""The record shapes that cross process and module boundaries.
+
+* ``RequestRow``: one per request the load generator started, written as a JSON
+  line by the Locust listener (``sandbox/locustfile.py``) and read by ``measure``.
+* ``Event``: one per controller step (``sandbox/controller.py``), in the report's
+  ``steps`` and used by ``measure`` to split phases and to know when a server
+  vanished.
+* ``NginxRow``: one per line of the load balancer's JSON access log.
+
+They are plain dicts (JSON in, JSON out) described by TypedDicts, so the Locust
+process needs nothing from the controller's side to write them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired, TypedDict
+
+
+class RequestRow(TypedDict):
+    t: float  # unix time the request was sent
+    t_end: float | None  # unix time the answer (or error) arrived; None when unanswered
+    user: str  # simulated user id, stable for the user's life
+    rid: str  # request id, sent as X-Request-ID and logged by NGINX
+    method: str
+    name: str  # request name (path template), e.g. "/api/items/[id]"
+    status: int  # HTTP status; 0 when no HTTP answer (connection error, reset, timeout, unanswered)
+    version: str | None  # X-App-Version of the answer ("v1"/"v2"), None if absent
+    instance: str | None  # X-Instance of the answer: "<container hostname>/<boot nonce>"
+    session: str | None  # X-Session-State of the answer: "new" or "resumed"
+    latency_ms: float | None
+    error: str | None  # short error text for status 0 / 5xx, else None
+    contract: NotRequired[Literal["ok", "violation"] | None]  # item answers checked by the locustfile
+    unanswered: NotRequired[bool]  # still waiting when the load stopped
+
+
+Phase = Literal[
+    # whole-run markers
+    "load-start", "rollout-start", "rollout-end", "load-stop",
+    # per-server steps (DESIGN.md's six steps, plus naive/in-place variants)
+    "start", "ready", "attach", "detach", "drain", "stop", "kill", "swap", "switch",
+    # outcomes
+    "failed", "rollback-start", "rollback-end", "interrupted",
+]
+
+
+class Event(TypedDict):
+    t: float  # unix time
+    phase: str  # one of Phase
+    instance: str | None  # container name (== its hostname), None for whole-run markers
+    version: NotRequired[str | None]
+    address: NotRequired[str | None]  # container IP:port the balancer uses, for start/attach/stop
+    slot: NotRequired[int | None]
+    batch: NotRequired[int | None]
+    detail: NotRequired[dict[str, object]]  # e.g. {"duration_s": .., "in_flight": ..} for drain
+
+
+class NginxRow(TypedDict):
+    time: float  # unix time (msec precision) the request finished
+    rid: str  # request id ($http_x_request_id, or generated)
+    method: str
+    uri: str
+    status: int
+    upstream_addr: str  # "10.1.0.5:8000", or "a:8000, b:8000" when NGINX retried, or "" / "-"
+    upstream_status: str  # "200", or "502, 200" on retry
+    request_time: float
+    upstream_response_time: str

@@ -1,0 +1,367 @@
+"""Every Docker call of rolling-sandbox lives here.
+
+The Docker SDK blocks, so every public method of :class:`Runtime` is a
+coroutine that runs the SDK call in a worker thread (``asyncio.to_thread``).
+Docker labels (``sandbox.labels``) are the only state: a fresh process finds
+the fleet, the load balancer and the network by label. Errors from the SDK are
+converted where they enter, to :class:`~sandbox.errors.EngineError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import secrets
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+from docker.types import Mount
+
+from sandbox import labels as L
+from sandbox.errors import EngineError, NotFoundError, PortInUseError
+
+log = logging.getLogger("sandbox.runtime")
+
+APP_PORT = 8000
+APP_USER = "10001:10001"
+APP_CODE_DIR = "/srv/app"
+LB_CONTAINER_PORT = 80
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One app container, as Docker reports it now."""
+
+    id: str
+    name: str
+    slot: int
+    version: str  # the code it runs (after an in-place swap, the swapped-in version)
+    state: str  # Docker's state: created, running, exited, ...
+    ip: str | None
+    created: str
+
+    @property
+    def address(self) -> str | None:
+        """``ip:port`` the load balancer uses, or None when it has no address."""
+        return f"{self.ip}:{APP_PORT}" if self.ip else None
+
+
+def network_name(project: str) -> str:
+    return f"{project}-net"
+
+
+def lb_name(project: str) -> str:
+    return f"{project}-lb"
+
+
+def app_name(project: str, slot: int) -> str:
+    return f"{project}-app-{slot}-{secrets.token_hex(3)}"
+
+
+def _tar_one(path_in_tar: str, data: bytes, uid: int = 0) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(path_in_tar)
+        info.size = len(data)
+        info.mode = 0o644
+        info.uid = info.gid = uid
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _untar_one(chunks: Any) -> bytes:
+    buf = io.BytesIO(b"".join(chunks))
+    with tarfile.open(fileobj=buf) as tar:
+        member = tar.next()
+        if member is None:
+            return b""
+        extracted = tar.extractfile(member)
+        return extracted.read() if extracted else b""
+
+
+class Runtime:
+    """The Docker engine, seen through this project's labels."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def connect(cls) -> Runtime:
+        """Connect to the engine from the environment (DOCKER_HOST or the default socket).
+
+        Raises EngineError with one line when no engine answers.
+        """
+        try:
+            client = docker.from_env(timeout=120)
+            client.ping()
+        except docker.errors.DockerException as exc:
+            raise EngineError(
+                f"no Docker engine answers ({_short(exc)}); run the set-up command from the README"
+            ) from exc
+        return cls(client)
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except docker.errors.NotFound:
+            raise
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"docker: {_short(exc)}") from exc
+
+    # -- discovery ----------------------------------------------------------------------------
+    async def instances(self, project: str) -> list[Instance]:
+        """This project's app containers, in slot order, whatever their state."""
+        return await self._call(self._instances, project)
+
+    def _instances(self, project: str) -> list[Instance]:
+        found = self.client.containers.list(all=True, filters=L.project_filter(project, L.ROLE_APP))
+        out = [self._describe(c, project) for c in found]
+        return sorted(out, key=lambda i: (i.slot, i.created))
+
+    def _describe(self, c: Container, project: str) -> Instance:
+        net = c.attrs.get("NetworkSettings", {}).get("Networks", {}).get(network_name(project), {})
+        ip = net.get("IPAddress") or None
+        version = c.labels.get(L.LABEL_VERSION, "?")
+        if c.status == "running":
+            # in-place rollouts swap the code under a running container; its VERSION file is the truth
+            try:
+                bits, _ = c.get_archive(f"{APP_CODE_DIR}/VERSION")
+                version = _untar_one(bits).decode().strip() or version
+            except docker.errors.DockerException:
+                pass
+        return Instance(
+            id=c.id or "",
+            name=c.name or "",
+            slot=int(c.labels.get(L.LABEL_SLOT, "0")),
+            version=version,
+            state=c.status,
+            ip=ip,
+            created=c.attrs.get("Created", ""),
+        )
+
+    async def lb(self, project: str) -> Container | None:
+        """The project's load balancer container, or None."""
+        return await self._call(self._lb, project)
+
+    def _lb(self, project: str) -> Container | None:
+        found = self.client.containers.list(all=True, filters=L.project_filter(project, L.ROLE_LB))
+        return found[0] if found else None
+
+    async def lb_port(self, project: str) -> int | None:
+        lb = await self.lb(project)
+        return int(lb.labels[L.LABEL_PORT]) if lb and L.LABEL_PORT in lb.labels else None
+
+    # -- network ------------------------------------------------------------------------------
+    async def ensure_network(self, project: str) -> str:
+        """Create the project's bridge network if missing; return its name."""
+        return await self._call(self._ensure_network, project)
+
+    def _ensure_network(self, project: str) -> str:
+        name = network_name(project)
+        existing = self.client.networks.list(filters=L.project_filter(project, L.ROLE_NETWORK))
+        if existing:
+            return existing[0].name or name
+        try:
+            self.client.networks.get(name)
+        except docker.errors.NotFound:
+            pass
+        else:
+            raise EngineError(f"network {name} exists but does not belong to project {project}")
+        self.client.networks.create(
+            name, driver="bridge", labels=L.project_labels(project, L.ROLE_NETWORK)
+        )
+        return name
+
+    # -- app containers -----------------------------------------------------------------------
+    async def start_app(
+        self, project: str, slot: int, version: str, image: str, env: dict[str, str], from_version: str = ""
+    ) -> Instance:
+        """Create and start one app container in ``slot``; return it with its address."""
+        return await self._call(self._start_app, project, slot, version, image, env, from_version)
+
+    def _start_app(
+        self, project: str, slot: int, version: str, image: str, env: dict[str, str], from_version: str
+    ) -> Instance:
+        name = app_name(project, slot)
+        extra = {L.LABEL_SLOT: str(slot), L.LABEL_VERSION: version}
+        if from_version:
+            extra[L.LABEL_FROM] = from_version
+        container_labels = L.project_labels(project, L.ROLE_APP, **extra)
+        volume_labels = L.project_labels(project, L.ROLE_VOLUME, **{L.LABEL_SLOT: str(slot)})
+        container = self.client.containers.run(
+            image,
+            name=name,
+            hostname=name,
+            detach=True,
+            labels=container_labels,
+            environment=env,
+            network=network_name(project),
+            read_only=True,
+            tmpfs={"/tmp": "size=16m"},
+            mounts=[Mount(APP_CODE_DIR, None, type="volume", labels=volume_labels)],
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            mem_limit="128m",
+            pids_limit=128,
+            user=APP_USER,
+        )
+        container.reload()
+        return self._describe(container, project)
+
+    async def refresh(self, project: str, instance: Instance) -> Instance | None:
+        """The instance as Docker sees it now, or None when it is gone."""
+        def get() -> Instance | None:
+            try:
+                return self._describe(self.client.containers.get(instance.id), project)
+            except docker.errors.NotFound:
+                return None
+        return await self._call(get)
+
+    async def stop_app(self, instance: Instance, grace_s: float) -> int | None:
+        """SIGTERM, wait up to ``grace_s``, SIGKILL, then remove with its volume; return the exit code."""
+        def stop() -> int | None:
+            try:
+                c = self.client.containers.get(instance.id)
+            except docker.errors.NotFound:
+                return None
+            c.stop(timeout=max(1, round(grace_s)))
+            code = c.wait(timeout=30).get("StatusCode")
+            c.remove(v=True, force=True)
+            return code
+        return await self._call(stop)
+
+    async def kill_app(self, instance: Instance) -> None:
+        """SIGKILL and remove at once (the naive strategy), volume included."""
+        def kill() -> None:
+            try:
+                self.client.containers.get(instance.id).remove(v=True, force=True)
+            except docker.errors.NotFound:
+                pass
+        await self._call(kill)
+
+    async def swap_code(self, instance: Instance, code_tar: bytes) -> None:
+        """Copy new code into the running container's code volume and ask it to reload (SIGHUP)."""
+        def swap() -> None:
+            c = self.client.containers.get(instance.id)
+            if not c.put_archive(APP_CODE_DIR, code_tar):
+                raise EngineError(f"{instance.name}: could not copy the new code in")
+            c.kill(signal="SIGHUP")
+        await self._call(swap)
+
+    async def exit_info(self, instance: Instance) -> str:
+        """A one-line account of why a container is not running: state, exit code, last log line."""
+        def info() -> str:
+            try:
+                c = self.client.containers.get(instance.id)
+            except docker.errors.NotFound:
+                return "container is gone"
+            state = c.attrs.get("State", {})
+            lines = c.logs(tail=5).decode(errors="replace").strip().splitlines()
+            last = lines[-1] if lines else ""
+            return f"state {c.status}, exit code {state.get('ExitCode')}" + (f": {last}" if last else "")
+        return await self._call(info)
+
+    # -- load balancer ------------------------------------------------------------------------
+    async def start_lb(self, project: str, port: int, image: str) -> Container:
+        """Start the NGINX container, published on 127.0.0.1:``port`` only."""
+        def start() -> Container:
+            try:
+                return self.client.containers.run(
+                    image,
+                    name=lb_name(project),
+                    hostname=lb_name(project),
+                    detach=True,
+                    labels=L.project_labels(project, L.ROLE_LB, **{L.LABEL_PORT: str(port)}),
+                    network=network_name(project),
+                    ports={f"{LB_CONTAINER_PORT}/tcp": ("127.0.0.1", port)},
+                    cap_drop=["ALL"],
+                    cap_add=["CHOWN", "DAC_OVERRIDE", "SETGID", "SETUID", "NET_BIND_SERVICE", "KILL"],
+                    security_opt=["no-new-privileges"],
+                    mem_limit="256m",
+                    pids_limit=256,
+                )
+            except docker.errors.APIError as exc:
+                if "address already in use" in str(exc) or "port is already allocated" in str(exc):
+                    self._remove_by_name(lb_name(project))
+                    raise PortInUseError(f"port: 127.0.0.1:{port} is already in use") from exc
+                raise
+        return await self._call(start)
+
+    def _remove_by_name(self, name: str) -> None:
+        try:
+            self.client.containers.get(name).remove(force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+
+    async def exec(self, container: Container, cmd: list[str]) -> tuple[int, str]:
+        """Run ``cmd`` in ``container``; return (exit code, combined output)."""
+        def run() -> tuple[int, str]:
+            result = container.exec_run(cmd, stdout=True, stderr=True)
+            return int(result.exit_code or 0), (result.output or b"").decode(errors="replace")
+        return await self._call(run)
+
+    async def put_file(self, container: Container, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` (its directory must exist) in ``container``."""
+        directory, _, filename = path.rpartition("/")
+        def put() -> None:
+            if not container.put_archive(directory or "/", _tar_one(filename, data)):
+                raise EngineError(f"could not write {path} in {container.name}")
+        await self._call(put)
+
+    async def read_file(self, container: Container, path: str) -> bytes:
+        """The content of ``path`` in ``container``; raises EngineError when it is missing."""
+        def read() -> bytes:
+            try:
+                bits, _ = container.get_archive(path)
+            except docker.errors.NotFound as exc:
+                raise EngineError(f"{path} not found in {container.name}") from exc
+            return _untar_one(bits)
+        return await self._call(read)
+
+    # -- teardown -----------------------------------------------------------------------------
+    async def down(self, project: str) -> dict[str, int]:
+        """Remove this project's containers, volumes and network, and nothing else."""
+        def down() -> dict[str, int]:
+            removed = {"containers": 0, "volumes": 0, "networks": 0}
+            for c in self.client.containers.list(all=True, filters=L.project_filter(project)):
+                c.remove(force=True, v=True)
+                removed["containers"] += 1
+            for v in self.client.volumes.list(filters=L.project_filter(project)):
+                try:
+                    v.remove(force=True)
+                    removed["volumes"] += 1
+                except docker.errors.NotFound:
+                    pass
+            for n in self.client.networks.list(filters=L.project_filter(project)):
+                n.remove()
+                removed["networks"] += 1
+            return removed
+        return await self._call(down)
+
+    async def has_project(self, project: str) -> bool:
+        def has() -> bool:
+            return bool(
+                self.client.containers.list(all=True, filters=L.project_filter(project))
+                or self.client.networks.list(filters=L.project_filter(project))
+            )
+        return await self._call(has)
+
+    async def require_fleet(self, project: str) -> tuple[Container, list[Instance]]:
+        """The load balancer and instances; NotFoundError when the project has no fleet."""
+        lb = await self.lb(project)
+        if lb is None:
+            raise NotFoundError(f"project {project!r} has no fleet; start one with `sandbox up`")
+        return lb, await self.instances(project)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

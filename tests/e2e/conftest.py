@@ -1,0 +1,100 @@
+"""Fixtures for the end-to-end tests: a real Docker engine, real NGINX, real Locust.
+
+The engine must answer (``scripts/setup.sh`` starts one): these tests fail, they
+are never skipped. Every project a test creates has a unique name and is
+removed in teardown by its labels, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from sandbox import labels as L
+from sandbox.images import ImageSet, ensure_images
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def client() -> Iterator[docker.DockerClient]:
+    c = docker.from_env(timeout=120)
+    c.ping()  # no engine: the test fails here, loudly
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def image_set(client: docker.DockerClient) -> ImageSet:
+    """The images, built once per session (cached across sessions by their inputs)."""
+    return ensure_images(client)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Cli:
+    """Runs ``python -m sandbox`` for one project, as a user would."""
+
+    project: str
+    port: int
+
+    def run(self, *args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "sandbox", *args]
+        if "--project" not in args:
+            cmd += ["--project", self.project]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def json(self, *args: str, timeout: float = 600, expect: int | None = 0) -> dict[str, Any]:
+        proc = self.run(*args, timeout=timeout)
+        if expect is not None and proc.returncode != expect:
+            raise AssertionError(f"{args} exited {proc.returncode}, expected {expect}\n{proc.stdout}\n{proc.stderr}")
+        try:
+            return json.loads(proc.stdout)
+        except ValueError as exc:
+            raise AssertionError(f"{args}: not JSON:\n{proc.stdout}\n{proc.stderr}") from exc
+
+    def get(self, path: str = "/") -> tuple[int, dict[str, str], bytes]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+
+
+def project_objects(client: docker.DockerClient, project: str) -> list[str]:
+    """Names of every container, network and volume carrying this project's labels."""
+    f = L.project_filter(project)
+    return ([c.name or "" for c in client.containers.list(all=True, filters=f)]
+            + [n.name or "" for n in client.networks.list(filters=f)]
+            + [v.name or "" for v in client.volumes.list(filters=f)])
+
+
+@pytest.fixture
+def cli(client: docker.DockerClient, image_set: ImageSet) -> Iterator[Cli]:
+    """A unique project; everything it created is removed afterwards."""
+    project = f"t{secrets.token_hex(4)}"
+    c = Cli(project=project, port=free_port())
+    try:
+        yield c
+    finally:
+        subprocess.run([sys.executable, "-m", "sandbox", "down", "--project", project],
+                       cwd=REPO, capture_output=True, timeout=300)
+        assert project_objects(client, project) == []

@@ -1,0 +1,246 @@
+"""End-to-end tests of sandbox.traffic: real Locust in a subprocess against a
+tiny aiohttp app in this process (127.0.0.1 only, a few seconds per run).
+
+The app mimics the toy shop: X-App-Version is v1 for the first second after
+its first request and v2 after, X-Instance / X-Session-State / a ``sid`` cookie,
+items, a cart, a home page. Some requests hang (``/api/items/13`` and a few
+fixed request numbers) until the test releases them, so that the load stops
+while they wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import get_type_hints
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from sandbox.records import RequestRow
+from sandbox.traffic import LoadRun, LoadSettings, TrafficError
+
+pytestmark = [pytest.mark.e2e]
+
+ROW_KEYS = set(get_type_hints(RequestRow))
+HANG_AT = {25, 60, 90}  # request numbers that hang (besides /api/items/13)
+SID = web.RequestKey("sid", str)
+
+
+@dataclass
+class FakeApp:
+    url: str
+    release: asyncio.Event
+    count: int = 0
+    first: float | None = None
+    hanging: int = 0
+    hang: bool = True  # False: a healthy app, every request answered at once
+    rids: list[str] = field(default_factory=list)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest_asyncio.fixture
+async def fake_app() -> AsyncIterator[FakeApp]:
+    release = asyncio.Event()
+    state = FakeApp(url="", release=release)
+    carts: dict[str, list[int]] = {}
+
+    @web.middleware
+    async def headers(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        state.count += 1
+        n = state.count
+        now = time.monotonic()
+        if state.first is None:
+            state.first = now
+        state.rids.append(request.headers.get("X-Request-ID", ""))
+        version = "v1" if now - state.first < 1.0 else "v2"
+        if state.hang and (n in HANG_AT or request.path == "/api/items/13"):
+            state.hanging += 1
+            try:
+                await asyncio.wait_for(release.wait(), 30)
+            finally:
+                state.hanging -= 1
+            return web.Response(status=503, text="released at teardown")
+        sid = request.cookies.get("sid")
+        session = "resumed" if sid in carts else "new"
+        if sid not in carts:
+            sid = uuid.uuid4().hex
+            carts[sid] = []
+        request[SID] = sid
+        resp = await handler(request)
+        resp.headers["X-App-Version"] = version
+        resp.headers["X-Instance"] = "fake-1/boot0"
+        resp.headers["X-Session-State"] = session
+        resp.set_cookie("sid", sid)
+        return resp
+
+    async def item(request: web.Request) -> web.Response:
+        n = int(request.match_info["n"])
+        return web.json_response({"id": n, "name": f"item {n}", "price": n * 1.5})
+
+    async def cart_get(request: web.Request) -> web.Response:
+        return web.json_response({"items": carts[request[SID]]})
+
+    async def cart_post(request: web.Request) -> web.Response:
+        body = await request.json()
+        carts[request[SID]].append(int(body["item"]))
+        return web.json_response({"items": carts[request[SID]]})
+
+    async def home(request: web.Request) -> web.Response:
+        return web.Response(text="shop")
+
+    app = web.Application(middlewares=[headers])
+    app.router.add_get("/api/items/{n:\\d+}", item)
+    app.router.add_get("/api/cart", cart_get)
+    app.router.add_post("/api/cart", cart_post)
+    app.router.add_get("/", home)
+    runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
+    await runner.setup()
+    port = _free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    state.url = f"http://127.0.0.1:{port}"
+    try:
+        yield state
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+def _no_locust_here() -> None:
+    loaded = [m for m in sys.modules if m.split(".")[0] in ("locust", "gevent")]
+    assert loaded == [], loaded
+
+
+@pytest.mark.asyncio
+async def test_live_traffic_rows(fake_app: FakeApp, tmp_path: Path) -> None:
+    rows_path = tmp_path / "rows.jsonl"
+    settings = LoadSettings(users=5, spawn_rate=50, timeout_s=20, stop_timeout_s=1)
+    run = LoadRun(fake_app.url, settings, rows_path)
+    seen: list[RequestRow] = []
+    async with run:
+        assert run.running
+        for _ in range(6):
+            await asyncio.sleep(0.5)
+            seen.extend(run.new_rows())
+        assert fake_app.hanging > 0, "no request is waiting when the load stops"
+        t_stop = time.time()
+    await run.stop()  # idempotent
+    await run.stop(grace_s=0.1)
+    assert not run.running
+    assert run.returncode in (0, 1)
+    seen.extend(run.new_rows())
+    assert run.new_rows() == []
+
+    rows = run.all_rows()
+    assert len(rows) > 20
+    for row in rows:
+        assert set(row) == ROW_KEYS, row
+    # new_rows() gave each row exactly once, across calls
+    assert sorted(r["rid"] for r in seen) == sorted(r["rid"] for r in rows)
+    rids = [r["rid"] for r in rows]
+    assert len(set(rids)) == len(rids)
+    assert all(len(r) == 32 for r in rids)
+    # every request the app received was recorded, with the rid it carried
+    assert set(fake_app.rids) <= set(rids)
+
+    answered = [r for r in rows if not r["unanswered"]]
+    assert {r["version"] for r in answered} == {"v1", "v2"}
+    assert all(r["status"] == 200 and r["error"] is None for r in answered)
+    assert all(r["t_end"] is not None and r["latency_ms"] is not None for r in answered)
+    assert {r["instance"] for r in answered} == {"fake-1/boot0"}
+    assert {r["session"] for r in answered} == {"new", "resumed"}
+    assert {r["name"] for r in rows} <= {"/api/items/[id]", "/api/cart", "/"}
+    assert {r["method"] for r in rows} == {"GET", "POST"}
+    users = {r["user"] for r in rows}
+    assert len(users) == 5 and all(u.startswith("u") for u in users)
+    # cookies are kept: each user is "new" once (its first answer) and then resumed
+    for u in users:
+        mine = sorted((r for r in answered if r["user"] == u), key=lambda r: r["t"])
+        assert [r["session"] for r in mine].count("new") <= 1
+    items = [r for r in answered if r["name"] == "/api/items/[id]"]
+    assert items and all(r["contract"] == "ok" for r in items)  # compatible mode
+    assert all(r["contract"] is None for r in answered if r["name"] != "/api/items/[id]")
+
+    unanswered = [r for r in rows if r["unanswered"]]
+    assert unanswered
+    for r in unanswered:
+        assert r["status"] == 0 and r["t_end"] is None and r["latency_ms"] is None
+        assert r["error"] == "unanswered at stop"
+        assert r["t"] < t_stop + 0.5  # sent before Locust handled the SIGTERM
+    # a user waits on at most one request at a time
+    assert len({r["user"] for r in unanswered}) == len(unanswered)
+    _no_locust_here()
+
+
+@pytest.mark.asyncio
+async def test_stopping_a_healthy_load_drops_nothing(
+    fake_app: FakeApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No think time: at any instant most users are waiting for an answer, and
+    # stop must let them have it instead of calling them unanswered.
+    fake_app.hang = False
+    monkeypatch.setenv("ROLLING_SANDBOX_WAIT_MIN", "0")
+    monkeypatch.setenv("ROLLING_SANDBOX_WAIT_MAX", "0")
+    settings = LoadSettings(users=20, spawn_rate=100, stop_timeout_s=2)
+    run = LoadRun(fake_app.url, settings, tmp_path / "rows.jsonl")
+    async with run:
+        await asyncio.sleep(1.5)
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 3.0
+    rows = run.all_rows()
+    assert len(rows) > 100
+    assert [r for r in rows if r["status"] != 200] == []
+    assert len({r["rid"] for r in rows}) == len(rows) == fake_app.count
+    _no_locust_here()
+
+
+@pytest.mark.asyncio
+async def test_missing_locustfile_fails_fast(tmp_path: Path) -> None:
+    settings = LoadSettings(users=1, locustfile=tmp_path / "nope.py")
+    run = LoadRun("http://127.0.0.1:9", settings, tmp_path / "rows.jsonl")
+    t0 = time.monotonic()
+    with pytest.raises(TrafficError, match=r"nope\.py"):
+        await run.start()
+    assert time.monotonic() - t0 < 1.0
+    assert not run.running
+    await run.stop()
+
+
+@pytest.mark.asyncio
+async def test_broken_locustfile_reports_last_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken_locustfile.py"
+    broken.write_text("raise RuntimeError('boom from the locustfile')\n")
+    run = LoadRun("http://127.0.0.1:9", LoadSettings(users=1, locustfile=broken), tmp_path / "r.jsonl")
+    with pytest.raises(TrafficError, match="boom from the locustfile"):
+        await run.start()
+    assert not run.running
+    _no_locust_here()
+
+
+@pytest.mark.asyncio
+async def test_server_not_listening_gives_status_0_rows(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    run = LoadRun(url, LoadSettings(users=3, spawn_rate=50, timeout_s=2), tmp_path / "rows.jsonl")
+    async with run:
+        await asyncio.sleep(1.0)
+    rows = run.all_rows()
+    assert rows
+    for r in rows:
+        assert r["status"] == 0
+        assert r["error"], r
+        assert r["version"] is None and r["contract"] is None
+    assert {r["error"] for r in rows if not r["unanswered"]} == {"ConnectionRefusedError"}
+    _no_locust_here()

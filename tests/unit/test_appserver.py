@@ -1,0 +1,317 @@
+"""The app harness's HTTP service, run in-process against both version modules."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+
+from sandbox.appserver.server import Settings, Shop
+from sandbox.appserver.supervisor import child_env, exit_code
+
+REPO = Path(__file__).resolve().parents[2]
+
+MakeClient = Callable[..., Awaitable[tuple[TestClient, Shop]]]
+
+
+def load_version(version: str) -> ModuleType:
+    """The version module app_<version>/app.py, imported by path."""
+    path = REPO / f"app_{version}" / "app.py"
+    spec = importlib.util.spec_from_file_location(f"toy_app_{version}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest_asyncio.fixture
+async def make_client() -> AsyncIterator[MakeClient]:
+    """Factory: a TestClient on a fresh Shop for (version, settings)."""
+    clients: list[TestClient] = []
+
+    async def make(version: str = "v1", **settings: object) -> tuple[TestClient, Shop]:
+        shop = Shop(Settings(**settings), load_version(version), instance="test-host/abc123")
+        client = TestClient(TestServer(shop.make_app()))
+        await client.start_server()
+        clients.append(client)
+        return client, shop
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in metrics")
+
+
+@pytest.mark.asyncio
+async def test_headers_on_every_response(make_client: MakeClient) -> None:
+    client, _ = await make_client("v1")
+    for path in ("/", "/api/items/1", "/healthz", "/metrics", "/nope", "/api/items/x"):
+        resp = await client.get(path, headers={"X-Request-ID": "req-42"})
+        assert resp.headers["X-App-Version"] == "v1", path
+        assert resp.headers["X-Instance"] == "test-host/abc123", path
+        assert resp.headers["X-Request-ID"] == "req-42", path
+    resp = await client.get("/")
+    assert "X-Request-ID" not in resp.headers
+    assert await resp.json() == {"service": "toy-shop", "version": "v1"}
+
+
+@pytest.mark.asyncio
+async def test_boot_nonce_differs_per_process_start() -> None:
+    settings = Settings()
+    a, b = Shop(settings, load_version("v1")), Shop(settings, load_version("v1"))
+    assert a.instance != b.instance
+    host, nonce = a.instance.rsplit("/", 1)
+    assert host and len(nonce) == 6 and int(nonce, 16) >= 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("version", "breaking", "expected"),
+    [
+        ("v1", False, {"id": 7, "name": "item-7", "price": 107}),
+        ("v1", True, {"id": 7, "name": "item-7", "price": 107}),
+        ("v2", False, {"id": 7, "name": "item-7", "price": 107, "currency": "EUR"}),
+        ("v2", True, {"id": 7, "title": "item-7", "price": 107, "currency": "EUR"}),
+    ],
+)
+async def test_items_per_version(
+    make_client: MakeClient, version: str, breaking: bool, expected: dict[str, object]
+) -> None:
+    client, _ = await make_client(version, breaking=breaking)
+    resp = await client.get("/api/items/7")
+    assert resp.status == 200
+    assert resp.headers["X-App-Version"] == version
+    assert await resp.json() == expected
+
+
+@pytest.mark.asyncio
+async def test_non_integer_item_is_json_404(make_client: MakeClient) -> None:
+    client, _ = await make_client()
+    resp = await client.get("/api/items/abc")
+    assert resp.status == 404
+    assert (await resp.json())["status"] == 404
+
+
+@pytest.mark.asyncio
+async def test_session_new_then_resumed_and_client_sid_reused(make_client: MakeClient) -> None:
+    client, shop = await make_client()
+    first = await client.get("/")
+    assert first.headers["X-Session-State"] == "new"
+    sid = first.cookies["sid"].value
+    second = await client.get("/api/items/1")  # the client's cookie jar sends sid back
+    assert second.headers["X-Session-State"] == "resumed"
+    assert "sid" not in second.cookies
+    # an unknown sid (e.g. a session from a replaced server) starts anew under the same id
+    client.session.cookie_jar.clear()
+    third = await client.get("/", headers={"Cookie": "sid=from-old-server"})
+    assert third.headers["X-Session-State"] == "new"
+    assert third.cookies["sid"].value == "from-old-server"
+    assert set(shop.sessions) == {sid, "from-old-server"}
+    # health and metrics neither create nor need sessions
+    client.session.cookie_jar.clear()
+    health = await client.get("/healthz")
+    assert "X-Session-State" not in health.headers
+    assert len(shop.sessions) == 2
+
+
+@pytest.mark.asyncio
+async def test_cart(make_client: MakeClient) -> None:
+    client, _ = await make_client("v2")
+    assert await (await client.get("/api/cart")).json() == {"items": [], "count": 0}
+    await client.post("/api/cart", json={"item": 3})
+    resp = await client.post("/api/cart", json={"item": 5})
+    assert await resp.json() == {"items": [3, 5], "count": 2}
+    assert await (await client.get("/api/cart")).json() == {"items": [3, 5], "count": 2}
+    bad = await client.post("/api/cart", json={"item": "x"})
+    assert bad.status == 400
+    bad = await client.post("/api/cart", data=b"not json")
+    assert bad.status == 400
+
+
+@pytest.mark.asyncio
+async def test_healthz_starting_then_ready_then_stopping(make_client: MakeClient) -> None:
+    client, shop = await make_client("v2", startup_delay=0.3)
+    resp = await client.get("/healthz")
+    assert resp.status == 503
+    assert await resp.json() == {"status": "starting"}
+    assert metric(await (await client.get("/metrics")).text(), "app_ready") == 0
+    await asyncio.sleep(0.35)
+    resp = await client.get("/healthz")
+    assert resp.status == 200
+    assert await resp.json() == {"status": "ready", "version": "v2"}
+    assert metric(await (await client.get("/metrics")).text(), "app_ready") == 1
+    shop.begin_stop()
+    resp = await client.get("/healthz")
+    assert resp.status == 503
+    assert await resp.json() == {"status": "stopping"}
+    assert resp.headers.get("Connection", "").lower() == "close"
+
+
+@pytest.mark.asyncio
+async def test_metrics_count_only_root_and_api(make_client: MakeClient) -> None:
+    client, _ = await make_client()
+    for path in ("/", "/api/items/1", "/api/items/nope", "/healthz", "/healthz", "/metrics"):
+        await client.get(path)
+    resp = await client.get("/metrics")
+    assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    text = await resp.text()
+    assert metric(text, "app_requests_total") == 3
+    assert metric(text, "app_requests_in_flight") == 0
+    assert 'app_info{version="v1"} 1' in text
+    assert 'app_responses_total{code="200"} 2' in text
+    assert 'app_responses_total{code="404"} 1' in text
+    again = await (await client.get("/metrics")).text()
+    assert metric(again, "app_requests_total") == 3
+
+
+@pytest.mark.asyncio
+async def test_in_flight_gauge_and_drain(make_client: MakeClient) -> None:
+    client, shop = await make_client(latency_ms=300)
+    slow = asyncio.create_task(client.get("/api/items/1"))
+    deadline = time.monotonic() + 2
+    seen = 0.0
+    while time.monotonic() < deadline and not seen:
+        seen = metric(await (await client.get("/metrics")).text(), "app_requests_in_flight")
+        await asyncio.sleep(0.02)
+    assert seen == 1
+    assert not await shop.wait_idle(0.01)
+    assert await shop.wait_idle(2)
+    resp = await slow
+    assert resp.status == 200
+    assert metric(await (await client.get("/metrics")).text(), "app_requests_in_flight") == 0
+
+
+@pytest.mark.asyncio
+async def test_error_ratio_one_gives_500s_for_api_only(make_client: MakeClient) -> None:
+    client, _ = await make_client(error_ratio=1.0)
+    for _ in range(5):
+        resp = await client.get("/api/items/1")
+        assert resp.status == 500
+        assert resp.headers["X-App-Version"] == "v1"
+    assert (await client.get("/")).status == 200
+    assert (await client.get("/healthz")).status == 200
+    text = await (await client.get("/metrics")).text()
+    assert 'app_responses_total{code="500"} 5' in text
+
+
+def test_settings_from_env() -> None:
+    env = {
+        "APP_PORT": "8100",
+        "APP_LATENCY_MS": "25",
+        "APP_STARTUP_DELAY": "2",
+        "APP_BOOT_FAIL": "1",
+        "APP_ERROR_RATIO": "0.25",
+        "APP_BREAKING": "1",
+        "APP_STOP_DELAY": "0",
+        "APP_SHUTDOWN_GRACE": "3",
+    }
+    s = Settings.from_env(env)
+    assert (s.port, s.latency_ms, s.startup_delay, s.error_ratio) == (8100, 25, 2, 0.25)
+    assert s.boot_fail and s.breaking and s.stop_delay == 0 and s.shutdown_grace == 3
+    assert Settings.from_env({}) == Settings()
+    with pytest.raises(ValueError, match="APP_ERROR_RATIO"):
+        Settings.from_env({"APP_ERROR_RATIO": "2"})
+    with pytest.raises(ValueError, match="APP_LATENCY_MS"):
+        Settings.from_env({"APP_LATENCY_MS": "fast"})
+
+
+def test_supervisor_env_merge_and_exit_codes(tmp_path: Path) -> None:
+    assert child_env(tmp_path, {"A": "1"}) == {"A": "1"}
+    (tmp_path / "env.json").write_text(json.dumps({"APP_BREAKING": "1", "A": 2}))
+    assert child_env(tmp_path, {"A": "1"}) == {"A": "2", "APP_BREAKING": "1"}
+    (tmp_path / "env.json").write_text("[1]")
+    assert child_env(tmp_path, {"A": "1"}) == {"A": "1"}
+    assert exit_code(3 << 8) == 3
+    assert exit_code(signal.SIGKILL) == 128 + signal.SIGKILL
+
+
+def _start_supervisor(app_dir: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
+    full_env = {
+        **os.environ,
+        "APP_DIR": str(app_dir),
+        "APP_PORT": str(port),
+        "APP_STOP_DELAY": "0",
+        "PYTHONPATH": f"{REPO / 'sandbox'}{os.pathsep}{app_dir}",
+        **env,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "appserver.supervisor"],
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_supervisor_exits_with_child_boot_failure(tmp_path: Path) -> None:
+    for name in ("app.py", "VERSION"):
+        (tmp_path / name).write_bytes((REPO / "app_v1" / name).read_bytes())
+    proc = _start_supervisor(tmp_path, 1, APP_BOOT_FAIL="1")
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 3
+    assert b"APP_BOOT_FAIL" in err
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_ready(port: int, version: str, timeout: float = 15) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/items/2", timeout=2) as r:
+                if r.headers["X-App-Version"] == version:
+                    return dict(json.loads(r.read()))
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"no {version} answer on port {port} within {timeout}s")
+
+
+def test_supervisor_reloads_new_code_on_sighup_and_stops_on_sigterm(tmp_path: Path) -> None:
+    for name in ("app.py", "VERSION"):
+        (tmp_path / name).write_bytes((REPO / "app_v1" / name).read_bytes())
+    port = _free_port()
+    proc = _start_supervisor(tmp_path, port)
+    try:
+        assert _wait_ready(port, "v1") == {"id": 2, "name": "item-2", "price": 102}
+        for name in ("app.py", "VERSION"):
+            (tmp_path / name).write_bytes((REPO / "app_v2" / name).read_bytes())
+        (tmp_path / "env.json").write_text('{"APP_BREAKING": "1"}')
+        proc.send_signal(signal.SIGHUP)
+        assert _wait_ready(port, "v2") == {
+            "id": 2,
+            "title": "item-2",
+            "price": 102,
+            "currency": "EUR",
+        }
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    assert err.count(b"started server pid") == 2

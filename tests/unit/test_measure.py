@@ -1,0 +1,534 @@
+"""sandbox.measure from hand-built rows and events: every number checked by hand."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+
+from sandbox.measure import (
+    MeasureSettings,
+    address_history_from_events,
+    agreement,
+    attribute_versions,
+    measure,
+    percentile,
+    upstream_addresses,
+)
+from sandbox.records import Event, NginxRow, RequestRow
+
+T0 = 1_700_000_000.0
+
+
+def row(
+    t: float,
+    *,
+    user: str = "u1",
+    version: str | None = "v1",
+    status: int = 200,
+    latency: float | None = 10.0,
+    rid: str | None = None,
+    instance: str | None = None,
+    unanswered: bool = False,
+    contract: str | None = None,
+    t_end: float | None = None,
+) -> RequestRow:
+    """A request sent at T0 + t, answered ``latency`` ms later (unless unanswered)."""
+    end = None if unanswered else (t_end if t_end is not None else T0 + t + (latency or 0) / 1000)
+    out: dict[str, Any] = {
+        "t": T0 + t,
+        "t_end": end,
+        "user": user,
+        "rid": rid or f"r-{user}-{t}",
+        "method": "GET",
+        "name": "/api/items/[id]",
+        "status": 0 if unanswered else status,
+        "version": None if unanswered or status == 0 else version,
+        "instance": instance,
+        "session": None,
+        "latency_ms": None if unanswered else latency,
+        "error": None if 200 <= status < 400 and not unanswered else "error",
+    }
+    if unanswered:
+        out["unanswered"] = True
+    if contract is not None:
+        out["contract"] = contract
+    return out  # type: ignore[return-value]
+
+
+def event(t: float, phase: str, instance: str | None = None, **extra: Any) -> Event:
+    return {"t": T0 + t, "phase": phase, "instance": instance, **extra}  # type: ignore[typeddict-item]
+
+
+def nginx(rid: str, t: float, upstream: str, status: int = 200) -> NginxRow:
+    return {
+        "time": T0 + t,
+        "rid": rid,
+        "method": "GET",
+        "uri": "/",
+        "status": status,
+        "upstream_addr": upstream,
+        "upstream_status": str(status),
+        "request_time": 0.01,
+        "upstream_response_time": "0.010",
+    }
+
+
+ROLLOUT = [event(2.0, "rollout-start", version="v2"), event(6.0, "rollout-end")]
+
+
+# --------------------------------------------------------------------------- plain runs
+
+
+def test_v1_only_run() -> None:
+    rows = [row(float(i), user=f"u{i % 3}", latency=10.0 + i) for i in range(10)]
+    m = measure(rows, [])
+    req = m["requests"]
+    assert req["total"] == 10
+    assert req["ok"] == 10
+    assert req["dropped"] == req["errors_4xx"] == req["unanswered"] == req["slow"] == 0
+    assert req["by_version"] == {"v1": 10, "v2": 0, "unknown": 0}
+    assert m["latency_ms"] == {"p50": 14.0, "p95": 19.0, "p99": 19.0, "max": 19.0}
+    exp = m["exposure"]
+    assert exp["mixed_window_s"] == 0
+    assert exp["users_total"] == 3
+    assert exp["users_saw_both"] == exp["downgrades"] == exp["users_downgraded"] == 0
+    assert list(m["phases"]) == ["all"]
+    assert m["phases"]["all"]["requests"] == 10
+    assert m["rollout"] == {"duration_s": None, "peak_instances": 0}
+    # answers every second, each 10-19 ms after the send: longest gap just over 1 s
+    assert m["stall_s"] == pytest.approx(1.001, abs=1e-3)
+    json.dumps(m)  # JSON-able
+
+
+def test_empty_inputs() -> None:
+    m = measure([], [])
+    assert m["requests"]["total"] == 0
+    assert m["latency_ms"] == {"p50": None, "p95": None, "p99": None, "max": None}
+    assert m["stall_s"] == 0
+    assert m["exposure"]["timeline"] == []
+    assert m["exposure"]["users_total"] == 0
+    assert m["drains"] == []
+    json.dumps(m)
+
+
+def test_rows_missing_optional_fields_are_tolerated() -> None:
+    bare = [
+        {"t": T0, "t_end": T0 + 0.01, "user": "u", "rid": "a", "status": 200},
+        {"t": T0 + 1, "user": "u", "rid": "b", "status": 0},
+    ]
+    m = measure(bare, [])  # type: ignore[arg-type]
+    assert m["requests"]["total"] == 2
+    assert m["requests"]["by_version"]["unknown"] == 1
+    assert m["requests"]["unanswered"] == 1  # no t_end: still waiting at stop
+    assert m["latency_ms"]["p50"] == pytest.approx(10.0, abs=0.1)  # from t_end - t
+
+
+@pytest.mark.parametrize(
+    ("p", "expected"),
+    [(50, 5), (95, 10), (99, 10), (100, 10), (10, 1), (11, 2), (1, 1)],
+)
+def test_percentile_is_nearest_rank(p: float, expected: float) -> None:
+    assert percentile([float(v) for v in range(10, 0, -1)], p) == expected
+
+
+def test_percentile_of_nothing_is_none() -> None:
+    assert percentile([], 50) is None
+
+
+# --------------------------------------------------------------------------- exposure
+
+
+def test_clean_switch_has_no_mixed_window() -> None:
+    rows = [row(float(i), user=f"u{i % 2}", version="v1") for i in range(5)]
+    rows += [row(5.0 + i, user=f"u{i % 2}", version="v2") for i in range(5)]
+    m = measure(rows, ROLLOUT)
+    exp = m["exposure"]
+    assert exp["mixed_window_s"] == 0
+    assert exp["users_saw_both"] == 2  # both users crossed over, never back
+    assert exp["downgrades"] == exp["users_downgraded"] == 0
+    assert m["requests"]["by_version"] == {"v1": 5, "v2": 5, "unknown": 0}
+
+
+def test_interleaved_versions() -> None:
+    rows = [
+        row(0.0, user="a", version="v1"),
+        row(1.0, user="a", version="v2"),  # first v2 answer at 1.01
+        row(2.0, user="a", version="v1"),  # downgrade
+        row(3.0, user="a", version="v1"),  # downgrade
+        row(1.5, user="b", version="v1"),
+        row(2.5, user="b", version="v1"),
+        row(3.5, user="b", version="v2"),  # b never goes back
+        row(4.0, user="c", version="v2"),
+        row(5.0, user="c", version="v1"),  # downgrade, last v1 answer at 5.01
+        row(6.0, user="d", version="v1"),  # only v1 before: not a downgrade
+    ]
+    # d's v1 answer at 6.01 is the last v1 answer
+    exp = measure(rows, ROLLOUT)["exposure"]
+    assert exp["mixed_window_s"] == pytest.approx(5.0, abs=1e-3)
+    assert exp["users_total"] == 4
+    assert exp["users_saw_both"] == 3
+    assert exp["downgrades"] == 3
+    assert exp["users_downgraded"] == 2
+
+
+def test_downgrades_follow_answer_order_not_send_order() -> None:
+    # sent v2 first but its answer arrived last: no downgrade
+    rows = [
+        row(0.0, user="a", version="v2", latency=500.0),
+        row(0.1, user="a", version="v1", latency=10.0),
+    ]
+    assert measure(rows, ROLLOUT)["exposure"]["downgrades"] == 0
+
+
+def test_failed_answers_do_not_count_as_versions() -> None:
+    rows = [
+        row(0.0, user="a", version="v2"),
+        row(1.0, user="a", version="v1", status=503),
+    ]
+    exp = measure(rows, ROLLOUT)["exposure"]
+    assert exp["downgrades"] == 0
+    assert exp["users_saw_both"] == 0
+
+
+def _shuffled_case() -> tuple[list[RequestRow], list[Event], list[NginxRow]]:
+    rnd = random.Random(7)
+    rows = []
+    for i in range(200):
+        t = i * 0.05
+        version = "v1" if rnd.random() < 1 - t / 10 else "v2"
+        status = rnd.choice([200, 200, 200, 200, 404, 502, 0])
+        rows.append(
+            row(
+                t,
+                user=f"u{i % 7}",
+                version=version,
+                status=status,
+                latency=rnd.uniform(5, 90),
+                instance=f"app-{i % 3}/n",
+                rid=f"r{i}",
+            )
+        )
+    rows.append(row(9.99, user="u1", unanswered=True, rid="late"))
+    events = [
+        event(1.0, "rollout-start", version="v2", detail={"instances": 3}),
+        event(3.0, "stop", "app-1"),
+        event(3.1, "start", "app-1b"),
+        event(9.0, "rollout-end"),
+        event(10.0, "load-stop"),
+    ]
+    logs = [nginx("r3", 0.2, "10.0.0.1:8000, 10.0.0.2:8000")]
+    return rows, events, logs
+
+
+def test_out_of_order_rows_give_the_same_result() -> None:
+    rows, events, logs = _shuffled_case()
+    expected = measure(rows, events, nginx=logs)
+    mixed_rows, mixed_events = rows[:], events[:]
+    random.Random(1).shuffle(mixed_rows)
+    random.Random(2).shuffle(mixed_events)
+    assert measure(mixed_rows, mixed_events, nginx=logs) == expected
+
+
+def test_no_v2_answer_at_all() -> None:
+    rows = [row(float(i), version="v1") for i in range(4)]
+    rows.append(row(4.0, version="v2", status=502))  # v2 only failed
+    m = measure(rows, ROLLOUT)
+    assert m["exposure"]["mixed_window_s"] == 0
+    assert m["exposure"]["users_saw_both"] == 0
+    assert m["requests"]["by_version"]["v2"] == 0
+    assert m["requests"]["dropped"] == 1
+
+
+def test_every_request_failed() -> None:
+    rows = [row(float(i), status=0, latency=5.0) for i in range(5)]
+    rows.append(row(5.0, unanswered=True))
+    events = [event(8.0, "load-stop")]
+    m = measure(rows, events)
+    assert m["requests"]["dropped"] == m["requests"]["total"] == 6
+    assert m["requests"]["ok"] == 0
+    assert m["stall_s"] == pytest.approx(8.0)  # the whole window: first send to load-stop
+    assert m["latency_ms"] == {"p50": None, "p95": None, "p99": None, "max": None}
+    assert m["exposure"]["mixed_window_s"] == 0
+
+
+def test_stall_finds_the_longest_gap_and_the_edges() -> None:
+    rows = [row(0.0), row(1.0), row(1.5), row(9.0)]  # answers at .01, 1.01, 1.51, 9.01
+    m = measure(rows, [event(10.0, "load-stop")])
+    assert m["stall_s"] == pytest.approx(7.5)
+    m = measure(rows[:3], [event(10.0, "load-stop")])
+    assert m["stall_s"] == pytest.approx(10.0 - 1.51)  # tail edge: nothing after 1.51
+
+
+def test_single_user() -> None:
+    rows = [
+        row(0.0, user="solo", version="v1"),
+        row(1.0, user="solo", version="v2"),
+        row(2.0, user="solo", version="v1"),
+    ]
+    exp = measure(rows, ROLLOUT)["exposure"]
+    assert (exp["users_total"], exp["users_saw_both"]) == (1, 1)
+    assert (exp["downgrades"], exp["users_downgraded"]) == (1, 1)
+
+
+def test_unanswered_rows_are_dropped_and_slow() -> None:
+    rows = [row(0.0), row(1.0, unanswered=True), row(2.0, unanswered=True)]
+    req = measure(rows, [])["requests"]
+    assert req["dropped"] == 2
+    assert req["unanswered"] == 2
+    assert req["slow"] == 2
+
+
+def test_slow_uses_the_budget() -> None:
+    rows = [
+        row(0.0, latency=1500.0),
+        row(1.0, latency=2500.0),
+        row(2.0, latency=900.0),
+        row(3.0, status=0, latency=30_000.0),
+    ]  # a client timeout after 30 s
+    assert measure(rows, [])["requests"]["slow"] == 2
+    settings = MeasureSettings(slow_budget_s=1.0)
+    assert measure(rows, [], settings=settings)["requests"]["slow"] == 3
+
+
+def test_4xx_counted_apart() -> None:
+    rows = [row(0.0), row(1.0, status=404), row(2.0, status=429), row(3.0, status=500)]
+    req = measure(rows, [])["requests"]
+    assert req["errors_4xx"] == 2
+    assert req["dropped"] == 1
+    assert req["ok"] == 1
+    assert req["by_version"]["v1"] == 1
+
+
+def test_nginx_retried_rows() -> None:
+    logs = [
+        nginx("a", 0.1, "10.0.0.1:8000"),
+        nginx("b", 0.2, "10.0.0.1:8000, 10.0.0.2:8000"),
+        nginx("c", 0.3, "10.0.0.1:8000, 10.0.0.2:8000, 10.0.0.3:8000"),
+        nginx("d", 0.4, "10.0.0.2:8000 : 10.0.0.3:8000"),
+        nginx("e", 0.5, "-"),
+        nginx("f", 0.6, ""),
+    ]
+    assert measure([row(0.0)], [], nginx=logs)["requests"]["retried"] == 3
+
+
+def test_upstream_addresses() -> None:
+    assert upstream_addresses("10.0.0.1:8000, 10.0.0.2:8000") == ["10.0.0.1:8000", "10.0.0.2:8000"]
+    assert upstream_addresses("a:1 : b:2") == ["a:1", "b:2"]
+    assert upstream_addresses("-") == upstream_addresses("") == upstream_addresses(None) == []
+
+
+def test_contract_violations() -> None:
+    rows = [
+        row(0.0, contract="ok"),
+        row(1.0, contract="violation", version="v2"),
+        row(2.0, contract="violation", version="v2"),
+        row(3.0),
+    ]
+    assert measure(rows, [])["exposure"]["contract_violations"] == 2
+
+
+def test_sessions_lost_on_stop_kill_and_swap() -> None:
+    rows = [
+        row(0.0, user="a", instance="app-1/aaa"),  # app-1 stopped at 3: lost
+        row(0.5, user="b", instance="app-2/bbb"),  # app-2 killed at 4: lost
+        row(1.0, user="c", instance="app-3/ccc"),  # app-3 swapped at 5: lost
+        row(6.0, user="d", instance="app-3/ddd"),  # after the swap: kept
+        row(1.0, user="e", instance="app-10/eee"),  # app-10 is not app-1
+        row(1.5, user="f", instance="app-1/aaa", status=502),  # failed: no session
+        row(2.0, user="a", instance="app-1/aaa"),  # same user twice counts once
+    ]
+    events = [
+        event(3.0, "stop", "app-1"),
+        event(4.0, "kill", "app-2"),
+        event(5.0, "swap", "app-3"),
+        event(5.5, "detach", "app-10"),
+    ]
+    assert measure(rows, events)["exposure"]["sessions_lost"] == 3
+
+
+def test_peak_instances_from_events() -> None:
+    events = [
+        event(0.0, "start", "old-extra"),  # before rollout-start: not counted
+        event(1.0, "rollout-start", version="v2", detail={"instances": 3}),
+        event(2.0, "start", "n1"),
+        event(2.5, "start", "n2"),  # 5
+        event(3.0, "stop", "o1"),
+        event(3.5, "kill", "o2"),
+        event(4.0, "start", "n3"),  # 4
+        event(5.0, "stop", "o3"),
+        event(6.0, "rollout-end"),
+    ]
+    rollout = measure([], events)["rollout"]
+    assert rollout == {"duration_s": 5.0, "peak_instances": 5}
+
+
+def test_peak_instances_without_instances_detail() -> None:
+    events = [event(0.0, "rollout-start"), event(1.0, "stop", "a"), event(2.0, "start", "b")]
+    assert measure([], events)["rollout"]["peak_instances"] == 0
+
+
+def test_drains_from_events() -> None:
+    events = [
+        event(1.0, "drain", "app-1", detail={"duration_s": 0.4, "in_flight": 2}),
+        event(2.0, "drain", "app-2"),
+    ]
+    assert measure([], events)["drains"] == [
+        {"instance": "app-1", "duration_s": 0.4, "in_flight": 2},
+        {"instance": "app-2", "duration_s": None, "in_flight": None},
+    ]
+
+
+def test_timeline_buckets() -> None:
+    rows = [
+        row(0.0, version="v1", latency=10.0),  # the window starts here
+        row(0.2, version="v1", latency=20.0),
+        row(0.95, version="v2", latency=100.0),  # sent in second 0, answered in second 1
+        row(1.5, status=0, latency=5.0),  # dropped, sent in second 1
+        row(2.2, unanswered=True),  # dropped, sent in second 2
+        row(2.5, status=404, latency=30.0),  # answered, not ok
+    ]
+    tl = measure(rows, [event(3.5, "load-stop")])["exposure"]["timeline"]
+    assert [b["t"] for b in tl] == [0, 1, 2, 3]
+    assert tl[0] == {"t": 0, "v1": 2, "v2": 0, "dropped": 0, "p99_ms": 20.0}
+    assert tl[1] == {"t": 1, "v1": 0, "v2": 1, "dropped": 1, "p99_ms": 100.0}
+    assert tl[2] == {"t": 2, "v1": 0, "v2": 0, "dropped": 1, "p99_ms": 30.0}
+    assert tl[3] == {"t": 3, "v1": 0, "v2": 0, "dropped": 0, "p99_ms": None}
+
+
+def test_phases_split_at_rollout_events() -> None:
+    rows = [
+        row(0.0),
+        row(1.0),
+        row(2.5, status=502),
+        row(3.0, status=404),
+        row(4.0),
+        row(7.0),
+        row(8.0, latency=30.0),
+    ]
+    m = measure(rows, [*ROLLOUT, event(10.0, "load-stop")])
+    ph = m["phases"]
+    assert list(ph) == ["warmup", "rollout", "cooldown"]
+    assert ph["warmup"]["duration_s"] == 2.0
+    assert ph["warmup"]["requests"] == 2
+    assert ph["warmup"]["rps"] == 1.0
+    assert ph["rollout"]["duration_s"] == 4.0
+    assert (ph["rollout"]["requests"], ph["rollout"]["dropped"]) == (3, 1)
+    assert ph["rollout"]["errors_4xx"] == 1
+    assert ph["cooldown"]["duration_s"] == 4.0
+    assert ph["cooldown"]["requests"] == 2
+    assert ph["cooldown"]["latency_ms"] == {"p50": 10.0, "p95": 30.0, "p99": 30.0}
+    assert m["rollout"]["duration_s"] == 4.0
+
+
+def test_rollout_without_end_runs_to_the_end_of_the_load() -> None:
+    rows = [row(0.0), row(3.0), row(5.0)]
+    ph = measure(rows, [event(2.0, "rollout-start"), event(9.0, "load-stop")])["phases"]
+    assert ph["rollout"]["duration_s"] == 7.0
+    assert ph["rollout"]["requests"] == 2
+    assert ph["cooldown"]["duration_s"] == 0.0
+
+
+# --------------------------------------------------------------------------- rollback direction
+
+
+def test_rollback_direction_v2_to_v1() -> None:
+    events = [event(2.0, "rollout-start", version="v1"), event(6.0, "rollout-end")]
+    rows = [
+        row(0.0, user="a", version="v2"),
+        row(1.0, user="a", version="v1"),  # first "to" (v1) answer at 1.01
+        row(2.0, user="a", version="v2"),  # downgrade: v2 after v1
+        row(3.0, user="b", version="v2"),  # last "from" (v2) answer at 3.01
+        row(4.0, user="b", version="v1"),
+    ]
+    exp = measure(rows, events)["exposure"]
+    assert (exp["from_version"], exp["to_version"]) == ("v2", "v1")
+    assert exp["mixed_window_s"] == pytest.approx(2.0, abs=1e-3)
+    assert exp["downgrades"] == 1
+    assert exp["users_downgraded"] == 1
+    assert exp["users_saw_both"] == 2
+    # the same rows read as a v1 -> v2 rollout give other numbers
+    forward = measure(rows, ROLLOUT)["exposure"]
+    assert forward["mixed_window_s"] == pytest.approx(4.0, abs=1e-3)  # 0.01 .. 4.01
+    assert forward["downgrades"] == 2  # a: v1 at 1 after v2 at 0; b: v1 at 4 after v2 at 3
+
+
+def test_rollout_direction_from_detail() -> None:
+    events = [event(0.0, "rollout-start", detail={"from": "v2", "to": "v1"})]
+    exp = measure([row(0.0)], events)["exposure"]
+    assert (exp["from_version"], exp["to_version"]) == ("v2", "v1")
+
+
+# ------------------------------------------------------------- versions from the NGINX log
+
+A1, A2, A3 = "10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"
+
+HISTORY_EVENTS = [
+    event(0.0, "start", "app-1", address=A1, version="v1"),
+    event(0.0, "start", "app-2", address=A2, version="v1"),
+    event(5.0, "stop", "app-1"),  # no address on the event: found by instance
+    event(5.5, "start", "app-1b", address=A3, version="v2"),
+    event(6.0, "swap", "app-2", address=A2, version="v2"),  # in place: same address
+    event(7.0, "kill", "app-9", address="10.0.0.9:8000", version="v1"),  # predates events
+]
+
+
+def test_address_history_from_events() -> None:
+    history = address_history_from_events(HISTORY_EVENTS)
+    assert sorted(history, key=lambda h: (h[0], h[2])) == sorted(
+        [
+            (A1, "v1", T0, T0 + 5.0),
+            (A2, "v1", T0, T0 + 6.0),
+            (A3, "v2", T0 + 5.5, None),
+            (A2, "v2", T0 + 6.0, None),
+            ("10.0.0.9:8000", "v1", 0.0, T0 + 7.0),
+        ],
+        key=lambda h: (h[0], h[2]),
+    )
+
+
+def _header_and_log_case() -> tuple[list[RequestRow], list[NginxRow]]:
+    rows = [
+        row(1.0, version="v1", rid="a"),
+        row(2.0, version="v1", rid="b"),
+        row(5.8, version="v2", rid="c"),
+        row(6.5, version="v2", rid="d"),
+        row(7.0, version="v1", rid="e"),
+    ]
+    logs = [
+        nginx("a", 1.01, A1),
+        nginx("b", 2.01, A2),
+        nginx("c", 5.81, f"{A1}, {A3}"),  # retried: the last address answered
+        nginx("d", 6.51, A2),  # A2 after the swap: v2
+        nginx("e", 7.01, "10.0.0.99:8000"),  # unknown address
+    ]
+    return rows, logs
+
+
+def test_attribute_versions_fills_missing_versions() -> None:
+    rows, logs = _header_and_log_case()
+    stripped = [{**r, "version": None} for r in rows]
+    history = address_history_from_events(HISTORY_EVENTS)
+    filled = attribute_versions(stripped, logs, history)  # type: ignore[arg-type]
+    assert [r["version"] for r in filled] == ["v1", "v1", "v2", "v2", None]
+    assert all(r["version"] is None for r in stripped)  # inputs untouched
+    kept = attribute_versions(rows, [], history)
+    assert [r["version"] for r in kept] == [r["version"] for r in rows]
+
+
+def test_header_and_log_versions_agree() -> None:
+    rows, logs = _header_and_log_case()
+    history = address_history_from_events(HISTORY_EVENTS)
+    assert agreement(rows, logs, history) == 1.0  # "e" has no log version: not compared
+    rows[0] = {**rows[0], "version": "v2"}
+    assert agreement(rows, logs, history) == 0.75
+    assert agreement(rows, [], history) == 0.0
+
+
+def test_measure_uses_the_log_when_the_header_is_missing() -> None:
+    rows, logs = _header_and_log_case()
+    stripped = [{**r, "version": None} for r in rows]
+    req = measure(stripped, HISTORY_EVENTS, nginx=logs)["requests"]  # type: ignore[arg-type]
+    assert req["by_version"] == {"v1": 2, "v2": 2, "unknown": 1}

@@ -1,0 +1,367 @@
+"""Table-driven tests of the pure planner: every plan is replayed through validate()."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from sandbox.errors import SandboxError
+from sandbox.plan import (
+    PlanError,
+    PlanSettings,
+    Ref,
+    Server,
+    Step,
+    limits,
+    plan,
+    simulate,
+    validate,
+)
+
+STRATEGY_MODES = [
+    ("one-at-a-time", "replace"),
+    ("one-at-a-time", "in-place"),
+    ("rolling", "replace"),
+    ("rolling", "in-place"),
+    ("surge", "replace"),
+    ("double-half", "replace"),
+    ("blue-green", "replace"),
+    ("naive", "replace"),
+    ("naive", "in-place"),
+]
+
+
+def fleet_of(n: int, version: str = "v1", prefix: str = "a") -> list[Server]:
+    """A uniform fleet: slot i holds container f'{prefix}{i}', attached."""
+    return [Server(f"{prefix}{i}", i, version, True) for i in range(1, n + 1)]
+
+
+def render(steps: list[Step]) -> list[str]:
+    """Steps as 'batch action targets [-detached]'; a new container of slot s reads 'new<s>'."""
+
+    def names(refs: tuple[Ref, ...]) -> str:
+        return ",".join(r.id if r.id is not None else f"new{r.slot}" for r in refs)
+
+    return [f"{s.batch_no} {s.action} {names(s.targets)}" + (f" -{names(s.detach)}" if s.detach else "") for s in steps]
+
+
+def expected_shape(strategy: str, mode: str, n: int, batch: int) -> tuple[int, int, int]:
+    """(batches, peak containers, fewest serving slots) for a uniform roll."""
+    b = min(batch, n)
+    return {
+        "one-at-a-time": (n, n, n - 1),
+        "rolling": (math.ceil(n / b), n, n - b),
+        "naive": (math.ceil(n / b), n, n - b),
+        "surge": (math.ceil(n / b), n + b, n),
+        "double-half": (1, 2 * n, n),
+        "blue-green": (1, 2 * n, n),
+    }[strategy]
+
+
+# --------------------------------------------------------------------------- every strategy
+
+
+SWEEP = [
+    (strategy, mode, n, batch)
+    for strategy, mode in STRATEGY_MODES
+    for n in range(1, 13)
+    for batch in sorted({1, 2, 3, 5, n, n + 3})
+]
+
+
+@pytest.mark.parametrize(("strategy", "mode", "n", "batch"), SWEEP)
+def test_uniform_roll_validates_with_expected_shape(strategy, mode, n, batch):
+    fleet = fleet_of(n)
+    settings = PlanSettings(n, "v2", strategy, batch, mode)
+    steps = plan(fleet, settings)
+    validate(fleet, settings, steps)
+    sim = simulate(fleet, settings, steps)
+    assert (sim.batches, sim.peak_containers, sim.min_serving) == expected_shape(strategy, mode, n, batch)
+    assert sorted((s.slot, s.version) for s in sim.fleet) == [(i, "v2") for i in range(1, n + 1)]
+    if mode == "in-place":  # same containers, new code
+        assert sorted(s.id for s in sim.fleet) == sorted(s.id for s in fleet)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "n", "batch", "batches", "peak"),
+    [
+        ("one-at-a-time", 9, 1, 9, 9),
+        ("rolling", 9, 3, 3, 9),
+        ("rolling", 9, 2, 5, 9),
+        ("rolling", 9, 12, 1, 9),
+        ("surge", 9, 2, 5, 11),
+        ("surge", 9, 3, 3, 12),
+        ("double-half", 9, 1, 1, 18),
+        ("blue-green", 9, 1, 1, 18),
+        ("naive", 9, 1, 9, 9),
+    ],
+)
+def test_classic_nine_server_fleet(strategy, n, batch, batches, peak):
+    settings = PlanSettings(n, "v2", strategy, batch)
+    sim = simulate(fleet_of(n), settings, plan(fleet_of(n), settings))
+    assert (sim.batches, sim.peak_containers) == (batches, peak)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "n", "batch", "expected"),
+    [
+        ("one-at-a-time", 9, 7, (1, 0)),
+        ("rolling", 9, 3, (3, 0)),
+        ("rolling", 4, 10, (4, 0)),
+        ("surge", 9, 2, (0, 2)),
+        ("surge", 4, 10, (0, 4)),
+        ("double-half", 9, 1, (0, 9)),
+        ("blue-green", 9, 1, (0, 9)),
+        ("naive", 9, 1, (1, 0)),
+        ("naive", 9, 3, (3, 0)),
+    ],
+)
+def test_limits(strategy, n, batch, expected):
+    assert limits(PlanSettings(n, "v2", strategy, batch)) == expected
+
+
+# --------------------------------------------------------------------------- exact sequences
+
+
+@pytest.mark.parametrize(
+    ("n", "strategy", "batch", "mode", "expected"),
+    [
+        (2, "one-at-a-time", 1, "replace", [
+            "1 detach a1", "1 drain a1", "1 stop a1", "1 start new1", "1 ready new1", "1 attach new1",
+            "2 detach a2", "2 drain a2", "2 stop a2", "2 start new2", "2 ready new2", "2 attach new2",
+        ]),
+        (2, "one-at-a-time", 1, "in-place", [
+            "1 detach a1", "1 drain a1", "1 swap a1", "1 ready a1", "1 attach a1",
+            "2 detach a2", "2 drain a2", "2 swap a2", "2 ready a2", "2 attach a2",
+        ]),
+        (3, "rolling", 2, "replace", [
+            "1 detach a1,a2", "1 drain a1,a2", "1 stop a1,a2",
+            "1 start new1,new2", "1 ready new1,new2", "1 attach new1,new2",
+            "2 detach a3", "2 drain a3", "2 stop a3", "2 start new3", "2 ready new3", "2 attach new3",
+        ]),
+        (2, "surge", 1, "replace", [
+            "1 start new1", "1 ready new1", "1 attach new1", "1 detach a1", "1 drain a1", "1 stop a1",
+            "2 start new2", "2 ready new2", "2 attach new2", "2 detach a2", "2 drain a2", "2 stop a2",
+        ]),
+        (2, "double-half", 1, "replace", [
+            "1 start new1,new2", "1 ready new1,new2", "1 attach new1,new2",
+            "1 detach a1,a2", "1 drain a1,a2", "1 stop a1,a2",
+        ]),
+        (2, "blue-green", 1, "replace", [
+            "1 start new1,new2", "1 ready new1,new2", "1 switch new1,new2 -a1,a2",
+            "1 drain a1,a2", "1 stop a1,a2",
+        ]),
+        (2, "naive", 1, "replace", [
+            "1 kill a1", "1 start new1", "1 ready new1", "1 switch new1 -a1",
+            "2 kill a2", "2 start new2", "2 ready new2", "2 switch new2 -a2",
+        ]),
+        (2, "naive", 2, "in-place", ["1 swap a1,a2", "1 ready a1,a2"]),
+    ],
+)
+def test_exact_sequence(n, strategy, batch, mode, expected):
+    settings = PlanSettings(n, "v2", strategy, batch, mode)
+    steps = plan(fleet_of(n), settings)
+    assert render(steps) == expected
+    validate(fleet_of(n), settings, steps)
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+def v1(id_: str, slot: int, attached: bool = True) -> Server:
+    return Server(id_, slot, "v1", attached)
+
+
+def v2(id_: str, slot: int, attached: bool = True) -> Server:
+    return Server(id_, slot, "v2", attached)
+
+
+RESUME_CASES = [
+    # (name, fleet, settings, expected steps)
+    ("converged", [v2("b1", 1), v2("b2", 2)], PlanSettings(2, "v2"), []),
+    ("converged-surge", [v2("b1", 1), v2("b2", 2)], PlanSettings(2, "v2", "surge", 2), []),
+    ("half-rolled", [v2("b1", 1), v2("b2", 2), v1("a3", 3), v1("a4", 4)], PlanSettings(4, "v2", "rolling", 2), [
+        "1 detach a3,a4", "1 drain a3,a4", "1 stop a3,a4", "1 start new3,new4", "1 ready new3,new4", "1 attach new3,new4",
+    ]),
+    ("two-in-slot: new not attached yet", [v1("a1", 1), v2("b1", 1, False), v1("a2", 2)], PlanSettings(2, "v2", "surge"), [
+        "1 ready b1", "1 attach b1", "1 detach a1", "1 drain a1", "1 stop a1",
+        "2 start new2", "2 ready new2", "2 attach new2", "2 detach a2", "2 drain a2", "2 stop a2",
+    ]),
+    ("two-in-slot: both attached", [v1("a1", 1), v2("b1", 1), v2("b2", 2)], PlanSettings(2, "v2", "surge"), [
+        "1 detach a1", "1 drain a1", "1 stop a1",
+    ]),
+    ("two-in-slot: old detached", [v1("a1", 1, False), v2("b1", 1), v2("b2", 2)], PlanSettings(2, "v2"), [
+        "1 drain a1", "1 stop a1",
+    ]),
+    ("two-in-slot: blue-green switches", [v1("a1", 1), v2("b1", 1, False)], PlanSettings(1, "v2", "blue-green"), [
+        "1 ready b1", "1 switch b1 -a1", "1 drain a1", "1 stop a1",
+    ]),
+    ("missing slot", [v1("a1", 1), v1("a3", 3)], PlanSettings(3, "v2"), [
+        "1 start new2", "1 ready new2", "1 attach new2",
+        "2 detach a1", "2 drain a1", "2 stop a1", "2 start new1", "2 ready new1", "2 attach new1",
+        "3 detach a3", "3 drain a3", "3 stop a3", "3 start new3", "3 ready new3", "3 attach new3",
+    ]),
+    ("missing slot, in-place", [v1("a1", 1)], PlanSettings(2, "v2", mode="in-place"), [
+        "1 start new2", "1 ready new2", "1 attach new2",
+        "2 detach a1", "2 drain a1", "2 swap a1", "2 ready a1", "2 attach a1",
+    ]),
+    ("detached target-version server", [v2("b1", 1, False), v1("a2", 2)], PlanSettings(2, "v2"), [
+        "1 ready b1", "1 attach b1",
+        "2 detach a2", "2 drain a2", "2 stop a2", "2 start new2", "2 ready new2", "2 attach new2",
+    ]),
+    ("detached old server goes first, no second detach", [v1("a1", 1), v1("a2", 2, False)], PlanSettings(2, "v2"), [
+        "1 drain a2", "1 stop a2", "1 start new2", "1 ready new2", "1 attach new2",
+        "2 detach a1", "2 drain a1", "2 stop a1", "2 start new1", "2 ready new1", "2 attach new1",
+    ]),
+    ("over-size, already on target", [v2("b1", 1), v2("b2", 2), v2("b3", 3, False), v1("a4", 4)], PlanSettings(2, "v2"), [
+        "1 detach a4", "1 drain b3,a4", "1 stop b3,a4",
+    ]),
+    ("over-size, to roll", [v1("a1", 1), v1("a2", 2), v1("a3", 3)], PlanSettings(2, "v2", "surge"), [
+        "1 detach a3", "1 drain a3", "1 stop a3",
+        "2 start new1", "2 ready new1", "2 attach new1", "2 detach a1", "2 drain a1", "2 stop a1",
+        "3 start new2", "3 ready new2", "3 attach new2", "3 detach a2", "3 drain a2", "3 stop a2",
+    ]),
+    ("empty fleet", [], PlanSettings(2, "v2", "rolling", 2), [
+        "1 start new1,new2", "1 ready new1,new2", "1 attach new1,new2",
+    ]),
+]
+
+
+@pytest.mark.parametrize(("fleet", "settings", "expected"), [c[1:] for c in RESUME_CASES], ids=[c[0] for c in RESUME_CASES])
+def test_resume(fleet, settings, expected):
+    steps = plan(fleet, settings)
+    assert render(steps) == expected
+    validate(fleet, settings, steps)
+
+
+PREFIX_CASES = [
+    (strategy, mode, n, batch)
+    for strategy, mode in STRATEGY_MODES
+    for n in (1, 3, 4)
+    for batch in (1, 2, n + 3)
+]
+
+
+@pytest.mark.parametrize(("strategy", "mode", "n", "batch"), PREFIX_CASES)
+def test_interrupted_anywhere_resumes_and_rolls_back(strategy, mode, n, batch):
+    """Stop after every step, re-plan from what is left, both forward and back: always valid."""
+    fleet = fleet_of(n)
+    forward = PlanSettings(n, "v2", strategy, batch, mode)
+    steps = plan(fleet, forward)
+    for cut in range(len(steps) + 1):
+        left = simulate(fleet, forward, steps[:cut]).fleet
+        for settings in (forward, PlanSettings(n, "v1", strategy, batch, mode)):
+            validate(left, settings, plan(left, settings))
+
+
+# --------------------------------------------------------------------------- rollback
+
+
+@pytest.mark.parametrize(("strategy", "mode"), STRATEGY_MODES)
+@pytest.mark.parametrize("n", [1, 4, 9])
+def test_rollback_after_full_roll(strategy, mode, n):
+    fleet = fleet_of(n)
+    forward = PlanSettings(n, "v2", strategy, 2, mode)
+    rolled = simulate(fleet, forward, plan(fleet, forward)).fleet
+    back = PlanSettings(n, "v1", strategy, 2, mode)
+    steps = plan(rolled, back)
+    validate(rolled, back, steps)
+    assert {s.version for s in simulate(rolled, back, steps).fleet} == {"v1"}
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        (PlanSettings(3, "v2", "rolling", batch=0), "batch"),
+        (PlanSettings(3, "v2", "surge", batch=-2), "batch"),
+        (PlanSettings(0, "v2"), "size"),
+        (PlanSettings(-1, "v2"), "size"),
+        (PlanSettings(3, "v3"), "to_version"),  # type: ignore[arg-type]
+        (PlanSettings(3, "v2", "canary"), "strategy"),  # type: ignore[arg-type]
+        (PlanSettings(3, "v2", mode="sideways"), "mode"),  # type: ignore[arg-type]
+        (PlanSettings(3, "v2", "surge", mode="in-place"), "mode"),
+        (PlanSettings(3, "v2", "double-half", mode="in-place"), "mode"),
+        (PlanSettings(3, "v2", "blue-green", mode="in-place"), "mode"),
+    ],
+)
+def test_bad_settings_name_the_field(settings, field):
+    for call in (lambda: plan(fleet_of(3), settings), lambda: limits(settings)):
+        with pytest.raises(PlanError, match=f"^{field}:") as info:
+            call()
+        assert info.value.field == field
+        assert isinstance(info.value, ValueError) and isinstance(info.value, SandboxError)
+
+
+def test_duplicate_container_ids_are_rejected():
+    with pytest.raises(PlanError, match="twice"):
+        plan([v1("a", 1), v1("a", 2)], PlanSettings(2, "v2"))
+
+
+# --------------------------------------------------------------------------- the checker can fail
+
+
+def _drop(steps: list[Step], action: str) -> list[Step]:
+    """The plan without its first step of ``action``."""
+    i = next(i for i, s in enumerate(steps) if s.action == action)
+    return steps[:i] + steps[i + 1 :]
+
+
+A1, NEW1 = Ref(1, "a1"), Ref(1)
+TWO = PlanSettings(2, "v2")
+
+BROKEN = [
+    # (name, settings, steps (None = the correct plan for `settings`) -> broken steps, error fragment)
+    ("stop while attached", TWO, lambda s: [Step("stop", (A1,), 1)] + s, "stopped while attached"),
+    ("stop before drain", TWO, lambda s: _drop(s, "drain"), "before it was drained"),
+    ("attach before ready", TWO, lambda s: _drop(s, "ready"), "before a 'ready' step"),
+    ("never detached", TWO, lambda s: _drop(s, "detach"), "drained while still attached"),
+    ("swap in replace mode", TWO, lambda s: [Step("swap", (A1,), 1)], "only for mode in-place"),
+    ("kill in a graceful strategy", TWO, lambda s: [Step("kill", (A1,), 1)], "only for the naive"),
+    ("unknown container", TWO, lambda s: [Step("detach", (Ref(1, "zz"),), 1)], "unknown container"),
+    ("new container never started", TWO, lambda s: [Step("ready", (NEW1,), 1)], "no new container"),
+    ("wrong slot", TWO, lambda s: [Step("detach", (Ref(2, "a1"),), 1)], "is in slot 1"),
+    ("truncated", TWO, lambda s: s[:6], "does not converge"),
+    ("empty plan", TWO, lambda s: [], "does not converge"),
+    ("batches go backwards", TWO, lambda s: [Step(x.action, x.targets, 3 - x.batch_no) for x in s], "goes backwards"),
+    ("too many down at once", PlanSettings(3, "v2", "rolling", 1),
+     lambda s: plan(fleet_of(3), PlanSettings(3, "v2", "rolling", 2)), "floor is 2"),
+    ("too many containers", PlanSettings(3, "v2", "surge", 1),
+     lambda s: plan(fleet_of(3), PlanSettings(3, "v2", "double-half")), "ceiling is 4"),
+    ("naive leaves a killed server configured", PlanSettings(1, "v2", "naive"),
+     lambda s: [Step("kill", (A1,), 1), Step("start", (NEW1,), 1), Step("ready", (NEW1,), 1), Step("attach", (NEW1,), 1)],
+     "still in the load balancer config"),
+    ("naive in-place never readied", PlanSettings(1, "v2", "naive", mode="in-place"),
+     lambda s: _drop(s, "ready"), "without passing readiness"),
+]
+
+
+@pytest.mark.parametrize(("settings", "breaker", "fragment"), [c[1:] for c in BROKEN], ids=[c[0] for c in BROKEN])
+def test_validate_catches_broken_plan(settings, breaker, fragment):
+    fleet = fleet_of(settings.size)
+    good = plan(fleet, settings)
+    validate(fleet, settings, good)
+    with pytest.raises(PlanError, match=fragment):
+        validate(fleet, settings, breaker(good))
+
+
+# --------------------------------------------------------------------------- any fleet at all
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_any_fleet_converges(seed):
+    """Random fleets (duplicates in a slot, gaps, over-size, mixed versions and attachment): plans validate."""
+    rng = random.Random(seed)
+    for _ in range(100):
+        n = rng.randint(1, 7)
+        fleet = [
+            Server(f"c{i}", rng.randint(1, n + 2), rng.choice(["v1", "v2"]), rng.random() < 0.6)
+            for i in range(rng.randint(0, 2 * n + 2))
+        ]
+        strategy, mode = rng.choice(STRATEGY_MODES)
+        settings = PlanSettings(n, rng.choice(["v1", "v2"]), strategy, rng.randint(1, n + 2), mode)
+        validate(fleet, settings, plan(fleet, settings))

@@ -1,0 +1,267 @@
+"""sandbox.report: the report dict, the terminal summary, the files, the comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox.measure import measure
+from sandbox.records import Event, RequestRow
+from sandbox.report import (
+    build_report,
+    compare_json,
+    compare_table,
+    compare_text,
+    summary_text,
+    verdict,
+    write_report_dir,
+)
+
+T0 = 1_700_000_000.0
+
+REQUIRED_KEYS = {
+    "strategy",
+    "size",
+    "batch",
+    "mode",
+    "from_version",
+    "to_version",
+    "outcome",
+    "duration_s",
+    "peak_instances",
+    "requests",
+    "latency_ms",
+    "stall_s",
+    "slow",
+    "exposure",
+    "phases",
+    "drains",
+    "steps",
+}
+
+META = {
+    "strategy": "one-at-a-time",
+    "size": 3,
+    "batch": 1,
+    "mode": "replace",
+    "from_version": "v1",
+    "to_version": "v2",
+    "outcome": "completed",
+    "duration_s": 6.0,
+    "project": "test",
+    "sticky": False,
+    "users": 4,
+}
+
+
+def _row(t: float, user: str, version: str, status: int = 200) -> RequestRow:
+    return {
+        "t": T0 + t,
+        "t_end": T0 + t + 0.02,
+        "user": user,
+        "rid": f"{user}-{t}",
+        "method": "GET",
+        "name": "/",
+        "status": status,
+        "version": version if status < 500 else None,
+        "instance": f"app-{int(t) % 3 + 1}/x",
+        "session": "resumed",
+        "latency_ms": 20.0 + t,
+        "error": None if status < 500 else "502",
+    }
+
+
+def _events() -> list[Event]:
+    events: list[dict[str, Any]] = [
+        {"t": T0 - 0.5, "phase": "load-start", "instance": None},
+        {
+            "t": T0 + 2.0,
+            "phase": "rollout-start",
+            "instance": None,
+            "version": "v2",
+            "detail": {"instances": 3},
+        },
+    ]
+    for i in range(3):
+        base = T0 + 2.0 + i * 1.5
+        name = f"app-{i + 1}"
+        events += [
+            {"t": base, "phase": "detach", "instance": name, "batch": i + 1, "slot": i + 1},
+            {
+                "t": base + 0.2,
+                "phase": "drain",
+                "instance": name,
+                "batch": i + 1,
+                "detail": {"duration_s": 0.2, "in_flight": 1},
+            },
+            {"t": base + 0.3, "phase": "stop", "instance": name, "batch": i + 1},
+            {
+                "t": base + 0.4,
+                "phase": "start",
+                "instance": f"{name}b",
+                "version": "v2",
+                "batch": i + 1,
+                "address": f"10.0.0.{i + 10}:8000",
+            },
+            {"t": base + 1.0, "phase": "attach", "instance": f"{name}b", "batch": i + 1},
+        ]
+    events += [
+        {"t": T0 + 8.0, "phase": "rollout-end", "instance": None},
+        {"t": T0 + 10.0, "phase": "load-stop", "instance": None},
+    ]
+    return events  # type: ignore[return-value]
+
+
+def _rows(dropped: int = 0) -> list[RequestRow]:
+    rows = []
+    for i in range(100):
+        t = i * 0.1
+        version = "v1" if t < 2.0 + (i % 4) * 1.5 else "v2"
+        rows.append(_row(t, f"u{i % 4}", version))
+    for k in range(dropped):
+        rows.append(_row(5.0 + k * 0.01, "u0", "v1", status=502))
+    return rows
+
+
+def _report(dropped: int = 0, **meta: Any) -> dict[str, Any]:
+    events = _events()
+    measured = measure(_rows(dropped), events)
+    return build_report(meta={**META, **meta}, measured=measured, steps=events)
+
+
+def test_build_report_has_every_required_key() -> None:
+    report = _report()
+    assert report.keys() >= REQUIRED_KEYS
+    assert report["outcome"] == "completed"
+    assert report["peak_instances"] == 3  # from measure: stop before each start
+    assert set(report["latency_ms"]) >= {"p50", "p95", "p99"}
+    assert {"total", "dropped", "errors_4xx", "by_version"} <= report["requests"].keys()
+    assert report["slow"] == report["requests"]["slow"] == 0
+    json.dumps(report)
+
+
+def test_build_report_steps_are_relative_to_the_first_event() -> None:
+    steps = _report()["steps"]
+    assert steps[0] == {"t": 0.0, "phase": "load-start", "instance": None}
+    rollout_start = steps[1]
+    assert rollout_start["t"] == 2.5
+    assert rollout_start["version"] == "v2"
+    detach = steps[2]
+    assert detach == {"t": 2.5, "phase": "detach", "instance": "app-1", "slot": 1, "batch": 1}
+    assert [s["t"] for s in steps] == sorted(s["t"] for s in steps)
+
+
+def test_build_report_meta_wins_and_falls_back() -> None:
+    assert _report(peak_instances=6)["peak_instances"] == 6
+    events = [*_events(), {"t": T0 + 9.0, "phase": "rollback-end", "instance": None}]
+    bare = build_report(meta={}, measured=measure(_rows(), events), steps=events)  # type: ignore[arg-type]
+    assert bare["outcome"] == "rolled_back"
+    assert bare["duration_s"] == 6.0
+    assert (bare["from_version"], bare["to_version"]) == ("v1", "v2")
+
+
+def test_summary_text_pass() -> None:
+    text = summary_text(_report())
+    assert "\x1b[" not in text
+    assert 15 <= len(text.splitlines()) <= 25
+    assert "0 dropped" in text
+    assert "mixed window" in text
+    assert "downgrades" in text
+    assert "sessions lost" in text
+    assert text.splitlines()[-1] == "PASS: 0 dropped requests"
+
+
+def test_summary_text_fail_and_allowance() -> None:
+    report = _report(dropped=3)
+    text = summary_text(report)
+    assert "3 dropped" in text
+    assert text.splitlines()[-1] == "FAIL: 3 dropped requests (max 0)"
+    assert (
+        summary_text(report, max_dropped=3).splitlines()[-1] == "PASS: 3 dropped requests (max 3)"
+    )
+    assert verdict(report, max_dropped=2) == (False, "FAIL: 3 dropped requests (max 2)")
+    assert verdict(_report(dropped=1), max_dropped=0)[1] == "FAIL: 1 dropped request (max 0)"
+
+
+def test_summary_text_of_an_empty_run() -> None:
+    report = build_report(meta={}, measured=measure([], []), steps=[])
+    text = summary_text(report)
+    assert text.splitlines()[-1] == "PASS: 0 dropped requests"
+    assert "p50 -" in text
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_write_report_dir(tmp_path: Path) -> None:
+    report = _report(dropped=2)
+    paths = write_report_dir(report, tmp_path / "run")
+    assert set(paths) == {"json", "chart", "markdown"}
+    assert json.loads(paths["json"].read_text()) == report
+    png = paths["chart"].read_bytes()
+    assert png[:8] == PNG_SIGNATURE
+    assert len(png) > 20_000  # a real three-panel chart, not an empty canvas
+    page = paths["markdown"].read_text()
+    assert page.startswith("# ")
+    assert "![chart](chart.png)" in page
+    assert "| dropped | 2 |" in page
+    assert "## Steps" in page
+    assert "| detach | app-1 |" in page
+    assert "## What the numbers mean" in page
+
+
+def test_write_report_dir_without_traffic(tmp_path: Path) -> None:
+    report = build_report(meta={"strategy": "naive"}, measured=measure([], []), steps=[])
+    paths = write_report_dir(report, tmp_path)
+    assert paths["chart"].read_bytes()[:8] == PNG_SIGNATURE
+    assert "No steps were recorded." in paths["markdown"].read_text()
+
+
+COMPARE_KEYS = {
+    "strategy",
+    "duration_s",
+    "peak_instances",
+    "dropped",
+    "mixed_window_s",
+    "users_saw_both",
+    "downgrades",
+    "contract_violations",
+    "sessions_lost",
+}
+
+
+@pytest.fixture
+def two_reports() -> list[dict[str, Any]]:
+    return [_report(), _report(dropped=4, strategy="naive", duration_s=2.5)]
+
+
+def test_compare_json(two_reports: list[dict[str, Any]]) -> None:
+    out = compare_json(two_reports)
+    assert list(out) == ["rows"]
+    assert len(out["rows"]) == 2
+    assert all(line.keys() >= COMPARE_KEYS for line in out["rows"])
+    assert [line["strategy"] for line in out["rows"]] == ["one-at-a-time", "naive"]
+    assert [line["dropped"] for line in out["rows"]] == [0, 4]
+    assert out["rows"][1]["duration_s"] == 2.5
+    json.dumps(out)
+
+
+def test_compare_table(two_reports: list[dict[str, Any]]) -> None:
+    lines = compare_table(two_reports).strip().splitlines()
+    assert len(lines) == 4  # header, rule, one line per report
+    assert all(line.startswith("|") and line.endswith("|") for line in lines)
+    assert "dropped" in lines[0]
+    assert lines[3].startswith("| naive |")
+    widths = {line.count("|") for line in lines}
+    assert len(widths) == 1
+
+
+def test_compare_text(two_reports: list[dict[str, Any]]) -> None:
+    lines = compare_text(two_reports).splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("strategy")
+    assert lines[2].startswith("naive")
+    assert "|" not in lines[1]
