@@ -222,3 +222,14 @@ def _last_line(text: str) -> str:
         if "[emerg]" in line:
             return line.split("[emerg]", 1)[1].strip()
     return lines[-1] if lines else "(no output)"
+
+
+def compose_config(size: int = 3) -> str:
+    """The config compose/docker-compose.yml mounts: ``size`` servers by their compose names.
+
+    ``compose/nginx.conf`` is this function's output (a unit test keeps them equal);
+    regenerate it with ``python -c 'from sandbox.balancer import compose_config; print(compose_config(), end="")'
+    > compose/nginx.conf``.
+    """
+    upstreams = [Upstream(name=f"app{i}", address=f"app{i}:8000", version="v1") for i in range(1, size + 1)]
+    return render("compose", LbState(generation=1, size=size, upstreams=upstreams))

@@ -165,8 +165,7 @@ class Controller:
                     else:
                         await self._gather(self.runtime.kill_app(i) for i in insts)
                     for inst in insts:
-                        self.live -= 1
-                        by_id.pop(inst.id, None)
+                        self.live -= 1  # kept in by_id: a naive 'switch' still names it to detach
                         self.emit(action, inst, batch=step.batch_no)
                 elif action == "swap":
                     insts = [resolve(r) for r in targets]

@@ -288,9 +288,20 @@ def ensure_images(
     if force or not _exists(client, images.lb):
         _build_lb(client, images.lb, images.base, log)
         built += 1
+    _tag_aliases(client, images)
     if built:
         log(f"images ready: built {built}, reused {4 - built} in {time.monotonic() - started:.1f}s")
     return images
+
+
+ALIASES = {"v1": f"{APP_REPO}:v1", "v2": f"{APP_REPO}:v2", "lb": f"{LB_REPO}:latest"}
+
+
+def _tag_aliases(client: docker.DockerClient, images: ImageSet) -> None:
+    """Point the stable tags compose/docker-compose.yml uses at the current images."""
+    for key, ref in (("v1", images.app["v1"]), ("v2", images.app["v2"]), ("lb", images.lb)):
+        repo, _, tag = ALIASES[key].rpartition(":")
+        client.images.get(ref).tag(repo, tag)
 
 
 def _build_app(

@@ -64,6 +64,7 @@ import gevent
 from locust import HttpUser, between, events, task
 from locust.clients import HttpSession
 from locust.env import Environment
+from locust.exception import StopUser
 from locust.runners import STATE_STOPPED
 
 from sandbox.loadrows import (
@@ -98,6 +99,11 @@ _WAIT_MAX = max(_WAIT_MIN, env_float(ENV_WAIT_MAX, 0.2))
 
 _user_ids = itertools.count(1)
 
+# Set when Locust starts stopping the test: from then on no request is sent
+# (the user stops instead), so Locust never kills a user in the middle of a
+# request it has only just sent. See _on_test_stopping.
+_stopping = False
+
 ITEM_NAME = "/api/items/[id]"
 
 
@@ -128,6 +134,8 @@ class RecordingSession(HttpSession):
             headers["X-Request-ID"] = rid
         kwargs.setdefault("timeout", TIMEOUT_S)
 
+        if _stopping:
+            raise StopUser()
         owner = self.owner
         token = RECORDER.begin(user=owner.sandbox_id, rid=rid, method=method_s, name=label)
         try:
@@ -220,6 +228,8 @@ class ShopUser(RecordedHttpUser):
         try:
             with self.client.request(method, path, name=name, catch_response=True, **kwargs) as r:
                 r.success()
+        except StopUser:
+            raise
         except Exception as exc:
             log.debug("%s %s raised %r", method, name, exc)
 
@@ -253,12 +263,24 @@ def _on_init(environment: Environment, **_kwargs: Any) -> None:
 
 @events.test_start.add_listener
 def _on_test_start(environment: Environment, **_kwargs: Any) -> None:
+    global _stopping
+    _stopping = False
     ready = os.environ.get(ENV_READY, "").strip()
     if ready:
         try:
             Path(ready).touch()
         except OSError:
             log.exception("could not touch %s", ready)
+
+
+@events.test_stopping.add_listener
+def _on_test_stopping(environment: Environment, **_kwargs: Any) -> None:
+    # Fired before Locust stops the users. Locust kills a user it sees "waiting"
+    # (between tasks) at once; a user whose think time has just ended is still
+    # marked waiting and would be killed right after sending its next request,
+    # which would then look unanswered. With the flag set, it sends nothing.
+    global _stopping
+    _stopping = True
 
 
 @events.test_stop.add_listener
@@ -271,6 +293,8 @@ def _on_test_stop(environment: Environment, **_kwargs: Any) -> None:
 def _on_quitting(environment: Environment, **_kwargs: Any) -> None:
     # On SIGTERM Locust fires `quitting` *before* stopping the users; stop them
     # first so a request that is answered meanwhile is not called unanswered.
+    global _stopping
+    _stopping = True
     runner = environment.runner
     if runner is not None and runner.state != STATE_STOPPED:
         try:

@@ -141,14 +141,24 @@ def test_debian_mirror_from_apt_sources(tmp_path: Path, monkeypatch: pytest.Monk
     assert images.debian_mirror(tmp_path) == "http://override.example/debian"
 
 
+class FakeImage:
+    def __init__(self, owner: FakeImages) -> None:
+        self.owner = owner
+
+    def tag(self, repo: str, tag: str) -> bool:
+        self.owner.tags.append(f"{repo}:{tag}")
+        return True
+
+
 class FakeImages:
     def __init__(self, present: set[str]) -> None:
         self.present = present
+        self.tags: list[str] = []
 
-    def get(self, ref: str) -> object:
+    def get(self, ref: str) -> FakeImage:
         if ref not in self.present:
             raise docker.errors.ImageNotFound(ref)
-        return object()
+        return FakeImage(self)
 
 
 class FakeAPI:
@@ -174,6 +184,8 @@ def test_missing_images_and_nothing_to_build() -> None:
     lines: list[str] = []
     assert images.ensure_images(everything, log=lines.append) == refs  # type: ignore[arg-type]
     assert everything.api.builds == [] and lines == []
+    # the stable tags compose/docker-compose.yml uses point at the current set
+    assert sorted(everything.images.tags) == sorted(images.ALIASES.values())
 
 
 def test_bad_base_method_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,128 @@
+"""Rollouts under live Locust traffic through real NGINX, against the real engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import REPO, Cli
+
+pytestmark = pytest.mark.e2e
+
+SIZE = "4"
+LOAD = ("--users", "10", "--warmup", "2", "--cooldown", "2")
+
+
+def fleet(cli: Cli) -> list[dict[str, Any]]:
+    return cli.json("status", "--json")["instances"]
+
+
+def assert_fleet_on(cli: Cli, version: str, size: int = int(SIZE)) -> None:
+    instances = fleet(cli)
+    assert len(instances) == size, instances
+    assert sorted(i["slot"] for i in instances) == list(range(1, size + 1))
+    assert all(i["version"] == version and i["attached"] and i["state"] == "running" for i in instances), instances
+    answered = {cli.get("/api/items/1")[1]["X-App-Version"] for _ in range(8)}
+    assert answered == {version}
+
+
+def assert_clean(report: dict[str, Any]) -> None:
+    req = report["requests"]
+    assert req["total"] > 50, req  # the load really ran through the rollout
+    assert req["dropped"] == 0, (req, report["stall_s"])
+    assert report["phases"]["rollout"]["requests"] > 0
+
+
+@pytest.mark.parametrize("args, peak", [
+    (("--strategy", "one-at-a-time"), 4),
+    (("--strategy", "rolling", "--batch", "2"), 4),
+    (("--strategy", "surge", "--batch", "2"), 6),
+    (("--strategy", "double-half"), 8),
+    (("--strategy", "one-at-a-time", "--mode", "in-place"), 4),
+    (("--strategy", "blue-green"), 8),
+], ids=["one-at-a-time", "rolling-2", "surge-2", "double-half", "in-place", "blue-green"])
+def test_graceful_strategies_drop_nothing(cli: Cli, args: tuple[str, ...], peak: int) -> None:
+    cli.run("up", "--size", SIZE, "--port", str(cli.port), check=True)
+    report = cli.json("roll", "--to", "v2", *args, *LOAD, "--json")
+    assert report["outcome"] == "completed"
+    assert report["to_version"] == "v2" and report["from_version"] == "v1"
+    assert_clean(report)
+    assert report["requests"]["by_version"]["v2"] > 0 and report["requests"]["by_version"]["v1"] > 0
+    assert report["peak_instances"] == peak
+    phases = [s["phase"] for s in report["steps"]]
+    assert phases[0] == "load-start" and "rollout-start" in phases and "rollout-end" in phases
+    assert_fleet_on(cli, "v2")
+
+
+def test_naive_drops_requests(cli: Cli) -> None:
+    """Killing servers that are still attached must show up as dropped: the measurement can see a drop."""
+    cli.run("up", "--size", SIZE, "--port", str(cli.port), "--env", "APP_LATENCY_MS=50", check=True)
+    report = cli.json("roll", "--to", "v2", "--strategy", "naive", "--users", "20", "--warmup", "2",
+                      "--cooldown", "2", "--set-env", "APP_LATENCY_MS=50", "--json", expect=1)
+    assert report["requests"]["dropped"] > 0
+    assert report["phases"]["rollout"]["dropped"] > 0
+
+
+def test_boot_failure_rolls_back_without_drops(cli: Cli) -> None:
+    cli.run("up", "--size", SIZE, "--port", str(cli.port), check=True)
+    report = cli.json("roll", "--to", "v2", "--set-env", "APP_BOOT_FAIL=1", "--ready-timeout", "10", *LOAD,
+                      "--json", expect=1)
+    assert report["outcome"] == "rolled_back"
+    phases = [s["phase"] for s in report["steps"]]
+    assert "failed" in phases and "rollback-end" in phases
+    assert_clean(report)
+    assert report["requests"]["by_version"].get("v2", 0) == 0
+    assert_fleet_on(cli, "v1")
+
+
+def test_rollback_after_a_completed_roll(cli: Cli) -> None:
+    cli.run("up", "--size", SIZE, "--port", str(cli.port), check=True)
+    first = cli.json("roll", "--to", "v2", "--strategy", "rolling", "--batch", "2", "--no-load", "--json")
+    assert first["outcome"] == "completed"
+    back = cli.json("rollback", *LOAD, "--json")
+    assert back["outcome"] == "completed"
+    assert back["from_version"] == "v2" and back["to_version"] == "v1"
+    assert_clean(back)
+    assert_fleet_on(cli, "v1")
+    again = cli.run("rollback", "--no-load")
+    assert again.returncode == 2 and "nothing to roll back" in again.stderr
+
+
+def test_ctrl_c_leaves_a_consistent_serving_fleet(cli: Cli) -> None:
+    cli.run("up", "--size", SIZE, "--port", str(cli.port), check=True)
+    cmd = [sys.executable, "-m", "sandbox", "roll", "--to", "v2", "--project", cli.project, "--users", "5",
+           "--warmup", "1", "--cooldown", "1", "--json"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    # wait until the first server has been replaced and attached, then interrupt
+    deadline = time.monotonic() + 120
+    seen = ""
+    assert proc.stderr is not None
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen += line
+        if " attach " in line or line.split("]")[-1].strip().startswith("attach"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, seen + err
+    report = json.loads(out)
+    assert report["outcome"] == "interrupted"
+    assert "resumes" in err and "rollback" in err
+    instances = fleet(cli)
+    attached = [i for i in instances if i["attached"]]
+    assert len(attached) >= int(SIZE) - 1  # one-at-a-time: at most one server out
+    assert {i["version"] for i in attached} == {"v1", "v2"}  # stopped part-way
+    for _ in range(20):
+        assert cli.get("/api/items/2")[0] == 200
+    # `roll` again resumes from the labels and finishes
+    resumed = cli.json("roll", "--to", "v2", "--no-load", "--json")
+    assert resumed["outcome"] == "completed"
+    assert_fleet_on(cli, "v2")

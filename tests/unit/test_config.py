@@ -1,0 +1,78 @@
+"""Settings: every bad value is rejected with the field's name."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from sandbox.config import Settings, check_port_free, load_settings, parse_env_pairs
+from sandbox.errors import PortInUseError, UsageError
+
+
+def test_defaults_are_valid() -> None:
+    s = Settings()
+    assert (s.project, s.size, s.port, s.version, s.strategy, s.mode) == (
+        "sandbox", 3, 8080, "v1", "one-at-a-time", "replace")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("size", 0), ("size", 65), ("port", 0), ("port", 65536), ("project", "bad_name"), ("project", "-x"),
+    ("project", ""), ("project", "a" * 41), ("version", "v3"), ("to_version", "v0"), ("strategy", "yolo"),
+    ("mode", "swap"), ("batch", 0), ("drain_timeout", 0), ("ready_timeout", -1), ("max_error_ratio", 1.5),
+    ("users", 0), ("max_dropped", -1), ("v2_mode", "weird"), ("locustfile", Path("/nonexistent.py")),
+])
+def test_bad_values_name_the_field(field: str, value: object) -> None:
+    with pytest.raises(UsageError, match=f"^{field}: "):
+        Settings(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("strategy", ["surge", "double-half", "blue-green"])
+def test_in_place_needs_a_strategy_without_new_containers(strategy: str) -> None:
+    with pytest.raises(UsageError, match="^mode: in-place cannot be used with"):
+        Settings(mode="in-place", strategy=strategy)  # type: ignore[arg-type]
+
+
+def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
+    toml = tmp_path / "sandbox.toml"
+    toml.write_text('[sandbox]\nsize = 5\nport = 9000\nstrategy = "rolling"\nbatch = 2\n')
+    s = load_settings({"port": 9100, "batch": None}, config_path=toml, environ={"SANDBOX_SIZE": "7"})
+    assert (s.size, s.port, s.strategy, s.batch) == (7, 9100, "rolling", 2)
+
+
+def test_file_errors_name_the_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "sandbox.toml"
+    bad.write_text("sizee = 3\n")
+    with pytest.raises(UsageError, match="unknown setting 'sizee'"):
+        load_settings(config_path=bad, environ={})
+    bad.write_text("size = [\n")
+    with pytest.raises(UsageError, match="^config: "):
+        load_settings(config_path=bad, environ={})
+    with pytest.raises(UsageError, match="cannot read"):
+        load_settings(config_path=tmp_path / "missing.toml", environ={})
+
+
+def test_env_values_are_coerced_and_checked() -> None:
+    s = load_settings(environ={"SANDBOX_AUTO_ROLLBACK": "false", "SANDBOX_MAX_ERROR_RATIO": "0.2"},
+                      config_path=None)
+    assert s.auto_rollback is False and s.max_error_ratio == 0.2
+    with pytest.raises(UsageError, match="^size: 'many'"):
+        load_settings(environ={"SANDBOX_SIZE": "many"})
+
+
+def test_env_pairs() -> None:
+    assert parse_env_pairs(["A=1", "B_2=x=y", "C="]) == {"A": "1", "B_2": "x=y", "C": ""}
+    for bad in (["A"], ["=1"], ["1A=2"]):
+        with pytest.raises(UsageError, match="^set_env: "):
+            parse_env_pairs(bad)
+
+
+def test_taken_port_is_detected() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(PortInUseError, match=f"127.0.0.1:{port} is already in use"):
+            check_port_free(port)
+    check_port_free(port)  # free again once released
