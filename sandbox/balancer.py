@@ -57,6 +57,7 @@ class LbState:
     rollout: dict[str, Any] | None = None  # {"from": "v1", "to": "v2", "strategy": ...}
     sticky: bool = False
     client_keepalive_s: int = 0
+    retry: bool = False  # proxy_next_upstream on (NGINX's default) or off
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -86,6 +87,7 @@ def render(project: str, state: LbState, *, worker_processes: str = "auto", conn
         state_json=state.to_json(),
         servers=state.upstreams,
         sticky=state.sticky,
+        retry=state.retry,
         client_keepalive_s=state.client_keepalive_s,
         worker_processes=worker_processes,
         connect_timeout_s=connect_timeout_s,
@@ -138,13 +140,14 @@ class Balancer:
         sticky: bool | None = None,
         client_keepalive_s: int | None = None,
         size: int | None = None,
+        retry: bool | None = None,
     ) -> LbState:
         """Make ``upstreams`` exactly the attached set (rollout=False keeps the recorded rollout).
 
         Raises BalancerError, leaving the live config untouched, when NGINX rejects the config.
         The operation is shielded from cancellation: a Ctrl-C never leaves it half done.
         """
-        return await asyncio.shield(self._apply(upstreams, rollout, sticky, client_keepalive_s, size))
+        return await asyncio.shield(self._apply(upstreams, rollout, sticky, client_keepalive_s, size, retry))
 
     async def _apply(
         self,
@@ -153,12 +156,14 @@ class Balancer:
         sticky: bool | None,
         client_keepalive_s: int | None,
         size: int | None,
+        retry: bool | None,
     ) -> LbState:
         async with self._lock:
             lb = await self._container()
             new = LbState(
                 generation=self.state.generation + 1,
                 size=self.state.size if size is None else size,
+                retry=self.state.retry if retry is None else retry,
                 upstreams=sorted(upstreams, key=lambda u: u.name),
                 rollout=self.state.rollout if rollout is False else (rollout or None),
                 sticky=self.state.sticky if sticky is None else sticky,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -60,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_positive_int, help="load balancer port on 127.0.0.1 (default 8080)")
     p.add_argument("--version", dest="version", choices=VERSIONS, help="app version to start (default v1)")
     p.add_argument("--sticky", action="store_true", default=None, help="route each user (cookie) to one server")
+    p.add_argument("--lb-retry", dest="lb_retry", action="store_true", default=None,
+                   help="let NGINX retry a failed connection on another server (its default; hides drops)")
+    p.add_argument("--client-keepalive", dest="client_keepalive", action="store_true", default=None,
+                   help="keep client connections alive (a reload then resets idle ones: see README)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="app environment (repeatable)")
 
     p = sub.add_parser("status", parents=[common], help="show the fleet and the load balancer")
@@ -101,11 +107,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, help="servers per batch")
     p.add_argument("--mode", choices=MODES, help="replace or in-place (default replace)")
     add_load_flags(p)
+
+    p = sub.add_parser("demo", parents=[common], help="workshop demo: up 9, roll to v2 under load, report, down")
+    p.add_argument("--size", type=_positive_int, default=9, help="servers (default 9, the classic example)")
+    p.add_argument("--port", type=_positive_int, help="load balancer port on 127.0.0.1 (default 8080)")
+    p.add_argument("--strategy", choices=STRATEGIES, help="how to roll (default one-at-a-time)")
+    p.add_argument("--batch", type=_positive_int, help="servers per batch for rolling, surge, naive")
+    p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
+    p.add_argument("--keep", action="store_true", help="leave the fleet running afterwards")
+    add_load_flags(p)
+
+    p = sub.add_parser("compare", parents=[common],
+                       help="run several strategies on fresh fleets under the same load; one table")
+    p.add_argument("--size", type=_positive_int, default=9, help="servers per fleet (default 9)")
+    p.add_argument("--port", type=_positive_int, help="load balancer port on 127.0.0.1 (default 8080)")
+    p.add_argument("--strategies", default="one-at-a-time,rolling:3,double-half,blue-green,naive",
+                   help="comma-separated, NAME or NAME:BATCH (default one-at-a-time,rolling:3,double-half,"
+                        "blue-green,naive)")
+    p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
+    add_load_flags(p)
     return parser
 
 
 _SETTING_FLAGS = (
-    "project", "size", "port", "version", "sticky", "to_version", "strategy", "batch", "mode",
+    "project", "size", "port", "version", "sticky", "lb_retry", "client_keepalive", "to_version", "strategy", "batch", "mode",
     "drain_timeout", "ready_timeout", "max_error_ratio", "auto_rollback", "load", "users", "spawn_rate",
     "locustfile", "max_dropped", "warmup_s", "cooldown_s", "v2_mode",
 )
@@ -176,6 +201,36 @@ async def _run(args: argparse.Namespace) -> int:
         if result.message:
             print(result.message, file=sys.stderr)
         return result.exit_code
+    if args.command == "demo":
+        if settings.project == "sandbox" and args.project is None:
+            settings = dataclasses.replace(settings, project="sandbox-demo")
+        started = time.monotonic()
+        result = await commands.demo(settings, runtime=runtime, keep=args.keep, report_dir=args.report, say=say)
+        if args.json:
+            print(json.dumps(result.report, indent=2, default=str))
+        else:
+            print(summary_text(result.report, max_dropped=settings.max_dropped))
+        if result.message:
+            say(result.message)
+        if args.report:
+            say(f"report: {args.report / 'report.md'} (chart: {args.report / 'chart.png'})")
+        say(f"demo took {time.monotonic() - started:.0f} s")
+        return result.exit_code
+    if args.command == "compare":
+        from sandbox.report import compare_json, compare_table, compare_text
+        specs = [s for s in args.strategies.split(",") if s.strip()]
+        for spec in specs:
+            commands.parse_strategy_spec(spec)  # bad input: fail before any container exists
+        reports = await commands.compare(settings, runtime=runtime, strategies=specs, report_dir=args.report,
+                                         say=say)
+        table = compare_json(reports)
+        if args.report:
+            args.report.mkdir(parents=True, exist_ok=True)
+            (args.report / "compare.json").write_text(json.dumps(table, indent=2, default=str))
+            (args.report / "compare.md").write_text(compare_table(reports))
+            say(f"compare: {args.report / 'compare.md'}")
+        print(json.dumps(table, indent=2, default=str) if args.json else compare_text(reports))
+        return 0 if all(r["outcome"] == "completed" for r in reports if r["strategy"] != "naive") else 1
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover - argparse prevents it
 
 

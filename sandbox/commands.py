@@ -7,6 +7,7 @@ parses flags, builds the settings and prints what comes back.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 import signal
@@ -20,11 +21,17 @@ from typing import Any
 
 from sandbox import plan as planner
 from sandbox.balancer import Balancer, Upstream
-from sandbox.config import Settings, check_port_free
+from sandbox.config import STRATEGIES, Settings, check_port_free
 from sandbox.controller import Controller, ErrorRatioExceeded, Interrupted
 from sandbox.errors import BalancerError, NotFoundError, RolloutError, SandboxError, UsageError
 from sandbox.images import ImageSet, ensure_images, missing_images
-from sandbox.measure import MeasureSettings, measure
+from sandbox.measure import (
+    AddressHistory,
+    MeasureSettings,
+    address_history_from_events,
+    attribute_versions,
+    measure,
+)
 from sandbox.progress import Progress, TrafficMonitor, make_progress
 from sandbox.records import Event
 from sandbox.report import build_report, write_report_dir
@@ -63,7 +70,8 @@ async def up(settings: Settings, *, runtime: Runtime, say: Callable[[str], None]
         await runtime.start_lb(project, settings.port, image_set.lb)
         balancer = Balancer(runtime, project, settings.port)
         controller = Controller(runtime, balancer, settings, image_set)
-        await balancer.apply([], rollout=None, sticky=settings.sticky, size=settings.size)
+        await balancer.apply([], rollout=None, sticky=settings.sticky, size=settings.size,
+                            retry=settings.lb_retry, client_keepalive_s=65 if settings.client_keepalive else 0)
         steps = planner.plan([], planner.PlanSettings(size=settings.size, to_version=settings.version,
                                                        strategy="double-half"))
         await controller.execute(steps, settings.version, env=dict(settings.app_env))
@@ -94,6 +102,8 @@ async def status(settings: Settings, *, runtime: Runtime) -> dict[str, Any]:
             "upstreams": [u.address for u in upstreams],
             "size": state.size if state else None,
             "sticky": state.sticky if state else None,
+            "retry": state.retry if state else None,
+            "client_keepalive_s": state.client_keepalive_s if state else None,
             "rollout": state.rollout if state else None,
         },
         "instances": [
@@ -276,7 +286,9 @@ async def roll(
         with suppress(SandboxError):
             t_load = events[0]["t"] if events else started
             nginx_rows = [r for r in await balancer.access_log() if float(r.get("time", 0)) >= t_load - 1]
-    measured = measure(rows, events, nginx=nginx_rows, settings=MeasureSettings(slow_budget_s=settings.slow_budget_s))
+    history = fleet_history(instances, events)
+    measured = measure(rows, events, nginx=nginx_rows, address_history=history,
+                       settings=MeasureSettings(slow_budget_s=settings.slow_budget_s))
     meta = {
         "project": project, "kind": kind, "strategy": strategy, "size": size,
         "batch": settings.batch if strategy in ("rolling", "surge", "naive") else (size if strategy in (
@@ -287,6 +299,7 @@ async def roll(
         "load": load is not None, "plan_steps": len(steps),
     }
     report = build_report(meta=meta, measured=measured, steps=events)
+    report["attribution"] = attribution(rows, nginx_rows, history)
     if report_dir is not None:
         report["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
     shutil.rmtree(workdir, ignore_errors=True)
@@ -299,6 +312,34 @@ async def roll(
     if not steps:
         message = f"already on {target}: nothing to do"
     return RolloutResult(report=report, exit_code=exit_code, message=message)
+
+
+def fleet_history(initial: list[Instance], events: list[Event]) -> AddressHistory:
+    """Which version held which address when: the fleet at the start, then the run's events."""
+    present: list[Event] = [
+        {"t": 0.0, "phase": "start", "instance": i.name, "address": i.address, "version": i.version}
+        for i in initial if i.address
+    ]
+    return address_history_from_events([*present, *events])
+
+
+def attribution(rows: list[Any], nginx_rows: list[Any], history: AddressHistory) -> dict[str, Any]:
+    """Where the version served came from, and how well the two sources agree.
+
+    ``header``: rows whose answer carried X-App-Version; ``compared``: rows that also
+    have a version read from NGINX's log (upstream address mapped to its container);
+    ``agreement``: the share of those where both say the same (None with nothing to compare).
+    """
+    from_log = {r["rid"]: r.get("version") for r in attribute_versions(
+        [{**r, "version": None} for r in rows], nginx_rows, history)}
+    both = [(r.get("version"), from_log.get(r["rid"])) for r in rows
+            if r.get("version") and from_log.get(r["rid"])]
+    return {
+        "header": sum(1 for r in rows if r.get("version")),
+        "from_log": sum(1 for v in from_log.values() if v),
+        "compared": len(both),
+        "agreement": round(sum(a == b for a, b in both) / len(both), 4) if both else None,
+    }
 
 
 async def _roll_back(controller: Controller, settings: Settings, size: int, source: str,
@@ -328,3 +369,69 @@ __all__ = [
     "ErrorRatioExceeded", "Instance", "RolloutResult", "Upstream", "down", "images", "missing_images",
     "roll", "status", "up",
 ]
+
+
+# -- demo / compare -------------------------------------------------------------------------------
+async def demo(
+    settings: Settings,
+    *,
+    runtime: Runtime,
+    keep: bool = False,
+    report_dir: Path | None = None,
+    progress: Progress | None = None,
+    say: Callable[[str], None] = log.info,
+) -> RolloutResult:
+    """One command for a workshop: build what is missing, start the fleet, roll to v2 under
+    load, report, and tear down unless ``keep``."""
+    say(f"demo: {settings.size} servers on v1, {settings.users} users, rolling to v2 with {settings.strategy}")
+    await up(settings, runtime=runtime, say=say)
+    try:
+        result = await roll(settings, runtime=runtime, to_version="v2", progress=progress, report_dir=report_dir)
+    finally:
+        if not keep:
+            await runtime.down(settings.project)
+            say(f"demo: removed project {settings.project} (--keep leaves it running)")
+    return result
+
+
+async def compare(
+    settings: Settings,
+    *,
+    runtime: Runtime,
+    strategies: list[str],
+    report_dir: Path | None = None,
+    say: Callable[[str], None] = log.info,
+) -> list[dict[str, Any]]:
+    """Run each strategy on a fresh fleet of ``settings.size`` under the same load; one report each.
+
+    Each fleet is its own project (``<project>-<n>``) and is removed afterwards, whatever happened.
+    """
+    reports: list[dict[str, Any]] = []
+    for n, spec in enumerate(strategies, start=1):
+        strategy, batch = parse_strategy_spec(spec, settings.batch)
+        mode = settings.mode if strategy in ("one-at-a-time", "rolling", "naive") else "replace"
+        one = dataclasses.replace(settings, project=f"{settings.project}-{n}", strategy=strategy,  # type: ignore[arg-type]
+                                  mode=mode, batch=batch)
+        say(f"compare: {spec} ({n}/{len(strategies)})")
+        if await runtime.has_project(one.project):
+            await runtime.down(one.project)
+        await up(one, runtime=runtime, say=say)
+        try:
+            result = await roll(one, runtime=runtime, to_version="v2", progress=Progress(),
+                                report_dir=(report_dir / spec.replace(":", "-")) if report_dir else None)
+            reports.append(result.report)
+        finally:
+            await runtime.down(one.project)
+    return reports
+
+
+def parse_strategy_spec(spec: str, default_batch: int = 1) -> tuple[str, int]:
+    """``"rolling:3"`` -> ("rolling", 3); ``"double-half"`` -> ("double-half", 1). UsageError if bad."""
+    name, _, batch_text = spec.strip().partition(":")
+    if name not in STRATEGIES:
+        raise UsageError(f"strategies: {name!r} must be one of {', '.join(STRATEGIES)}")
+    if not batch_text:
+        return name, default_batch if name in ("rolling", "surge", "naive") else 1
+    if not batch_text.isdigit() or int(batch_text) < 1:
+        raise UsageError(f"strategies: batch in {spec!r} must be a whole number of at least 1")
+    return name, int(batch_text)

@@ -45,6 +45,8 @@ class Settings:
     port: int = 8080
     version: Version = "v1"
     sticky: bool = False
+    lb_retry: bool = False
+    client_keepalive: bool = False
     app_env: Mapping[str, str] = field(default_factory=dict)
     # rollout
     to_version: Version = "v2"

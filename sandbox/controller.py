@@ -172,8 +172,9 @@ class Controller:
                     code = app_code_tar(to_version, env)
                     await self._gather(self.runtime.swap_code(i, code) for i in insts)
                     for inst in insts:
-                        self.emit("swap", inst, batch=step.batch_no, detail={"to": to_version})
-                        by_id[inst.id] = dataclasses.replace(inst, version=to_version)
+                        swapped = dataclasses.replace(inst, version=to_version)
+                        by_id[inst.id] = swapped
+                        self.emit("swap", swapped, batch=step.batch_no, detail={"from": inst.version})
                 else:  # pragma: no cover - the planner's Literal forbids it
                     raise RolloutError(f"unknown plan action {action!r}")
 

@@ -200,10 +200,8 @@ def exception_name(exc: BaseException) -> str:
         return name
     innermost: BaseException | None = None
     for cur in _exception_chain(exc):
-        module = type(cur).__module__
-        if module == "builtins" and isinstance(cur, OSError) or isinstance(
-            cur, http.client.HTTPException
-        ):
+        builtin_os_error = type(cur).__module__ == "builtins" and isinstance(cur, OSError)
+        if builtin_os_error or isinstance(cur, http.client.HTTPException):
             innermost = cur
     if innermost is not None:
         return type(innermost).__name__
@@ -222,9 +220,7 @@ def error_text(status: int, exc: BaseException | None = None) -> str | None:
 # --------------------------------------------------------------------------- rows
 
 
-def new_row(
-    *, t: float, user: str, rid: str, method: str, name: str
-) -> RequestRow:
+def new_row(*, t: float, user: str, rid: str, method: str, name: str) -> RequestRow:
     """A row for a request just sent: no answer yet (status 0, t_end None)."""
     return RequestRow(
         t=t,

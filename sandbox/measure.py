@@ -594,6 +594,7 @@ def measure(
     events: Sequence[Event],
     *,
     nginx: Sequence[NginxRow] = (),
+    address_history: AddressHistory | None = None,
     settings: MeasureSettings = MeasureSettings(),
 ) -> dict[str, Any]:
     """Every number of the report, as a JSON-able dict.
@@ -614,7 +615,8 @@ def measure(
     ordered_events = _sorted_events(events)
     ordered: list[Mapping[str, Any]] = _sorted_rows(rows)
     if nginx and any(r.get("version") is None for r in ordered):
-        history = address_history_from_events(ordered_events)  # type: ignore[arg-type]
+        history = (address_history if address_history is not None
+                   else address_history_from_events(ordered_events))  # type: ignore[arg-type]
         ordered = list(attribute_versions(ordered, nginx, history))  # type: ignore[arg-type]
     window = load_window(ordered, ordered_events)
     return {

@@ -126,8 +126,7 @@ class LiveProgress(Progress):
             entry = self.servers.setdefault(name, {"slot": event.get("slot"), "version": event.get("version")})
             entry["state"] = STATE_OF_PHASE.get(event["phase"], event["phase"])
             if event.get("version"):
-                entry["version"] = event["phase"] == "swap" and (event.get("detail") or {}).get("to") \
-                    or event.get("version")
+                entry["version"] = event.get("version")
         super().event(event)
 
     def traffic(self, monitor: TrafficMonitor, instances: dict[str, dict[str, Any]] | None = None) -> None:

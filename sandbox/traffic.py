@@ -170,7 +170,9 @@ class LoadRun:
         if not s.spawn_rate > 0:
             raise TrafficError(f"spawn_rate must be > 0, got {s.spawn_rate}")
         if not isinstance(s.stop_timeout_s, int) or s.stop_timeout_s < 0:
-            raise TrafficError(f"stop_timeout_s must be a whole number >= 0, got {s.stop_timeout_s}")
+            raise TrafficError(
+                f"stop_timeout_s must be a whole number >= 0, got {s.stop_timeout_s}"
+            )
         if not s.timeout_s > 0:
             raise TrafficError(f"timeout_s must be > 0, got {s.timeout_s}")
         locustfile = self.locustfile

@@ -83,6 +83,7 @@ class Settings:
     boot_fail: bool = False
     error_ratio: float = 0.0
     breaking: bool = False
+    version_header: bool = True  # APP_VERSION_HEADER=0: send no X-App-Version (like most real apps)
     stop_delay: float = 0.5
     shutdown_grace: float = 15.0
     keepalive_timeout: float = 75.0
@@ -98,6 +99,7 @@ class Settings:
             boot_fail=_flag(env, "APP_BOOT_FAIL"),
             error_ratio=_number(env, "APP_ERROR_RATIO", 0.0, 0, 1),
             breaking=_flag(env, "APP_BREAKING"),
+            version_header=env.get("APP_VERSION_HEADER", "1").strip().lower() not in ("0", "false", "no", "off"),
             stop_delay=_number(env, "APP_STOP_DELAY", 0.5, 0, 3600),
             shutdown_grace=_number(env, "APP_SHUTDOWN_GRACE", 15.0, 0, 3600),
             app_dir=env.get("APP_DIR", "/srv/app"),
@@ -168,7 +170,8 @@ class Shop:
     # -- cross-cutting -----------------------------------------------------
 
     async def _stamp(self, request: web.Request, response: web.StreamResponse) -> None:
-        response.headers["X-App-Version"] = self.version
+        if self.settings.version_header:
+            response.headers["X-App-Version"] = self.version
         response.headers["X-Instance"] = self.instance
         request_id = request.headers.get("X-Request-ID")
         if request_id:

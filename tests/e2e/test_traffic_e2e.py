@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.e2e]
 ROW_KEYS = set(get_type_hints(RequestRow))
 HANG_AT = {25, 60, 90}  # request numbers that hang (besides /api/items/13)
 SID = web.RequestKey("sid", str)
+VERSION = web.RequestKey("version", str)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class FakeApp:
     first: float | None = None
     hanging: int = 0
     hang: bool = True  # False: a healthy app, every request answered at once
+    breaking: bool = False  # v2 items rename "name" to "title"
     rids: list[str] = field(default_factory=list)
 
 
@@ -66,6 +68,7 @@ async def fake_app() -> AsyncIterator[FakeApp]:
             state.first = now
         state.rids.append(request.headers.get("X-Request-ID", ""))
         version = "v1" if now - state.first < 1.0 else "v2"
+        request[VERSION] = version
         if state.hang and (n in HANG_AT or request.path == "/api/items/13"):
             state.hanging += 1
             try:
@@ -88,6 +91,9 @@ async def fake_app() -> AsyncIterator[FakeApp]:
 
     async def item(request: web.Request) -> web.Response:
         n = int(request.match_info["n"])
+        if request[VERSION] == "v2":
+            key = "title" if state.breaking else "name"
+            return web.json_response({"id": n, key: f"item {n}", "price": n, "currency": "EUR"})
         return web.json_response({"id": n, "name": f"item {n}", "price": n * 1.5})
 
     async def cart_get(request: web.Request) -> web.Response:
@@ -208,6 +214,64 @@ async def test_stopping_a_healthy_load_drops_nothing(
 
 
 @pytest.mark.asyncio
+async def test_breaking_v2_gives_contract_violations(fake_app: FakeApp, tmp_path: Path) -> None:
+    fake_app.hang = False
+    fake_app.breaking = True
+    settings = LoadSettings(users=10, spawn_rate=50, v2_mode="breaking")
+    run = LoadRun(fake_app.url, settings, tmp_path / "rows.jsonl")
+    async with run:
+        await asyncio.sleep(2.0)
+    items = [r for r in run.all_rows() if r["name"] == "/api/items/[id]" and r["status"] == 200]
+    assert {r["version"] for r in items} == {"v1", "v2"}
+    by_user: dict[str, list[RequestRow]] = {}
+    for r in sorted(run.all_rows(), key=lambda r: r["t"]):
+        if r["status"] == 200:
+            by_user.setdefault(r["user"], []).append(r)
+    for rows in by_user.values():
+        seen_v2 = False
+        for r in rows:
+            if r["name"] == "/api/items/[id]":
+                # the app switches to v2 once and for all: no downgrade here, so a
+                # violation is exactly a v2 item to a user who had not seen v2 yet
+                want = "violation" if r["version"] == "v2" and not seen_v2 else "ok"
+                assert r["contract"] == want, r
+            seen_v2 = seen_v2 or r["version"] == "v2"
+    assert any(r["contract"] == "violation" for r in items)
+    _no_locust_here()
+
+
+CUSTOM_LOCUSTFILE = """
+from locust import constant, task
+from sandbox.locustfile import *  # noqa: F403  (RecordedHttpUser and the stop hooks)
+
+
+class Visitor(RecordedHttpUser):  # noqa: F405
+    wait_time = constant(0.05)
+
+    @task
+    def visit(self):
+        self.client.get("/api/cart")
+        self.client.get("/", headers={"X-Request-ID": "mine-" + self.sandbox_id})
+"""
+
+
+@pytest.mark.asyncio
+async def test_custom_locustfile_gets_rows(fake_app: FakeApp, tmp_path: Path) -> None:
+    fake_app.hang = False
+    custom = tmp_path / "my_locustfile.py"
+    custom.write_text(CUSTOM_LOCUSTFILE)
+    run = LoadRun(fake_app.url, LoadSettings(users=2, locustfile=custom), tmp_path / "rows.jsonl")
+    async with run:
+        await asyncio.sleep(1.0)
+    rows = run.all_rows()
+    assert {r["name"] for r in rows} == {"/api/cart", "/"}  # no ShopUser came along
+    assert all(set(r) == ROW_KEYS and r["status"] == 200 for r in rows)
+    assert {r["rid"] for r in rows if r["name"] == "/"} == {"mine-u1", "mine-u2"}
+    assert len(rows) == fake_app.count
+    _no_locust_here()
+
+
+@pytest.mark.asyncio
 async def test_missing_locustfile_fails_fast(tmp_path: Path) -> None:
     settings = LoadSettings(users=1, locustfile=tmp_path / "nope.py")
     run = LoadRun("http://127.0.0.1:9", settings, tmp_path / "rows.jsonl")
@@ -223,7 +287,9 @@ async def test_missing_locustfile_fails_fast(tmp_path: Path) -> None:
 async def test_broken_locustfile_reports_last_line(tmp_path: Path) -> None:
     broken = tmp_path / "broken_locustfile.py"
     broken.write_text("raise RuntimeError('boom from the locustfile')\n")
-    run = LoadRun("http://127.0.0.1:9", LoadSettings(users=1, locustfile=broken), tmp_path / "r.jsonl")
+    run = LoadRun(
+        "http://127.0.0.1:9", LoadSettings(users=1, locustfile=broken), tmp_path / "r.jsonl"
+    )
     with pytest.raises(TrafficError, match="boom from the locustfile"):
         await run.start()
     assert not run.running

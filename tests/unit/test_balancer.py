@@ -47,6 +47,11 @@ def test_sticky_and_keepalive_knobs() -> None:
     assert "keepalive_timeout 0;" in plain and "keepalive_timeout 65;" in sticky
 
 
+def test_retry_on_another_server_is_off_unless_asked() -> None:
+    assert "proxy_next_upstream off;" in render("p", LbState(upstreams=servers(2)))
+    assert "proxy_next_upstream error timeout;" in render("p", LbState(upstreams=servers(2), retry=True))
+
+
 def test_json_access_log_fields() -> None:
     text = render("p", LbState(upstreams=servers(1)))
     for field in ("time", "rid", "status", "upstream_addr", "upstream_status", "request_time",

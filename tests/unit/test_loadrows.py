@@ -58,10 +58,8 @@ V2_BREAK_BODY = {"id": 7, "title": "lamp", "price": 12.5, "currency": "EUR"}
     ],
 )
 def test_contract_table(served: str, mode: str, expects: str, want: str) -> None:
-    if served == "v1":
-        body = V1_BODY
-    else:
-        body = V2_COMPAT_BODY if mode == "compatible" else V2_BREAK_BODY
+    v2_body = V2_COMPAT_BODY if mode == "compatible" else V2_BREAK_BODY
+    body = V1_BODY if served == "v1" else v2_body
     assert check_contract(body, expects, mode) == want  # type: ignore[arg-type]
 
 
@@ -96,7 +94,9 @@ def test_env_settings() -> None:
 
 
 def test_answer_fields_case_insensitive_and_absent() -> None:
-    f = answer_fields({"x-app-version": "v2", "X-Instance": "app-3/ab12", "X-Session-State": " new "})
+    f = answer_fields(
+        {"x-app-version": "v2", "X-Instance": "app-3/ab12", "X-Session-State": " new "}
+    )
     assert (f.version, f.instance, f.session) == ("v2", "app-3/ab12", "new")
     f = answer_fields({"Content-Type": "text/plain", "X-App-Version": ""})
     assert (f.version, f.instance, f.session) == (None, None, None)

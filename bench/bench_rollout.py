@@ -1,0 +1,110 @@
+"""Benchmark: rollouts of 9 servers under load (issue figures; not a test).
+
+For one-at-a-time, rolling with batch 3 and double-half it reports the rollout's duration, the
+sum of the waits no controller can avoid (per batch: the longest time from starting or swapping
+a server to its first passing health check, plus the longest drain until nothing was in flight),
+their ratio (the controller's overhead), the requests per second held during the rollout and the
+dropped requests. With --max-rate it also looks for the highest request rate at which
+one-at-a-time still drops nothing.
+
+    .venv/bin/python bench/bench_rollout.py [--size 9] [--users 20] [--max-rate]
+
+Each run uses its own project (bench-<n>) and removes it afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sandbox(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sandbox", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=1800)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def unavoidable_s(steps: list[dict[str, Any]]) -> float:
+    """Per batch: max time-to-first-healthy + max drain-until-idle, summed."""
+    ready: dict[int, float] = defaultdict(float)
+    drain: dict[int, float] = defaultdict(float)
+    for s in steps:
+        detail = s.get("detail") or {}
+        batch = s.get("batch") or 0
+        if s["phase"] == "ready":
+            ready[batch] = max(ready[batch], float(detail.get("first_ok_s", 0)))
+        elif s["phase"] == "drain":
+            drain[batch] = max(drain[batch], float(detail.get("idle_s", 0)))
+    return sum(ready.values()) + sum(drain.values())
+
+
+def run(n: int, size: int, users: int, strategy: list[str], env: dict[str, str], set_env: list[str]) -> dict[str, Any]:
+    project = f"bench-{n}"
+    sandbox("down", "--project", project)
+    up_args = ["up", "--project", project, "--size", str(size), "--port", str(free_port())]
+    for pair in set_env:
+        up_args += ["--env", pair]
+    proc = sandbox(*up_args)
+    if proc.returncode:
+        raise SystemExit(f"up failed: {proc.stderr}")
+    try:
+        roll_args = ["roll", "--project", project, "--to", "v2", *strategy, "--users", str(users), "--json"]
+        for pair in set_env:
+            roll_args += ["--set-env", pair]
+        proc = sandbox(*roll_args, env=env)
+        report = json.loads(proc.stdout)
+    finally:
+        sandbox("down", "--project", project)
+    duration = float(report["duration_s"])
+    floor = unavoidable_s(report["steps"])
+    return {
+        "strategy": " ".join(strategy),
+        "duration_s": round(duration, 2),
+        "unavoidable_s": round(floor, 2),
+        "ratio": round(duration / floor, 2) if floor else None,
+        "rps_rollout": report["phases"]["rollout"]["rps"],
+        "requests": report["requests"]["total"],
+        "dropped": report["requests"]["dropped"],
+        "stall_s": report["stall_s"],
+        "peak_instances": report["peak_instances"],
+        "outcome": report["outcome"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=9)
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--set-env", action="append", default=[],
+                        help="app environment for both versions, e.g. APP_STARTUP_DELAY=3")
+    parser.add_argument("--max-rate", action="store_true", help="also search the highest zero-drop rate")
+    args = parser.parse_args()
+    rows = []
+    for n, strategy in enumerate([["--strategy", "one-at-a-time"], ["--strategy", "rolling", "--batch", "3"],
+                                  ["--strategy", "double-half"]], start=1):
+        rows.append(run(n, args.size, args.users, strategy, {}, args.set_env))
+        print(json.dumps(rows[-1]), flush=True)
+    if args.max_rate:
+        no_think = {"ROLLING_SANDBOX_WAIT_MIN": "0", "ROLLING_SANDBOX_WAIT_MAX": "0.01"}
+        for users in (10, 25, 50, 100, 200):
+            row = run(10 + users, args.size, users, ["--strategy", "one-at-a-time"], no_think, args.set_env)
+            row["users"] = users
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
