@@ -173,13 +173,15 @@ class Balancer:
             )
             text = render(self.project, new)
             await self.runtime.put_file(lb, STAGING_CONF, text.encode())
-            code, out = await self.runtime.exec(lb, ["nginx", "-t", "-c", STAGING_CONF])
-            if code != 0:
+            # one exec: check, then an atomic rename over the live file, then a graceful reload;
+            # the exit code says which part failed (a rejected config is never installed)
+            script = (f"nginx -t -c {STAGING_CONF} 2>&1 || exit 10; "
+                      f"mv -f {STAGING_CONF} {LIVE_CONF} || exit 11; nginx -s reload 2>&1 || exit 12")
+            code, out = await self.runtime.exec(lb, ["sh", "-c", script])
+            if code == 10:
                 raise BalancerError(f"nginx -t rejected the new config: {_last_line(out)}")
-            code, out = await self.runtime.exec(lb, ["mv", "-f", STAGING_CONF, LIVE_CONF])
-            if code != 0:
+            if code == 11:
                 raise BalancerError(f"could not install the new config: {_last_line(out)}")
-            code, out = await self.runtime.exec(lb, ["nginx", "-s", "reload"])
             if code != 0:
                 raise BalancerError(f"nginx reload failed: {_last_line(out)}")
             self.state = new

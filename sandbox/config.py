@@ -56,7 +56,7 @@ class Settings:
     drain_timeout: float = 30.0
     ready_timeout: float = 30.0
     ready_successes: int = 2
-    settle_s: float = 0.5
+    settle_s: float = 0.2
     max_error_ratio: float = 0.05
     auto_rollback: bool = True
     set_env: Mapping[str, str] = field(default_factory=dict)

@@ -26,9 +26,12 @@ from sandbox.runtime import Instance, Runtime
 
 log = logging.getLogger("sandbox.controller")
 
-DRAIN_QUIET_S = 0.5  # no new request for this long, and nothing in flight: drained
+DRAIN_QUIET_S = 0.3  # no new request for this long, and nothing in flight: drained
 STOP_GRACE_S = 20.0  # SIGTERM, then SIGKILL after this long (the app bounds itself at 15 s)
-POLL_S = 0.2
+POLL_S = 0.1
+# The controller detaches and drains a server before it stops it, so the app need not keep
+# answering "stopping" on /healthz for a load balancer to notice (the user's env still wins).
+APP_ENV_DEFAULTS = {"APP_STOP_DELAY": "0"}
 
 
 class Interrupted(SandboxError):
@@ -67,6 +70,8 @@ class Controller:
         self.stop_requested = asyncio.Event()  # first Ctrl-C: finish the current step, then stop
         self.live = 0  # app containers alive now (for peak_instances)
         self.peak = 0
+        self._born: dict[str, float] = {}  # container id -> monotonic time it was started or swapped
+        self._detached_at: dict[str, float] = {}  # container id -> monotonic time it was detached
 
     # -- events -------------------------------------------------------------------------------
     def emit(self, phase: str, instance: Instance | None = None, **extra: Any) -> Event:
@@ -117,21 +122,42 @@ class Controller:
             return new_in_slot[ref.slot]
 
         async with Probe() as probe:
-            for step in steps:
+            pending = list(steps)
+            while pending:
+                step = pending.pop(0)
                 if self.stop_requested.is_set():
                     raise Interrupted("interrupted")
                 if health is not None and (reason := health()):
                     raise ErrorRatioExceeded(reason)
-                targets = [ref for ref in step.targets]
+                targets = list(step.targets)
                 action = step.action
+                if action == "attach" and pending and pending[0].action == "detach":
+                    # One reload instead of two: attach this batch's new servers and detach the
+                    # next batch's old ones together. Attached servers never drop below the
+                    # plan's floor (the new ones count before the old ones leave).
+                    nxt = pending.pop(0)
+                    attach = [resolve(r) for r in targets]
+                    detach = [resolve(r) for r in nxt.targets]
+                    in_flight = await self._in_flight(probe, detach)
+                    await self._set_attached(attach=attach, detach=detach)
+                    now = time.monotonic()
+                    for inst in attach:
+                        self.emit("attach", inst, batch=step.batch_no)
+                    for inst in detach:
+                        self._detached_at[inst.id] = now
+                        self.emit("detach", inst, batch=nxt.batch_no, detail={"in_flight": in_flight[inst.id]})
+                    continue
                 if action == "start":
+                    t_start = time.monotonic()
                     started = await self._gather(
                         self.runtime.start_app(
-                            self.project, ref.slot, to_version, self.images.app[to_version], env, from_version
+                            self.project, ref.slot, to_version, self.images.app[to_version],
+                            {**APP_ENV_DEFAULTS, **env}, from_version,
                         )
                         for ref in targets
                     )
                     for inst in started:
+                        self._born[inst.id] = t_start
                         new_in_slot[inst.slot] = inst
                         by_id[inst.id] = inst
                         self.live += 1
@@ -139,15 +165,17 @@ class Controller:
                         self.emit("start", inst, batch=step.batch_no)
                 elif action == "ready":
                     insts = [resolve(r) for r in targets]
-                    await self._gather(self._wait_ready(probe, i, to_version, health) for i in insts)
-                    for inst in insts:
-                        self.emit("ready", inst, batch=step.batch_no)
+                    first_ok = await self._gather(self._wait_ready(probe, i, to_version) for i in insts)
+                    for inst, first_ok_s in zip(insts, first_ok, strict=True):
+                        self.emit("ready", inst, batch=step.batch_no, detail={"first_ok_s": first_ok_s})
                 elif action in ("attach", "detach", "switch"):
                     attach = [resolve(r) for r in targets] if action != "detach" else []
                     detach = [resolve(r) for r in (step.detach if action == "switch" else targets)] \
                         if action != "attach" else []
                     in_flight = await self._in_flight(probe, detach)
                     await self._set_attached(attach=attach, detach=detach)
+                    for inst in detach:
+                        self._detached_at[inst.id] = time.monotonic()
                     for inst in attach:
                         self.emit("attach", inst, batch=step.batch_no)
                     for inst in detach:
@@ -170,7 +198,10 @@ class Controller:
                 elif action == "swap":
                     insts = [resolve(r) for r in targets]
                     code = app_code_tar(to_version, env)
+                    t_swap = time.monotonic()
                     await self._gather(self.runtime.swap_code(i, code) for i in insts)
+                    for inst in insts:
+                        self._born[inst.id] = t_swap
                     for inst in insts:
                         swapped = dataclasses.replace(inst, version=to_version)
                         by_id[inst.id] = swapped
@@ -204,12 +235,16 @@ class Controller:
         counts = await asyncio.gather(*(one(i) for i in insts))
         return {i.id: c for i, c in zip(insts, counts, strict=True)}
 
-    async def _wait_ready(self, probe: Probe, inst: Instance, version: str, health: HealthCheck | None) -> None:
+    async def _wait_ready(self, probe: Probe, inst: Instance, version: str) -> float | None:
         """Poll /healthz until ``ready_successes`` consecutive passes on ``version``, then settle.
 
-        Raises ReadinessError when the container exits or the deadline passes.
+        Returns the seconds from the container's start (or code swap) to its first passing
+        check: the part of the wait no controller can avoid. Raises ReadinessError when the
+        container exits or the deadline passes.
         """
+        born = self._born.get(inst.id, time.monotonic())
         deadline = time.monotonic() + self.settings.ready_timeout
+        first_ok: float | None = None
         successes = 0
         last_state_check = 0.0
         while True:
@@ -226,21 +261,26 @@ class Controller:
                     raise ReadinessError(f"{inst.name} ({version}) stopped before it was ready: "
                                          f"{await self.runtime.exit_info(inst)}")
             ok = inst.address is not None and await probe.ready(inst.address, version)
+            if ok and first_ok is None:
+                first_ok = time.monotonic() - born
             successes = successes + 1 if ok else 0
             if successes >= self.settings.ready_successes:
                 break
             await asyncio.sleep(POLL_S)
         if self.settings.settle_s:
             await asyncio.sleep(self.settings.settle_s)
+        return round(first_ok, 3) if first_ok is not None else None
 
     async def _drain(self, probe: Probe, inst: Instance, batch: int) -> None:
         """Wait until ``inst`` has nothing in flight and got nothing new for DRAIN_QUIET_S."""
         t0 = time.monotonic()
+        detached_at = self._detached_at.get(inst.id, t0)
         deadline = t0 + self.settings.drain_timeout
         first = await probe.metrics(inst.address) if inst.address else None
         in_flight_start = int(first.get("app_requests_in_flight", 0)) if first else 0
         last_total = first.get("app_requests_total") if first else None
         quiet_since = time.monotonic()
+        idle_at: float | None = None if in_flight_start else time.monotonic()
         timed_out = False
         while first is not None:
             await asyncio.sleep(POLL_S)
@@ -250,14 +290,22 @@ class Controller:
             total = m.get("app_requests_total")
             if total != last_total:
                 last_total, quiet_since = total, time.monotonic()
-            if m.get("app_requests_in_flight", 0) == 0 and time.monotonic() - quiet_since >= DRAIN_QUIET_S:
-                break
+                idle_at = None
+            if m.get("app_requests_in_flight", 0) == 0:
+                idle_at = idle_at or time.monotonic()
+                if time.monotonic() - quiet_since >= DRAIN_QUIET_S:
+                    break
+            else:
+                idle_at = None
             if time.monotonic() > deadline:
                 timed_out = True
                 log.warning("%s: drain timed out after %.1f s", inst.name, self.settings.drain_timeout)
                 break
+        end = time.monotonic()
         self.emit("drain", inst, batch=batch, detail={
-            "duration_s": round(time.monotonic() - t0, 3), "in_flight": in_flight_start, "timed_out": timed_out,
+            "duration_s": round(end - t0, 3), "in_flight": in_flight_start, "timed_out": timed_out,
+            # from detach until nothing was in flight any more: the part no controller can avoid
+            "idle_s": round((idle_at or end) - detached_at, 3),
         })
 
 

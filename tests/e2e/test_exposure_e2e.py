@@ -1,0 +1,78 @@
+"""What the users saw: contracts, sticky routing, version attribution, reports on disk, demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Cli
+
+pytestmark = pytest.mark.e2e
+
+LOAD = ("--users", "10", "--warmup", "2", "--cooldown", "2")
+
+
+def roll(cli: Cli, *args: str, expect: int = 0) -> dict[str, Any]:
+    return cli.json("roll", "--to", "v2", *LOAD, *args, "--json", expect=expect)
+
+
+def test_breaking_v2_violates_the_contract_and_compatible_does_not(cli: Cli, tmp_path: Path) -> None:
+    cli.run("up", "--size", "4", "--port", str(cli.port), check=True)
+    breaking = roll(cli, "--v2-mode", "breaking", "--report", str(tmp_path / "breaking"))
+    assert breaking["requests"]["dropped"] == 0
+    assert breaking["exposure"]["contract_violations"] > 0
+    assert breaking["exposure"]["users_saw_both"] > 0 and breaking["exposure"]["mixed_window_s"] > 0
+    # reports on disk: JSON, a real PNG chart, a Markdown page that embeds it
+    files = {k: Path(v) for k, v in breaking["files"].items()}
+    assert json.loads(files["json"].read_text())["outcome"] == "completed"
+    png = files["chart"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert "![chart](chart.png)" in files["markdown"].read_text()
+    assert (tmp_path / "breaking" / "requests.jsonl").stat().st_size > 0
+    # the version from the header and the one from NGINX's log agree
+    attribution = breaking["attribution"]
+    assert attribution["compared"] > 100 and attribution["agreement"] >= 0.99
+
+    compatible = cli.json("roll", "--to", "v1", *LOAD, "--json")  # back, then forward compatibly
+    assert compatible["requests"]["dropped"] == 0
+    forward = roll(cli)
+    assert forward["exposure"]["contract_violations"] == 0
+    assert forward["exposure"]["downgrades"] > 0  # round-robin: users do go back to v1 mid-rollout
+
+
+def test_sticky_routing_lowers_downgrades(cli: Cli) -> None:
+    results = {}
+    for sticky in (False, True):
+        project = f"{cli.project}{'s' if sticky else 'r'}"
+        other = Cli(project=project, port=cli.port)
+        up = ["up", "--size", "4", "--port", str(cli.port)] + (["--sticky"] if sticky else [])
+        other.run(*up, check=True)
+        try:
+            results[sticky] = other.json("roll", "--to", "v2", *LOAD, "--json")
+        finally:
+            other.run("down", check=True)
+    plain, sticky = results[False]["exposure"], results[True]["exposure"]
+    assert results[True]["requests"]["dropped"] == 0 and results[False]["requests"]["dropped"] == 0
+    assert sticky["downgrades"] < plain["downgrades"], (sticky, plain)
+
+
+def test_versions_from_the_nginx_log_when_the_app_sends_no_header(cli: Cli) -> None:
+    cli.run("up", "--size", "3", "--port", str(cli.port), "--env", "APP_VERSION_HEADER=0", check=True)
+    assert "X-App-Version" not in cli.get("/api/items/1")[1]
+    report = roll(cli, "--set-env", "APP_VERSION_HEADER=0")
+    by_version = report["requests"]["by_version"]
+    assert by_version["v1"] > 0 and by_version["v2"] > 0
+    assert by_version.get("unknown", 0) <= report["requests"]["total"] * 0.01
+    assert report["attribution"]["header"] == 0 and report["attribution"]["from_log"] > 0
+
+
+def test_demo_json_completes_with_zero_dropped(cli: Cli, tmp_path: Path) -> None:
+    report = cli.json("demo", "--size", "3", "--port", str(cli.port), *LOAD, "--json",
+                      "--report", str(tmp_path / "demo"))
+    assert report["outcome"] == "completed" and report["requests"]["dropped"] == 0
+    assert report["size"] == 3 and report["to_version"] == "v2"
+    assert (tmp_path / "demo" / "chart.png").stat().st_size > 10_000
+    assert cli.run("status").returncode == 1  # torn down without --keep
