@@ -168,14 +168,14 @@ async def roll(
 
     controller = Controller(runtime, balancer, settings, image_set, on_event=on_event)
     controller.events = events
+    for name in await controller.reconcile():
+        progress.line(f"took {name} out of the load balancer: its container is gone or not running")
     instances, servers = await controller.fleet()
     strategy = settings.strategy
     plan_settings = planner.PlanSettings(size=size, to_version=target, strategy=strategy,  # type: ignore[arg-type]
                                          batch=settings.batch, mode=settings.mode)
     steps = planner.plan(servers, plan_settings)
-    env = dict(settings.set_env) if target == settings.to_version or kind == "roll" else {}
-    if kind == "rollback":
-        env = {}
+    env = {} if kind == "rollback" else dict(settings.set_env)  # --set-env is for the new version only
 
     workdir = Path(tempfile.mkdtemp(prefix=f"rolling-sandbox-{project}-"))
     if report_dir is not None:
@@ -347,6 +347,7 @@ async def _roll_back(controller: Controller, settings: Settings, size: int, sour
     """Roll back to ``source`` with the same care; return (outcome, message)."""
     controller.emit("rollback-start", None, version=source)
     progress.line(f"rolling back to {source}")
+    await controller.reconcile()
     _, servers = await controller.fleet()
     strategy = "rolling" if settings.strategy == "naive" else settings.strategy
     back = planner.plan(servers, planner.PlanSettings(size=size, to_version=source, strategy=strategy,  # type: ignore[arg-type]

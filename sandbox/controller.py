@@ -98,6 +98,24 @@ class Controller:
         ]
         return instances, servers
 
+    async def reconcile(self) -> list[str]:
+        """Take out of the load balancer every server whose container is gone or not running.
+
+        A removed container's address drops packets instead of refusing them, so a stale entry
+        costs users a connect timeout each time it is picked (after a crash mid-rollout, say).
+        Returns the names taken out.
+        """
+        instances = await self.runtime.instances(self.project)
+        live = {i.name: i for i in instances if i.state == "running" and i.address}
+        keep = [u for u in self.balancer.state.upstreams
+                if u.name in live and live[u.name].address == u.address]
+        stale = [u.name for u in self.balancer.state.upstreams if u not in keep]
+        if stale:
+            log.info("taking %s out of the load balancer: no running container has that address",
+                        ", ".join(stale))
+            await self.balancer.apply(keep)
+        return stale
+
     # -- executing a plan ---------------------------------------------------------------------
     async def execute(
         self,
@@ -199,11 +217,10 @@ class Controller:
                     insts = [resolve(r) for r in targets]
                     code = app_code_tar(to_version, env)
                     t_swap = time.monotonic()
-                    await self._gather(self.runtime.swap_code(i, code) for i in insts)
-                    for inst in insts:
+                    now_insts = await self._gather(self.runtime.swap_code(self.project, i, code) for i in insts)
+                    for inst, now_inst in zip(insts, now_insts, strict=True):
                         self._born[inst.id] = t_swap
-                    for inst in insts:
-                        swapped = dataclasses.replace(inst, version=to_version)
+                        swapped = dataclasses.replace(now_inst, version=to_version)
                         by_id[inst.id] = swapped
                         self.emit("swap", swapped, batch=step.batch_no, detail={"from": inst.version})
                 else:  # pragma: no cover - the planner's Literal forbids it

@@ -188,6 +188,9 @@ def verdict(report: Mapping[str, Any], *, max_dropped: int = 0) -> tuple[bool, s
     """``(passed, line)``: "PASS: 0 dropped requests" or "FAIL: 3 dropped requests (max 0)"."""
     dropped = int((report.get("requests") or {}).get("dropped") or 0)
     noun = "request" if dropped == 1 else "requests"
+    outcome = report.get("outcome")
+    if outcome and outcome != "completed":
+        return False, f"FAIL: the rollout {str(outcome).replace('_', ' ')} ({dropped} dropped {noun})"
     if dropped <= max_dropped:
         limit = f" (max {max_dropped})" if max_dropped else ""
         return True, f"PASS: {dropped} dropped {noun}{limit}"
@@ -251,11 +254,14 @@ def summary_text(report: Mapping[str, Any], *, max_dropped: int = 0) -> str:
         f"sessions lost    {exp.get('sessions_lost', 0)}  "
         "(users whose in-memory session died with its server)",
     ]
+    if not req.get("total"):
+        # --no-load: there were no users, so there is nothing to say about what they saw
+        lines = lines[:3] + ["traffic          none (--no-load): no requests were measured"]
     drains = _drains_line(report.get("drains") or [])
     if drains:
         lines.append(drains)
     phases = report.get("phases") or {}
-    if phases:
+    if phases and req.get("total"):
         lines.append("phases")
         lines.extend(_phase_line(name, phase) for name, phase in phases.items())
     lines.append(verdict(report, max_dropped=max_dropped)[1])

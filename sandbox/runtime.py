@@ -130,8 +130,9 @@ class Runtime:
         net = c.attrs.get("NetworkSettings", {}).get("Networks", {}).get(network_name(project), {})
         ip = net.get("IPAddress") or None
         version = c.labels.get(L.LABEL_VERSION, "?")
-        if c.status == "running":
-            # in-place rollouts swap the code under a running container; its VERSION file is the truth
+        if c.status in ("running", "exited", "created", "paused"):
+            # in-place rollouts swap the code under a container (which may then have failed to
+            # boot and exited): the VERSION file in its code volume is the truth, not the label
             try:
                 bits, _ = c.get_archive(f"{APP_CODE_DIR}/VERSION")
                 version = _untar_one(bits).decode().strip() or version
@@ -247,14 +248,22 @@ class Runtime:
                 pass
         await self._call(kill)
 
-    async def swap_code(self, instance: Instance, code_tar: bytes) -> None:
-        """Copy new code into the running container's code volume and ask it to reload (SIGHUP)."""
-        def swap() -> None:
+    async def swap_code(self, project: str, instance: Instance, code_tar: bytes) -> Instance:
+        """Copy new code into the container's code volume and reload the app (SIGHUP), or start
+        the container again if it had exited. Returns the container as it is now (a restarted
+        container may have a new address)."""
+        def swap() -> Instance:
             c = self.client.containers.get(instance.id)
             if not c.put_archive(APP_CODE_DIR, code_tar):
                 raise EngineError(f"{instance.name}: could not copy the new code in")
-            c.kill(signal="SIGHUP")
-        await self._call(swap)
+            c.reload()
+            if c.status == "running":
+                c.kill(signal="SIGHUP")  # the supervisor restarts the app from the new code
+            else:
+                c.start()  # it had exited (a version that failed to boot): start it on the new code
+                c.reload()
+            return self._describe(c, project)
+        return await self._call(swap)
 
     async def exit_info(self, instance: Instance) -> str:
         """A one-line account of why a container is not running: state, exit code, last log line."""

@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+import docker
 import pytest
 
 from tests.e2e.conftest import REPO, Cli
@@ -70,10 +71,11 @@ def test_naive_drops_requests(cli: Cli) -> None:
     assert report["phases"]["rollout"]["dropped"] > 0
 
 
-def test_boot_failure_rolls_back_without_drops(cli: Cli) -> None:
+@pytest.mark.parametrize("mode", ["replace", "in-place"])
+def test_boot_failure_rolls_back_without_drops(cli: Cli, mode: str) -> None:
     cli.run("up", "--size", SIZE, "--port", str(cli.port), check=True)
-    report = cli.json("roll", "--to", "v2", "--set-env", "APP_BOOT_FAIL=1", "--ready-timeout", "10", *LOAD,
-                      "--json", expect=1)
+    report = cli.json("roll", "--to", "v2", "--mode", mode, "--set-env", "APP_BOOT_FAIL=1",
+                      "--ready-timeout", "10", *LOAD, "--json", expect=1)
     assert report["outcome"] == "rolled_back"
     phases = [s["phase"] for s in report["steps"]]
     assert "failed" in phases and "rollback-end" in phases
@@ -126,3 +128,28 @@ def test_ctrl_c_leaves_a_consistent_serving_fleet(cli: Cli) -> None:
     resumed = cli.json("roll", "--to", "v2", "--no-load", "--json")
     assert resumed["outcome"] == "completed"
     assert_fleet_on(cli, "v2")
+
+
+def test_error_ratio_above_the_limit_rolls_back(cli: Cli) -> None:
+    cli.run("up", "--size", SIZE, "--port", str(cli.port), check=True)
+    report = cli.json("roll", "--to", "v2", "--set-env", "APP_ERROR_RATIO=0.6", "--max-error-ratio", "0.05",
+                      *LOAD, "--json", expect=1)
+    assert report["outcome"] == "rolled_back"
+    failed = [s for s in report["steps"] if s["phase"] == "failed"]
+    assert "error ratio" in str(failed[0].get("detail"))
+    assert report["requests"]["dropped"] > 0  # the 500s v2 answered are what the users saw
+    assert_fleet_on(cli, "v1")
+
+
+def test_a_container_that_vanished_is_taken_out_before_rolling(cli: Cli, client: docker.DockerClient) -> None:
+    """A crash left the config naming a container that is gone: roll repairs it first."""
+    cli.run("up", "--size", "3", "--port", str(cli.port), check=True)
+    victim = fleet(cli)[1]["name"]
+    client.containers.get(victim).remove(force=True, v=True)
+    assert len(cli.json("status", "--json")["lb"]["upstreams"]) == 3  # stale entry still configured
+    proc = cli.run("roll", "--to", "v2", "--users", "5", "--warmup", "1", "--cooldown", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert f"took {victim} out of the load balancer" in proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["outcome"] == "completed" and report["requests"]["dropped"] == 0
+    assert_fleet_on(cli, "v2", size=3)

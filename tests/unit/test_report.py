@@ -190,7 +190,12 @@ def test_summary_text_of_an_empty_run() -> None:
     report = build_report(meta={}, measured=measure([], []), steps=[])
     text = summary_text(report)
     assert text.splitlines()[-1] == "PASS: 0 dropped requests"
-    assert "p50 -" in text
+    assert "no requests were measured" in text and "p50" not in text
+
+
+def test_a_rollout_that_did_not_complete_fails_even_with_zero_dropped() -> None:
+    report = build_report(meta={"outcome": "rolled_back"}, measured=measure([], []), steps=[])
+    assert summary_text(report).splitlines()[-1] == "FAIL: the rollout rolled back (0 dropped requests)"
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
