@@ -59,6 +59,13 @@ def wrk_rps(url: str, seconds: int = 10) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def measure_rps(port: int) -> float:
+    url = f"http://127.0.0.1:{port}/api/items/1"
+    if shutil.which("wrk"):
+        return wrk_rps(url)
+    return round(asyncio.run(aiohttp_rps(url)), 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=9)
@@ -88,13 +95,15 @@ def main() -> None:
         mem = stats["memory_stats"]
         cache = mem.get("stats", {}).get("cache", 0) or mem.get("stats", {}).get("inactive_file", 0)
         result["idle_app_memory_mib"] = round((mem["usage"] - cache) / 2**20, 1)
-        url = f"http://127.0.0.1:{port}/api/items/1"
-        if shutil.which("wrk"):
-            result["rps_tool"] = "wrk -t2 -c64 (client keep-alive off at the LB)"
-            result["rps"] = wrk_rps(url)
-        else:
-            result["rps_tool"] = "aiohttp, 64 connections"
-            result["rps"] = round(asyncio.run(aiohttp_rps(url)), 1)
+        result["rps_tool"] = "wrk -t2 -c64" if shutil.which("wrk") else "aiohttp, 64 connections"
+        result["rps"] = measure_rps(port)
+    finally:
+        sandbox("down", "--project", PROJECT)
+    # the same fleet with client keep-alive on at the load balancer (off by default: see README)
+    port = free_port()
+    sandbox("up", "--project", PROJECT, "--size", str(args.size), "--port", str(port), "--client-keepalive")
+    try:
+        result["rps_client_keepalive"] = measure_rps(port)
     finally:
         sandbox("down", "--project", PROJECT)
     print(json.dumps(result, indent=2))

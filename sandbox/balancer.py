@@ -58,6 +58,7 @@ class LbState:
     sticky: bool = False
     client_keepalive_s: int = 0
     retry: bool = False  # proxy_next_upstream on (NGINX's default) or off
+    app_env: dict[str, str] = field(default_factory=dict)  # `up --env`: every server of this fleet gets it
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -75,7 +76,7 @@ _env = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
     keep_trailing_newline=True,
-    autoescape=False,  # noqa: S701 - an NGINX config, not HTML
+    autoescape=False,
 )
 
 
@@ -136,27 +137,29 @@ class Balancer:
         self,
         upstreams: list[Upstream],
         *,
-        rollout: dict[str, Any] | None | bool = False,
+        rollout: dict[str, Any] | bool | None = False,
         sticky: bool | None = None,
         client_keepalive_s: int | None = None,
         size: int | None = None,
         retry: bool | None = None,
+        app_env: dict[str, str] | None = None,
     ) -> LbState:
         """Make ``upstreams`` exactly the attached set (rollout=False keeps the recorded rollout).
 
         Raises BalancerError, leaving the live config untouched, when NGINX rejects the config.
         The operation is shielded from cancellation: a Ctrl-C never leaves it half done.
         """
-        return await asyncio.shield(self._apply(upstreams, rollout, sticky, client_keepalive_s, size, retry))
+        return await asyncio.shield(self._apply(upstreams, rollout, sticky, client_keepalive_s, size, retry, app_env))
 
     async def _apply(
         self,
         upstreams: list[Upstream],
-        rollout: dict[str, Any] | None | bool,
+        rollout: dict[str, Any] | bool | None,
         sticky: bool | None,
         client_keepalive_s: int | None,
         size: int | None,
         retry: bool | None,
+        app_env: dict[str, str] | None,
     ) -> LbState:
         async with self._lock:
             lb = await self._container()
@@ -164,6 +167,7 @@ class Balancer:
                 generation=self.state.generation + 1,
                 size=self.state.size if size is None else size,
                 retry=self.state.retry if retry is None else retry,
+                app_env=self.state.app_env if app_env is None else app_env,
                 upstreams=sorted(upstreams, key=lambda u: u.name),
                 rollout=self.state.rollout if rollout is False else (rollout or None),
                 sticky=self.state.sticky if sticky is None else sticky,
@@ -201,7 +205,7 @@ class Balancer:
                         last = (await resp.text()).strip()
                         if resp.status == 200 and last == str(generation):
                             return
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     last = type(exc).__name__
                 await asyncio.sleep(0.05)
         raise BalancerError(

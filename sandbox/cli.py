@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _SETTING_FLAGS = (
-    "project", "size", "port", "version", "sticky", "lb_retry", "client_keepalive", "to_version", "strategy", "batch", "mode",
+    "project", "size", "port", "version", "sticky", "lb_retry", "client_keepalive",
+    "to_version", "strategy", "batch", "mode",
     "drain_timeout", "ready_timeout", "max_error_ratio", "auto_rollback", "load", "users", "spawn_rate",
     "locustfile", "max_dropped", "warmup_s", "cooldown_s", "v2_mode",
 )
@@ -170,7 +171,9 @@ async def _run(args: argparse.Namespace) -> int:
         from sandbox.config import check_port_free
         check_port_free(settings.port)
     runtime = Runtime.connect()
-    say = (lambda text: print(text, file=sys.stderr, flush=True))
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
     if args.command == "images":
         image_set = await commands.images(runtime=runtime, force=args.force, say=say)
         for ref in (image_set.base, image_set.lb, *image_set.app.values()):

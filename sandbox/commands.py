@@ -71,7 +71,8 @@ async def up(settings: Settings, *, runtime: Runtime, say: Callable[[str], None]
         balancer = Balancer(runtime, project, settings.port)
         controller = Controller(runtime, balancer, settings, image_set)
         await balancer.apply([], rollout=None, sticky=settings.sticky, size=settings.size,
-                            retry=settings.lb_retry, client_keepalive_s=65 if settings.client_keepalive else 0)
+                            retry=settings.lb_retry, client_keepalive_s=65 if settings.client_keepalive else 0,
+                            app_env=dict(settings.app_env))
         steps = planner.plan([], planner.PlanSettings(size=settings.size, to_version=settings.version,
                                                        strategy="double-half"))
         await controller.execute(steps, settings.version, env=dict(settings.app_env))
@@ -144,7 +145,7 @@ async def roll(
     rollout is reported in the result, not raised.
     """
     project = settings.project
-    lb, _ = await runtime.require_fleet(project)
+    await runtime.require_fleet(project)
     port = await runtime.lb_port(project)
     if port is None:
         raise NotFoundError(f"project {project!r}: the load balancer has no port label")
@@ -175,7 +176,14 @@ async def roll(
     plan_settings = planner.PlanSettings(size=size, to_version=target, strategy=strategy,  # type: ignore[arg-type]
                                          batch=settings.batch, mode=settings.mode)
     steps = planner.plan(servers, plan_settings)
-    env = {} if kind == "rollback" else dict(settings.set_env)  # --set-env is for the new version only
+    # the fleet's own environment (from `up --env`) always; --set-env only for the new version
+    env = dict(state.app_env) if kind == "rollback" else {**state.app_env, **settings.set_env}
+    if not steps:
+        report = build_report(meta={"project": project, "kind": kind, "strategy": strategy, "size": size,
+                                    "mode": settings.mode, "from_version": source, "to_version": target,
+                                    "outcome": "completed", "duration_s": 0.0, "peak_instances": len(instances)},
+                              measured=measure([], []), steps=[])
+        return RolloutResult(report=report, exit_code=0, message=f"already on {target}: nothing to do")
 
     workdir = Path(tempfile.mkdtemp(prefix=f"rolling-sandbox-{project}-"))
     if report_dir is not None:
@@ -194,6 +202,7 @@ async def roll(
         for inst in instances:
             progress.seed(inst.name, inst.slot, inst.version, inst.name in attached_names)
     ticker: asyncio.Task[None] | None = None
+    executing = asyncio.Event()
     try:
         with progress:
             if install_sigint:
@@ -206,8 +215,8 @@ async def roll(
                     if sigint_state["count"] == 1:
                         controller.stop_requested.set()
                         first_interrupt()
-                    elif task is not None:
-                        task.cancel()
+                    elif task is not None and executing.is_set():
+                        task.cancel()  # a second Ctrl-C cuts the current step short
                 loop.add_signal_handler(signal.SIGINT, on_sigint)
             if settings.load and steps:
                 load = LoadRun(balancer.url, LoadSettings(
@@ -240,6 +249,7 @@ async def roll(
                                  rollout={"kind": kind, "from": source, "to": target, "strategy": strategy,
                                           "status": "running"})
             try:
+                executing.set()
                 await controller.execute(steps, target, env=env,
                                          health=health if kind == "roll" else None, from_version=source)
             except (RolloutError, BalancerError) as exc:
@@ -258,6 +268,8 @@ async def roll(
                 controller.emit("interrupted", None)
                 message = (f"interrupted: every attached server is healthy and the load balancer is consistent. "
                            f"`sandbox roll --to {target}` resumes, `sandbox rollback` reverts.")
+            finally:
+                executing.clear()
             t_roll_end = time.time()
             controller.emit("rollout-end", None, detail={"outcome": outcome})
             final_status = {"completed": "completed", "rolled_back": "rolled_back"}.get(outcome, outcome)
@@ -309,8 +321,6 @@ async def roll(
         exit_code = Interrupted.exit_code
     elif outcome != "completed" or dropped > settings.max_dropped:
         exit_code = 1
-    if not steps:
-        message = f"already on {target}: nothing to do"
     return RolloutResult(report=report, exit_code=exit_code, message=message)
 
 
@@ -353,7 +363,8 @@ async def _roll_back(controller: Controller, settings: Settings, size: int, sour
     back = planner.plan(servers, planner.PlanSettings(size=size, to_version=source, strategy=strategy,  # type: ignore[arg-type]
                                                        batch=settings.batch, mode=settings.mode))
     try:
-        await controller.execute(back, source, env={}, from_version=other_version(source))
+        await controller.execute(back, source, env=dict(controller.balancer.state.app_env),
+                                 from_version=other_version(source))
     except SandboxError as exc:
         controller.emit("failed", None, detail={"reason": f"rollback: {exc}"})
         return "failed", f"rollout failed ({cause}) and so did the rollback ({exc}); `sandbox status` shows the fleet"

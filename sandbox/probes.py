@@ -6,7 +6,6 @@ bridge network; they publish no port.
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 import aiohttp
@@ -59,7 +58,7 @@ class Probe:
                 if resp.status != 200:
                     return False
                 return version is None or (isinstance(body, dict) and body.get("version") == version)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
             return False
 
     async def metrics(self, address: str) -> dict[str, float] | None:
@@ -69,5 +68,5 @@ class Probe:
                 if resp.status != 200:
                     return None
                 return parse_metrics(await resp.text())
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             return None

@@ -256,7 +256,7 @@ def summary_text(report: Mapping[str, Any], *, max_dropped: int = 0) -> str:
     ]
     if not req.get("total"):
         # --no-load: there were no users, so there is nothing to say about what they saw
-        lines = lines[:3] + ["traffic          none (--no-load): no requests were measured"]
+        lines = [*lines[:3], "traffic          none (--no-load): no requests were measured"]
     drains = _drains_line(report.get("drains") or [])
     if drains:
         lines.append(drains)

@@ -15,6 +15,7 @@ import logging
 import secrets
 import tarfile
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -242,10 +243,8 @@ class Runtime:
     async def kill_app(self, instance: Instance) -> None:
         """SIGKILL and remove at once (the naive strategy), volume included."""
         def kill() -> None:
-            try:
+            with suppress(docker.errors.NotFound):
                 self.client.containers.get(instance.id).remove(v=True, force=True)
-            except docker.errors.NotFound:
-                pass
         await self._call(kill)
 
     async def swap_code(self, project: str, instance: Instance, code_tar: bytes) -> Instance:
@@ -305,10 +304,8 @@ class Runtime:
         return await self._call(start)
 
     def _remove_by_name(self, name: str) -> None:
-        try:
+        with suppress(docker.errors.NotFound):
             self.client.containers.get(name).remove(force=True, v=True)
-        except docker.errors.NotFound:
-            pass
 
     async def exec(self, container: Container, cmd: list[str]) -> tuple[int, str]:
         """Run ``cmd`` in ``container``; return (exit code, combined output)."""

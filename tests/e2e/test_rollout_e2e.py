@@ -84,15 +84,25 @@ def test_boot_failure_rolls_back_without_drops(cli: Cli, mode: str) -> None:
     assert_fleet_on(cli, "v1")
 
 
-def test_rollback_after_a_completed_roll(cli: Cli) -> None:
-    cli.run("up", "--size", SIZE, "--port", str(cli.port), check=True)
-    first = cli.json("roll", "--to", "v2", "--strategy", "rolling", "--batch", "2", "--no-load", "--json")
+def env_of(client: docker.DockerClient, name: str) -> dict[str, str]:
+    pairs = client.containers.get(name).attrs["Config"]["Env"]
+    return dict(p.split("=", 1) for p in pairs)
+
+
+def test_rollback_after_a_completed_roll(cli: Cli, client: docker.DockerClient) -> None:
+    cli.run("up", "--size", SIZE, "--port", str(cli.port), "--env", "APP_LATENCY_MS=1", check=True)
+    first = cli.json("roll", "--to", "v2", "--strategy", "rolling", "--batch", "2", "--no-load",
+                     "--set-env", "APP_MARK=new", "--json")
     assert first["outcome"] == "completed"
+    v2_env = env_of(client, fleet(cli)[0]["name"])
+    assert v2_env["APP_LATENCY_MS"] == "1" and v2_env["APP_MARK"] == "new"  # fleet env kept, new env added
     back = cli.json("rollback", *LOAD, "--json")
     assert back["outcome"] == "completed"
     assert back["from_version"] == "v2" and back["to_version"] == "v1"
     assert_clean(back)
     assert_fleet_on(cli, "v1")
+    v1_env = env_of(client, fleet(cli)[0]["name"])
+    assert v1_env["APP_LATENCY_MS"] == "1" and "APP_MARK" not in v1_env
     again = cli.run("rollback", "--no-load")
     assert again.returncode == 2 and "nothing to roll back" in again.stderr
 

@@ -30,7 +30,7 @@ def test_bad_values_name_the_field(field: str, value: object) -> None:
 
 @pytest.mark.parametrize("strategy", ["surge", "double-half", "blue-green"])
 def test_in_place_needs_a_strategy_without_new_containers(strategy: str) -> None:
-    with pytest.raises(UsageError, match="^mode: in-place cannot be used with"):
+    with pytest.raises(UsageError, match=r"^mode: in-place cannot be used with"):
         Settings(mode="in-place", strategy=strategy)  # type: ignore[arg-type]
 
 
@@ -47,7 +47,7 @@ def test_file_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="unknown setting 'sizee'"):
         load_settings(config_path=bad, environ={})
     bad.write_text("size = [\n")
-    with pytest.raises(UsageError, match="^config: "):
+    with pytest.raises(UsageError, match=r"^config: "):
         load_settings(config_path=bad, environ={})
     with pytest.raises(UsageError, match="cannot read"):
         load_settings(config_path=tmp_path / "missing.toml", environ={})
@@ -57,14 +57,14 @@ def test_env_values_are_coerced_and_checked() -> None:
     s = load_settings(environ={"SANDBOX_AUTO_ROLLBACK": "false", "SANDBOX_MAX_ERROR_RATIO": "0.2"},
                       config_path=None)
     assert s.auto_rollback is False and s.max_error_ratio == 0.2
-    with pytest.raises(UsageError, match="^size: 'many'"):
+    with pytest.raises(UsageError, match=r"^size: 'many'"):
         load_settings(environ={"SANDBOX_SIZE": "many"})
 
 
 def test_env_pairs() -> None:
     assert parse_env_pairs(["A=1", "B_2=x=y", "C="]) == {"A": "1", "B_2": "x=y", "C": ""}
     for bad in (["A"], ["=1"], ["1A=2"]):
-        with pytest.raises(UsageError, match="^set_env: "):
+        with pytest.raises(UsageError, match=r"^set_env: "):
             parse_env_pairs(bad)
 
 
