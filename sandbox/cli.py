@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--drain-timeout", type=_number, help="seconds to wait for in-flight requests (default 30)")
         p.add_argument("--ready-timeout", type=_number, help="seconds for a new server to be ready (default 30)")
         p.add_argument("--json", action="store_true", help="print the report as JSON")
-        p.add_argument("--report", type=Path, metavar="DIR", help="write report.json, chart.png, report.md here")
+        p.add_argument("--report", type=Path, metavar="DIR",
+                       help="write report.json, chart.png, report.md here (demo: reports/demo, "
+                            "compare: reports/compare)")
 
     p = sub.add_parser("roll", parents=[common], help="roll the fleet to another version under live traffic")
     p.add_argument("--to", dest="to_version", choices=VERSIONS, help="target version (default v2)")
@@ -208,6 +210,7 @@ async def _run(args: argparse.Namespace) -> int:
         if settings.project == "sandbox" and args.project is None:
             settings = dataclasses.replace(settings, project="sandbox-demo")
         started = time.monotonic()
+        args.report = args.report or Path("reports") / "demo"
         result = await commands.demo(settings, runtime=runtime, keep=args.keep, report_dir=args.report, say=say)
         if args.json:
             print(json.dumps(result.report, indent=2, default=str))
@@ -215,8 +218,7 @@ async def _run(args: argparse.Namespace) -> int:
             print(summary_text(result.report, max_dropped=settings.max_dropped))
         if result.message:
             say(result.message)
-        if args.report:
-            say(f"report: {args.report / 'report.md'} (chart: {args.report / 'chart.png'})")
+        say(f"report: {args.report / 'report.md'} (chart: {args.report / 'chart.png'})")
         say(f"demo took {time.monotonic() - started:.0f} s")
         return result.exit_code
     if args.command == "compare":
@@ -224,14 +226,14 @@ async def _run(args: argparse.Namespace) -> int:
         specs = [s for s in args.strategies.split(",") if s.strip()]
         for spec in specs:
             commands.parse_strategy_spec(spec)  # bad input: fail before any container exists
+        args.report = args.report or Path("reports") / "compare"
         reports = await commands.compare(settings, runtime=runtime, strategies=specs, report_dir=args.report,
                                          say=say)
         table = compare_json(reports)
-        if args.report:
-            args.report.mkdir(parents=True, exist_ok=True)
-            (args.report / "compare.json").write_text(json.dumps(table, indent=2, default=str))
-            (args.report / "compare.md").write_text(compare_table(reports))
-            say(f"compare: {args.report / 'compare.md'}")
+        args.report.mkdir(parents=True, exist_ok=True)
+        (args.report / "compare.json").write_text(json.dumps(table, indent=2, default=str))
+        (args.report / "compare.md").write_text(compare_table(reports))
+        say(f"compare: {args.report / 'compare.md'} and compare.json, one report per strategy beside them")
         print(json.dumps(table, indent=2, default=str) if args.json else compare_text(reports))
         return 0 if all(r["outcome"] == "completed" for r in reports if r["strategy"] != "naive") else 1
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover - argparse prevents it

@@ -1,0 +1,58 @@
+"""The CLI rejects bad input with one line and exit code 2, before Docker is touched."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox.cli import build_parser, main, settings_from_args
+from sandbox.commands import parse_strategy_spec
+from sandbox.errors import UsageError
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse's own errors
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["up", "--size", "0"], "size: 0 must be between 1 and 64"),
+    (["up", "--port", "0"], "port: 0 must be between 1 and 65535"),
+    (["up", "--project", "no_underscores"], "project:"),
+    (["up", "--size", "three"], "'three' is not an integer"),
+    (["roll", "--strategy", "yolo"], "invalid choice: 'yolo'"),
+    (["roll", "--batch", "0"], "batch: 0 must be at least 1"),
+    (["roll", "--mode", "in-place", "--strategy", "blue-green"], "mode: in-place cannot be used with blue-green"),
+    (["roll", "--set-env", "NOEQUALS"], "set_env: 'NOEQUALS' must look like KEY=VALUE"),
+    (["roll", "--max-error-ratio", "2"], "max_error_ratio:"),
+    (["roll", "--locustfile", "/nonexistent/locustfile.py"], "locustfile:"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
+    code, err = run(capsys, *argv)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert needle in err and "Traceback" not in err
+
+
+def test_breaking_v2_mode_sets_the_app_flag_for_the_new_version() -> None:
+    args = build_parser().parse_args(["roll", "--v2-mode", "breaking", "--set-env", "A=1"])
+    settings = settings_from_args(args)
+    assert settings.v2_mode == "breaking"
+    assert dict(settings.set_env) == {"APP_BREAKING": "1", "A": "1"}
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("one-at-a-time", ("one-at-a-time", 1)), ("rolling:3", ("rolling", 3)), ("rolling", ("rolling", 2)),
+    ("double-half", ("double-half", 1)), ("surge:4", ("surge", 4)),
+])
+def test_strategy_specs(spec: str, expected: tuple[str, int]) -> None:
+    assert parse_strategy_spec(spec, default_batch=2) == expected
+
+
+@pytest.mark.parametrize("spec", ["yolo", "rolling:0", "rolling:x", "rolling:-1"])
+def test_bad_strategy_specs(spec: str) -> None:
+    with pytest.raises(UsageError, match=r"^strategies: "):
+        parse_strategy_spec(spec)
