@@ -111,8 +111,7 @@ class Controller:
                 if u.name in live and live[u.name].address == u.address]
         stale = [u.name for u in self.balancer.state.upstreams if u not in keep]
         if stale:
-            log.info("taking %s out of the load balancer: no running container has that address",
-                        ", ".join(stale))
+            log.info("taking %s out of the load balancer: no running container has that address", ", ".join(stale))
             await self.balancer.apply(keep)
         return stale
 
@@ -149,10 +148,12 @@ class Controller:
                     raise ErrorRatioExceeded(reason)
                 targets = list(step.targets)
                 action = step.action
-                if action == "attach" and pending and pending[0].action == "detach":
+                if action == "attach" and pending and pending[0].action == "detach" \
+                        and pending[0].batch_no != step.batch_no and not self.stop_requested.is_set():
                     # One reload instead of two: attach this batch's new servers and detach the
-                    # next batch's old ones together. Attached servers never drop below the
-                    # plan's floor (the new ones count before the old ones leave).
+                    # NEXT batch's old ones together. Attached servers never drop below the plan's
+                    # floor (the new ones count before the old ones leave). Within one batch
+                    # (surge, double-half) the two stay apart: both versions serve in between.
                     nxt = pending.pop(0)
                     attach = [resolve(r) for r in targets]
                     detach = [resolve(r) for r in nxt.targets]

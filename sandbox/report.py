@@ -396,6 +396,7 @@ def write_chart(report: Mapping[str, Any], path: Path) -> Path:
     p99_ax.set_ylabel("p99 latency (ms)")
     drop_ax.set_ylabel("dropped / s")
     drop_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    drop_ax.set_ylim(bottom=0, top=max(1.0, drop_ax.get_ylim()[1]))  # 0 dropped: a flat floor, not -0.05..0.05
     drop_ax.set_xlabel("seconds since the load started")
     for ax in (share_ax, p99_ax, drop_ax):
         ax.grid(True, axis="y", color="#dddddd", lw=0.6)
