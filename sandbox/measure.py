@@ -350,6 +350,8 @@ def exposure(
         "mixed_window_s": round(mixed_window_s(rows, from_v, to_v), 3),
         "users_total": len({str(r.get("user")) for r in rows}),
         "users_saw_both": _users_saw_both(rows, from_v, to_v),
+        # how far a problem reached: users with at least one dropped request
+        "users_hit": len({str(r.get("user")) for r in rows if is_dropped(r)}),
         "downgrades": sum(downgrades.values()),
         "users_downgraded": len(downgrades),
         "contract_violations": sum(1 for r in rows if r.get("contract") == "violation"),

@@ -28,6 +28,8 @@ COMPARE_FIELDS = (
     "duration_s",
     "peak_instances",
     "dropped",
+    "users_hit",
+    "users_total",
     "stall_s",
     "mixed_window_s",
     "users_saw_both",
@@ -42,6 +44,7 @@ MEANINGS = (
         "requests sent that got no successful answer: connection errors, resets, "
         "timeouts, 5xx, and requests still unanswered when the load stopped. Target: 0.",
     ),
+    ("users hit", "simulated users with at least one dropped request: how far a problem reached."),
     ("4xx", "client errors, counted apart from dropped."),
     ("stall", "longest stretch of the load with no successful answer completing. Target: 0."),
     ("slow", "requests that waited longer than the slow budget, or were never answered."),
@@ -235,7 +238,8 @@ def summary_text(report: Mapping[str, Any], *, max_dropped: int = 0) -> str:
         f"rollout took {_num(report.get('duration_s'), ' s')}",
         f"peak containers  {_num(report.get('peak_instances'))}  (app containers alive at once)",
         f"requests         {req.get('total', 0)} sent, {req.get('ok', 0)} ok, "
-        f"{req.get('dropped', 0)} dropped, {req.get('errors_4xx', 0)} 4xx",
+        f"{req.get('dropped', 0)} dropped ({exp.get('users_hit', 0)}/{users_total} users hit), "
+        f"{req.get('errors_4xx', 0)} 4xx",
         f"waiting          {req.get('slow', 0)} slow (> {_num(budget, ' s')}), "
         f"{req.get('unanswered', 0)} unanswered at stop, "
         f"{req.get('retried', 0)} retried by NGINX",
@@ -610,6 +614,8 @@ def compare_json(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, 
                 "duration_s": report.get("duration_s"),
                 "peak_instances": report.get("peak_instances"),
                 "dropped": req.get("dropped"),
+                "users_hit": exp.get("users_hit"),
+                "users_total": exp.get("users_total"),
                 "stall_s": report.get("stall_s"),
                 "mixed_window_s": exp.get("mixed_window_s"),
                 "users_saw_both": exp.get("users_saw_both"),
@@ -628,6 +634,8 @@ COMPARE_HEADERS = {
     "duration_s": "duration s",
     "peak_instances": "peak containers",
     "dropped": "dropped",
+    "users_hit": "users hit",
+    "users_total": "users",
     "stall_s": "stall s",
     "mixed_window_s": "mixed window s",
     "users_saw_both": "saw both",

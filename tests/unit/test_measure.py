@@ -532,3 +532,18 @@ def test_measure_uses_the_log_when_the_header_is_missing() -> None:
     stripped = [{**r, "version": None} for r in rows]
     req = measure(stripped, HISTORY_EVENTS, nginx=logs)["requests"]  # type: ignore[arg-type]
     assert req["by_version"] == {"v1": 2, "v2": 2, "unknown": 1}
+
+
+def test_users_hit_counts_users_with_a_dropped_request() -> None:
+    base = {"method": "GET", "name": "/", "version": "v1", "instance": "a/1", "session": "resumed",
+            "latency_ms": 5.0, "error": None, "contract": None, "unanswered": False}
+    rows = [
+        {**base, "t": 1.0, "t_end": 1.1, "user": "u1", "rid": "r1", "status": 200},
+        {**base, "t": 1.2, "t_end": 1.3, "user": "u1", "rid": "r2", "status": 502, "error": "HTTP 502"},
+        {**base, "t": 1.4, "t_end": None, "user": "u2", "rid": "r3", "status": 0, "unanswered": True,
+         "latency_ms": None},
+        {**base, "t": 1.5, "t_end": 1.6, "user": "u3", "rid": "r4", "status": 404},
+        {**base, "t": 1.7, "t_end": 1.8, "user": "u4", "rid": "r5", "status": 200},
+    ]
+    exp = measure(rows, [])["exposure"]  # type: ignore[arg-type]
+    assert exp["users_hit"] == 2 and exp["users_total"] == 4  # a 4xx is not a drop
