@@ -250,7 +250,7 @@ async def roll(
                                           "status": "running"})
             try:
                 executing.set()
-                await controller.execute(steps, target, env=env,
+                await controller.execute(steps, target, env=env, instances=instances,
                                          health=health if kind == "roll" else None, from_version=source)
             except (RolloutError, BalancerError) as exc:
                 controller.emit("failed", None, detail={"reason": str(exc)})

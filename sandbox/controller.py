@@ -124,10 +124,14 @@ class Controller:
         env: dict[str, str],
         health: HealthCheck | None = None,
         from_version: str = "",
+        instances: Sequence[Instance] | None = None,
     ) -> None:
-        """Run ``steps`` in order. Raises ReadinessError, ErrorRatioExceeded, BalancerError,
-        EngineError, or Interrupted (between steps, after a Ctrl-C)."""
-        instances, _ = await self.fleet()
+        """Run ``steps`` (planned from ``instances``, read afresh when not given) in order.
+
+        Raises ReadinessError, ErrorRatioExceeded, BalancerError, EngineError, or
+        Interrupted (between steps, after a Ctrl-C)."""
+        if instances is None:
+            instances, _ = await self.fleet()
         by_id = {i.id: i for i in instances}
         new_in_slot: dict[int, Instance] = {}
         self.live = len(instances)

@@ -15,6 +15,7 @@ import logging
 import secrets
 import tarfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -124,7 +125,11 @@ class Runtime:
 
     def _instances(self, project: str) -> list[Instance]:
         found = self.client.containers.list(all=True, filters=L.project_filter(project, L.ROLE_APP))
-        out = [self._describe(c, project) for c in found]
+        if len(found) > 1:  # one VERSION read per container: do them side by side
+            with ThreadPoolExecutor(max_workers=min(8, len(found))) as pool:
+                out = list(pool.map(lambda c: self._describe(c, project), found))
+        else:
+            out = [self._describe(c, project) for c in found]
         return sorted(out, key=lambda i: (i.slot, i.created))
 
     def _describe(self, c: Container, project: str) -> Instance:
