@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("down", parents=[common], help="remove this project's containers and network")
 
     p = sub.add_parser("images", parents=[common], help="build the images that are missing")
-    p.add_argument("--force", action="store_true", help="rebuild the app and lb images")
+    p.add_argument("--force", action="store_true", help="rebuild every image, the base included")
+    p.add_argument("--prune", action="store_true",
+                   help="then remove older rolling-sandbox images that no container uses")
 
     def add_load_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--users", type=_positive_int, help="simulated users (default 20)")
@@ -180,6 +182,10 @@ async def _run(args: argparse.Namespace) -> int:
         image_set = await commands.images(runtime=runtime, force=args.force, say=say)
         for ref in (image_set.base, image_set.lb, *image_set.app.values()):
             print(ref)
+        if args.prune:
+            from sandbox.images import prune_images
+            removed = await asyncio.to_thread(prune_images, runtime.client)
+            say(f"removed {len(removed)} older images" + (f": {', '.join(removed)}" if removed else ""))
         return 0
     if args.command == "up":
         data = await commands.up(settings, runtime=runtime, say=say)

@@ -19,6 +19,7 @@ All Docker SDK calls here are blocking; call them from asyncio via ``to_thread``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -595,3 +596,34 @@ def _remove_tree(work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
     if work.exists():
         logger.warning("could not remove all of %s", work)
+
+
+def prune_images(client: docker.DockerClient) -> list[str]:
+    """Remove this project's images that the current inputs no longer produce.
+
+    Only images labelled as rolling-sandbox images AND tagged only in its own
+    repositories are considered: an image someone built FROM ours inherits our labels
+    but not our names, and is never touched. The current set (with its stable alias
+    tags) and images a container still uses are kept. Returns the tags removed.
+    """
+    ours = (BASE_REPO + ":", APP_REPO + ":", LB_REPO + ":")
+    current = image_set()
+    keep_ids = set()
+    for ref in current.refs():
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            keep_ids.add(client.images.get(ref).id)
+    in_use = {c.attrs.get("Image") for c in client.containers.list(all=True)}
+    removed: list[str] = []
+    managed = client.images.list(filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_ROLE}={ROLE_IMAGE}"]})
+    for image in managed:
+        if image.id in keep_ids or image.id in in_use:
+            continue
+        if not image.tags or not all(tag.startswith(ours) for tag in image.tags):
+            continue
+        for tag in image.tags:
+            try:
+                client.images.remove(tag, noprune=False)
+                removed.append(tag)
+            except docker.errors.APIError as exc:  # still needed by another image, say
+                logger.info("kept %s: %s", tag, _one_line(exc))
+    return removed

@@ -9,6 +9,8 @@ HTTP goes to ports published on 127.0.0.1 only, never to container addresses.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import secrets
 import time
@@ -24,10 +26,13 @@ import pytest
 from docker.models.containers import Container
 from docker.types import Mount
 
-from sandbox.images import ImageSet, app_code_tar, ensure_images
+from sandbox.images import ImageSet, app_code_tar, ensure_images, prune_images
 from sandbox.labels import (
+    LABEL_MANAGED,
+    LABEL_ROLE,
     LABEL_VERSION,
     ROLE_APP,
+    ROLE_IMAGE,
     ROLE_LB,
     ROLE_NETWORK,
     ROLE_VOLUME,
@@ -190,3 +195,27 @@ def test_lb_placeholder_answers_503(project: Project) -> None:
     assert lb.exec_run(["test", "-d", "/etc/nginx/staging"]).exit_code == 0
     lb.kill(signal="SIGQUIT")
     assert lb.wait(timeout=30)["StatusCode"] == 0
+
+
+
+def test_prune_removes_only_older_sandbox_images(image_set: ImageSet) -> None:
+    """An outdated rolling-sandbox image goes; the current set and a foreign image stay."""
+    client = docker.from_env()
+    tag = f"test-prune-{secrets.token_hex(3)}"
+    ours = f"FROM {image_set.base}\nLABEL {LABEL_MANAGED}=true {LABEL_ROLE}={ROLE_IMAGE} x={tag}\n"
+    theirs = f"FROM {image_set.base}\nLABEL x={tag}\n"
+    old_ref, foreign_ref = f"rolling-sandbox/app:{tag}-old", f"{tag}-foreign:latest"
+    client.images.build(fileobj=io.BytesIO(ours.encode()), tag=old_ref, rm=True, pull=False)
+    client.images.build(fileobj=io.BytesIO(theirs.encode()), tag=foreign_ref, rm=True, pull=False)
+    try:
+        removed = prune_images(client)
+        assert old_ref in removed
+        with pytest.raises(docker.errors.ImageNotFound):
+            client.images.get(old_ref)
+        for ref in image_set.refs():
+            client.images.get(ref)  # the current set stays
+        client.images.get(foreign_ref)  # not ours: untouched
+    finally:
+        for ref in (foreign_ref, old_ref):
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                client.images.remove(ref, force=True)
