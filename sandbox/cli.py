@@ -171,10 +171,14 @@ async def _run(args: argparse.Namespace) -> int:
     from sandbox.runtime import Runtime
 
     settings = settings_from_args(args)  # every bad value is rejected here, before Docker is touched
-    if args.command == "up" and settings.port:
+    specs = [s for s in args.strategies.split(",") if s.strip()] if args.command == "compare" else []
+    for spec in specs:
+        commands.parse_strategy_spec(spec)
+    if args.command in ("up", "demo", "compare"):
         from sandbox.config import check_port_free
         check_port_free(settings.port)
     runtime = Runtime.connect()
+
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
@@ -229,9 +233,6 @@ async def _run(args: argparse.Namespace) -> int:
         return result.exit_code
     if args.command == "compare":
         from sandbox.report import compare_json, compare_table, compare_text
-        specs = [s for s in args.strategies.split(",") if s.strip()]
-        for spec in specs:
-            commands.parse_strategy_spec(spec)  # bad input: fail before any container exists
         args.report = args.report or Path("reports") / "compare"
         reports = await commands.compare(settings, runtime=runtime, strategies=specs, report_dir=args.report,
                                          say=say)

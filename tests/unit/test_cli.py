@@ -56,3 +56,8 @@ def test_strategy_specs(spec: str, expected: tuple[str, int]) -> None:
 def test_bad_strategy_specs(spec: str) -> None:
     with pytest.raises(UsageError, match=r"^strategies: "):
         parse_strategy_spec(spec)
+
+
+def test_compare_rejects_a_bad_strategy_list_before_docker(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(capsys, "compare", "--strategies", "rolling:3,warp-speed")
+    assert code == 2 and "strategies: 'warp-speed'" in err
