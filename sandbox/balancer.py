@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,48 +133,20 @@ class Balancer:
         self.state = parse_state(text)
         return self.state
 
-    async def apply(
-        self,
-        upstreams: list[Upstream],
-        *,
-        rollout: dict[str, Any] | bool | None = False,
-        sticky: bool | None = None,
-        client_keepalive_s: int | None = None,
-        size: int | None = None,
-        retry: bool | None = None,
-        app_env: dict[str, str] | None = None,
-    ) -> LbState:
-        """Make ``upstreams`` exactly the attached set (rollout=False keeps the recorded rollout).
+    async def apply(self, upstreams: list[Upstream], **changes: Any) -> LbState:
+        """Make ``upstreams`` exactly the attached set; ``changes`` set other LbState fields
+        (``rollout``, ``sticky``, ``size``, ...), every field not named keeps its value.
 
         Raises BalancerError, leaving the live config untouched, when NGINX rejects the config.
         The operation is shielded from cancellation: a Ctrl-C never leaves it half done.
         """
-        return await asyncio.shield(self._apply(upstreams, rollout, sticky, client_keepalive_s, size, retry, app_env))
+        return await asyncio.shield(self._apply(upstreams, changes))
 
-    async def _apply(
-        self,
-        upstreams: list[Upstream],
-        rollout: dict[str, Any] | bool | None,
-        sticky: bool | None,
-        client_keepalive_s: int | None,
-        size: int | None,
-        retry: bool | None,
-        app_env: dict[str, str] | None,
-    ) -> LbState:
+    async def _apply(self, upstreams: list[Upstream], changes: dict[str, Any]) -> LbState:
         async with self._lock:
             lb = await self._container()
-            new = LbState(
-                generation=self.state.generation + 1,
-                size=self.state.size if size is None else size,
-                retry=self.state.retry if retry is None else retry,
-                app_env=self.state.app_env if app_env is None else app_env,
-                upstreams=sorted(upstreams, key=lambda u: u.name),
-                rollout=self.state.rollout if rollout is False else (rollout or None),
-                sticky=self.state.sticky if sticky is None else sticky,
-                client_keepalive_s=(
-                    self.state.client_keepalive_s if client_keepalive_s is None else client_keepalive_s
-                ),
-            )
+            new = replace(self.state, generation=self.state.generation + 1,
+                          upstreams=sorted(upstreams, key=lambda u: u.name), **changes)
             text = render(self.project, new)
             await self.runtime.put_file(lb, STAGING_CONF, text.encode())
             # one exec: check, then an atomic rename over the live file, then a graceful reload;

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import plan as planner
-from sandbox.balancer import Balancer, Upstream
-from sandbox.config import STRATEGIES, Settings, check_port_free
-from sandbox.controller import Controller, ErrorRatioExceeded, Interrupted
+from sandbox.balancer import Balancer
+from sandbox.config import BATCHED_STRATEGIES, IN_PLACE_STRATEGIES, STRATEGIES, Settings, check_port_free
+from sandbox.controller import Controller, Interrupted
 from sandbox.errors import BalancerError, NotFoundError, RolloutError, SandboxError, UsageError
-from sandbox.images import ImageSet, ensure_images, missing_images
+from sandbox.images import ImageSet, ensure_images
 from sandbox.measure import (
     AddressHistory,
     MeasureSettings,
@@ -160,7 +160,8 @@ async def roll(
         target = to_version or settings.to_version
     source = other_version(target)
     image_set = await asyncio.to_thread(ensure_images, runtime.client)
-    size = state.size or len({i.slot for i in await runtime.instances(project)})
+    listed = await runtime.instances(project)
+    size = state.size or len({i.slot for i in listed})
     progress = progress or make_progress()
     events: list[Event] = []
 
@@ -169,9 +170,9 @@ async def roll(
 
     controller = Controller(runtime, balancer, settings, image_set, on_event=on_event)
     controller.events = events
-    for name in await controller.reconcile():
+    for name in await controller.reconcile(listed):
         progress.line(f"took {name} out of the load balancer: its container is gone or not running")
-    instances, servers = await controller.fleet()
+    instances, servers = await controller.fleet(listed)
     strategy = settings.strategy
     plan_settings = planner.PlanSettings(size=size, to_version=target, strategy=strategy,  # type: ignore[arg-type]
                                          batch=settings.batch, mode=settings.mode)
@@ -272,12 +273,12 @@ async def roll(
                 executing.clear()
             t_roll_end = time.time()
             controller.emit("rollout-end", None, detail={"outcome": outcome})
-            final_status = {"completed": "completed", "rolled_back": "rolled_back"}.get(outcome, outcome)
-            await balancer.apply(list(balancer.state.upstreams), rollout={
-                "kind": kind if outcome != "rolled_back" else "rollback", "from": source, "to": target,
-                "strategy": strategy, "status": final_status,
-            } if outcome != "rolled_back" else {"kind": "rollback", "from": target, "to": source,
-                                                "strategy": strategy, "status": "completed"})
+            # what `rollback` reads next: an automatic rollback is recorded as a completed rollback
+            if outcome == "rolled_back":
+                record = {"kind": "rollback", "from": target, "to": source, "status": "completed"}
+            else:
+                record = {"kind": kind, "from": source, "to": target, "status": outcome}
+            await balancer.apply(list(balancer.state.upstreams), rollout={**record, "strategy": strategy})
             if load is not None:
                 await asyncio.sleep(settings.cooldown_s)
                 await load.stop()
@@ -303,7 +304,7 @@ async def roll(
                        settings=MeasureSettings(slow_budget_s=settings.slow_budget_s))
     meta = {
         "project": project, "kind": kind, "strategy": strategy, "size": size,
-        "batch": settings.batch if strategy in ("rolling", "surge", "naive") else (size if strategy in (
+        "batch": settings.batch if strategy in BATCHED_STRATEGIES else (size if strategy in (
             "double-half", "blue-green") else 1),
         "mode": settings.mode, "from_version": source, "to_version": target, "outcome": outcome,
         "duration_s": round((t_roll_end or time.time()) - (t_roll_start or started), 3),
@@ -357,14 +358,15 @@ async def _roll_back(controller: Controller, settings: Settings, size: int, sour
     """Roll back to ``source`` with the same care; return (outcome, message)."""
     controller.emit("rollback-start", None, version=source)
     progress.line(f"rolling back to {source}")
-    await controller.reconcile()
-    _, servers = await controller.fleet()
+    listed = await controller.runtime.instances(controller.project)
+    await controller.reconcile(listed)
+    listed, servers = await controller.fleet(listed)
     strategy = "rolling" if settings.strategy == "naive" else settings.strategy
     back = planner.plan(servers, planner.PlanSettings(size=size, to_version=source, strategy=strategy,  # type: ignore[arg-type]
                                                        batch=settings.batch, mode=settings.mode))
     try:
         await controller.execute(back, source, env=dict(controller.balancer.state.app_env),
-                                 from_version=other_version(source))
+                                 from_version=other_version(source), instances=listed)
     except SandboxError as exc:
         controller.emit("failed", None, detail={"reason": f"rollback: {exc}"})
         return "failed", f"rollout failed ({cause}) and so did the rollback ({exc}); `sandbox status` shows the fleet"
@@ -377,10 +379,6 @@ async def _sleep_unless(flag: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(flag.wait(), timeout=seconds)
 
 
-__all__ = [
-    "ErrorRatioExceeded", "Instance", "RolloutResult", "Upstream", "down", "images", "missing_images",
-    "roll", "status", "up",
-]
 
 
 # -- demo / compare -------------------------------------------------------------------------------
@@ -421,7 +419,7 @@ async def compare(
     reports: list[dict[str, Any]] = []
     for n, spec in enumerate(strategies, start=1):
         strategy, batch = parse_strategy_spec(spec, settings.batch)
-        mode = settings.mode if strategy in ("one-at-a-time", "rolling", "naive") else "replace"
+        mode = settings.mode if strategy in IN_PLACE_STRATEGIES else "replace"
         one = dataclasses.replace(settings, project=f"{settings.project}-{n}", strategy=strategy,  # type: ignore[arg-type]
                                   mode=mode, batch=batch)
         say(f"compare: {spec} ({n}/{len(strategies)})")
@@ -443,7 +441,7 @@ def parse_strategy_spec(spec: str, default_batch: int = 1) -> tuple[str, int]:
     if name not in STRATEGIES:
         raise UsageError(f"strategies: {name!r} must be one of {', '.join(STRATEGIES)}")
     if not batch_text:
-        return name, default_batch if name in ("rolling", "surge", "naive") else 1
+        return name, default_batch if name in BATCHED_STRATEGIES else 1
     if not batch_text.isdigit() or int(batch_text) < 1:
         raise UsageError(f"strategies: batch in {spec!r} must be a whole number of at least 1")
     return name, int(batch_text)

@@ -27,6 +27,8 @@ V2Mode = Literal["compatible", "breaking"]
 
 VERSIONS: tuple[str, ...] = get_args(Version)
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
+BATCHED_STRATEGIES = ("rolling", "surge", "naive")  # the ones --batch applies to
+IN_PLACE_STRATEGIES = ("one-at-a-time", "rolling", "naive")  # the ones that keep their containers
 MODES: tuple[str, ...] = get_args(Mode)
 V2_MODES: tuple[str, ...] = get_args(V2Mode)
 
@@ -92,7 +94,7 @@ def validate(s: Settings) -> None:
     _check(s.mode in MODES, "mode", f"{s.mode!r} must be one of {', '.join(MODES)}")
     _check(s.v2_mode in V2_MODES, "v2_mode", f"{s.v2_mode!r} must be one of {', '.join(V2_MODES)}")
     _check(s.batch >= 1, "batch", f"{s.batch} must be at least 1")
-    _check(not (s.mode == "in-place" and s.strategy in ("surge", "double-half", "blue-green")),
+    _check(not (s.mode == "in-place" and s.strategy not in IN_PLACE_STRATEGIES),
            "mode", f"in-place cannot be used with {s.strategy} (it needs new containers)")
     for name in ("drain_timeout", "ready_timeout"):
         _check(0 < getattr(s, name) <= 3600, name, f"{getattr(s, name)} must be in (0, 3600] seconds")

@@ -88,9 +88,11 @@ class Controller:
         return event
 
     # -- the fleet as the planner sees it -----------------------------------------------------
-    async def fleet(self) -> tuple[list[Instance], list[planner.Server]]:
-        """The app containers and their planner view (attached = in the live config)."""
-        instances = await self.runtime.instances(self.project)
+    async def fleet(self, instances: list[Instance] | None = None) -> tuple[list[Instance], list[planner.Server]]:
+        """The app containers (read now unless given) and their planner view (attached = in the
+        live config)."""
+        if instances is None:
+            instances = await self.runtime.instances(self.project)
         attached = {u.name for u in self.balancer.state.upstreams}
         servers = [
             planner.Server(id=i.id, slot=i.slot, version=i.version, attached=i.name in attached)  # type: ignore[arg-type]
@@ -98,14 +100,14 @@ class Controller:
         ]
         return instances, servers
 
-    async def reconcile(self) -> list[str]:
-        """Take out of the load balancer every server whose container is gone or not running.
+    async def reconcile(self, instances: list[Instance]) -> list[str]:
+        """Take out of the load balancer every server whose container (in ``instances``, the
+        project's app containers as just read) is gone or not running.
 
         A removed container's address drops packets instead of refusing them, so a stale entry
         costs users a connect timeout each time it is picked (after a crash mid-rollout, say).
         Returns the names taken out.
         """
-        instances = await self.runtime.instances(self.project)
         live = {i.name: i for i in instances if i.state == "running" and i.address}
         keep = [u for u in self.balancer.state.upstreams
                 if u.name in live and live[u.name].address == u.address]
@@ -159,16 +161,8 @@ class Controller:
                     # floor (the new ones count before the old ones leave). Within one batch
                     # (surge, double-half) the two stay apart: both versions serve in between.
                     nxt = pending.pop(0)
-                    attach = [resolve(r) for r in targets]
-                    detach = [resolve(r) for r in nxt.targets]
-                    in_flight = await self._in_flight(probe, detach)
-                    await self._set_attached(attach=attach, detach=detach)
-                    now = time.monotonic()
-                    for inst in attach:
-                        self.emit("attach", inst, batch=step.batch_no)
-                    for inst in detach:
-                        self._detached_at[inst.id] = now
-                        self.emit("detach", inst, batch=nxt.batch_no, detail={"in_flight": in_flight[inst.id]})
+                    await self._reattach(probe, [resolve(r) for r in targets], step.batch_no,
+                                         [resolve(r) for r in nxt.targets], nxt.batch_no)
                     continue
                 if action == "start":
                     t_start = time.monotonic()
@@ -195,14 +189,7 @@ class Controller:
                     attach = [resolve(r) for r in targets] if action != "detach" else []
                     detach = [resolve(r) for r in (step.detach if action == "switch" else targets)] \
                         if action != "attach" else []
-                    in_flight = await self._in_flight(probe, detach)
-                    await self._set_attached(attach=attach, detach=detach)
-                    for inst in detach:
-                        self._detached_at[inst.id] = time.monotonic()
-                    for inst in attach:
-                        self.emit("attach", inst, batch=step.batch_no)
-                    for inst in detach:
-                        self.emit("detach", inst, batch=step.batch_no, detail={"in_flight": in_flight[inst.id]})
+                    await self._reattach(probe, attach, step.batch_no, detach, step.batch_no)
                     if action == "switch":
                         self.emit("switch", None, batch=step.batch_no,
                                   detail={"attached": [i.name for i in attach], "detached": [i.name for i in detach]})
@@ -239,6 +226,19 @@ class Controller:
             if isinstance(result, BaseException):
                 raise result
         return list(results)
+
+    async def _reattach(self, probe: Probe, attach: Sequence[Instance], attach_batch: int,
+                        detach: Sequence[Instance], detach_batch: int) -> None:
+        """One reload that attaches ``attach`` and detaches ``detach``; events for each, the
+        detached ones with the requests they had in flight at that moment."""
+        in_flight = await self._in_flight(probe, detach)
+        await self._set_attached(attach=attach, detach=detach)
+        now = time.monotonic()
+        for inst in attach:
+            self.emit("attach", inst, batch=attach_batch)
+        for inst in detach:
+            self._detached_at[inst.id] = now
+            self.emit("detach", inst, batch=detach_batch, detail={"in_flight": in_flight[inst.id]})
 
     async def _set_attached(self, *, attach: Sequence[Instance], detach: Sequence[Instance]) -> None:
         current = {u.name: u for u in self.balancer.state.upstreams}
