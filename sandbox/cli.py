@@ -167,8 +167,8 @@ def _print_status(data: dict[str, Any]) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     from sandbox import commands
-    from sandbox.report import summary_text
-    from sandbox.runtime import Runtime
+    from sandbox.fleet.runtime import Runtime
+    from sandbox.results.report import summary_text
 
     settings = settings_from_args(args)  # every bad value is rejected here, before Docker is touched
     specs = [s for s in args.strategies.split(",") if s.strip()] if args.command == "compare" else []
@@ -187,7 +187,7 @@ async def _run(args: argparse.Namespace) -> int:
         for ref in (image_set.base, image_set.lb, *image_set.app.values()):
             print(ref)
         if args.prune:
-            from sandbox.images import prune_images
+            from sandbox.fleet.images import prune_images
             removed = await asyncio.to_thread(prune_images, runtime.client)
             say(f"removed {len(removed)} older images" + (f": {', '.join(removed)}" if removed else ""))
         return 0
@@ -232,7 +232,7 @@ async def _run(args: argparse.Namespace) -> int:
         say(f"demo took {time.monotonic() - started:.0f} s")
         return result.exit_code
     if args.command == "compare":
-        from sandbox.report import compare_json, compare_table, compare_text
+        from sandbox.results.report import compare_json, compare_table, compare_text
         args.report = args.report or Path("reports") / "compare"
         reports = await commands.compare(settings, runtime=runtime, strategies=specs, report_dir=args.report,
                                          say=say)

@@ -19,24 +19,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandbox import plan as planner
-from sandbox.balancer import Balancer
 from sandbox.config import BATCHED_STRATEGIES, IN_PLACE_STRATEGIES, STRATEGIES, Settings, check_port_free
-from sandbox.controller import Controller, Interrupted
 from sandbox.errors import BalancerError, NotFoundError, RolloutError, SandboxError, UsageError
-from sandbox.images import ImageSet, ensure_images
-from sandbox.measure import (
+from sandbox.fleet.balancer import Balancer
+from sandbox.fleet.images import ImageSet, ensure_images
+from sandbox.fleet.runtime import Instance, Runtime
+from sandbox.load.run import LoadRun, LoadSettings
+from sandbox.results.measure import (
     AddressHistory,
     MeasureSettings,
     address_history_from_events,
     attribute_versions,
     measure,
 )
-from sandbox.progress import Progress, TrafficMonitor, make_progress
-from sandbox.records import Event
-from sandbox.report import build_report, write_report_dir
-from sandbox.runtime import Instance, Runtime
-from sandbox.traffic import LoadRun, LoadSettings
+from sandbox.results.records import Event
+from sandbox.results.report import build_report, write_report_dir
+from sandbox.rollout import plan as planner
+from sandbox.rollout.executor import Controller, Interrupted
+from sandbox.ui.progress import Progress, TrafficMonitor, make_progress
 
 log = logging.getLogger("sandbox.commands")
 

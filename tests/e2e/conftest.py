@@ -22,8 +22,8 @@ from typing import Any
 import docker
 import pytest
 
-from sandbox import labels as L
-from sandbox.images import ImageSet, ensure_images
+from sandbox.fleet import labels as L
+from sandbox.fleet.images import ImageSet, ensure_images
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ import socket
 import docker
 import pytest
 
-from sandbox import labels as L
-from sandbox.images import ImageSet
+from sandbox.fleet import labels as L
+from sandbox.fleet.images import ImageSet
 from tests.e2e.conftest import Cli, project_objects
 
 pytestmark = pytest.mark.e2e

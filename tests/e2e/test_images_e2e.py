@@ -26,8 +26,8 @@ import pytest
 from docker.models.containers import Container
 from docker.types import Mount
 
-from sandbox.images import ImageSet, app_code_tar, ensure_images, prune_images
-from sandbox.labels import (
+from sandbox.fleet.images import ImageSet, app_code_tar, ensure_images, prune_images
+from sandbox.fleet.labels import (
     LABEL_MANAGED,
     LABEL_ROLE,
     LABEL_VERSION,

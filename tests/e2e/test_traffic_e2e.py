@@ -1,4 +1,4 @@
-"""End-to-end tests of sandbox.traffic: real Locust in a subprocess against a
+"""End-to-end tests of sandbox.load.run: real Locust in a subprocess against a
 tiny aiohttp app in this process (127.0.0.1 only, a few seconds per run).
 
 The app mimics the toy shop: X-App-Version is v1 for the first second after
@@ -24,8 +24,8 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from sandbox.records import RequestRow
-from sandbox.traffic import LoadRun, LoadSettings, TrafficError
+from sandbox.load.run import LoadRun, LoadSettings, TrafficError
+from sandbox.results.records import RequestRow
 
 pytestmark = [pytest.mark.e2e]
 
@@ -242,7 +242,7 @@ async def test_breaking_v2_gives_contract_violations(fake_app: FakeApp, tmp_path
 
 CUSTOM_LOCUSTFILE = """
 from locust import constant, task
-from sandbox.locustfile import *  # noqa: F403  (RecordedHttpUser and the stop hooks)
+from sandbox.load.locustfile import *  # noqa: F403  (RecordedHttpUser and the stop hooks)
 
 
 class Visitor(RecordedHttpUser):  # noqa: F405

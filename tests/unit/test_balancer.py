@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.balancer import LbState, Upstream, _last_line, compose_config, parse_state, render
 from sandbox.errors import BalancerError
+from sandbox.fleet.balancer import LbState, Upstream, _last_line, compose_config, parse_state, render
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,4 +80,4 @@ def test_nginx_error_line_is_picked() -> None:
 
 def test_compose_config_is_current() -> None:
     assert (REPO / "compose" / "nginx.conf").read_text() == compose_config(), \
-        "compose/nginx.conf is stale: regenerate it (see sandbox.balancer.compose_config)"
+        "compose/nginx.conf is stale: regenerate it (see sandbox.fleet.balancer.compose_config)"

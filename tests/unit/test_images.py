@@ -12,21 +12,23 @@ from typing import Any
 import docker.errors
 import pytest
 
-from sandbox import images
 from sandbox.errors import ImageBuildError, UsageError
+from sandbox.fleet import images
 
-REAL_ROOT = images.REPO_ROOT
+REAL = images.SOURCES
 
 
 @pytest.fixture
 def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the build inputs, installed as images.REPO_ROOT."""
-    for rel in ("app_v1", "app_v2", "lb"):
-        shutil.copytree(REAL_ROOT / rel, tmp_path / rel)
+    """A copy of the build inputs, installed as images.SOURCES (laid out as in the checkout)."""
+    for rel, src in (("app_v1", REAL.app["v1"]), ("app_v2", REAL.app["v2"]), ("lb", REAL.lb)):
+        shutil.copytree(src, tmp_path / rel, ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "sandbox" / "appserver").mkdir(parents=True)
-    for path in (REAL_ROOT / "sandbox" / "appserver").glob("*.py"):
+    for path in REAL.harness.glob("*.py"):
         shutil.copy(path, tmp_path / "sandbox" / "appserver" / path.name)
-    monkeypatch.setattr(images, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(images, "SOURCES", images.Sources(
+        harness=tmp_path / "sandbox" / "appserver",
+        app={"v1": tmp_path / "app_v1", "v2": tmp_path / "app_v2"}, lb=tmp_path / "lb"))
     return tmp_path
 
 
@@ -42,7 +44,7 @@ def test_refs_are_stable_and_shaped() -> None:
 
 def test_copy_of_inputs_gives_same_refs(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     copied = images.image_set()
-    monkeypatch.setattr(images, "REPO_ROOT", REAL_ROOT)
+    monkeypatch.setattr(images, "SOURCES", REAL)
     assert images.image_set() == copied
 
 
@@ -102,7 +104,7 @@ def test_app_code_tar_contents_and_owner() -> None:
     for info, _ in members.values():
         assert (info.uid, info.gid, info.mode) == (10001, 10001, 0o644)
         assert info.isfile() and info.mtime > 0
-    assert members["app.py"][1] == (REAL_ROOT / "app_v2" / "app.py").read_bytes()
+    assert members["app.py"][1] == (REAL.app["v2"] / "app.py").read_bytes()
     assert members["VERSION"][1].strip() == b"v2"
     assert json.loads(members["env.json"][1]) == {}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sandbox import labels as L
+from sandbox.fleet import labels as L
 
 
 def test_project_labels_carry_project_and_role() -> None:

@@ -1,4 +1,4 @@
-"""Unit tests of sandbox.loadrows: contracts, rows, the in-flight registry.
+"""Unit tests of sandbox.load.rows: contracts, rows, the in-flight registry.
 
 No locust here: loadrows must stay importable without gevent.
 """
@@ -14,8 +14,8 @@ from typing import get_type_hints
 
 import pytest
 
-from sandbox import loadrows
-from sandbox.loadrows import (
+from sandbox.load import rows as loadrows
+from sandbox.load.rows import (
     ROW_KEYS,
     UNANSWERED_ERROR,
     Recorder,
@@ -32,7 +32,7 @@ from sandbox.loadrows import (
     parse_rows,
     v2_mode_from_env,
 )
-from sandbox.records import RequestRow
+from sandbox.results.records import RequestRow
 
 V1_BODY = {"id": 7, "name": "lamp", "price": 12.5}
 V2_COMPAT_BODY = {"id": 7, "name": "lamp", "price": 12.5, "currency": "EUR"}
@@ -270,5 +270,5 @@ def test_writer_flushes_each_row_and_none_path_drops(tmp_path: Path) -> None:
 
 
 def test_loadrows_does_not_import_locust() -> None:
-    assert loadrows.__name__ == "sandbox.loadrows"
+    assert loadrows.__name__ == "sandbox.load.rows"
     assert not any(m == "locust" or m.startswith(("locust.", "gevent")) for m in sys.modules)

@@ -1,4 +1,4 @@
-"""sandbox.measure from hand-built rows and events: every number checked by hand."""
+"""sandbox.results.measure from hand-built rows and events: every number checked by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.measure import (
+from sandbox.results.measure import (
     MeasureSettings,
     address_history_from_events,
     agreement,
@@ -17,7 +17,7 @@ from sandbox.measure import (
     percentile,
     upstream_addresses,
 )
-from sandbox.records import Event, NginxRow, RequestRow
+from sandbox.results.records import Event, NginxRow, RequestRow
 
 T0 = 1_700_000_000.0
 

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from sandbox.errors import SandboxError
-from sandbox.plan import (
+from sandbox.rollout.plan import (
     PlanError,
     PlanSettings,
     Ref,

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sandbox.probes import parse_metrics
+from sandbox.fleet.probes import parse_metrics
 
 
 def test_parse_metrics_sums_labelled_samples() -> None:

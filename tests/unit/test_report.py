@@ -1,4 +1,4 @@
-"""sandbox.report: the report dict, the terminal summary, the files, the comparison."""
+"""sandbox.results.report: the report dict, the terminal summary, the files, the comparison."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from sandbox.measure import measure
-from sandbox.records import Event, RequestRow
-from sandbox.report import (
+from sandbox.results.measure import measure
+from sandbox.results.records import Event, RequestRow
+from sandbox.results.report import (
     build_report,
     compare_json,
     compare_table,

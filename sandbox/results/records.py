@@ -1,8 +1,8 @@
 """The record shapes that cross process and module boundaries.
 
 * ``RequestRow``: one per request the load generator started, written as a JSON
-  line by the Locust listener (``sandbox/locustfile.py``) and read by ``measure``.
-* ``Event``: one per controller step (``sandbox/controller.py``), in the report's
+  line by the Locust listener (``sandbox/load/locustfile.py``) and read by ``measure``.
+* ``Event``: one per controller step (``sandbox/rollout/executor.py``), in the report's
   ``steps`` and used by ``measure`` to split phases and to know when a server
   vanished.
 * ``NginxRow``: one per line of the load balancer's JSON access log.

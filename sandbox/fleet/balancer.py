@@ -19,18 +19,18 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import jinja2
 
 from sandbox.errors import BalancerError
-from sandbox.runtime import Runtime
+from sandbox.fleet import sources
+from sandbox.fleet.runtime import Runtime
 
-log = logging.getLogger("sandbox.balancer")
+log = logging.getLogger("sandbox.fleet.balancer")
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "lb"
+TEMPLATE_DIR = sources.folder("lb")
 TEMPLATE_NAME = "nginx.conf.j2"
 LIVE_CONF = "/etc/nginx/nginx.conf"
 STAGING_CONF = "/etc/nginx/staging/nginx.conf"
@@ -211,7 +211,7 @@ def compose_config(size: int = 3) -> str:
     """The config compose/docker-compose.yml mounts: ``size`` servers by their compose names.
 
     ``compose/nginx.conf`` is this function's output (a unit test keeps them equal);
-    regenerate it with ``python -c 'from sandbox.balancer import compose_config; print(compose_config(), end="")'
+    regenerate it with ``python -c 'from sandbox.fleet.balancer import compose_config; print(compose_config(), end="")'
     > compose/nginx.conf``.
     """
     upstreams = [Upstream(name=f"app{i}", address=f"app{i}:8000", version="v1") for i in range(1, size + 1)]

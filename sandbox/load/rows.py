@@ -1,7 +1,7 @@
 """The pure half of the load recorder: contracts, rows, the in-flight registry.
 
 Everything the Locust process needs to turn a request into a
-:class:`~sandbox.records.RequestRow` lives here, with **no import of locust or
+:class:`~sandbox.results.records.RequestRow` lives here, with **no import of locust or
 gevent**, so it can be unit-tested in the pytest process and imported by a
 user's own locustfile without side effects.
 
@@ -18,7 +18,7 @@ user's own locustfile without side effects.
   still waiting when the load stops. Each request is written exactly once:
   whichever of finish/fail/flush pops it from the registry first writes it.
 
-The Locust side (``sandbox/locustfile.py``) wires a process-wide
+The Locust side (``sandbox/load/locustfile.py``) wires a process-wide
 :class:`Recorder` to Locust's HTTP session and its stop events.
 """
 
@@ -34,15 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
-from sandbox.records import RequestRow
+from sandbox.results.records import RequestRow
 
-log = logging.getLogger("sandbox.traffic")
+log = logging.getLogger("sandbox.load.run")
 
 Version = Literal["v1", "v2"]
 V2Mode = Literal["compatible", "breaking"]
 Contract = Literal["ok", "violation"]
 
-#: Environment variables shared by the controller side (``sandbox/traffic.py``)
+#: Environment variables shared by the controller side (``sandbox/load/run.py``)
 #: and the Locust side. Kept here so both agree on the names.
 ENV_ROWS = "ROLLING_SANDBOX_ROWS"
 ENV_READY = "ROLLING_SANDBOX_READY"

@@ -40,12 +40,24 @@ import docker.errors
 import requests
 
 from sandbox.errors import EngineError, ImageBuildError, UsageError
-from sandbox.labels import LABEL_INPUTS, LABEL_MANAGED, LABEL_ROLE, LABEL_VERSION, ROLE_IMAGE
+from sandbox.fleet import sources
+from sandbox.fleet.labels import LABEL_INPUTS, LABEL_MANAGED, LABEL_ROLE, LABEL_VERSION, ROLE_IMAGE
 
-logger = logging.getLogger("sandbox.images")
+logger = logging.getLogger("sandbox.fleet.images")
 
-REPO_ROOT: Path = Path(__file__).resolve().parent.parent
-"""The checkout holding app_v1/, app_v2/, lb/ and sandbox/appserver/."""
+
+@dataclass(frozen=True)
+class Sources:
+    """The folders the images are built from (see :mod:`sandbox.assets`)."""
+
+    harness: Path  # sandbox/appserver
+    app: Mapping[str, Path]  # {"v1": app_v1/, "v2": app_v2/}
+    lb: Path  # lb/
+
+
+SOURCES = Sources(harness=sources.harness_folder(),
+                  app={"v1": sources.folder("app_v1"), "v2": sources.folder("app_v2")},
+                  lb=sources.folder("lb"))
 
 VERSIONS: tuple[str, ...] = ("v1", "v2")
 APP_UID = 10001
@@ -141,7 +153,7 @@ def _read(path: Path) -> bytes:
 
 def _harness_files() -> dict[str, bytes]:
     """The harness package's files, by name (``*.py`` only)."""
-    folder = REPO_ROOT / "sandbox" / "appserver"
+    folder = SOURCES.harness
     names = sorted(p.name for p in folder.glob("*.py")) if folder.is_dir() else []
     if "supervisor.py" not in names or "server.py" not in names:
         raise ImageBuildError(f"the app harness is missing from {folder}")
@@ -152,12 +164,12 @@ def _version_files(version: str) -> dict[str, bytes]:
     """``app.py`` and ``VERSION`` of ``version``; raises UsageError for an unknown version."""
     if version not in VERSIONS:
         raise UsageError(f"unknown app version {version!r} (expected one of {', '.join(VERSIONS)})")
-    folder = REPO_ROOT / f"app_{version}"
+    folder = SOURCES.app[version]
     return {name: _read(folder / name) for name in ("app.py", "VERSION")}
 
 
 def _lb_dockerfile() -> bytes:
-    return _read(REPO_ROOT / "lb" / "Dockerfile")
+    return _read(SOURCES.lb / "Dockerfile")
 
 
 def _files_parts(files: Mapping[str, bytes]) -> list[str | bytes]:

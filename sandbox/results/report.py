@@ -1,7 +1,7 @@
 """Present a measured run: a report dict, a terminal summary, JSON, a chart, Markdown.
 
 :func:`build_report` joins the run's metadata (strategy, fleet size, outcome...)
-with the numbers of :func:`sandbox.measure.measure` and the controller's steps.
+with the numbers of :func:`sandbox.results.measure.measure` and the controller's steps.
 Everything else here only reads that dict, so a saved ``report.json`` can be
 rendered again later. matplotlib is imported inside :func:`write_chart` only,
 so importing this module stays fast.
@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sandbox.records import Event
+from sandbox.results.records import Event
 
 OUTCOMES = ("completed", "rolled_back", "failed", "interrupted")
 
@@ -111,7 +111,7 @@ def build_report(
     ``meta`` brings strategy, size, batch, mode, from_version, to_version,
     outcome, duration_s, project, sticky, users and, if known,
     peak_instances; missing ones fall back to what ``measured`` (from
-    :func:`sandbox.measure.measure`) and ``steps`` imply. Step times are
+    :func:`sandbox.results.measure.measure`) and ``steps`` imply. Step times are
     seconds since the first step, rounded to the ms; ``steps_t0`` keeps the
     first step's unix time and ``window`` the load's, so the chart can line
     them up.

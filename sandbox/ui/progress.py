@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from sandbox.records import Event, RequestRow
+from sandbox.results.records import Event, RequestRow
 
 STATE_OF_PHASE = {
     "start": "starting",

@@ -1,6 +1,6 @@
 """The default locustfile: simulated shop users, and the recorder every run uses.
 
-Run only by the ``locust`` CLI in its own process (``sandbox/traffic.py`` starts
+Run only by the ``locust`` CLI in its own process (``sandbox/load/run.py`` starts
 it). It imports locust, which monkey-patches the standard library with gevent:
 never import this module from the controller or from pytest.
 
@@ -13,7 +13,7 @@ Every request a :class:`RecordedHttpUser` sends goes through
   client timeout (``ROLLING_SANDBOX_TIMEOUT``, default 10 s) unless the caller
   set one;
 * registers the request as in flight when it is sent and writes exactly one
-  :class:`~sandbox.records.RequestRow` (a JSON line, flushed at once) to the
+  :class:`~sandbox.results.records.RequestRow` (a JSON line, flushed at once) to the
   file named by ``ROLLING_SANDBOX_ROWS`` when it ends -- answered, failed
   (status 0, e.g. "ConnectionResetError", "ReadTimeout") or, when the load
   stops while it waits, as ``unanswered`` (status 0, "unanswered at stop").
@@ -27,7 +27,7 @@ Subclass :class:`RecordedHttpUser` instead of ``HttpUser``; use ``self.client``
 as usual::
 
     from locust import task
-    from sandbox.locustfile import RecordedHttpUser
+    from sandbox.load.locustfile import RecordedHttpUser
 
     class MyUser(RecordedHttpUser):
         @task
@@ -36,13 +36,13 @@ as usual::
 
 Importing this module also installs the stop hooks that write the unanswered
 rows (and the guard that ends Locust if the controller dies). ``ShopUser`` is not
-exported (``__all__``), so ``from sandbox.locustfile import *`` adds no users of
+exported (``__all__``), so ``from sandbox.load.locustfile import *`` adds no users of
 ours to a custom run. A locustfile whose users are not ``RecordedHttpUser``
 (e.g. ``FastHttpUser``) writes no rows, and the run has nothing to measure.
 Override :meth:`RecordedHttpUser.sandbox_contract` to check answers against a
 contract of your own.
 
-Environment (set by ``sandbox/traffic.py``): ``ROLLING_SANDBOX_ROWS``,
+Environment (set by ``sandbox/load/run.py``): ``ROLLING_SANDBOX_ROWS``,
 ``ROLLING_SANDBOX_READY`` (a file touched when the test starts),
 ``ROLLING_SANDBOX_V2_MODE``, ``ROLLING_SANDBOX_TIMEOUT``,
 ``ROLLING_SANDBOX_WAIT_MIN/MAX``, ``ROLLING_SANDBOX_PARENT_PID``.
@@ -67,7 +67,7 @@ from locust.env import Environment
 from locust.exception import StopUser
 from locust.runners import STATE_STOPPED
 
-from sandbox.loadrows import (
+from sandbox.load.rows import (
     ENV_PARENT_PID,
     ENV_READY,
     ENV_ROWS,
@@ -87,7 +87,7 @@ from sandbox.loadrows import (
 
 __all__ = ["RECORDER", "RecordedHttpUser", "RecordingSession"]
 
-log = logging.getLogger("sandbox.traffic")
+log = logging.getLogger("sandbox.load.run")
 
 #: The process-wide in-flight registry and row file.
 RECORDER = Recorder(RowWriter(os.environ.get(ENV_ROWS) or None))

@@ -1,9 +1,9 @@
 """What the users of the fleet saw, as numbers: pure functions, no I/O.
 
-Inputs are the records of :mod:`sandbox.records`: one ``RequestRow`` per request
+Inputs are the records of :mod:`sandbox.results.records`: one ``RequestRow`` per request
 the load generator started, the controller's ``Event`` list and, optionally, the
 NGINX access log rows. :func:`measure` turns them into one JSON-able dict (see
-its docstring for every key); :mod:`sandbox.report` presents it.
+its docstring for every key); :mod:`sandbox.results.report` presents it.
 
 Conventions used throughout (DESIGN.md, "What is measured"):
 
@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.records import Event, NginxRow, RequestRow
+from sandbox.results.records import Event, NginxRow, RequestRow
 
 HistoryEntry = tuple[str, str, float, float | None]
 """``(address, version, t_from, t_to)``: ``version`` held ``address`` in that span."""

@@ -3,8 +3,8 @@
 Locust runs on gevent and monkey-patches the standard library when imported, so
 this module never imports it: :class:`LoadRun` starts
 ``python -m locust`` as a subprocess and reads the request rows it appends to a
-JSON-lines file (one :class:`~sandbox.records.RequestRow` per request started;
-see ``sandbox/locustfile.py`` for how they are written and how a custom
+JSON-lines file (one :class:`~sandbox.results.records.RequestRow` per request started;
+see ``sandbox/load/locustfile.py`` for how they are written and how a custom
 locustfile gets them).
 
 Command line used (locust 2.x)::
@@ -43,7 +43,7 @@ from types import TracebackType
 from typing import IO, Literal
 
 from sandbox.errors import SandboxError
-from sandbox.loadrows import (
+from sandbox.load.rows import (
     ENV_PARENT_PID,
     ENV_READY,
     ENV_ROWS,
@@ -51,12 +51,12 @@ from sandbox.loadrows import (
     ENV_V2_MODE,
     parse_rows,
 )
-from sandbox.records import RequestRow
+from sandbox.results.records import RequestRow
 
-log = logging.getLogger("sandbox.traffic")
+log = logging.getLogger("sandbox.load.run")
 
 DEFAULT_LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
-_PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+_PACKAGE_PARENT = Path(__file__).resolve().parent.parent.parent
 
 
 class TrafficError(SandboxError):
@@ -67,7 +67,7 @@ class TrafficError(SandboxError):
 class LoadSettings:
     users: int = 20
     spawn_rate: float = 20.0  # users started per second
-    locustfile: Path | None = None  # None = sandbox/locustfile.py
+    locustfile: Path | None = None  # None = sandbox/load/locustfile.py
     v2_mode: Literal["compatible", "breaking"] = "compatible"
     timeout_s: float = 10.0  # client timeout of each request
     # At stop, seconds a user may still wait for the answer it is waiting for

@@ -2,7 +2,7 @@
 
 The Docker SDK blocks, so every public method of :class:`Runtime` is a
 coroutine that runs the SDK call in a worker thread (``asyncio.to_thread``).
-Docker labels (``sandbox.labels``) are the only state: a fresh process finds
+Docker labels (``sandbox.fleet.labels``) are the only state: a fresh process finds
 the fleet, the load balancer and the network by label. Errors from the SDK are
 converted where they enter, to :class:`~sandbox.errors.EngineError`.
 """
@@ -25,10 +25,10 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import Mount
 
-from sandbox import labels as L
 from sandbox.errors import EngineError, NotFoundError, PortInUseError
+from sandbox.fleet import labels as L
 
-log = logging.getLogger("sandbox.runtime")
+log = logging.getLogger("sandbox.fleet.runtime")
 
 APP_PORT = 8000
 APP_USER = "10001:10001"

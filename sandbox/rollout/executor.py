@@ -3,7 +3,7 @@
 It owns no state of its own beyond the current run: the fleet is read from
 Docker labels and the attached set from the load balancer's live config, so a
 fresh process can resume (``roll`` again) or revert (``rollback``) after a
-crash or Ctrl-C. Each step emits an :class:`~sandbox.records.Event`.
+crash or Ctrl-C. Each step emits an :class:`~sandbox.results.records.Event`.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from sandbox import plan as planner
-from sandbox.balancer import Balancer, Upstream
 from sandbox.config import Settings
 from sandbox.errors import ReadinessError, RolloutError, SandboxError
-from sandbox.images import ImageSet, app_code_tar
-from sandbox.probes import Probe
-from sandbox.records import Event
-from sandbox.runtime import Instance, Runtime
+from sandbox.fleet.balancer import Balancer, Upstream
+from sandbox.fleet.images import ImageSet, app_code_tar
+from sandbox.fleet.probes import Probe
+from sandbox.fleet.runtime import Instance, Runtime
+from sandbox.results.records import Event
+from sandbox.rollout import plan as planner
 
-log = logging.getLogger("sandbox.controller")
+log = logging.getLogger("sandbox.rollout.executor")
 
 DRAIN_QUIET_S = 0.3  # no new request for this long, and nothing in flight: drained
 STOP_GRACE_S = 20.0  # SIGTERM, then SIGKILL after this long (the app bounds itself at 15 s)
