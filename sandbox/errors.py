@@ -4,6 +4,7 @@ SandboxError
  +-- UsageError          bad input from the user (flag, config value); exit code 2
  |    +-- PortInUseError the requested load balancer port is already bound
  +-- EngineError         the Docker engine is missing, unreachable or refused a call
+ |    +-- GoneError      a container or network vanished while the sandbox was using it
  +-- ImageBuildError     an image could not be built
  +-- BalancerError       NGINX rejected a config or could not be reloaded
  +-- RolloutError        a rollout could not go on (readiness, error ratio, drain)
@@ -39,6 +40,10 @@ class PortInUseError(UsageError):
 
 class EngineError(SandboxError):
     """The Docker engine is unreachable or refused a call."""
+
+
+class GoneError(EngineError):
+    """A container or network vanished while the sandbox was using it (removed by hand, or crashed)."""
 
 
 class ImageBuildError(SandboxError):

@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -40,7 +39,7 @@ import docker.errors
 import requests
 
 from sandbox.errors import EngineError, ImageBuildError, UsageError
-from sandbox.fleet import sources
+from sandbox.fleet import sources, tarball
 from sandbox.fleet.labels import LABEL_INPUTS, LABEL_MANAGED, LABEL_ROLE, LABEL_VERSION, ROLE_IMAGE
 
 logger = logging.getLogger("sandbox.fleet.images")
@@ -73,7 +72,6 @@ VARIANT = "minbase"
 PACKAGES: tuple[str, ...] = ("python3", "python3-aiohttp", "nginx-light")
 BASE_RECIPE = "1"  # bump when the way the base rootfs is made or trimmed changes
 PULL_FROM = "debian:bookworm-slim"
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
 METHOD_ENV = "ROLLING_SANDBOX_BASE_METHOD"
 MIRROR_ENV = "ROLLING_SANDBOX_DEBIAN_MIRROR"
 APT_SOURCES = Path("/etc/apt")
@@ -227,20 +225,7 @@ def app_code_tar(version: str, extra_env: Mapping[str, str] | None = None) -> by
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise UsageError("extra_env must map strings to strings")
     files["env.json"] = (json.dumps(env, sort_keys=True) + "\n").encode()
-    return _tar(files, uid=APP_UID, mtime=time.time())
-
-
-def _tar(files: Mapping[str, bytes], *, uid: int = 0, mtime: float = 0.0) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name in sorted(files):
-            info = tarfile.TarInfo(name)
-            info.size = len(files[name])
-            info.mode = 0o644
-            info.uid = info.gid = uid
-            info.mtime = int(mtime)
-            tar.addfile(info, io.BytesIO(files[name]))
-    return buf.getvalue()
+    return tarball.pack(files, uid=APP_UID, mtime=time.time())
 
 
 # -- presence ----------------------------------------------------------------
@@ -358,7 +343,7 @@ def _docker_build(
     """``docker build`` of an in-memory context; raises ImageBuildError, EngineError."""
     log(f"building {ref}")
     started = time.monotonic()
-    context = io.BytesIO(_tar({"Dockerfile": dockerfile.encode(), **files}))
+    context = io.BytesIO(tarball.pack({"Dockerfile": dockerfile.encode(), **files}))
     last = ""
     try:
         stream = client.api.build(
@@ -408,6 +393,8 @@ def _debootstrap_unavailable() -> str | None:
         return "debootstrap needs root"
     if shutil.which("tar") is None:
         return "tar is not installed"
+    if debian_mirror() is None:
+        return f"no apt source carries {SUITE} (set {MIRROR_ENV} to a Debian mirror)"
     return None
 
 
@@ -435,9 +422,10 @@ def _build_base(
         ) from exc
 
 
-def debian_mirror(apt_dir: Path | None = None) -> str:
+def debian_mirror(apt_dir: Path | None = None) -> str | None:
     """The Debian mirror to debootstrap from: $ROLLING_SANDBOX_DEBIAN_MIRROR, else the first
-    apt source (one-line or deb822) that carries the ``bookworm`` suite, else deb.debian.org."""
+    apt source (one-line or deb822) that carries the ``bookworm`` suite, else None (no mirror
+    name is built in: the machine's own apt sources say where Debian's packages come from)."""
     override = os.environ.get(MIRROR_ENV, "").strip()
     if override:
         return override
@@ -454,7 +442,7 @@ def debian_mirror(apt_dir: Path | None = None) -> str:
         uri = _deb822_mirror(text) if path.suffix == ".sources" else _one_line_mirror(text)
         if uri:
             return uri
-    return DEFAULT_MIRROR
+    return None
 
 
 def _one_line_mirror(text: str) -> str | None:
@@ -509,6 +497,8 @@ def _debootstrap_base(
 ) -> None:
     """debootstrap a rootfs, trim it, ``docker import`` it as ``ref``; raises ImageBuildError."""
     mirror = debian_mirror()
+    if mirror is None:
+        raise ImageBuildError(f"cannot debootstrap {ref}: no apt source carries {SUITE} (set {MIRROR_ENV})")
     log(f"building {ref} offline: debootstrap {SUITE} from {mirror} (about a minute)")
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="rolling-sandbox-base-"))

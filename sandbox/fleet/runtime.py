@@ -10,10 +10,8 @@ converted where they enter, to :class:`~sandbox.errors.EngineError`.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import secrets
-import tarfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -25,8 +23,9 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import Mount
 
-from sandbox.errors import EngineError, NotFoundError, PortInUseError
+from sandbox.errors import EngineError, GoneError, NotFoundError, PortInUseError
 from sandbox.fleet import labels as L
+from sandbox.fleet import tarball
 
 log = logging.getLogger("sandbox.fleet.runtime")
 
@@ -67,27 +66,6 @@ def app_name(project: str, slot: int) -> str:
     return f"{project}-app-{slot}-{secrets.token_hex(3)}"
 
 
-def _tar_one(path_in_tar: str, data: bytes, uid: int = 0) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo(path_in_tar)
-        info.size = len(data)
-        info.mode = 0o644
-        info.uid = info.gid = uid
-        tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def _untar_one(chunks: Any) -> bytes:
-    buf = io.BytesIO(b"".join(chunks))
-    with tarfile.open(fileobj=buf) as tar:
-        member = tar.next()
-        if member is None:
-            return b""
-        extracted = tar.extractfile(member)
-        return extracted.read() if extracted else b""
-
-
 class Runtime:
     """The Docker engine, seen through this project's labels."""
 
@@ -113,8 +91,8 @@ class Runtime:
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
-        except docker.errors.NotFound:
-            raise
+        except docker.errors.NotFound as exc:
+            raise GoneError(f"docker: {_short(exc)} (removed while the sandbox was using it?)") from exc
         except docker.errors.DockerException as exc:
             raise EngineError(f"docker: {_short(exc)}") from exc
 
@@ -141,7 +119,7 @@ class Runtime:
             # boot and exited): the VERSION file in its code volume is the truth, not the label
             try:
                 bits, _ = c.get_archive(f"{APP_CODE_DIR}/VERSION")
-                version = _untar_one(bits).decode().strip() or version
+                version = tarball.first_file(bits).decode().strip() or version
             except docker.errors.DockerException:
                 pass
         return Instance(
@@ -323,7 +301,7 @@ class Runtime:
         """Write ``data`` to ``path`` (its directory must exist) in ``container``."""
         directory, _, filename = path.rpartition("/")
         def put() -> None:
-            if not container.put_archive(directory or "/", _tar_one(filename, data)):
+            if not container.put_archive(directory or "/", tarball.pack({filename: data})):
                 raise EngineError(f"could not write {path} in {container.name}")
         await self._call(put)
 
@@ -334,7 +312,7 @@ class Runtime:
                 bits, _ = container.get_archive(path)
             except docker.errors.NotFound as exc:
                 raise EngineError(f"{path} not found in {container.name}") from exc
-            return _untar_one(bits)
+            return tarball.first_file(bits)
         return await self._call(read)
 
     # -- teardown -----------------------------------------------------------------------------

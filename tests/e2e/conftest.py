@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -24,6 +23,7 @@ import pytest
 
 from sandbox.fleet import labels as L
 from sandbox.fleet.images import ImageSet, ensure_images
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,12 +40,6 @@ def client() -> Iterator[docker.DockerClient]:
 def image_set(client: docker.DockerClient) -> ImageSet:
     """The images, built once per session (cached across sessions by their inputs)."""
     return ensure_images(client)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from sandbox.appserver.server import Settings, Shop
 from sandbox.appserver.supervisor import child_env, exit_code
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -271,12 +271,6 @@ def test_supervisor_exits_with_child_boot_failure(tmp_path: Path) -> None:
     assert b"APP_BOOT_FAIL" in err
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait_ready(port: int, version: str, timeout: float = 15) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -293,7 +287,7 @@ def _wait_ready(port: int, version: str, timeout: float = 15) -> dict[str, objec
 def test_supervisor_reloads_new_code_on_sighup_and_stops_on_sigterm(tmp_path: Path) -> None:
     for name in ("app.py", "VERSION"):
         (tmp_path / name).write_bytes((REPO / "app_v1" / name).read_bytes())
-    port = _free_port()
+    port = free_port()
     proc = _start_supervisor(tmp_path, port)
     try:
         assert _wait_ready(port, "v1") == {"id": 2, "name": "item-2", "price": 102}

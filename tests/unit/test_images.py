@@ -124,10 +124,10 @@ def test_app_code_tar_rejects_bad_input() -> None:
 
 def test_debian_mirror_from_apt_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(images.MIRROR_ENV, raising=False)
-    assert images.debian_mirror(tmp_path) == images.DEFAULT_MIRROR
+    assert images.debian_mirror(tmp_path) is None
     (tmp_path / "sources.list.d").mkdir()
     (tmp_path / "sources.list.d" / "other.sources").write_text(
-        "Types: deb\nURIs: https://deb.nodesource.com/node_20.x\nSuites: nodistro\n"
+        "Types: deb\nURIs: https://other.example/node_20.x\nSuites: nodistro\n"
     )
     (tmp_path / "sources.list.d" / "debian.sources").write_text(
         "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
