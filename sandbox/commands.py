@@ -35,7 +35,8 @@ from sandbox.results.measure import (
 from sandbox.results.records import Event
 from sandbox.results.report import build_report, write_report_dir
 from sandbox.rollout import plan as planner
-from sandbox.rollout.executor import Controller, Interrupted
+from sandbox.rollout.executor import Executor as Controller
+from sandbox.rollout.executor import Interrupted
 from sandbox.ui.progress import Progress, TrafficMonitor, make_progress
 
 log = logging.getLogger("sandbox.commands")
@@ -73,8 +74,8 @@ async def up(settings: Settings, *, runtime: Runtime, say: Callable[[str], None]
         await balancer.apply([], rollout=None, sticky=settings.sticky, size=settings.size,
                             retry=settings.lb_retry, client_keepalive_s=65 if settings.client_keepalive else 0,
                             app_env=dict(settings.app_env))
-        steps = planner.plan([], planner.PlanSettings(size=settings.size, to_version=settings.version,
-                                                       strategy="double-half"))
+        steps = planner.merge_reloads(planner.plan([], planner.PlanSettings(
+            size=settings.size, to_version=settings.version, strategy="double-half")))
         await controller.execute(steps, settings.version, env=dict(settings.app_env))
     except BaseException:
         with suppress(Exception):
@@ -176,7 +177,7 @@ async def roll(
     strategy = settings.strategy
     plan_settings = planner.PlanSettings(size=size, to_version=target, strategy=strategy,  # type: ignore[arg-type]
                                          batch=settings.batch, mode=settings.mode)
-    steps = planner.plan(servers, plan_settings)
+    steps = planner.merge_reloads(planner.plan(servers, plan_settings))
     # the fleet's own environment (from `up --env`) always; --set-env only for the new version
     env = dict(state.app_env) if kind == "rollback" else {**state.app_env, **settings.set_env}
     if not steps:
@@ -362,8 +363,8 @@ async def _roll_back(controller: Controller, settings: Settings, size: int, sour
     await controller.reconcile(listed)
     listed, servers = await controller.fleet(listed)
     strategy = "rolling" if settings.strategy == "naive" else settings.strategy
-    back = planner.plan(servers, planner.PlanSettings(size=size, to_version=source, strategy=strategy,  # type: ignore[arg-type]
-                                                       batch=settings.batch, mode=settings.mode))
+    back = planner.merge_reloads(planner.plan(servers, planner.PlanSettings(
+        size=size, to_version=source, strategy=strategy, batch=settings.batch, mode=settings.mode)))  # type: ignore[arg-type]
     try:
         await controller.execute(back, source, env=dict(controller.balancer.state.app_env),
                                  from_version=other_version(source), instances=listed)
