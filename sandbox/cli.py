@@ -232,17 +232,12 @@ async def _run(args: argparse.Namespace) -> int:
         say(f"demo took {time.monotonic() - started:.0f} s")
         return result.exit_code
     if args.command == "compare":
-        from sandbox.results.report import compare_json, compare_table, compare_text
+        from sandbox.results.report import compare_text
         args.report = args.report or Path("reports") / "compare"
-        reports = await commands.compare(settings, runtime=runtime, strategies=specs, report_dir=args.report,
-                                         say=say)
-        table = compare_json(reports)
-        args.report.mkdir(parents=True, exist_ok=True)
-        (args.report / "compare.json").write_text(json.dumps(table, indent=2, default=str))
-        (args.report / "compare.md").write_text(compare_table(reports))
-        say(f"compare: {args.report / 'compare.md'} and compare.json, one report per strategy beside them")
-        print(json.dumps(table, indent=2, default=str) if args.json else compare_text(reports))
-        return 0 if all(r["outcome"] == "completed" for r in reports if r["strategy"] != "naive") else 1
+        compared = await commands.compare(settings, runtime=runtime, strategies=specs, report_dir=args.report,
+                                          say=say)
+        print(json.dumps(compared.table, indent=2, default=str) if args.json else compare_text(compared.reports))
+        return compared.exit_code
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover - argparse prevents it
 
 

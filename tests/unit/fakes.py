@@ -14,6 +14,7 @@ call in ``log`` (one short string each, in order) and can be told to fail:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
@@ -50,6 +51,7 @@ class FakeRuntime:
         self.lbs: dict[str, FakeLb] = {}
         self.log: list[str] = []
         self.before: dict[str, Callable[..., None]] = {}
+        self.latency_s = 0.001  # the engine takes a moment: a signal sent during a call lands during it
         self._ips = 0
 
     # -- set-up helpers for tests -------------------------------------------------------------
@@ -110,6 +112,7 @@ class FakeRuntime:
     async def start_app(self, project: str, slot: int, version: str, image: str, env: dict[str, str],
                         from_version: str = "") -> Instance:
         self._record("start", slot, version)
+        await asyncio.sleep(self.latency_s)
         if image != IMAGES.app[version]:
             raise EngineError(f"wrong image {image} for {version}")
         name = f"n{slot}"
@@ -123,14 +126,17 @@ class FakeRuntime:
 
     async def stop_app(self, instance: Instance, grace_s: float) -> int | None:
         self._record("stop", instance.name)
+        await asyncio.sleep(self.latency_s)
         return 0 if self.containers.pop(instance.id, None) else None
 
     async def kill_app(self, instance: Instance) -> None:
         self._record("kill", instance.name)
+        await asyncio.sleep(self.latency_s)
         self.containers.pop(instance.id, None)
 
     async def swap_code(self, project: str, instance: Instance, code_tar: bytes) -> Instance:
         self._record("swap", instance.name)
+        await asyncio.sleep(self.latency_s)
         current = self.containers.get(instance.id)
         if current is None:
             raise EngineError(f"{instance.name}: container is gone")
