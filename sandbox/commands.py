@@ -19,7 +19,7 @@ from typing import Any
 from sandbox.config import BATCHED_STRATEGIES, IN_PLACE_STRATEGIES, STRATEGIES, Settings, check_port_free
 from sandbox.errors import SandboxError, UsageError
 from sandbox.fleet.balancer import Balancer
-from sandbox.fleet.images import ImageSet, ensure_images
+from sandbox.fleet.images import ImageSet, ensure_images, prune_images
 from sandbox.fleet.runtime import Runtime
 from sandbox.results.report import compare_json, compare_table
 from sandbox.rollout import plan as planner
@@ -30,9 +30,15 @@ from sandbox.ui.progress import Progress
 log = logging.getLogger("sandbox.commands")
 
 # -- images ---------------------------------------------------------------------------------------
-async def images(*, runtime: Runtime, force: bool = False, say: Callable[[str], None] = log.info) -> ImageSet:
-    """Build the images that are missing (all of them with ``force``)."""
-    return await asyncio.to_thread(ensure_images, runtime.client, log=say, force=force)
+async def images(*, runtime: Runtime, force: bool = False, prune: bool = False,
+                 say: Callable[[str], None] = log.info) -> ImageSet:
+    """Build the images that are missing (all of them with ``force``); with ``prune``, then remove
+    older rolling-sandbox images no container uses."""
+    image_set = await asyncio.to_thread(ensure_images, runtime.client, log=say, force=force)
+    if prune:
+        removed = await asyncio.to_thread(prune_images, runtime.client)
+        say(f"removed {len(removed)} older images" + (f": {', '.join(removed)}" if removed else ""))
+    return image_set
 
 
 # -- up / status / down ---------------------------------------------------------------------------
