@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import signal
@@ -269,18 +270,10 @@ async def test_interrupts(presses: int, cuttable: bool, stopped: bool, cancelled
                 await asyncio.sleep(0)
 
     task = asyncio.create_task(body())
-    with pytest.raises(asyncio.CancelledError) if cancelled else _nothing():
+    with pytest.raises(asyncio.CancelledError) if cancelled else contextlib.nullcontext():
         await task
     assert interrupts.stop.is_set() == stopped
     assert said == [FIRST_CTRL_C]
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # --------------------------------------------------------------------------- pure parts
