@@ -19,7 +19,7 @@ FAST = Timing(poll_s=0.001, drain_quiet_s=0.0, stop_grace_s=1.0, state_check_s=0
 def settings_for(n: int, strategy: str = "one-at-a-time", mode: str = "replace", batch: int = 1,
                  **extra: object) -> Settings:
     return Settings(project="p", size=n, strategy=strategy, mode=mode, batch=batch,  # type: ignore[arg-type]
-                    settle_s=0, ready_timeout=0.2, drain_timeout=1, **extra)  # type: ignore[arg-type]
+                    settle_s=0, ready_timeout=0.05, drain_timeout=1, **extra)  # type: ignore[arg-type]
 
 
 def fleet_and_executor(n: int, settings: Settings, unready: frozenset[str] = frozenset()
@@ -108,8 +108,8 @@ async def test_reattach_events_carry_each_side_its_own_batch() -> None:
 
 
 @pytest.mark.parametrize(("mode", "set_env", "unready", "vanish", "message"), [
-    ("replace", {}, {"v2"}, False, "was not ready within 0.2 s"),
-    ("in-place", {}, {"v2"}, False, "was not ready within 0.2 s"),
+    ("replace", {}, {"v2"}, False, "was not ready within 0.05 s"),
+    ("in-place", {}, {"v2"}, False, "was not ready within 0.05 s"),
     ("replace", {"APP_BOOT_FAIL": "1"}, set(), False, "stopped before it was ready: state exited"),
     ("replace", {}, {"v2"}, True, "stopped before it was ready: container is gone"),
 ], ids=["never-ready", "never-ready-in-place", "boot-fails", "vanishes"])
