@@ -29,6 +29,7 @@ from sandbox.ui.progress import Progress
 
 log = logging.getLogger("sandbox.commands")
 
+
 # -- images ---------------------------------------------------------------------------------------
 async def images(*, runtime: Runtime, force: bool = False, prune: bool = False,
                  say: Callable[[str], None] = log.info) -> ImageSet:
