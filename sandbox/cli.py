@@ -14,13 +14,25 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from sandbox import __version__
-from sandbox.config import MODES, STRATEGIES, V2_MODES, VERSIONS, Settings, load_settings, parse_env_pairs
-from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError
+from sandbox import __version__, commands
+from sandbox.commands import parse_strategy_spec
+from sandbox.config import (
+    MODES,
+    STRATEGIES,
+    V2_MODES,
+    VERSIONS,
+    Settings,
+    check_port_free,
+    load_settings,
+    parse_env_pairs,
+)
+from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError
+from sandbox.fleet.runtime import Runtime
+from sandbox.results.report import compare_text, summary_text
 
 log = logging.getLogger("sandbox")
 
@@ -33,7 +45,8 @@ class _Parser(argparse.ArgumentParser):
                   if " " in self.prog else f"sandbox: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
+def _integer(text: str) -> int:
+    """A whole number; its range is checked with the setting it fills (``config.validate``)."""
     try:
         return int(text)
     except ValueError as exc:
@@ -56,10 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sandbox", description="Rehearse rolling deployments on a local Docker fleet.")
     parser.add_argument("--version", action="version", version=f"rolling-sandbox {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_fleet_commands(sub, common)
+    _add_rollout_commands(sub, common)
+    return parser
 
+
+def _add_fleet_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """up, status, down, images."""
     p = sub.add_parser("up", parents=[common], help="start N servers behind NGINX on 127.0.0.1")
-    p.add_argument("--size", type=_positive_int, help="number of app servers (default 3)")
-    p.add_argument("--port", type=_positive_int, help="load balancer port on 127.0.0.1 (default 8080)")
+    p.add_argument("--size", type=_integer, help="number of app servers (default 3)")
+    p.add_argument("--port", type=_integer, help="load balancer port on 127.0.0.1 (default 8080)")
     p.add_argument("--version", dest="version", choices=VERSIONS, help="app version to start (default v1)")
     p.add_argument("--sticky", action="store_true", default=None, help="route each user (cookie) to one server")
     p.add_argument("--lb-retry", dest="lb_retry", action="store_true", default=None,
@@ -78,59 +97,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", action="store_true",
                    help="then remove older rolling-sandbox images that no container uses")
 
-    def add_load_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--users", type=_positive_int, help="simulated users (default 20)")
-        p.add_argument("--spawn-rate", type=_number, help="users started per second (default 20)")
-        p.add_argument("--locustfile", type=Path, help="your own locustfile instead of the default")
-        p.add_argument("--no-load", dest="load", action="store_false", default=None, help="no traffic")
-        p.add_argument("--max-dropped", type=_positive_int, help="exit 1 above this many dropped (default 0)")
-        p.add_argument("--warmup", dest="warmup_s", type=_number, help="seconds of load before (default 3)")
-        p.add_argument("--cooldown", dest="cooldown_s", type=_number, help="seconds of load after (default 3)")
-        p.add_argument("--v2-mode", choices=V2_MODES, help="which v2 contract clients expect (default compatible)")
-        p.add_argument("--drain-timeout", type=_number, help="seconds to wait for in-flight requests (default 30)")
-        p.add_argument("--ready-timeout", type=_number, help="seconds for a new server to be ready (default 30)")
-        p.add_argument("--json", action="store_true", help="print the report as JSON")
-        p.add_argument("--report", type=Path, metavar="DIR",
-                       help="write report.json, chart.png, report.md here (demo: reports/demo, "
-                            "compare: reports/compare)")
 
+def _add_load_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of every command that rolls under load."""
+    p.add_argument("--users", type=_integer, help="simulated users (default 20)")
+    p.add_argument("--spawn-rate", type=_number, help="users started per second (default 20)")
+    p.add_argument("--locustfile", type=Path, help="your own locustfile instead of the default")
+    p.add_argument("--no-load", dest="load", action="store_false", default=None, help="no traffic")
+    p.add_argument("--max-dropped", type=_integer, help="exit 1 above this many dropped (default 0)")
+    p.add_argument("--warmup", dest="warmup_s", type=_number, help="seconds of load before (default 3)")
+    p.add_argument("--cooldown", dest="cooldown_s", type=_number, help="seconds of load after (default 3)")
+    p.add_argument("--v2-mode", choices=V2_MODES, help="which v2 contract clients expect (default compatible)")
+    p.add_argument("--drain-timeout", type=_number, help="seconds to wait for in-flight requests (default 30)")
+    p.add_argument("--ready-timeout", type=_number, help="seconds for a new server to be ready (default 30)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--report", type=Path, metavar="DIR",
+                   help="write report.json, chart.png, report.md here (demo: reports/demo, "
+                        "compare: reports/compare)")
+
+
+def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """roll, rollback, demo, compare."""
     p = sub.add_parser("roll", parents=[common], help="roll the fleet to another version under live traffic")
     p.add_argument("--to", dest="to_version", choices=VERSIONS, help="target version (default v2)")
     p.add_argument("--strategy", choices=STRATEGIES, help="how to roll (default one-at-a-time)")
-    p.add_argument("--batch", type=_positive_int, help="servers per batch for rolling, surge, naive (default 1)")
+    p.add_argument("--batch", type=_integer, help="servers per batch for rolling, surge, naive (default 1)")
     p.add_argument("--mode", choices=MODES, help="replace containers or swap code in place (default replace)")
     p.add_argument("--max-error-ratio", type=_number, help="roll back above this failed share (default 0.05)")
     p.add_argument("--no-auto-rollback", dest="auto_rollback", action="store_false", default=None,
                    help="stop, don't roll back, when the rollout fails")
     p.add_argument("--set-env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment for the new version's servers (repeatable), e.g. APP_BOOT_FAIL=1")
-    add_load_flags(p)
+    _add_load_flags(p)
 
     p = sub.add_parser("rollback", parents=[common], help="return to the version before the last roll")
     p.add_argument("--strategy", choices=STRATEGIES, help="how to roll back (default one-at-a-time)")
-    p.add_argument("--batch", type=_positive_int, help="servers per batch")
+    p.add_argument("--batch", type=_integer, help="servers per batch")
     p.add_argument("--mode", choices=MODES, help="replace or in-place (default replace)")
-    add_load_flags(p)
+    _add_load_flags(p)
 
     p = sub.add_parser("demo", parents=[common], help="workshop demo: up 9, roll to v2 under load, report, down")
-    p.add_argument("--size", type=_positive_int, default=9, help="servers (default 9, the classic example)")
-    p.add_argument("--port", type=_positive_int, help="load balancer port on 127.0.0.1 (default 8080)")
+    p.add_argument("--size", type=_integer, default=9, help="servers (default 9, the classic example)")
+    p.add_argument("--port", type=_integer, help="load balancer port on 127.0.0.1 (default 8080)")
     p.add_argument("--strategy", choices=STRATEGIES, help="how to roll (default one-at-a-time)")
-    p.add_argument("--batch", type=_positive_int, help="servers per batch for rolling, surge, naive")
+    p.add_argument("--batch", type=_integer, help="servers per batch for rolling, surge, naive")
     p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
     p.add_argument("--keep", action="store_true", help="leave the fleet running afterwards")
-    add_load_flags(p)
+    _add_load_flags(p)
+    p.set_defaults(report=Path("reports") / "demo")
 
     p = sub.add_parser("compare", parents=[common],
                        help="run several strategies on fresh fleets under the same load; one table")
-    p.add_argument("--size", type=_positive_int, default=9, help="servers per fleet (default 9)")
-    p.add_argument("--port", type=_positive_int, help="load balancer port on 127.0.0.1 (default 8080)")
+    p.add_argument("--size", type=_integer, default=9, help="servers per fleet (default 9)")
+    p.add_argument("--port", type=_integer, help="load balancer port on 127.0.0.1 (default 8080)")
     p.add_argument("--strategies", default="one-at-a-time,rolling:3,double-half,blue-green,naive",
                    help="comma-separated, NAME or NAME:BATCH (default one-at-a-time,rolling:3,double-half,"
                         "blue-green,naive)")
     p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
-    add_load_flags(p)
-    return parser
+    _add_load_flags(p)
+    p.set_defaults(report=Path("reports") / "compare")
 
 
 _SETTING_FLAGS = (
@@ -165,85 +190,97 @@ def _print_status(data: dict[str, Any]) -> None:
               f"{inst['address'] or '-':<22} {mark}")
 
 
-async def _run(args: argparse.Namespace) -> int:
-    from sandbox import commands
-    from sandbox.fleet.runtime import Runtime
-    from sandbox.results.report import summary_text
+Say = Callable[[str], None]
 
-    settings = settings_from_args(args)  # every bad value is rejected here, before Docker is touched
-    specs = [s for s in args.strategies.split(",") if s.strip()] if args.command == "compare" else []
-    for spec in specs:
-        commands.parse_strategy_spec(spec)
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def checked_settings(args: argparse.Namespace) -> Settings:
+    """The settings of this command line; every bad value raises UsageError here, before Docker is touched."""
+    settings = settings_from_args(args)
+    if args.command == "demo" and args.project is None and settings.project == "sandbox":
+        settings = dataclasses.replace(settings, project="sandbox-demo")
+    for spec in _specs(args):
+        parse_strategy_spec(spec)
     if args.command in ("up", "demo", "compare"):
-        from sandbox.config import check_port_free
         check_port_free(settings.port)
-    runtime = Runtime.connect()
+    return settings
 
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
 
-    if args.command == "images":
-        image_set = await commands.images(runtime=runtime, force=args.force, say=say)
-        for ref in (image_set.base, image_set.lb, *image_set.app.values()):
-            print(ref)
-        if args.prune:
-            from sandbox.fleet.images import prune_images
-            removed = await asyncio.to_thread(prune_images, runtime.client)
-            say(f"removed {len(removed)} older images" + (f": {', '.join(removed)}" if removed else ""))
-        return 0
-    if args.command == "up":
-        data = await commands.up(settings, runtime=runtime, say=say)
+def _specs(args: argparse.Namespace) -> list[str]:
+    return [s for s in args.strategies.split(",") if s.strip()] if args.command == "compare" else []
+
+
+async def _images(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say) -> int:
+    image_set = await commands.images(runtime=runtime, force=args.force, prune=args.prune, say=say)
+    for ref in (image_set.base, image_set.lb, *image_set.app.values()):
+        print(ref)
+    return 0
+
+
+async def _up(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say) -> int:
+    _print_status(await commands.up(settings, runtime=runtime, say=say))
+    return 0
+
+
+async def _status(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say) -> int:
+    data = await commands.status(settings, runtime=runtime)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
         _print_status(data)
-        return 0
-    if args.command == "status":
-        data = await commands.status(settings, runtime=runtime)
-        if args.json:
-            print(json.dumps(data, indent=2))
-        else:
-            _print_status(data)
-        return 0
-    if args.command == "down":
-        removed = await commands.down(settings, runtime=runtime)
-        print(f"removed {removed['containers']} containers, {removed['volumes']} volumes, "
-              f"{removed['networks']} networks of project {settings.project}")
-        return 0
-    if args.command in ("roll", "rollback"):
-        result = await commands.roll(settings, runtime=runtime, kind=args.command, report_dir=args.report)
-        if args.json:
-            print(json.dumps(result.report, indent=2, default=str))
-        else:
-            print(summary_text(result.report, max_dropped=settings.max_dropped))
-        if result.message:
-            print(result.message, file=sys.stderr)
-        return result.exit_code
-    if args.command == "demo":
-        if settings.project == "sandbox" and args.project is None:
-            settings = dataclasses.replace(settings, project="sandbox-demo")
-        started = time.monotonic()
-        args.report = args.report or Path("reports") / "demo"
-        result = await commands.demo(settings, runtime=runtime, keep=args.keep, report_dir=args.report, say=say)
-        if args.json:
-            print(json.dumps(result.report, indent=2, default=str))
-        else:
-            print(summary_text(result.report, max_dropped=settings.max_dropped))
-        if result.message:
-            say(result.message)
-        say(f"report: {args.report / 'report.md'} (chart: {args.report / 'chart.png'})")
-        say(f"demo took {time.monotonic() - started:.0f} s")
-        return result.exit_code
-    if args.command == "compare":
-        from sandbox.results.report import compare_json, compare_table, compare_text
-        args.report = args.report or Path("reports") / "compare"
-        reports = await commands.compare(settings, runtime=runtime, strategies=specs, report_dir=args.report,
-                                         say=say)
-        table = compare_json(reports)
-        args.report.mkdir(parents=True, exist_ok=True)
-        (args.report / "compare.json").write_text(json.dumps(table, indent=2, default=str))
-        (args.report / "compare.md").write_text(compare_table(reports))
-        say(f"compare: {args.report / 'compare.md'} and compare.json, one report per strategy beside them")
-        print(json.dumps(table, indent=2, default=str) if args.json else compare_text(reports))
-        return 0 if all(r["outcome"] == "completed" for r in reports if r["strategy"] != "naive") else 1
-    raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover - argparse prevents it
+    return 0
+
+
+async def _down(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say) -> int:
+    removed = await commands.down(settings, runtime=runtime)
+    print(f"removed {removed['containers']} containers, {removed['volumes']} volumes, "
+          f"{removed['networks']} networks of project {settings.project}")
+    return 0
+
+
+async def _roll(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say) -> int:
+    result = await commands.roll(settings, runtime=runtime, kind=args.command, report_dir=args.report)
+    _print_rollout(args, settings, result)
+    return result.exit_code
+
+
+async def _demo(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say) -> int:
+    started = time.monotonic()
+    result = await commands.demo(settings, runtime=runtime, keep=args.keep, report_dir=args.report, say=say)
+    _print_rollout(args, settings, result)
+    say(f"report: {args.report / 'report.md'} (chart: {args.report / 'chart.png'})")
+    say(f"demo took {time.monotonic() - started:.0f} s")
+    return result.exit_code
+
+
+async def _compare(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say) -> int:
+    compared = await commands.compare(settings, runtime=runtime, strategies=_specs(args), report_dir=args.report,
+                                      say=say)
+    print(json.dumps(compared.table, indent=2, default=str) if args.json else compare_text(compared.reports))
+    return compared.exit_code
+
+
+def _print_rollout(args: argparse.Namespace, settings: Settings, result: commands.RolloutResult) -> None:
+    if args.json:
+        print(json.dumps(result.report, indent=2, default=str))
+    else:
+        print(summary_text(result.report, max_dropped=settings.max_dropped))
+    if result.message:
+        print(result.message, file=sys.stderr)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Runtime, Say], Awaitable[int]]] = {
+    "images": _images, "up": _up, "status": _status, "down": _down, "roll": _roll, "rollback": _roll,
+    "demo": _demo, "compare": _compare,
+}
+
+
+async def _run(args: argparse.Namespace) -> int:
+    settings = checked_settings(args)
+    return await COMMANDS[args.command](args, settings, Runtime.connect(), _say)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

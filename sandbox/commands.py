@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
-import shutil
-import signal
-import tempfile
-import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -20,37 +17,29 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.config import BATCHED_STRATEGIES, IN_PLACE_STRATEGIES, STRATEGIES, Settings, check_port_free
-from sandbox.errors import BalancerError, NotFoundError, RolloutError, SandboxError, UsageError
+from sandbox.errors import SandboxError, UsageError
 from sandbox.fleet.balancer import Balancer
-from sandbox.fleet.images import ImageSet, ensure_images
-from sandbox.fleet.runtime import Instance, Runtime
-from sandbox.load.run import LoadRun, LoadSettings
-from sandbox.results.measure import (
-    AddressHistory,
-    MeasureSettings,
-    address_history_from_events,
-    attribute_versions,
-    measure,
-)
-from sandbox.results.records import Event
-from sandbox.results.report import build_report, write_report_dir
+from sandbox.fleet.images import ImageSet, ensure_images, prune_images
+from sandbox.fleet.runtime import Runtime
+from sandbox.results.report import compare_json, compare_table
 from sandbox.rollout import plan as planner
-from sandbox.rollout.executor import Controller, Interrupted
-from sandbox.ui.progress import Progress, TrafficMonitor, make_progress
+from sandbox.rollout.executor import Executor
+from sandbox.rollout.rehearsal import BASELINES, Kind, RolloutResult, exit_code, rehearse
+from sandbox.ui.progress import Progress
 
 log = logging.getLogger("sandbox.commands")
 
-MIN_SAMPLE_FOR_ERROR_RATIO = 30
-
-
-def other_version(version: str) -> str:
-    return "v1" if version == "v2" else "v2"
-
 
 # -- images ---------------------------------------------------------------------------------------
-async def images(*, runtime: Runtime, force: bool = False, say: Callable[[str], None] = log.info) -> ImageSet:
-    """Build the images that are missing (all of them with ``force``)."""
-    return await asyncio.to_thread(ensure_images, runtime.client, log=say, force=force)
+async def images(*, runtime: Runtime, force: bool = False, prune: bool = False,
+                 say: Callable[[str], None] = log.info) -> ImageSet:
+    """Build the images that are missing (all of them with ``force``); with ``prune``, then remove
+    older rolling-sandbox images no container uses."""
+    image_set = await asyncio.to_thread(ensure_images, runtime.client, log=say, force=force)
+    if prune:
+        removed = await asyncio.to_thread(prune_images, runtime.client)
+        say(f"removed {len(removed)} older images" + (f": {', '.join(removed)}" if removed else ""))
+    return image_set
 
 
 # -- up / status / down ---------------------------------------------------------------------------
@@ -69,13 +58,13 @@ async def up(settings: Settings, *, runtime: Runtime, say: Callable[[str], None]
         await runtime.ensure_network(project)
         await runtime.start_lb(project, settings.port, image_set.lb)
         balancer = Balancer(runtime, project, settings.port)
-        controller = Controller(runtime, balancer, settings, image_set)
+        executor = Executor(runtime, balancer, settings, image_set)
         await balancer.apply([], rollout=None, sticky=settings.sticky, size=settings.size,
                             retry=settings.lb_retry, client_keepalive_s=65 if settings.client_keepalive else 0,
                             app_env=dict(settings.app_env))
-        steps = planner.plan([], planner.PlanSettings(size=settings.size, to_version=settings.version,
-                                                       strategy="double-half"))
-        await controller.execute(steps, settings.version, env=dict(settings.app_env))
+        steps = planner.merge_reloads(planner.plan([], planner.PlanSettings(
+            size=settings.size, to_version=settings.version, strategy="double-half")))
+        await executor.execute(steps, settings.version, env=dict(settings.app_env))
     except BaseException:
         with suppress(Exception):
             await runtime.down(project)
@@ -121,19 +110,12 @@ async def down(settings: Settings, *, runtime: Runtime) -> dict[str, int]:
 
 
 # -- roll / rollback ------------------------------------------------------------------------------
-@dataclass
-class RolloutResult:
-    report: dict[str, Any]
-    exit_code: int
-    message: str
-
-
 async def roll(
     settings: Settings,
     *,
     runtime: Runtime,
     to_version: str | None = None,
-    kind: str = "roll",
+    kind: Kind = "roll",
     progress: Progress | None = None,
     report_dir: Path | None = None,
     install_sigint: bool = True,
@@ -142,243 +124,10 @@ async def roll(
 
     ``kind="rollback"`` reverts the last roll recorded in the load balancer's state.
     Raises NotFoundError (no fleet), UsageError (nothing to roll back); a failed
-    rollout is reported in the result, not raised.
+    rollout is reported in the result, not raised. See ``sandbox.rollout.rehearsal``.
     """
-    project = settings.project
-    await runtime.require_fleet(project)
-    port = await runtime.lb_port(project)
-    if port is None:
-        raise NotFoundError(f"project {project!r}: the load balancer has no port label")
-    balancer = Balancer(runtime, project, port)
-    state = await balancer.load()
-    if kind == "rollback":
-        last = state.rollout or {}
-        if last.get("kind") != "roll" or not last.get("from"):
-            raise UsageError("rollback: nothing to roll back (no roll recorded for this fleet)")
-        target = str(last["from"])
-    else:
-        target = to_version or settings.to_version
-    source = other_version(target)
-    image_set = await asyncio.to_thread(ensure_images, runtime.client)
-    listed = await runtime.instances(project)
-    size = state.size or len({i.slot for i in listed})
-    progress = progress or make_progress()
-    events: list[Event] = []
-
-    def on_event(event: Event) -> None:
-        progress.event(event)
-
-    controller = Controller(runtime, balancer, settings, image_set, on_event=on_event)
-    controller.events = events
-    for name in await controller.reconcile(listed):
-        progress.line(f"took {name} out of the load balancer: its container is gone or not running")
-    instances, servers = await controller.fleet(listed)
-    strategy = settings.strategy
-    plan_settings = planner.PlanSettings(size=size, to_version=target, strategy=strategy,  # type: ignore[arg-type]
-                                         batch=settings.batch, mode=settings.mode)
-    steps = planner.plan(servers, plan_settings)
-    # the fleet's own environment (from `up --env`) always; --set-env only for the new version
-    env = dict(state.app_env) if kind == "rollback" else {**state.app_env, **settings.set_env}
-    if not steps:
-        report = build_report(meta={"project": project, "kind": kind, "strategy": strategy, "size": size,
-                                    "mode": settings.mode, "from_version": source, "to_version": target,
-                                    "outcome": "completed", "duration_s": 0.0, "peak_instances": len(instances)},
-                              measured=measure([], []), steps=[])
-        return RolloutResult(report=report, exit_code=0, message=f"already on {target}: nothing to do")
-
-    workdir = Path(tempfile.mkdtemp(prefix=f"rolling-sandbox-{project}-"))
-    if report_dir is not None:
-        report_dir.mkdir(parents=True, exist_ok=True)
-    rows_path = (report_dir or workdir) / "requests.jsonl"
-    load: LoadRun | None = None
-    monitor = TrafficMonitor()
-    outcome = "completed"
-    message = ""
-    started = time.time()
-    t_roll_start = t_roll_end = None
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    if hasattr(progress, "seed"):
-        attached_names = {u.name for u in balancer.state.upstreams}
-        for inst in instances:
-            progress.seed(inst.name, inst.slot, inst.version, inst.name in attached_names)
-    ticker: asyncio.Task[None] | None = None
-    executing = asyncio.Event()
-    try:
-        with progress:
-            if install_sigint:
-                def first_interrupt() -> None:
-                    progress.line("Ctrl-C: finishing the current step, then stopping (Ctrl-C again to cut it short)")
-                sigint_state = {"count": 0}
-
-                def on_sigint() -> None:
-                    sigint_state["count"] += 1
-                    if sigint_state["count"] == 1:
-                        controller.stop_requested.set()
-                        first_interrupt()
-                    elif task is not None and executing.is_set():
-                        task.cancel()  # a second Ctrl-C cuts the current step short
-                loop.add_signal_handler(signal.SIGINT, on_sigint)
-            if settings.load and steps:
-                load = LoadRun(balancer.url, LoadSettings(
-                    users=settings.users, spawn_rate=settings.spawn_rate, locustfile=settings.locustfile,
-                    v2_mode=settings.v2_mode), rows_path)
-                await load.start()
-                events.append({"t": time.time(), "phase": "load-start", "instance": None})
-
-                async def tick() -> None:
-                    while True:
-                        monitor.add(load.new_rows())
-                        progress.traffic(monitor)
-                        await asyncio.sleep(0.5)
-                ticker = asyncio.create_task(tick())
-                await _sleep_unless(controller.stop_requested, settings.warmup_s)
-
-            def health() -> str | None:
-                total, failed = monitor.since_mark()
-                if total >= MIN_SAMPLE_FOR_ERROR_RATIO and failed / total > settings.max_error_ratio:
-                    return (f"error ratio {failed / total:.1%} ({failed} of {total} requests) is above "
-                            f"max_error_ratio {settings.max_error_ratio:.1%}")
-                return None
-
-            monitor.mark()
-            t_roll_start = time.time()
-            controller.emit("rollout-start", None, version=target,
-                            detail={"from": source, "to": target, "instances": len(instances),
-                                    "strategy": strategy, "kind": kind})
-            await balancer.apply(list(balancer.state.upstreams),
-                                 rollout={"kind": kind, "from": source, "to": target, "strategy": strategy,
-                                          "status": "running"})
-            try:
-                executing.set()
-                await controller.execute(steps, target, env=env, instances=instances,
-                                         health=health if kind == "roll" else None, from_version=source)
-            except (RolloutError, BalancerError) as exc:
-                controller.emit("failed", None, detail={"reason": str(exc)})
-                progress.line(f"rollout failed: {exc}")
-                if settings.auto_rollback and kind == "roll":
-                    outcome, message = await _roll_back(controller, settings, size, source, progress, exc)
-                else:
-                    outcome = "failed"
-                    message = (f"rollout failed: {exc}. The fleet is consistent; `sandbox rollback` reverts it, "
-                               f"`sandbox roll --to {target}` tries again.")
-            except (Interrupted, asyncio.CancelledError):
-                if task is not None:
-                    task.uncancel()
-                outcome = "interrupted"
-                controller.emit("interrupted", None)
-                message = (f"interrupted: every attached server is healthy and the load balancer is consistent. "
-                           f"`sandbox roll --to {target}` resumes, `sandbox rollback` reverts.")
-            finally:
-                executing.clear()
-            t_roll_end = time.time()
-            controller.emit("rollout-end", None, detail={"outcome": outcome})
-            # what `rollback` reads next: an automatic rollback is recorded as a completed rollback
-            if outcome == "rolled_back":
-                record = {"kind": "rollback", "from": target, "to": source, "status": "completed"}
-            else:
-                record = {"kind": kind, "from": source, "to": target, "status": outcome}
-            await balancer.apply(list(balancer.state.upstreams), rollout={**record, "strategy": strategy})
-            if load is not None:
-                await asyncio.sleep(settings.cooldown_s)
-                await load.stop()
-                events.append({"t": time.time(), "phase": "load-stop", "instance": None})
-                monitor.add(load.new_rows())
-    finally:
-        if ticker is not None:
-            ticker.cancel()
-        if install_sigint:
-            with suppress(Exception):
-                loop.remove_signal_handler(signal.SIGINT)
-        if load is not None:
-            await load.stop()
-
-    rows = load.all_rows() if load is not None else []
-    nginx_rows: list[Any] = []
-    if load is not None:
-        with suppress(SandboxError):
-            t_load = events[0]["t"] if events else started
-            nginx_rows = [r for r in await balancer.access_log() if float(r.get("time", 0)) >= t_load - 1]
-    history = fleet_history(instances, events)
-    measured = measure(rows, events, nginx=nginx_rows, address_history=history,
-                       settings=MeasureSettings(slow_budget_s=settings.slow_budget_s))
-    meta = {
-        "project": project, "kind": kind, "strategy": strategy, "size": size,
-        "batch": settings.batch if strategy in BATCHED_STRATEGIES else (size if strategy in (
-            "double-half", "blue-green") else 1),
-        "mode": settings.mode, "from_version": source, "to_version": target, "outcome": outcome,
-        "duration_s": round((t_roll_end or time.time()) - (t_roll_start or started), 3),
-        "peak_instances": controller.peak, "sticky": balancer.state.sticky, "users": settings.users if load else 0,
-        "load": load is not None, "plan_steps": len(steps),
-    }
-    report = build_report(meta=meta, measured=measured, steps=events)
-    report["attribution"] = attribution(rows, nginx_rows, history)
-    if report_dir is not None:
-        report["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
-    shutil.rmtree(workdir, ignore_errors=True)
-    dropped = int(report["requests"]["dropped"])
-    exit_code = 0
-    if outcome == "interrupted":
-        exit_code = Interrupted.exit_code
-    elif outcome != "completed" or dropped > settings.max_dropped:
-        exit_code = 1
-    return RolloutResult(report=report, exit_code=exit_code, message=message)
-
-
-def fleet_history(initial: list[Instance], events: list[Event]) -> AddressHistory:
-    """Which version held which address when: the fleet at the start, then the run's events."""
-    present: list[Event] = [
-        {"t": 0.0, "phase": "start", "instance": i.name, "address": i.address, "version": i.version}
-        for i in initial if i.address
-    ]
-    return address_history_from_events([*present, *events])
-
-
-def attribution(rows: list[Any], nginx_rows: list[Any], history: AddressHistory) -> dict[str, Any]:
-    """Where the version served came from, and how well the two sources agree.
-
-    ``header``: rows whose answer carried X-App-Version; ``compared``: rows that also
-    have a version read from NGINX's log (upstream address mapped to its container);
-    ``agreement``: the share of those where both say the same (None with nothing to compare).
-    """
-    from_log = {r["rid"]: r.get("version") for r in attribute_versions(
-        [{**r, "version": None} for r in rows], nginx_rows, history)}
-    both = [(r.get("version"), from_log.get(r["rid"])) for r in rows
-            if r.get("version") and from_log.get(r["rid"])]
-    return {
-        "header": sum(1 for r in rows if r.get("version")),
-        "from_log": sum(1 for v in from_log.values() if v),
-        "compared": len(both),
-        "agreement": round(sum(a == b for a, b in both) / len(both), 4) if both else None,
-    }
-
-
-async def _roll_back(controller: Controller, settings: Settings, size: int, source: str,
-                     progress: Progress, cause: BaseException) -> tuple[str, str]:
-    """Roll back to ``source`` with the same care; return (outcome, message)."""
-    controller.emit("rollback-start", None, version=source)
-    progress.line(f"rolling back to {source}")
-    listed = await controller.runtime.instances(controller.project)
-    await controller.reconcile(listed)
-    listed, servers = await controller.fleet(listed)
-    strategy = "rolling" if settings.strategy == "naive" else settings.strategy
-    back = planner.plan(servers, planner.PlanSettings(size=size, to_version=source, strategy=strategy,  # type: ignore[arg-type]
-                                                       batch=settings.batch, mode=settings.mode))
-    try:
-        await controller.execute(back, source, env=dict(controller.balancer.state.app_env),
-                                 from_version=other_version(source), instances=listed)
-    except SandboxError as exc:
-        controller.emit("failed", None, detail={"reason": f"rollback: {exc}"})
-        return "failed", f"rollout failed ({cause}) and so did the rollback ({exc}); `sandbox status` shows the fleet"
-    controller.emit("rollback-end", None, version=source)
-    return "rolled_back", f"rolled back to {source}: {cause}"
-
-
-async def _sleep_unless(flag: asyncio.Event, seconds: float) -> None:
-    with suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(flag.wait(), timeout=seconds)
-
-
+    return await rehearse(settings, runtime=runtime, kind=kind, to_version=to_version, progress=progress,
+                          report_dir=report_dir, install_sigint=install_sigint)
 
 
 # -- demo / compare -------------------------------------------------------------------------------
@@ -404,6 +153,14 @@ async def demo(
     return result
 
 
+@dataclass
+class CompareResult:
+    reports: list[dict[str, Any]]  # one per strategy, in the order asked
+    table: dict[str, list[dict[str, Any]]]  # compare.json
+    exit_code: int
+    files: dict[str, Path]  # what was written: {"json": ..., "markdown": ...}
+
+
 async def compare(
     settings: Settings,
     *,
@@ -411,10 +168,12 @@ async def compare(
     strategies: list[str],
     report_dir: Path | None = None,
     say: Callable[[str], None] = log.info,
-) -> list[dict[str, Any]]:
-    """Run each strategy on a fresh fleet of ``settings.size`` under the same load; one report each.
+) -> CompareResult:
+    """Run each strategy on a fresh fleet of ``settings.size`` under the same load; one report each,
+    and ``compare.json``/``compare.md`` beside them in ``report_dir``.
 
     Each fleet is its own project (``<project>-<n>``) and is removed afterwards, whatever happened.
+    The exit code judges every strategy but the baselines (naive drops by design).
     """
     reports: list[dict[str, Any]] = []
     for n, spec in enumerate(strategies, start=1):
@@ -432,7 +191,16 @@ async def compare(
             reports.append(result.report)
         finally:
             await runtime.down(one.project)
-    return reports
+    table = compare_json(reports)
+    files: dict[str, Path] = {}
+    if report_dir is not None:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        files = {"json": report_dir / "compare.json", "markdown": report_dir / "compare.md"}
+        files["json"].write_text(json.dumps(table, indent=2, default=str))
+        files["markdown"].write_text(compare_table(reports))
+        say(f"compare: {files['markdown']} and compare.json, one report per strategy beside them")
+    return CompareResult(reports=reports, table=table, files=files,
+                         exit_code=exit_code(reports, max_dropped=None, baselines=BASELINES))
 
 
 def parse_strategy_spec(spec: str, default_batch: int = 1) -> tuple[str, int]:

@@ -1,9 +1,12 @@
-"""The asyncio controller: executes a plan against the runtime and the balancer.
+"""The executor: runs a plan's steps, in order, against the runtime and the balancer.
 
 It owns no state of its own beyond the current run: the fleet is read from
 Docker labels and the attached set from the load balancer's live config, so a
 fresh process can resume (``roll`` again) or revert (``rollback``) after a
-crash or Ctrl-C. Each step emits an :class:`~sandbox.results.records.Event`.
+crash or Ctrl-C. It runs exactly the steps it is given (see
+``plan.merge_reloads`` for the one-reload-between-batches transformation);
+each action has one small handler, and each step emits an
+:class:`~sandbox.results.records.Event`.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from sandbox.config import Settings
 from sandbox.errors import ReadinessError, RolloutError, SandboxError
@@ -26,12 +31,19 @@ from sandbox.rollout import plan as planner
 
 log = logging.getLogger("sandbox.rollout.executor")
 
-DRAIN_QUIET_S = 0.3  # no new request for this long, and nothing in flight: drained
-STOP_GRACE_S = 20.0  # SIGTERM, then SIGKILL after this long (the app bounds itself at 15 s)
-POLL_S = 0.1
-# The controller detaches and drains a server before it stops it, so the app need not keep
+# The executor detaches and drains a server before it stops it, so the app need not keep
 # answering "stopping" on /healthz for a load balancer to notice (the user's env still wins).
 APP_ENV_DEFAULTS = {"APP_STOP_DELAY": "0"}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The executor's fixed waits (tests shrink them)."""
+
+    poll_s: float = 0.1  # between two probes of one server
+    drain_quiet_s: float = 0.3  # no new request for this long, and nothing in flight: drained
+    stop_grace_s: float = 20.0  # SIGTERM, then SIGKILL after this long (the app bounds itself at 15 s)
+    state_check_s: float = 1.0  # while waiting for readiness, ask Docker whether it still runs this often
 
 
 class Interrupted(SandboxError):
@@ -44,11 +56,38 @@ class ErrorRatioExceeded(RolloutError):
     """The share of failed requests during the rollout went above the configured limit."""
 
 
+class Prober(Protocol):
+    """What the executor asks of one app server over HTTP (``sandbox.fleet.probes.Probe``)."""
+
+    async def ready(self, address: str, version: str | None = None) -> bool: ...
+
+    async def metrics(self, address: str) -> dict[str, float] | None: ...
+
+
 HealthCheck = Callable[[], str | None]
 EventSink = Callable[[Event], None]
+ProbeFactory = Callable[[], AbstractAsyncContextManager[Prober]]
 
 
-class Controller:
+@dataclass
+class _Run:
+    """One ``execute`` call: what it rolls to, and the containers its steps' Refs name."""
+
+    to_version: str
+    from_version: str
+    env: dict[str, str]
+    probe: Prober
+    by_id: dict[str, Instance]
+    new_in_slot: dict[int, Instance] = field(default_factory=dict)
+
+    def resolve(self, ref: planner.Ref) -> Instance:
+        return self.by_id[ref.id] if ref.id is not None else self.new_in_slot[ref.slot]
+
+    def targets(self, refs: Iterable[planner.Ref]) -> list[Instance]:
+        return [self.resolve(r) for r in refs]
+
+
+class Executor:
     """Runs plans for one project: start servers, drain, replace or swap, attach."""
 
     def __init__(
@@ -59,19 +98,34 @@ class Controller:
         images: ImageSet,
         *,
         on_event: EventSink | None = None,
+        events: list[Event] | None = None,
+        probe: ProbeFactory = Probe,
+        timing: Timing | None = None,
     ) -> None:
         self.runtime = runtime
         self.balancer = balancer
         self.settings = settings
         self.images = images
         self.project = settings.project
-        self.events: list[Event] = []
+        self.events: list[Event] = [] if events is None else events
         self._on_event = on_event
+        self._probe = probe
+        self.timing = timing or Timing()
         self.stop_requested = asyncio.Event()  # first Ctrl-C: finish the current step, then stop
         self.live = 0  # app containers alive now (for peak_instances)
         self.peak = 0
         self._born: dict[str, float] = {}  # container id -> monotonic time it was started or swapped
         self._detached_at: dict[str, float] = {}  # container id -> monotonic time it was detached
+        self._handlers: dict[str, Callable[[_Run, planner.Step], Awaitable[None]]] = {
+            "start": self._start, "ready": self._ready, "attach": self._attach, "detach": self._detach,
+            "switch": self._switch, "reattach": self._reattach_step, "drain": self._drain_step,
+            "stop": self._stop, "kill": self._kill, "swap": self._swap,
+        }
+
+    @property
+    def actions(self) -> frozenset[str]:
+        """The plan actions this executor has a handler for."""
+        return frozenset(self._handlers)
 
     # -- events -------------------------------------------------------------------------------
     def emit(self, phase: str, instance: Instance | None = None, **extra: Any) -> Event:
@@ -130,104 +184,92 @@ class Controller:
     ) -> None:
         """Run ``steps`` (planned from ``instances``, read afresh when not given) in order.
 
-        Raises ReadinessError, ErrorRatioExceeded, BalancerError, EngineError, or
-        Interrupted (between steps, after a Ctrl-C)."""
+        Before each step: Interrupted after a Ctrl-C, ErrorRatioExceeded when ``health`` says so.
+        The steps raise ReadinessError, BalancerError or EngineError."""
         if instances is None:
             instances, _ = await self.fleet()
-        by_id = {i.id: i for i in instances}
-        new_in_slot: dict[int, Instance] = {}
         self.live = len(instances)
         self.peak = max(self.peak, self.live)
-
-        def resolve(ref: planner.Ref) -> Instance:
-            if ref.id is not None:
-                return by_id[ref.id]
-            return new_in_slot[ref.slot]
-
-        async with Probe() as probe:
-            pending = list(steps)
-            while pending:
-                step = pending.pop(0)
+        async with self._probe() as probe:
+            run = _Run(to_version, from_version, env, probe, {i.id: i for i in instances})
+            for step in steps:
                 if self.stop_requested.is_set():
                     raise Interrupted("interrupted")
                 if health is not None and (reason := health()):
                     raise ErrorRatioExceeded(reason)
-                targets = list(step.targets)
-                action = step.action
-                if action == "attach" and pending and pending[0].action == "detach" \
-                        and pending[0].batch_no != step.batch_no and not self.stop_requested.is_set():
-                    # One reload instead of two: attach this batch's new servers and detach the
-                    # NEXT batch's old ones together. Attached servers never drop below the plan's
-                    # floor (the new ones count before the old ones leave). Within one batch
-                    # (surge, double-half) the two stay apart: both versions serve in between.
-                    nxt = pending.pop(0)
-                    await self._reattach(probe, [resolve(r) for r in targets], step.batch_no,
-                                         [resolve(r) for r in nxt.targets], nxt.batch_no)
-                    continue
-                if action == "start":
-                    t_start = time.monotonic()
-                    started = await self._gather(
-                        self.runtime.start_app(
-                            self.project, ref.slot, to_version, self.images.app[to_version],
-                            {**APP_ENV_DEFAULTS, **env}, from_version,
-                        )
-                        for ref in targets
-                    )
-                    for inst in started:
-                        self._born[inst.id] = t_start
-                        new_in_slot[inst.slot] = inst
-                        by_id[inst.id] = inst
-                        self.live += 1
-                        self.peak = max(self.peak, self.live)
-                        self.emit("start", inst, batch=step.batch_no)
-                elif action == "ready":
-                    insts = [resolve(r) for r in targets]
-                    first_ok = await self._gather(self._wait_ready(probe, i, to_version) for i in insts)
-                    for inst, first_ok_s in zip(insts, first_ok, strict=True):
-                        self.emit("ready", inst, batch=step.batch_no, detail={"first_ok_s": first_ok_s})
-                elif action in ("attach", "detach", "switch"):
-                    attach = [resolve(r) for r in targets] if action != "detach" else []
-                    detach = [resolve(r) for r in (step.detach if action == "switch" else targets)] \
-                        if action != "attach" else []
-                    await self._reattach(probe, attach, step.batch_no, detach, step.batch_no)
-                    if action == "switch":
-                        self.emit("switch", None, batch=step.batch_no,
-                                  detail={"attached": [i.name for i in attach], "detached": [i.name for i in detach]})
-                elif action == "drain":
-                    insts = [resolve(r) for r in targets]
-                    await self._gather(self._drain(probe, i, step.batch_no) for i in insts)
-                elif action in ("stop", "kill"):
-                    insts = [resolve(r) for r in targets]
-                    if action == "stop":
-                        await self._gather(self.runtime.stop_app(i, STOP_GRACE_S) for i in insts)
-                    else:
-                        await self._gather(self.runtime.kill_app(i) for i in insts)
-                    for inst in insts:
-                        self.live -= 1  # kept in by_id: a naive 'switch' still names it to detach
-                        self.emit(action, inst, batch=step.batch_no)
-                elif action == "swap":
-                    insts = [resolve(r) for r in targets]
-                    code = app_code_tar(to_version, env)
-                    t_swap = time.monotonic()
-                    now_insts = await self._gather(self.runtime.swap_code(self.project, i, code) for i in insts)
-                    for inst, now_inst in zip(insts, now_insts, strict=True):
-                        self._born[inst.id] = t_swap
-                        swapped = dataclasses.replace(now_inst, version=to_version)
-                        by_id[inst.id] = swapped
-                        self.emit("swap", swapped, batch=step.batch_no, detail={"from": inst.version})
-                else:  # pragma: no cover - the planner's Literal forbids it
-                    raise RolloutError(f"unknown plan action {action!r}")
+                await self._handlers[step.action](run, step)
 
-    @staticmethod
-    async def _gather(coros: Any) -> list[Any]:
-        """Run concurrently; if one fails, let the others finish, then raise the first error."""
-        results = await asyncio.gather(*coros, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return list(results)
+    # -- one handler per action ---------------------------------------------------------------
+    async def _start(self, run: _Run, step: planner.Step) -> None:
+        t_start = time.monotonic()
+        env = {**APP_ENV_DEFAULTS, **run.env}
+        image = self.images.app[run.to_version]
+        started = await _gather(
+            self.runtime.start_app(self.project, ref.slot, run.to_version, image, env, run.from_version)
+            for ref in step.targets
+        )
+        for inst in started:
+            self._born[inst.id] = t_start
+            run.new_in_slot[inst.slot] = inst
+            run.by_id[inst.id] = inst
+            self.live += 1
+            self.peak = max(self.peak, self.live)
+            self.emit("start", inst, batch=step.batch_no)
 
-    async def _reattach(self, probe: Probe, attach: Sequence[Instance], attach_batch: int,
+    async def _ready(self, run: _Run, step: planner.Step) -> None:
+        insts = run.targets(step.targets)
+        first_ok = await _gather(self._wait_ready(run.probe, i, run.to_version) for i in insts)
+        for inst, first_ok_s in zip(insts, first_ok, strict=True):
+            self.emit("ready", inst, batch=step.batch_no, detail={"first_ok_s": first_ok_s})
+
+    async def _attach(self, run: _Run, step: planner.Step) -> None:
+        await self._reattach(run.probe, run.targets(step.targets), step.batch_no, [], step.batch_no)
+
+    async def _detach(self, run: _Run, step: planner.Step) -> None:
+        await self._reattach(run.probe, [], step.batch_no, run.targets(step.targets), step.batch_no)
+
+    async def _reattach_step(self, run: _Run, step: planner.Step) -> None:
+        """Attach the end of one batch and detach the start of the next in one reload."""
+        await self._reattach(run.probe, run.targets(step.targets), step.batch_no,
+                             run.targets(step.detach), step.detach_batch or step.batch_no)
+
+    async def _switch(self, run: _Run, step: planner.Step) -> None:
+        attach, detach = run.targets(step.targets), run.targets(step.detach)
+        await self._reattach(run.probe, attach, step.batch_no, detach, step.batch_no)
+        self.emit("switch", None, batch=step.batch_no,
+                  detail={"attached": [i.name for i in attach], "detached": [i.name for i in detach]})
+
+    async def _drain_step(self, run: _Run, step: planner.Step) -> None:
+        await _gather(self._drain(run.probe, i, step.batch_no) for i in run.targets(step.targets))
+
+    async def _stop(self, run: _Run, step: planner.Step) -> None:
+        insts = run.targets(step.targets)
+        await _gather(self.runtime.stop_app(i, self.timing.stop_grace_s) for i in insts)
+        self._gone("stop", insts, step.batch_no)
+
+    async def _kill(self, run: _Run, step: planner.Step) -> None:
+        insts = run.targets(step.targets)
+        await _gather(self.runtime.kill_app(i) for i in insts)
+        self._gone("kill", insts, step.batch_no)
+
+    def _gone(self, phase: str, insts: Sequence[Instance], batch: int) -> None:
+        for inst in insts:
+            self.live -= 1  # kept in by_id: a naive 'switch' still names it to detach
+            self.emit(phase, inst, batch=batch)
+
+    async def _swap(self, run: _Run, step: planner.Step) -> None:
+        insts = run.targets(step.targets)
+        code = app_code_tar(run.to_version, run.env)
+        t_swap = time.monotonic()
+        now_insts = await _gather(self.runtime.swap_code(self.project, i, code) for i in insts)
+        for inst, now_inst in zip(insts, now_insts, strict=True):
+            self._born[inst.id] = t_swap
+            swapped = dataclasses.replace(now_inst, version=run.to_version)
+            run.by_id[inst.id] = swapped
+            self.emit("swap", swapped, batch=step.batch_no, detail={"from": inst.version})
+
+    # -- the load balancer --------------------------------------------------------------------
+    async def _reattach(self, probe: Prober, attach: Sequence[Instance], attach_batch: int,
                         detach: Sequence[Instance], detach_batch: int) -> None:
         """One reload that attaches ``attach`` and detaches ``detach``; events for each, the
         detached ones with the requests they had in flight at that moment."""
@@ -250,14 +292,15 @@ class Controller:
             current[inst.name] = Upstream(name=inst.name, address=inst.address, version=inst.version)
         await self.balancer.apply(list(current.values()))
 
-    async def _in_flight(self, probe: Probe, insts: Sequence[Instance]) -> dict[str, int]:
+    async def _in_flight(self, probe: Prober, insts: Sequence[Instance]) -> dict[str, int]:
         async def one(inst: Instance) -> int:
             m = await probe.metrics(inst.address) if inst.address else None
             return int(m.get("app_requests_in_flight", 0)) if m else 0
         counts = await asyncio.gather(*(one(i) for i in insts))
         return {i.id: c for i, c in zip(insts, counts, strict=True)}
 
-    async def _wait_ready(self, probe: Probe, inst: Instance, version: str) -> float | None:
+    # -- waiting on one server ----------------------------------------------------------------
+    async def _wait_ready(self, probe: Prober, inst: Instance, version: str) -> float | None:
         """Poll /healthz until ``ready_successes`` consecutive passes on ``version``, then settle.
 
         Returns the seconds from the container's start (or code swap) to its first passing
@@ -276,7 +319,7 @@ class Controller:
                     f"{inst.name} ({version}) was not ready within {self.settings.ready_timeout:g} s"
                     f" ({await self.runtime.exit_info(inst)})"
                 )
-            if now - last_state_check > 1.0:
+            if now - last_state_check > self.timing.state_check_s:
                 last_state_check = now
                 fresh = await self.runtime.refresh(self.project, inst)
                 if fresh is None or fresh.state in ("exited", "dead"):
@@ -288,13 +331,13 @@ class Controller:
             successes = successes + 1 if ok else 0
             if successes >= self.settings.ready_successes:
                 break
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(self.timing.poll_s)
         if self.settings.settle_s:
             await asyncio.sleep(self.settings.settle_s)
         return round(first_ok, 3) if first_ok is not None else None
 
-    async def _drain(self, probe: Probe, inst: Instance, batch: int) -> None:
-        """Wait until ``inst`` has nothing in flight and got nothing new for DRAIN_QUIET_S."""
+    async def _drain(self, probe: Prober, inst: Instance, batch: int) -> None:
+        """Wait until ``inst`` has nothing in flight and got nothing new for ``drain_quiet_s``."""
         t0 = time.monotonic()
         detached_at = self._detached_at.get(inst.id, t0)
         deadline = t0 + self.settings.drain_timeout
@@ -305,7 +348,7 @@ class Controller:
         idle_at: float | None = None if in_flight_start else time.monotonic()
         timed_out = False
         while first is not None:
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(self.timing.poll_s)
             m = await probe.metrics(inst.address) if inst.address else None
             if m is None:
                 break  # it stopped answering: nothing more can be in flight there
@@ -315,7 +358,7 @@ class Controller:
                 idle_at = None
             if m.get("app_requests_in_flight", 0) == 0:
                 idle_at = idle_at or time.monotonic()
-                if time.monotonic() - quiet_since >= DRAIN_QUIET_S:
+                if time.monotonic() - quiet_since >= self.timing.drain_quiet_s:
                     break
             else:
                 idle_at = None
@@ -331,16 +374,10 @@ class Controller:
         })
 
 
-def make_sigint_handler(controller: Controller, on_first: Callable[[], None],
-                        task: asyncio.Task[Any] | None) -> Callable[[], None]:
-    """First Ctrl-C: finish the current step, then stop. Second: cancel the current step."""
-    def handler() -> None:
-        if not controller.stop_requested.is_set():
-            controller.stop_requested.set()
-            on_first()
-        elif task is not None:
-            task.cancel()
-    return handler
-
-
-AsyncFn = Callable[[], Awaitable[None]]
+async def _gather(coros: Iterable[Awaitable[Any]]) -> list[Any]:
+    """Run concurrently; if one fails, let the others finish, then raise the first error."""
+    results = await asyncio.gather(*coros, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return list(results)

@@ -14,8 +14,14 @@ after an interruption; a rollback is ``plan(fleet, to_version=previous)``.
    batches, as the strategy prescribes. Empty and already-detached slots come
    first: they cost no extra availability.
 
+``merge_reloads`` then turns the attach that ends one batch and the detach
+that starts the next into one ``reattach`` step (one load balancer reload
+instead of two). The executor runs exactly the steps it is given, so
+``merge_reloads(plan(...))`` is what runs.
+
 ``simulate``/``validate`` replay a plan over a model of the fleet and raise
-``PlanError`` on any broken invariant; the tests run every plan through them.
+``PlanError`` on any broken invariant; the tests run every plan through them,
+merged and not.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from sandbox.errors import SandboxError
 Version = Literal["v1", "v2"]
 Strategy = Literal["one-at-a-time", "rolling", "surge", "double-half", "blue-green", "naive"]
 Mode = Literal["replace", "in-place"]
-Action = Literal["start", "ready", "attach", "detach", "drain", "stop", "kill", "swap", "switch"]
+Action = Literal["start", "ready", "attach", "detach", "drain", "stop", "kill", "swap", "switch", "reattach"]
 
 
 class PlanError(SandboxError, ValueError):
@@ -76,7 +82,10 @@ class Step:
     action: Action
     targets: tuple[Ref, ...]
     batch_no: int  # 1-based batch index, for progress/events
-    detach: tuple[Ref, ...] = ()  # only for 'switch': attach targets, detach these, ONE reload
+    # only for 'switch' and 'reattach': attach targets, detach these, in ONE reload
+    detach: tuple[Ref, ...] = ()
+    # only for 'reattach': the (later) batch the detached servers belong to
+    detach_batch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +298,27 @@ def plan(fleet: Sequence[Server], settings: PlanSettings) -> list[Step]:
     return steps
 
 
+def merge_reloads(steps: Sequence[Step]) -> list[Step]:
+    """``steps`` with one reload instead of two between batches.
+
+    An 'attach' that ends batch k followed by the 'detach' that starts batch k+1
+    become one 'reattach' step. Attached servers never drop below the plan's
+    floor (the new ones count before the old ones leave). Within one batch
+    (surge, double-half) attach and detach stay apart: both versions serve in
+    between, by design.
+    """
+    merged: list[Step] = []
+    for step in steps:
+        last = merged[-1] if merged else None
+        if (last is not None and last.action == "attach" and step.action == "detach"
+                and step.batch_no != last.batch_no):
+            merged[-1] = Step("reattach", last.targets, last.batch_no, detach=step.targets,
+                              detach_batch=step.batch_no)
+        else:
+            merged.append(step)
+    return merged
+
+
 # --------------------------------------------------------------------------- checking
 
 
@@ -344,8 +374,13 @@ class _Sim:
 
     def apply(self, step: Step) -> None:
         """Apply one step; raise ValueError if it breaks a rule of its action."""
-        if step.detach and step.action != "switch":
-            raise ValueError("only 'switch' may have 'detach' refs")
+        if step.detach and step.action not in ("switch", "reattach"):
+            raise ValueError("only 'switch' and 'reattach' may have 'detach' refs")
+        if (step.detach_batch is not None) != (step.action == "reattach"):
+            raise ValueError("'reattach', and only it, names the batch of its detached servers")
+        if step.action == "reattach" and (
+                not step.targets or not step.detach or (step.detach_batch or 0) <= step.batch_no):
+            raise ValueError("'reattach' attaches the end of one batch and detaches the start of a later one")
         refs = step.targets + step.detach
         if not refs:
             raise ValueError("no targets")
@@ -355,7 +390,7 @@ class _Sim:
             for ref in step.targets:
                 self._start(ref)
             return
-        if step.action == "switch":  # resolve all first: one reload, all or nothing
+        if step.action in ("switch", "reattach"):  # resolve all first: one reload, all or nothing
             attach = [self.resolve(r) for r in step.targets]
             detach = [self.resolve(r) for r in step.detach]
             for box in attach:
@@ -451,7 +486,8 @@ def simulate(fleet: Sequence[Server], settings: PlanSettings, steps: Sequence[St
     Checked after every step: serving slots >= min(N - max_unavailable, serving at
     start); live containers <= max(N + max_surge, containers at start); each
     action's own rules (attach only after 'ready'; stop/swap only detached and
-    drained servers unless naive; 'kill' only in naive; 'swap' only in-place).
+    drained servers unless naive; 'kill' only in naive; 'swap' only in-place;
+    'reattach' only from the end of one batch to the start of a later one).
     The end state is not checked here: see ``validate``.
     """
     check_settings(settings)
@@ -465,7 +501,7 @@ def simulate(fleet: Sequence[Server], settings: PlanSettings, steps: Sequence[St
         where = f"step {i} ({step.action}, batch {step.batch_no})"
         if step.batch_no < max(1, last_batch):
             raise PlanError(f"{where}: batch_no {step.batch_no} goes backwards or is < 1", field="steps")
-        last_batch = step.batch_no
+        last_batch = max(step.batch_no, step.detach_batch or 0)
         try:
             sim.apply(step)
         except ValueError as exc:

@@ -61,3 +61,37 @@ def test_bad_strategy_specs(spec: str) -> None:
 def test_compare_rejects_a_bad_strategy_list_before_docker(capsys: pytest.CaptureFixture[str]) -> None:
     code, err = run(capsys, "compare", "--strategies", "rolling:3,warp-speed")
     assert code == 2 and "strategies: 'warp-speed'" in err
+
+
+def test_every_command_has_one_handler() -> None:
+    from sandbox.cli import COMMANDS
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(COMMANDS) == set(sub.choices)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("argv, project, report", [
+    (["demo"], "sandbox-demo", "reports/demo"),
+    (["demo", "--project", "mine", "--report", "out"], "mine", "out"),
+    (["compare"], "sandbox", "reports/compare"),
+    (["roll"], "sandbox", None),
+])
+def test_defaults_per_command(argv: list[str], project: str, report: str | None,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from sandbox import cli
+
+    ports: list[int] = []
+    monkeypatch.setattr(cli, "check_port_free", ports.append)  # no socket: the port is not the point here
+    monkeypatch.delenv("SANDBOX_PROJECT", raising=False)
+    args = build_parser().parse_args(argv)
+    assert cli.checked_settings(args).project == project
+    assert ports == ([] if argv[0] == "roll" else [8080])
+    assert args.report == (Path(report) if report else None)
+
+
+@pytest.mark.parametrize("flag, value", [("--max-dropped", "0"), ("--users", "7")])
+def test_integer_flags_parse_whole_numbers_and_leave_the_range_to_the_settings(flag: str, value: str) -> None:
+    args = build_parser().parse_args(["roll", flag, value])
+    assert getattr(args, flag[2:].replace("-", "_")) == int(value)

@@ -15,6 +15,7 @@ from sandbox.rollout.plan import (
     Server,
     Step,
     limits,
+    merge_reloads,
     plan,
     simulate,
     validate,
@@ -44,7 +45,12 @@ def render(steps: list[Step]) -> list[str]:
     def names(refs: tuple[Ref, ...]) -> str:
         return ",".join(r.id if r.id is not None else f"new{r.slot}" for r in refs)
 
-    return [f"{s.batch_no} {s.action} {names(s.targets)}" + (f" -{names(s.detach)}" if s.detach else "") for s in steps]
+    def detach(s: Step) -> str:
+        if not s.detach:
+            return ""
+        return f" -{names(s.detach)}" + (f"@{s.detach_batch}" if s.detach_batch is not None else "")
+
+    return [f"{s.batch_no} {s.action} {names(s.targets)}{detach(s)}" for s in steps]
 
 
 def expected_shape(strategy: str, mode: str, n: int, batch: int) -> tuple[int, int, int]:
@@ -82,6 +88,16 @@ def test_uniform_roll_validates_with_expected_shape(strategy, mode, n, batch):
     assert sorted((s.slot, s.version) for s in sim.fleet) == [(i, "v2") for i in range(1, n + 1)]
     if mode == "in-place":  # same containers, new code
         assert sorted(s.id for s in sim.fleet) == sorted(s.id for s in fleet)
+    # what runs: the same plan with one reload between batches, checked the same way
+    merged = merge_reloads(steps)
+    validate(fleet, settings, merged)
+    merged_sim = simulate(fleet, settings, merged)
+    assert (merged_sim.batches, merged_sim.peak_containers, merged_sim.min_serving) == (
+        sim.batches, sim.peak_containers, sim.min_serving)
+    assert merged_sim.fleet == sim.fleet
+    between_batches = sim.batches - 1 if strategy in ("one-at-a-time", "rolling") else 0
+    assert sum(s.action == "reattach" for s in merged) == between_batches
+    assert len(merged) == len(steps) - between_batches
 
 
 @pytest.mark.parametrize(
@@ -167,6 +183,40 @@ def test_exact_sequence(n, strategy, batch, mode, expected):
     validate(fleet_of(n), settings, steps)
 
 
+MERGED_CASES = [
+    # (name, fleet, settings, expected merged steps)
+    ("one-at-a-time", fleet_of(3), PlanSettings(3, "v2"), [
+        "1 detach a1", "1 drain a1", "1 stop a1", "1 start new1", "1 ready new1", "1 reattach new1 -a2@2",
+        "2 drain a2", "2 stop a2", "2 start new2", "2 ready new2", "2 reattach new2 -a3@3",
+        "3 drain a3", "3 stop a3", "3 start new3", "3 ready new3", "3 attach new3",
+    ]),
+    ("in-place", fleet_of(2), PlanSettings(2, "v2", mode="in-place"), [
+        "1 detach a1", "1 drain a1", "1 swap a1", "1 ready a1", "1 reattach a1 -a2@2",
+        "2 drain a2", "2 swap a2", "2 ready a2", "2 attach a2",
+    ]),
+    ("surge keeps attach and detach apart", fleet_of(2), PlanSettings(2, "v2", "surge"), [
+        "1 start new1", "1 ready new1", "1 attach new1", "1 detach a1", "1 drain a1", "1 stop a1",
+        "2 start new2", "2 ready new2", "2 attach new2", "2 detach a2", "2 drain a2", "2 stop a2",
+    ]),
+    ("settle, then the first batch", [Server("b1", 1, "v2", False), Server("a2", 2, "v1", True)], PlanSettings(2, "v2"), [
+        "1 ready b1", "1 reattach b1 -a2@2", "2 drain a2", "2 stop a2", "2 start new2", "2 ready new2",
+        "2 attach new2",
+    ]),
+    ("naive switches are left alone", fleet_of(2), PlanSettings(2, "v2", "naive"), [
+        "1 kill a1", "1 start new1", "1 ready new1", "1 switch new1 -a1",
+        "2 kill a2", "2 start new2", "2 ready new2", "2 switch new2 -a2",
+    ]),
+]
+
+
+@pytest.mark.parametrize(("fleet", "settings", "expected"), [c[1:] for c in MERGED_CASES],
+                         ids=[c[0] for c in MERGED_CASES])
+def test_merged_sequence(fleet, settings, expected):
+    merged = merge_reloads(plan(fleet, settings))
+    assert render(merged) == expected
+    validate(fleet, settings, merged)
+
+
 # --------------------------------------------------------------------------- resuming
 
 
@@ -250,10 +300,11 @@ def test_interrupted_anywhere_resumes_and_rolls_back(strategy, mode, n, batch):
     fleet = fleet_of(n)
     forward = PlanSettings(n, "v2", strategy, batch, mode)
     steps = plan(fleet, forward)
-    for cut in range(len(steps) + 1):
-        left = simulate(fleet, forward, steps[:cut]).fleet
-        for settings in (forward, PlanSettings(n, "v1", strategy, batch, mode)):
-            validate(left, settings, plan(left, settings))
+    for run in (steps, merge_reloads(steps)):
+        for cut in range(len(run) + 1):
+            left = simulate(fleet, forward, run[:cut]).fleet
+            for settings in (forward, PlanSettings(n, "v1", strategy, batch, mode)):
+                validate(left, settings, merge_reloads(plan(left, settings)))
 
 
 # --------------------------------------------------------------------------- rollback
@@ -340,6 +391,43 @@ BROKEN = [
 ]
 
 
+def _first(steps: list[Step], action: str) -> int:
+    return next(i for i, s in enumerate(steps) if s.action == action)
+
+
+def _edit_reattach(steps: list[Step], **changes) -> list[Step]:
+    """The merged plan with its first 'reattach' changed."""
+    merged = merge_reloads(steps)
+    i = _first(merged, "reattach")
+    old = merged[i]
+    fields = {"action": old.action, "targets": old.targets, "batch_no": old.batch_no, "detach": old.detach,
+              "detach_batch": old.detach_batch, **changes}
+    return merged[:i] + [Step(**fields)] + merged[i + 1 :]
+
+
+def _reattach_early(steps: list[Step]) -> list[Step]:
+    """The merged plan with its first 'reattach' moved before the 'ready' of what it attaches."""
+    merged = merge_reloads(steps)
+    i, ready = _first(merged, "reattach"), _first(merged, "ready")
+    return merged[:ready] + [merged[i]] + merged[ready:i] + merged[i + 1 :]
+
+
+THREE = PlanSettings(3, "v2")
+A2, A3 = Ref(2, "a2"), Ref(3, "a3")
+
+BROKEN += [
+    ("merge detaches two at once", THREE, lambda s: _edit_reattach(s, detach=(A2, A3)), "floor is 2"),
+    ("merge attaches before ready", THREE, _reattach_early, "before a 'ready' step"),
+    ("merge within one batch", THREE, lambda s: _edit_reattach(s, detach_batch=1), "a later one"),
+    ("merge without its detach batch", THREE, lambda s: _edit_reattach(s, detach_batch=None), "names the batch"),
+    ("merge detaches nothing", THREE, lambda s: _edit_reattach(s, detach=()), "a later one"),
+    ("merge detaches a detached server", THREE,
+     lambda s: _edit_reattach(s, detach=(A1,)), "a1 is not attached"),
+    ("detach refs on an attach", THREE,
+     lambda s: [Step("attach", (A1,), 1, detach=(A2,))], "may have 'detach' refs"),
+]
+
+
 @pytest.mark.parametrize(("settings", "breaker", "fragment"), [c[1:] for c in BROKEN], ids=[c[0] for c in BROKEN])
 def test_validate_catches_broken_plan(settings, breaker, fragment):
     fleet = fleet_of(settings.size)
@@ -364,4 +452,6 @@ def test_any_fleet_converges(seed):
         ]
         strategy, mode = rng.choice(STRATEGY_MODES)
         settings = PlanSettings(n, rng.choice(["v1", "v2"]), strategy, rng.randint(1, n + 2), mode)
-        validate(fleet, settings, plan(fleet, settings))
+        steps = plan(fleet, settings)
+        validate(fleet, settings, steps)
+        validate(fleet, settings, merge_reloads(steps))

@@ -1,0 +1,535 @@
+"""One rehearsal of a rollout, in the design's phases.
+
+::
+
+    rehearsal = Rehearsal(settings, runtime=runtime, kind="roll", to_version="v2")
+    prepared = await rehearsal.prepare()  # fleet, target, plan: print(prepared.describe())
+    ran = await rehearsal.run()           # warmup, execute (rollback on failure), cooldown
+    collected = await rehearsal.collect() # client rows, NGINX log, events
+    report = rollout_report(settings, prepared, ran, collected)   # pure
+    code = exit_code([report], max_dropped=settings.max_dropped)  # pure
+
+``rehearse`` runs them in that order; ``commands.roll`` (and through it
+``rollback``, ``demo`` and ``compare``) calls it. Ctrl-C is handled in one
+place, :class:`Interrupts`: the first finishes the current step and stops, the
+second cuts the current step short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sandbox.config import BATCHED_STRATEGIES, Settings
+from sandbox.errors import BalancerError, NotFoundError, RolloutError, SandboxError, UsageError
+from sandbox.fleet.balancer import Balancer, LbState
+from sandbox.fleet.images import ImageSet, ensure_images
+from sandbox.fleet.probes import Probe
+from sandbox.fleet.runtime import Instance, Runtime
+from sandbox.load.run import LoadRun, LoadSettings
+from sandbox.results.measure import (
+    AddressHistory,
+    MeasureSettings,
+    address_history_from_events,
+    attribute_versions,
+    measure,
+)
+from sandbox.results.records import Event, NginxRow, RequestRow
+from sandbox.results.report import build_report, write_report_dir
+from sandbox.rollout import plan as planner
+from sandbox.rollout.executor import Executor, Interrupted, ProbeFactory, Timing
+from sandbox.ui.progress import Progress, TrafficMonitor, make_progress
+
+log = logging.getLogger("sandbox.rollout.rehearsal")
+
+Kind = Literal["roll", "rollback"]
+MIN_SAMPLE_FOR_ERROR_RATIO = 30  # requests in the rollout before the error ratio can stop it
+BASELINES = ("naive",)  # strategies compare shows but does not judge: they drop by design
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, Interrupted.exit_code
+FIRST_CTRL_C = "Ctrl-C: finishing the current step, then stopping (Ctrl-C again to cut it short)"
+
+
+def other_version(version: str) -> str:
+    return "v1" if version == "v2" else "v2"
+
+
+async def _ensure_images(runtime: Runtime) -> ImageSet:
+    return await asyncio.to_thread(ensure_images, runtime.client)
+
+
+@dataclass(frozen=True)
+class Deps:
+    """What a rehearsal reaches the world through, and how often it looks (tests pass fakes)."""
+
+    balancer: Callable[[Runtime, str, int], Balancer] = Balancer
+    load: Callable[[str, LoadSettings, Path], LoadRun] = LoadRun
+    images: Callable[[Runtime], Awaitable[ImageSet]] = _ensure_images
+    probe: ProbeFactory = Probe
+    timing: Timing = field(default_factory=Timing)
+    tick_s: float = 0.5  # how often the load's new rows are counted and shown
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The outcome of ``prepare``: where the fleet is, where it goes, and the steps to get there."""
+
+    kind: Kind
+    source: str
+    target: str
+    strategy: str
+    size: int
+    env: dict[str, str]  # of the new servers
+    instances: list[Instance]  # the app containers at the start (after stale upstreams were taken out)
+    steps: list[planner.Step]  # exactly what ``run`` executes
+
+    def describe(self) -> str:
+        """The plan, one line per step, before anything runs."""
+        names = {i.id: i.name for i in self.instances}
+
+        def who(refs: Sequence[planner.Ref]) -> str:
+            return ", ".join(names.get(r.id, r.id) if r.id else f"new server in slot {r.slot}" for r in refs)
+
+        lines = [f"{self.kind} {self.source} -> {self.target} with {self.strategy}: {len(self.steps)} steps"]
+        for step in self.steps:
+            line = f"  batch {step.batch_no:<3} {step.action:<8} {who(step.targets)}"
+            if step.detach:
+                line += f"; detach {who(step.detach)}"
+                line += f" (batch {step.detach_batch})" if step.detach_batch else ""
+            lines.append(line)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Ran:
+    """The outcome of ``run``."""
+
+    outcome: str  # completed, failed, rolled_back, interrupted
+    message: str
+    started: float  # unix time run() began
+    t_start: float | None  # the rollout's first and last moments (unix time)
+    t_end: float | None
+    peak: int  # most app containers alive at once
+    load: bool  # traffic ran
+
+
+@dataclass(frozen=True)
+class Collected:
+    """The outcome of ``collect``: what the users and the load balancer saw."""
+
+    rows: list[RequestRow]
+    nginx_rows: list[NginxRow]
+    events: list[Event]
+    history: AddressHistory
+    sticky: bool
+
+
+@dataclass
+class RolloutResult:
+    report: dict[str, Any]
+    exit_code: int
+    message: str
+
+
+class Interrupts:
+    """Ctrl-C during a rehearsal, in one place.
+
+    The first asks the executor to stop after the current step (``stop`` is set) and says so;
+    a second one, while a step runs (inside ``cutting()``), cancels the task running it.
+    """
+
+    def __init__(self, stop: asyncio.Event, say: Callable[[str], None]) -> None:
+        self.stop = stop
+        self.say = say
+        self.count = 0
+        self._task: asyncio.Task[Any] | None = None
+        self._cuttable = False
+
+    def __call__(self) -> None:
+        """The SIGINT handler (tests call it directly)."""
+        self.count += 1
+        if self.count == 1:
+            self.stop.set()
+            self.say(FIRST_CTRL_C)
+        elif self._task is not None and self._cuttable:
+            self._task.cancel()  # a second Ctrl-C cuts the current step short
+
+    @contextmanager
+    def installed(self, on_sigint: bool = True) -> Iterator[Interrupts]:
+        """Handle SIGINT (when ``on_sigint``) for the current task, until the block ends."""
+        self._task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        if on_sigint:
+            loop.add_signal_handler(signal.SIGINT, self)
+        try:
+            yield self
+        finally:
+            if on_sigint:
+                with suppress(Exception):
+                    loop.remove_signal_handler(signal.SIGINT)
+
+    @contextmanager
+    def cutting(self) -> Iterator[None]:
+        """While the block runs, a second Ctrl-C cancels it."""
+        self._cuttable = True
+        try:
+            yield
+        finally:
+            self._cuttable = False
+
+    def uncancel(self) -> None:
+        """Forget the cancellation a second Ctrl-C made, so the rehearsal can still report."""
+        if self._task is not None:
+            self._task.uncancel()
+
+
+class Rehearsal:
+    """One roll or rollback of a project's fleet under live traffic, phase by phase."""
+
+    def __init__(self, settings: Settings, *, runtime: Runtime, kind: Kind = "roll", to_version: str | None = None,
+                 progress: Progress | None = None, report_dir: Path | None = None, install_sigint: bool = True,
+                 deps: Deps | None = None) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.kind = kind
+        self.to_version = to_version
+        self.progress = progress or make_progress()
+        self.report_dir = report_dir
+        self.install_sigint = install_sigint
+        self.deps = deps or Deps()
+        self.events: list[Event] = []
+        self.monitor = TrafficMonitor()
+        self.load: LoadRun | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._workdir: Path | None = None
+        self._balancer: Balancer | None = None
+        self._executor: Executor | None = None
+        self._prepared: Prepared | None = None
+        self._ran: Ran | None = None
+
+    @property
+    def balancer(self) -> Balancer:
+        if self._balancer is None:
+            raise RuntimeError("prepare() first")
+        return self._balancer
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            raise RuntimeError("prepare() first")
+        return self._executor
+
+    @property
+    def prepared(self) -> Prepared:
+        if self._prepared is None:
+            raise RuntimeError("prepare() first")
+        return self._prepared
+
+    # -- prepare ------------------------------------------------------------------------------
+    async def prepare(self) -> Prepared:
+        """Read the fleet and the load balancer, take stale upstreams out, pick the target, plan.
+
+        Raises NotFoundError (no fleet), UsageError (nothing to roll back).
+        """
+        project = self.settings.project
+        await self.runtime.require_fleet(project)
+        port = await self.runtime.lb_port(project)
+        if port is None:
+            raise NotFoundError(f"project {project!r}: the load balancer has no port label")
+        self._balancer = self.deps.balancer(self.runtime, project, port)
+        state = await self._balancer.load()
+        target = self._target(state)
+        image_set = await self.deps.images(self.runtime)
+        listed = await self.runtime.instances(project)
+        self._executor = Executor(self.runtime, self._balancer, self.settings, image_set,
+                                  on_event=self.progress.event, events=self.events,
+                                  probe=self.deps.probe, timing=self.deps.timing)
+        for name in await self._executor.reconcile(listed):
+            self.progress.line(f"took {name} out of the load balancer: its container is gone or not running")
+        instances, servers = await self._executor.fleet(listed)
+        size = state.size or len({i.slot for i in listed})
+        steps = planner.merge_reloads(planner.plan(servers, planner.PlanSettings(
+            size=size, to_version=target, strategy=self.settings.strategy,  # type: ignore[arg-type]
+            batch=self.settings.batch, mode=self.settings.mode)))
+        # the fleet's own environment (from `up --env`) always; --set-env only for the new version
+        env = dict(state.app_env) if self.kind == "rollback" else {**state.app_env, **self.settings.set_env}
+        self._prepared = Prepared(kind=self.kind, source=other_version(target), target=target,
+                                  strategy=self.settings.strategy, size=size, env=env,
+                                  instances=instances, steps=steps)
+        return self._prepared
+
+    def _target(self, state: LbState) -> str:
+        if self.kind != "rollback":
+            return self.to_version or self.settings.to_version
+        last = state.rollout or {}
+        if last.get("kind") != "roll" or not last.get("from"):
+            raise UsageError("rollback: nothing to roll back (no roll recorded for this fleet)")
+        return str(last["from"])
+
+    # -- run ----------------------------------------------------------------------------------
+    async def run(self) -> Ran:
+        """Warmup, execute the plan (rolling back on failure), cooldown; Ctrl-C handled here."""
+        started = time.time()
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"rolling-sandbox-{self.settings.project}-"))
+        if self.report_dir is not None:
+            self.report_dir.mkdir(parents=True, exist_ok=True)
+        self._seed_progress()
+        interrupts = Interrupts(self.executor.stop_requested, self.progress.line)
+        try:
+            with self.progress, interrupts.installed(self.install_sigint):
+                await self._warmup()
+                t_start = time.time()
+                outcome, message = await self._execute(interrupts)
+                t_end = time.time()
+                await self._cooldown()
+        finally:
+            await self._stop_load()
+        self._ran = Ran(outcome=outcome, message=message, started=started, t_start=t_start, t_end=t_end,
+                        peak=self.executor.peak, load=self.load is not None)
+        return self._ran
+
+    def _seed_progress(self) -> None:
+        if hasattr(self.progress, "seed"):
+            attached = {u.name for u in self.balancer.state.upstreams}
+            for inst in self.prepared.instances:
+                self.progress.seed(inst.name, inst.slot, inst.version, inst.name in attached)
+
+    async def _warmup(self) -> None:
+        if not self.settings.load:
+            return
+        s = self.settings
+        rows_path = (self.report_dir or self._workdir or Path(".")) / "requests.jsonl"
+        self.load = self.deps.load(self.balancer.url, LoadSettings(
+            users=s.users, spawn_rate=s.spawn_rate, locustfile=s.locustfile, v2_mode=s.v2_mode), rows_path)
+        await self.load.start()
+        self.events.append({"t": time.time(), "phase": "load-start", "instance": None})
+        self._ticker = asyncio.create_task(self._tick(self.load))
+        with suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.executor.stop_requested.wait(), timeout=s.warmup_s)
+
+    async def _tick(self, load: LoadRun) -> None:
+        while True:
+            self.monitor.add(load.new_rows())
+            self.progress.traffic(self.monitor)
+            await asyncio.sleep(self.deps.tick_s)
+
+    async def _execute(self, interrupts: Interrupts) -> tuple[str, str]:
+        """The rollout itself, between two load balancer records of it; (outcome, message)."""
+        p = self.prepared
+        self.monitor.mark()
+        self.executor.emit("rollout-start", None, version=p.target,
+                           detail={"from": p.source, "to": p.target, "instances": len(p.instances),
+                                   "strategy": p.strategy, "kind": p.kind})
+        await self._record({"kind": p.kind, "from": p.source, "to": p.target, "strategy": p.strategy,
+                            "status": "running"})
+        try:
+            with interrupts.cutting():
+                outcome, message = await self._execute_or_roll_back()
+        except (Interrupted, asyncio.CancelledError):
+            interrupts.uncancel()
+            self.executor.emit("interrupted", None)
+            outcome, message = "interrupted", (
+                "interrupted: every attached server is healthy and the load balancer is consistent. "
+                f"`sandbox roll --to {p.target}` resumes, `sandbox rollback` reverts.")
+        self.executor.emit("rollout-end", None, detail={"outcome": outcome})
+        await self._record({**rollout_record(p.kind, p.source, p.target, outcome), "strategy": p.strategy})
+        return outcome, message
+
+    async def _record(self, rollout: dict[str, Any]) -> None:
+        """Write what `rollback` reads next into the load balancer's state, attached set unchanged."""
+        await self.balancer.apply(list(self.balancer.state.upstreams), rollout=rollout)
+
+    async def _execute_or_roll_back(self) -> tuple[str, str]:
+        p = self.prepared
+        try:
+            await self.executor.execute(p.steps, p.target, env=p.env, instances=p.instances, from_version=p.source,
+                                        health=self._health if p.kind == "roll" else None)
+        except (RolloutError, BalancerError) as exc:
+            self.executor.emit("failed", None, detail={"reason": str(exc)})
+            self.progress.line(f"rollout failed: {exc}")
+            if self.settings.auto_rollback and p.kind == "roll":
+                return await self._roll_back(exc)
+            return "failed", (f"rollout failed: {exc}. The fleet is consistent; `sandbox rollback` reverts it, "
+                              f"`sandbox roll --to {p.target}` tries again.")
+        return "completed", ""
+
+    def _health(self) -> str | None:
+        total, failed = self.monitor.since_mark()
+        return error_ratio_problem(total, failed, self.settings.max_error_ratio)
+
+    async def _roll_back(self, cause: BaseException) -> tuple[str, str]:
+        """Back to the source version with the same care; (outcome, message)."""
+        source, executor = self.prepared.source, self.executor
+        executor.emit("rollback-start", None, version=source)
+        self.progress.line(f"rolling back to {source}")
+        listed = await self.runtime.instances(self.settings.project)
+        await executor.reconcile(listed)
+        listed, servers = await executor.fleet(listed)
+        strategy = "rolling" if self.settings.strategy == "naive" else self.settings.strategy
+        back = planner.merge_reloads(planner.plan(servers, planner.PlanSettings(
+            size=self.prepared.size, to_version=source, strategy=strategy,  # type: ignore[arg-type]
+            batch=self.settings.batch, mode=self.settings.mode)))
+        try:
+            await executor.execute(back, source, env=dict(self.balancer.state.app_env),
+                                   from_version=other_version(source), instances=listed)
+        except SandboxError as exc:
+            executor.emit("failed", None, detail={"reason": f"rollback: {exc}"})
+            return "failed", (f"rollout failed ({cause}) and so did the rollback ({exc}); "
+                              "`sandbox status` shows the fleet")
+        executor.emit("rollback-end", None, version=source)
+        return "rolled_back", f"rolled back to {source}: {cause}"
+
+    async def _cooldown(self) -> None:
+        if self.load is None:
+            return
+        await asyncio.sleep(self.settings.cooldown_s)
+        await self.load.stop()
+        self.events.append({"t": time.time(), "phase": "load-stop", "instance": None})
+        self.monitor.add(self.load.new_rows())
+
+    async def _stop_load(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self.load is not None:
+            await self.load.stop()
+
+    # -- collect ------------------------------------------------------------------------------
+    async def collect(self) -> Collected:
+        """The client rows, the NGINX log rows of this run and the events; cleans up the work dir."""
+        rows = self.load.all_rows() if self.load is not None else []
+        nginx_rows: list[Any] = []
+        if self.load is not None:
+            with suppress(SandboxError):
+                t_load = self.events[0]["t"] if self.events else (self._ran.started if self._ran else 0.0)
+                nginx_rows = [r for r in await self.balancer.access_log() if float(r.get("time", 0)) >= t_load - 1]
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+        return Collected(rows=rows, nginx_rows=nginx_rows, events=list(self.events),
+                         history=fleet_history(self.prepared.instances, self.events),
+                         sticky=self.balancer.state.sticky)
+
+
+async def rehearse(settings: Settings, *, runtime: Runtime, kind: Kind = "roll", to_version: str | None = None,
+                   progress: Progress | None = None, report_dir: Path | None = None, install_sigint: bool = True,
+                   deps: Deps | None = None) -> RolloutResult:
+    """Prepare, run, collect, report: one roll (or ``kind="rollback"``) of a fleet under live traffic.
+
+    Raises NotFoundError (no fleet), UsageError (nothing to roll back); a failed
+    rollout is reported in the result, not raised.
+    """
+    rehearsal = Rehearsal(settings, runtime=runtime, kind=kind, to_version=to_version, progress=progress,
+                          report_dir=report_dir, install_sigint=install_sigint, deps=deps)
+    prepared = await rehearsal.prepare()
+    if not prepared.steps:
+        return RolloutResult(report=unchanged_report(settings, prepared), exit_code=EXIT_OK,
+                             message=f"already on {prepared.target}: nothing to do")
+    ran = await rehearsal.run()
+    report = rollout_report(settings, prepared, ran, await rehearsal.collect())
+    if report_dir is not None:
+        report["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
+    return RolloutResult(report=report, exit_code=exit_code([report], max_dropped=settings.max_dropped),
+                         message=ran.message)
+
+
+# -- pure: records, report, exit code -------------------------------------------------------------
+def error_ratio_problem(total: int, failed: int, max_ratio: float) -> str | None:
+    """Why the rollout must stop, when enough requests were seen and too many failed; else None."""
+    if total >= MIN_SAMPLE_FOR_ERROR_RATIO and failed / total > max_ratio:
+        return (f"error ratio {failed / total:.1%} ({failed} of {total} requests) is above "
+                f"max_error_ratio {max_ratio:.1%}")
+    return None
+
+
+def rollout_record(kind: str, source: str, target: str, outcome: str) -> dict[str, Any]:
+    """What the load balancer's state says about the rollout that just ended (what `rollback`
+    reads next): an automatic rollback is recorded as a completed rollback."""
+    if outcome == "rolled_back":
+        return {"kind": "rollback", "from": target, "to": source, "status": "completed"}
+    return {"kind": kind, "from": source, "to": target, "status": outcome}
+
+
+def batch_of(settings: Settings, size: int) -> int:
+    """The servers one batch takes, as the report gives it."""
+    if settings.strategy in BATCHED_STRATEGIES:
+        return settings.batch
+    return size if settings.strategy in ("double-half", "blue-green") else 1
+
+
+def unchanged_report(settings: Settings, prepared: Prepared) -> dict[str, Any]:
+    """The report of a fleet already where it should be."""
+    return build_report(meta={"project": settings.project, "kind": prepared.kind, "strategy": prepared.strategy,
+                              "size": prepared.size, "mode": settings.mode, "from_version": prepared.source,
+                              "to_version": prepared.target, "outcome": "completed", "duration_s": 0.0,
+                              "peak_instances": len(prepared.instances)},
+                        measured=measure([], []), steps=[])
+
+
+def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: Collected) -> dict[str, Any]:
+    """The report of one rehearsal, from what each phase returned."""
+    measured = measure(collected.rows, collected.events, nginx=collected.nginx_rows,
+                       address_history=collected.history,
+                       settings=MeasureSettings(slow_budget_s=settings.slow_budget_s))
+    meta = {
+        "project": settings.project, "kind": prepared.kind, "strategy": prepared.strategy, "size": prepared.size,
+        "batch": batch_of(settings, prepared.size), "mode": settings.mode,
+        "from_version": prepared.source, "to_version": prepared.target, "outcome": ran.outcome,
+        "duration_s": round((ran.t_end or time.time()) - (ran.t_start or ran.started), 3),
+        "peak_instances": ran.peak, "sticky": collected.sticky, "users": settings.users if ran.load else 0,
+    }
+    report = build_report(meta=meta, measured=measured, steps=collected.events)
+    report["attribution"] = attribution(collected.rows, collected.nginx_rows, collected.history)
+    return report
+
+
+def exit_code(reports: Sequence[Mapping[str, Any]], *, max_dropped: int | None = 0,
+              baselines: Collection[str] = ()) -> int:
+    """The exit code of one or more rehearsals (roll, rollback, demo: one; compare: several).
+
+    130 when one was interrupted; 1 when one failed or rolled back, or (unless
+    ``max_dropped`` is None) dropped more than ``max_dropped`` requests; else 0.
+    Reports whose strategy is in ``baselines`` are shown, not judged.
+    """
+    judged = [r for r in reports if r.get("strategy") not in baselines]
+    if any(r.get("outcome") == "interrupted" for r in judged):
+        return EXIT_INTERRUPTED
+    if any(r.get("outcome") != "completed" for r in judged):
+        return EXIT_FAILED
+    if max_dropped is not None and any(int(r["requests"]["dropped"]) > max_dropped for r in judged):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def fleet_history(initial: list[Instance], events: list[Event]) -> AddressHistory:
+    """Which version held which address when: the fleet at the start, then the run's events."""
+    present: list[Event] = [
+        {"t": 0.0, "phase": "start", "instance": i.name, "address": i.address, "version": i.version}
+        for i in initial if i.address
+    ]
+    return address_history_from_events([*present, *events])
+
+
+def attribution(rows: list[Any], nginx_rows: list[Any], history: AddressHistory) -> dict[str, Any]:
+    """Where the version served came from, and how well the two sources agree.
+
+    ``header``: rows whose answer carried X-App-Version; ``compared``: rows that also
+    have a version read from NGINX's log (upstream address mapped to its container);
+    ``agreement``: the share of those where both say the same (None with nothing to compare).
+    """
+    from_log = {r["rid"]: r.get("version") for r in attribute_versions(
+        [{**r, "version": None} for r in rows], nginx_rows, history)}
+    both = [(r.get("version"), from_log.get(r["rid"])) for r in rows
+            if r.get("version") and from_log.get(r["rid"])]
+    return {
+        "header": sum(1 for r in rows if r.get("version")),
+        "from_log": sum(1 for v in from_log.values() if v),
+        "compared": len(both),
+        "agreement": round(sum(a == b for a, b in both) / len(both), 4) if both else None,
+    }

@@ -1,0 +1,265 @@
+"""In-memory stand-ins for Docker, NGINX, the app servers' HTTP probes and Locust.
+
+They have the async methods the executor and the rehearsal call, record every
+call in ``log`` (one short string each, in order) and can be told to fail:
+
+* ``FakeRuntime(boot_fail=True)``-style knobs: a container whose environment
+  has ``APP_BOOT_FAIL=1`` exits at once (as the real toy app does);
+* ``FakeProbe.unready``: versions whose servers run but never pass /healthz;
+* ``runtime.vanish(name)``: a container removed behind the executor's back;
+* ``FakeBalancer.reject``: a predicate over (upstreams, changes) that makes
+  ``apply`` raise BalancerError, as ``nginx -t`` would;
+* ``runtime.before[method]``: a callback run before a call (to interrupt, say).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from sandbox.errors import BalancerError, EngineError, NotFoundError
+from sandbox.fleet.balancer import LbState, Upstream
+from sandbox.fleet.images import ImageSet
+from sandbox.fleet.runtime import Instance
+from sandbox.results.records import RequestRow
+
+IMAGES = ImageSet(base="base:test", app={"v1": "app:v1", "v2": "app:v2"}, lb="lb:test")
+
+
+@dataclass
+class FakeLb:
+    """What ``Runtime.lb`` returns: only its labels are read."""
+
+    name: str
+    status: str = "running"
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class FakeRuntime:
+    """Docker for one or more projects, as a dict of containers."""
+
+    def __init__(self, project: str = "p", port: int = 18080) -> None:
+        self.project = project
+        self.port = port
+        self.client = None  # nothing may reach a real engine
+        self.containers: dict[str, Instance] = {}
+        self.env: dict[str, dict[str, str]] = {}  # container id -> its environment
+        self.lbs: dict[str, FakeLb] = {}
+        self.log: list[str] = []
+        self.before: dict[str, Callable[..., None]] = {}
+        self.latency_s = 0.001  # the engine takes a moment: a signal sent during a call lands during it
+        self._ips = 0
+
+    # -- set-up helpers for tests -------------------------------------------------------------
+    def up(self, size: int, version: str = "v1") -> list[Instance]:
+        """A fleet of ``size`` running containers a1..aN and a load balancer, outside the log."""
+        self.lbs[self.project] = FakeLb(f"{self.project}-lb", labels={"port": str(self.port)})
+        return [self._add(f"a{slot}", slot, version, {}) for slot in range(1, size + 1)]
+
+    def vanish(self, name: str) -> None:
+        """The container is removed behind our back (docker rm -f, an OOM kill)."""
+        self.containers.pop(name, None)
+
+    def by_slot(self) -> dict[int, list[Instance]]:
+        out: dict[int, list[Instance]] = {}
+        for inst in sorted(self.containers.values(), key=lambda i: i.name):
+            out.setdefault(inst.slot, []).append(inst)
+        return out
+
+    def at(self, address: str) -> Instance | None:
+        return next((i for i in self.containers.values() if i.address == address), None)
+
+    def _add(self, name: str, slot: int, version: str, env: dict[str, str]) -> Instance:
+        self._ips += 1
+        state = "exited" if env.get("APP_BOOT_FAIL") == "1" else "running"
+        inst = Instance(id=name, name=name, slot=slot, version=version, state=state,
+                        ip=f"10.0.0.{self._ips}", created=str(self._ips))
+        self.containers[name] = inst
+        self.env[name] = dict(env)
+        return inst
+
+    def _record(self, method: str, *args: Any, quiet: bool = False) -> None:
+        if not quiet:
+            self.log.append(" ".join([method, *map(str, args)]).strip())
+        hook = self.before.get(method)
+        if hook is not None:
+            hook(*args)
+
+    # -- the Runtime interface ----------------------------------------------------------------
+    async def lb(self, project: str) -> FakeLb | None:
+        return self.lbs.get(project)
+
+    async def lb_port(self, project: str) -> int | None:
+        lb = self.lbs.get(project)
+        return int(lb.labels["port"]) if lb else None
+
+    async def require_fleet(self, project: str) -> tuple[FakeLb, list[Instance]]:
+        lb = self.lbs.get(project)
+        if lb is None:
+            raise NotFoundError(f"project {project!r} has no fleet; start one with `sandbox up`")
+        return lb, await self.instances(project)
+
+    async def has_project(self, project: str) -> bool:
+        return project in self.lbs
+
+    async def instances(self, project: str) -> list[Instance]:
+        return sorted(self.containers.values(), key=lambda i: (i.slot, i.created))
+
+    async def start_app(self, project: str, slot: int, version: str, image: str, env: dict[str, str],
+                        from_version: str = "") -> Instance:
+        self._record("start", slot, version)
+        await asyncio.sleep(self.latency_s)
+        if image != IMAGES.app[version]:
+            raise EngineError(f"wrong image {image} for {version}")
+        name = f"n{slot}"
+        while name in self.containers or any(line.endswith(f" {name}") for line in self.log):
+            name += "'"
+        return self._add(name, slot, version, env)
+
+    async def refresh(self, project: str, instance: Instance) -> Instance | None:
+        self._record("refresh", instance, quiet=True)
+        return self.containers.get(instance.id)
+
+    async def stop_app(self, instance: Instance, grace_s: float) -> int | None:
+        self._record("stop", instance.name)
+        await asyncio.sleep(self.latency_s)
+        return 0 if self.containers.pop(instance.id, None) else None
+
+    async def kill_app(self, instance: Instance) -> None:
+        self._record("kill", instance.name)
+        await asyncio.sleep(self.latency_s)
+        self.containers.pop(instance.id, None)
+
+    async def swap_code(self, project: str, instance: Instance, code_tar: bytes) -> Instance:
+        self._record("swap", instance.name)
+        await asyncio.sleep(self.latency_s)
+        current = self.containers.get(instance.id)
+        if current is None:
+            raise EngineError(f"{instance.name}: container is gone")
+        version = "v2" if b"v2" in code_tar else "v1"
+        swapped = replace(current, version=version, state="running")
+        self.containers[instance.id] = swapped
+        return swapped
+
+    async def exit_info(self, instance: Instance) -> str:
+        inst = self.containers.get(instance.id)
+        return "container is gone" if inst is None else f"state {inst.state}, exit code 1"
+
+    async def down(self, project: str) -> dict[str, int]:
+        self._record("down", project)
+        removed = len(self.containers) + (1 if self.lbs.pop(project, None) else 0)
+        self.containers.clear()
+        return {"containers": removed, "volumes": 0, "networks": 1}
+
+
+class FakeProbe:
+    """/healthz and /metrics of the fake fleet: a running container is ready on its version
+    unless that version is in ``unready``; nothing is ever in flight."""
+
+    def __init__(self, runtime: FakeRuntime, unready: frozenset[str] = frozenset()) -> None:
+        self.runtime = runtime
+        self.unready = unready
+        self.requests = 0
+
+    async def ready(self, address: str, version: str | None = None) -> bool:
+        inst = self.runtime.at(address)
+        return (inst is not None and inst.state == "running" and inst.version not in self.unready
+                and (version is None or inst.version == version))
+
+    async def metrics(self, address: str) -> dict[str, float] | None:
+        inst = self.runtime.at(address)
+        if inst is None or inst.state != "running":
+            return None
+        return {"app_requests_in_flight": 0.0, "app_requests_total": float(self.requests)}
+
+    def factory(self) -> Callable[[], contextlib.AbstractAsyncContextManager[FakeProbe]]:
+        """What the executor's ``probe=`` takes."""
+        @contextlib.asynccontextmanager
+        async def open_probe() -> AsyncIterator[FakeProbe]:
+            yield self
+        return open_probe
+
+
+class FakeBalancer:
+    """NGINX as its state: ``apply`` records the new attached set and the changes it was given."""
+
+    def __init__(self, runtime: FakeRuntime, project: str = "p", port: int = 18080, *,
+                 state: LbState | None = None) -> None:
+        self.runtime = runtime
+        self.project = project
+        self.port = port
+        self.state = state or LbState()
+        self.applied: list[LbState] = []
+        self.nginx_rows: list[dict[str, Any]] = []
+        self.reject: Callable[[list[Upstream], dict[str, Any]], str | None] = lambda upstreams, changes: None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def attach_all(self) -> None:
+        """Attach every running container (as ``up`` leaves the fleet), outside the log."""
+        self.state.upstreams = [Upstream(i.name, i.address or "", i.version)
+                                for i in self.runtime.containers.values() if i.state == "running"]
+        self.state.size = len(self.state.upstreams)
+
+    async def load(self) -> LbState:
+        return self.state
+
+    async def apply(self, upstreams: list[Upstream], **changes: Any) -> LbState:
+        before = {u.name for u in self.state.upstreams}
+        after = {u.name for u in upstreams}
+        line = "lb" + "".join(f" +{n}" for n in sorted(after - before)) + "".join(
+            f" -{n}" for n in sorted(before - after))
+        if "rollout" in changes:
+            line += f" rollout={changes['rollout'] and changes['rollout'].get('status')}"
+        self.runtime.log.append(line)
+        reason = self.reject(upstreams, changes)
+        if reason:
+            raise BalancerError(f"nginx -t rejected the new config: {reason}")
+        self.state = replace(self.state, generation=self.state.generation + 1,
+                             upstreams=sorted(upstreams, key=lambda u: u.name), **changes)
+        self.applied.append(self.state)
+        return self.state
+
+    async def access_log(self) -> list[dict[str, Any]]:
+        return list(self.nginx_rows)
+
+
+class FakeLoad:
+    """Locust as a list of rows: ``feed()`` is asked for the rows written since the last call."""
+
+    def __init__(self, url: str, settings: Any, rows_path: Path,
+                 feed: Callable[[], list[RequestRow]] | None = None) -> None:
+        self.url = url
+        self.settings = settings
+        self.rows_path = rows_path
+        self.feed = feed or (lambda: [])
+        self.rows: list[RequestRow] = []
+        self.started = self.stopped = 0
+
+    async def start(self) -> None:
+        self.started += 1
+
+    async def stop(self, grace_s: float = 10) -> None:
+        self.stopped += 1
+
+    def new_rows(self) -> list[RequestRow]:
+        new = self.feed()
+        self.rows.extend(new)
+        return new
+
+    def all_rows(self) -> list[RequestRow]:
+        return list(self.rows)
+
+
+def row(t: float, status: int = 200, version: str = "v1", user: str = "u1", rid: str = "") -> RequestRow:
+    """One request row as the load generator writes it."""
+    failed = status == 0 or status >= 500
+    return {"t": t, "t_end": t + 0.01, "user": user, "rid": rid or f"r{t}", "method": "GET", "name": "/",
+            "status": status, "version": version if status else None, "instance": None, "session": None,
+            "latency_ms": 10.0, "error": "boom" if failed else None}

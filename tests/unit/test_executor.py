@@ -1,0 +1,169 @@
+"""The executor against the fakes: the calls each strategy makes, in order, and the fleet it leaves."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import pytest
+
+from sandbox.config import Settings
+from sandbox.errors import BalancerError, ReadinessError
+from sandbox.rollout import plan as planner
+from sandbox.rollout.executor import ErrorRatioExceeded, Executor, Interrupted, Timing
+from tests.unit.fakes import IMAGES, FakeBalancer, FakeProbe, FakeRuntime
+from tests.unit.test_plan import STRATEGY_MODES
+
+FAST = Timing(poll_s=0.001, drain_quiet_s=0.0, stop_grace_s=1.0, state_check_s=0.0)
+
+
+def settings_for(n: int, strategy: str = "one-at-a-time", mode: str = "replace", batch: int = 1,
+                 **extra: object) -> Settings:
+    return Settings(project="p", size=n, strategy=strategy, mode=mode, batch=batch,  # type: ignore[arg-type]
+                    settle_s=0, ready_timeout=0.05, drain_timeout=1, **extra)  # type: ignore[arg-type]
+
+
+def fleet_and_executor(n: int, settings: Settings, unready: frozenset[str] = frozenset()
+                       ) -> tuple[FakeRuntime, FakeBalancer, Executor]:
+    runtime = FakeRuntime()
+    runtime.up(n)
+    balancer = FakeBalancer(runtime)
+    balancer.attach_all()
+    executor = Executor(runtime, balancer, settings, IMAGES,  # type: ignore[arg-type]
+                        probe=FakeProbe(runtime, unready).factory(), timing=FAST)
+    return runtime, balancer, executor
+
+
+async def roll(runtime: FakeRuntime, executor: Executor, settings: Settings, **kw: object) -> list[planner.Step]:
+    instances, servers = await executor.fleet()
+    steps = planner.merge_reloads(planner.plan(servers, planner.PlanSettings(
+        settings.size, "v2", settings.strategy, settings.batch, settings.mode)))
+    await executor.execute(steps, "v2", env={}, from_version="v1", instances=instances, **kw)  # type: ignore[arg-type]
+    return steps
+
+
+def test_every_plan_action_has_a_handler() -> None:
+    _, _, executor = fleet_and_executor(1, settings_for(1))
+    assert executor.actions == set(get_args(planner.Action))
+
+
+CALLS = [
+    # (strategy, mode, n, batch, the calls made, in order)
+    ("one-at-a-time", "replace", 2, 1, ["lb -a1", "stop a1", "start 1 v2", "lb +n1 -a2", "stop a2", "start 2 v2",
+                                        "lb +n2"]),
+    ("one-at-a-time", "in-place", 2, 1, ["lb -a1", "swap a1", "lb +a1 -a2", "swap a2", "lb +a2"]),
+    ("rolling", "replace", 3, 2, ["lb -a1 -a2", "stop a1", "stop a2", "start 1 v2", "start 2 v2", "lb +n1 +n2 -a3",
+                                  "stop a3", "start 3 v2", "lb +n3"]),
+    ("surge", "replace", 2, 1, ["start 1 v2", "lb +n1", "lb -a1", "stop a1", "start 2 v2", "lb +n2", "lb -a2",
+                                "stop a2"]),
+    ("double-half", "replace", 2, 1, ["start 1 v2", "start 2 v2", "lb +n1 +n2", "lb -a1 -a2", "stop a1", "stop a2"]),
+    ("blue-green", "replace", 2, 1, ["start 1 v2", "start 2 v2", "lb +n1 +n2 -a1 -a2", "stop a1", "stop a2"]),
+    ("naive", "replace", 2, 1, ["kill a1", "start 1 v2", "lb +n1 -a1", "kill a2", "start 2 v2", "lb +n2 -a2"]),
+    ("naive", "in-place", 2, 2, ["swap a1", "swap a2"]),
+]
+
+
+@pytest.mark.parametrize(("strategy", "mode", "n", "batch", "calls"), CALLS,
+                         ids=[f"{c[0]}-{c[1]}-{c[2]}x{c[3]}" for c in CALLS])
+@pytest.mark.asyncio
+async def test_calls_in_order(strategy: str, mode: str, n: int, batch: int, calls: list[str]) -> None:
+    settings = settings_for(n, strategy, mode, batch)
+    runtime, _, executor = fleet_and_executor(n, settings)
+    await roll(runtime, executor, settings)
+    assert runtime.log == calls
+
+
+SWEEP = [(strategy, mode, n, batch) for strategy, mode in STRATEGY_MODES for n in (1, 3, 4) for batch in (1, 2)]
+
+
+@pytest.mark.parametrize(("strategy", "mode", "n", "batch"), SWEEP)
+@pytest.mark.asyncio
+async def test_final_fleet(strategy: str, mode: str, n: int, batch: int) -> None:
+    settings = settings_for(n, strategy, mode, batch)
+    runtime, balancer, executor = fleet_and_executor(n, settings)
+    fleet_before = (await executor.fleet())[1]
+    steps = await roll(runtime, executor, settings)
+    live = await runtime.instances("p")
+    assert [(i.slot, i.version, i.state) for i in live] == [(s, "v2", "running") for s in range(1, n + 1)]
+    assert sorted(u.name for u in balancer.state.upstreams) == sorted(i.name for i in live)
+    assert {u.address for u in balancer.state.upstreams} == {i.address for i in live}
+    sim = planner.simulate(fleet_before, planner.PlanSettings(n, "v2", strategy, batch, mode), steps)  # type: ignore[arg-type]
+    assert executor.peak == sim.peak_containers
+    reloads = [s for s in steps if s.action in ("attach", "detach", "switch", "reattach")]
+    assert len(balancer.applied) == len(reloads)  # one reload per step that changes the attached set
+    attached = [e["instance"] for e in executor.events if e["phase"] == "attach"]
+    assert len(attached) == sum(len(s.targets) for s in reloads if s.action != "detach")
+
+
+@pytest.mark.asyncio
+async def test_reattach_events_carry_each_side_its_own_batch() -> None:
+    settings = settings_for(2)
+    runtime, _, executor = fleet_and_executor(2, settings)
+    await roll(runtime, executor, settings)
+    batches = [(e["phase"], e["instance"], e.get("batch"))
+               for e in executor.events if e["phase"] in ("attach", "detach")]
+    assert batches == [("detach", "a1", 1), ("attach", "n1", 1), ("detach", "a2", 2), ("attach", "n2", 2)]
+
+
+# --------------------------------------------------------------------------- failures
+
+
+@pytest.mark.parametrize(("mode", "set_env", "unready", "vanish", "message"), [
+    ("replace", {}, {"v2"}, False, "was not ready within 0.05 s"),
+    ("in-place", {}, {"v2"}, False, "was not ready within 0.05 s"),
+    ("replace", {"APP_BOOT_FAIL": "1"}, set(), False, "stopped before it was ready: state exited"),
+    ("replace", {}, {"v2"}, True, "stopped before it was ready: container is gone"),
+], ids=["never-ready", "never-ready-in-place", "boot-fails", "vanishes"])
+@pytest.mark.asyncio
+async def test_a_server_that_is_not_ready_stops_the_rollout_before_it_is_attached(
+        mode: str, set_env: dict[str, str], unready: set[str], vanish: bool, message: str) -> None:
+    settings = settings_for(3, mode=mode)
+    runtime, balancer, executor = fleet_and_executor(3, settings, unready=frozenset(unready))
+    if vanish:
+        runtime.before["refresh"] = lambda inst: runtime.vanish(inst.name) if inst.version == "v2" else None
+    instances, servers = await executor.fleet()
+    steps = planner.merge_reloads(planner.plan(servers, planner.PlanSettings(3, "v2", mode=mode)))  # type: ignore[arg-type]
+    with pytest.raises(ReadinessError, match=message):
+        await executor.execute(steps, "v2", env=set_env, from_version="v1", instances=instances)
+    assert sorted(u.name for u in balancer.state.upstreams) == ["a2", "a3"]  # the rest keep serving
+    assert "attach" not in [e["phase"] for e in executor.events]
+
+
+@pytest.mark.asyncio
+async def test_a_rejected_config_leaves_the_attached_set_as_it_was() -> None:
+    settings = settings_for(2)
+    runtime, balancer, executor = fleet_and_executor(2, settings)
+    balancer.reject = lambda upstreams, changes: "bad" if any(u.name == "n1" for u in upstreams) else None
+    with pytest.raises(BalancerError, match="rejected"):
+        await roll(runtime, executor, settings)
+    assert [u.name for u in balancer.state.upstreams] == ["a2"]
+    assert runtime.log[-1] == "lb +n1 -a2"
+
+
+@pytest.mark.parametrize(("when", "last_call"), [
+    ("stop", "stop a1"),  # during a step: it finishes, nothing after it starts
+    ("start", "start 1 v2"),
+])
+@pytest.mark.asyncio
+async def test_a_stop_request_finishes_the_current_step_then_raises(when: str, last_call: str) -> None:
+    settings = settings_for(2)
+    runtime, balancer, executor = fleet_and_executor(2, settings)
+    runtime.before[when] = lambda *args: executor.stop_requested.set()
+    with pytest.raises(Interrupted):
+        await roll(runtime, executor, settings)
+    assert runtime.log[-1] == last_call
+    assert [u.name for u in balancer.state.upstreams] == ["a2"]
+
+
+@pytest.mark.asyncio
+async def test_the_health_check_stops_the_rollout_between_steps() -> None:
+    settings = settings_for(3)
+    runtime, _, executor = fleet_and_executor(3, settings)
+    calls = []
+
+    def health() -> str | None:
+        calls.append(1)
+        return "error ratio 60.0%" if len(calls) > 4 else None
+
+    with pytest.raises(ErrorRatioExceeded, match=r"error ratio 60\.0%"):
+        await roll(runtime, executor, settings, health=health)
+    assert runtime.log == ["lb -a1", "stop a1", "start 1 v2"]  # 4 steps ran: detach, drain, stop, start

@@ -1,0 +1,317 @@
+"""The rehearsal's phases against the fakes: outcomes, load balancer records, rollback, Ctrl-C, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from sandbox.config import Settings
+from sandbox.errors import NotFoundError, UsageError
+from sandbox.fleet.images import ImageSet
+from sandbox.fleet.runtime import Runtime
+from sandbox.rollout.rehearsal import (
+    FIRST_CTRL_C,
+    Deps,
+    Interrupts,
+    Rehearsal,
+    error_ratio_problem,
+    exit_code,
+    rehearse,
+    rollout_record,
+)
+from sandbox.ui.progress import Progress
+from tests.unit.fakes import IMAGES, FakeBalancer, FakeLoad, FakeProbe, FakeRuntime, row
+from tests.unit.test_executor import FAST
+
+
+async def _images(runtime: Runtime) -> ImageSet:
+    return IMAGES
+
+
+class World:
+    """A fake fleet of ``n`` servers on ``version``, attached, and what a rehearsal needs to reach it."""
+
+    def __init__(self, n: int = 3, version: str = "v1", *, unready: frozenset[str] = frozenset(),
+                 rollout: dict[str, Any] | None = None, feed: Any = None) -> None:
+        self.runtime = FakeRuntime()
+        self.runtime.up(n, version)
+        self.balancer = FakeBalancer(self.runtime)
+        self.balancer.attach_all()
+        self.balancer.state.rollout = rollout
+        self.balancer.state.app_env = {"FLEET": "1"}
+        self.probe = FakeProbe(self.runtime, unready)
+        self.loads: list[FakeLoad] = []
+        self.stream = io.StringIO()
+
+        def load(url: str, settings: Any, path: Any) -> FakeLoad:
+            self.loads.append(FakeLoad(url, settings, path, feed=feed))
+            return self.loads[-1]
+
+        self.deps = Deps(balancer=lambda runtime, project, port: self.balancer,  # type: ignore[arg-type,return-value]
+                         load=load, images=_images, probe=self.probe.factory(), timing=FAST,  # type: ignore[arg-type]
+                         tick_s=0.001)
+
+    async def rehearse(self, settings: Settings, **kw: Any) -> Any:
+        return await rehearse(settings, runtime=self.runtime, progress=Progress(self.stream),  # type: ignore[arg-type]
+                              deps=self.deps, install_sigint=kw.pop("install_sigint", False), **kw)
+
+    def attached_versions(self) -> set[str]:
+        return {u.version for u in self.balancer.state.upstreams}
+
+    def records(self) -> list[dict[str, Any]]:
+        """The rollout records the load balancer's state went through, in order."""
+        out: list[dict[str, Any]] = []
+        for state in self.balancer.applied:
+            if state.rollout and (not out or out[-1] != state.rollout):
+                out.append(state.rollout)
+        return out
+
+
+def settings(**extra: Any) -> Settings:
+    base: dict[str, Any] = {"project": "p", "load": False, "warmup_s": 0, "cooldown_s": 0, "settle_s": 0,
+                            "ready_timeout": 0.05, "drain_timeout": 1, "set_env": {"NEW": "1"}}
+    return Settings(**{**base, **extra})
+
+
+RUNNING = {"kind": "roll", "from": "v1", "to": "v2", "strategy": "one-at-a-time", "status": "running"}
+
+OUTCOMES = [
+    # (name, settings, unready versions, balancer rejects v2, outcome, exit code, last record, attached, message)
+    ("completes", {}, set(), False, "completed", 0,
+     {**RUNNING, "status": "completed"}, {"v2"}, ""),
+    ("never ready: rolls back", {}, {"v2"}, False, "rolled_back", 1,
+     {"kind": "rollback", "from": "v2", "to": "v1", "strategy": "one-at-a-time", "status": "completed"}, {"v1"},
+     "rolled back to v1: "),
+    ("never ready, no auto rollback: stops", {"auto_rollback": False}, {"v2"}, False, "failed", 1,
+     {**RUNNING, "status": "failed"}, {"v1"}, "`sandbox rollback` reverts it"),
+    ("config rejected: rolls back", {}, set(), True, "rolled_back", 1,
+     {"kind": "rollback", "from": "v2", "to": "v1", "strategy": "one-at-a-time", "status": "completed"}, {"v1"},
+     "nginx -t rejected"),
+    ("rollback fails too", {}, {"v1", "v2"}, False, "failed", 1,
+     {**RUNNING, "status": "failed"}, {"v1"}, "and so did the rollback"),
+    ("rolling 2 in place, never ready: rolls back", {"strategy": "rolling", "batch": 2, "mode": "in-place"}, {"v2"},
+     False, "rolled_back", 1,
+     {"kind": "rollback", "from": "v2", "to": "v1", "strategy": "rolling", "status": "completed"}, {"v1"},
+     "rolled back"),
+]
+
+
+@pytest.mark.parametrize(("extra", "unready", "reject", "outcome", "code", "record", "attached", "message"),
+                         [c[1:] for c in OUTCOMES], ids=[c[0] for c in OUTCOMES])
+@pytest.mark.asyncio
+async def test_outcomes(extra: dict[str, Any], unready: set[str], reject: bool, outcome: str, code: int,
+                        record: dict[str, Any], attached: set[str], message: str) -> None:
+    world = World(unready=frozenset(unready))
+    if reject:
+        world.balancer.reject = lambda ups, changes: "v2 refused" if any(u.version == "v2" for u in ups) else None
+    result = await world.rehearse(settings(**extra))
+    assert (result.report["outcome"], result.exit_code) == (outcome, code)
+    assert message in result.message
+    records = world.records()
+    assert records[0] == {**RUNNING, "strategy": record["strategy"]} and records[-1] == record
+    assert world.attached_versions() == attached
+    # every slot serves again, or (stopped) all but the one whose new server failed
+    assert len(world.balancer.state.upstreams) == (3 if outcome in ("completed", "rolled_back") else 2)
+    phases = [s["phase"] for s in result.report["steps"]]
+    assert phases[0] == "rollout-start" and phases[-1] == "rollout-end"
+    assert ("rollback-end" in phases) == (outcome == "rolled_back")
+
+
+@pytest.mark.asyncio
+async def test_phases_one_by_one() -> None:
+    world = World()
+    world.runtime.vanish("a2")  # a crash left its upstream configured
+    rehearsal = Rehearsal(settings(), runtime=world.runtime, progress=Progress(world.stream),  # type: ignore[arg-type]
+                          deps=world.deps, install_sigint=False)
+    prepared = await rehearsal.prepare()
+    assert world.runtime.log == ["lb -a2"]  # only the stale upstream was taken out
+    assert "took a2 out of the load balancer" in world.stream.getvalue()
+    assert (prepared.source, prepared.target, prepared.size) == ("v1", "v2", 3)
+    plan_text = prepared.describe()  # printable before anything runs
+    assert plan_text.splitlines()[:4] == [
+        "roll v1 -> v2 with one-at-a-time: 13 steps",
+        "  batch 1   start    new server in slot 2",  # the empty slot first: it costs no availability
+        "  batch 1   ready    new server in slot 2",
+        "  batch 1   reattach new server in slot 2; detach a1 (batch 2)",
+    ]
+    ran = await rehearsal.run()
+    assert ran.outcome == "completed" and ran.peak == 3 and not ran.load
+    assert world.runtime.log[1:] == ["lb rollout=running", "start 2 v2", "lb +n2 -a1", "stop a1", "start 1 v2",
+                                     "lb +n1 -a3", "stop a3", "start 3 v2", "lb +n3", "lb rollout=completed"]
+    collected = await rehearsal.collect()
+    assert collected.rows == [] and collected.nginx_rows == []
+    assert [e["phase"] for e in collected.events][:2] == ["rollout-start", "start"]
+
+
+@pytest.mark.asyncio
+async def test_rollback_reverts_the_recorded_roll_with_the_fleets_own_env() -> None:
+    world = World(version="v2", rollout={**RUNNING, "status": "completed"})
+    result = await world.rehearse(settings(), kind="rollback")
+    assert result.exit_code == 0
+    assert (result.report["from_version"], result.report["to_version"]) == ("v2", "v1")
+    assert world.records()[-1] == {"kind": "rollback", "from": "v2", "to": "v1", "strategy": "one-at-a-time",
+                                   "status": "completed"}
+    assert world.runtime.env["n1"] == {"APP_STOP_DELAY": "0", "FLEET": "1"}  # no --set-env for the old version
+
+
+@pytest.mark.asyncio
+async def test_a_roll_gives_the_new_servers_the_fleet_env_and_set_env() -> None:
+    world = World()
+    await world.rehearse(settings())
+    assert world.runtime.env["n1"] == {"APP_STOP_DELAY": "0", "FLEET": "1", "NEW": "1"}
+
+
+@pytest.mark.parametrize(("rollout", "version", "error", "fragment"), [
+    (None, "v1", UsageError, "nothing to roll back"),
+    ({"kind": "rollback", "from": "v2", "to": "v1", "status": "completed"}, "v1", UsageError, "nothing to roll back"),
+])
+@pytest.mark.asyncio
+async def test_bad_rollbacks_touch_nothing(rollout: Any, version: str, error: type, fragment: str) -> None:
+    world = World(version=version, rollout=rollout)
+    with pytest.raises(error, match=fragment):
+        await world.rehearse(settings(), kind="rollback")
+    assert world.runtime.log == []
+
+
+@pytest.mark.asyncio
+async def test_no_fleet_is_not_found() -> None:
+    world = World()
+    world.runtime.lbs.clear()
+    with pytest.raises(NotFoundError, match="has no fleet"):
+        await world.rehearse(settings())
+
+
+@pytest.mark.asyncio
+async def test_a_converged_fleet_has_nothing_to_do() -> None:
+    world = World(version="v2")
+    result = await world.rehearse(settings())
+    assert (result.exit_code, result.message) == (0, "already on v2: nothing to do")
+    assert result.report["outcome"] == "completed" and result.report["peak_instances"] == 3
+    assert world.runtime.log == []
+
+
+@pytest.mark.asyncio
+async def test_the_error_ratio_under_load_rolls_back() -> None:
+    def feed() -> list[Any]:
+        now = time.time()
+        return [row(now, status=500, user=f"u{i}", rid=f"{now}-{i}") for i in range(40)]
+
+    world = World(feed=feed)
+    result = await world.rehearse(settings(load=True, max_error_ratio=0.05))
+    assert (result.report["outcome"], result.exit_code) == ("rolled_back", 1)
+    failed = [s for s in result.report["steps"] if s["phase"] == "failed"]
+    assert "error ratio 100.0%" in str(failed[0]["detail"])
+    phases = [s["phase"] for s in result.report["steps"]]
+    assert phases[0] == "load-start" and phases[-1] == "load-stop"
+    (load,) = world.loads
+    assert load.started == 1 and load.stopped >= 1
+    assert result.report["requests"]["dropped"] > 0 and result.report["users"] == 20
+    assert world.attached_versions() == {"v1"}
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+def _sigint(times: int) -> Any:
+    def send(*args: Any) -> None:
+        for _ in range(times):
+            os.kill(os.getpid(), signal.SIGINT)
+    return send
+
+
+@pytest.mark.parametrize(("at", "times", "last_call", "phases_absent"), [
+    ("stop", 1, "stop a1", {"start"}),  # first Ctrl-C: the current step (stop) finishes, nothing after it
+    ("start", 2, "start 1 v2", {"start", "ready"}),  # second: the current step (start) is cut short
+], ids=["first-finishes-the-step", "second-cuts-it-short"])
+@pytest.mark.asyncio
+async def test_ctrl_c(at: str, times: int, last_call: str, phases_absent: set[str]) -> None:
+    world = World()
+    world.runtime.before[at] = _sigint(times)
+    result = await world.rehearse(settings(), install_sigint=True)
+    assert (result.report["outcome"], result.exit_code) == ("interrupted", 130)
+    assert "`sandbox roll --to v2` resumes, `sandbox rollback` reverts" in result.message
+    assert FIRST_CTRL_C in world.stream.getvalue()
+    assert [c for c in world.runtime.log if not c.startswith("lb")][-1] == last_call
+    assert world.records()[-1] == {**RUNNING, "status": "interrupted"}
+    phases = [s["phase"] for s in result.report["steps"]]
+    assert "interrupted" in phases and not phases_absent & set(phases)
+    assert world.attached_versions() == {"v1"} and len(world.balancer.state.upstreams) == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler removed afterwards
+
+
+@pytest.mark.parametrize(("presses", "cuttable", "stopped", "cancelled"), [
+    (1, True, True, False),
+    (2, True, True, True),
+    (2, False, True, False),  # outside a step (warmup, cooldown) a second Ctrl-C cuts nothing
+    (3, True, True, True),
+])
+@pytest.mark.asyncio
+async def test_interrupts(presses: int, cuttable: bool, stopped: bool, cancelled: bool) -> None:
+    said: list[str] = []
+    interrupts = Interrupts(asyncio.Event(), said.append)
+
+    async def body() -> None:
+        with interrupts.installed(on_sigint=False):
+            if cuttable:
+                with interrupts.cutting():
+                    for _ in range(presses):
+                        interrupts()
+                    await asyncio.sleep(0)
+            else:
+                for _ in range(presses):
+                    interrupts()
+                await asyncio.sleep(0)
+
+    task = asyncio.create_task(body())
+    with pytest.raises(asyncio.CancelledError) if cancelled else contextlib.nullcontext():
+        await task
+    assert interrupts.stop.is_set() == stopped
+    assert said == [FIRST_CTRL_C]
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def report(outcome: str = "completed", dropped: int = 0, strategy: str = "one-at-a-time") -> dict[str, Any]:
+    return {"outcome": outcome, "strategy": strategy, "requests": {"dropped": dropped}}
+
+
+@pytest.mark.parametrize(("reports", "max_dropped", "baselines", "code"), [
+    ([report()], 0, (), 0),
+    ([report(dropped=3)], 0, (), 1),
+    ([report(dropped=3)], 3, (), 0),
+    ([report("rolled_back")], 0, (), 1),
+    ([report("failed")], 0, (), 1),
+    ([report("interrupted", dropped=5)], 0, (), 130),
+    # compare: drops are shown, not judged; naive is a baseline
+    ([report(dropped=3), report("failed", strategy="naive")], None, ("naive",), 0),
+    ([report(), report("rolled_back", strategy="surge")], None, ("naive",), 1),
+    ([report(), report("interrupted")], None, ("naive",), 130),
+])
+def test_exit_code(reports: list[dict[str, Any]], max_dropped: int | None, baselines: tuple[str, ...],
+                   code: int) -> None:
+    assert exit_code(reports, max_dropped=max_dropped, baselines=baselines) == code
+
+
+@pytest.mark.parametrize(("kind", "outcome", "expected"), [
+    ("roll", "completed", {"kind": "roll", "from": "v1", "to": "v2", "status": "completed"}),
+    ("roll", "interrupted", {"kind": "roll", "from": "v1", "to": "v2", "status": "interrupted"}),
+    ("roll", "rolled_back", {"kind": "rollback", "from": "v2", "to": "v1", "status": "completed"}),
+    ("rollback", "failed", {"kind": "rollback", "from": "v1", "to": "v2", "status": "failed"}),
+])
+def test_rollout_record(kind: str, outcome: str, expected: dict[str, str]) -> None:
+    assert rollout_record(kind, "v1", "v2", outcome) == expected
+
+
+@pytest.mark.parametrize(("total", "failed", "problem"), [
+    (29, 29, None), (30, 1, None), (30, 2, "error ratio 6.7% (2 of 30 requests) is above max_error_ratio 5.0%"),
+])
+def test_error_ratio_problem(total: int, failed: int, problem: str | None) -> None:
+    assert error_ratio_problem(total, failed, 0.05) == problem
