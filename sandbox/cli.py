@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write report.json, chart.png, report.md here (demo: reports/demo, "
                             "compare: reports/compare)")
 
+    def add_dashboard_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dashboard", action="store_true", help="serve a live page of the rollout on 127.0.0.1")
+        p.add_argument("--dashboard-port", type=_positive_int, default=8089, help="its port (default 8089)")
+
     p = sub.add_parser("roll", parents=[common], help="roll the fleet to another version under live traffic")
     p.add_argument("--to", dest="to_version", choices=VERSIONS, help="target version (default v2)")
     p.add_argument("--strategy", choices=STRATEGIES, help="how to roll (default one-at-a-time)")
@@ -105,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set-env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment for the new version's servers (repeatable), e.g. APP_BOOT_FAIL=1")
     add_load_flags(p)
+    add_dashboard_flags(p)
 
     p = sub.add_parser("rollback", parents=[common], help="return to the version before the last roll")
     p.add_argument("--strategy", choices=STRATEGIES, help="how to roll back (default one-at-a-time)")
@@ -119,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, help="servers per batch for rolling, surge, naive")
     p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
     p.add_argument("--keep", action="store_true", help="leave the fleet running afterwards")
+    p.add_argument("--narrate", action="store_true",
+                   help="pause at each step of the first batch and say what it does and why")
     add_load_flags(p)
+    add_dashboard_flags(p)
 
     p = sub.add_parser("compare", parents=[common],
                        help="run several strategies on fresh fleets under the same load; one table")
@@ -130,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "blue-green,naive)")
     p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
     add_load_flags(p)
+    add_dashboard_flags(p)
     return parser
 
 
@@ -177,10 +186,14 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command in ("up", "demo", "compare"):
         from sandbox.config import check_port_free
         check_port_free(settings.port)
-    runtime = Runtime.connect()
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
+
+    from sandbox.ui.dashboard import LiveView  # binds --dashboard-port (exit 2 if taken) before Docker
+    view = await LiveView.open(dashboard=getattr(args, "dashboard", False), port=getattr(args, "dashboard_port", None),
+                               narrate=getattr(args, "narrate", False), say=say)
+    runtime = Runtime.connect()
 
     if args.command == "images":
         image_set = await commands.images(runtime=runtime, force=args.force, say=say)
@@ -208,7 +221,9 @@ async def _run(args: argparse.Namespace) -> int:
               f"{removed['networks']} networks of project {settings.project}")
         return 0
     if args.command in ("roll", "rollback"):
-        result = await commands.roll(settings, runtime=runtime, kind=args.command, report_dir=args.report)
+        result = await commands.roll(settings, runtime=runtime, kind=args.command, report_dir=args.report,
+                                     progress=view.progress(settings, sized=False))
+        await view.close(report=result.report, max_dropped=settings.max_dropped)
         if args.json:
             print(json.dumps(result.report, indent=2, default=str))
         else:
@@ -221,7 +236,9 @@ async def _run(args: argparse.Namespace) -> int:
             settings = dataclasses.replace(settings, project="sandbox-demo")
         started = time.monotonic()
         args.report = args.report or Path("reports") / "demo"
-        result = await commands.demo(settings, runtime=runtime, keep=args.keep, report_dir=args.report, say=say)
+        result = await commands.demo(settings, runtime=runtime, keep=args.keep, report_dir=args.report, say=say,
+                                     progress=view.progress(settings))
+        await view.close(report=result.report, max_dropped=settings.max_dropped)
         if args.json:
             print(json.dumps(result.report, indent=2, default=str))
         else:
@@ -235,8 +252,9 @@ async def _run(args: argparse.Namespace) -> int:
         from sandbox.results.report import compare_json, compare_table, compare_text
         args.report = args.report or Path("reports") / "compare"
         reports = await commands.compare(settings, runtime=runtime, strategies=specs, report_dir=args.report,
-                                         say=say)
+                                         say=say, progress_for=view.progress)
         table = compare_json(reports)
+        await view.close(table=table["rows"])
         args.report.mkdir(parents=True, exist_ok=True)
         (args.report / "compare.json").write_text(json.dumps(table, indent=2, default=str))
         (args.report / "compare.md").write_text(compare_table(reports))

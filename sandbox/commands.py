@@ -170,6 +170,7 @@ async def roll(
 
     controller = Controller(runtime, balancer, settings, image_set, on_event=on_event)
     controller.events = events
+    controller.before_step = getattr(progress, "before_step", None)
     for name in await controller.reconcile(listed):
         progress.line(f"took {name} out of the load balancer: its container is gone or not running")
     instances, servers = await controller.fleet(listed)
@@ -411,6 +412,7 @@ async def compare(
     strategies: list[str],
     report_dir: Path | None = None,
     say: Callable[[str], None] = log.info,
+    progress_for: Callable[[Settings], Progress] = lambda _settings: Progress(),
 ) -> list[dict[str, Any]]:
     """Run each strategy on a fresh fleet of ``settings.size`` under the same load; one report each.
 
@@ -427,9 +429,10 @@ async def compare(
             await runtime.down(one.project)
         await up(one, runtime=runtime, say=say)
         try:
-            result = await roll(one, runtime=runtime, to_version="v2", progress=Progress(),
+            result = await roll(one, runtime=runtime, to_version="v2", progress=(progress := progress_for(one)),
                                 report_dir=(report_dir / spec.replace(":", "-")) if report_dir else None)
             reports.append(result.report)
+            progress.finish(result.report, max_dropped=one.max_dropped)
         finally:
             await runtime.down(one.project)
     return reports

@@ -67,6 +67,8 @@ class Controller:
         self.project = settings.project
         self.events: list[Event] = []
         self._on_event = on_event
+        # awaited before each step (the live views show it; `demo --narrate` pauses there)
+        self.before_step: Callable[[planner.Step], Awaitable[None]] | None = None
         self.stop_requested = asyncio.Event()  # first Ctrl-C: finish the current step, then stop
         self.live = 0  # app containers alive now (for peak_instances)
         self.peak = 0
@@ -152,6 +154,8 @@ class Controller:
                     raise Interrupted("interrupted")
                 if health is not None and (reason := health()):
                     raise ErrorRatioExceeded(reason)
+                if self.before_step is not None:
+                    await self.before_step(step)
                 targets = list(step.targets)
                 action = step.action
                 if action == "attach" and pending and pending[0].action == "detach" \
