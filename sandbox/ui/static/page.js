@@ -58,6 +58,10 @@ function renderSlots(s) {
   const cards = new Map([...box.children].map((c) => [c.dataset.slot, c]));
   const wanted = s.slots.map((slot) => String(slot.slot));
   for (const [key, card] of cards) if (!wanted.includes(key)) card.remove();
+  // few slots: big cards in one row; up to 16: two rows; more: as many as fit
+  const n = s.slots.length;
+  box.style.gridTemplateColumns = n <= 5 ? "repeat(" + Math.max(n, 1) + ", minmax(0, 1fr))"
+    : n <= 16 ? "repeat(" + Math.ceil(n / 2) + ", minmax(0, 1fr))" : "";
   s.slots.forEach((slot) => {
     let card = cards.get(String(slot.slot));
     if (!card) {
