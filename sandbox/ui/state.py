@@ -128,6 +128,8 @@ class RolloutState:
                                    self.run.get("mode") or "replace", self.run.get("to") or "v2").as_dict(self.size)
         except ValueError:  # a combination the planner refuses: the run says so itself
             self.promise = None
+        if self.promise and self.run["strategy"] == "naive":
+            self.promise["text"] = "none: naive kills servers while they still get traffic"
 
     def seed(self, name: str, slot: int, version: str, attached: bool) -> None:
         self.servers[name] = {"name": name, "slot": slot, "version": version,

@@ -236,3 +236,9 @@ def test_the_snapshot_is_json_and_a_copy() -> None:
     snap["slots"][0]["servers"][0]["state"] = "tampered"
     snap["live"]["share"].append([0, {}])
     assert server(state, "app-1-a")["state"] == "attached" and state.snapshot()["live"]["share"] == []
+
+
+def test_naive_promises_nothing() -> None:
+    state = RolloutState()
+    state.configure(strategy="naive", batch=1, size=3)
+    assert state.snapshot()["promise"]["text"] == "none: naive kills servers while they still get traffic"

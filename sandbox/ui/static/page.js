@@ -20,7 +20,8 @@ function renderHeader(s) {
   const run = s.run || {};
   const title = [run.strategy, run.batch > 1 ? "batch " + run.batch : "", (run.from || "") + " → " + (run.to || "")]
     .filter(Boolean).join(" · ");
-  $("title").textContent = "rolling-sandbox" + (run.strategy ? " · " + title : "");
+  $("title").textContent = s.table ? "rolling-sandbox · compare · " + s.table.length + " strategies"
+    : "rolling-sandbox" + (run.strategy ? " · " + title : "");
   const phase = $("phase");
   phase.textContent = s.phase === "waiting" ? "starting the fleet" : s.phase;
   phase.className = "pill " + String(s.phase).replace(/ /g, "-");
@@ -28,7 +29,8 @@ function renderHeader(s) {
 
 function renderWhere(s) {
   const b = s.batch || {};
-  $("batch-text").textContent = b.total ? "Batch " + Math.max(b.current, 0) + " of " + b.total : "no batch yet";
+  $("batch-text").textContent = !b.total ? "no batch yet"
+    : b.current > 0 ? "Batch " + b.current + " of " + b.total : b.total + (b.total > 1 ? " batches" : " batch") + " planned";
   const done = s.phase === "ended" || s.phase === "finishing" ? b.total : Math.max(0, b.current - 1);
   $("batch-bar").style.width = (b.total ? (100 * done / b.total) : 0) + "%";
   $("promise").textContent = s.promise ? "Promise: " + s.promise.text : "";
@@ -191,7 +193,11 @@ function renderCompare(s) {
   cols.forEach((c) => head.append(el("th", "", c.replace(/_/g, " "))));
   table.replaceChildren(head, ...s.table.map((row) => {
     const tr = el("tr");
-    cols.forEach((c) => tr.append(el("td", "", row[c] === null || row[c] === undefined ? "–" : String(row[c]))));
+    cols.forEach((c) => {
+      const v = row[c];
+      tr.append(el("td", "", v === null || v === undefined ? "–" : typeof v === "number" && !Number.isInteger(v)
+        ? v.toFixed(1) : String(v)));
+    });
     return tr;
   }));
 }
@@ -200,6 +206,7 @@ function render(s) {
   lastState = s;
   updates += 1;
   document.body.dataset.phase = s.phase;
+  document.body.classList.toggle("compare-only", Boolean(s.table));
   document.body.dataset.updates = updates;
   renderHeader(s);
   renderWhere(s);
