@@ -223,13 +223,13 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command in ("roll", "rollback"):
         result = await commands.roll(settings, runtime=runtime, kind=args.command, report_dir=args.report,
                                      progress=view.progress(settings, sized=False))
-        await view.close(report=result.report, max_dropped=settings.max_dropped)
         if args.json:
             print(json.dumps(result.report, indent=2, default=str))
         else:
             print(summary_text(result.report, max_dropped=settings.max_dropped))
         if result.message:
             print(result.message, file=sys.stderr)
+        await view.close(report=result.report, max_dropped=settings.max_dropped)
         return result.exit_code
     if args.command == "demo":
         if settings.project == "sandbox" and args.project is None:
@@ -238,7 +238,6 @@ async def _run(args: argparse.Namespace) -> int:
         args.report = args.report or Path("reports") / "demo"
         result = await commands.demo(settings, runtime=runtime, keep=args.keep, report_dir=args.report, say=say,
                                      progress=view.progress(settings))
-        await view.close(report=result.report, max_dropped=settings.max_dropped)
         if args.json:
             print(json.dumps(result.report, indent=2, default=str))
         else:
@@ -247,6 +246,7 @@ async def _run(args: argparse.Namespace) -> int:
             say(result.message)
         say(f"report: {args.report / 'report.md'} (chart: {args.report / 'chart.png'})")
         say(f"demo took {time.monotonic() - started:.0f} s")
+        await view.close(report=result.report, max_dropped=settings.max_dropped)
         return result.exit_code
     if args.command == "compare":
         from sandbox.results.report import compare_json, compare_table, compare_text
@@ -254,12 +254,12 @@ async def _run(args: argparse.Namespace) -> int:
         reports = await commands.compare(settings, runtime=runtime, strategies=specs, report_dir=args.report,
                                          say=say, progress_for=view.progress)
         table = compare_json(reports)
-        await view.close(table=table["rows"])
         args.report.mkdir(parents=True, exist_ok=True)
         (args.report / "compare.json").write_text(json.dumps(table, indent=2, default=str))
         (args.report / "compare.md").write_text(compare_table(reports))
         say(f"compare: {args.report / 'compare.md'} and compare.json, one report per strategy beside them")
         print(json.dumps(table, indent=2, default=str) if args.json else compare_text(reports))
+        await view.close(table=table["rows"])
         return 0 if all(r["outcome"] == "completed" for r in reports if r["strategy"] != "naive") else 1
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover - argparse prevents it
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
@@ -138,8 +140,10 @@ class Dashboard:
 class LiveView:
     """What one command shows: the terminal progress and, with ``--dashboard``, the page."""
 
-    def __init__(self, state: RolloutState, dashboard: Dashboard | None, *, narrate: bool = False) -> None:
-        self.state, self.dashboard, self.narrate = state, dashboard, narrate
+    def __init__(self, state: RolloutState, dashboard: Dashboard | None, *, narrate: bool = False,
+                 say: Callable[[str], None] = log.info, hold: bool = True) -> None:
+        self.state, self.dashboard, self.narrate, self.say = state, dashboard, narrate, say
+        self.hold = hold  # on a terminal, keep serving the final page until Enter
 
     @classmethod
     async def open(cls, *, dashboard: bool, port: int | None, narrate: bool = False,
@@ -150,7 +154,7 @@ class LiveView:
         if board is not None:
             await board.start()
             say(f"dashboard: {board.url} (read-only; Ctrl-C stops the run, not just the page)")
-        return cls(state, board, narrate=narrate)
+        return cls(state, board, narrate=narrate, say=say)
 
     def progress(self, settings: Any, *, sized: bool = True) -> Progress:
         """A progress for one run of ``settings``; ``sized``: the fleet will have ``settings.size``
@@ -165,11 +169,34 @@ class LiveView:
 
     async def close(self, *, report: Mapping[str, Any] | None = None, max_dropped: int = 0,
                     table: Sequence[Mapping[str, Any]] | None = None) -> None:
-        """The command ended: show its report (or compare's table), then stop serving."""
+        """The command ended: show its report (or compare's table); on a terminal, keep serving the
+        final page (its links to the report's files work while it is served) until Enter; then stop."""
         if report is not None:
             self.state.finish(report, max_dropped=max_dropped)
         if table is not None:
             self.state.add_panel()
             self.state.set_table(table)
-        if self.dashboard is not None:
-            await self.dashboard.close()
+        if self.dashboard is None:
+            return
+        if self.hold and sys.stdin.isatty():
+            self.say(f"dashboard: the final page stays at {self.dashboard.url} until you press Enter (or Ctrl-C)")
+            await wait_for_enter()
+        await self.dashboard.close()
+
+
+async def wait_for_enter() -> None:
+    """Until a line arrives on the terminal or Ctrl-C (which here ends the wait, not the command)."""
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+
+    def on_line() -> None:
+        sys.stdin.readline()
+        done.set()
+
+    loop.add_reader(sys.stdin.fileno(), on_line)
+    loop.add_signal_handler(signal.SIGINT, done.set)
+    try:
+        await done.wait()
+    finally:
+        loop.remove_reader(sys.stdin.fileno())
+        loop.remove_signal_handler(signal.SIGINT)

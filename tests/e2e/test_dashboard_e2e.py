@@ -63,8 +63,8 @@ def test_the_page_follows_a_rollout(cli: Cli, browser: webdriver.Chrome, tmp_pat
     cmd = [sys.executable, "-m", "sandbox", "roll", "--project", cli.project, "--dashboard", "--dashboard-port",
            str(port), "--report", str(report_dir), "--users", "10", "--warmup", "3", "--cooldown", "2"]
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         url = wait_for_url(log, proc)
         assert url == f"http://127.0.0.1:{port}/"

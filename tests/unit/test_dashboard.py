@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 import socket
@@ -149,3 +150,31 @@ def test_cli_rejects_a_taken_dashboard_port_before_docker(capsys: pytest.Capture
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"dashboard-port: 127.0.0.1:{taken_port} is already in use" in err
+
+
+@pytest.mark.asyncio
+async def test_on_a_terminal_the_final_page_is_served_until_enter(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from sandbox.ui.dashboard import LiveView
+    said: list[str] = []
+    view = await LiveView.open(dashboard=True, port=free_port(), say=said.append)
+    master, slave = os.openpty()
+    with os.fdopen(slave, "r") as tty:
+        monkeypatch.setattr("sys.stdin", tty)
+        closing = asyncio.create_task(view.close(report={"outcome": "completed", "requests": {"dropped": 0}}))
+        await asyncio.sleep(0.3)
+        assert not closing.done() and "until you press Enter" in said[-1]
+        async with aiohttp.ClientSession() as http, http.get(view.dashboard.url + "api/state") as r:  # type: ignore[union-attr]
+            assert (await r.json())["result"]["passed"] is True
+        os.write(master, b"\n")
+        await asyncio.wait_for(closing, 2)
+    os.close(master)
+
+
+@pytest.mark.asyncio
+async def test_elsewhere_the_command_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandbox.ui.dashboard import LiveView
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    view = await LiveView.open(dashboard=True, port=free_port(), say=lambda _text: None)
+    await asyncio.wait_for(view.close(report={"outcome": "completed", "requests": {"dropped": 0}}), 1)
