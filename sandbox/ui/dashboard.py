@@ -33,7 +33,7 @@ log = logging.getLogger("sandbox.ui.dashboard")
 
 STATIC = Path(__file__).parent / "static"
 PUSH_INTERVAL_S = 0.25  # a changed state goes out within this
-HEARTBEAT_S = 0.5  # and the state goes out at least this often anyway
+HEARTBEAT_S = 0.4  # and goes out anyway after this (so at least every 0.5 s, on the 0.25 s ticks)
 FINAL_LINGER_S = 3.0  # at close, how long to wait for each page to receive the final state
 DEFAULT_PORT = 8089
 
