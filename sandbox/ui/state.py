@@ -38,6 +38,8 @@ SERIES_MAX = 600  # points kept in the share-over-time series
 NARRATION = {
     "pick": "Batch 1: the plan picks slot {slots}. Only {batch} server(s) leave at a time, so at least "
             "{floor} of {size} keep serving users.",
+    "pick-surge": "Batch 1: the plan picks slot {slots}. New servers start beside the old ones, so all {size} "
+                  "keep serving users until the new ones are ready.",
     "detach": "Detach: NGINX gets a new config without slot {slots} and reloads gracefully; new requests "
               "stop going there, the ones already running carry on.",
     "drain": "Drain: we wait until slot {slots} has no request in flight. Stopping it now would drop "
@@ -85,6 +87,8 @@ def promise(size: int, strategy: str, batch: int = 1, mode: str = "replace", to_
 def narrate(key: str, slots: Sequence[int], *, size: int, batch: int, floor: int, to: str) -> str:
     """One sentence on what a step of the first batch does and why."""
     names = ", ".join(str(s) for s in sorted(set(slots))) or "?"
+    if key == "pick" and batch == 0:  # surge, double-half, blue-green: nobody leaves before the new ones serve
+        key = "pick-surge"
     return NARRATION[key].format(slots=names, size=size, batch=batch, floor=floor, to=to)
 
 

@@ -242,3 +242,8 @@ def test_naive_promises_nothing() -> None:
     state = RolloutState()
     state.configure(strategy="naive", batch=1, size=3)
     assert state.snapshot()["promise"]["text"] == "none: naive kills servers while they still get traffic"
+
+
+def test_the_pick_sentence_of_a_strategy_that_starts_new_servers_first() -> None:
+    assert "at least 6 of 9 keep serving" in narrate("pick", [1, 2, 3], size=9, batch=3, floor=6, to="v2")
+    assert "all 9 keep serving" in narrate("pick", [1, 2, 3, 4], size=9, batch=0, floor=9, to="v2")
