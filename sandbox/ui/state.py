@@ -36,7 +36,7 @@ REMOVED_LINGER_S = 3.0  # a removed server stays (faded) this long, then leaves 
 SERIES_MAX = 600  # points kept in the share-over-time series
 
 NARRATION = {
-    "pick": "Batch 1: the plan picks slot {slots}. Only {batch} server(s) leave at a time, so at least "
+    "pick": "Batch 1: the plan picks slot {slots}. Only {leave} at a time, so at least "
             "{floor} of {size} keep serving users.",
     "pick-surge": "Batch 1: the plan picks slot {slots}. New servers start beside the old ones, so all {size} "
                   "keep serving users until the new ones are ready.",
@@ -89,7 +89,8 @@ def narrate(key: str, slots: Sequence[int], *, size: int, batch: int, floor: int
     names = ", ".join(str(s) for s in sorted(set(slots))) or "?"
     if key == "pick" and batch == 0:  # surge, double-half, blue-green: nobody leaves before the new ones serve
         key = "pick-surge"
-    return NARRATION[key].format(slots=names, size=size, batch=batch, floor=floor, to=to)
+    leave = "1 server leaves" if batch == 1 else f"{batch} servers leave"
+    return NARRATION[key].format(slots=names, size=size, leave=leave, floor=floor, to=to)
 
 
 @dataclass
