@@ -36,23 +36,23 @@ REMOVED_LINGER_S = 3.0  # a removed server stays (faded) this long, then leaves 
 SERIES_MAX = 600  # points kept in the share-over-time series
 
 NARRATION = {
-    "pick": "Batch 1: the plan picks slot {slots}. Only {leave} at a time, so at least "
+    "pick": "Batch 1: the plan picks {slots}. Only {leave} at a time, so at least "
             "{floor} of {size} keep serving users.",
-    "pick-surge": "Batch 1: the plan picks slot {slots}. New servers start beside the old ones, so all {size} "
+    "pick-surge": "Batch 1: the plan picks {slots}. New servers start beside the old ones, so all {size} "
                   "keep serving users until the new ones are ready.",
-    "detach": "Detach: NGINX gets a new config without slot {slots} and reloads gracefully; new requests "
+    "detach": "Detach: NGINX gets a new config without {slots} and reloads gracefully; new requests "
               "stop going there, the ones already running carry on.",
-    "drain": "Drain: we wait until slot {slots} has no request in flight. Stopping it now would drop "
+    "drain": "Drain: we wait until {slots} has no request in flight. Stopping it now would drop "
              "those requests.",
-    "stop": "Replace: slot {slots} is idle and out of the load balancer, so stopping it costs no user "
+    "stop": "Replace: {slots} is idle and out of the load balancer, so stopping it costs no user "
             "anything.",
-    "kill": "Naive: slot {slots} is killed while still attached. Watch the dropped counter.",
-    "start": "Replace: a new {to} container starts in slot {slots}. It gets no traffic until it is ready.",
-    "swap": "Reload: the {to} code is copied into slot {slots} and the app process reloads, out of traffic.",
-    "ready": "Readiness: we poll /healthz until slot {slots} passes twice in a row. Attaching earlier "
+    "kill": "Naive: {slots} is killed while still attached. Watch the dropped counter.",
+    "start": "Replace: a new {to} container starts in {slots}. It gets no traffic until it is ready.",
+    "swap": "Reload: the {to} code is copied into {slots} and the app process reloads, out of traffic.",
+    "ready": "Readiness: we poll /healthz until {slots} passes twice in a row. Attaching earlier "
              "would send users to a server that cannot answer yet.",
-    "attach": "Re-attach: NGINX reloads with slot {slots} back in. Users now get {to} answers from it.",
-    "switch": "Switch: one reload moves traffic to the new servers in slot {slots} at once.",
+    "attach": "Re-attach: NGINX reloads with {slots} back in. Users now get {to} answers from it.",
+    "switch": "Switch: one reload moves traffic to the new servers in {slots} at once.",
 }
 
 
@@ -86,7 +86,8 @@ def promise(size: int, strategy: str, batch: int = 1, mode: str = "replace", to_
 
 def narrate(key: str, slots: Sequence[int], *, size: int, batch: int, floor: int, to: str) -> str:
     """One sentence on what a step of the first batch does and why."""
-    names = ", ".join(str(s) for s in sorted(set(slots))) or "?"
+    numbers = sorted(set(slots))
+    names = ("slot " if len(numbers) == 1 else "slots ") + (", ".join(map(str, numbers)) or "?")
     if key == "pick" and batch == 0:  # surge, double-half, blue-green: nobody leaves before the new ones serve
         key = "pick-surge"
     leave = "1 server leaves" if batch == 1 else f"{batch} servers leave"
