@@ -42,16 +42,16 @@ NARRATION = {
                   "keep serving users until the new ones are ready.",
     "detach": "Detach: NGINX gets a new config without {slots} and reloads gracefully; new requests "
               "stop going there, the ones already running carry on.",
-    "drain": "Drain: we wait until {slots} has no request in flight. Stopping it now would drop "
-             "those requests.",
-    "stop": "Replace: {slots} is idle and out of the load balancer, so stopping it costs no user "
-            "anything.",
-    "kill": "Naive: {slots} is killed while still attached. Watch the dropped counter.",
-    "start": "Replace: a new {to} container starts in {slots}. It gets no traffic until it is ready.",
+    "drain": "Drain: we wait until no request is in flight on {slots}. Stopping earlier would drop those "
+             "requests.",
+    "stop": "Replace: with nothing in flight and out of the load balancer, {slots} can stop without costing "
+            "any user a request.",
+    "kill": "Naive: killing {slots} while it still gets traffic. Watch the dropped counter.",
+    "start": "Replace: {to} starts in {slots}. No traffic goes there until it is ready.",
     "swap": "Reload: the {to} code is copied into {slots} and the app process reloads, out of traffic.",
-    "ready": "Readiness: we poll /healthz until {slots} passes twice in a row. Attaching earlier "
-             "would send users to a server that cannot answer yet.",
-    "attach": "Re-attach: NGINX reloads with {slots} back in. Users now get {to} answers from it.",
+    "ready": "Readiness: we poll /healthz on {slots} until every new server passes twice in a row. Attaching "
+             "earlier would send users to a server that cannot answer yet.",
+    "attach": "Re-attach: NGINX reloads with {slots} back in. Users now get {to} answers from there.",
     "switch": "Switch: one reload moves traffic to the new servers in {slots} at once.",
 }
 
