@@ -168,11 +168,11 @@ def figures_text(live: Mapping[str, Any]) -> str:
     return f"{by_version}  p99 {'-' if p99 is None else f'{p99:.0f} ms'}  dropped {live.get('dropped', 0)}"
 
 
-def batch_bar(current: int, total: int, width: int = 20) -> str:
-    """``[██████░░░░] batch 3 of 9``; batches before the current one count as done."""
+def batch_bar(current: int, total: int, width: int = 20, *, finished: bool = False) -> str:
+    """``[██████░░░░] batch 3 of 9``; batches before the current one count as done (all, once ``finished``)."""
     if total <= 0:
         return "[" + "░" * width + "] no batch yet"
-    done = max(0, min(total, current - 1))
+    done = total if finished else max(0, min(total, current - 1))
     filled = round(width * done / total)
     return "[" + "█" * filled + "░" * (width - filled) + f"] batch {max(current, 0)} of {total}"
 
@@ -245,7 +245,8 @@ class LiveProgress(Progress):
 def _header_lines(snap: Mapping[str, Any]) -> list[str]:
     run, step, promise = snap["run"], snap["step"], snap["promise"]
     title = f"{run.get('strategy') or 'rollout'} {run.get('from', '')} → {run.get('to', '')}  ({snap['phase']})"
-    lines = [f"[bold]{title}[/]", batch_bar(snap["batch"]["current"], snap["batch"]["total"])]
+    lines = [f"[bold]{title}[/]", batch_bar(snap["batch"]["current"], snap["batch"]["total"],
+                                            finished=snap["phase"] in ("finishing", "ended"))]
     if step:
         lines[-1] += f"  step {step['number']}/6: {step['label']} (slot {', '.join(map(str, step['slots']))})"
     if promise:

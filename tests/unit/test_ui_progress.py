@@ -22,6 +22,10 @@ def test_batch_bar(current: int, total: int, expected: str) -> None:
     assert batch_bar(current, total, width=8) == expected
 
 
+def test_a_finished_rollout_fills_the_bar() -> None:
+    assert batch_bar(4, 4, width=8, finished=True) == "[████████] batch 4 of 4"
+
+
 def test_slot_cell_hides_removed_servers_and_shows_in_flight() -> None:
     servers = [{"version": "v1", "state": "removed"}, {"version": "v1", "state": "draining", "in_flight": 4},
                {"version": "v2", "state": "starting"}]
