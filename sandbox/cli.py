@@ -33,6 +33,7 @@ from sandbox.config import (
 from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError
 from sandbox.fleet.runtime import Runtime
 from sandbox.results.report import compare_text, summary_text
+from sandbox.ui.dashboard import LiveView
 
 log = logging.getLogger("sandbox")
 
@@ -116,6 +117,11 @@ def _add_load_flags(p: argparse.ArgumentParser) -> None:
                         "compare: reports/compare)")
 
 
+def _add_dashboard_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dashboard", action="store_true", help="serve a live page of the rollout on 127.0.0.1")
+    p.add_argument("--dashboard-port", type=_integer, default=8089, help="its port (default 8089)")
+
+
 def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     """roll, rollback, demo, compare."""
     p = sub.add_parser("roll", parents=[common], help="roll the fleet to another version under live traffic")
@@ -129,6 +135,7 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--set-env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment for the new version's servers (repeatable), e.g. APP_BOOT_FAIL=1")
     _add_load_flags(p)
+    _add_dashboard_flags(p)
 
     p = sub.add_parser("rollback", parents=[common], help="return to the version before the last roll")
     p.add_argument("--strategy", choices=STRATEGIES, help="how to roll back (default one-at-a-time)")
@@ -144,6 +151,9 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
     p.add_argument("--keep", action="store_true", help="leave the fleet running afterwards")
     _add_load_flags(p)
+    _add_dashboard_flags(p)
+    p.add_argument("--narrate", action="store_true",
+                   help="pause at each step of the first batch and say what it does and why")
     p.set_defaults(report=Path("reports") / "demo")
 
     p = sub.add_parser("compare", parents=[common],
@@ -155,6 +165,7 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                         "blue-green,naive)")
     p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
     _add_load_flags(p)
+    _add_dashboard_flags(p)
     p.set_defaults(report=Path("reports") / "compare")
 
 
@@ -213,19 +224,19 @@ def _specs(args: argparse.Namespace) -> list[str]:
     return [s for s in args.strategies.split(",") if s.strip()] if args.command == "compare" else []
 
 
-async def _images(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say) -> int:
+async def _images(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say, view: LiveView) -> int:
     image_set = await commands.images(runtime=runtime, force=args.force, prune=args.prune, say=say)
     for ref in (image_set.base, image_set.lb, *image_set.app.values()):
         print(ref)
     return 0
 
 
-async def _up(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say) -> int:
+async def _up(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say, view: LiveView) -> int:
     _print_status(await commands.up(settings, runtime=runtime, say=say))
     return 0
 
 
-async def _status(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say) -> int:
+async def _status(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say, view: LiveView) -> int:
     data = await commands.status(settings, runtime=runtime)
     if args.json:
         print(json.dumps(data, indent=2))
@@ -234,32 +245,37 @@ async def _status(args: argparse.Namespace, settings: Settings, runtime: Runtime
     return 0
 
 
-async def _down(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say) -> int:
+async def _down(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say, view: LiveView) -> int:
     removed = await commands.down(settings, runtime=runtime)
     print(f"removed {removed['containers']} containers, {removed['volumes']} volumes, "
           f"{removed['networks']} networks of project {settings.project}")
     return 0
 
 
-async def _roll(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say) -> int:
-    result = await commands.roll(settings, runtime=runtime, kind=args.command, report_dir=args.report)
+async def _roll(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say, view: LiveView) -> int:
+    result = await commands.roll(settings, runtime=runtime, kind=args.command, report_dir=args.report,
+                                 progress=view.progress(settings, sized=False))
     _print_rollout(args, settings, result)
+    await view.close(report=result.report, max_dropped=settings.max_dropped)
     return result.exit_code
 
 
-async def _demo(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say) -> int:
+async def _demo(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say, view: LiveView) -> int:
     started = time.monotonic()
-    result = await commands.demo(settings, runtime=runtime, keep=args.keep, report_dir=args.report, say=say)
+    result = await commands.demo(settings, runtime=runtime, keep=args.keep, report_dir=args.report, say=say,
+                                 progress=view.progress(settings))
     _print_rollout(args, settings, result)
     say(f"report: {args.report / 'report.md'} (chart: {args.report / 'chart.png'})")
     say(f"demo took {time.monotonic() - started:.0f} s")
+    await view.close(report=result.report, max_dropped=settings.max_dropped)
     return result.exit_code
 
 
-async def _compare(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say) -> int:
+async def _compare(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say, view: LiveView) -> int:
     compared = await commands.compare(settings, runtime=runtime, strategies=_specs(args), report_dir=args.report,
-                                      say=say)
+                                      say=say, progress_for=view.progress)
     print(json.dumps(compared.table, indent=2, default=str) if args.json else compare_text(compared.reports))
+    await view.close(table=compared.table["rows"])
     return compared.exit_code
 
 
@@ -272,7 +288,7 @@ def _print_rollout(args: argparse.Namespace, settings: Settings, result: command
         print(result.message, file=sys.stderr)
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Runtime, Say], Awaitable[int]]] = {
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Runtime, Say, LiveView], Awaitable[int]]] = {
     "images": _images, "up": _up, "status": _status, "down": _down, "roll": _roll, "rollback": _roll,
     "demo": _demo, "compare": _compare,
 }
@@ -280,7 +296,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Runtime, Say], Await
 
 async def _run(args: argparse.Namespace) -> int:
     settings = checked_settings(args)
-    return await COMMANDS[args.command](args, settings, Runtime.connect(), _say)
+    # binds --dashboard-port (exit 2 when taken) before Docker is touched
+    view = await LiveView.open(dashboard=getattr(args, "dashboard", False), port=getattr(args, "dashboard_port", None),
+                               narrate=getattr(args, "narrate", False), say=_say)
+    return await COMMANDS[args.command](args, settings, Runtime.connect(), _say, view)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -168,6 +168,7 @@ async def compare(
     strategies: list[str],
     report_dir: Path | None = None,
     say: Callable[[str], None] = log.info,
+    progress_for: Callable[[Settings], Progress] = lambda _settings: Progress(),
 ) -> CompareResult:
     """Run each strategy on a fresh fleet of ``settings.size`` under the same load; one report each,
     and ``compare.json``/``compare.md`` beside them in ``report_dir``.
@@ -186,9 +187,11 @@ async def compare(
             await runtime.down(one.project)
         await up(one, runtime=runtime, say=say)
         try:
-            result = await roll(one, runtime=runtime, to_version="v2", progress=Progress(),
+            progress = progress_for(one)
+            result = await roll(one, runtime=runtime, to_version="v2", progress=progress,
                                 report_dir=(report_dir / spec.replace(":", "-")) if report_dir else None)
             reports.append(result.report)
+            progress.finish(result.report, max_dropped=one.max_dropped)
         finally:
             await runtime.down(one.project)
     table = compare_json(reports)

@@ -56,6 +56,9 @@ if is_debian_root; then
     missing=()
     command -v debootstrap >/dev/null || missing+=(debootstrap)
     command -v docker-compose >/dev/null || missing+=(docker-compose)
+    # a real browser for tests/e2e/test_dashboard_e2e.py (Selenium drives it through chromedriver)
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
     if [ "${#missing[@]}" -gt 0 ]; then
         say "installing ${missing[*]}"
         apt_install "${missing[@]}"

@@ -112,6 +112,8 @@ class Executor:
         self._probe = probe
         self.timing = timing or Timing()
         self.stop_requested = asyncio.Event()  # first Ctrl-C: finish the current step, then stop
+        # awaited before each step (the live views show it; `demo --narrate` pauses there)
+        self.before_step: Callable[[planner.Step], Awaitable[None]] | None = None
         self.live = 0  # app containers alive now (for peak_instances)
         self.peak = 0
         self._born: dict[str, float] = {}  # container id -> monotonic time it was started or swapped
@@ -197,6 +199,8 @@ class Executor:
                     raise Interrupted("interrupted")
                 if health is not None and (reason := health()):
                     raise ErrorRatioExceeded(reason)
+                if self.before_step is not None:
+                    await self.before_step(step)
                 await self._handlers[step.action](run, step)
 
     # -- one handler per action ---------------------------------------------------------------

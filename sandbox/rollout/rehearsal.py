@@ -252,6 +252,7 @@ class Rehearsal:
         self._executor = Executor(self.runtime, self._balancer, self.settings, image_set,
                                   on_event=self.progress.event, events=self.events,
                                   probe=self.deps.probe, timing=self.deps.timing)
+        self._executor.before_step = getattr(self.progress, "before_step", None)
         for name in await self._executor.reconcile(listed):
             self.progress.line(f"took {name} out of the load balancer: its container is gone or not running")
         instances, servers = await self._executor.fleet(listed)

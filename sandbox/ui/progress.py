@@ -1,31 +1,35 @@
 """What a person watching a rollout sees.
 
-On a terminal: a live table of every server (version, attached, draining,
-starting) and the traffic (requests per second, errors), redrawn in place.
-Elsewhere (CI logs, pipes): one plain line per event and a traffic line every
-few seconds. Both write to stderr, so ``--json`` keeps stdout clean.
+Every view reads one :class:`~sandbox.ui.state.RolloutState`, which the controller's
+events, the step about to run and the traffic keep up to date.
+
+On a terminal: a live table with one row per slot (its server, version and step), a bar
+of batches, and the live figures (requests per second by version, p99, dropped), redrawn
+in place. Elsewhere (CI logs, pipes): one plain line per event and a traffic line every
+few seconds. Both write to stderr, so ``--json`` keeps stdout clean. The dashboard
+(``sandbox/ui/dashboard.py``) serves the same state to a browser.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import sys
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, TextIO
 
 from sandbox.results.records import Event, RequestRow
+from sandbox.ui.state import RolloutState, narrate
 
-STATE_OF_PHASE = {
-    "start": "starting",
-    "ready": "ready",
-    "attach": "serving",
-    "detach": "detached",
-    "drain": "drained",
-    "stop": "removed",
-    "kill": "killed",
-    "swap": "swapping",
-}
+if TYPE_CHECKING:
+    from sandbox.rollout.plan import Step
+
+NARRATE_PAUSE_S = 4.0  # `demo --narrate`: the pause after each sentence of the first batch
+RATE_WINDOW_S = 2.0
+P99_WINDOW_S = 5.0
 
 
 @dataclass
@@ -37,13 +41,18 @@ class TrafficMonitor:
     mark_total: int = 0  # counts at mark(): the rollout's share is measured from there
     mark_failed: int = 0
     recent: deque[tuple[float, bool]] = field(default_factory=lambda: deque(maxlen=20000))
+    # (answer time, version or None, latency ms or None) of the last answers, for figures()
+    answers: deque[tuple[float, str | None, float | None]] = field(default_factory=lambda: deque(maxlen=20000))
 
     def add(self, rows: list[RequestRow]) -> None:
         for row in rows:
             bad = row.get("status", 0) == 0 or row.get("status", 0) >= 500
+            t = row.get("t_end") or row.get("t") or time.time()
             self.total += 1
             self.failed += bad
-            self.recent.append((row.get("t_end") or row.get("t") or time.time(), bad))
+            self.recent.append((t, bad))
+            if not bad:
+                self.answers.append((t, row.get("version"), row.get("latency_ms")))
 
     def mark(self) -> None:
         self.mark_total, self.mark_failed = self.total, self.failed
@@ -51,20 +60,47 @@ class TrafficMonitor:
     def since_mark(self) -> tuple[int, int]:
         return self.total - self.mark_total, self.failed - self.mark_failed
 
-    def rate(self, window_s: float = 2.0) -> tuple[float, int]:
+    def rate(self, window_s: float = RATE_WINDOW_S) -> tuple[float, int]:
         """(requests per second, errors) over the last ``window_s`` seconds."""
         cutoff = time.time() - window_s
         recent = [bad for t, bad in self.recent if t >= cutoff]
         return len(recent) / window_s, sum(recent)
 
+    def figures(self, now: float | None = None) -> dict[str, Any]:
+        """Successful answers per second by version (last 2 s), p99 (last 5 s), dropped so far."""
+        now = time.time() if now is None else now
+        rps: dict[str, float] = {}
+        latencies: list[float] = []
+        for t, version, latency in reversed(self.answers):
+            if t < now - P99_WINDOW_S:
+                break
+            if t >= now - RATE_WINDOW_S:
+                key = version or "?"
+                rps[key] = rps.get(key, 0.0) + 1.0 / RATE_WINDOW_S
+            if latency is not None:
+                latencies.append(float(latency))
+        latencies.sort()
+        p99 = latencies[max(0, math.ceil(0.99 * len(latencies)) - 1)] if latencies else None
+        return {"rps": {k: round(v, 1) for k, v in sorted(rps.items())}, "p99_ms": p99,
+                "dropped": self.failed, "total": self.total}
+
 
 class Progress:
-    """Plain lines: one per event, a traffic line at most every 5 s."""
+    """Plain lines: one per event, a traffic line at most every 5 s.
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    ``narrate``: pause ``pause_s`` at each step of the first batch and say what it does.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, state: RolloutState | None = None,
+                 narrate: bool = False, pause_s: float = NARRATE_PAUSE_S) -> None:
         self.stream = stream or sys.stderr
+        self.state = state if state is not None else RolloutState()
+        self.narrate = narrate
+        self.pause_s = pause_s
         self.t0 = time.time()
         self._last_traffic = 0.0
+        self._first_batch: int | None = None
+        self._narrated_pick = False
 
     def __enter__(self) -> Progress:
         return self
@@ -73,36 +109,100 @@ class Progress:
         return None
 
     def line(self, text: str) -> None:
+        self.state.line(text, time.time())
+        self._print(text)
+
+    def _print(self, text: str) -> None:
         print(f"[{time.time() - self.t0:6.1f}s] {text}", file=self.stream, flush=True)
 
+    def seed(self, name: str, slot: int, version: str, attached: bool) -> None:
+        self.state.seed(name, slot, version, attached)
+
     def event(self, event: Event) -> None:
+        self.state.event(event)
         detail = event.get("detail") or {}
         extra = " ".join(f"{k}={v}" for k, v in detail.items() if not isinstance(v, list))
         who = event.get("instance") or ""
         version = event.get("version") or ""
-        self.line(f"{event['phase']:<14} {who} {version} {extra}".rstrip())
+        self._print(f"{event['phase']:<14} {who} {version} {extra}".rstrip())
 
     def traffic(self, monitor: TrafficMonitor, instances: dict[str, dict[str, Any]] | None = None) -> None:
         now = time.time()
+        self.state.traffic(monitor.figures(now), now)
         if now - self._last_traffic < 5:
             return
         self._last_traffic = now
-        rps, errors = monitor.rate()
-        self.line(f"traffic        {rps:.0f} req/s, {errors} errors in the last 2 s, {monitor.total} total")
+        self._print(f"traffic        {figures_text(self.state.live)}, {monitor.total} total")
+
+    async def before_step(self, step: Step) -> None:
+        """The executor is about to run ``step``; with ``narrate``, explain the first batch's steps."""
+        slots = [r.slot for r in (*step.targets, *step.detach)]
+        self.state.step_started(step.action, step.batch_no, slots, time.time())
+        if self._first_batch is None:
+            self._first_batch = step.batch_no
+        if not self.narrate or step.batch_no != self._first_batch:
+            return
+        promise = self.state.promise or {}
+        size = self.state.size
+        words = {"size": size, "batch": size - int(promise.get("floor", size - 1)),
+                 "floor": int(promise.get("floor", size - 1)), "to": self.state.run.get("to", "v2")}
+        if not self._narrated_pick:
+            self._narrated_pick = True
+            await self._say(narrate("pick", slots, **words))
+        await self._say(narrate(step.action, slots, **words))
+
+    async def _say(self, text: str) -> None:
+        self.state.say(text, time.time())
+        self._print(f"narration      {text}")
+        await asyncio.sleep(self.pause_s)
+
+    def finish(self, report: Mapping[str, Any], *, max_dropped: int = 0) -> None:
+        """The run's report: the views show the verdict."""
+        self.state.finish(report, max_dropped=max_dropped)
+
+
+def figures_text(live: Mapping[str, Any]) -> str:
+    rps = live.get("rps") or {}
+    by_version = "  ".join(f"{v} {r:.0f} req/s" for v, r in sorted(rps.items())) or "0 req/s"
+    p99 = live.get("p99_ms")
+    return f"{by_version}  p99 {'-' if p99 is None else f'{p99:.0f} ms'}  dropped {live.get('dropped', 0)}"
+
+
+def batch_bar(current: int, total: int, width: int = 20, *, finished: bool = False) -> str:
+    """``[██████░░░░] batch 3 of 9``; batches before the current one count as done (all, once ``finished``)."""
+    if total <= 0:
+        return "[" + "░" * width + "] no batch yet"
+    done = total if finished else max(0, min(total, current - 1))
+    filled = round(width * done / total)
+    return "[" + "█" * filled + "░" * (width - filled) + f"] batch {max(current, 0)} of {total}"
+
+
+def slot_cell(servers: list[Mapping[str, Any]]) -> str:
+    """A slot's servers still present, old to new: ``v1 draining (3 in flight) → v2 starting``."""
+    parts = []
+    for s in servers:
+        if s["state"] == "removed":
+            continue
+        text = f"{s['version']} {s['state']}"
+        if s["state"] == "draining" and s.get("in_flight") is not None:
+            text += f" ({s['in_flight']} in flight)"
+        parts.append(text)
+    return " → ".join(parts) or "empty"
 
 
 class LiveProgress(Progress):
-    """A live table on a terminal (rich)."""
+    """A live table on a terminal (rich): one row per slot, a bar of batches, the figures."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
-        super().__init__(stream)
+    COLOURS: ClassVar[dict[str, str]] = {
+        "attached": "green", "starting": "yellow", "draining": "magenta", "drained": "magenta",
+        "stopping": "red", "ready": "cyan", "idle": "white"}
+
+    def __init__(self, stream: TextIO | None = None, **kwargs: Any) -> None:
+        super().__init__(stream, **kwargs)
         from rich.console import Console
         from rich.live import Live
 
         self.console = Console(file=self.stream)
-        self.servers: dict[str, dict[str, Any]] = {}
-        self.log: deque[str] = deque(maxlen=6)
-        self.monitor: TrafficMonitor | None = None
         self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
 
     def __enter__(self) -> LiveProgress:
@@ -113,48 +213,50 @@ class LiveProgress(Progress):
         self.live.update(self._render())
         self.live.__exit__(None, None, None)
 
-    def seed(self, name: str, slot: int, version: str, attached: bool) -> None:
-        self.servers[name] = {"slot": slot, "version": version, "state": "serving" if attached else "idle"}
-
-    def line(self, text: str) -> None:
-        self.log.append(f"{time.time() - self.t0:6.1f}s {text}")
-        self.live.update(self._render())
-
-    def event(self, event: Event) -> None:
-        name = event.get("instance")
-        if name:
-            entry = self.servers.setdefault(name, {"slot": event.get("slot"), "version": event.get("version")})
-            entry["state"] = STATE_OF_PHASE.get(event["phase"], event["phase"])
-            if event.get("version"):
-                entry["version"] = event.get("version")
-        super().event(event)
+    def _print(self, text: str) -> None:
+        self.live.update(self._render())  # the log lines are part of the view
 
     def traffic(self, monitor: TrafficMonitor, instances: dict[str, dict[str, Any]] | None = None) -> None:
-        self.monitor = monitor
+        now = time.time()
+        self.state.traffic(monitor.figures(now), now)
         self.live.update(self._render())
 
     def _render(self) -> Any:
         from rich.console import Group
         from rich.table import Table
 
-        table = Table(title="fleet", expand=False)
-        for col in ("server", "slot", "version", "state"):
+        snap = self.state.snapshot()
+        table = Table(expand=False, show_edge=False)
+        for col in ("slot", "server", "now"):
             table.add_column(col)
-        colours = {"serving": "green", "starting": "yellow", "detached": "magenta", "drained": "magenta",
-                   "removed": "dim", "killed": "red", "swapping": "yellow", "ready": "cyan"}
-        for name, s in sorted(self.servers.items(), key=lambda kv: (kv[1].get("slot") or 0, kv[0])):
-            state = s.get("state", "")
-            table.add_row(name, str(s.get("slot", "")), str(s.get("version", "")),
-                          f"[{colours.get(state, 'white')}]{state}[/]")
-        parts: list[Any] = [table]
-        if self.monitor is not None:
-            rps, errors = self.monitor.rate()
-            parts.append(f"traffic: {rps:.0f} req/s, {errors} errors in the last 2 s, {self.monitor.total} total")
-        parts.extend(self.log)
-        return Group(*parts)
+        active = set((snap["step"] or {}).get("slots") or ())
+        for slot in snap["slots"]:
+            present = [s for s in slot["servers"] if s["state"] != "removed"]
+            name = present[-1]["name"] if present else ""
+            state = present[-1]["state"] if present else "idle"
+            mark = "▶ " if slot["slot"] in active else "  "
+            table.add_row(f"{mark}{slot['slot']}", name,
+                          f"[{self.COLOURS.get(state, 'white')}]{slot_cell(slot['servers'])}[/]")
+        return Group(*_header_lines(snap), table, f"[bold]{figures_text(snap['live'])}[/]",
+                     *([f"[italic]{snap['narration']}[/]"] if snap["narration"] else []),
+                     *snap["log"][-6:])
 
 
-def make_progress(stream: TextIO | None = None) -> Progress:
-    """A live view on a terminal, plain lines otherwise."""
+def _header_lines(snap: Mapping[str, Any]) -> list[str]:
+    run, step, promise = snap["run"], snap["step"], snap["promise"]
+    title = f"{run.get('strategy') or 'rollout'} {run.get('from', '')} → {run.get('to', '')}  ({snap['phase']})"
+    lines = [f"[bold]{title}[/]", batch_bar(snap["batch"]["current"], snap["batch"]["total"],
+                                            finished=snap["phase"] in ("finishing", "ended"))]
+    if step:
+        lines[-1] += f"  step {step['number']}/6: {step['label']} (slot {', '.join(map(str, step['slots']))})"
+    if promise:
+        lines.append(f"promise: {promise['text']}")
+    if snap["result"]:
+        lines.append(f"[bold]{snap['result']['verdict']}[/]")
+    return lines
+
+
+def make_progress(stream: TextIO | None = None, **kwargs: Any) -> Progress:
+    """A live view on a terminal, plain lines otherwise (``kwargs`` as for :class:`Progress`)."""
     s = stream or sys.stderr
-    return LiveProgress(s) if s.isatty() else Progress(s)
+    return LiveProgress(s, **kwargs) if s.isatty() else Progress(s, **kwargs)
