@@ -29,6 +29,7 @@ log = logging.getLogger("sandbox.rollout.executor")
 DRAIN_QUIET_S = 0.3  # no new request for this long, and nothing in flight: drained
 STOP_GRACE_S = 20.0  # SIGTERM, then SIGKILL after this long (the app bounds itself at 15 s)
 POLL_S = 0.1
+LB_POLL_S = 0.02  # --lb-apply dynamic: the LB's in-flight count is one local HTTP call
 # The controller detaches and drains a server before it stops it, so the app need not keep
 # answering "stopping" on /healthz for a load balancer to notice (the user's env still wins).
 APP_ENV_DEFAULTS = {"APP_STOP_DELAY": "0"}
@@ -294,7 +295,10 @@ class Controller:
         return round(first_ok, 3) if first_ok is not None else None
 
     async def _drain(self, probe: Probe, inst: Instance, batch: int) -> None:
-        """Wait until ``inst`` has nothing in flight and got nothing new for DRAIN_QUIET_S."""
+        """Wait until ``inst`` has nothing in flight and got nothing new for DRAIN_QUIET_S
+        (reload mode: old workers may still route to it); in dynamic mode, until the LB says."""
+        if self.balancer.dynamic:
+            return await self._drain_by_lb(probe, inst, batch)
         t0 = time.monotonic()
         detached_at = self._detached_at.get(inst.id, t0)
         deadline = t0 + self.settings.drain_timeout
@@ -328,6 +332,36 @@ class Controller:
             "duration_s": round(end - t0, 3), "in_flight": in_flight_start, "timed_out": timed_out,
             # from detach until nothing was in flight any more: the part no controller can avoid
             "idle_s": round((idle_at or end) - detached_at, 3),
+        })
+
+    async def _drain_by_lb(self, probe: Probe, inst: Instance, batch: int) -> None:
+        """Dynamic mode: once detached, no new request goes to ``inst`` (the set changed without
+        a reload), so it is drained when the LB counts 0 requests in flight to it; no quiet
+        period. Bounded by drain_timeout; the app's own gauge is read at the end as a cross-check."""
+        t0 = time.monotonic()
+        detached_at = self._detached_at.get(inst.id, t0)
+        deadline = t0 + self.settings.drain_timeout
+        in_flight_start: int | None = None
+        timed_out = False
+        while True:
+            left = (await self.balancer.in_flight()).get(inst.address or "", 0)
+            in_flight_start = left if in_flight_start is None else in_flight_start
+            if left == 0:
+                break
+            if time.monotonic() > deadline:
+                timed_out = True
+                log.warning("%s: drain timed out after %.1f s (%d in flight at the LB)",
+                            inst.name, self.settings.drain_timeout, left)
+                break
+            await asyncio.sleep(LB_POLL_S)
+        end = time.monotonic()
+        m = await probe.metrics(inst.address) if inst.address else None
+        app_in_flight = int(m.get("app_requests_in_flight", 0)) if m else None
+        if app_in_flight and not timed_out:
+            log.warning("%s: the LB has nothing in flight to it but the app reports %d", inst.name, app_in_flight)
+        self.emit("drain", inst, batch=batch, detail={
+            "duration_s": round(end - t0, 3), "in_flight": in_flight_start, "timed_out": timed_out,
+            "idle_s": round(end - detached_at, 3), "signal": "lb", "app_in_flight": app_in_flight,
         })
 
 
