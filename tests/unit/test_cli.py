@@ -29,6 +29,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     (["roll", "--max-error-ratio", "2"], "max_error_ratio:"),
     (["roll", "--locustfile", "/nonexistent/locustfile.py"], "locustfile:"),
     (["frobnicate"], "invalid choice"),
+    (["up", "--lb-apply", "hot"], "invalid choice: 'hot'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
     code, err = run(capsys, *argv)
@@ -61,3 +62,15 @@ def test_bad_strategy_specs(spec: str) -> None:
 def test_compare_rejects_a_bad_strategy_list_before_docker(capsys: pytest.CaptureFixture[str]) -> None:
     code, err = run(capsys, "compare", "--strategies", "rolling:3,warp-speed")
     assert code == 2 and "strategies: 'warp-speed'" in err
+
+
+@pytest.mark.parametrize("argv, lb_apply, keepalive", [
+    (["up"], "dynamic", True),
+    (["up", "--lb-apply", "reload"], "reload", True),
+    (["up", "--lb-apply", "reload", "--no-client-keepalive"], "reload", False),
+    (["demo", "--no-client-keepalive", "--client-keepalive"], "dynamic", True),
+    (["compare", "--lb-apply", "reload"], "reload", True),
+])
+def test_lb_flags(argv: list[str], lb_apply: str, keepalive: bool) -> None:
+    settings = settings_from_args(build_parser().parse_args(argv))
+    assert (settings.lb_apply, settings.client_keepalive) == (lb_apply, keepalive)
