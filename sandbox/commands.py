@@ -309,7 +309,9 @@ async def roll(
             "double-half", "blue-green") else 1),
         "mode": settings.mode, "from_version": source, "to_version": target, "outcome": outcome,
         "duration_s": round((t_roll_end or time.time()) - (t_roll_start or started), 3),
-        "peak_instances": controller.peak, "sticky": balancer.state.sticky, "users": settings.users if load else 0,
+        "peak_instances": controller.peak, "sticky": balancer.state.sticky,
+        "lb_apply": balancer.state.lb_apply, "client_keepalive_s": balancer.state.client_keepalive_s,
+        "users": settings.users if load else 0,
         "load": load is not None, "plan_steps": len(steps),
     }
     report = build_report(meta=meta, measured=measured, steps=events)
