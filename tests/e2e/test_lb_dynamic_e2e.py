@@ -4,8 +4,10 @@ client keep-alive on, the admin listener, the LB's own in-flight counts."""
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import docker
@@ -136,3 +138,25 @@ def test_reload_mode_still_rolls_cleanly(cli: Cli, client: docker.DockerClient) 
     data = cli.json("status", "--json")
     assert data["lb"]["lb_apply"] == "reload" and data["lb"]["client_keepalive_s"] == 0
     assert all(i["version"] == "v2" and i["attached"] for i in data["instances"])
+
+
+def test_the_lb_counts_requests_in_flight_per_server(cli: Cli, client: docker.DockerClient) -> None:
+    cli.run("up", "--size", "2", "--port", str(cli.port), "--env", "APP_LATENCY_MS=1500", check=True)
+    servers = cli.json("status", "--json")["lb"]["upstreams"]
+
+    def counts() -> dict[str, int]:
+        code, text = admin(client, cli.project, "/inflight")
+        assert code == 200
+        return {addr: int(n) for addr, n in (line.split() for line in text.splitlines())}
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        futures = [pool.submit(cli.get, "/api/items/1") for _ in range(6)]
+        time.sleep(0.7)  # every request is now waiting on its server
+        during = counts()
+        assert all(f.result()[0] == 200 for f in futures)
+    assert sum(during.values()) == 6 and set(during) == set(servers), during
+    # the log phase ends a request's count: right after the answer (give it 2 s), and for good
+    deadline = time.monotonic() + 2
+    while set(after := counts().values()) != {0} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert set(after) == {0}
