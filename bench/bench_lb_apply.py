@@ -69,6 +69,8 @@ def run(mode: str, size: int, users: int, changes: int) -> dict[str, Any]:
         report = json.loads(proc.stdout)
     finally:
         sandbox("down", "--project", project)
+    drains = [s for s in report["steps"] if s["phase"] == "drain"]
+    readies = [s for s in report["steps"] if s["phase"] == "ready"]
     return {
         "lb_apply": mode,
         "client_keepalive_s": report.get("client_keepalive_s"),
@@ -81,6 +83,9 @@ def run(mode: str, size: int, users: int, changes: int) -> dict[str, Any]:
         "dropped": report["requests"]["dropped"],
         "dropped_rollout": report["phases"]["rollout"]["dropped"],
         "p99_ms": report["latency_ms"]["p99"],
+        "drain_s_max": max((float(s["detail"]["duration_s"]) for s in drains), default=None),
+        "drains_timed_out": sum(1 for s in drains if s["detail"].get("timed_out")),
+        "first_ok_s_max": max((float(s["detail"].get("first_ok_s") or 0) for s in readies), default=None),
     }
 
 

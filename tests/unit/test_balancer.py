@@ -105,7 +105,8 @@ def test_dynamic_config_has_the_lua_balancer_and_no_server_addresses() -> None:
     assert "balancer_by_lua_block { sandbox_lb.balance() }" in text
     assert text.index("balancer_by_lua_block") < text.index("keepalive 32;")  # keepalive wraps the balancer
     assert "listen 8081;" in text and 'local TOKEN = "t0k"' in text
-    assert "access_by_lua_block" in text and "log_by_lua_block { sandbox_lb.log() }" in text
+    assert "access_by_lua_block" in text and "log_by_lua_block { sandbox_lb.done() }" in text
+    assert "body_filter_by_lua_block { sandbox_lb.body_filter() }" in text
     assert "10.9.0." not in text and upstream_lines(text) == []
     assert "proxy_next_upstream off;" in text and "keepalive_timeout 65;" in text
     assert "local STICKY = false" in text and "local RETRY = false" in text
