@@ -6,7 +6,7 @@ controller's ``Balancer.apply`` call to its return, no load), then ``roll`` one-
 ``--users U`` and no think time; prints dropped, requests per second during the rollout and the
 rollout's duration. Each mode uses its own project (lbbench-<mode>) and removes it afterwards.
 
-    .venv/bin/python bench/bench_lb_apply.py [--size 9] [--users 100] [--changes 20]
+    .venv/bin/python bench/bench_lb_apply.py [--size 9] [--users 100] [--changes 20] [--no-auto-rollback]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ async def apply_latency_ms(project: str, port: int, changes: int) -> list[float]
     return times
 
 
-def run(mode: str, size: int, users: int, changes: int) -> dict[str, Any]:
+def run(mode: str, size: int, users: int, changes: int, extra: list[str]) -> dict[str, Any]:
     project, port = f"lbbench-{mode}", free_port()
     sandbox("down", "--project", project)
     proc = sandbox("up", "--project", project, "--size", str(size), "--port", str(port), "--lb-apply", mode)
@@ -65,7 +65,7 @@ def run(mode: str, size: int, users: int, changes: int) -> dict[str, Any]:
     try:
         times = asyncio.run(apply_latency_ms(project, port, changes))
         proc = sandbox("roll", "--project", project, "--to", "v2", "--strategy", "one-at-a-time",
-                       "--users", str(users), "--json", env=NO_THINK)
+                       "--users", str(users), "--json", *extra, env=NO_THINK)
         report = json.loads(proc.stdout)
     finally:
         sandbox("down", "--project", project)
@@ -95,9 +95,12 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--changes", type=int, default=20)
     parser.add_argument("--modes", default="dynamic,reload")
+    parser.add_argument("--no-auto-rollback", action="store_true",
+                        help="roll on whatever drops (reload mode otherwise rolls back on its drops)")
     args = parser.parse_args()
     for mode in args.modes.split(","):
-        print(json.dumps(run(mode, args.size, args.users, args.changes)), flush=True)
+        extra = ["--no-auto-rollback", "--max-error-ratio", "1"] if args.no_auto_rollback else []
+        print(json.dumps(run(mode, args.size, args.users, args.changes, extra)), flush=True)
 
 
 if __name__ == "__main__":
