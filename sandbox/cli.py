@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from sandbox import __version__, commands
 from sandbox.commands import parse_strategy_spec
 from sandbox.config import (
+    LB_APPLY_MODES,
     MODES,
     STRATEGIES,
     V2_MODES,
@@ -84,8 +85,7 @@ def _add_fleet_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--sticky", action="store_true", default=None, help="route each user (cookie) to one server")
     p.add_argument("--lb-retry", dest="lb_retry", action="store_true", default=None,
                    help="let NGINX retry a failed connection on another server (its default; hides drops)")
-    p.add_argument("--client-keepalive", dest="client_keepalive", action="store_true", default=None,
-                   help="keep client connections alive (a reload then resets idle ones: see README)")
+    _add_lb_flags(p)
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="app environment (repeatable)")
 
     p = sub.add_parser("status", parents=[common], help="show the fleet and the load balancer")
@@ -115,6 +115,17 @@ def _add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", type=Path, metavar="DIR",
                    help="write report.json, chart.png, report.md here (demo: reports/demo, "
                         "compare: reports/compare)")
+
+
+def _add_lb_flags(p: argparse.ArgumentParser) -> None:
+    """How the fleet's load balancer is set up (up, demo, compare)."""
+    p.add_argument("--lb-apply", dest="lb_apply", choices=LB_APPLY_MODES,
+                   help="dynamic: change the attached set without a reload (Lua balancer; default); "
+                        "reload: render, nginx -t, graceful reload (the classic way)")
+    p.add_argument("--client-keepalive", dest="client_keepalive", action="store_true", default=None,
+                   help="keep client connections alive (the default)")
+    p.add_argument("--no-client-keepalive", dest="client_keepalive", action="store_false", default=None,
+                   help="close each client connection after one request (keepalive_timeout 0)")
 
 
 def _add_dashboard_flags(p: argparse.ArgumentParser) -> None:
@@ -150,6 +161,7 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=_integer, help="servers per batch for rolling, surge, naive")
     p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
     p.add_argument("--keep", action="store_true", help="leave the fleet running afterwards")
+    _add_lb_flags(p)
     _add_load_flags(p)
     _add_dashboard_flags(p)
     p.add_argument("--narrate", action="store_true",
@@ -164,13 +176,14 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="comma-separated, NAME or NAME:BATCH (default one-at-a-time,rolling:3,double-half,"
                         "blue-green,naive)")
     p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
+    _add_lb_flags(p)
     _add_load_flags(p)
     _add_dashboard_flags(p)
     p.set_defaults(report=Path("reports") / "compare")
 
 
 _SETTING_FLAGS = (
-    "project", "size", "port", "version", "sticky", "lb_retry", "client_keepalive",
+    "project", "size", "port", "version", "sticky", "lb_retry", "client_keepalive", "lb_apply",
     "to_version", "strategy", "batch", "mode",
     "drain_timeout", "ready_timeout", "max_error_ratio", "auto_rollback", "load", "users", "spawn_rate",
     "locustfile", "max_dropped", "warmup_s", "cooldown_s", "v2_mode",
@@ -193,7 +206,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def _print_status(data: dict[str, Any]) -> None:
     lb = data["lb"]
-    print(f"project {data['project']}: load balancer {lb['url']} ({lb['state']}), "
+    print(f"project {data['project']}: load balancer {lb['url']} ({lb['state']}, lb-apply {lb.get('lb_apply')}), "
           f"{len(lb['upstreams'])} attached")
     for inst in data["instances"]:
         mark = "attached" if inst["attached"] else "detached"

@@ -61,7 +61,7 @@ async def up(settings: Settings, *, runtime: Runtime, say: Callable[[str], None]
         executor = Executor(runtime, balancer, settings, image_set)
         await balancer.apply([], rollout=None, sticky=settings.sticky, size=settings.size,
                             retry=settings.lb_retry, client_keepalive_s=65 if settings.client_keepalive else 0,
-                            app_env=dict(settings.app_env))
+                            app_env=dict(settings.app_env), lb_apply=settings.lb_apply)
         steps = planner.merge_reloads(planner.plan([], planner.PlanSettings(
             size=settings.size, to_version=settings.version, strategy="double-half")))
         await executor.execute(steps, settings.version, env=dict(settings.app_env))
@@ -94,6 +94,7 @@ async def status(settings: Settings, *, runtime: Runtime) -> dict[str, Any]:
             "sticky": state.sticky if state else None,
             "retry": state.retry if state else None,
             "client_keepalive_s": state.client_keepalive_s if state else None,
+            "lb_apply": state.lb_apply if state else None,
             "rollout": state.rollout if state else None,
         },
         "instances": [

@@ -1,6 +1,7 @@
-"""All NGINX handling: render ``lb/nginx.conf.j2``, check it, swap it in, reload.
+"""All NGINX handling: render ``lb/nginx.conf.j2``, check it, swap it in, reload, or change the
+attached set without a reload (``--lb-apply dynamic``, the default).
 
-Applying a set of servers is: render the template (jinja2) with exactly the
+**reload** (the classic way). Applying a set of servers is: render the template (jinja2) with exactly the
 attached servers, copy it into the load balancer container's staging
 directory, ``nginx -t`` it there (a config NGINX rejects is never loaded), move
 it over the live one with an atomic rename, ``nginx -s reload`` (graceful: old
@@ -10,11 +11,22 @@ workers finish what they hold), then wait until the new generation answers on
 The rendered file carries its own state as one JSON comment line (attached
 servers, the rollout in progress), so a fresh process knows what the load
 balancer serves by reading the file back: no state file on the host.
+
+**dynamic**. The rendered config (``lb/dynamic.conf.j2`` included) holds a Lua balancer that
+picks a server per request from a shared dictionary, and an admin listener on port
+``ADMIN_PORT`` of the container, published nowhere: the controller reaches it on the
+container's address in the project network with the token of the container's label. The
+config (its state line: the settings that shape it) is installed and reloaded as above only
+when its text changes (at ``up``); a change of the attached set or of the rollout record is one
+``PUT /servers`` (see :func:`admin_body`), with no reload, so no idle client connection is
+closed. ``GET /servers`` gives the state back to a fresh process, ``GET /inflight`` the requests
+the LB has in flight per server (:meth:`Balancer.in_flight`), an app-independent drain signal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -25,6 +37,7 @@ import aiohttp
 import jinja2
 
 from sandbox.errors import BalancerError
+from sandbox.fleet import labels as L
 from sandbox.fleet import sources
 from sandbox.fleet.runtime import Runtime
 
@@ -36,6 +49,10 @@ LIVE_CONF = "/etc/nginx/nginx.conf"
 STAGING_CONF = "/etc/nginx/staging/nginx.conf"
 ACCESS_LOG = "/var/log/nginx/access.json"
 STATE_MARK = "# rolling-sandbox-state: "
+CONFIG_ID_MARK = "# rolling-sandbox-config-id: "
+ADMIN_PORT = 8081
+ADMIN_TIMEOUT_S = 5.0
+APPLY_MODES = ("reload", "dynamic")
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,7 @@ class LbState:
     client_keepalive_s: int = 0
     retry: bool = False  # proxy_next_upstream on (NGINX's default) or off
     app_env: dict[str, str] = field(default_factory=dict)  # `up --env`: every server of this fleet gets it
+    lb_apply: str = "reload"  # "reload" or "dynamic" (a config without the field is a reload one)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -80,19 +98,88 @@ _env = jinja2.Environment(
 )
 
 
-def render(project: str, state: LbState, *, worker_processes: str = "auto", connect_timeout_s: int = 1) -> str:
-    """The NGINX config for ``state`` (pure: no I/O besides reading the template)."""
-    return _env.get_template(TEMPLATE_NAME).render(
-        project=project,
-        generation=state.generation,
-        state_json=state.to_json(),
-        servers=state.upstreams,
-        sticky=state.sticky,
-        retry=state.retry,
-        client_keepalive_s=state.client_keepalive_s,
-        worker_processes=worker_processes,
-        connect_timeout_s=connect_timeout_s,
-    )
+CONFIG_FIELDS = ("lb_apply", "sticky", "retry", "client_keepalive_s")
+
+
+def config_state(state: LbState) -> LbState:
+    """The part of ``state`` a dynamic config is rendered from: the settings that shape NGINX's
+    config (CONFIG_FIELDS), nothing that changes during a rollout (so a rollout never reloads)."""
+    return LbState(**{name: getattr(state, name) for name in CONFIG_FIELDS})
+
+
+def render(project: str, state: LbState, *, admin_token: str = "", worker_processes: str = "auto",
+           connect_timeout_s: int = 1) -> str:
+    """The NGINX config for ``state`` (pure: no I/O besides reading the template).
+
+    Dynamic mode renders :func:`config_state` only, with the admin listener's token and an id
+    of the text itself that ``GET /config`` answers (how the controller sees a reload land).
+    """
+    dynamic = state.lb_apply == "dynamic"
+    if dynamic and not admin_token:
+        raise BalancerError("dynamic mode needs the admin token of the load balancer container")
+    shown = config_state(state) if dynamic else state
+
+    def text(config_id: str) -> str:
+        return _env.get_template(TEMPLATE_NAME).render(
+            project=project,
+            generation=shown.generation,
+            state_json=shown.to_json(),
+            servers=shown.upstreams,
+            sticky=shown.sticky,
+            retry=shown.retry,
+            client_keepalive_s=shown.client_keepalive_s,
+            worker_processes=worker_processes,
+            connect_timeout_s=connect_timeout_s,
+            dynamic=dynamic,
+            admin_port=ADMIN_PORT,
+            admin_token=admin_token,
+            config_id=config_id,
+        )
+    return text(hashlib.sha256(text("").encode()).hexdigest()[:16]) if dynamic else text("")
+
+
+def config_id(config_text: str) -> str | None:
+    """The id a dynamic config answers on ``GET /config`` (None for a reload-mode config)."""
+    for line in config_text.splitlines():
+        if line.startswith(CONFIG_ID_MARK):
+            return line[len(CONFIG_ID_MARK):].strip()
+    return None
+
+
+def admin_body(state: LbState) -> str:
+    """The ``PUT /servers`` body for ``state``: the generation, the state as one JSON line (what
+    ``GET /servers`` gives back), then one attached ``ip:port`` per line."""
+    return "\n".join([str(state.generation), state.to_json(), *(u.address for u in state.upstreams)]) + "\n"
+
+
+def parse_admin_body(text: str) -> LbState | None:
+    """The state a ``GET /servers`` answer holds; None when nothing was ever PUT.
+
+    Raises BalancerError when it is unreadable or its address lines disagree with its state.
+    """
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return None
+    try:
+        state = LbState.from_json(lines[1])
+        generation = int(lines[0])
+    except (IndexError, ValueError, TypeError) as exc:
+        raise BalancerError(f"the load balancer's admin listener has an unreadable state: {exc}") from exc
+    if sorted(lines[2:]) != sorted(u.address for u in state.upstreams) or generation != state.generation:
+        raise BalancerError("the load balancer's attached set disagrees with its state line")
+    return state
+
+
+def parse_in_flight(text: str) -> dict[str, int]:
+    """``GET /inflight`` (``ip:port count`` per line) as ``{address: count}``; bad lines skipped."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        address, _, count = line.strip().partition(" ")
+        try:
+            out[address] = max(0, int(count))
+        except ValueError:
+            continue
+    return out
 
 
 def parse_state(config_text: str) -> LbState:
@@ -115,10 +202,16 @@ class Balancer:
         self.port = port
         self._lock = asyncio.Lock()
         self.state = LbState()
+        self._installed: str | None = None  # the live config's text, once read or installed
+        self._admin: tuple[str, str] | None = None  # (admin url, token), once resolved
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def dynamic(self) -> bool:
+        return self.state.lb_apply == "dynamic"
 
     async def _container(self) -> Any:
         lb = await self.runtime.lb(self.project)
@@ -127,46 +220,127 @@ class Balancer:
         return lb
 
     async def load(self) -> LbState:
-        """Read the live config's state back from the container."""
+        """Read the live state back from the container: the config's state line, and in dynamic
+        mode the attached set and rollout record from the admin listener."""
         lb = await self._container()
         text = (await self.runtime.read_file(lb, LIVE_CONF)).decode(errors="replace")
-        self.state = parse_state(text)
-        return self.state
+        self._installed = text
+        state = parse_state(text)
+        if state.lb_apply == "dynamic":
+            live = parse_admin_body(await self._admin_call("GET", "servers", container=lb))
+            if live is not None:  # the config's own settings win: they are what NGINX runs
+                state = replace(live, **{name: getattr(state, name) for name in CONFIG_FIELDS})
+        self.state = state
+        return state
 
     async def apply(self, upstreams: list[Upstream], **changes: Any) -> LbState:
         """Make ``upstreams`` exactly the attached set; ``changes`` set other LbState fields
-        (``rollout``, ``sticky``, ``size``, ...), every field not named keeps its value.
+        (``rollout``, ``sticky``, ``size``, ``lb_apply``, ...), every field not named keeps its value.
 
-        Raises BalancerError, leaving the live config untouched, when NGINX rejects the config.
-        The operation is shielded from cancellation: a Ctrl-C never leaves it half done.
+        Raises BalancerError, leaving the live config and set untouched, when NGINX rejects the
+        config or the admin listener the set. Shielded from cancellation: a Ctrl-C never leaves
+        it half done.
         """
         return await asyncio.shield(self._apply(upstreams, changes))
 
     async def _apply(self, upstreams: list[Upstream], changes: dict[str, Any]) -> LbState:
         async with self._lock:
-            lb = await self._container()
             new = replace(self.state, generation=self.state.generation + 1,
                           upstreams=sorted(upstreams, key=lambda u: u.name), **changes)
-            text = render(self.project, new)
-            await self.runtime.put_file(lb, STAGING_CONF, text.encode())
-            # one exec: check, then an atomic rename over the live file, then a graceful reload;
-            # the exit code says which part failed (a rejected config is never installed)
-            script = (f"nginx -t -c {STAGING_CONF} 2>&1 || exit 10; "
-                      f"mv -f {STAGING_CONF} {LIVE_CONF} || exit 11; nginx -s reload 2>&1 || exit 12")
-            code, out = await self.runtime.exec(lb, ["sh", "-c", script])
-            if code == 10:
-                raise BalancerError(f"nginx -t rejected the new config: {_last_line(out)}")
-            if code == 11:
-                raise BalancerError(f"could not install the new config: {_last_line(out)}")
-            if code != 0:
-                raise BalancerError(f"nginx reload failed: {_last_line(out)}")
+            if new.lb_apply not in APPLY_MODES:
+                raise BalancerError(f"lb_apply: {new.lb_apply!r} must be one of {', '.join(APPLY_MODES)}")
+            if new.lb_apply == "dynamic":
+                await self._apply_dynamic(new)
+            else:
+                await self._install(render(self.project, new))
+                await self._wait_generation(new.generation)
             self.state = new
-            await self._wait_generation(new.generation)
-            log.debug("balancer generation %d: %s", new.generation, [u.name for u in new.upstreams])
+            log.debug("balancer generation %d (%s): %s", new.generation, new.lb_apply,
+                      [u.name for u in new.upstreams])
             return new
 
+    async def _apply_dynamic(self, new: LbState) -> None:
+        """Install the config only if its text changed, then PUT the set: no reload otherwise."""
+        lb = None
+        if self._admin is None:
+            lb = await self._container()
+        _, token = await self._admin_target(lb)
+        text = render(self.project, new, admin_token=token)
+        if text != self._installed:
+            await self._install(text)
+            await self._wait_config(config_id(text) or "")
+        await self._admin_call("PUT", "servers", body=admin_body(new))
+
+    async def _install(self, text: str) -> None:
+        """Check ``text`` with ``nginx -t``, rename it over the live config, reload gracefully."""
+        lb = await self._container()
+        await self.runtime.put_file(lb, STAGING_CONF, text.encode())
+        # one exec: check, then an atomic rename over the live file, then a graceful reload;
+        # the exit code says which part failed (a rejected config is never installed)
+        script = (f"nginx -t -c {STAGING_CONF} 2>&1 || exit 10; "
+                  f"mv -f {STAGING_CONF} {LIVE_CONF} || exit 11; nginx -s reload 2>&1 || exit 12")
+        code, out = await self.runtime.exec(lb, ["sh", "-c", script])
+        if code == 10:
+            raise BalancerError(f"nginx -t rejected the new config: {_last_line(out)}")
+        if code == 11:
+            raise BalancerError(f"could not install the new config: {_last_line(out)}")
+        if code != 0:
+            raise BalancerError(f"nginx reload failed: {_last_line(out)}")
+        self._installed = text
+
+    async def in_flight(self) -> dict[str, int]:
+        """Requests the LB has in flight now per server address (dynamic mode only; the
+        addresses of servers that are idle and detached may be missing: they count 0)."""
+        if not self.dynamic:
+            raise BalancerError("in-flight counts need --lb-apply dynamic")
+        return parse_in_flight(await self._admin_call("GET", "inflight"))
+
+    async def _admin_target(self, container: Any = None) -> tuple[str, str]:
+        """(admin url, token) of this project's LB, resolved once."""
+        if self._admin is None:
+            lb = container if container is not None else await self._container()
+            ip = self.runtime.container_ip(lb, self.project)
+            token = lb.labels.get(L.LABEL_ADMIN_TOKEN, "")
+            if not ip or not token:
+                raise BalancerError(f"the load balancer of {self.project!r} has no admin address or token "
+                                    "(made by an older version? `sandbox down`, then `up`)")
+            self._admin = (f"http://{ip}:{ADMIN_PORT}", token)
+        return self._admin
+
+    async def _admin_call(self, method: str, what: str, *, body: str | None = None,
+                          container: Any = None) -> str:
+        """One request to the admin listener; BalancerError on no answer or a refusal."""
+        url, token = await self._admin_target(container)
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ADMIN_TIMEOUT_S)) as session, \
+                    session.request(method, f"{url}/{what}", data=body,
+                                    headers={"X-Sandbox-Token": token}) as resp:
+                text = await resp.text()
+                if resp.status != 200:
+                    raise BalancerError(f"the load balancer refused {method} /{what} "
+                                        f"({resp.status}): {text.strip()[:200]}")
+                return text
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise BalancerError(f"the load balancer's admin listener did not answer {method} /{what}: "
+                                f"{type(exc).__name__}") from exc
+
+    async def _wait_config(self, wanted: str, timeout_s: float = 10.0) -> None:
+        """Wait until the admin listener answers with the config id ``wanted`` (a reload landed)."""
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                last = (await self._admin_call("GET", "config")).strip()
+                if last == wanted:
+                    return
+            except BalancerError as exc:
+                last = str(exc)
+            await asyncio.sleep(0.05)
+        raise BalancerError(f"the load balancer did not pick up config {wanted} within {timeout_s:.0f} s "
+                            f"(last answer: {last})")
+
     async def _wait_generation(self, generation: int, timeout_s: float = 10.0) -> None:
-        """Wait until new requests are answered by workers of ``generation``."""
+        """Wait until new requests are answered by workers of ``generation`` (reload mode)."""
         deadline = time.monotonic() + timeout_s
         url = f"{self.url}/__sandbox/generation"
         last = "no answer"

@@ -69,7 +69,7 @@ LB_REPO = "rolling-sandbox/lb"
 
 SUITE = "bookworm"
 VARIANT = "minbase"
-PACKAGES: tuple[str, ...] = ("python3", "python3-aiohttp", "nginx-light")
+PACKAGES: tuple[str, ...] = ("python3", "python3-aiohttp", "nginx-light", "libnginx-mod-http-lua", "lua-resty-core")
 BASE_RECIPE = "1"  # bump when the way the base rootfs is made or trimmed changes
 PULL_FROM = "debian:bookworm-slim"
 METHOD_ENV = "ROLLING_SANDBOX_BASE_METHOD"

@@ -140,6 +140,12 @@ class Runtime:
         found = self.client.containers.list(all=True, filters=L.project_filter(project, L.ROLE_LB))
         return found[0] if found else None
 
+    @staticmethod
+    def container_ip(container: Container, project: str) -> str | None:
+        """``container``'s address in the project network (as listed), or None."""
+        nets = container.attrs.get("NetworkSettings", {}).get("Networks", {})
+        return nets.get(network_name(project), {}).get("IPAddress") or None
+
     async def lb_port(self, project: str) -> int | None:
         lb = await self.lb(project)
         return int(lb.labels[L.LABEL_PORT]) if lb and L.LABEL_PORT in lb.labels else None
@@ -270,7 +276,8 @@ class Runtime:
                     name=lb_name(project),
                     hostname=lb_name(project),
                     detach=True,
-                    labels=L.project_labels(project, L.ROLE_LB, **{L.LABEL_PORT: str(port)}),
+                    labels=L.project_labels(project, L.ROLE_LB, **{L.LABEL_PORT: str(port),
+                                                                   L.LABEL_ADMIN_TOKEN: secrets.token_hex(16)}),
                     network=network_name(project),
                     ports={f"{LB_CONTAINER_PORT}/tcp": ("127.0.0.1", port)},
                     cap_drop=["ALL"],

@@ -138,6 +138,8 @@ def build_report(
         "peak_instances": pick("peak_instances", rollout.get("peak_instances")),
         "project": meta.get("project"),
         "sticky": meta.get("sticky"),
+        "lb_apply": meta.get("lb_apply"),
+        "client_keepalive_s": meta.get("client_keepalive_s"),
         "users": meta.get("users"),
         "requests": dict(requests),
         "latency_ms": {k: latency.get(k) for k in ("p50", "p95", "p99", "max")},

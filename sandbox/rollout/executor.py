@@ -26,6 +26,7 @@ from sandbox.fleet.balancer import Balancer, Upstream
 from sandbox.fleet.images import ImageSet, app_code_tar
 from sandbox.fleet.probes import Probe
 from sandbox.fleet.runtime import Instance, Runtime
+from sandbox.poll import poll
 from sandbox.results.records import Event
 from sandbox.rollout import plan as planner
 
@@ -44,6 +45,7 @@ class Timing:
     drain_quiet_s: float = 0.3  # no new request for this long, and nothing in flight: drained
     stop_grace_s: float = 20.0  # SIGTERM, then SIGKILL after this long (the app bounds itself at 15 s)
     state_check_s: float = 1.0  # while waiting for readiness, ask Docker whether it still runs this often
+    lb_poll_s: float = 0.02  # --lb-apply dynamic: the LB's in-flight count is one local HTTP call
 
 
 class Interrupted(SandboxError):
@@ -341,7 +343,10 @@ class Executor:
         return round(first_ok, 3) if first_ok is not None else None
 
     async def _drain(self, probe: Prober, inst: Instance, batch: int) -> None:
-        """Wait until ``inst`` has nothing in flight and got nothing new for ``drain_quiet_s``."""
+        """Wait until ``inst`` has nothing in flight and got nothing new for ``drain_quiet_s``
+        (reload mode: old workers may still route to it); in dynamic mode, until the LB says."""
+        if self.balancer.dynamic:
+            return await self._drain_by_lb(probe, inst, batch)
         t0 = time.monotonic()
         detached_at = self._detached_at.get(inst.id, t0)
         deadline = t0 + self.settings.drain_timeout
@@ -375,6 +380,33 @@ class Executor:
             "duration_s": round(end - t0, 3), "in_flight": in_flight_start, "timed_out": timed_out,
             # from detach until nothing was in flight any more: the part no controller can avoid
             "idle_s": round((idle_at or end) - detached_at, 3),
+        })
+
+    async def _drain_by_lb(self, probe: Prober, inst: Instance, batch: int) -> None:
+        """Dynamic mode: once detached, no new request goes to ``inst`` (the set changed without
+        a reload), so it is drained when the LB counts 0 requests in flight to it; no quiet
+        period. Bounded by drain_timeout; the app's own gauge is read at the end as a cross-check."""
+        t0 = time.monotonic()
+        detached_at = self._detached_at.get(inst.id, t0)
+        counts: list[int] = []
+
+        async def nothing_left() -> bool | None:
+            counts.append((await self.balancer.in_flight()).get(inst.address or "", 0))
+            return True if counts[-1] == 0 else None
+
+        drained = await poll(nothing_left, timeout=self.settings.drain_timeout, interval=self.timing.lb_poll_s)
+        timed_out = drained is None
+        if timed_out:
+            log.warning("%s: drain timed out after %.1f s (%d in flight at the LB)",
+                        inst.name, self.settings.drain_timeout, counts[-1])
+        end = time.monotonic()
+        m = await probe.metrics(inst.address) if inst.address else None
+        app_in_flight = int(m.get("app_requests_in_flight", 0)) if m else None
+        if app_in_flight and not timed_out:
+            log.warning("%s: the LB has nothing in flight to it but the app reports %d", inst.name, app_in_flight)
+        self.emit("drain", inst, batch=batch, detail={
+            "duration_s": round(end - t0, 3), "in_flight": counts[0], "timed_out": timed_out,
+            "idle_s": round(end - detached_at, 3), "signal": "lb", "app_in_flight": app_in_flight,
         })
 
 

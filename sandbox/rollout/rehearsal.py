@@ -129,7 +129,7 @@ class Collected:
     nginx_rows: list[NginxRow]
     events: list[Event]
     history: AddressHistory
-    sticky: bool
+    lb: LbState  # the load balancer's settings at the end (sticky, lb_apply, client keep-alive)
 
 
 @dataclass
@@ -415,7 +415,7 @@ class Rehearsal:
             shutil.rmtree(self._workdir, ignore_errors=True)
         return Collected(rows=rows, nginx_rows=nginx_rows, events=list(self.events),
                          history=fleet_history(self.prepared.instances, self.events),
-                         sticky=self.balancer.state.sticky)
+                         lb=self.balancer.state)
 
 
 async def rehearse(settings: Settings, *, runtime: Runtime, kind: Kind = "roll", to_version: str | None = None,
@@ -483,7 +483,8 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
         "batch": batch_of(settings, prepared.size), "mode": settings.mode,
         "from_version": prepared.source, "to_version": prepared.target, "outcome": ran.outcome,
         "duration_s": round((ran.t_end or time.time()) - (ran.t_start or ran.started), 3),
-        "peak_instances": ran.peak, "sticky": collected.sticky, "users": settings.users if ran.load else 0,
+        "peak_instances": ran.peak, "sticky": collected.lb.sticky, "lb_apply": collected.lb.lb_apply,
+        "client_keepalive_s": collected.lb.client_keepalive_s, "users": settings.users if ran.load else 0,
     }
     report = build_report(meta=meta, measured=measured, steps=collected.events)
     report["attribution"] = attribution(collected.rows, collected.nginx_rows, collected.history)

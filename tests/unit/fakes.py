@@ -196,6 +196,14 @@ class FakeBalancer:
         self.applied: list[LbState] = []
         self.nginx_rows: list[dict[str, Any]] = []
         self.reject: Callable[[list[Upstream], dict[str, Any]], str | None] = lambda upstreams, changes: None
+        self.counts: dict[str, int] = {}  # address -> requests in flight, as the dynamic LB reports them
+
+    @property
+    def dynamic(self) -> bool:
+        return self.state.lb_apply == "dynamic"
+
+    async def in_flight(self) -> dict[str, int]:
+        return dict(self.counts)
 
     @property
     def url(self) -> str:

@@ -7,7 +7,18 @@ from pathlib import Path
 import pytest
 
 from sandbox.errors import BalancerError
-from sandbox.fleet.balancer import LbState, Upstream, _last_line, compose_config, parse_state, render
+from sandbox.fleet.balancer import (
+    LbState,
+    Upstream,
+    _last_line,
+    admin_body,
+    compose_config,
+    config_id,
+    parse_admin_body,
+    parse_in_flight,
+    parse_state,
+    render,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,3 +92,93 @@ def test_nginx_error_line_is_picked() -> None:
 def test_compose_config_is_current() -> None:
     assert (REPO / "compose" / "nginx.conf").read_text() == compose_config(), \
         "compose/nginx.conf is stale: regenerate it (see sandbox.fleet.balancer.compose_config)"
+
+
+# -- --lb-apply dynamic --------------------------------------------------------------------------
+def dynamic(**kw: object) -> LbState:
+    return LbState(lb_apply="dynamic", **kw)  # type: ignore[arg-type]
+
+
+def test_dynamic_config_has_the_lua_balancer_and_no_server_addresses() -> None:
+    text = render("p", dynamic(generation=4, size=3, upstreams=servers(3), client_keepalive_s=65), admin_token="t0k")
+    assert "include /etc/nginx/modules-enabled/*.conf;" in text  # Debian's load_module snippets
+    assert "balancer_by_lua_block { sandbox_lb.balance() }" in text
+    assert text.index("balancer_by_lua_block") < text.index("keepalive 32;")  # keepalive wraps the balancer
+    assert "listen 8081;" in text and 'local TOKEN = "t0k"' in text
+    assert "access_by_lua_block" in text and "log_by_lua_block { sandbox_lb.done() }" in text
+    assert "body_filter_by_lua_block { sandbox_lb.body_filter() }" in text
+    assert "10.9.0." not in text and upstream_lines(text) == []
+    assert "proxy_next_upstream off;" in text and "keepalive_timeout 65;" in text
+    assert "local STICKY = false" in text and "local RETRY = false" in text
+
+
+def test_dynamic_config_does_not_change_with_the_set_or_the_rollout() -> None:
+    """The set, the rollout record, the generation never change the text: no reload in a rollout."""
+    a = render("p", dynamic(generation=1, upstreams=servers(2)), admin_token="t")
+    b = render("p", dynamic(generation=9, size=5, upstreams=servers(5), rollout={"kind": "roll"},
+                            app_env={"A": "1"}), admin_token="t")
+    assert a == b
+    assert render("p", dynamic(sticky=True), admin_token="t") != a
+    assert render("p", dynamic(retry=True), admin_token="t") != a
+    assert render("p", dynamic(), admin_token="other") != a
+    assert "local STICKY = true" in render("p", dynamic(sticky=True), admin_token="t")
+
+
+def test_dynamic_config_carries_its_settings_and_an_id() -> None:
+    text = render("p", dynamic(sticky=True, retry=True, client_keepalive_s=65, upstreams=servers(2)), admin_token="t")
+    state = parse_state(text)
+    assert state == LbState(lb_apply="dynamic", sticky=True, retry=True, client_keepalive_s=65)
+    cid = config_id(text)
+    assert cid and len(cid) == 16 and f'ngx.print("{cid}")' in text
+    assert config_id(render("p", LbState(upstreams=servers(1)))) is None
+    assert config_id(render("p", dynamic(), admin_token="t")) != cid
+
+
+def test_dynamic_needs_a_token() -> None:
+    with pytest.raises(BalancerError, match="admin token"):
+        render("p", dynamic())
+
+
+def test_dynamic_config_lines_stay_short_at_the_largest_fleet() -> None:
+    big = dynamic(size=64, upstreams=servers(64), app_env={f"K{i}": "v" * 50 for i in range(40)})
+    assert max(len(line) for line in render("p", big, admin_token="t").splitlines()) < 4096
+
+
+def test_old_state_lines_mean_reload_mode() -> None:
+    old = '# rolling-sandbox-state: {"generation":2,"size":1,"upstreams":[],"rollout":null}\n'
+    assert parse_state(old).lb_apply == "reload"
+
+
+def test_admin_body_round_trip() -> None:
+    state = dynamic(generation=7, size=4, upstreams=servers(3), rollout={"kind": "roll", "from": "v1"},
+                    app_env={"A": "1"})
+    body = admin_body(state)
+    lines = body.splitlines()
+    assert lines[0] == "7" and lines[2:] == ["10.9.0.1:8000", "10.9.0.2:8000", "10.9.0.3:8000"]
+    assert "\n" not in lines[1] and lines[1].startswith("{")  # one JSON line, stored as is by the LB
+    assert parse_admin_body(body) == state
+    assert parse_admin_body(admin_body(dynamic(generation=1))) == dynamic(generation=1)
+
+
+@pytest.mark.parametrize("text, answer", [("", None), ("\n", None)])
+def test_admin_body_never_put(text: str, answer: None) -> None:
+    assert parse_admin_body(text) is answer
+
+
+@pytest.mark.parametrize("text", [
+    "3\n{not json\n",
+    "x\n{}\n",
+    "3\n",
+    # the live address lines disagree with the state they came with
+    "1\n" + dynamic(generation=1, upstreams=servers(1)).to_json() + "\n10.9.0.2:8000\n",
+    # the generation line disagrees with the state
+    "2\n" + dynamic(generation=1).to_json() + "\n",
+])
+def test_admin_body_unreadable(text: str) -> None:
+    with pytest.raises(BalancerError):
+        parse_admin_body(text)
+
+
+def test_parse_in_flight() -> None:
+    text = "10.9.0.1:8000 3\n10.9.0.2:8000 0\ngarbage\n10.9.0.3:8000 -1\n\n"
+    assert parse_in_flight(text) == {"10.9.0.1:8000": 3, "10.9.0.2:8000": 0, "10.9.0.3:8000": 0}

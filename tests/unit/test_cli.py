@@ -29,6 +29,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     (["roll", "--max-error-ratio", "2"], "max_error_ratio:"),
     (["roll", "--locustfile", "/nonexistent/locustfile.py"], "locustfile:"),
     (["frobnicate"], "invalid choice"),
+    (["up", "--lb-apply", "hot"], "invalid choice: 'hot'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
     code, err = run(capsys, *argv)
@@ -95,3 +96,15 @@ def test_defaults_per_command(argv: list[str], project: str, report: str | None,
 def test_integer_flags_parse_whole_numbers_and_leave_the_range_to_the_settings(flag: str, value: str) -> None:
     args = build_parser().parse_args(["roll", flag, value])
     assert getattr(args, flag[2:].replace("-", "_")) == int(value)
+
+
+@pytest.mark.parametrize("argv, lb_apply, keepalive", [
+    (["up"], "dynamic", True),
+    (["up", "--lb-apply", "reload"], "reload", True),
+    (["up", "--lb-apply", "reload", "--no-client-keepalive"], "reload", False),
+    (["demo", "--no-client-keepalive", "--client-keepalive"], "dynamic", True),
+    (["compare", "--lb-apply", "reload"], "reload", True),
+])
+def test_lb_flags(argv: list[str], lb_apply: str, keepalive: bool) -> None:
+    settings = settings_from_args(build_parser().parse_args(argv))
+    assert (settings.lb_apply, settings.client_keepalive) == (lb_apply, keepalive)

@@ -19,12 +19,7 @@ from sandbox.cli import main
 from sandbox.errors import PortInUseError
 from sandbox.ui.dashboard import STATIC, Dashboard
 from sandbox.ui.state import RolloutState
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.conftest import free_port
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ FAST = Timing(poll_s=0.001, drain_quiet_s=0.0, stop_grace_s=1.0, state_check_s=0
 def settings_for(n: int, strategy: str = "one-at-a-time", mode: str = "replace", batch: int = 1,
                  **extra: object) -> Settings:
     return Settings(project="p", size=n, strategy=strategy, mode=mode, batch=batch,  # type: ignore[arg-type]
-                    settle_s=0, ready_timeout=0.05, drain_timeout=1, **extra)  # type: ignore[arg-type]
+                    **{"settle_s": 0, "ready_timeout": 0.05, "drain_timeout": 1, **extra})  # type: ignore[arg-type]
 
 
 def fleet_and_executor(n: int, settings: Settings, unready: frozenset[str] = frozenset()
@@ -167,3 +167,28 @@ async def test_the_health_check_stops_the_rollout_between_steps() -> None:
     with pytest.raises(ErrorRatioExceeded, match=r"error ratio 60\.0%"):
         await roll(runtime, executor, settings, health=health)
     assert runtime.log == ["lb -a1", "stop a1", "start 1 v2"]  # 4 steps ran: detach, drain, stop, start
+
+
+@pytest.mark.parametrize(("counts_seen", "drain_timeout", "timed_out"), [
+    ([3, 2, 0], 1.0, False),  # drained as soon as the LB counts nothing in flight to it
+    ([0], 1.0, False),
+    ([5] * 1000, 0.05, True),  # still busy at the deadline: the drain says it timed out
+])
+@pytest.mark.asyncio
+async def test_dynamic_drain_ends_on_the_lb_count(counts_seen: list[int], drain_timeout: float,
+                                                  timed_out: bool) -> None:
+    settings = settings_for(1, drain_timeout=drain_timeout)
+    runtime, balancer, executor = fleet_and_executor(1, settings)
+    balancer.state.lb_apply = "dynamic"
+    (inst,) = runtime.containers.values()
+    seen = iter(counts_seen)
+
+    async def counts() -> dict[str, int]:
+        return {inst.address or "": next(seen, counts_seen[-1])}
+
+    balancer.in_flight = counts  # type: ignore[method-assign]
+    await roll(runtime, executor, settings)
+    (drain,) = [e for e in executor.events if e["phase"] == "drain"]
+    assert drain["detail"]["signal"] == "lb"
+    assert drain["detail"]["in_flight"] == counts_seen[0]
+    assert drain["detail"]["timed_out"] is timed_out
