@@ -49,6 +49,8 @@ from sandbox.load.rows import (
     ENV_ROWS,
     ENV_TIMEOUT,
     ENV_V2_MODE,
+    ENV_WAIT_MAX,
+    ENV_WAIT_MIN,
     parse_rows,
 )
 from sandbox.results.records import RequestRow
@@ -56,6 +58,12 @@ from sandbox.results.records import RequestRow
 log = logging.getLogger("sandbox.load.run")
 
 DEFAULT_LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
+#: Loaded ahead of every locustfile: installs the recorder (see recording.py).
+RECORDER_LOCUSTFILE = Path(__file__).resolve().with_name("recorder_locustfile.py")
+#: The most Locust worker processes a run may have.
+MAX_WORKERS = 16
+#: Seconds between SIGUSR1 ("write what is in flight and exit") and SIGKILL.
+FLUSH_GRACE_S = 3.0
 _PACKAGE_PARENT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -70,9 +78,49 @@ class LoadSettings:
     locustfile: Path | None = None  # None = sandbox/load/locustfile.py
     v2_mode: Literal["compatible", "breaking"] = "compatible"
     timeout_s: float = 10.0  # client timeout of each request
+    # Load-generating processes: 1 = one Locust process; N > 1 = a master and N
+    # worker processes (Locust's --processes N).
+    workers: int = 1
+    # Think time of the default users between requests: uniform in [min, max] s.
+    think_s: tuple[float, float] = (0.05, 0.2)
     # At stop, seconds a user may still wait for the answer it is waiting for
     # (Locust's --stop-timeout, whole seconds); still waiting then = unanswered.
     stop_timeout_s: int = 2
+
+
+@dataclass(frozen=True)
+class LoadEnd:
+    """How a load run ended, for the report and the verdict."""
+
+    exit_code: int | None  # Locust's main process (1 = it saw failed requests; < 0 = a signal)
+    died_early: bool  # it had exited before the controller asked it to stop
+    died_at: float | None  # unix time the controller first saw it gone (when it died early)
+    flushed_by_signal: bool  # it did not stop in time and was told to write its rows and exit
+    killed: bool  # it ignored that too and was SIGKILLed (rows of requests in flight may be lost)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "exit_code": self.exit_code, "died_early": self.died_early, "died_at": self.died_at,
+            "flushed_by_signal": self.flushed_by_signal, "killed": self.killed,
+        }  # fmt: skip
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running (zombies do not count; Linux /proc)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 class LoadRun:
@@ -101,6 +149,8 @@ class LoadRun:
         self._offset = 0
         self._stop_task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._died_at: float | None = None
+        self._end: LoadEnd | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -123,9 +173,11 @@ class LoadRun:
 
     def command(self) -> list[str]:
         s = self.settings
+        processes = ["--processes", str(s.workers)] if s.workers > 1 else []
         return [
             sys.executable, "-m", "locust",
-            "-f", str(self.locustfile),
+            "-f", f"{RECORDER_LOCUSTFILE},{self.locustfile}",
+            *processes,
             "--headless",
             "-u", str(s.users),
             "-r", f"{s.spawn_rate:g}",
@@ -148,6 +200,8 @@ class LoadRun:
                 ENV_READY: str(self._ready_path),
                 ENV_V2_MODE: self.settings.v2_mode,
                 ENV_TIMEOUT: f"{self.settings.timeout_s:g}",
+                ENV_WAIT_MIN: f"{self.settings.think_s[0]:g}",
+                ENV_WAIT_MAX: f"{self.settings.think_s[1]:g}",
                 ENV_PARENT_PID: str(os.getpid()),
             }
         )
@@ -175,6 +229,10 @@ class LoadRun:
             )
         if not s.timeout_s > 0:
             raise TrafficError(f"timeout_s must be > 0, got {s.timeout_s}")
+        if not 1 <= s.workers <= MAX_WORKERS:
+            raise TrafficError(f"workers must be between 1 and {MAX_WORKERS}, got {s.workers}")
+        if not 0 <= s.think_s[0] <= s.think_s[1]:
+            raise TrafficError(f"think_s must be 0 <= min <= max, got {s.think_s}")
         locustfile = self.locustfile
         if not locustfile.is_file():
             raise TrafficError(f"locustfile not found: {locustfile}")
@@ -223,10 +281,14 @@ class LoadRun:
             raise
 
     async def stop(self, grace_s: float = 10) -> None:
-        """SIGTERM Locust (it records what is in flight and exits).
+        """Stop Locust; every request it started is in the rows file afterwards.
 
-        Locust gives waiting users ``settings.stop_timeout_s`` to get their
-        answers; it is SIGKILLed ``stop_timeout_s + grace_s`` after the SIGTERM.
+        SIGTERM to Locust's process group (master and workers): each process
+        gives waiting users ``settings.stop_timeout_s`` to get their answers,
+        writes an ``unanswered`` row for each request still waiting, and exits.
+        A process still there ``stop_timeout_s + grace_s`` later gets SIGUSR1
+        (write what is in flight, exit at once), and only ``FLUSH_GRACE_S``
+        after that SIGKILL. :attr:`end` then says how it ended.
 
         Idempotent and safe to call concurrently; a no-op before :meth:`start`.
         """
@@ -239,31 +301,74 @@ class LoadRun:
     async def _stop(self, grace_s: float) -> None:
         proc = self._proc
         assert proc is not None
-        deadline = self.settings.stop_timeout_s + grace_s
+        died_early = proc.returncode is not None
+        if died_early:
+            self._note_death()
+            log.warning("locust had already exited (code %s): %s",
+                        proc.returncode, self.last_log_line() or "no output")
+        flushed = killed = False
         try:
-            if proc.returncode is not None:
-                log.warning(
-                    "locust had already exited (code %s): %s",
-                    proc.returncode,
-                    self.last_log_line() or "no output",
-                )
-                return
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=deadline)
-            except TimeoutError:
-                log.warning("locust did not exit %g s after SIGTERM; killing it", deadline)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+            self._signal_group(signal.SIGTERM)
+            if not await self._wait_group(self.settings.stop_timeout_s + grace_s):
+                log.warning("locust did not stop %g s after SIGTERM; asking it to write what is "
+                            "in flight and exit", self.settings.stop_timeout_s + grace_s)
+                flushed = True
+                self._signal_group(signal.SIGUSR1)
+                if not await self._wait_group(FLUSH_GRACE_S):
+                    log.warning("locust did not exit %g s after SIGUSR1; killing it", FLUSH_GRACE_S)
+                    killed = True
+                    self._signal_group(signal.SIGKILL)
+                    await self._wait_group(FLUSH_GRACE_S)
+            await proc.wait()
             log.info("locust exited with code %s", proc.returncode)
         finally:
+            self._end = LoadEnd(exit_code=proc.returncode, died_early=died_early, died_at=self._died_at,
+                                flushed_by_signal=flushed, killed=killed)
             self._stopped = True
             self._close_log()
             self._ready_path.unlink(missing_ok=True)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to Locust's process group (its own session: master and workers)."""
+        assert self._proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    async def _wait_group(self, timeout_s: float) -> bool:
+        """Wait until no live process is left in Locust's group; False on timeout."""
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._proc.returncode is not None and not group_alive(self._proc.pid):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
+
+    # ------------------------------------------------------------------ liveness
+
+    def alive(self) -> bool:
+        """True while Locust's main process runs (call it during the rollout).
+
+        The first call that finds it gone notes the time (:attr:`LoadEnd.died_at`).
+        """
+        if self._proc is None:
+            return False
+        if self._proc.returncode is None:
+            return True
+        self._note_death()
+        return False
+
+    def _note_death(self) -> None:
+        if self._died_at is None and not self._stopped and self._stop_task is None:
+            self._died_at = time.time()
+            log.warning("locust exited by itself (code %s): %s",
+                        self.returncode, self.last_log_line() or "no output")
+
+    @property
+    def end(self) -> LoadEnd | None:
+        """How the run ended; None until :meth:`stop` has finished."""
+        return self._end
 
     def _close_log(self) -> None:
         if self._log_file is not None:
