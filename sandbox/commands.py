@@ -24,6 +24,7 @@ from sandbox.errors import BalancerError, NotFoundError, RolloutError, SandboxEr
 from sandbox.fleet.balancer import Balancer
 from sandbox.fleet.images import ImageSet, ensure_images
 from sandbox.fleet.runtime import Instance, Runtime
+from sandbox.load.rows import parse_think_ms
 from sandbox.load.run import LoadRun, LoadSettings
 from sandbox.results.measure import (
     AddressHistory,
@@ -222,7 +223,8 @@ async def roll(
             if settings.load and steps:
                 load = LoadRun(balancer.url, LoadSettings(
                     users=settings.users, spawn_rate=settings.spawn_rate, locustfile=settings.locustfile,
-                    v2_mode=settings.v2_mode), rows_path)
+                    v2_mode=settings.v2_mode, workers=settings.load_workers,
+                    think_s=parse_think_ms(settings.think_ms), timeout_s=settings.client_timeout_s), rows_path)
                 await load.start()
                 events.append({"t": time.time(), "phase": "load-start", "instance": None})
 

@@ -107,7 +107,10 @@ CONTEXT_KEY = "sandbox_request"
 FLUSH_EXIT_CODE = 3
 
 _user_ids = itertools.count(1)
-_state: dict[str, Any] = {"stopping": False, "prefix": None, "environment": None}
+# stopping: the test is stopping (reset when a new test starts); quitting: this
+# process is shutting down (never reset: Locust's master may still hand a
+# stopping worker the users of another one, and they must not start requests).
+_state: dict[str, Any] = {"stopping": False, "quitting": False, "prefix": None, "environment": None}
 
 
 # --------------------------------------------------------------------------- users
@@ -192,7 +195,7 @@ def _wrap(orig: Callable[..., Any], *, timeout_kw: bool) -> Callable[..., Any]:
     sig = inspect.signature(orig)
 
     def request(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if _state["stopping"]:
+        if _state["stopping"] or _state["quitting"]:
             raise StopUser()
         call = _Call(sig, (self, *args), kwargs)
         rid = _set_request_id(call)
@@ -295,7 +298,7 @@ def _watch_parent(expected_ppid: int) -> None:
 
 def _flush_and_exit(_signum: int, _frame: Any) -> None:
     """SIGUSR1: write every request still in flight, then exit at once."""
-    _state["stopping"] = True
+    _state["stopping"] = _state["quitting"] = True
     RECORDER.flush_unanswered()
     RECORDER.writer.close()
     os._exit(FLUSH_EXIT_CODE)
@@ -354,7 +357,7 @@ def _on_test_stop(environment: Environment, **_kwargs: Any) -> None:
 def _on_quitting(environment: Environment, **_kwargs: Any) -> None:
     # On SIGTERM Locust fires `quitting` *before* stopping the users; stop them
     # first so a request that is answered meanwhile is not called unanswered.
-    _state["stopping"] = True
+    _state["stopping"] = _state["quitting"] = True
     runner = environment.runner
     if runner is not None and runner.state != STATE_STOPPED:
         try:

@@ -11,6 +11,8 @@ while they wait.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import sys
 import time
@@ -309,4 +311,195 @@ async def test_server_not_listening_gives_status_0_rows(tmp_path: Path) -> None:
         assert r["error"], r
         assert r["version"] is None and r["contract"] is None
     assert {r["error"] for r in rows if not r["unanswered"]} == {"ConnectionRefusedError"}
+    _no_locust_here()
+
+
+# --------------------------------------------------------------------------- any user class, several workers
+
+PLAIN_HTTPUSER_LOCUSTFILE = """
+from locust import HttpUser, constant, task
+
+
+class Plain(HttpUser):
+    wait_time = constant(0.02)
+
+    @task
+    def visit(self):
+        self.client.get("/api/cart")
+        with self.client.get("/", catch_response=True) as r:
+            r.failure("the page says shop, I wanted a shop with items")
+"""
+
+FAST_HTTPUSER_LOCUSTFILE = """
+from locust import FastHttpUser, constant, task
+
+
+class Fast(FastHttpUser):
+    wait_time = constant(0.02)
+
+    @task
+    def visit(self):
+        self.client.get("/api/items/7")
+        self.client.get("/nope")
+"""
+
+# A client of the user's own: it fires Locust's request event itself.
+OWN_CLIENT_LOCUSTFILE = """
+import time
+import urllib.request
+from types import SimpleNamespace
+
+from locust import User, constant, task
+
+
+class Own(User):
+    wait_time = constant(0.05)
+
+    @task
+    def visit(self):
+        t0 = time.time()
+        with urllib.request.urlopen(self.host + "/api/cart", timeout=5) as resp:
+            body = resp.read()
+            answer = SimpleNamespace(status_code=resp.status, headers=dict(resp.headers))
+        self.environment.events.request.fire(
+            request_type="GET", name="own", response_time=(time.time() - t0) * 1000,
+            response_length=len(body), response=answer, context={}, exception=None, start_time=t0)
+"""
+
+# Users wait on requests that hang, and Locust wedges while stopping.
+WEDGED_LOCUSTFILE = """
+import time
+
+from locust import HttpUser, constant, events, task
+
+
+class Waiter(HttpUser):
+    wait_time = constant(0.05)
+
+    @task
+    def hang(self):
+        self.client.get("/api/items/13")
+
+
+@events.test_stopping.add_listener
+def wedge(**_kwargs):
+    time.sleep(60)
+"""
+
+
+def _check_once_each(rows: list[RequestRow], app: FakeApp) -> None:
+    """Every request the app received has exactly one row, carrying its rid."""
+    rids = [r["rid"] for r in rows]
+    assert len(set(rids)) == len(rids), "a request was recorded twice"
+    assert sorted(app.rids) == sorted(r["rid"] for r in rows if r["rid"] in set(app.rids))
+    assert set(app.rids) <= set(rids)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_plain_httpuser_records(fake_app: FakeApp, tmp_path: Path, workers: int) -> None:
+    fake_app.hang = False
+    custom = tmp_path / "plain.py"
+    custom.write_text(PLAIN_HTTPUSER_LOCUSTFILE)
+    run = LoadRun(fake_app.url, LoadSettings(users=4, locustfile=custom, workers=workers), tmp_path / "r.jsonl")
+    async with run:
+        await asyncio.sleep(2.0)
+    rows = run.all_rows()
+    assert len(rows) > 20
+    _check_once_each(rows, fake_app)
+    assert all(set(r) == ROW_KEYS and len(r["rid"]) == 32 for r in rows)
+    assert {r["name"] for r in rows} == {"/api/cart", "/"}
+    answered = [r for r in rows if not r["unanswered"]]
+    assert {r["version"] for r in answered} == {"v1", "v2"}  # from X-App-Version
+    # marked failed by the locustfile although answered 200: a contract violation
+    assert {r["contract"] for r in answered if r["name"] == "/"} == {"violation"}
+    assert {r["contract"] for r in answered if r["name"] == "/api/cart"} == {None}
+    users = {r["user"] for r in rows}
+    assert len(users) == 4
+    if workers == 2:
+        assert {u.split("-")[0] for u in users} == {"w0", "w1"}
+    assert run.end is not None and not run.end.died_early and not run.end.killed
+    _no_locust_here()
+
+
+@pytest.mark.asyncio
+async def test_fast_httpuser_records(fake_app: FakeApp, tmp_path: Path) -> None:
+    fake_app.hang = False
+    custom = tmp_path / "fast.py"
+    custom.write_text(FAST_HTTPUSER_LOCUSTFILE)
+    run = LoadRun(fake_app.url, LoadSettings(users=3, locustfile=custom, workers=2), tmp_path / "r.jsonl")
+    async with run:
+        await asyncio.sleep(2.0)
+    rows = run.all_rows()
+    assert len(rows) > 20
+    _check_once_each(rows, fake_app)
+    answered = [r for r in rows if not r["unanswered"]]
+    items = [r for r in answered if r["name"] == "/api/items/7"]
+    assert items and all(r["status"] == 200 and r["version"] in ("v1", "v2") for r in items)
+    assert {r["status"] for r in answered if r["name"] == "/nope"} == {404}
+    assert all(r["contract"] is None for r in answered)  # a plain 404 is not a contract violation
+    _no_locust_here()
+
+
+@pytest.mark.asyncio
+async def test_own_client_records_from_its_events(fake_app: FakeApp, tmp_path: Path) -> None:
+    fake_app.hang = False
+    custom = tmp_path / "own.py"
+    custom.write_text(OWN_CLIENT_LOCUSTFILE)
+    run = LoadRun(fake_app.url, LoadSettings(users=2, locustfile=custom), tmp_path / "r.jsonl")
+    async with run:
+        await asyncio.sleep(1.5)
+    rows = run.all_rows()
+    assert rows and {r["name"] for r in rows} == {"own"}
+    assert len(rows) == fake_app.count  # one row per request the app answered
+    assert all(r["status"] == 200 and r["version"] in ("v1", "v2") and r["latency_ms"] >= 0 for r in rows)
+    assert len({r["user"] for r in rows}) == 2
+    _no_locust_here()
+
+
+@pytest.mark.asyncio
+async def test_killed_locust_keeps_finished_rows(fake_app: FakeApp, tmp_path: Path) -> None:
+    fake_app.hang = False
+    settings = LoadSettings(users=6, spawn_rate=50, workers=2, think_s=(0.0, 0.01))
+    run = LoadRun(fake_app.url, settings, tmp_path / "rows.jsonl")
+    await run.start()
+    try:
+        await asyncio.sleep(2.0)
+        assert run.alive()
+        assert run.pid is not None
+        os.kill(run.pid, signal.SIGKILL)  # the master; its workers notice their parent has gone
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if not run.alive():
+                break
+        assert not run.alive()
+    finally:
+        await run.stop(grace_s=5)
+    end = run.end
+    assert end is not None and end.died_early and end.exit_code == -signal.SIGKILL
+    assert end.died_at is not None and not end.killed
+    rows = run.all_rows()
+    assert len(rows) > 50
+    _check_once_each(rows, fake_app)  # every request the app saw has its row, none twice
+    _no_locust_here()
+
+
+@pytest.mark.asyncio
+async def test_unanswered_rows_are_written_before_any_sigkill(fake_app: FakeApp, tmp_path: Path) -> None:
+    # Locust does not stop by itself: the recorder is told to write what is in
+    # flight (SIGUSR1) before anything is killed.
+    custom = tmp_path / "wedged.py"
+    custom.write_text(WEDGED_LOCUSTFILE)
+    settings = LoadSettings(users=4, spawn_rate=50, workers=2, locustfile=custom, stop_timeout_s=1, timeout_s=60)
+    run = LoadRun(fake_app.url, settings, tmp_path / "rows.jsonl")
+    await run.start()
+    await asyncio.sleep(1.5)
+    assert fake_app.hanging == 4
+    await run.stop(grace_s=1)
+    end = run.end
+    assert end is not None and end.flushed_by_signal and not end.killed and not end.died_early
+    rows = run.all_rows()
+    _check_once_each(rows, fake_app)
+    assert len(rows) == 4
+    assert all(r["unanswered"] and r["error"] == "unanswered at stop" for r in rows)
     _no_locust_here()
