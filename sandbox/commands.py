@@ -315,6 +315,8 @@ async def roll(
     }
     report = build_report(meta=meta, measured=measured, steps=events)
     report["attribution"] = attribution(rows, nginx_rows, history)
+    if load is not None and load.end is not None:  # how Locust ended: exit code, died early, killed
+        report["load_generator"] = {**load.end.to_dict(), "workers": load.settings.workers}
     if report_dir is not None:
         report["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
     shutil.rmtree(workdir, ignore_errors=True)

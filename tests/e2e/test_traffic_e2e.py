@@ -11,16 +11,18 @@ while they wait.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import get_type_hints
+from typing import Any, get_type_hints
 
 import pytest
 import pytest_asyncio
@@ -28,6 +30,7 @@ from aiohttp import web
 
 from sandbox.load.run import LoadRun, LoadSettings, TrafficError
 from sandbox.results.records import RequestRow
+from tests.e2e.conftest import REPO, Cli
 
 pytestmark = [pytest.mark.e2e]
 
@@ -503,3 +506,133 @@ async def test_unanswered_rows_are_written_before_any_sigkill(fake_app: FakeApp,
     assert len(rows) == 4
     assert all(r["unanswered"] and r["error"] == "unanswered at stop" for r in rows)
     _no_locust_here()
+
+
+# --------------------------------------------------------------------------- through a real fleet
+
+FLEET_PLAIN_LOCUSTFILE = """
+from locust import HttpUser, constant, task
+
+
+class Plain(HttpUser):
+    wait_time = constant(0.02)
+
+    @task
+    def item(self):
+        self.client.get("/api/items/3")
+"""
+
+FLEET_FAST_LOCUSTFILE = """
+from locust import FastHttpUser, constant, task
+
+
+class Fast(FastHttpUser):
+    wait_time = constant(0.02)
+
+    @task
+    def item(self):
+        with self.client.get("/api/items/4", catch_response=True) as r:
+            if b"currency" in r.content:
+                r.failure("this client cannot read prices with a currency")
+"""
+
+
+def _roll(cli: Cli, report: Path, *args: str) -> tuple[dict[str, Any], list[RequestRow]]:
+    data = cli.json("roll", "--warmup", "1", "--cooldown", "1", "--json", "--report", str(report), *args)
+    rows = [json.loads(line) for line in (report / "requests.jsonl").read_text().splitlines() if line]
+    rids = [r["rid"] for r in rows]
+    assert len(set(rids)) == len(rids), "a request was recorded twice"
+    assert data["requests"]["total"] == len(rows) > 50
+    assert data["requests"]["dropped"] == 0, data["requests"]
+    # every row joins the NGINX log line of its request through the rid it sent
+    assert data["attribution"]["from_log"] == len(rows)
+    ended = data["load_generator"]
+    assert not ended["died_early"] and not ended["killed"] and not ended["flushed_by_signal"]
+    return data, rows
+
+
+def _rate(rows: list[RequestRow]) -> float:
+    ts = sorted(r["t"] for r in rows)
+    return len(ts) / max(ts[-1] - ts[0], 1e-9)
+
+
+def test_plain_and_fast_locustfiles_through_a_fleet(cli: Cli, tmp_path: Path) -> None:
+    cli.run("up", "--size", "2", "--port", str(cli.port), check=True)
+    plain = tmp_path / "plain.py"
+    plain.write_text(FLEET_PLAIN_LOCUSTFILE)
+    data, rows = _roll(cli, tmp_path / "plain", "--to", "v2", "--locustfile", str(plain), "--users", "8")
+    assert data["requests"]["by_version"]["v1"] > 0 and data["requests"]["by_version"]["v2"] > 0
+    assert {r["version"] for r in rows} == {"v1", "v2"}  # the app's X-App-Version header
+    assert {r["user"].split("-")[0] for r in rows} == {f"w{i}" for i in range(_default_workers())}
+
+    fast = tmp_path / "fast.py"
+    fast.write_text(FLEET_FAST_LOCUSTFILE)
+    data, rows = _roll(cli, tmp_path / "fast", "--to", "v1", "--locustfile", str(fast), "--users", "8")
+    assert {r["name"] for r in rows} == {"/api/items/4"}
+    # v2 answers carry a currency, which this locustfile marks failed: violations, attributed to v2
+    assert {r["version"] for r in rows if r["contract"] == "violation"} == {"v2"}
+    assert all(r["contract"] is None for r in rows if r["version"] == "v1")
+    assert (tmp_path / "fast" / "report.json").is_file()
+
+
+def _default_workers() -> int:
+    from sandbox.config import Settings
+
+    return Settings().load_workers
+
+
+def test_default_workers_and_one_worker_through_a_fleet(cli: Cli, tmp_path: Path) -> None:
+    cli.run("up", "--size", "2", "--port", str(cli.port), check=True)
+    common = ("--users", "40", "--think-ms", "0")
+    _, one = _roll(cli, tmp_path / "one", "--to", "v2", "--load-workers", "1", *common)
+    _, many = _roll(cli, tmp_path / "many", "--to", "v1", *common)
+    assert {r["user"].split("-")[0] for r in one} == {r["user"] for r in one} and len({r["user"] for r in one}) == 40
+    assert len({r["user"] for r in many}) == 40
+    assert {r["user"].split("-")[0] for r in many} == {f"w{i}" for i in range(_default_workers())}
+    print(f"\nrequest rate: 1 worker {_rate(one):.0f}/s, {_default_workers()} workers {_rate(many):.0f}/s")
+
+
+def test_sigkilled_locust_during_a_roll_keeps_its_rows(cli: Cli, tmp_path: Path) -> None:
+    cli.run("up", "--size", "2", "--port", str(cli.port), check=True)
+    report = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "sandbox", "roll", "--project", cli.project, "--json", "--report", str(report),
+           "--warmup", "4", "--cooldown", "1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        rows_path = report / "requests.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not rows_path.exists() or rows_path.stat().st_size < 30_000):
+            time.sleep(0.2)
+        master = _locust_master(proc.pid)
+        before = rows_path.read_bytes()
+        before = before[: before.rfind(b"\n") + 1]  # whole lines only
+        os.kill(master, signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    kept = [json.loads(line) for line in before.splitlines() if line]
+    after = [json.loads(line) for line in rows_path.read_text().splitlines() if line]
+    assert len(kept) > 50
+    assert after[: len(kept)] == kept  # what was written before the kill is all still there
+    rids = [r["rid"] for r in after]
+    assert len(set(rids)) == len(rids)
+    report_json = json.loads(out)
+    assert report_json["requests"]["total"] == len(after), err
+    ended = report_json["load_generator"]
+    assert ended["died_early"] and ended["exit_code"] == -signal.SIGKILL and not ended["killed"]
+
+
+def _locust_master(controller_pid: int) -> int:
+    """The pid of the `python -m locust` child of the controller."""
+    for _ in range(100):
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rpartition(")")[2].split()
+                cmdline = (stat.parent / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(fields[1]) == controller_pid and b"locust" in cmdline:
+                return int(stat.parent.name)
+        time.sleep(0.1)
+    raise AssertionError("no locust process under the controller")
