@@ -380,6 +380,7 @@ class RecordedHttpUser(HttpUser):
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         self.sandbox_expects = "v1"
+        user_id(self)  # sets self.sandbox_id, which old locustfiles read
 
     def sandbox_contract(self, name: str, response: Any) -> Contract | None:
         """The row's ``contract`` for an answer; None means "not checked"."""

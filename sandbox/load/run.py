@@ -1,31 +1,34 @@
-"""Live traffic: Locust, headless, in its own process.
+"""Live traffic: Locust, headless, in its own processes.
 
 Locust runs on gevent and monkey-patches the standard library when imported, so
-this module never imports it: :class:`LoadRun` starts
-``python -m locust`` as a subprocess and reads the request rows it appends to a
-JSON-lines file (one :class:`~sandbox.results.records.RequestRow` per request started;
-see ``sandbox/load/locustfile.py`` for how they are written and how a custom
-locustfile gets them).
+this module never imports it: :class:`LoadRun` starts ``python -m locust`` as a
+subprocess and reads the request rows its processes append to one JSON-lines
+file (one :class:`~sandbox.results.records.RequestRow` per request started; see
+``sandbox/load/recording.py`` for how they are written, for any user class).
 
 Command line used (locust 2.x)::
 
-    <python> -m locust -f <locustfile> --headless -u <users> -r <spawn_rate>
-             --host <url> --only-summary --loglevel WARNING
-             --stop-timeout <stop_timeout_s>
+    <python> -m locust -f <recorder_locustfile.py>,<locustfile> [--processes <workers>]
+             --headless -u <users> -r <spawn_rate> --host <url> --only-summary
+             --loglevel WARNING --stop-timeout <stop_timeout_s>
 
-with no ``--csv``/``--html`` and the web UI off (``--headless``). The process
-runs in its own session (a Ctrl-C at the controller's terminal does not reach
-it), with stdin from /dev/null (no keyboard poller), its working directory set
-to the rows file's directory (so no ``locust.conf``/``pyproject.toml`` of the
+``--processes N`` (when ``workers`` > 1) makes the process a master that forks N
+workers; the users are spread over the workers. There is no ``--csv``/``--html``
+and the web UI is off (``--headless``). The processes run in their own session
+and process group (a Ctrl-C at the controller's terminal does not reach them),
+with stdin from /dev/null (no keyboard poller), the working directory set to
+the rows file's directory (so no ``locust.conf``/``pyproject.toml`` of the
 user's current directory is read) and every ``LOCUST_*`` variable removed from
-its environment. Its stdout and stderr go to ``<rows>.locust.log``.
+the environment. Their stdout and stderr go to ``<rows>.locust.log``.
 
-Stopping sends SIGTERM: Locust kills the users that are between requests at
-once, gives the users waiting for an answer up to ``stop_timeout_s`` to get it
-(so stopping a healthy load drops nothing), then kills them; the recorder
-writes an ``unanswered`` row for each request still waiting, and Locust exits.
-If it has not exited ``stop_timeout_s + grace_s`` after the SIGTERM it is
-killed (rows of requests still in flight are then lost).
+Stopping sends SIGTERM to the process group: each process kills the users that
+are between requests at once, gives the users waiting for an answer up to
+``stop_timeout_s`` to get it (so stopping a healthy load drops nothing), then
+kills them; the recorder writes an ``unanswered`` row for each request still
+waiting, and the process exits. A group still alive ``stop_timeout_s + grace_s``
+after the SIGTERM gets SIGUSR1 (each process writes its in-flight rows and exits
+at once) and only ``FLUSH_GRACE_S`` later SIGKILL. :attr:`LoadRun.end` tells
+how it went; :meth:`LoadRun.alive` tells whether Locust still runs.
 """
 
 from __future__ import annotations
