@@ -96,7 +96,7 @@ class LoadEnd:
     """How a load run ended, for the report and the verdict."""
 
     exit_code: int | None  # Locust's main process (1 = it saw failed requests; < 0 = a signal)
-    died_early: bool  # it had exited before the controller asked it to stop
+    died_early: bool  # it (or one of its workers) had exited before the controller asked it to stop
     died_at: float | None  # unix time the controller first saw it gone (when it died early)
     flushed_by_signal: bool  # it did not stop in time and was told to write its rows and exit
     killed: bool  # it ignored that too and was SIGKILLed (rows of requests in flight may be lost)
@@ -108,22 +108,28 @@ class LoadEnd:
         }  # fmt: skip
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` is still running (zombies do not count; Linux /proc)."""
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes of group ``pgid`` (Linux /proc)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
-        return False
+        return []
     except PermissionError:
-        return True
+        pass
+    pids: list[int] = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rpartition(")")[2].split()
         except OSError:
             continue
         if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running (zombies do not count)."""
+    return bool(group_members(pgid))
 
 
 class LoadRun:
@@ -304,8 +310,8 @@ class LoadRun:
     async def _stop(self, grace_s: float) -> None:
         proc = self._proc
         assert proc is not None
-        died_early = proc.returncode is not None
-        if died_early:
+        died_early = proc.returncode is not None or self._died_at is not None
+        if proc.returncode is not None:
             self._note_death()
             log.warning("locust had already exited (code %s): %s",
                         proc.returncode, self.last_log_line() or "no output")
@@ -351,13 +357,16 @@ class LoadRun:
     # ------------------------------------------------------------------ liveness
 
     def alive(self) -> bool:
-        """True while Locust's main process runs (call it during the rollout).
+        """True while Locust runs whole: its main process and, with workers, every worker.
 
-        The first call that finds it gone notes the time (:attr:`LoadEnd.died_at`).
+        Call it during the rollout (it reads /proc: a few ms). The first call
+        that finds a process gone notes the time (:attr:`LoadEnd.died_at`).
         """
         if self._proc is None:
             return False
-        if self._proc.returncode is None:
+        if self._proc.returncode is None and (
+            self.settings.workers == 1 or len(group_members(self._proc.pid)) > self.settings.workers
+        ):
             return True
         self._note_death()
         return False
@@ -365,8 +374,9 @@ class LoadRun:
     def _note_death(self) -> None:
         if self._died_at is None and not self._stopped and self._stop_task is None:
             self._died_at = time.time()
-            log.warning("locust exited by itself (code %s): %s",
-                        self.returncode, self.last_log_line() or "no output")
+            what = "exited" if self.returncode is not None else "lost a worker process"
+            log.warning("locust %s by itself (code %s): %s",
+                        what, self.returncode, self.last_log_line() or "no output")
 
     @property
     def end(self) -> LoadEnd | None:

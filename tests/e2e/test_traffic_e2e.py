@@ -28,7 +28,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from sandbox.load.run import LoadRun, LoadSettings, TrafficError
+from sandbox.load.run import LoadRun, LoadSettings, TrafficError, group_members
 from sandbox.results.records import RequestRow
 from tests.e2e.conftest import REPO, Cli
 
@@ -484,6 +484,29 @@ async def test_killed_locust_keeps_finished_rows(fake_app: FakeApp, tmp_path: Pa
     rows = run.all_rows()
     assert len(rows) > 50
     _check_once_each(rows, fake_app)  # every request the app saw has its row, none twice
+    _no_locust_here()
+
+
+@pytest.mark.asyncio
+async def test_a_dead_worker_is_noticed(fake_app: FakeApp, tmp_path: Path) -> None:
+    fake_app.hang = False
+    settings = LoadSettings(users=4, spawn_rate=50, workers=2, think_s=(0.0, 0.01))
+    run = LoadRun(fake_app.url, settings, tmp_path / "rows.jsonl")
+    await run.start()
+    try:
+        await asyncio.sleep(1.0)
+        assert run.alive() and run.pid is not None
+        worker = next(pid for pid in group_members(run.pid) if pid != run.pid)
+        os.kill(worker, signal.SIGKILL)
+        await asyncio.sleep(0.3)
+        assert not run.alive()
+    finally:
+        await run.stop(grace_s=5)
+    end = run.end
+    assert end is not None and end.died_early and end.died_at is not None and not end.killed
+    rows = run.all_rows()
+    rids = [r["rid"] for r in rows]
+    assert rows and len(set(rids)) == len(rids)
     _no_locust_here()
 
 
