@@ -158,26 +158,42 @@ class _Pending:
 
 
 class _Call:
-    """The arguments of one ``request`` call, named or in ``**kwargs`` alike."""
+    """One ``request(self, method, url, ...)`` call with everything after ``url`` as keywords.
+
+    Locust's own ``get``/``post``/... pass only keywords after the URL (the
+    fast path); a call with more positional arguments is bound to the
+    signature once to name them.
+    """
+
+    __slots__ = ("head", "kwargs")
 
     def __init__(self, sig: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self.bound = sig.bind(*args, **kwargs)
-        self.named = {n for n, p in sig.parameters.items() if p.kind is not p.VAR_KEYWORD}
-        var_kw = next((n for n, p in sig.parameters.items() if p.kind is p.VAR_KEYWORD), None)
-        self.extra: dict[str, Any] = {}
-        if var_kw is not None:
-            self.extra = self.bound.arguments.setdefault(var_kw, {})
+        if len(args) <= 3:
+            self.kwargs = dict(kwargs)
+            method = args[1] if len(args) > 1 else self.kwargs.pop("method", "")
+            url = args[2] if len(args) > 2 else self.kwargs.pop("url", "")
+            self.head = (args[0], method, url)
+            return
+        bound = sig.bind(*args, **kwargs)
+        names = list(sig.parameters)
+        self.head = tuple(bound.arguments[n] for n in names[:3])
+        self.kwargs = {}
+        for name, param in list(sig.parameters.items())[3:]:
+            if name not in bound.arguments:
+                continue
+            if param.kind is param.VAR_KEYWORD:
+                self.kwargs.update(bound.arguments[name])
+            else:
+                self.kwargs[name] = bound.arguments[name]
 
     def get(self, key: str, default: Any = None) -> Any:
-        holder = self.bound.arguments if key in self.named else self.extra
-        return holder.get(key, default)
+        return self.kwargs.get(key, default)
 
     def set(self, key: str, value: Any) -> None:
-        holder = self.bound.arguments if key in self.named else self.extra
-        holder[key] = value
+        self.kwargs[key] = value
 
-    def text(self, key: str) -> str:
-        value = self.get(key, "")
+    def text(self, index: int) -> str:
+        value = self.head[index]
         return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -201,13 +217,13 @@ def _wrap(orig: Callable[..., Any], *, timeout_kw: bool) -> Callable[..., Any]:
         rid = _set_request_id(call)
         if timeout_kw and call.get("timeout") is None:
             call.set("timeout", TIMEOUT_S)
-        label = call.get("name") or getattr(self, "request_name", None) or urlsplit(call.text("url")).path or "/"
+        label = call.get("name") or getattr(self, "request_name", None) or urlsplit(call.text(2)).path or "/"
         user = getattr(self, "user", None)
         catch = bool(call.get("catch_response", False))
-        token = RECORDER.begin(user=user_id(user), rid=rid, method=call.text("method"), name=str(label))
+        token = RECORDER.begin(user=user_id(user), rid=rid, method=call.text(1), name=str(label))
         call.set("context", {**(call.get("context") or {}), CONTEXT_KEY: _Pending(token, user, catch)})
         try:
-            response = orig(*call.bound.args, **call.bound.kwargs)
+            response = orig(*call.head, **call.kwargs)
         except Exception as exc:
             RECORDER.fail(token, exc)
             raise

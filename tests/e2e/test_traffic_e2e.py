@@ -659,3 +659,31 @@ def _locust_master(controller_pid: int) -> int:
                 return int(stat.parent.name)
         time.sleep(0.1)
     raise AssertionError("no locust process under the controller")
+
+
+CALL_SHAPES = """
+import sandbox.load.recording as rec
+from locust.clients import HttpSession
+from locust.contrib.fasthttp import FastHttpSession
+
+for cls in (HttpSession, FastHttpSession):
+    sig = rec.inspect.signature(cls.request.__wrapped__)
+    c = rec._Call(sig, ("S", "GET", "/a"), {"name": "n", "headers": {"A": "1"}})
+    assert (c.head, c.kwargs) == (("S", "GET", "/a"), {"name": "n", "headers": {"A": "1"}})
+    c = rec._Call(sig, ("S",), {"method": "POST", "url": "/b"})
+    assert (c.text(1), c.text(2), c.kwargs) == ("POST", "/b", {})
+    c = rec._Call(sig, ("S", b"GET", b"/c", "label", True), {"context": {"k": 1}})
+    assert (c.text(1), c.text(2), c.get("name")) == ("GET", "/c", "label"), c.kwargs
+    if cls is HttpSession:
+        assert c.get("catch_response") is True and c.get("context") == {"k": 1}
+    else:
+        assert c.get("data") is True  # FastHttpSession's 5th parameter is data
+print("ok")
+"""
+
+
+def test_client_call_shapes() -> None:
+    # recording.py imports locust: checked in a child process, never here
+    proc = subprocess.run([sys.executable, "-c", CALL_SHAPES], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    _no_locust_here()
