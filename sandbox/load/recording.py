@@ -282,7 +282,8 @@ def _on_request(
     judge = getattr(user, "sandbox_contract", None)
     if judge is not None and status:
         try:
-            contract = judge(name, response) or contract
+            judged = judge(name, response)
+            contract = "violation" if "violation" in (judged, contract) else judged or contract
         except Exception:
             log.exception("contract check failed for %s %s", request_type, name)
     if not isinstance(pending, _Pending):
