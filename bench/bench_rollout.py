@@ -99,9 +99,9 @@ def main() -> None:
         rows.append(run(n, args.size, args.users, strategy, {}, args.set_env))
         print(json.dumps(rows[-1]), flush=True)
     if args.max_rate:
-        no_think = {"ROLLING_SANDBOX_WAIT_MIN": "0", "ROLLING_SANDBOX_WAIT_MAX": "0.01"}
         for users in (10, 25, 50, 100, 200):
-            row = run(10 + users, args.size, users, ["--strategy", "one-at-a-time"], no_think, args.set_env)
+            row = run(10 + users, args.size, users, ["--strategy", "one-at-a-time", "--think-ms", "0-10"], {},
+                      args.set_env)
             row["users"] = users
             print(json.dumps(row), flush=True)
 

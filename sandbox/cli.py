@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from sandbox import __version__, commands
 from sandbox.commands import parse_strategy_spec
 from sandbox.config import (
+    DEFAULT_LOAD_WORKERS,
     LB_APPLY_MODES,
     MODES,
     STRATEGIES,
@@ -109,6 +110,13 @@ def _add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", dest="warmup_s", type=_number, help="seconds of load before (default 3)")
     p.add_argument("--cooldown", dest="cooldown_s", type=_number, help="seconds of load after (default 3)")
     p.add_argument("--v2-mode", choices=V2_MODES, help="which v2 contract clients expect (default compatible)")
+    p.add_argument("--load-workers", type=_integer,
+                   help=f"Locust worker processes sending requests; 1 = a single process "
+                        f"(default {DEFAULT_LOAD_WORKERS} here)")
+    p.add_argument("--think-ms", metavar="MIN-MAX",
+                   help="default users' wait between requests in ms, MIN-MAX or N (default 50-200; 0 = none)")
+    p.add_argument("--client-timeout", dest="client_timeout_s", type=_number,
+                   help="seconds the load generator waits for an answer (default 10)")
     p.add_argument("--drain-timeout", type=_number, help="seconds to wait for in-flight requests (default 30)")
     p.add_argument("--ready-timeout", type=_number, help="seconds for a new server to be ready (default 30)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -186,7 +194,8 @@ _SETTING_FLAGS = (
     "project", "size", "port", "version", "sticky", "lb_retry", "client_keepalive", "lb_apply",
     "to_version", "strategy", "batch", "mode",
     "drain_timeout", "ready_timeout", "max_error_ratio", "auto_rollback", "load", "users", "spawn_rate",
-    "locustfile", "max_dropped", "warmup_s", "cooldown_s", "v2_mode",
+    "locustfile", "max_dropped", "warmup_s", "cooldown_s", "v2_mode", "load_workers", "think_ms",
+    "client_timeout_s",
 )
 
 

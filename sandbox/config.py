@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from sandbox.errors import PortInUseError, UsageError
+from sandbox.load.rows import DEFAULT_THINK_MS, parse_think_ms
 
 Version = Literal["v1", "v2"]
 Strategy = Literal["one-at-a-time", "rolling", "surge", "double-half", "blue-green", "naive"]
@@ -37,6 +38,9 @@ LB_APPLY_MODES: tuple[str, ...] = get_args(LbApply)
 PROJECT_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38}[A-Za-z0-9])?$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_SIZE = 64
+MAX_LOAD_WORKERS = 16
+#: Locust worker processes by default: one per core, at least 2 (measured in README, "Load").
+DEFAULT_LOAD_WORKERS = max(2, min(os.cpu_count() or 2, 4))
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ class Settings:
     max_dropped: int = 0
     slow_budget_s: float = 2.0
     v2_mode: V2Mode = "compatible"
+    load_workers: int = DEFAULT_LOAD_WORKERS  # Locust processes sending requests (1 = no master/workers)
+    think_ms: str = DEFAULT_THINK_MS  # default users' wait between requests: "MIN-MAX" or "N" ms
+    client_timeout_s: float = 10.0  # the load generator's timeout per request
 
     def __post_init__(self) -> None:
         validate(self)
@@ -112,6 +119,13 @@ def validate(s: Settings) -> None:
     _check(0 <= s.warmup_s <= 600 and 0 <= s.cooldown_s <= 600, "warmup_s/cooldown_s",
            "must be in [0, 600] seconds")
     _check(s.slow_budget_s > 0, "slow_budget_s", f"{s.slow_budget_s} must be above 0")
+    _check(1 <= s.load_workers <= MAX_LOAD_WORKERS, "load_workers",
+           f"{s.load_workers} must be between 1 and {MAX_LOAD_WORKERS}")
+    try:
+        parse_think_ms(s.think_ms)
+    except ValueError as exc:
+        raise UsageError(f"think_ms: {exc}") from None
+    _check(0 < s.client_timeout_s <= 600, "client_timeout_s", f"{s.client_timeout_s} must be in (0, 600] seconds")
     if s.locustfile is not None:
         _check(s.locustfile.is_file(), "locustfile", f"{s.locustfile} is not a file")
     for name in ("set_env", "app_env"):

@@ -10,16 +10,25 @@ user's own locustfile without side effects.
 * :func:`answer_fields` -- the version / instance / session headers of an answer.
 * :func:`error_text` -- a short error name ("ConnectionResetError", "ReadTimeout",
   "HTTP 502") for a status-0 or 5xx answer.
-* :class:`RowWriter` -- appends one JSON line per row, flushed per row, so
-  another process can tail the file live.
+* :func:`event_contract` -- "violation" for a request the user's locustfile
+  marked failed although it was answered below 400.
+* :func:`untracked_row` -- the row of a request known only from Locust's
+  request event (a client class of the user's own).
+* :func:`parse_think_ms` -- the ``--think-ms`` value ("50-200", "0").
+* :class:`RowWriter` -- appends one JSON line per row with one ``write`` on an
+  ``O_APPEND`` descriptor, so another process can tail the file live, a killed
+  process loses no written row, and several worker processes share one file.
 * :class:`Recorder` -- the in-flight registry. ``begin()`` registers a request
-  when it is sent, ``finish()``/``fail()`` write its row when it ends, and
-  ``flush_unanswered()`` writes a status-0 ``unanswered`` row for every request
-  still waiting when the load stops. Each request is written exactly once:
-  whichever of finish/fail/flush pops it from the registry first writes it.
+  when it is sent, ``answer()`` holds its answer while the user's code judges
+  it, ``finish()``/``fail()`` write its row when it ends, and
+  ``flush_unanswered()`` writes every request still registered when the load
+  stops (status-0 ``unanswered`` rows for those with no answer). Each request
+  is written exactly once: whichever of finish/fail/flush pops it from the
+  registry first writes it.
 
-The Locust side (``sandbox/load/locustfile.py``) wires a process-wide
-:class:`Recorder` to Locust's HTTP session and its stop events.
+The Locust side (``sandbox/load/recording.py``) wires a process-wide
+:class:`Recorder` to Locust's HTTP clients, its request event and its stop
+events.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 from sandbox.results.records import RequestRow
 
@@ -87,6 +96,28 @@ def env_float(name: str, default: float, environ: Mapping[str, str] | None = Non
         log.warning("%s=%r must be >= 0; using %s", name, raw, default)
         return default
     return value
+
+
+#: Today's think time: each user waits 50-200 ms (uniformly) between requests.
+DEFAULT_THINK_MS = "50-200"
+
+
+def parse_think_ms(text: str | float | int) -> tuple[float, float]:
+    """``"MIN-MAX"`` or ``"N"`` milliseconds -> (min, max) in seconds.
+
+    Raises ValueError with a short reason for anything else (negative,
+    min above max, not a number, above 60,000 ms).
+    """
+    raw = str(text).strip()
+    low_s, sep, high_s = raw.partition("-")
+    try:
+        low = float(low_s)
+        high = float(high_s) if sep else low
+    except ValueError:
+        raise ValueError(f"{raw!r} must be milliseconds: N or MIN-MAX, e.g. 50-200 or 0") from None
+    if not (0 <= low <= high <= 60_000):  # also rejects NaN
+        raise ValueError(f"{raw!r} must be 0 <= MIN <= MAX <= 60000 milliseconds")
+    return low / 1000.0, high / 1000.0
 
 
 def v2_mode_from_env(environ: Mapping[str, str] | None = None) -> V2Mode:
@@ -267,6 +298,50 @@ def complete_row(
     return done
 
 
+def event_contract(status: int, failed_by_user: bool) -> Contract | None:
+    """The ``contract`` of a request a locustfile judged itself.
+
+    A request the user's code marked failed (``catch_response`` then
+    ``response.failure(...)``) although the server answered below 400 broke the
+    user's contract: "violation". Anything else is not judged here (None).
+    """
+    return "violation" if failed_by_user and 0 < status < 400 else None
+
+
+def untracked_row(
+    *,
+    t_end: float,
+    latency_ms: float | None,
+    start_time: float | None,
+    user: str,
+    method: str,
+    name: str,
+    status: int,
+    headers: Mapping[str, str] | None = None,
+    exc: BaseException | None = None,
+    contract: Contract | None = None,
+) -> RequestRow:
+    """The row of a request reported only by its request event (a client of the user's own).
+
+    Its send time is the event's ``start_time`` (or the answer's time minus
+    the latency); its ``rid`` is the answer's ``X-Request-ID`` (NGINX echoes
+    the id it logged), "" when there is none.
+    """
+    latency = max(0.0, float(latency_ms or 0.0))
+    t = float(start_time) if start_time else t_end - latency / 1000.0
+    rid = _header(headers, "X-Request-ID") or ""
+    done = complete_row(
+        new_row(t=t, user=user, rid=rid, method=method, name=name),
+        t_end=t_end,
+        latency_ms=latency,
+        status=status,
+        headers=headers if status else None,
+        exc=exc,
+        contract=contract,
+    )
+    return done
+
+
 def unanswered_row(row: RequestRow) -> RequestRow:
     """A copy of ``row`` for a request still waiting when the load stopped."""
     done = RequestRow(**row)
@@ -311,48 +386,71 @@ def parse_rows(lines: Iterable[bytes | str]) -> list[RequestRow]:
 
 
 class RowWriter:
-    """Appends rows as JSON lines to ``path``, one ``write`` + ``flush`` per row.
+    """Appends rows as JSON lines to ``path``: one ``os.write`` of a whole line per row.
+
+    The file is opened with ``O_APPEND`` and written without a user-space
+    buffer, so a row is in the file (the kernel's page cache) as soon as
+    :meth:`write` returns: a Locust process killed afterwards loses no row.
+    Several processes (Locust's workers) may append to the same file: each row
+    is one ``write`` on an ``O_APPEND`` descriptor, which Linux does not
+    interleave with another process's write to a regular file.
 
     ``path=None`` makes a writer that drops rows (for a locustfile run by hand
-    without ``ROLLING_SANDBOX_ROWS``). The file is opened on the first row.
+    without ``ROLLING_SANDBOX_ROWS``). The file is opened on the first row, so
+    a process that forks before writing gets its own descriptor.
     """
 
     def __init__(self, path: Path | str | None) -> None:
         self.path = Path(path) if path else None
-        self._file: IO[str] | None = None
+        self._fd: int | None = None
+        self._pid = 0
         self.written = 0
 
     def write(self, row: RequestRow) -> None:
         if self.path is None:
             return
-        if self._file is None:
-            self._file = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-        self._file.write(dump_row(row) + "\n")
-        self._file.flush()
+        if self._fd is None or self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._pid = os.getpid()
+        data = (dump_row(row) + "\n").encode("utf-8")
+        written = os.write(self._fd, data)
+        while written < len(data):  # only on a full disk or a signal; finish the line
+            written += os.write(self._fd, data[written:])
         self.written += 1
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+
+@dataclass
+class _Entry:
+    row: RequestRow  # as sent (no answer yet)
+    started: float  # perf counter when sent
+    answered: RequestRow | None = None  # the answer, held until its request event
 
 
 @dataclass
 class Recorder:
     """The in-flight registry: every request started is written exactly once.
 
-    ``clock`` gives unix time (``time.time``); latency is measured with
-    ``perf_counter`` between :meth:`begin` and :meth:`finish`.
+    A request goes ``begin`` -> (``answer``) -> ``finish``; ``answer`` holds
+    the answer of a request whose outcome the user's code still decides (a
+    ``catch_response`` block), so that a stop in between writes it as answered,
+    not as unanswered. ``clock`` gives unix time (``time.time``); latency is
+    measured with ``perf`` between :meth:`begin` and the answer.
     """
 
     writer: RowWriter
     clock: Callable[[], float] = time.time
     perf: Callable[[], float] = time.perf_counter
-    _in_flight: dict[int, tuple[RequestRow, float]] = field(default_factory=dict)
+    _in_flight: dict[int, _Entry] = field(default_factory=dict)
     _next: int = 0
 
     @property
     def in_flight(self) -> int:
+        """Requests registered and not yet written (answered-but-held included)."""
         return len(self._in_flight)
 
     def begin(self, *, user: str, rid: str, method: str, name: str) -> int:
@@ -360,55 +458,101 @@ class Recorder:
         self._next += 1
         token = self._next
         row = new_row(t=self.clock(), user=user, rid=rid, method=method, name=name)
-        self._in_flight[token] = (row, self.perf())
+        self._in_flight[token] = _Entry(row, self.perf())
         return token
 
-    def finish(
+    def answer(
         self,
         token: int,
         *,
         status: int,
         headers: Mapping[str, str] | None = None,
         exc: BaseException | None = None,
+    ) -> RequestRow | None:
+        """Note the answer of a request whose row :meth:`finish` writes later.
+
+        The first answer counts (its time is the answer's time). Returns the
+        held row, or None when the request was already written.
+        """
+        entry = self._in_flight.get(token)
+        if entry is None:
+            return None
+        if entry.answered is None:
+            entry.answered = self._complete(entry, status=status, headers=headers, exc=exc)
+        return entry.answered
+
+    def finish(
+        self,
+        token: int,
+        *,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        exc: BaseException | None = None,
         contract: Contract | None = None,
     ) -> RequestRow | None:
         """Write the row of an answered (or failed) request.
 
-        Returns the row, or None when the request was already written (for
-        example as unanswered at stop): a request is never written twice.
+        Uses the answer held by :meth:`answer` when there is one (``status``,
+        ``headers`` and ``exc`` are then ignored), else the given ones
+        (``status`` None = 0). Returns the row, or None when the request was
+        already written (for example as unanswered at stop): never twice.
         """
         entry = self._in_flight.pop(token, None)
         if entry is None:
             return None
-        row, started = entry
-        done = complete_row(
-            row,
-            t_end=self.clock(),
-            latency_ms=(self.perf() - started) * 1000.0,
-            status=status,
-            headers=headers,
-            exc=exc,
-            contract=contract,
-        )
+        done = entry.answered or self._complete(entry, status=status or 0, headers=headers, exc=exc)
+        if contract is not None:
+            done = RequestRow(**done)
+            done["contract"] = contract
         self._write(done)
         return done
 
     def fail(self, token: int, exc: BaseException) -> RequestRow | None:
         """Write the row of a request that raised instead of answering (status 0)."""
+        entry = self._in_flight.get(token)
+        if entry is not None and entry.answered is not None:
+            return self.finish(token)  # it was answered; the error came after
         return self.finish(token, status=0, exc=exc)
 
+    def record(self, row: RequestRow) -> RequestRow:
+        """Write a complete row of a request the registry never saw (a custom client)."""
+        self._write(row)
+        return row
+
     def flush_unanswered(self) -> list[RequestRow]:
-        """Write an ``unanswered`` row for every request still in flight; empties the registry."""
+        """Write every request still registered; empties the registry.
+
+        A request with a held answer is written as answered; the others get an
+        ``unanswered`` row.
+        """
         rows: list[RequestRow] = []
         while self._in_flight:
             token = next(iter(self._in_flight))
-            row, _ = self._in_flight.pop(token)
-            done = unanswered_row(row)
+            entry = self._in_flight.pop(token)
+            done = entry.answered or unanswered_row(entry.row)
             self._write(done)
             rows.append(done)
-        if rows:
-            log.info("recorded %d request(s) unanswered at stop", len(rows))
+        unanswered = sum(1 for r in rows if r.get("unanswered"))
+        if unanswered:
+            log.info("recorded %d request(s) unanswered at stop", unanswered)
         return rows
+
+    def _complete(
+        self,
+        entry: _Entry,
+        *,
+        status: int,
+        headers: Mapping[str, str] | None,
+        exc: BaseException | None,
+    ) -> RequestRow:
+        return complete_row(
+            entry.row,
+            t_end=self.clock(),
+            latency_ms=(self.perf() - entry.started) * 1000.0,
+            status=status,
+            headers=headers,
+            exc=exc,
+        )
 
     def _write(self, row: RequestRow) -> None:
         try:

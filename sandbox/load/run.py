@@ -1,31 +1,34 @@
-"""Live traffic: Locust, headless, in its own process.
+"""Live traffic: Locust, headless, in its own processes.
 
 Locust runs on gevent and monkey-patches the standard library when imported, so
-this module never imports it: :class:`LoadRun` starts
-``python -m locust`` as a subprocess and reads the request rows it appends to a
-JSON-lines file (one :class:`~sandbox.results.records.RequestRow` per request started;
-see ``sandbox/load/locustfile.py`` for how they are written and how a custom
-locustfile gets them).
+this module never imports it: :class:`LoadRun` starts ``python -m locust`` as a
+subprocess and reads the request rows its processes append to one JSON-lines
+file (one :class:`~sandbox.results.records.RequestRow` per request started; see
+``sandbox/load/recording.py`` for how they are written, for any user class).
 
 Command line used (locust 2.x)::
 
-    <python> -m locust -f <locustfile> --headless -u <users> -r <spawn_rate>
-             --host <url> --only-summary --loglevel WARNING
-             --stop-timeout <stop_timeout_s>
+    <python> -m locust -f <recorder_locustfile.py>,<locustfile> [--processes <workers>]
+             --headless -u <users> -r <spawn_rate> --host <url> --only-summary
+             --loglevel WARNING --stop-timeout <stop_timeout_s>
 
-with no ``--csv``/``--html`` and the web UI off (``--headless``). The process
-runs in its own session (a Ctrl-C at the controller's terminal does not reach
-it), with stdin from /dev/null (no keyboard poller), its working directory set
-to the rows file's directory (so no ``locust.conf``/``pyproject.toml`` of the
+``--processes N`` (when ``workers`` > 1) makes the process a master that forks N
+workers; the users are spread over the workers. There is no ``--csv``/``--html``
+and the web UI is off (``--headless``). The processes run in their own session
+and process group (a Ctrl-C at the controller's terminal does not reach them),
+with stdin from /dev/null (no keyboard poller), the working directory set to
+the rows file's directory (so no ``locust.conf``/``pyproject.toml`` of the
 user's current directory is read) and every ``LOCUST_*`` variable removed from
-its environment. Its stdout and stderr go to ``<rows>.locust.log``.
+the environment. Their stdout and stderr go to ``<rows>.locust.log``.
 
-Stopping sends SIGTERM: Locust kills the users that are between requests at
-once, gives the users waiting for an answer up to ``stop_timeout_s`` to get it
-(so stopping a healthy load drops nothing), then kills them; the recorder
-writes an ``unanswered`` row for each request still waiting, and Locust exits.
-If it has not exited ``stop_timeout_s + grace_s`` after the SIGTERM it is
-killed (rows of requests still in flight are then lost).
+Stopping sends SIGTERM to the process group: each process kills the users that
+are between requests at once, gives the users waiting for an answer up to
+``stop_timeout_s`` to get it (so stopping a healthy load drops nothing), then
+kills them; the recorder writes an ``unanswered`` row for each request still
+waiting, and the process exits. A group still alive ``stop_timeout_s + grace_s``
+after the SIGTERM gets SIGUSR1 (each process writes its in-flight rows and exits
+at once) and only ``FLUSH_GRACE_S`` later SIGKILL. :attr:`LoadRun.end` tells
+how it went; :meth:`LoadRun.alive` tells whether Locust still runs.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ from sandbox.load.rows import (
     ENV_ROWS,
     ENV_TIMEOUT,
     ENV_V2_MODE,
+    ENV_WAIT_MAX,
+    ENV_WAIT_MIN,
     parse_rows,
 )
 from sandbox.results.records import RequestRow
@@ -56,6 +61,12 @@ from sandbox.results.records import RequestRow
 log = logging.getLogger("sandbox.load.run")
 
 DEFAULT_LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
+#: Loaded ahead of every locustfile: installs the recorder (see recording.py).
+RECORDER_LOCUSTFILE = Path(__file__).resolve().with_name("recorder_locustfile.py")
+#: The most Locust worker processes a run may have.
+MAX_WORKERS = 16
+#: Seconds between SIGUSR1 ("write what is in flight and exit") and SIGKILL.
+FLUSH_GRACE_S = 3.0
 _PACKAGE_PARENT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -70,9 +81,55 @@ class LoadSettings:
     locustfile: Path | None = None  # None = sandbox/load/locustfile.py
     v2_mode: Literal["compatible", "breaking"] = "compatible"
     timeout_s: float = 10.0  # client timeout of each request
+    # Load-generating processes: 1 = one Locust process; N > 1 = a master and N
+    # worker processes (Locust's --processes N).
+    workers: int = 1
+    # Think time of the default users between requests: uniform in [min, max] s.
+    think_s: tuple[float, float] = (0.05, 0.2)
     # At stop, seconds a user may still wait for the answer it is waiting for
     # (Locust's --stop-timeout, whole seconds); still waiting then = unanswered.
     stop_timeout_s: int = 2
+
+
+@dataclass(frozen=True)
+class LoadEnd:
+    """How a load run ended, for the report and the verdict."""
+
+    exit_code: int | None  # Locust's main process (1 = it saw failed requests; < 0 = a signal)
+    died_early: bool  # it (or one of its workers) had exited before the controller asked it to stop
+    died_at: float | None  # unix time the controller first saw it gone (when it died early)
+    flushed_by_signal: bool  # it did not stop in time and was told to write its rows and exit
+    killed: bool  # it ignored that too and was SIGKILLed (rows of requests in flight may be lost)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "exit_code": self.exit_code, "died_early": self.died_early, "died_at": self.died_at,
+            "flushed_by_signal": self.flushed_by_signal, "killed": self.killed,
+        }  # fmt: skip
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes of group ``pgid`` (Linux /proc)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    except PermissionError:
+        pass
+    pids: list[int] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running (zombies do not count)."""
+    return bool(group_members(pgid))
 
 
 class LoadRun:
@@ -101,6 +158,8 @@ class LoadRun:
         self._offset = 0
         self._stop_task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._died_at: float | None = None
+        self._end: LoadEnd | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -123,9 +182,11 @@ class LoadRun:
 
     def command(self) -> list[str]:
         s = self.settings
+        processes = ["--processes", str(s.workers)] if s.workers > 1 else []
         return [
             sys.executable, "-m", "locust",
-            "-f", str(self.locustfile),
+            "-f", f"{RECORDER_LOCUSTFILE},{self.locustfile}",
+            *processes,
             "--headless",
             "-u", str(s.users),
             "-r", f"{s.spawn_rate:g}",
@@ -148,6 +209,8 @@ class LoadRun:
                 ENV_READY: str(self._ready_path),
                 ENV_V2_MODE: self.settings.v2_mode,
                 ENV_TIMEOUT: f"{self.settings.timeout_s:g}",
+                ENV_WAIT_MIN: f"{self.settings.think_s[0]:g}",
+                ENV_WAIT_MAX: f"{self.settings.think_s[1]:g}",
                 ENV_PARENT_PID: str(os.getpid()),
             }
         )
@@ -175,6 +238,10 @@ class LoadRun:
             )
         if not s.timeout_s > 0:
             raise TrafficError(f"timeout_s must be > 0, got {s.timeout_s}")
+        if not 1 <= s.workers <= MAX_WORKERS:
+            raise TrafficError(f"workers must be between 1 and {MAX_WORKERS}, got {s.workers}")
+        if not 0 <= s.think_s[0] <= s.think_s[1]:
+            raise TrafficError(f"think_s must be 0 <= min <= max, got {s.think_s}")
         locustfile = self.locustfile
         if not locustfile.is_file():
             raise TrafficError(f"locustfile not found: {locustfile}")
@@ -223,10 +290,14 @@ class LoadRun:
             raise
 
     async def stop(self, grace_s: float = 10) -> None:
-        """SIGTERM Locust (it records what is in flight and exits).
+        """Stop Locust; every request it started is in the rows file afterwards.
 
-        Locust gives waiting users ``settings.stop_timeout_s`` to get their
-        answers; it is SIGKILLed ``stop_timeout_s + grace_s`` after the SIGTERM.
+        SIGTERM to Locust's process group (master and workers): each process
+        gives waiting users ``settings.stop_timeout_s`` to get their answers,
+        writes an ``unanswered`` row for each request still waiting, and exits.
+        A process still there ``stop_timeout_s + grace_s`` later gets SIGUSR1
+        (write what is in flight, exit at once), and only ``FLUSH_GRACE_S``
+        after that SIGKILL. :attr:`end` then says how it ended.
 
         Idempotent and safe to call concurrently; a no-op before :meth:`start`.
         """
@@ -239,31 +310,78 @@ class LoadRun:
     async def _stop(self, grace_s: float) -> None:
         proc = self._proc
         assert proc is not None
-        deadline = self.settings.stop_timeout_s + grace_s
+        died_early = proc.returncode is not None or self._died_at is not None
+        if proc.returncode is not None:
+            self._note_death()
+            log.warning("locust had already exited (code %s): %s",
+                        proc.returncode, self.last_log_line() or "no output")
+        flushed = killed = False
         try:
-            if proc.returncode is not None:
-                log.warning(
-                    "locust had already exited (code %s): %s",
-                    proc.returncode,
-                    self.last_log_line() or "no output",
-                )
-                return
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=deadline)
-            except TimeoutError:
-                log.warning("locust did not exit %g s after SIGTERM; killing it", deadline)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+            self._signal_group(signal.SIGTERM)
+            if not await self._wait_group(self.settings.stop_timeout_s + grace_s):
+                log.warning("locust did not stop %g s after SIGTERM; asking it to write what is "
+                            "in flight and exit", self.settings.stop_timeout_s + grace_s)
+                flushed = True
+                self._signal_group(signal.SIGUSR1)
+                if not await self._wait_group(FLUSH_GRACE_S):
+                    log.warning("locust did not exit %g s after SIGUSR1; killing it", FLUSH_GRACE_S)
+                    killed = True
+                    self._signal_group(signal.SIGKILL)
+                    await self._wait_group(FLUSH_GRACE_S)
+            await proc.wait()
             log.info("locust exited with code %s", proc.returncode)
         finally:
+            self._end = LoadEnd(exit_code=proc.returncode, died_early=died_early, died_at=self._died_at,
+                                flushed_by_signal=flushed, killed=killed)
             self._stopped = True
             self._close_log()
             self._ready_path.unlink(missing_ok=True)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to Locust's process group (its own session: master and workers)."""
+        assert self._proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    async def _wait_group(self, timeout_s: float) -> bool:
+        """Wait until no live process is left in Locust's group; False on timeout."""
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._proc.returncode is not None and not group_alive(self._proc.pid):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
+
+    # ------------------------------------------------------------------ liveness
+
+    def alive(self) -> bool:
+        """True while Locust runs whole: its main process and, with workers, every worker.
+
+        Call it during the rollout (it reads /proc: a few ms). The first call
+        that finds a process gone notes the time (:attr:`LoadEnd.died_at`).
+        """
+        if self._proc is None:
+            return False
+        if self._proc.returncode is None and (
+            self.settings.workers == 1 or len(group_members(self._proc.pid)) > self.settings.workers
+        ):
+            return True
+        self._note_death()
+        return False
+
+    def _note_death(self) -> None:
+        if self._died_at is None and not self._stopped and self._stop_task is None:
+            self._died_at = time.time()
+            what = "exited" if self.returncode is not None else "lost a worker process"
+            log.warning("locust %s by itself (code %s): %s",
+                        what, self.returncode, self.last_log_line() or "no output")
+
+    @property
+    def end(self) -> LoadEnd | None:
+        """How the run ended; None until :meth:`stop` has finished."""
+        return self._end
 
     def _close_log(self) -> None:
         if self._log_file is not None:

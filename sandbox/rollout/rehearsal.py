@@ -35,6 +35,7 @@ from sandbox.fleet.balancer import Balancer, LbState
 from sandbox.fleet.images import ImageSet, ensure_images
 from sandbox.fleet.probes import Probe
 from sandbox.fleet.runtime import Instance, Runtime
+from sandbox.load.rows import parse_think_ms
 from sandbox.load.run import LoadRun, LoadSettings
 from sandbox.results.measure import (
     AddressHistory,
@@ -130,6 +131,7 @@ class Collected:
     events: list[Event]
     history: AddressHistory
     lb: LbState  # the load balancer's settings at the end (sticky, lb_apply, client keep-alive)
+    load_end: dict[str, Any] | None = None  # how the load generator ended: exit code, died early, killed
 
 
 @dataclass
@@ -309,7 +311,8 @@ class Rehearsal:
         s = self.settings
         rows_path = (self.report_dir or self._workdir or Path(".")) / "requests.jsonl"
         self.load = self.deps.load(self.balancer.url, LoadSettings(
-            users=s.users, spawn_rate=s.spawn_rate, locustfile=s.locustfile, v2_mode=s.v2_mode), rows_path)
+            users=s.users, spawn_rate=s.spawn_rate, locustfile=s.locustfile, v2_mode=s.v2_mode,
+            workers=s.load_workers, think_s=parse_think_ms(s.think_ms), timeout_s=s.client_timeout_s), rows_path)
         await self.load.start()
         self.events.append({"t": time.time(), "phase": "load-start", "instance": None})
         self._ticker = asyncio.create_task(self._tick(self.load))
@@ -415,7 +418,11 @@ class Rehearsal:
             shutil.rmtree(self._workdir, ignore_errors=True)
         return Collected(rows=rows, nginx_rows=nginx_rows, events=list(self.events),
                          history=fleet_history(self.prepared.instances, self.events),
-                         lb=self.balancer.state)
+                         lb=self.balancer.state, load_end=self._load_end())
+
+    def _load_end(self) -> dict[str, Any] | None:
+        end = getattr(self.load, "end", None)
+        return {**end.to_dict(), "workers": self.load.settings.workers} if end is not None and self.load else None
 
 
 async def rehearse(settings: Settings, *, runtime: Runtime, kind: Kind = "roll", to_version: str | None = None,
@@ -488,6 +495,8 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
     }
     report = build_report(meta=meta, measured=measured, steps=collected.events)
     report["attribution"] = attribution(collected.rows, collected.nginx_rows, collected.history)
+    if collected.load_end is not None:
+        report["load_generator"] = collected.load_end
     return report
 
 

@@ -11,21 +11,26 @@ while they wait.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import get_type_hints
+from typing import Any, get_type_hints
 
 import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from sandbox.load.run import LoadRun, LoadSettings, TrafficError
+from sandbox.load.run import LoadRun, LoadSettings, TrafficError, group_members
 from sandbox.results.records import RequestRow
+from tests.e2e.conftest import REPO, Cli
 
 pytestmark = [pytest.mark.e2e]
 
@@ -309,4 +314,376 @@ async def test_server_not_listening_gives_status_0_rows(tmp_path: Path) -> None:
         assert r["error"], r
         assert r["version"] is None and r["contract"] is None
     assert {r["error"] for r in rows if not r["unanswered"]} == {"ConnectionRefusedError"}
+    _no_locust_here()
+
+
+# --------------------------------------------------------------------------- any user class, several workers
+
+PLAIN_HTTPUSER_LOCUSTFILE = """
+from locust import HttpUser, constant, task
+
+
+class Plain(HttpUser):
+    wait_time = constant(0.02)
+
+    @task
+    def visit(self):
+        self.client.get("/api/cart")
+        with self.client.get("/", catch_response=True) as r:
+            r.failure("the page says shop, I wanted a shop with items")
+"""
+
+FAST_HTTPUSER_LOCUSTFILE = """
+from locust import FastHttpUser, constant, task
+
+
+class Fast(FastHttpUser):
+    wait_time = constant(0.02)
+
+    @task
+    def visit(self):
+        self.client.get("/api/items/7")
+        self.client.get("/nope")
+"""
+
+# A client of the user's own: it fires Locust's request event itself.
+OWN_CLIENT_LOCUSTFILE = """
+import time
+import urllib.request
+from types import SimpleNamespace
+
+from locust import User, constant, task
+
+
+class Own(User):
+    wait_time = constant(0.05)
+
+    @task
+    def visit(self):
+        t0 = time.time()
+        with urllib.request.urlopen(self.host + "/api/cart", timeout=5) as resp:
+            body = resp.read()
+            answer = SimpleNamespace(status_code=resp.status, headers=dict(resp.headers))
+        self.environment.events.request.fire(
+            request_type="GET", name="own", response_time=(time.time() - t0) * 1000,
+            response_length=len(body), response=answer, context={}, exception=None, start_time=t0)
+"""
+
+# Users wait on requests that hang, and Locust wedges while stopping.
+WEDGED_LOCUSTFILE = """
+import time
+
+from locust import HttpUser, constant, events, task
+
+
+class Waiter(HttpUser):
+    wait_time = constant(0.05)
+
+    @task
+    def hang(self):
+        self.client.get("/api/items/13")
+
+
+@events.test_stopping.add_listener
+def wedge(**_kwargs):
+    time.sleep(60)
+"""
+
+
+def _check_once_each(rows: list[RequestRow], app: FakeApp) -> None:
+    """Every request the app received has exactly one row, carrying its rid."""
+    rids = [r["rid"] for r in rows]
+    assert len(set(rids)) == len(rids), "a request was recorded twice"
+    assert sorted(app.rids) == sorted(r["rid"] for r in rows if r["rid"] in set(app.rids))
+    assert set(app.rids) <= set(rids)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_plain_httpuser_records(fake_app: FakeApp, tmp_path: Path, workers: int) -> None:
+    fake_app.hang = False
+    custom = tmp_path / "plain.py"
+    custom.write_text(PLAIN_HTTPUSER_LOCUSTFILE)
+    run = LoadRun(fake_app.url, LoadSettings(users=4, locustfile=custom, workers=workers), tmp_path / "r.jsonl")
+    async with run:
+        await asyncio.sleep(2.0)
+    rows = run.all_rows()
+    assert len(rows) > 20
+    _check_once_each(rows, fake_app)
+    assert all(set(r) == ROW_KEYS and len(r["rid"]) == 32 for r in rows)
+    assert {r["name"] for r in rows} == {"/api/cart", "/"}
+    answered = [r for r in rows if not r["unanswered"]]
+    assert {r["version"] for r in answered} == {"v1", "v2"}  # from X-App-Version
+    # marked failed by the locustfile although answered 200: a contract violation
+    assert {r["contract"] for r in answered if r["name"] == "/"} == {"violation"}
+    assert {r["contract"] for r in answered if r["name"] == "/api/cart"} == {None}
+    users = {r["user"] for r in rows}
+    assert len(users) == 4
+    if workers == 2:
+        assert {u.split("-")[0] for u in users} == {"w0", "w1"}
+    assert run.end is not None and not run.end.died_early and not run.end.killed
+    _no_locust_here()
+
+
+@pytest.mark.asyncio
+async def test_fast_httpuser_records(fake_app: FakeApp, tmp_path: Path) -> None:
+    fake_app.hang = False
+    custom = tmp_path / "fast.py"
+    custom.write_text(FAST_HTTPUSER_LOCUSTFILE)
+    run = LoadRun(fake_app.url, LoadSettings(users=3, locustfile=custom, workers=2), tmp_path / "r.jsonl")
+    async with run:
+        await asyncio.sleep(2.0)
+    rows = run.all_rows()
+    assert len(rows) > 20
+    _check_once_each(rows, fake_app)
+    answered = [r for r in rows if not r["unanswered"]]
+    items = [r for r in answered if r["name"] == "/api/items/7"]
+    assert items and all(r["status"] == 200 and r["version"] in ("v1", "v2") for r in items)
+    assert {r["status"] for r in answered if r["name"] == "/nope"} == {404}
+    assert all(r["contract"] is None for r in answered)  # a plain 404 is not a contract violation
+    _no_locust_here()
+
+
+@pytest.mark.asyncio
+async def test_own_client_records_from_its_events(fake_app: FakeApp, tmp_path: Path) -> None:
+    fake_app.hang = False
+    custom = tmp_path / "own.py"
+    custom.write_text(OWN_CLIENT_LOCUSTFILE)
+    run = LoadRun(fake_app.url, LoadSettings(users=2, locustfile=custom), tmp_path / "r.jsonl")
+    async with run:
+        await asyncio.sleep(1.5)
+    rows = run.all_rows()
+    assert rows and {r["name"] for r in rows} == {"own"}
+    assert len(rows) == fake_app.count  # one row per request the app answered
+    assert all(r["status"] == 200 and r["version"] in ("v1", "v2") and r["latency_ms"] >= 0 for r in rows)
+    assert len({r["user"] for r in rows}) == 2
+    _no_locust_here()
+
+
+@pytest.mark.asyncio
+async def test_killed_locust_keeps_finished_rows(fake_app: FakeApp, tmp_path: Path) -> None:
+    fake_app.hang = False
+    settings = LoadSettings(users=6, spawn_rate=50, workers=2, think_s=(0.0, 0.01))
+    run = LoadRun(fake_app.url, settings, tmp_path / "rows.jsonl")
+    await run.start()
+    try:
+        await asyncio.sleep(2.0)
+        assert run.alive()
+        assert run.pid is not None
+        os.kill(run.pid, signal.SIGKILL)  # the master; its workers notice their parent has gone
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if not run.alive():
+                break
+        assert not run.alive()
+    finally:
+        await run.stop(grace_s=5)
+    end = run.end
+    assert end is not None and end.died_early and end.exit_code == -signal.SIGKILL
+    assert end.died_at is not None and not end.killed
+    rows = run.all_rows()
+    assert len(rows) > 50
+    _check_once_each(rows, fake_app)  # every request the app saw has its row, none twice
+    _no_locust_here()
+
+
+@pytest.mark.asyncio
+async def test_a_dead_worker_is_noticed(fake_app: FakeApp, tmp_path: Path) -> None:
+    fake_app.hang = False
+    settings = LoadSettings(users=4, spawn_rate=50, workers=2, think_s=(0.0, 0.01))
+    run = LoadRun(fake_app.url, settings, tmp_path / "rows.jsonl")
+    await run.start()
+    try:
+        await asyncio.sleep(1.0)
+        assert run.alive() and run.pid is not None
+        worker = next(pid for pid in group_members(run.pid) if pid != run.pid)
+        os.kill(worker, signal.SIGKILL)
+        await asyncio.sleep(0.3)
+        assert not run.alive()
+    finally:
+        await run.stop(grace_s=5)
+    end = run.end
+    assert end is not None and end.died_early and end.died_at is not None and not end.killed
+    rows = run.all_rows()
+    rids = [r["rid"] for r in rows]
+    assert rows and len(set(rids)) == len(rids)
+    _no_locust_here()
+
+
+@pytest.mark.asyncio
+async def test_unanswered_rows_are_written_before_any_sigkill(fake_app: FakeApp, tmp_path: Path) -> None:
+    # Locust does not stop by itself: the recorder is told to write what is in
+    # flight (SIGUSR1) before anything is killed.
+    custom = tmp_path / "wedged.py"
+    custom.write_text(WEDGED_LOCUSTFILE)
+    settings = LoadSettings(users=4, spawn_rate=50, workers=2, locustfile=custom, stop_timeout_s=1, timeout_s=60)
+    run = LoadRun(fake_app.url, settings, tmp_path / "rows.jsonl")
+    await run.start()
+    await asyncio.sleep(1.5)
+    assert fake_app.hanging == 4
+    await run.stop(grace_s=1)
+    end = run.end
+    assert end is not None and end.flushed_by_signal and not end.killed and not end.died_early
+    rows = run.all_rows()
+    _check_once_each(rows, fake_app)
+    assert len(rows) == 4
+    assert all(r["unanswered"] and r["error"] == "unanswered at stop" for r in rows)
+    _no_locust_here()
+
+
+# --------------------------------------------------------------------------- through a real fleet
+
+FLEET_PLAIN_LOCUSTFILE = """
+from locust import HttpUser, constant, task
+
+
+class Plain(HttpUser):
+    wait_time = constant(0.02)
+
+    @task
+    def item(self):
+        self.client.get("/api/items/3")
+"""
+
+FLEET_FAST_LOCUSTFILE = """
+from locust import FastHttpUser, constant, task
+
+
+class Fast(FastHttpUser):
+    wait_time = constant(0.02)
+
+    @task
+    def item(self):
+        with self.client.get("/api/items/4", catch_response=True) as r:
+            if b"currency" in r.content:
+                r.failure("this client cannot read prices with a currency")
+"""
+
+
+def _roll(cli: Cli, report: Path, *args: str) -> tuple[dict[str, Any], list[RequestRow]]:
+    data = cli.json("roll", "--warmup", "1", "--cooldown", "1", "--json", "--report", str(report), *args)
+    rows = [json.loads(line) for line in (report / "requests.jsonl").read_text().splitlines() if line]
+    rids = [r["rid"] for r in rows]
+    assert len(set(rids)) == len(rids), "a request was recorded twice"
+    assert data["requests"]["total"] == len(rows) > 50
+    assert data["requests"]["dropped"] == 0, data["requests"]
+    # every row joins the NGINX log line of its request through the rid it sent
+    assert data["attribution"]["from_log"] == len(rows)
+    ended = data["load_generator"]
+    assert not ended["died_early"] and not ended["killed"] and not ended["flushed_by_signal"]
+    return data, rows
+
+
+def _rate(rows: list[RequestRow]) -> float:
+    ts = sorted(r["t"] for r in rows)
+    return len(ts) / max(ts[-1] - ts[0], 1e-9)
+
+
+def test_plain_and_fast_locustfiles_through_a_fleet(cli: Cli, tmp_path: Path) -> None:
+    cli.run("up", "--size", "2", "--port", str(cli.port), check=True)
+    plain = tmp_path / "plain.py"
+    plain.write_text(FLEET_PLAIN_LOCUSTFILE)
+    data, rows = _roll(cli, tmp_path / "plain", "--to", "v2", "--locustfile", str(plain), "--users", "8")
+    assert data["requests"]["by_version"]["v1"] > 0 and data["requests"]["by_version"]["v2"] > 0
+    assert {r["version"] for r in rows} == {"v1", "v2"}  # the app's X-App-Version header
+    assert {r["user"].split("-")[0] for r in rows} == {f"w{i}" for i in range(_default_workers())}
+
+    fast = tmp_path / "fast.py"
+    fast.write_text(FLEET_FAST_LOCUSTFILE)
+    data, rows = _roll(cli, tmp_path / "fast", "--to", "v1", "--locustfile", str(fast), "--users", "8")
+    assert {r["name"] for r in rows} == {"/api/items/4"}
+    # v2 answers carry a currency, which this locustfile marks failed: violations, attributed to v2
+    assert {r["version"] for r in rows if r["contract"] == "violation"} == {"v2"}
+    assert all(r["contract"] is None for r in rows if r["version"] == "v1")
+    assert (tmp_path / "fast" / "report.json").is_file()
+
+
+def _default_workers() -> int:
+    from sandbox.config import Settings
+
+    return Settings().load_workers
+
+
+def test_default_workers_and_one_worker_through_a_fleet(cli: Cli, tmp_path: Path) -> None:
+    cli.run("up", "--size", "2", "--port", str(cli.port), check=True)
+    common = ("--users", "40", "--think-ms", "0")
+    _, one = _roll(cli, tmp_path / "one", "--to", "v2", "--load-workers", "1", *common)
+    _, many = _roll(cli, tmp_path / "many", "--to", "v1", *common)
+    assert {r["user"].split("-")[0] for r in one} == {r["user"] for r in one} and len({r["user"] for r in one}) == 40
+    assert len({r["user"] for r in many}) == 40
+    assert {r["user"].split("-")[0] for r in many} == {f"w{i}" for i in range(_default_workers())}
+    print(f"\nrequest rate: 1 worker {_rate(one):.0f}/s, {_default_workers()} workers {_rate(many):.0f}/s")
+
+
+def test_sigkilled_locust_during_a_roll_keeps_its_rows(cli: Cli, tmp_path: Path) -> None:
+    cli.run("up", "--size", "2", "--port", str(cli.port), check=True)
+    report = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "sandbox", "roll", "--project", cli.project, "--json", "--report", str(report),
+           "--warmup", "4", "--cooldown", "1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        rows_path = report / "requests.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not rows_path.exists() or rows_path.stat().st_size < 30_000):
+            time.sleep(0.2)
+        master = _locust_master(proc.pid)
+        before = rows_path.read_bytes()
+        before = before[: before.rfind(b"\n") + 1]  # whole lines only
+        os.kill(master, signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    kept = [json.loads(line) for line in before.splitlines() if line]
+    after = [json.loads(line) for line in rows_path.read_text().splitlines() if line]
+    assert len(kept) > 50
+    assert after[: len(kept)] == kept  # what was written before the kill is all still there
+    rids = [r["rid"] for r in after]
+    assert len(set(rids)) == len(rids)
+    report_json = json.loads(out)
+    assert report_json["requests"]["total"] == len(after), err
+    ended = report_json["load_generator"]
+    assert ended["died_early"] and ended["exit_code"] == -signal.SIGKILL and not ended["killed"]
+
+
+def _locust_master(controller_pid: int) -> int:
+    """The pid of the `python -m locust` child of the controller."""
+    for _ in range(100):
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rpartition(")")[2].split()
+                cmdline = (stat.parent / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(fields[1]) == controller_pid and b"locust" in cmdline:
+                return int(stat.parent.name)
+        time.sleep(0.1)
+    raise AssertionError("no locust process under the controller")
+
+
+CALL_SHAPES = """
+import sandbox.load.recording as rec
+from locust.clients import HttpSession
+from locust.contrib.fasthttp import FastHttpSession
+
+for cls in (HttpSession, FastHttpSession):
+    sig = rec.inspect.signature(cls.request.__wrapped__)
+    c = rec._Call(sig, ("S", "GET", "/a"), {"name": "n", "headers": {"A": "1"}})
+    assert (c.head, c.kwargs) == (("S", "GET", "/a"), {"name": "n", "headers": {"A": "1"}})
+    c = rec._Call(sig, ("S",), {"method": "POST", "url": "/b"})
+    assert (c.text(1), c.text(2), c.kwargs) == ("POST", "/b", {})
+    c = rec._Call(sig, ("S", b"GET", b"/c", "label", True), {"context": {"k": 1}})
+    assert (c.text(1), c.text(2), c.get("name")) == ("GET", "/c", "label"), c.kwargs
+    if cls is HttpSession:
+        assert c.get("catch_response") is True and c.get("context") == {"k": 1}
+    else:
+        assert c.get("data") is True  # FastHttpSession's 5th parameter is data
+print("ok")
+"""
+
+
+def test_client_call_shapes() -> None:
+    # recording.py imports locust: checked in a child process, never here
+    proc = subprocess.run([sys.executable, "-c", CALL_SHAPES], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
     _no_locust_here()

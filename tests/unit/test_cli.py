@@ -28,6 +28,10 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     (["roll", "--set-env", "NOEQUALS"], "set_env: 'NOEQUALS' must look like KEY=VALUE"),
     (["roll", "--max-error-ratio", "2"], "max_error_ratio:"),
     (["roll", "--locustfile", "/nonexistent/locustfile.py"], "locustfile:"),
+    (["roll", "--think-ms", "200-50"], "think_ms: '200-50' must be 0 <= MIN <= MAX"),
+    (["roll", "--think-ms", "slow"], "think_ms: 'slow' must be milliseconds"),
+    (["roll", "--load-workers", "17"], "load_workers: 17 must be between 1 and 16"),
+    (["roll", "--client-timeout", "0"], "client_timeout_s: 0.0 must be in (0, 600] seconds"),
     (["frobnicate"], "invalid choice"),
     (["up", "--lb-apply", "hot"], "invalid choice: 'hot'"),
 ])

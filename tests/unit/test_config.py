@@ -23,7 +23,9 @@ def test_defaults_are_valid() -> None:
     ("project", ""), ("project", "a" * 41), ("version", "v3"), ("to_version", "v0"), ("strategy", "yolo"),
     ("mode", "swap"), ("batch", 0), ("drain_timeout", 0), ("ready_timeout", -1), ("max_error_ratio", 1.5),
     ("users", 0), ("max_dropped", -1), ("v2_mode", "weird"), ("lb_apply", "hot"),
-    ("locustfile", Path("/nonexistent.py")),
+    ("locustfile", Path("/nonexistent.py")), ("load_workers", 0),
+    ("load_workers", 17), ("think_ms", "x"), ("think_ms", "9-1"), ("client_timeout_s", 0),
+    ("client_timeout_s", 601),
 ])
 def test_bad_values_name_the_field(field: str, value: object) -> None:
     with pytest.raises(UsageError, match=f"^{field}: "):
@@ -78,3 +80,12 @@ def test_taken_port_is_detected() -> None:
         with pytest.raises(PortInUseError, match=f"127.0.0.1:{port} is already in use"):
             check_port_free(port)
     check_port_free(port)  # free again once released
+
+
+def test_load_settings_from_file_and_env(tmp_path: Path) -> None:
+    toml = tmp_path / "sandbox.toml"
+    toml.write_text("[sandbox]\nthink_ms = 0\nload_workers = 3\n")
+    s = load_settings(config_path=toml, environ={"SANDBOX_CLIENT_TIMEOUT_S": "4.5"})
+    assert (s.think_ms, s.load_workers, s.client_timeout_s) == ("0", 3, 4.5)
+    d = Settings()
+    assert (d.think_ms, d.client_timeout_s) == ("50-200", 10.0) and d.load_workers >= 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,6 +268,107 @@ def test_writer_flushes_each_row_and_none_path_drops(tmp_path: Path) -> None:
     w2 = RowWriter(None)
     w2.write(new_row(t=1.0, user="u1", rid="x", method="GET", name="/"))
     assert w2.written == 0
+
+
+def test_held_answer_is_written_as_answered(recorder: tuple[Recorder, Path, FakeClock]) -> None:
+    # catch_response: the answer arrives, the user's block judges it later
+    rec, path, clock = recorder
+    judged = rec.begin(user="u1", rid="judged", method="GET", name="/")
+    held = rec.begin(user="u2", rid="held", method="GET", name="/")
+    clock.now += 0.25
+    first = rec.answer(judged, status=200, headers={"X-App-Version": "v1"})
+    assert first is not None and first["latency_ms"] == 250.0
+    rec.answer(held, status=503)
+    clock.now += 5  # the user's code takes its time; latency stays the server's
+    assert rec.answer(judged, status=500) == first  # the first answer counts
+    row = rec.finish(judged, contract="violation")
+    assert row is not None
+    assert (row["status"], row["version"], row["latency_ms"], row["contract"]) == (200, "v1", 250.0, "violation")
+    assert rec.in_flight == 1
+    # a stop inside the user's block: the request was answered, not unanswered
+    flushed = rec.flush_unanswered()
+    assert [(r["rid"], r["status"], r["unanswered"], r["error"]) for r in flushed] == [
+        ("held", 503, False, "HTTP 503")
+    ]
+    assert rec.finish(held) is None and rec.answer(held, status=200) is None
+    assert sorted(r["rid"] for r in _file_rows(path)) == ["held", "judged"]
+
+
+def test_fail_after_an_answer_keeps_the_answer(recorder: tuple[Recorder, Path, FakeClock]) -> None:
+    rec, path, _ = recorder
+    token = rec.begin(user="u1", rid="a", method="GET", name="/")
+    rec.answer(token, status=200)
+    row = rec.fail(token, ValueError("the user's code raised in its block"))
+    assert row is not None and row["status"] == 200 and row["error"] is None
+    assert rec.finish(token, status=0) is None
+    assert len(_file_rows(path)) == 1
+
+
+def test_record_untracked_rows(recorder: tuple[Recorder, Path, FakeClock]) -> None:
+    rec, path, _ = recorder
+    row = loadrows.untracked_row(
+        t_end=10.5, latency_ms=500.0, start_time=None, user="w1-g7f", method="get", name="own",
+        status=200, headers={"x-request-id": "nginx-rid", "X-App-Version": "v2"},
+    )  # fmt: skip
+    assert (row["t"], row["t_end"], row["rid"], row["method"], row["version"]) == (10.0, 10.5, "nginx-rid", "GET", "v2")
+    failed = loadrows.untracked_row(
+        t_end=20.0, latency_ms=None, start_time=19.0, user="u", method="GET", name="own", status=0,
+        headers={"X-App-Version": "v1"}, exc=ConnectionResetError(),
+    )  # fmt: skip
+    assert (failed["t"], failed["rid"], failed["version"], failed["error"]) == (19.0, "", None, "ConnectionResetError")
+    rec.record(row)
+    assert rec.in_flight == 0 and rec.flush_unanswered() == []
+    assert [r["rid"] for r in _file_rows(path)] == ["nginx-rid"]
+
+
+@pytest.mark.parametrize(
+    ("status", "failed_by_user", "want"),
+    [(200, True, "violation"), (302, True, "violation"), (399, True, "violation"),
+     (400, True, None), (503, True, None), (0, True, None), (200, False, None), (500, False, None)],
+)  # fmt: skip
+def test_event_contract(status: int, failed_by_user: bool, want: str | None) -> None:
+    assert loadrows.event_contract(status, failed_by_user) == want
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [("50-200", (0.05, 0.2)), ("0", (0.0, 0.0)), (" 100 ", (0.1, 0.1)), ("0-10", (0.0, 0.01)), (250, (0.25, 0.25))],
+)
+def test_parse_think_ms(text: str, want: tuple[float, float]) -> None:
+    assert loadrows.parse_think_ms(text) == pytest.approx(want)
+
+
+@pytest.mark.parametrize("text", ["", "fast", "200-50", "-5", "1-2-3", "nan", "70000", "5-"])
+def test_parse_think_ms_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="milliseconds"):
+        loadrows.parse_think_ms(text)
+
+
+def test_writer_shared_by_forked_processes(tmp_path: Path) -> None:
+    # Locust's workers are forked after the writer exists: each must get its own
+    # descriptor and every row must land whole, none interleaved.
+    path = tmp_path / "shared.jsonl"
+    w = RowWriter(path)
+    w.write(new_row(t=0.0, user="parent", rid="p0", method="GET", name="/"))
+    children = []
+    for n in range(3):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                for i in range(300):
+                    w.write(new_row(t=float(i), user=f"w{n}", rid=f"{n}-{i}-" + "x" * 200, method="GET", name="/"))
+                w.close()
+            finally:
+                os._exit(0)
+        children.append(pid)
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    w.close()
+    lines = path.read_bytes().splitlines()
+    rows = parse_rows(lines)
+    assert len(lines) == len(rows) == 901  # every line is a whole row
+    assert len({r["rid"] for r in rows}) == 901
 
 
 def test_loadrows_does_not_import_locust() -> None:
