@@ -1,8 +1,8 @@
 """The ``sandbox`` command: parse flags, build Settings, call ``sandbox.commands``, print.
 
 Exit codes: 0 success, 2 bad input (nothing was touched), 1 anything else
-(a failed rollout, dropped requests above ``--max-dropped``, an engine error),
-130 interrupted. Expected errors print one line, never a traceback.
+(a rollout whose verdict fails, ``compare`` where a strategy other than naive
+fails its verdict, an engine error), 130 interrupted. Expected errors print one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -83,7 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--spawn-rate", type=_number, help="users started per second (default 20)")
         p.add_argument("--locustfile", type=Path, help="your own locustfile instead of the default")
         p.add_argument("--no-load", dest="load", action="store_false", default=None, help="no traffic")
-        p.add_argument("--max-dropped", type=_positive_int, help="exit 1 above this many dropped (default 0)")
+        p.add_argument("--max-dropped", type=_positive_int, help="verdict: at most this many dropped (default 0)")
+        p.add_argument("--max-stall-s", type=_number, help="verdict: longest stretch with no answer (default 1 s)")
+        p.add_argument("--slow-ms", type=_number, help="a request slower than this is slow (default 2000)")
+        p.add_argument("--max-slow", type=_positive_int, help="verdict: at most this many slow (default 0)")
+        p.add_argument("--max-p99-ratio", type=_number,
+                       help="verdict: rollout p99 at most this times the warmup's (default 3)")
+        p.add_argument("--max-violations", type=_positive_int,
+                       help="verdict: at most this many contract violations (default 0)")
+        p.add_argument("--min-requests", type=_positive_int,
+                       help="verdict: at least this many requests measured (default 100)")
         p.add_argument("--warmup", dest="warmup_s", type=_number, help="seconds of load before (default 3)")
         p.add_argument("--cooldown", dest="cooldown_s", type=_number, help="seconds of load after (default 3)")
         p.add_argument("--v2-mode", choices=V2_MODES, help="which v2 contract clients expect (default compatible)")
@@ -138,6 +147,7 @@ _SETTING_FLAGS = (
     "to_version", "strategy", "batch", "mode",
     "drain_timeout", "ready_timeout", "max_error_ratio", "auto_rollback", "load", "users", "spawn_rate",
     "locustfile", "max_dropped", "warmup_s", "cooldown_s", "v2_mode",
+    "max_stall_s", "slow_ms", "max_slow", "max_p99_ratio", "max_violations", "min_requests",
 )
 
 
@@ -167,13 +177,19 @@ def _print_status(data: dict[str, Any]) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     from sandbox import commands
+    from sandbox.config import check_batch
     from sandbox.fleet.runtime import Runtime
     from sandbox.results.report import summary_text
+    from sandbox.results.verdict import compare_exit_code
 
     settings = settings_from_args(args)  # every bad value is rejected here, before Docker is touched
     specs = [s for s in args.strategies.split(",") if s.strip()] if args.command == "compare" else []
     for spec in specs:
-        commands.parse_strategy_spec(spec)
+        check_batch(*commands.parse_strategy_spec(spec, settings.batch), settings.size)
+    if args.command == "compare" and not specs:
+        raise UsageError("strategies: name at least one strategy")
+    if args.command == "demo":
+        check_batch(settings.strategy, settings.batch, settings.size)
     if args.command in ("up", "demo", "compare"):
         from sandbox.config import check_port_free
         check_port_free(settings.port)
@@ -212,7 +228,7 @@ async def _run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result.report, indent=2, default=str))
         else:
-            print(summary_text(result.report, max_dropped=settings.max_dropped))
+            print(summary_text(result.report))
         if result.message:
             print(result.message, file=sys.stderr)
         return result.exit_code
@@ -225,7 +241,7 @@ async def _run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result.report, indent=2, default=str))
         else:
-            print(summary_text(result.report, max_dropped=settings.max_dropped))
+            print(summary_text(result.report))
         if result.message:
             say(result.message)
         say(f"report: {args.report / 'report.md'} (chart: {args.report / 'chart.png'})")
@@ -242,7 +258,7 @@ async def _run(args: argparse.Namespace) -> int:
         (args.report / "compare.md").write_text(compare_table(reports))
         say(f"compare: {args.report / 'compare.md'} and compare.json, one report per strategy beside them")
         print(json.dumps(table, indent=2, default=str) if args.json else compare_text(reports))
-        return 0 if all(r["outcome"] == "completed" for r in reports if r["strategy"] != "naive") else 1
+        return compare_exit_code(reports)
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover - argparse prevents it
 
 

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandbox.config import BATCHED_STRATEGIES, IN_PLACE_STRATEGIES, STRATEGIES, Settings, check_port_free
+from sandbox.config import (
+    BATCHED_STRATEGIES,
+    IN_PLACE_STRATEGIES,
+    STRATEGIES,
+    Settings,
+    check_batch,
+    check_port_free,
+)
 from sandbox.errors import BalancerError, NotFoundError, RolloutError, SandboxError, UsageError
 from sandbox.fleet.balancer import Balancer
 from sandbox.fleet.images import ImageSet, ensure_images
@@ -34,6 +41,7 @@ from sandbox.results.measure import (
 )
 from sandbox.results.records import Event
 from sandbox.results.report import build_report, write_report_dir
+from sandbox.results.verdict import Limits, exit_code
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import Controller, Interrupted
 from sandbox.ui.progress import Progress, TrafficMonitor, make_progress
@@ -159,9 +167,10 @@ async def roll(
     else:
         target = to_version or settings.to_version
     source = other_version(target)
-    image_set = await asyncio.to_thread(ensure_images, runtime.client)
     listed = await runtime.instances(project)
     size = state.size or len({i.slot for i in listed})
+    check_batch(settings.strategy, settings.batch, size)  # before anything is built or touched
+    image_set = await asyncio.to_thread(ensure_images, runtime.client)
     progress = progress or make_progress()
     events: list[Event] = []
 
@@ -182,7 +191,8 @@ async def roll(
     if not steps:
         report = build_report(meta={"project": project, "kind": kind, "strategy": strategy, "size": size,
                                     "mode": settings.mode, "from_version": source, "to_version": target,
-                                    "outcome": "completed", "duration_s": 0.0, "peak_instances": len(instances)},
+                                    "outcome": "completed", "duration_s": 0.0, "peak_instances": len(instances),
+                                    "load": False},
                               measured=measure([], []), steps=[])
         return RolloutResult(report=report, exit_code=0, message=f"already on {target}: nothing to do")
 
@@ -301,7 +311,7 @@ async def roll(
             nginx_rows = [r for r in await balancer.access_log() if float(r.get("time", 0)) >= t_load - 1]
     history = fleet_history(instances, events)
     measured = measure(rows, events, nginx=nginx_rows, address_history=history,
-                       settings=MeasureSettings(slow_budget_s=settings.slow_budget_s))
+                       settings=MeasureSettings(slow_ms=settings.slow_ms))
     meta = {
         "project": project, "kind": kind, "strategy": strategy, "size": size,
         "batch": settings.batch if strategy in BATCHED_STRATEGIES else (size if strategy in (
@@ -311,18 +321,12 @@ async def roll(
         "peak_instances": controller.peak, "sticky": balancer.state.sticky, "users": settings.users if load else 0,
         "load": load is not None, "plan_steps": len(steps),
     }
-    report = build_report(meta=meta, measured=measured, steps=events)
+    report = build_report(meta=meta, measured=measured, steps=events, limits=Limits.from_settings(settings))
     report["attribution"] = attribution(rows, nginx_rows, history)
     if report_dir is not None:
         report["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
     shutil.rmtree(workdir, ignore_errors=True)
-    dropped = int(report["requests"]["dropped"])
-    exit_code = 0
-    if outcome == "interrupted":
-        exit_code = Interrupted.exit_code
-    elif outcome != "completed" or dropped > settings.max_dropped:
-        exit_code = 1
-    return RolloutResult(report=report, exit_code=exit_code, message=message)
+    return RolloutResult(report=report, exit_code=exit_code(report, outcome), message=message)
 
 
 def fleet_history(initial: list[Instance], events: list[Event]) -> AddressHistory:

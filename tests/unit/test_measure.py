@@ -77,6 +77,9 @@ def nginx(rid: str, t: float, upstream: str, status: int = 200) -> NginxRow:
 
 
 ROLLOUT = [event(2.0, "rollout-start", version="v2"), event(6.0, "rollout-end")]
+# the same rollout whose fleet changes span every row of the exposure tests below
+MIXED = [event(0.0, "rollout-start", version="v2"), event(0.0, "detach", "app-1"),
+         event(6.5, "attach", "app-1b"), event(7.0, "rollout-end")]
 
 
 # --------------------------------------------------------------------------- plain runs
@@ -144,7 +147,7 @@ def test_percentile_of_nothing_is_none() -> None:
 def test_clean_switch_has_no_mixed_window() -> None:
     rows = [row(float(i), user=f"u{i % 2}", version="v1") for i in range(5)]
     rows += [row(5.0 + i, user=f"u{i % 2}", version="v2") for i in range(5)]
-    m = measure(rows, ROLLOUT)
+    m = measure(rows, MIXED)
     exp = m["exposure"]
     assert exp["mixed_window_s"] == 0
     assert exp["users_saw_both"] == 2  # both users crossed over, never back
@@ -166,7 +169,7 @@ def test_interleaved_versions() -> None:
         row(6.0, user="d", version="v1"),  # only v1 before: not a downgrade
     ]
     # d's v1 answer at 6.01 is the last v1 answer
-    exp = measure(rows, ROLLOUT)["exposure"]
+    exp = measure(rows, MIXED)["exposure"]
     assert exp["mixed_window_s"] == pytest.approx(5.0, abs=1e-3)
     assert exp["users_total"] == 4
     assert exp["users_saw_both"] == 3
@@ -180,7 +183,7 @@ def test_downgrades_follow_answer_order_not_send_order() -> None:
         row(0.0, user="a", version="v2", latency=500.0),
         row(0.1, user="a", version="v1", latency=10.0),
     ]
-    assert measure(rows, ROLLOUT)["exposure"]["downgrades"] == 0
+    assert measure(rows, MIXED)["exposure"]["downgrades"] == 0
 
 
 def test_failed_answers_do_not_count_as_versions() -> None:
@@ -188,7 +191,7 @@ def test_failed_answers_do_not_count_as_versions() -> None:
         row(0.0, user="a", version="v2"),
         row(1.0, user="a", version="v1", status=503),
     ]
-    exp = measure(rows, ROLLOUT)["exposure"]
+    exp = measure(rows, MIXED)["exposure"]
     assert exp["downgrades"] == 0
     assert exp["users_saw_both"] == 0
 
@@ -235,7 +238,7 @@ def test_out_of_order_rows_give_the_same_result() -> None:
 def test_no_v2_answer_at_all() -> None:
     rows = [row(float(i), version="v1") for i in range(4)]
     rows.append(row(4.0, version="v2", status=502))  # v2 only failed
-    m = measure(rows, ROLLOUT)
+    m = measure(rows, MIXED)
     assert m["exposure"]["mixed_window_s"] == 0
     assert m["exposure"]["users_saw_both"] == 0
     assert m["requests"]["by_version"]["v2"] == 0
@@ -268,7 +271,7 @@ def test_single_user() -> None:
         row(1.0, user="solo", version="v2"),
         row(2.0, user="solo", version="v1"),
     ]
-    exp = measure(rows, ROLLOUT)["exposure"]
+    exp = measure(rows, MIXED)["exposure"]
     assert (exp["users_total"], exp["users_saw_both"]) == (1, 1)
     assert (exp["downgrades"], exp["users_downgraded"]) == (1, 1)
 
@@ -289,7 +292,7 @@ def test_slow_uses_the_budget() -> None:
         row(3.0, status=0, latency=30_000.0),
     ]  # a client timeout after 30 s
     assert measure(rows, [])["requests"]["slow"] == 2
-    settings = MeasureSettings(slow_budget_s=1.0)
+    settings = MeasureSettings(slow_ms=1000.0)
     assert measure(rows, [], settings=settings)["requests"]["slow"] == 3
 
 
@@ -374,10 +377,12 @@ def test_drains_from_events() -> None:
     events = [
         event(1.0, "drain", "app-1", detail={"duration_s": 0.4, "in_flight": 2}),
         event(2.0, "drain", "app-2"),
+        event(3.0, "drain", "app-3", detail={"duration_s": 30.0, "in_flight": 4, "timed_out": True}),
     ]
     assert measure([], events)["drains"] == [
-        {"instance": "app-1", "duration_s": 0.4, "in_flight": 2},
-        {"instance": "app-2", "duration_s": None, "in_flight": None},
+        {"instance": "app-1", "duration_s": 0.4, "in_flight": 2, "timed_out": False},
+        {"instance": "app-2", "duration_s": None, "in_flight": None, "timed_out": False},
+        {"instance": "app-3", "duration_s": 30.0, "in_flight": 4, "timed_out": True},
     ]
 
 
@@ -435,7 +440,8 @@ def test_rollout_without_end_runs_to_the_end_of_the_load() -> None:
 
 
 def test_rollback_direction_v2_to_v1() -> None:
-    events = [event(2.0, "rollout-start", version="v1"), event(6.0, "rollout-end")]
+    events = [event(0.0, "rollout-start", version="v1"), event(0.0, "detach", "app-1"),
+              event(5.0, "attach", "app-1b"), event(6.0, "rollout-end")]
     rows = [
         row(0.0, user="a", version="v2"),
         row(1.0, user="a", version="v1"),  # first "to" (v1) answer at 1.01
@@ -450,7 +456,7 @@ def test_rollback_direction_v2_to_v1() -> None:
     assert exp["users_downgraded"] == 1
     assert exp["users_saw_both"] == 2
     # the same rows read as a v1 -> v2 rollout give other numbers
-    forward = measure(rows, ROLLOUT)["exposure"]
+    forward = measure(rows, MIXED)["exposure"]
     assert forward["mixed_window_s"] == pytest.approx(4.0, abs=1e-3)  # 0.01 .. 4.01
     assert forward["downgrades"] == 2  # a: v1 at 1 after v2 at 0; b: v1 at 4 after v2 at 3
 
