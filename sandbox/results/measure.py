@@ -327,10 +327,11 @@ def sessions_lost(rows: Sequence[Mapping[str, Any]], events: Sequence[Mapping[st
     A server vanishes at a ``stop``, ``kill`` or ``swap`` event for host ``H``;
     an answer came from it when its ``instance`` starts with ``H + "/"``. *In
     use during the rollout*: a successful answer from it between ``rollout-start``
-    (any time without one) and the vanishing. *Then lost*: a later answer to the
-    same user says its session is ``"new"``. When no row carries a session
-    state (an app that does not say), the second condition cannot be seen and
-    only the first applies.
+    (any time without one) and the vanishing. *Then lost*: an answer to the same
+    user after their last one from ``H`` says the session is ``"new"`` (a detached
+    server loses its users before it is stopped). When no row carries a session
+    state (an app that does not say), that cannot be seen and only the first
+    condition applies.
     """
     began = _first_event(events, "rollout-start")
     since = float(began["t"]) if began is not None else -math.inf
@@ -345,13 +346,14 @@ def sessions_lost(rows: Sequence[Mapping[str, Any]], events: Sequence[Mapping[st
         if event.get("phase") not in VANISH_PHASES or not host:
             continue
         prefix, when = f"{host}/", float(event["t"])
+        last_use: dict[str, float] = {}
         for row in rows:
-            user = str(row.get("user"))
             instance = row.get("instance") or ""
-            if not (is_ok(row) and instance.startswith(prefix) and since <= _end(row) < when):
-                continue
-            if not observable or any(t > when for t in restarted.get(user, ())):
-                lost.add(user)
+            if is_ok(row) and instance.startswith(prefix) and since <= _end(row) < when:
+                user = str(row.get("user"))
+                last_use[user] = max(last_use.get(user, -math.inf), _end(row))
+        lost.update(user for user, used in last_use.items()
+                    if not observable or any(t > used for t in restarted.get(user, ())))
     return len(lost)
 
 

@@ -29,6 +29,20 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     (["roll", "--max-error-ratio", "2"], "max_error_ratio:"),
     (["roll", "--locustfile", "/nonexistent/locustfile.py"], "locustfile:"),
     (["frobnicate"], "invalid choice"),
+    (["roll", "--max-stall-s", "-1"], "max_stall_s: -1.0 must be in [0, 3600] seconds"),
+    (["roll", "--max-stall-s", "12"], "client_timeout_s: 10.0 must be larger than max_stall_s (12.0)"),
+    (["roll", "--slow-ms", "0"], "slow_ms: 0.0 must be in (0, 3600000] ms"),
+    (["roll", "--max-slow", "-1"], "max_slow: -1 must be 0 or more"),
+    (["roll", "--max-p99-ratio", "0.5"], "max_p99_ratio: 0.5 must be 1 or more"),
+    (["roll", "--max-p99-ratio", "nan"], "max_p99_ratio: nan must be 1 or more"),
+    (["roll", "--max-violations", "-2"], "max_violations: -2 must be 0 or more"),
+    (["rollback", "--min-requests", "-1"], "min_requests: -1 must be 0 or more"),
+    (["demo", "--min-requests", "x"], "'x' is not an integer"),
+    (["demo", "--size", "2", "--strategy", "rolling", "--batch", "2"],
+     "batch: 2 must be smaller than the fleet (2 servers) for rolling"),
+    (["compare", "--size", "3", "--strategies", "one-at-a-time,rolling:5"],
+     "batch: 5 must be smaller than the fleet (3 servers) for rolling"),
+    (["compare", "--strategies", ","], "strategies: name at least one strategy"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
     code, err = run(capsys, *argv)
@@ -61,3 +75,11 @@ def test_bad_strategy_specs(spec: str) -> None:
 def test_compare_rejects_a_bad_strategy_list_before_docker(capsys: pytest.CaptureFixture[str]) -> None:
     code, err = run(capsys, "compare", "--strategies", "rolling:3,warp-speed")
     assert code == 2 and "strategies: 'warp-speed'" in err
+
+
+def test_verdict_flags_reach_the_settings() -> None:
+    args = build_parser().parse_args(["roll", "--max-stall-s", "2.5", "--slow-ms", "500", "--max-slow", "3",
+                                      "--max-p99-ratio", "4", "--max-violations", "1", "--min-requests", "50"])
+    s = settings_from_args(args)
+    assert (s.max_stall_s, s.slow_ms, s.max_slow, s.max_p99_ratio, s.max_violations, s.min_requests) == (
+        2.5, 500.0, 3, 4.0, 1, 50)

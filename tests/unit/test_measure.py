@@ -553,3 +553,105 @@ def test_users_hit_counts_users_with_a_dropped_request() -> None:
     ]
     exp = measure(rows, [])["exposure"]  # type: ignore[arg-type]
     assert exp["users_hit"] == 2 and exp["users_total"] == 4  # a 4xx is not a drop
+
+
+# --------------------------------------------------------------------------- exposure by strategy
+# Three servers, four users each sending every 0.2 s, routed in turn over what the load
+# balancer has attached when the request is sent. The same load under two strategies.
+
+Fleet = list[tuple[float, list[tuple[str, str]]]]  # (from t, attached [(instance, version)])
+
+ONE_AT_A_TIME_FLEET: Fleet = [
+    (0.0, [("a1", "v1"), ("a2", "v1"), ("a3", "v1")]),
+    (3.0, [("a2", "v1"), ("a3", "v1")]),  # a1 detached
+    (5.0, [("b1", "v2"), ("a3", "v1")]),  # b1 attached, a2 detached: both versions serve
+    (7.0, [("b1", "v2"), ("b2", "v2")]),
+    (9.0, [("b1", "v2"), ("b2", "v2"), ("b3", "v2")]),
+]
+ONE_AT_A_TIME_EVENTS = [
+    event(2.0, "rollout-start", version="v2"),
+    event(3.0, "detach", "a1"), event(3.5, "stop", "a1"), event(3.6, "start", "b1"),
+    event(5.0, "attach", "b1"), event(5.0, "detach", "a2"), event(5.5, "stop", "a2"), event(5.6, "start", "b2"),
+    event(7.0, "attach", "b2"), event(7.0, "detach", "a3"), event(7.5, "stop", "a3"), event(7.6, "start", "b3"),
+    event(9.0, "attach", "b3"), event(9.5, "rollout-end"), event(12.0, "load-stop"),
+]
+BLUE_GREEN_FLEET: Fleet = [
+    (0.0, [("a1", "v1"), ("a2", "v1"), ("a3", "v1")]),
+    (5.0, [("b1", "v2"), ("b2", "v2"), ("b3", "v2")]),  # one switch
+]
+BLUE_GREEN_EVENTS = [
+    event(2.0, "rollout-start", version="v2"),
+    *(event(2.5, "start", f"b{i}") for i in (1, 2, 3)),
+    *(event(5.0, "attach", f"b{i}") for i in (1, 2, 3)),
+    *(event(5.0, "detach", f"a{i}") for i in (1, 2, 3)),
+    event(5.0, "switch"),
+    *(event(6.0, "stop", f"a{i}") for i in (1, 2, 3)),
+    event(6.5, "rollout-end"), event(12.0, "load-stop"),
+]
+
+
+def routed_rows(fleet: Fleet, *, sessions: str) -> list[RequestRow]:
+    """The rows of the load above; ``sessions`` "memory" (each server its own) or "shared"."""
+    rows, seen = [], set()
+    for k in range(60):
+        for u in range(4):
+            t = 0.013 + 0.05 * u + 0.2 * k
+            attached = [servers for since, servers in fleet if since <= t][-1]
+            name, version = attached[(k + u) % len(attached)]
+            user = f"u{u}"
+            key = (user, name) if sessions == "memory" else user
+            r = row(t, user=user, version=version, instance=f"{name}/boot")
+            r["session"] = "resumed" if key in seen else "new"
+            seen.add(key)
+            rows.append(r)
+    return rows
+
+
+def test_one_at_a_time_and_blue_green_expose_users_differently() -> None:
+    rolling = measure(routed_rows(ONE_AT_A_TIME_FLEET, sessions="memory"), ONE_AT_A_TIME_EVENTS)["exposure"]
+    switch = measure(routed_rows(BLUE_GREEN_FLEET, sessions="memory"), BLUE_GREEN_EVENTS)["exposure"]
+    assert rolling["rollout_window"]["duration_s"] == 6.0  # first detach (3) to last attach (9)
+    assert switch["rollout_window"]["duration_s"] == 0.0  # one switch
+    assert (rolling["users_total"], switch["users_total"]) == (4, 4)
+    assert rolling["users_saw_both"] == 4 and switch["users_saw_both"] == 0
+    assert rolling["users_exposed_share"] == 1.0 and switch["users_exposed_share"] == 0.0
+    assert rolling["requests_exposed"] == 120 and rolling["requests_exposed_share"] == 0.5
+    assert switch["requests_exposed"] == 0
+    assert rolling["downgrades"] > 0 and switch["downgrades"] == 0
+    assert rolling["version_flips"] > rolling["users_saw_both"] and switch["version_flips"] == 0
+    # over the whole load every user saw both versions in either case: that told them apart not at all
+    assert switch["mixed_window_s"] == pytest.approx(0.0, abs=0.2)
+
+
+def test_sessions_lost_only_without_a_shared_store() -> None:
+    for fleet, events in ((ONE_AT_A_TIME_FLEET, ONE_AT_A_TIME_EVENTS), (BLUE_GREEN_FLEET, BLUE_GREEN_EVENTS)):
+        memory = measure(routed_rows(fleet, sessions="memory"), events)["exposure"]
+        shared = measure(routed_rows(fleet, sessions="shared"), events)["exposure"]
+        assert (memory["sessions_lost"], shared["sessions_lost"]) == (4, 0)
+
+
+def test_a_session_counts_only_if_used_during_the_rollout_and_then_restarted() -> None:
+    def answer(t: float, user: str, instance: str, session: str) -> RequestRow:
+        r = row(t, user=user, instance=instance)
+        r["session"] = session
+        return r
+
+    rows = [
+        answer(1.0, "warm", "a1/x", "new"),  # used a1 in the warmup only
+        answer(8.0, "warm", "b1/y", "new"),
+        answer(2.5, "lost", "a1/x", "new"),  # used a1 during the rollout, then started again
+        answer(8.0, "lost", "b1/y", "new"),
+        answer(2.5, "kept", "a1/x", "new"),  # used a1 during the rollout, session found again
+        answer(8.0, "kept", "b1/y", "resumed"),
+        answer(2.6, "gone", "a1/x", "new"),  # never came back
+    ]
+    events = [event(2.0, "rollout-start", version="v2"), event(3.5, "stop", "a1")]
+    assert measure(rows, events)["exposure"]["sessions_lost"] == 1
+
+
+def test_exposure_without_a_fleet_change_counts_nothing() -> None:
+    rows = [row(float(i), user="a", version="v1" if i % 2 else "v2") for i in range(6)]
+    exp = measure(rows, [event(0.0, "rollout-start", version="v2"), event(6.0, "rollout-end")])["exposure"]
+    assert exp["rollout_window"] is None
+    assert exp["users_saw_both"] == exp["downgrades"] == exp["version_flips"] == exp["requests_exposed"] == 0
+    assert exp["mixed_window_s"] > 0  # the answers themselves still show both versions
