@@ -186,12 +186,18 @@ def load_window(
     return start, max(start, float(finish["t"]))
 
 
-def stall_seconds(rows: Sequence[Mapping[str, Any]], window: tuple[float, float]) -> float:
-    """Longest stretch of ``window`` with no successful answer completing."""
+def longest_stall(rows: Sequence[Mapping[str, Any]], window: tuple[float, float]) -> tuple[float, float]:
+    """``(start, length)`` of the longest stretch of ``window`` with no successful answer
+    completing (the first such stretch when several are as long)."""
     start, end = window
     marks = sorted(min(max(_end(r), start), end) for r in rows if is_ok(r))
     points = [start, *marks, end]
-    return max((b - a for a, b in itertools.pairwise(points)), default=0.0)
+    return max(((a, b - a) for a, b in itertools.pairwise(points)), key=lambda gap: gap[1], default=(start, 0.0))
+
+
+def stall_seconds(rows: Sequence[Mapping[str, Any]], window: tuple[float, float]) -> float:
+    """Longest stretch of ``window`` with no successful answer completing."""
+    return longest_stall(rows, window)[1]
 
 
 # --------------------------------------------------------------------------- requests
@@ -693,7 +699,8 @@ def measure(
 
     Keys: ``requests`` (total, ok, dropped, errors_4xx, unanswered, slow,
     retried, by_version), ``latency_ms`` (p50/p95/p99/max of answered
-    requests, nearest-rank), ``stall_s``, ``exposure`` (mixed window, users,
+    requests, nearest-rank), ``stall_s`` (and ``stall_at_s``, when it began, in
+    seconds since the load started), ``exposure`` (mixed window, users,
     downgrades, contract violations, sessions lost, per-second timeline),
     ``phases``, ``rollout`` (duration_s, peak_instances), ``drains``, and
     ``window`` (absolute ``start``/``end`` unix times of the load and its
@@ -711,10 +718,12 @@ def measure(
                    else address_history_from_events(ordered_events))  # type: ignore[arg-type]
         ordered = list(attribute_versions(ordered, nginx, history))  # type: ignore[arg-type]
     window = load_window(ordered, ordered_events)
+    stall = longest_stall(ordered, window)
     return {
         "requests": request_counts(ordered, nginx, settings),
         "latency_ms": _latency_summary(ordered, with_max=True),
-        "stall_s": round(stall_seconds(ordered, window), 3),
+        "stall_s": round(stall[1], 3),
+        "stall_at_s": round(stall[0] - window[0], 3),
         "exposure": exposure(ordered, ordered_events, window),
         "phases": phases(ordered, ordered_events, window),
         "rollout": rollout_summary(ordered_events),

@@ -173,6 +173,7 @@ def build_report(
         "requests": dict(requests),
         "latency_ms": {k: latency.get(k) for k in ("p50", "p95", "p99", "max")},
         "stall_s": measured.get("stall_s"),
+        "stall_at_s": measured.get("stall_at_s"),
         "slow": requests.get("slow"),
         "slow_ms": (measured.get("settings") or {}).get("slow_ms"),
         "exposure": exposure,
@@ -349,8 +350,9 @@ def summary_text(report: Mapping[str, Any]) -> str:
             f"waiting          {req.get('slow', 0)} slow (> {_num(report.get('slow_ms'), ' ms', 0)}), "
             f"{req.get('unanswered', 0)} unanswered at stop, "
             f"{req.get('retried', 0)} retried by NGINX",
-            f"stall            {_num(report.get('stall_s'), ' s', 2)}  "
-            "(longest stretch with no successful answer)",
+            f"stall            {_num(report.get('stall_s'), ' s', 2)} from "
+            f"{_num(report.get('stall_at_s'), ' s', 1)}  (longest stretch with no successful answer, "
+            "seconds since the load started)",
             f"latency          p50 {_num(lat.get('p50'), ' ms')}  p95 {_num(lat.get('p95'), ' ms')}  "
             f"p99 {_num(lat.get('p99'), ' ms')}  max {_num(lat.get('max'), ' ms')}",
             *_exposure_lines(report),

@@ -21,13 +21,18 @@ def roll(cli: Cli, *args: str, expect: int = 0) -> dict[str, Any]:
 
 def test_breaking_v2_violates_the_contract_and_compatible_does_not(cli: Cli, tmp_path: Path) -> None:
     cli.run("up", "--size", "4", "--port", str(cli.port), check=True)
-    breaking = roll(cli, "--v2-mode", "breaking", "--report", str(tmp_path / "breaking"))
+    breaking = roll(cli, "--v2-mode", "breaking", "--report", str(tmp_path / "breaking"), expect=1)
     assert breaking["requests"]["dropped"] == 0
     assert breaking["exposure"]["contract_violations"] > 0
+    # a breaking v2 fails its verdict, and the verdict says why
+    violations = next(c for c in breaking["verdict"]["checks"] if c["name"] == "contract_violations")
+    assert violations == {"name": "contract_violations", "pass": False,
+                          "value": breaking["exposure"]["contract_violations"], "limit": 0}
     assert breaking["exposure"]["users_saw_both"] > 0 and breaking["exposure"]["mixed_window_s"] > 0
     # reports on disk: JSON, a real PNG chart, a Markdown page that embeds it
     files = {k: Path(v) for k, v in breaking["files"].items()}
     assert json.loads(files["json"].read_text())["outcome"] == "completed"
+    assert "| contract_violations | FAIL |" in files["markdown"].read_text()
     png = files["chart"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert "![chart](chart.png)" in files["markdown"].read_text()
@@ -76,3 +81,18 @@ def test_demo_json_completes_with_zero_dropped(cli: Cli, tmp_path: Path) -> None
     assert report["size"] == 3 and report["to_version"] == "v2"
     assert (tmp_path / "demo" / "chart.png").stat().st_size > 10_000
     assert cli.run("status").returncode == 1  # torn down without --keep
+
+
+def test_compare_tells_strategies_apart_and_exits_on_their_verdicts(cli: Cli, tmp_path: Path) -> None:
+    proc = cli.run("compare", "--size", "3", "--port", str(cli.port), "--strategies", "one-at-a-time,blue-green,naive",
+                   *LOAD, "--report", str(tmp_path), "--json")
+    table = {line["strategy"]: line for line in json.loads(proc.stdout)["rows"]}
+    assert set(table) == {"one-at-a-time", "blue-green", "naive"}, proc.stderr
+    graceful_pass = table["one-at-a-time"]["pass"] and table["blue-green"]["pass"]
+    assert proc.returncode == (0 if graceful_pass else 1), (proc.returncode, table)  # naive's FAIL is ignored
+    assert table["naive"]["verdict"].startswith("FAIL")  # it kills attached servers: drops
+    # one at a time, every user gets both versions while the fleet is mixed; one switch: (nearly) none
+    one, switch = table["one-at-a-time"], table["blue-green"]
+    assert one["users_saw_both"] == one["users_total"] == 10
+    assert switch["users_saw_both"] <= 2 < one["users_saw_both"], (one, switch)
+    assert "verdict" in (tmp_path / "compare.md").read_text().splitlines()[0]

@@ -655,3 +655,10 @@ def test_exposure_without_a_fleet_change_counts_nothing() -> None:
     assert exp["rollout_window"] is None
     assert exp["users_saw_both"] == exp["downgrades"] == exp["version_flips"] == exp["requests_exposed"] == 0
     assert exp["mixed_window_s"] > 0  # the answers themselves still show both versions
+
+
+def test_the_stall_says_when_it_began() -> None:
+    rows = [row(0.0), row(1.0), row(1.5), row(9.0)]  # answers at .01, 1.01, 1.51, 9.01
+    m = measure(rows, [event(10.0, "load-stop")])
+    assert (m["stall_s"], m["stall_at_s"]) == (pytest.approx(7.5), pytest.approx(1.51))
+    assert measure([], [])["stall_at_s"] == 0.0
