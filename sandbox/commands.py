@@ -291,8 +291,9 @@ async def roll(
             await balancer.apply(list(balancer.state.upstreams), rollout={**record, "strategy": strategy})
             if load is not None:
                 await asyncio.sleep(settings.cooldown_s)
-                await load.stop()
+                # stamped when asked: the seconds Locust takes to exit are not a stall of the fleet
                 events.append({"t": time.time(), "phase": "load-stop", "instance": None})
+                await load.stop()
                 monitor.add(load.new_rows())
     finally:
         if ticker is not None:
