@@ -41,8 +41,11 @@ def test_breaking_v2_violates_the_contract_and_compatible_does_not(cli: Cli, tmp
     attribution = breaking["attribution"]
     assert attribution["compared"] > 100 and attribution["agreement"] >= 0.99
 
-    compatible = cli.json("roll", "--to", "v1", *LOAD, "--json")  # back, then forward compatibly
+    # back, then forward compatibly; going back, the breaking v2 still serves for a while: it fails too
+    compatible = cli.json("roll", "--to", "v1", *LOAD, "--json", expect=1)
     assert compatible["requests"]["dropped"] == 0
+    assert compatible["exposure"]["contract_violations"] > 0
+    assert "contract_violations" in [c["name"] for c in compatible["verdict"]["checks"] if not c["pass"]]
     forward = roll(cli)
     assert forward["exposure"]["contract_violations"] == 0
     assert forward["exposure"]["downgrades"] > 0  # round-robin: users do go back to v1 mid-rollout
