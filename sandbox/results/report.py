@@ -631,6 +631,17 @@ def _key_numbers(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _verdict_section(report: Mapping[str, Any]) -> list[str]:
+    """The "Verdict" part of report.md: the PASS/FAIL line, then every check."""
+    rows = [
+        [c.get("name"), "PASS" if c.get("pass") else "FAIL", _figure(str(c.get("name")), c.get("value"), report),
+         _limit(str(c.get("name")), c.get("limit")), c.get("note") or ""]
+        for c in verdict_of(report).get("checks") or []
+    ]
+    return ["## Verdict", "", f"**{verdict_line(report)}**", "",
+            _md_table(["check", "result", "figure", "limit", "note"], rows), ""]
+
+
 def markdown_page(report: Mapping[str, Any], *, chart_name: str = "chart.png") -> str:
     """The Markdown page: key numbers, the chart, phases, steps, what the numbers mean."""
     parts = [
@@ -640,20 +651,7 @@ def markdown_page(report: Mapping[str, Any], *, chart_name: str = "chart.png") -
         "",
         f"![chart]({chart_name})",
         "",
-        "## Verdict",
-        "",
-        f"**{verdict_line(report)}**",
-        "",
-        _md_table(
-            ["check", "result", "figure", "limit", "note"],
-            [
-                [c.get("name"), "PASS" if c.get("pass") else "FAIL",
-                 _figure(str(c.get("name")), c.get("value"), report),
-                 _limit(str(c.get("name")), c.get("limit")), c.get("note") or ""]
-                for c in verdict_of(report).get("checks") or []
-            ],
-        ),
-        "",
+        *_verdict_section(report),
     ]
     phases = report.get("phases") or {}
     if phases:

@@ -247,6 +247,9 @@ def test_write_report_dir(tmp_path: Path) -> None:
     assert page.startswith("# ")
     assert "![chart](chart.png)" in page
     assert "| dropped | 2 |" in page
+    assert "**FAIL: dropped 2 (max 0)**" in page
+    assert "| dropped | FAIL | 2 | max 0 |  |" in page
+    assert "| requests_measured | PASS | 102 | min 100 |  |" in page
     assert "## Steps" in page
     assert "| detach | app-1 |" in page
     assert "## What the numbers mean" in page
