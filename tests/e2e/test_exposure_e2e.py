@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Cli
+from tests.e2e.conftest import Cli, assert_passes
 
 pytestmark = pytest.mark.e2e
 
@@ -16,6 +16,8 @@ LOAD = ("--users", "10", "--warmup", "2", "--cooldown", "2")
 
 
 def roll(cli: Cli, *args: str, expect: int = 0) -> dict[str, Any]:
+    if expect == 0:
+        return assert_passes(cli.run("roll", "--to", "v2", *LOAD, *args, "--json"))
     return cli.json("roll", "--to", "v2", *LOAD, *args, "--json", expect=expect)
 
 
@@ -59,7 +61,7 @@ def test_sticky_routing_lowers_downgrades(cli: Cli) -> None:
         up = ["up", "--size", "4", "--port", str(cli.port)] + (["--sticky"] if sticky else [])
         other.run(*up, check=True)
         try:
-            results[sticky] = other.json("roll", "--to", "v2", *LOAD, "--json")
+            results[sticky] = assert_passes(other.run("roll", "--to", "v2", *LOAD, "--json"))
         finally:
             other.run("down", check=True)
     plain, sticky = results[False]["exposure"], results[True]["exposure"]
@@ -78,8 +80,8 @@ def test_versions_from_the_nginx_log_when_the_app_sends_no_header(cli: Cli) -> N
 
 
 def test_demo_json_completes_with_zero_dropped(cli: Cli, tmp_path: Path) -> None:
-    report = cli.json("demo", "--size", "3", "--port", str(cli.port), *LOAD, "--json",
-                      "--report", str(tmp_path / "demo"))
+    report = assert_passes(cli.run("demo", "--size", "3", "--port", str(cli.port), *LOAD, "--json",
+                                   "--report", str(tmp_path / "demo")))
     assert report["outcome"] == "completed" and report["requests"]["dropped"] == 0
     assert report["size"] == 3 and report["to_version"] == "v2"
     assert (tmp_path / "demo" / "chart.png").stat().st_size > 10_000
@@ -91,9 +93,10 @@ def test_compare_tells_strategies_apart_and_exits_on_their_verdicts(cli: Cli, tm
                    *LOAD, "--report", str(tmp_path), "--json")
     table = {line["strategy"]: line for line in json.loads(proc.stdout)["rows"]}
     assert set(table) == {"one-at-a-time", "blue-green", "naive"}, proc.stderr
-    graceful_pass = table["one-at-a-time"]["pass"] and table["blue-green"]["pass"]
-    assert proc.returncode == (0 if graceful_pass else 1), (proc.returncode, table)  # naive's FAIL is ignored
-    assert table["naive"]["verdict"].startswith("FAIL")  # it kills attached servers: drops
+    graceful = [table["one-at-a-time"], table["blue-green"]]
+    assert all(line["verdict"] in ("PASS", "FAIL: p99_ratio") for line in graceful), table  # see LOAD_SENSITIVE_CHECKS
+    # the exit code follows the graceful strategies' verdicts only: naive's (it drops) is ignored
+    assert proc.returncode == (0 if all(line["pass"] for line in graceful) else 1), (proc.returncode, table)
     # one at a time, every user gets both versions while the fleet is mixed; one switch: (nearly) none
     one, switch = table["one-at-a-time"], table["blue-green"]
     assert one["users_saw_both"] == one["users_total"] == 10
