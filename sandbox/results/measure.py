@@ -282,6 +282,39 @@ def rollout_window(events: Sequence[Mapping[str, Any]]) -> tuple[float, float] |
     return (min(times), max(times)) if times else None
 
 
+def _enters(event: Mapping[str, Any], version: str) -> bool:
+    phase = event.get("phase")
+    return phase in ("attach", "swap") and event.get("version") == version
+
+
+def _leaves(event: Mapping[str, Any], version: str) -> bool:
+    phase, detail = event.get("phase"), event.get("detail") or {}
+    return (phase == "detach" and event.get("version") == version) or (
+        phase == "swap" and detail.get("from") == version)
+
+
+def mixed_fleet_window(
+    events: Sequence[Mapping[str, Any]], from_v: str, to_v: str, load_end: float
+) -> tuple[float, float] | None:
+    """``(start, end)`` while the load balancer sent to both versions, or None if it never did.
+
+    From the first server of ``to_v`` put in service (an attach, or an in-place
+    swap to it) to the last server of either version taken out after that (a
+    detach, or a swap away from it): the old version's last one, or the new
+    one's last in a rollback. When none was taken out after it, the fleet stayed
+    mixed until ``load_end``. A resumed rollout whose fleet was already mixed is
+    counted from its first such event only.
+    """
+    began = _first_event(events, "rollout-start")
+    since = float(began["t"]) if began is not None else -math.inf
+    timed = [(float(e.get("t") or 0.0), e) for e in events if float(e.get("t") or 0.0) >= since]
+    start = next((t for t, e in timed if _enters(e, to_v)), None)
+    if start is None:
+        return None
+    ends = [t for t, e in timed if t >= start and (_leaves(e, from_v) or _leaves(e, to_v))]
+    return start, max(ends) if ends else max(start, load_end)
+
+
 def in_window(rows: Sequence[Mapping[str, Any]], window: tuple[float, float] | None) -> list[Mapping[str, Any]]:
     """The rows sent within ``window`` (none when it is None)."""
     if window is None:
@@ -420,17 +453,21 @@ def exposure(
 ) -> dict[str, Any]:
     """The ``exposure`` block of :func:`measure`.
 
-    ``users_saw_both``, ``downgrades``, ``users_downgraded``, ``version_flips``,
-    ``users_exposed`` and ``requests_exposed`` (with their ``*_share`` of all
-    users and requests) count only requests sent within the rollout window
-    (``rollout_window``: absolute start and end, and its duration).
+    ``users_saw_both``, ``downgrades``, ``users_downgraded`` and ``version_flips``
+    count only requests sent within the rollout window (``rollout_window``:
+    absolute start and end, and its duration). ``users_exposed`` and
+    ``requests_exposed`` (with their ``*_share`` of all users and requests) are
+    those sent while the fleet was mixed (:func:`mixed_fleet_window`, lasting
+    ``mixed_fleet_s``).
     """
     from_v, to_v = rollout_direction(events)
     r_window = rollout_window(events)
     inside = in_window(rows, r_window)
+    m_window = mixed_fleet_window(events, from_v, to_v, window[1])
+    exposed = in_window(rows, m_window)
     downgrades = downgrades_by_user(inside, from_v, to_v)
     users_total = len({str(r.get("user")) for r in rows})
-    users_exposed = len({str(r.get("user")) for r in inside})
+    users_exposed = len({str(r.get("user")) for r in exposed})
     return {
         "from_version": from_v,
         "to_version": to_v,
@@ -439,10 +476,11 @@ def exposure(
             "start": r_window[0], "end": r_window[1], "duration_s": round(r_window[1] - r_window[0], 3)},
         "users_total": users_total,
         "users_saw_both": _users_saw_both(inside, from_v, to_v),
+        "mixed_fleet_s": 0.0 if m_window is None else round(m_window[1] - m_window[0], 3),
         "users_exposed": users_exposed,
         "users_exposed_share": _share(users_exposed, users_total),
-        "requests_exposed": len(inside),
-        "requests_exposed_share": _share(len(inside), len(rows)),
+        "requests_exposed": len(exposed),
+        "requests_exposed_share": _share(len(exposed), len(rows)),
         # how far a problem reached: users with at least one dropped request
         "users_hit": len({str(r.get("user")) for r in rows if is_dropped(r)}),
         "downgrades": sum(downgrades.values()),

@@ -71,8 +71,9 @@ MEANINGS = (
     ),
     ("users who saw both", "simulated users that got answers from both versions in the rollout window."),
     (
-        "exposed",
-        "users, and requests, sent within the rollout window: what a mixed fleet could reach.",
+        "mixed fleet",
+        "seconds during which the load balancer sent to both versions, and the users and "
+        "requests (and their share) sent meanwhile: what a mixed fleet reached.",
     ),
     ("version flips", "times a user's answer came from another version than their previous one."),
     (
@@ -305,11 +306,12 @@ def _exposure_lines(report: Mapping[str, Any]) -> list[str]:
         f"versions served  {_versions_line(req.get('by_version') or {})}",
         f"mixed window     {_num(exp.get('mixed_window_s'), ' s')}  "
         f"(first {new} answer to last {old} answer)",
+        f"mixed fleet      {_num(exp.get('mixed_fleet_s'), ' s')} with both versions attached: "
+        f"{exp.get('users_exposed', 0)}/{users_total} users "
+        f"({_pct(int(exp.get('users_exposed') or 0), users_total)}) and "
+        f"{exp.get('requests_exposed', 0)} requests ({_share_pct(exp.get('requests_exposed_share'))}) sent meanwhile",
         f"rollout window   {_num(window.get('duration_s'), ' s')}  (first to last change of the "
         f"balancer's servers); within it:",
-        f"  exposed        {exp.get('users_exposed', 0)}/{users_total} users "
-        f"({_pct(int(exp.get('users_exposed') or 0), users_total)}), "
-        f"{exp.get('requests_exposed', 0)} requests ({_share_pct(exp.get('requests_exposed_share'))})",
         f"  saw both       {saw_both}/{users_total} users ({_pct(saw_both, users_total)})",
         f"  downgrades     {exp.get('downgrades', 0)} to {exp.get('users_downgraded', 0)} users  "
         f"(got {old} after {new}: forward-compatibility risk)",
@@ -615,9 +617,9 @@ def _key_numbers(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("mixed window", _num(exp.get("mixed_window_s"), " s")),
         ("rollout window", _num((exp.get("rollout_window") or {}).get("duration_s"), " s")),
         (
-            "exposed in the rollout window",
-            f"{_num(exp.get('users_exposed', 0))}/{total} users, {_num(exp.get('requests_exposed', 0))} "
-            f"requests ({_share_pct(exp.get('requests_exposed_share'))})",
+            "mixed fleet (both versions attached)",
+            f"{_num(exp.get('mixed_fleet_s'), ' s')}: {_num(exp.get('users_exposed', 0))}/{total} users, "
+            f"{_num(exp.get('requests_exposed', 0))} requests ({_share_pct(exp.get('requests_exposed_share'))})",
         ),
         ("users who saw both", f"{both}/{total} ({_pct(both, total)})"),
         (
@@ -740,6 +742,10 @@ def compare_json(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, 
                 "downgrades": exp.get("downgrades"),
                 "contract_violations": exp.get("contract_violations"),
                 "sessions_lost": exp.get("sessions_lost"),
+                "version_flips": exp.get("version_flips"),
+                "mixed_fleet_s": exp.get("mixed_fleet_s"),
+                "users_exposed_share": exp.get("users_exposed_share"),
+                "requests_exposed_share": exp.get("requests_exposed_share"),
                 "pass": bool(verdict_of(report).get("pass")),
                 "verdict": _verdict_cell(report),
             }

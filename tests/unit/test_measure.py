@@ -14,6 +14,7 @@ from sandbox.results.measure import (
     agreement,
     attribute_versions,
     measure,
+    mixed_fleet_window,
     percentile,
     upstream_addresses,
 )
@@ -568,12 +569,15 @@ ONE_AT_A_TIME_FLEET: Fleet = [
     (7.0, [("b1", "v2"), ("b2", "v2")]),
     (9.0, [("b1", "v2"), ("b2", "v2"), ("b3", "v2")]),
 ]
+V1, V2 = {"version": "v1"}, {"version": "v2"}
 ONE_AT_A_TIME_EVENTS = [
     event(2.0, "rollout-start", version="v2"),
-    event(3.0, "detach", "a1"), event(3.5, "stop", "a1"), event(3.6, "start", "b1"),
-    event(5.0, "attach", "b1"), event(5.0, "detach", "a2"), event(5.5, "stop", "a2"), event(5.6, "start", "b2"),
-    event(7.0, "attach", "b2"), event(7.0, "detach", "a3"), event(7.5, "stop", "a3"), event(7.6, "start", "b3"),
-    event(9.0, "attach", "b3"), event(9.5, "rollout-end"), event(12.0, "load-stop"),
+    event(3.0, "detach", "a1", **V1), event(3.5, "stop", "a1"), event(3.6, "start", "b1"),
+    event(5.0, "attach", "b1", **V2), event(5.0, "detach", "a2", **V1), event(5.5, "stop", "a2"),
+    event(5.6, "start", "b2"),
+    event(7.0, "attach", "b2", **V2), event(7.0, "detach", "a3", **V1), event(7.5, "stop", "a3"),
+    event(7.6, "start", "b3"),
+    event(9.0, "attach", "b3", **V2), event(9.5, "rollout-end"), event(12.0, "load-stop"),
 ]
 BLUE_GREEN_FLEET: Fleet = [
     (0.0, [("a1", "v1"), ("a2", "v1"), ("a3", "v1")]),
@@ -582,8 +586,8 @@ BLUE_GREEN_FLEET: Fleet = [
 BLUE_GREEN_EVENTS = [
     event(2.0, "rollout-start", version="v2"),
     *(event(2.5, "start", f"b{i}") for i in (1, 2, 3)),
-    *(event(5.0, "attach", f"b{i}") for i in (1, 2, 3)),
-    *(event(5.0, "detach", f"a{i}") for i in (1, 2, 3)),
+    *(event(5.0, "attach", f"b{i}", **V2) for i in (1, 2, 3)),
+    *(event(5.0, "detach", f"a{i}", **V1) for i in (1, 2, 3)),
     event(5.0, "switch"),
     *(event(6.0, "stop", f"a{i}") for i in (1, 2, 3)),
     event(6.5, "rollout-end"), event(12.0, "load-stop"),
@@ -614,8 +618,10 @@ def test_one_at_a_time_and_blue_green_expose_users_differently() -> None:
     assert switch["rollout_window"]["duration_s"] == 0.0  # one switch
     assert (rolling["users_total"], switch["users_total"]) == (4, 4)
     assert rolling["users_saw_both"] == 4 and switch["users_saw_both"] == 0
+    # both versions attached from b1's attach (5) to a3's detach (7); never for blue-green
+    assert (rolling["mixed_fleet_s"], switch["mixed_fleet_s"]) == (2.0, 0.0)
     assert rolling["users_exposed_share"] == 1.0 and switch["users_exposed_share"] == 0.0
-    assert rolling["requests_exposed"] == 120 and rolling["requests_exposed_share"] == 0.5
+    assert rolling["requests_exposed"] == 40 and rolling["requests_exposed_share"] == pytest.approx(40 / 240, abs=1e-4)
     assert switch["requests_exposed"] == 0
     assert rolling["downgrades"] > 0 and switch["downgrades"] == 0
     assert rolling["version_flips"] > rolling["users_saw_both"] and switch["version_flips"] == 0
@@ -662,3 +668,28 @@ def test_the_stall_says_when_it_began() -> None:
     m = measure(rows, [event(10.0, "load-stop")])
     assert (m["stall_s"], m["stall_at_s"]) == (pytest.approx(7.5), pytest.approx(1.51))
     assert measure([], [])["stall_at_s"] == 0.0
+
+
+@pytest.mark.parametrize(("events", "expected"), [
+    # rolling, two batches of two: the new half is attached in the reload that detaches the old half
+    ([event(0.0, "rollout-start"), event(1.0, "detach", "a1", **V1), event(1.0, "detach", "a2", **V1),
+      event(4.0, "attach", "b1", **V2), event(4.0, "attach", "b2", **V2), event(4.0, "detach", "a3", **V1),
+      event(4.0, "detach", "a4", **V1), event(7.0, "attach", "b3", **V2), event(7.0, "attach", "b4", **V2)],
+     (4.0, 4.0)),
+    # double-half: the new fleet attached, then the old one detached
+    ([event(0.0, "rollout-start"), event(3.0, "attach", "b1", **V2), event(3.6, "detach", "a1", **V1)], (3.0, 3.6)),
+    # rolled back: the new server goes out again, last
+    ([event(0.0, "rollout-start"), event(1.0, "detach", "a1", **V1), event(2.0, "attach", "b1", **V2),
+      event(2.0, "detach", "a2", **V1), event(5.0, "failed"), event(6.0, "detach", "b1", **V2),
+      event(8.0, "attach", "a1b", **V1)], (2.0, 6.0)),
+    # in place: swaps change the version of attached servers
+    ([event(0.0, "rollout-start"), event(1.0, "swap", "a1", detail={"from": "v1"}, **V2),
+      event(2.0, "swap", "a2", detail={"from": "v1"}, **V2)], (1.0, 2.0)),
+    # interrupted with both versions attached: mixed until the load ended
+    ([event(0.0, "rollout-start"), event(1.0, "detach", "a1", **V1), event(2.0, "attach", "b1", **V2)], (2.0, 10.0)),
+    # nothing of v2 ever served
+    ([event(0.0, "rollout-start"), event(1.0, "detach", "a1", **V1)], None),
+])
+def test_mixed_fleet_window(events: list[Event], expected: tuple[float, float] | None) -> None:
+    window = mixed_fleet_window(events, "v1", "v2", T0 + 10.0)
+    assert window == (None if expected is None else (T0 + expected[0], T0 + expected[1]))
