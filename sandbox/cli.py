@@ -1,8 +1,8 @@
 """The ``sandbox`` command: parse flags, build Settings, call ``sandbox.commands``, print.
 
 Exit codes: 0 success, 2 bad input (nothing was touched), 1 anything else
-(a failed rollout, dropped requests above ``--max-dropped``, an engine error),
-130 interrupted. Expected errors print one line, never a traceback.
+(a rollout whose verdict fails, ``compare`` where a strategy other than naive
+fails its verdict, an engine error), 130 interrupted. Expected errors print one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ from sandbox.config import (
     V2_MODES,
     VERSIONS,
     Settings,
+    check_batch,
     check_port_free,
     load_settings,
     parse_env_pairs,
 )
-from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError
+from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError
 from sandbox.fleet.runtime import Runtime
 from sandbox.results.report import compare_text, summary_text
 from sandbox.ui.dashboard import LiveView
@@ -106,7 +107,16 @@ def _add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spawn-rate", type=_number, help="users started per second (default 20)")
     p.add_argument("--locustfile", type=Path, help="your own locustfile instead of the default")
     p.add_argument("--no-load", dest="load", action="store_false", default=None, help="no traffic")
-    p.add_argument("--max-dropped", type=_integer, help="exit 1 above this many dropped (default 0)")
+    p.add_argument("--max-dropped", type=_integer, help="verdict: at most this many dropped (default 0)")
+    p.add_argument("--max-stall-s", type=_number, help="verdict: longest stretch with no answer (default 1 s)")
+    p.add_argument("--slow-ms", type=_number, help="a request slower than this is slow (default 2000)")
+    p.add_argument("--max-slow", type=_integer, help="verdict: at most this many slow (default 0)")
+    p.add_argument("--max-p99-ratio", type=_number,
+                   help="verdict: rollout p99 at most this times the warmup's (default 3)")
+    p.add_argument("--max-violations", type=_integer,
+                   help="verdict: at most this many contract violations (default 0)")
+    p.add_argument("--min-requests", type=_integer,
+                   help="verdict: at least this many requests measured (default 100)")
     p.add_argument("--warmup", dest="warmup_s", type=_number, help="seconds of load before (default 3)")
     p.add_argument("--cooldown", dest="cooldown_s", type=_number, help="seconds of load after (default 3)")
     p.add_argument("--v2-mode", choices=V2_MODES, help="which v2 contract clients expect (default compatible)")
@@ -195,7 +205,7 @@ _SETTING_FLAGS = (
     "to_version", "strategy", "batch", "mode",
     "drain_timeout", "ready_timeout", "max_error_ratio", "auto_rollback", "load", "users", "spawn_rate",
     "locustfile", "max_dropped", "warmup_s", "cooldown_s", "v2_mode", "load_workers", "think_ms",
-    "client_timeout_s",
+    "client_timeout_s", "max_stall_s", "slow_ms", "max_slow", "max_p99_ratio", "max_violations", "min_requests",
 )
 
 
@@ -235,8 +245,13 @@ def checked_settings(args: argparse.Namespace) -> Settings:
     settings = settings_from_args(args)
     if args.command == "demo" and args.project is None and settings.project == "sandbox":
         settings = dataclasses.replace(settings, project="sandbox-demo")
-    for spec in _specs(args):
-        parse_strategy_spec(spec)
+    specs = _specs(args)
+    for spec in specs:
+        check_batch(*parse_strategy_spec(spec, settings.batch), settings.size)
+    if args.command == "compare" and not specs:
+        raise UsageError("strategies: name at least one strategy")
+    if args.command == "demo":
+        check_batch(settings.strategy, settings.batch, settings.size)
     if args.command in ("up", "demo", "compare"):
         check_port_free(settings.port)
     return settings
@@ -278,7 +293,7 @@ async def _roll(args: argparse.Namespace, settings: Settings, runtime: Runtime, 
     result = await commands.roll(settings, runtime=runtime, kind=args.command, report_dir=args.report,
                                  progress=view.progress(settings, sized=False))
     _print_rollout(args, settings, result)
-    await view.close(report=result.report, max_dropped=settings.max_dropped)
+    await view.close(report=result.report)
     return result.exit_code
 
 
@@ -289,7 +304,7 @@ async def _demo(args: argparse.Namespace, settings: Settings, runtime: Runtime, 
     _print_rollout(args, settings, result)
     say(f"report: {args.report / 'report.md'} (chart: {args.report / 'chart.png'})")
     say(f"demo took {time.monotonic() - started:.0f} s")
-    await view.close(report=result.report, max_dropped=settings.max_dropped)
+    await view.close(report=result.report)
     return result.exit_code
 
 
@@ -305,7 +320,7 @@ def _print_rollout(args: argparse.Namespace, settings: Settings, result: command
     if args.json:
         print(json.dumps(result.report, indent=2, default=str))
     else:
-        print(summary_text(result.report, max_dropped=settings.max_dropped))
+        print(summary_text(result.report))
     if result.message:
         print(result.message, file=sys.stderr)
 

@@ -22,9 +22,10 @@ from sandbox.fleet.balancer import Balancer
 from sandbox.fleet.images import ImageSet, ensure_images, prune_images
 from sandbox.fleet.runtime import Runtime
 from sandbox.results.report import compare_json, compare_table
+from sandbox.results.verdict import compare_exit_code
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import Executor
-from sandbox.rollout.rehearsal import BASELINES, Kind, RolloutResult, exit_code, rehearse
+from sandbox.rollout.rehearsal import Kind, RolloutResult, rehearse
 from sandbox.ui.progress import Progress
 
 log = logging.getLogger("sandbox.commands")
@@ -192,7 +193,7 @@ async def compare(
             result = await roll(one, runtime=runtime, to_version="v2", progress=progress,
                                 report_dir=(report_dir / spec.replace(":", "-")) if report_dir else None)
             reports.append(result.report)
-            progress.finish(result.report, max_dropped=one.max_dropped)
+            progress.finish(result.report)
         finally:
             await runtime.down(one.project)
     table = compare_json(reports)
@@ -204,7 +205,7 @@ async def compare(
         files["markdown"].write_text(compare_table(reports))
         say(f"compare: {files['markdown']} and compare.json, one report per strategy beside them")
     return CompareResult(reports=reports, table=table, files=files,
-                         exit_code=exit_code(reports, max_dropped=None, baselines=BASELINES))
+                         exit_code=compare_exit_code(reports))
 
 
 def parse_strategy_spec(spec: str, default_batch: int = 1) -> tuple[str, int]:

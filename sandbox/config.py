@@ -76,12 +76,18 @@ class Settings:
     locustfile: Path | None = None
     warmup_s: float = 3.0
     cooldown_s: float = 3.0
-    max_dropped: int = 0
-    slow_budget_s: float = 2.0
     v2_mode: V2Mode = "compatible"
     load_workers: int = DEFAULT_LOAD_WORKERS  # Locust processes sending requests (1 = no master/workers)
     think_ms: str = DEFAULT_THINK_MS  # default users' wait between requests: "MIN-MAX" or "N" ms
-    client_timeout_s: float = 10.0  # the load generator's timeout per request
+    client_timeout_s: float = 10.0  # the load generator's; above max_stall_s, so a freeze shows as a stall
+    # the verdict (sandbox.results.verdict.Limits has the same names)
+    max_dropped: int = 0
+    max_stall_s: float = 1.0
+    slow_ms: float = 2000.0
+    max_slow: int = 0
+    max_p99_ratio: float = 3.0
+    max_violations: int = 0
+    min_requests: int = 100
 
     def __post_init__(self) -> None:
         validate(self)
@@ -115,23 +121,46 @@ def validate(s: Settings) -> None:
     _check(0 <= s.max_error_ratio <= 1, "max_error_ratio", f"{s.max_error_ratio} must be in [0, 1]")
     _check(1 <= s.users <= 1000, "users", f"{s.users} must be between 1 and 1000")
     _check(0 < s.spawn_rate <= 1000, "spawn_rate", f"{s.spawn_rate} must be in (0, 1000]")
-    _check(s.max_dropped >= 0, "max_dropped", f"{s.max_dropped} must be 0 or more")
+    _validate_limits(s)
     _check(0 <= s.warmup_s <= 600 and 0 <= s.cooldown_s <= 600, "warmup_s/cooldown_s",
            "must be in [0, 600] seconds")
-    _check(s.slow_budget_s > 0, "slow_budget_s", f"{s.slow_budget_s} must be above 0")
     _check(1 <= s.load_workers <= MAX_LOAD_WORKERS, "load_workers",
            f"{s.load_workers} must be between 1 and {MAX_LOAD_WORKERS}")
     try:
         parse_think_ms(s.think_ms)
     except ValueError as exc:
         raise UsageError(f"think_ms: {exc}") from None
-    _check(0 < s.client_timeout_s <= 600, "client_timeout_s", f"{s.client_timeout_s} must be in (0, 600] seconds")
     if s.locustfile is not None:
         _check(s.locustfile.is_file(), "locustfile", f"{s.locustfile} is not a file")
     for name in ("set_env", "app_env"):
         for key, value in getattr(s, name).items():
             _check(bool(ENV_KEY_RE.match(key)), name, f"{key!r} is not a valid environment variable name")
             _check(isinstance(value, str), name, f"{key} must be a string")
+
+
+def _validate_limits(s: Settings) -> None:
+    """The verdict's limits, and a client timeout that lets a freeze show as a stall."""
+    for name in ("max_dropped", "max_slow", "max_violations", "min_requests"):
+        _check(getattr(s, name) >= 0, name, f"{getattr(s, name)} must be 0 or more")
+    _check(0 <= s.max_stall_s <= 3600, "max_stall_s", f"{s.max_stall_s} must be in [0, 3600] seconds")
+    _check(0 < s.slow_ms <= 3_600_000, "slow_ms", f"{s.slow_ms} must be in (0, 3600000] ms")
+    _check(s.max_p99_ratio >= 1, "max_p99_ratio", f"{s.max_p99_ratio} must be 1 or more")
+    _check(0 < s.client_timeout_s <= 600, "client_timeout_s", f"{s.client_timeout_s} must be in (0, 600] seconds")
+    _check(s.client_timeout_s > s.max_stall_s, "client_timeout_s",
+           f"{s.client_timeout_s} must be larger than max_stall_s ({s.max_stall_s}), "
+           "or a freeze shows only as timeouts, never as a stall")
+
+
+def check_batch(strategy: str, batch: int, size: int) -> None:
+    """Refuse a ``rolling`` batch that would take the whole fleet of ``size`` out at once.
+
+    Config validation cannot know the fleet's size for ``roll`` (the fleet is
+    already up): ``roll`` calls this once it has read the fleet, before it
+    touches anything; ``demo`` and ``compare`` before they start one.
+    """
+    if strategy == "rolling" and batch >= size:
+        raise UsageError(f"batch: {batch} must be smaller than the fleet ({size} servers) for rolling, "
+                         "or no server is left serving; surge, double-half or blue-green replace all at once")
 
 
 def parse_env_pairs(pairs: list[str] | tuple[str, ...], name: str = "set_env") -> dict[str, str]:

@@ -12,8 +12,14 @@ Conventions used throughout (DESIGN.md, "What is measured"):
   when the load stopped) or status >= 500. 4xx answers are counted apart.
 * **answered**: the request got an HTTP answer (status > 0, not unanswered);
   latency percentiles are taken over answered requests of any status.
-* **slow**: the request waited longer than the budget: answered or failed after
-  more than ``slow_budget_s``, or still unanswered when the load stopped.
+* **slow**: the request waited longer than ``slow_ms``: answered or failed after
+  more than that, or still unanswered when the load stopped.
+* **rollout window**: from the first change to the load balancer's servers after
+  ``rollout-start`` (a detach, an attach, a switch or an in-place swap) to the
+  last one: while it lasts both versions may serve. A request is *in* it when
+  it was sent within it. Exposure figures (users who saw both versions,
+  downgrades, version flips, the exposed shares) count only such requests:
+  warmup and cooldown alone would make every user see both.
 * Percentiles use the **nearest-rank** method: the value at rank
   ``ceil(p / 100 * n)`` of the ``n`` sorted values (always a measured value).
 * Every input list may be unsorted and rows may lack optional fields; rows are
@@ -50,7 +56,7 @@ _UPSTREAM_SPLIT = re.compile(r"\s*,\s*|\s+:\s+")
 class MeasureSettings:
     """Knobs of the measurement itself."""
 
-    slow_budget_s: float = 2.0
+    slow_ms: float = 2000.0
 
 
 # --------------------------------------------------------------------------- helpers
@@ -180,12 +186,18 @@ def load_window(
     return start, max(start, float(finish["t"]))
 
 
-def stall_seconds(rows: Sequence[Mapping[str, Any]], window: tuple[float, float]) -> float:
-    """Longest stretch of ``window`` with no successful answer completing."""
+def longest_stall(rows: Sequence[Mapping[str, Any]], window: tuple[float, float]) -> tuple[float, float]:
+    """``(start, length)`` of the longest stretch of ``window`` with no successful answer
+    completing (the first such stretch when several are as long)."""
     start, end = window
     marks = sorted(min(max(_end(r), start), end) for r in rows if is_ok(r))
     points = [start, *marks, end]
-    return max((b - a for a, b in itertools.pairwise(points)), default=0.0)
+    return max(((a, b - a) for a, b in itertools.pairwise(points)), key=lambda gap: gap[1], default=(start, 0.0))
+
+
+def stall_seconds(rows: Sequence[Mapping[str, Any]], window: tuple[float, float]) -> float:
+    """Longest stretch of ``window`` with no successful answer completing."""
+    return longest_stall(rows, window)[1]
 
 
 # --------------------------------------------------------------------------- requests
@@ -197,7 +209,7 @@ def request_counts(
     settings: MeasureSettings,
 ) -> dict[str, Any]:
     """The ``requests`` block of :func:`measure`."""
-    budget_ms = settings.slow_budget_s * 1000.0
+    budget_ms = settings.slow_ms
     by_version: dict[str, int] = {v: 0 for v in KNOWN_VERSIONS}
     by_version["unknown"] = 0
     for row in rows:
@@ -251,42 +263,136 @@ def mixed_window_s(rows: Sequence[Mapping[str, Any]], from_v: str, to_v: str) ->
     return max(0.0, max(from_ends) - min(to_ends))
 
 
+FLEET_CHANGE_PHASES = frozenset({"attach", "detach", "switch", "swap"})
+"""Event phases that change which servers (or versions) the load balancer sends to."""
+
+
+def rollout_window(events: Sequence[Mapping[str, Any]]) -> tuple[float, float] | None:
+    """``(start, end)`` of the rollout window, or None when the fleet never changed.
+
+    From the first fleet change (:data:`FLEET_CHANGE_PHASES`) at or after the
+    first ``rollout-start`` (any time without one) to the last: a detach to an
+    attach for rolling strategies, an attach to a detach for double-half, one
+    instant for blue-green's single switch.
+    """
+    began = _first_event(events, "rollout-start")
+    since = float(began["t"]) if began is not None else -math.inf
+    times = [float(e["t"]) for e in events
+             if e.get("phase") in FLEET_CHANGE_PHASES and float(e.get("t") or 0.0) >= since]
+    return (min(times), max(times)) if times else None
+
+
+def _enters(event: Mapping[str, Any], version: str) -> bool:
+    phase = event.get("phase")
+    return phase in ("attach", "swap") and event.get("version") == version
+
+
+def _leaves(event: Mapping[str, Any], version: str) -> bool:
+    phase, detail = event.get("phase"), event.get("detail") or {}
+    return (phase == "detach" and event.get("version") == version) or (
+        phase == "swap" and detail.get("from") == version)
+
+
+def mixed_fleet_window(
+    events: Sequence[Mapping[str, Any]], from_v: str, to_v: str, load_end: float
+) -> tuple[float, float] | None:
+    """``(start, end)`` while the load balancer sent to both versions, or None if it never did.
+
+    From the first server of ``to_v`` put in service (an attach, or an in-place
+    swap to it) to the last server of either version taken out after that (a
+    detach, or a swap away from it): the old version's last one, or the new
+    one's last in a rollback. When none was taken out after it, the fleet stayed
+    mixed until ``load_end``. A resumed rollout whose fleet was already mixed is
+    counted from its first such event only.
+    """
+    began = _first_event(events, "rollout-start")
+    since = float(began["t"]) if began is not None else -math.inf
+    timed = [(float(e.get("t") or 0.0), e) for e in events if float(e.get("t") or 0.0) >= since]
+    start = next((t for t, e in timed if _enters(e, to_v)), None)
+    if start is None:
+        return None
+    ends = [t for t, e in timed if t >= start and (_leaves(e, from_v) or _leaves(e, to_v))]
+    return start, max(ends) if ends else max(start, load_end)
+
+
+def in_window(rows: Sequence[Mapping[str, Any]], window: tuple[float, float] | None) -> list[Mapping[str, Any]]:
+    """The rows sent within ``window`` (none when it is None)."""
+    if window is None:
+        return []
+    start, end = window
+    return [r for r in rows if start <= float(r.get("t") or 0.0) <= end]
+
+
+def _answers_by_user(rows: Sequence[Mapping[str, Any]], versions: tuple[str, str]) -> dict[str, list[str]]:
+    """Per user, the versions of their successful answers in the order they arrived."""
+    per_user: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if is_ok(row) and row.get("version") in versions:
+            per_user[str(row.get("user"))].append(row)
+    return {
+        user: [str(r["version"]) for r in sorted(answers, key=lambda r: (_end(r), float(r.get("t") or 0.0)))]
+        for user, answers in per_user.items()
+    }
+
+
 def downgrades_by_user(rows: Sequence[Mapping[str, Any]], from_v: str, to_v: str) -> dict[str, int]:
     """Per user, the successful ``from_v`` answers received after a ``to_v`` one.
 
     Each user's answers are taken in the order they arrived (``t_end``).
     """
-    per_user: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    for row in rows:
-        if is_ok(row) and row.get("version") in (from_v, to_v):
-            per_user[str(row.get("user"))].append(row)
     counts: dict[str, int] = {}
-    for user, answers in per_user.items():
+    for user, versions in _answers_by_user(rows, (from_v, to_v)).items():
         seen_new = False
-        for row in sorted(answers, key=lambda r: (_end(r), float(r.get("t") or 0.0))):
-            if row.get("version") == to_v:
+        for version in versions:
+            if version == to_v:
                 seen_new = True
             elif seen_new:
                 counts[user] = counts.get(user, 0) + 1
     return counts
 
 
+def version_flips(rows: Sequence[Mapping[str, Any]], from_v: str, to_v: str) -> int:
+    """Times a user's answer came from another version than their previous answer."""
+    return sum(
+        sum(1 for a, b in itertools.pairwise(versions) if a != b)
+        for versions in _answers_by_user(rows, (from_v, to_v)).values()
+    )
+
+
 def sessions_lost(rows: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]]) -> int:
-    """Users with a successful answer from a server instance before it vanished.
+    """Users whose session was in use during the rollout on a server that then vanished,
+    and who then had to start a new one.
 
     A server vanishes at a ``stop``, ``kill`` or ``swap`` event for host ``H``;
-    an answer came from it when its ``instance`` starts with ``H + "/"``.
+    an answer came from it when its ``instance`` starts with ``H + "/"``. *In
+    use during the rollout*: a successful answer from it between ``rollout-start``
+    (any time without one) and the vanishing. *Then lost*: an answer to the same
+    user after their last one from ``H`` says the session is ``"new"`` (a detached
+    server loses its users before it is stopped). When no row carries a session
+    state (an app that does not say), that cannot be seen and only the first
+    condition applies.
     """
+    began = _first_event(events, "rollout-start")
+    since = float(began["t"]) if began is not None else -math.inf
+    observable = any(r.get("session") for r in rows)
+    restarted: dict[str, list[float]] = defaultdict(list)  # user -> ends of answers with a new session
+    for row in rows:
+        if row.get("session") == "new" and is_answered(row):
+            restarted[str(row.get("user"))].append(_end(row))
     lost: set[str] = set()
     for event in events:
         host = event.get("instance")
         if event.get("phase") not in VANISH_PHASES or not host:
             continue
         prefix, when = f"{host}/", float(event["t"])
+        last_use: dict[str, float] = {}
         for row in rows:
             instance = row.get("instance") or ""
-            if is_ok(row) and instance.startswith(prefix) and _end(row) < when:
-                lost.add(str(row.get("user")))
+            if is_ok(row) and instance.startswith(prefix) and since <= _end(row) < when:
+                user = str(row.get("user"))
+                last_use[user] = max(last_use.get(user, -math.inf), _end(row))
+        lost.update(user for user, used in last_use.items()
+                    if not observable or any(t > used for t in restarted.get(user, ())))
     return len(lost)
 
 
@@ -296,6 +402,10 @@ def _users_saw_both(rows: Sequence[Mapping[str, Any]], a: str, b: str) -> int:
         if is_ok(row) and row.get("version"):
             seen[str(row.get("user"))].add(str(row["version"]))
     return sum(1 for versions in seen.values() if {a, b} <= versions)
+
+
+def _share(part: int, whole: int) -> float:
+    return round(part / whole, 4) if whole else 0.0
 
 
 def timeline(
@@ -341,19 +451,41 @@ def exposure(
     events: Sequence[Mapping[str, Any]],
     window: tuple[float, float],
 ) -> dict[str, Any]:
-    """The ``exposure`` block of :func:`measure`."""
+    """The ``exposure`` block of :func:`measure`.
+
+    ``users_saw_both``, ``downgrades``, ``users_downgraded`` and ``version_flips``
+    count only requests sent within the rollout window (``rollout_window``:
+    absolute start and end, and its duration). ``users_exposed`` and
+    ``requests_exposed`` (with their ``*_share`` of all users and requests) are
+    those sent while the fleet was mixed (:func:`mixed_fleet_window`, lasting
+    ``mixed_fleet_s``).
+    """
     from_v, to_v = rollout_direction(events)
-    downgrades = downgrades_by_user(rows, from_v, to_v)
+    r_window = rollout_window(events)
+    inside = in_window(rows, r_window)
+    m_window = mixed_fleet_window(events, from_v, to_v, window[1])
+    exposed = in_window(rows, m_window)
+    downgrades = downgrades_by_user(inside, from_v, to_v)
+    users_total = len({str(r.get("user")) for r in rows})
+    users_exposed = len({str(r.get("user")) for r in exposed})
     return {
         "from_version": from_v,
         "to_version": to_v,
         "mixed_window_s": round(mixed_window_s(rows, from_v, to_v), 3),
-        "users_total": len({str(r.get("user")) for r in rows}),
-        "users_saw_both": _users_saw_both(rows, from_v, to_v),
+        "rollout_window": None if r_window is None else {
+            "start": r_window[0], "end": r_window[1], "duration_s": round(r_window[1] - r_window[0], 3)},
+        "users_total": users_total,
+        "users_saw_both": _users_saw_both(inside, from_v, to_v),
+        "mixed_fleet_s": 0.0 if m_window is None else round(m_window[1] - m_window[0], 3),
+        "users_exposed": users_exposed,
+        "users_exposed_share": _share(users_exposed, users_total),
+        "requests_exposed": len(exposed),
+        "requests_exposed_share": _share(len(exposed), len(rows)),
         # how far a problem reached: users with at least one dropped request
         "users_hit": len({str(r.get("user")) for r in rows if is_dropped(r)}),
         "downgrades": sum(downgrades.values()),
         "users_downgraded": len(downgrades),
+        "version_flips": version_flips(inside, from_v, to_v),
         "contract_violations": sum(1 for r in rows if r.get("contract") == "violation"),
         "sessions_lost": sessions_lost(rows, events),
         "timeline": timeline(rows, window),
@@ -453,7 +585,8 @@ def rollout_summary(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def drains(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per ``drain`` event: instance, drain duration and in-flight count."""
+    """One entry per ``drain`` event: instance, drain duration, in-flight count at its
+    start and whether it gave up at the drain timeout (``timed_out``)."""
     out = []
     for event in events:
         if event.get("phase") != "drain":
@@ -464,6 +597,7 @@ def drains(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "instance": event.get("instance"),
                 "duration_s": detail.get("duration_s"),
                 "in_flight": detail.get("in_flight"),
+                "timed_out": bool(detail.get("timed_out")),
             }
         )
     return out
@@ -603,12 +737,13 @@ def measure(
 
     Keys: ``requests`` (total, ok, dropped, errors_4xx, unanswered, slow,
     retried, by_version), ``latency_ms`` (p50/p95/p99/max of answered
-    requests, nearest-rank), ``stall_s``, ``exposure`` (mixed window, users,
+    requests, nearest-rank), ``stall_s`` (and ``stall_at_s``, when it began, in
+    seconds since the load started), ``exposure`` (mixed window, users,
     downgrades, contract violations, sessions lost, per-second timeline),
     ``phases``, ``rollout`` (duration_s, peak_instances), ``drains``, and
     ``window`` (absolute ``start``/``end`` unix times of the load and its
     ``duration_s``, so the timeline can be aligned with the events) and
-    ``settings`` (the slow budget used).
+    ``settings`` (the slow threshold used, ``slow_ms``).
 
     Rows without a version header get one from the NGINX log when ``nginx``
     is given (see :func:`attribute_versions`, with the address history built
@@ -621,10 +756,12 @@ def measure(
                    else address_history_from_events(ordered_events))  # type: ignore[arg-type]
         ordered = list(attribute_versions(ordered, nginx, history))  # type: ignore[arg-type]
     window = load_window(ordered, ordered_events)
+    stall = longest_stall(ordered, window)
     return {
         "requests": request_counts(ordered, nginx, settings),
         "latency_ms": _latency_summary(ordered, with_max=True),
-        "stall_s": round(stall_seconds(ordered, window), 3),
+        "stall_s": round(stall[1], 3),
+        "stall_at_s": round(stall[0] - window[0], 3),
         "exposure": exposure(ordered, ordered_events, window),
         "phases": phases(ordered, ordered_events, window),
         "rollout": rollout_summary(ordered_events),
@@ -634,5 +771,5 @@ def measure(
             "end": window[1],
             "duration_s": round(window[1] - window[0], 3),
         },
-        "settings": {"slow_budget_s": settings.slow_budget_s},
+        "settings": {"slow_ms": settings.slow_ms},
     }

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.results.records import Event
+from sandbox.results.verdict import DEFAULT_LIMITS, Limits, failed_names, load_was_on, verdict, verdict_of
 
 OUTCOMES = ("completed", "rolled_back", "failed", "interrupted")
 
@@ -36,6 +37,7 @@ COMPARE_FIELDS = (
     "downgrades",
     "contract_violations",
     "sessions_lost",
+    "verdict",
 )
 
 MEANINGS = (
@@ -46,8 +48,12 @@ MEANINGS = (
     ),
     ("users hit", "simulated users with at least one dropped request: how far a problem reached."),
     ("4xx", "client errors, counted apart from dropped."),
-    ("stall", "longest stretch of the load with no successful answer completing. Target: 0."),
-    ("slow", "requests that waited longer than the slow budget, or were never answered."),
+    (
+        "stall",
+        "longest stretch of the load with no successful answer completing; "
+        "the verdict's limit is --max-stall-s.",
+    ),
+    ("slow", "requests that waited longer than --slow-ms, or were never answered."),
     (
         "retried",
         "requests NGINX retried on another server (proxy_next_upstream); a retry can "
@@ -58,14 +64,29 @@ MEANINGS = (
         "seconds from the first answer by the new version to the last answer by "
         "the old one: both versions served the same users all that time.",
     ),
-    ("users who saw both", "simulated users that got answers from both versions."),
+    (
+        "rollout window",
+        "from the first change to the load balancer's servers to the last; the exposure "
+        "figures below count only requests sent within it.",
+    ),
+    ("users who saw both", "simulated users that got answers from both versions in the rollout window."),
+    (
+        "mixed fleet",
+        "seconds during which the load balancer sent to both versions, and the users and "
+        "requests (and their share) sent meanwhile: what a mixed fleet reached.",
+    ),
+    ("version flips", "times a user's answer came from another version than their previous one."),
     (
         "downgrades",
         "answers from the old version to a user who had already got the new one: "
         "the forward-compatibility risk.",
     ),
     ("contract violations", "answers that broke the API contract the user expected."),
-    ("sessions lost", "users whose in-memory session lived on a server that was replaced."),
+    (
+        "sessions lost",
+        "users whose session was in use during the rollout on a server that was then "
+        "replaced, and who had to start a new one.",
+    ),
     ("peak containers", "most app containers alive at once: the cost of the strategy."),
 )
 
@@ -104,7 +125,11 @@ def _step_entries(steps: Sequence[Mapping[str, Any]]) -> tuple[float | None, lis
 
 
 def build_report(
-    *, meta: Mapping[str, Any], measured: Mapping[str, Any], steps: Sequence[Event]
+    *,
+    meta: Mapping[str, Any],
+    measured: Mapping[str, Any],
+    steps: Sequence[Event],
+    limits: Limits = DEFAULT_LIMITS,
 ) -> dict[str, Any]:
     """The report of one run, JSON-able.
 
@@ -115,6 +140,11 @@ def build_report(
     seconds since the first step, rounded to the ms; ``steps_t0`` keeps the
     first step's unix time and ``window`` the load's, so the chart can line
     them up.
+
+    ``meta["load"]`` (False when no load ran; unknown counts as on) and
+    ``meta["load_alive"]`` (False when the load generator died; unknown counts
+    as alive) feed the ``verdict``: every check against ``limits``
+    (:func:`sandbox.results.verdict.verdict`).
     """
     exposure = dict(measured.get("exposure") or {})
     rollout = measured.get("rollout") or {}
@@ -126,7 +156,7 @@ def build_report(
         value = meta.get(key)
         return fallback if value is None else value
 
-    return {
+    report: dict[str, Any] = {
         "strategy": meta.get("strategy"),
         "size": meta.get("size"),
         "batch": meta.get("batch"),
@@ -141,11 +171,14 @@ def build_report(
         "lb_apply": meta.get("lb_apply"),
         "client_keepalive_s": meta.get("client_keepalive_s"),
         "users": meta.get("users"),
+        "load": meta.get("load"),
+        "load_alive": meta.get("load_alive"),
         "requests": dict(requests),
         "latency_ms": {k: latency.get(k) for k in ("p50", "p95", "p99", "max")},
         "stall_s": measured.get("stall_s"),
+        "stall_at_s": measured.get("stall_at_s"),
         "slow": requests.get("slow"),
-        "slow_budget_s": (measured.get("settings") or {}).get("slow_budget_s"),
+        "slow_ms": (measured.get("settings") or {}).get("slow_ms"),
         "exposure": exposure,
         "phases": dict(measured.get("phases") or {}),
         "drains": list(measured.get("drains") or []),
@@ -153,6 +186,8 @@ def build_report(
         "steps_t0": t0,
         "window": dict(measured.get("window") or {}),
     }
+    report["verdict"] = verdict(report, limits).as_dict()
+    return report
 
 
 # --------------------------------------------------------------------------- formatting helpers
@@ -189,17 +224,52 @@ def _title(report: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def verdict(report: Mapping[str, Any], *, max_dropped: int = 0) -> tuple[bool, str]:
-    """``(passed, line)``: "PASS: 0 dropped requests" or "FAIL: 3 dropped requests (max 0)"."""
-    dropped = int((report.get("requests") or {}).get("dropped") or 0)
-    noun = "request" if dropped == 1 else "requests"
-    outcome = report.get("outcome")
-    if outcome and outcome != "completed":
-        return False, f"FAIL: the rollout {str(outcome).replace('_', ' ')} ({dropped} dropped {noun})"
-    if dropped <= max_dropped:
-        limit = f" (max {max_dropped})" if max_dropped else ""
-        return True, f"PASS: {dropped} dropped {noun}{limit}"
-    return False, f"FAIL: {dropped} dropped {noun} (max {max_dropped})"
+def _figure(name: str, value: Any, report: Mapping[str, Any]) -> str:
+    if value is None:
+        return "-"
+    if name == "stall_s":
+        return _num(value, " s", 2)
+    if name == "p99_ratio":
+        return _num(value, "x", 2)
+    if name == "slow":
+        return f"{value} over {_num(report.get('slow_ms'), ' ms', 0)}"
+    if name == "load_alive":
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _limit(name: str, limit: Any) -> str:
+    if name == "outcome":
+        return f"must be {limit}"
+    if name == "load_alive":
+        return "must be yes"
+    if name == "requests_measured":
+        return f"min {limit}"
+    if name == "stall_s":
+        return f"max {_num(float(limit), ' s', 2)}"
+    if name == "p99_ratio":
+        return f"max {_num(float(limit), 'x', 2)}"
+    return f"max {limit}"
+
+
+def check_line(check: Mapping[str, Any], report: Mapping[str, Any]) -> str:
+    """One check for people: "FAIL stall_s  5.02 s (max 1.00 s)"."""
+    name = str(check.get("name"))
+    text = f"{'PASS' if check.get('pass') else 'FAIL'} {name:<20} " \
+           f"{_figure(name, check.get('value'), report)} ({_limit(name, check.get('limit'))})"
+    return f"{text}: {check['note']}" if check.get("note") else text
+
+
+def verdict_line(report: Mapping[str, Any]) -> str:
+    """"PASS: all 9 checks held" or "FAIL: stall_s, requests_measured" (the checks that failed)."""
+    result = verdict_of(report)
+    checks = list(result.get("checks") or [])
+    if result.get("pass"):
+        return f"PASS: all {len(checks)} checks held"
+    failed = [c for c in checks if not c.get("pass")]
+    return "FAIL: " + "; ".join(
+        f"{c.get('name')} {_figure(str(c.get('name')), c.get('value'), report)} "
+        f"({_limit(str(c.get('name')), c.get('limit'))})" for c in failed) if failed else "FAIL: no checks"
 
 
 def _phase_line(name: str, phase: Mapping[str, Any]) -> str:
@@ -219,50 +289,78 @@ def _drains_line(drains: Sequence[Mapping[str, Any]]) -> str | None:
     in_flight = [int(d["in_flight"]) for d in drains if d.get("in_flight") is not None]
     longest = _num(max(durations), " s") if durations else "-"
     most = str(max(in_flight)) if in_flight else "-"
-    return f"drains           {len(drains)}, longest {longest}, most in flight {most}"
+    timed_out = sum(1 for d in drains if d.get("timed_out"))
+    return (f"drains           {len(drains)}, longest {longest}, most in flight {most}, "
+            f"{timed_out} timed out")
 
 
 # --------------------------------------------------------------------------- terminal summary
 
 
-def summary_text(report: Mapping[str, Any], *, max_dropped: int = 0) -> str:
-    """A plain-text summary for people (no colour codes), ending with a PASS/FAIL line."""
+def _exposure_lines(report: Mapping[str, Any]) -> list[str]:
+    req = report.get("requests") or {}
+    exp = report.get("exposure") or {}
+    old, new = report.get("from_version") or "v1", report.get("to_version") or "v2"
+    users_total = int(exp.get("users_total") or 0)
+    saw_both = int(exp.get("users_saw_both") or 0)
+    window = exp.get("rollout_window") or {}
+    return [
+        f"versions served  {_versions_line(req.get('by_version') or {})}",
+        f"mixed window     {_num(exp.get('mixed_window_s'), ' s')}  "
+        f"(first {new} answer to last {old} answer)",
+        f"mixed fleet      {_num(exp.get('mixed_fleet_s'), ' s')} with both versions attached: "
+        f"{exp.get('users_exposed', 0)}/{users_total} users "
+        f"({_pct(int(exp.get('users_exposed') or 0), users_total)}) and "
+        f"{exp.get('requests_exposed', 0)} requests ({_share_pct(exp.get('requests_exposed_share'))}) sent meanwhile",
+        f"rollout window   {_num(window.get('duration_s'), ' s')}  (first to last change of the "
+        f"balancer's servers); within it:",
+        f"  saw both       {saw_both}/{users_total} users ({_pct(saw_both, users_total)})",
+        f"  downgrades     {exp.get('downgrades', 0)} to {exp.get('users_downgraded', 0)} users  "
+        f"(got {old} after {new}: forward-compatibility risk)",
+        f"  version flips  {exp.get('version_flips', 0)}",
+        f"contract         {exp.get('contract_violations', 0)} violations  "
+        "(answers that broke the expected API)",
+        f"sessions lost    {exp.get('sessions_lost', 0)}  "
+        "(users whose session, in use during the rollout, died with its server)",
+    ]
+
+
+def _share_pct(share: Any) -> str:
+    return "-" if share is None else f"{100.0 * float(share):.0f}%"
+
+
+def summary_text(report: Mapping[str, Any]) -> str:
+    """A plain-text summary for people (no colour codes): the numbers, every check of the
+    verdict with its figure and its limit, and a last PASS/FAIL line naming what failed."""
     req = report.get("requests") or {}
     lat = report.get("latency_ms") or {}
     exp = report.get("exposure") or {}
-    old, new = report.get("from_version") or "v1", report.get("to_version") or "v2"
-    budget = report.get("slow_budget_s")
     users_total = int(exp.get("users_total") or 0)
-    saw_both = int(exp.get("users_saw_both") or 0)
     lines = [
         f"rolling-sandbox: {_title(report)}",
         f"outcome          {report.get('outcome')}, "
         f"rollout took {_num(report.get('duration_s'), ' s')}",
         f"peak containers  {_num(report.get('peak_instances'))}  (app containers alive at once)",
-        f"requests         {req.get('total', 0)} sent, {req.get('ok', 0)} ok, "
-        f"{req.get('dropped', 0)} dropped ({exp.get('users_hit', 0)}/{users_total} users hit), "
-        f"{req.get('errors_4xx', 0)} 4xx",
-        f"waiting          {req.get('slow', 0)} slow (> {_num(budget, ' s')}), "
-        f"{req.get('unanswered', 0)} unanswered at stop, "
-        f"{req.get('retried', 0)} retried by NGINX",
-        f"stall            {_num(report.get('stall_s'), ' s')}  "
-        "(longest stretch with no successful answer)",
-        f"latency          p50 {_num(lat.get('p50'), ' ms')}  p95 {_num(lat.get('p95'), ' ms')}  "
-        f"p99 {_num(lat.get('p99'), ' ms')}  max {_num(lat.get('max'), ' ms')}",
-        f"versions served  {_versions_line(req.get('by_version') or {})}",
-        f"mixed window     {_num(exp.get('mixed_window_s'), ' s')}  "
-        f"(first {new} answer to last {old} answer)",
-        f"saw both         {saw_both}/{users_total} users ({_pct(saw_both, users_total)})",
-        f"downgrades       {exp.get('downgrades', 0)} to {exp.get('users_downgraded', 0)} users  "
-        f"(got {old} after {new}: forward-compatibility risk)",
-        f"contract         {exp.get('contract_violations', 0)} violations  "
-        "(answers that broke the expected API)",
-        f"sessions lost    {exp.get('sessions_lost', 0)}  "
-        "(users whose in-memory session died with its server)",
     ]
-    if not req.get("total"):
-        # --no-load: there were no users, so there is nothing to say about what they saw
-        lines = [*lines[:3], "traffic          none (--no-load): no requests were measured"]
+    if not load_was_on(report):
+        lines.append("traffic          none (--no-load): no requests were measured")
+    elif not req.get("total"):
+        lines.append("traffic          the load ran but no requests were measured")
+    else:
+        lines += [
+            f"requests         {req.get('total', 0)} sent, {req.get('ok', 0)} ok, "
+            f"{req.get('dropped', 0)} dropped ({exp.get('users_hit', 0)}/{users_total} users hit), "
+            f"{req.get('errors_4xx', 0)} 4xx",
+            f"waiting          {req.get('slow', 0)} slow (> {_num(report.get('slow_ms'), ' ms', 0)}), "
+            f"{req.get('unanswered', 0)} unanswered at stop, "
+            f"{req.get('retried', 0)} retried by NGINX",
+            f"stall            {_num(report.get('stall_s'), ' s', 2)} from "
+            f"{_num(report.get('stall_at_s'), ' s', 1)}  (longest stretch with no successful answer, "
+            "seconds since the load started)",
+            f"latency          p50 {_num(lat.get('p50'), ' ms')}  p95 {_num(lat.get('p95'), ' ms')}  "
+            f"p99 {_num(lat.get('p99'), ' ms')}  max {_num(lat.get('max'), ' ms')}",
+            *_exposure_lines(report),
+        ]
     drains = _drains_line(report.get("drains") or [])
     if drains:
         lines.append(drains)
@@ -270,7 +368,9 @@ def summary_text(report: Mapping[str, Any], *, max_dropped: int = 0) -> str:
     if phases and req.get("total"):
         lines.append("phases")
         lines.extend(_phase_line(name, phase) for name, phase in phases.items())
-    lines.append(verdict(report, max_dropped=max_dropped)[1])
+    lines.append("checks")
+    lines.extend(f"  {check_line(c, report)}" for c in verdict_of(report).get("checks") or [])
+    lines.append(verdict_line(report))
     return "\n".join(lines)
 
 
@@ -373,10 +473,10 @@ def write_chart(report: Mapping[str, Any], path: Path) -> Path:
         )
         p99 = [b["p99_ms"] if b.get("p99_ms") is not None else math.nan for b in buckets]
         p99_ax.plot(xs[1:-1], p99, color=P99_COLOR, lw=1.4, marker=".", ms=3, label="p99")
-        budget = report.get("slow_budget_s")
+        slow_ms = report.get("slow_ms")
         finite = [v for v in p99 if not math.isnan(v)]
-        if budget and finite and max(finite) >= budget * 500:
-            p99_ax.axhline(budget * 1000, color=DROP_COLOR, ls=":", lw=1, label="slow budget")
+        if slow_ms and finite and max(finite) >= slow_ms / 2:
+            p99_ax.axhline(slow_ms, color=DROP_COLOR, ls=":", lw=1, label="slow")
         drop_ax.bar(
             [b["t"] for b in buckets],
             [b.get("dropped", 0) for b in buckets],
@@ -507,7 +607,7 @@ def _key_numbers(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("requests", _num(req.get("total", 0))),
         ("dropped", _num(req.get("dropped", 0))),
         ("4xx", _num(req.get("errors_4xx", 0))),
-        ("slow", f"{_num(req.get('slow', 0))} (budget {_num(report.get('slow_budget_s'), ' s')})"),
+        ("slow", f"{_num(req.get('slow', 0))} (over {_num(report.get('slow_ms'), ' ms', 0)})"),
         ("unanswered at stop", _num(req.get("unanswered", 0))),
         ("retried by NGINX", _num(req.get("retried", 0))),
         ("stall", _num(report.get("stall_s"), " s")),
@@ -517,14 +617,33 @@ def _key_numbers(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         ),
         ("versions served", _versions_line(req.get("by_version") or {})),
         ("mixed window", _num(exp.get("mixed_window_s"), " s")),
+        ("rollout window", _num((exp.get("rollout_window") or {}).get("duration_s"), " s")),
+        (
+            "mixed fleet (both versions attached)",
+            f"{_num(exp.get('mixed_fleet_s'), ' s')}: {_num(exp.get('users_exposed', 0))}/{total} users, "
+            f"{_num(exp.get('requests_exposed', 0))} requests ({_share_pct(exp.get('requests_exposed_share'))})",
+        ),
         ("users who saw both", f"{both}/{total} ({_pct(both, total)})"),
         (
             "downgrades",
             f"{_num(exp.get('downgrades', 0))} (to {_num(exp.get('users_downgraded', 0))} users)",
         ),
+        ("version flips", _num(exp.get("version_flips", 0))),
         ("contract violations", _num(exp.get("contract_violations", 0))),
         ("sessions lost", _num(exp.get("sessions_lost", 0))),
+        ("drains timed out", _num(sum(1 for d in report.get("drains") or [] if d.get("timed_out")))),
     ]
+
+
+def _verdict_section(report: Mapping[str, Any]) -> list[str]:
+    """The "Verdict" part of report.md: the PASS/FAIL line, then every check."""
+    rows = [
+        [c.get("name"), "PASS" if c.get("pass") else "FAIL", _figure(str(c.get("name")), c.get("value"), report),
+         _limit(str(c.get("name")), c.get("limit")), c.get("note") or ""]
+        for c in verdict_of(report).get("checks") or []
+    ]
+    return ["## Verdict", "", f"**{verdict_line(report)}**", "",
+            _md_table(["check", "result", "figure", "limit", "note"], rows), ""]
 
 
 def markdown_page(report: Mapping[str, Any], *, chart_name: str = "chart.png") -> str:
@@ -536,6 +655,7 @@ def markdown_page(report: Mapping[str, Any], *, chart_name: str = "chart.png") -
         "",
         f"![chart]({chart_name})",
         "",
+        *_verdict_section(report),
     ]
     phases = report.get("phases") or {}
     if phases:
@@ -624,9 +744,22 @@ def compare_json(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, 
                 "downgrades": exp.get("downgrades"),
                 "contract_violations": exp.get("contract_violations"),
                 "sessions_lost": exp.get("sessions_lost"),
+                "version_flips": exp.get("version_flips"),
+                "mixed_fleet_s": exp.get("mixed_fleet_s"),
+                "users_exposed_share": exp.get("users_exposed_share"),
+                "requests_exposed_share": exp.get("requests_exposed_share"),
+                "pass": bool(verdict_of(report).get("pass")),
+                "verdict": _verdict_cell(report),
             }
         )
     return {"rows": out}
+
+
+def _verdict_cell(report: Mapping[str, Any]) -> str:
+    """"PASS", or "FAIL" and the names of the checks that failed."""
+    if verdict_of(report).get("pass"):
+        return "PASS"
+    return "FAIL: " + ", ".join(failed_names(report))
 
 
 COMPARE_HEADERS = {
@@ -644,13 +777,14 @@ COMPARE_HEADERS = {
     "downgrades": "downgrades",
     "contract_violations": "contract violations",
     "sessions_lost": "sessions lost",
+    "verdict": "verdict",
 }
 
 
 def _compare_cells(rows: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     return [
         [
-            _num(line.get(key)) if key not in ("strategy", "outcome") else str(line.get(key) or "-")
+            _num(line.get(key)) if key not in ("strategy", "outcome", "verdict") else str(line.get(key) or "-")
             for key in COMPARE_FIELDS
         ]
         for line in compare_json(rows)["rows"]
@@ -670,7 +804,7 @@ def compare_text(rows: Sequence[Mapping[str, Any]]) -> str:
 
     def line(row: Sequence[str]) -> str:
         return "  ".join(
-            cell.ljust(w) if i in (0, 2) else cell.rjust(w)
+            cell.ljust(w) if i in (0, 2, len(row) - 1) else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         ).rstrip()
 

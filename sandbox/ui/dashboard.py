@@ -167,12 +167,12 @@ class LiveView:
                              title=settings.project)
         return make_progress(state=self.state, narrate=self.narrate)
 
-    async def close(self, *, report: Mapping[str, Any] | None = None, max_dropped: int = 0,
+    async def close(self, *, report: Mapping[str, Any] | None = None,
                     table: Sequence[Mapping[str, Any]] | None = None) -> None:
         """The command ended: show its report (or compare's table); on a terminal, keep serving the
         final page (its links to the report's files work while it is served) until Enter; then stop."""
         if report is not None:
-            self.state.finish(report, max_dropped=max_dropped)
+            self.state.finish(report)
         if table is not None:
             self.state.add_panel()
             self.state.set_table(table)

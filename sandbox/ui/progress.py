@@ -156,9 +156,9 @@ class Progress:
         self._print(f"narration      {text}")
         await asyncio.sleep(self.pause_s)
 
-    def finish(self, report: Mapping[str, Any], *, max_dropped: int = 0) -> None:
+    def finish(self, report: Mapping[str, Any]) -> None:
         """The run's report: the views show the verdict."""
-        self.state.finish(report, max_dropped=max_dropped)
+        self.state.finish(report)
 
 
 def figures_text(live: Mapping[str, Any]) -> str:

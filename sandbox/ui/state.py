@@ -204,11 +204,12 @@ class RolloutState:
                      if s["state"] == "removed" and s["since"] is not None and now - s["since"] > REMOVED_LINGER_S]:
             del self.servers[name]
 
-    def finish(self, report: Mapping[str, Any], *, max_dropped: int = 0) -> None:
+    def finish(self, report: Mapping[str, Any]) -> None:
         """The run's report arrived: the verdict and its figures."""
-        from sandbox.results.report import verdict
+        from sandbox.results.report import verdict_line
+        from sandbox.results.verdict import verdict_of
 
-        passed, text = verdict(report, max_dropped=max_dropped)
+        passed, text = bool(verdict_of(report).get("pass")), verdict_line(report)
         req = report.get("requests") or {}
         lat = report.get("latency_ms") or {}
         exp = report.get("exposure") or {}

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Cli
+from tests.e2e.conftest import Cli, assert_passes
 
 pytestmark = pytest.mark.e2e
 
@@ -16,18 +16,25 @@ LOAD = ("--users", "10", "--warmup", "2", "--cooldown", "2")
 
 
 def roll(cli: Cli, *args: str, expect: int = 0) -> dict[str, Any]:
+    if expect == 0:
+        return assert_passes(cli.run("roll", "--to", "v2", *LOAD, *args, "--json"))
     return cli.json("roll", "--to", "v2", *LOAD, *args, "--json", expect=expect)
 
 
 def test_breaking_v2_violates_the_contract_and_compatible_does_not(cli: Cli, tmp_path: Path) -> None:
     cli.run("up", "--size", "4", "--port", str(cli.port), check=True)
-    breaking = roll(cli, "--v2-mode", "breaking", "--report", str(tmp_path / "breaking"))
+    breaking = roll(cli, "--v2-mode", "breaking", "--report", str(tmp_path / "breaking"), expect=1)
     assert breaking["requests"]["dropped"] == 0
     assert breaking["exposure"]["contract_violations"] > 0
+    # a breaking v2 fails its verdict, and the verdict says why
+    violations = next(c for c in breaking["verdict"]["checks"] if c["name"] == "contract_violations")
+    assert violations == {"name": "contract_violations", "pass": False,
+                          "value": breaking["exposure"]["contract_violations"], "limit": 0}
     assert breaking["exposure"]["users_saw_both"] > 0 and breaking["exposure"]["mixed_window_s"] > 0
     # reports on disk: JSON, a real PNG chart, a Markdown page that embeds it
     files = {k: Path(v) for k, v in breaking["files"].items()}
     assert json.loads(files["json"].read_text())["outcome"] == "completed"
+    assert "| contract_violations | FAIL |" in files["markdown"].read_text()
     png = files["chart"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert "![chart](chart.png)" in files["markdown"].read_text()
@@ -36,8 +43,11 @@ def test_breaking_v2_violates_the_contract_and_compatible_does_not(cli: Cli, tmp
     attribution = breaking["attribution"]
     assert attribution["compared"] > 100 and attribution["agreement"] >= 0.99
 
-    compatible = cli.json("roll", "--to", "v1", *LOAD, "--json")  # back, then forward compatibly
+    # back, then forward compatibly; going back, the breaking v2 still serves for a while: it fails too
+    compatible = cli.json("roll", "--to", "v1", *LOAD, "--json", expect=1)
     assert compatible["requests"]["dropped"] == 0
+    assert compatible["exposure"]["contract_violations"] > 0
+    assert "contract_violations" in [c["name"] for c in compatible["verdict"]["checks"] if not c["pass"]]
     forward = roll(cli)
     assert forward["exposure"]["contract_violations"] == 0
     assert forward["exposure"]["downgrades"] > 0  # round-robin: users do go back to v1 mid-rollout
@@ -51,7 +61,7 @@ def test_sticky_routing_lowers_downgrades(cli: Cli) -> None:
         up = ["up", "--size", "4", "--port", str(cli.port)] + (["--sticky"] if sticky else [])
         other.run(*up, check=True)
         try:
-            results[sticky] = other.json("roll", "--to", "v2", *LOAD, "--json")
+            results[sticky] = assert_passes(other.run("roll", "--to", "v2", *LOAD, "--json"))
         finally:
             other.run("down", check=True)
     plain, sticky = results[False]["exposure"], results[True]["exposure"]
@@ -70,9 +80,25 @@ def test_versions_from_the_nginx_log_when_the_app_sends_no_header(cli: Cli) -> N
 
 
 def test_demo_json_completes_with_zero_dropped(cli: Cli, tmp_path: Path) -> None:
-    report = cli.json("demo", "--size", "3", "--port", str(cli.port), *LOAD, "--json",
-                      "--report", str(tmp_path / "demo"))
+    report = assert_passes(cli.run("demo", "--size", "3", "--port", str(cli.port), *LOAD, "--json",
+                                   "--report", str(tmp_path / "demo")))
     assert report["outcome"] == "completed" and report["requests"]["dropped"] == 0
     assert report["size"] == 3 and report["to_version"] == "v2"
     assert (tmp_path / "demo" / "chart.png").stat().st_size > 10_000
     assert cli.run("status").returncode == 1  # torn down without --keep
+
+
+def test_compare_tells_strategies_apart_and_exits_on_their_verdicts(cli: Cli, tmp_path: Path) -> None:
+    proc = cli.run("compare", "--size", "3", "--port", str(cli.port), "--strategies", "one-at-a-time,blue-green,naive",
+                   *LOAD, "--report", str(tmp_path), "--json")
+    table = {line["strategy"]: line for line in json.loads(proc.stdout)["rows"]}
+    assert set(table) == {"one-at-a-time", "blue-green", "naive"}, proc.stderr
+    graceful = [table["one-at-a-time"], table["blue-green"]]
+    assert all(line["verdict"] in ("PASS", "FAIL: p99_ratio") for line in graceful), table  # see LOAD_SENSITIVE_CHECKS
+    # the exit code follows the graceful strategies' verdicts only: naive's (it drops) is ignored
+    assert proc.returncode == (0 if all(line["pass"] for line in graceful) else 1), (proc.returncode, table)
+    # one at a time, every user gets both versions while the fleet is mixed; one switch: (nearly) none
+    one, switch = table["one-at-a-time"], table["blue-green"]
+    assert one["users_saw_both"] == one["users_total"] == 10
+    assert switch["users_saw_both"] <= 2 < one["users_saw_both"], (one, switch)
+    assert "verdict" in (tmp_path / "compare.md").read_text().splitlines()[0]

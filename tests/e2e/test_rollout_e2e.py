@@ -13,7 +13,7 @@ from typing import Any
 import docker
 import pytest
 
-from tests.e2e.conftest import REPO, Cli
+from tests.e2e.conftest import REPO, Cli, assert_passes
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +51,7 @@ def assert_clean(report: dict[str, Any]) -> None:
 ], ids=["one-at-a-time", "rolling-2", "surge-2", "double-half", "in-place", "blue-green"])
 def test_graceful_strategies_drop_nothing(cli: Cli, args: tuple[str, ...], peak: int) -> None:
     cli.run("up", "--size", SIZE, "--port", str(cli.port), check=True)
-    report = cli.json("roll", "--to", "v2", *args, *LOAD, "--json")
+    report = assert_passes(cli.run("roll", "--to", "v2", *args, *LOAD, "--json"))
     assert report["outcome"] == "completed"
     assert report["to_version"] == "v2" and report["from_version"] == "v1"
     assert_clean(report)
@@ -96,7 +96,7 @@ def test_rollback_after_a_completed_roll(cli: Cli, client: docker.DockerClient) 
     assert first["outcome"] == "completed"
     v2_env = env_of(client, fleet(cli)[0]["name"])
     assert v2_env["APP_LATENCY_MS"] == "1" and v2_env["APP_MARK"] == "new"  # fleet env kept, new env added
-    back = cli.json("rollback", *LOAD, "--json")
+    back = assert_passes(cli.run("rollback", *LOAD, "--json"))
     assert back["outcome"] == "completed"
     assert back["from_version"] == "v2" and back["to_version"] == "v1"
     assert_clean(back)
@@ -158,8 +158,7 @@ def test_a_container_that_vanished_is_taken_out_before_rolling(cli: Cli, client:
     client.containers.get(victim).remove(force=True, v=True)
     assert len(cli.json("status", "--json")["lb"]["upstreams"]) == 3  # stale entry still configured
     proc = cli.run("roll", "--to", "v2", "--users", "5", "--warmup", "1", "--cooldown", "1", "--json")
-    assert proc.returncode == 0, proc.stderr
+    report = assert_passes(proc)
     assert f"took {victim} out of the load balancer" in proc.stderr
-    report = json.loads(proc.stdout)
     assert report["outcome"] == "completed" and report["requests"]["dropped"] == 0
     assert_fleet_on(cli, "v2", size=3)

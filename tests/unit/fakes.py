@@ -249,6 +249,10 @@ class FakeLoad:
         self.feed = feed or (lambda: [])
         self.rows: list[RequestRow] = []
         self.started = self.stopped = 0
+        self.dies = False  # set it and the next liveness check finds Locust gone
+
+    def alive(self) -> bool:
+        return not self.dies
 
     async def start(self) -> None:
         self.started += 1

@@ -34,6 +34,20 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     (["roll", "--client-timeout", "0"], "client_timeout_s: 0.0 must be in (0, 600] seconds"),
     (["frobnicate"], "invalid choice"),
     (["up", "--lb-apply", "hot"], "invalid choice: 'hot'"),
+    (["roll", "--max-stall-s", "-1"], "max_stall_s: -1.0 must be in [0, 3600] seconds"),
+    (["roll", "--max-stall-s", "12"], "client_timeout_s: 10.0 must be larger than max_stall_s (12.0)"),
+    (["roll", "--slow-ms", "0"], "slow_ms: 0.0 must be in (0, 3600000] ms"),
+    (["roll", "--max-slow", "-1"], "max_slow: -1 must be 0 or more"),
+    (["roll", "--max-p99-ratio", "0.5"], "max_p99_ratio: 0.5 must be 1 or more"),
+    (["roll", "--max-p99-ratio", "nan"], "max_p99_ratio: nan must be 1 or more"),
+    (["roll", "--max-violations", "-2"], "max_violations: -2 must be 0 or more"),
+    (["rollback", "--min-requests", "-1"], "min_requests: -1 must be 0 or more"),
+    (["demo", "--min-requests", "x"], "'x' is not an integer"),
+    (["demo", "--size", "2", "--strategy", "rolling", "--batch", "2"],
+     "batch: 2 must be smaller than the fleet (2 servers) for rolling"),
+    (["compare", "--size", "3", "--strategies", "one-at-a-time,rolling:5"],
+     "batch: 5 must be smaller than the fleet (3 servers) for rolling"),
+    (["compare", "--strategies", ","], "strategies: name at least one strategy"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
     code, err = run(capsys, *argv)
@@ -112,3 +126,9 @@ def test_integer_flags_parse_whole_numbers_and_leave_the_range_to_the_settings(f
 def test_lb_flags(argv: list[str], lb_apply: str, keepalive: bool) -> None:
     settings = settings_from_args(build_parser().parse_args(argv))
     assert (settings.lb_apply, settings.client_keepalive) == (lb_apply, keepalive)
+def test_verdict_flags_reach_the_settings() -> None:
+    args = build_parser().parse_args(["roll", "--max-stall-s", "2.5", "--slow-ms", "500", "--max-slow", "3",
+                                      "--max-p99-ratio", "4", "--max-violations", "1", "--min-requests", "50"])
+    s = settings_from_args(args)
+    assert (s.max_stall_s, s.slow_ms, s.max_slow, s.max_p99_ratio, s.max_violations, s.min_requests) == (
+        2.5, 500.0, 3, 4.0, 1, 50)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.config import Settings, check_port_free, load_settings, parse_env_pairs
+from sandbox.config import Settings, check_batch, check_port_free, load_settings, parse_env_pairs
 from sandbox.errors import PortInUseError, UsageError
 
 
@@ -89,3 +89,22 @@ def test_load_settings_from_file_and_env(tmp_path: Path) -> None:
     assert (s.think_ms, s.load_workers, s.client_timeout_s) == ("0", 3, 4.5)
     d = Settings()
     assert (d.think_ms, d.client_timeout_s) == ("50-200", 10.0) and d.load_workers >= 2
+
+
+@pytest.mark.parametrize(("strategy", "batch", "size", "refused"), [
+    ("rolling", 2, 2, True), ("rolling", 99, 2, True), ("rolling", 1, 1, True), ("rolling", 1, 2, False),
+    ("rolling", 8, 9, False), ("surge", 9, 9, False), ("naive", 9, 9, False), ("one-at-a-time", 1, 1, False),
+])
+def test_a_rolling_batch_must_leave_a_server_serving(strategy: str, batch: int, size: int, refused: bool) -> None:
+    if refused:
+        with pytest.raises(UsageError, match=rf"^batch: {batch} must be smaller than the fleet \({size} servers\)"):
+            check_batch(strategy, batch, size)
+    else:
+        check_batch(strategy, batch, size)
+
+
+def test_the_client_timeout_must_exceed_the_stall_limit() -> None:
+    assert Settings(max_stall_s=9.5).client_timeout_s == 10.0
+    with pytest.raises(UsageError, match=r"^client_timeout_s: 10.0 must be larger than max_stall_s \(10.0\)"):
+        Settings(max_stall_s=10.0)
+    assert Settings(max_stall_s=10.0, client_timeout_s=15.0).max_stall_s == 10.0

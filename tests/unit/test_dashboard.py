@@ -20,6 +20,7 @@ from sandbox.errors import PortInUseError
 from sandbox.ui.dashboard import STATIC, Dashboard
 from sandbox.ui.state import RolloutState
 from tests.conftest import free_port
+from tests.unit.test_ui_state import PASSED
 
 
 @pytest.fixture
@@ -91,11 +92,11 @@ async def test_close_lets_an_open_page_receive_the_final_state() -> None:
     await dashboard.start()
     async with aiohttp.ClientSession() as http, http.get(dashboard.url + "events") as r:
         await read_events(r, 0.3)
-        dashboard.state.finish({"outcome": "completed", "requests": {"dropped": 0}})
+        dashboard.state.finish({"outcome": "completed", "requests": {"dropped": 0}, "verdict": PASSED})
         closing = asyncio.create_task(dashboard.close())
         final = await read_events(r, 2.0)
         await closing
-    assert final and final[-1]["phase"] == "ended" and final[-1]["result"]["verdict"] == "PASS: 0 dropped requests"
+    assert final and final[-1]["phase"] == "ended" and final[-1]["result"]["verdict"] == "PASS: all 2 checks held"
 
 
 @pytest.mark.asyncio
@@ -157,7 +158,8 @@ async def test_on_a_terminal_the_final_page_is_served_until_enter(monkeypatch: p
     master, slave = os.openpty()
     with os.fdopen(slave, "r") as tty:
         monkeypatch.setattr("sys.stdin", tty)
-        closing = asyncio.create_task(view.close(report={"outcome": "completed", "requests": {"dropped": 0}}))
+        closing = asyncio.create_task(view.close(report={"outcome": "completed", "requests": {"dropped": 0},
+                                                          "verdict": PASSED}))
         await asyncio.sleep(0.3)
         assert not closing.done() and "until you press Enter" in said[-1]
         async with aiohttp.ClientSession() as http, http.get(view.dashboard.url + "api/state") as r:  # type: ignore[union-attr]

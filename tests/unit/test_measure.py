@@ -14,6 +14,7 @@ from sandbox.results.measure import (
     agreement,
     attribute_versions,
     measure,
+    mixed_fleet_window,
     percentile,
     upstream_addresses,
 )
@@ -77,6 +78,9 @@ def nginx(rid: str, t: float, upstream: str, status: int = 200) -> NginxRow:
 
 
 ROLLOUT = [event(2.0, "rollout-start", version="v2"), event(6.0, "rollout-end")]
+# the same rollout whose fleet changes span every row of the exposure tests below
+MIXED = [event(0.0, "rollout-start", version="v2"), event(0.0, "detach", "app-1"),
+         event(6.5, "attach", "app-1b"), event(7.0, "rollout-end")]
 
 
 # --------------------------------------------------------------------------- plain runs
@@ -144,7 +148,7 @@ def test_percentile_of_nothing_is_none() -> None:
 def test_clean_switch_has_no_mixed_window() -> None:
     rows = [row(float(i), user=f"u{i % 2}", version="v1") for i in range(5)]
     rows += [row(5.0 + i, user=f"u{i % 2}", version="v2") for i in range(5)]
-    m = measure(rows, ROLLOUT)
+    m = measure(rows, MIXED)
     exp = m["exposure"]
     assert exp["mixed_window_s"] == 0
     assert exp["users_saw_both"] == 2  # both users crossed over, never back
@@ -166,7 +170,7 @@ def test_interleaved_versions() -> None:
         row(6.0, user="d", version="v1"),  # only v1 before: not a downgrade
     ]
     # d's v1 answer at 6.01 is the last v1 answer
-    exp = measure(rows, ROLLOUT)["exposure"]
+    exp = measure(rows, MIXED)["exposure"]
     assert exp["mixed_window_s"] == pytest.approx(5.0, abs=1e-3)
     assert exp["users_total"] == 4
     assert exp["users_saw_both"] == 3
@@ -180,7 +184,7 @@ def test_downgrades_follow_answer_order_not_send_order() -> None:
         row(0.0, user="a", version="v2", latency=500.0),
         row(0.1, user="a", version="v1", latency=10.0),
     ]
-    assert measure(rows, ROLLOUT)["exposure"]["downgrades"] == 0
+    assert measure(rows, MIXED)["exposure"]["downgrades"] == 0
 
 
 def test_failed_answers_do_not_count_as_versions() -> None:
@@ -188,7 +192,7 @@ def test_failed_answers_do_not_count_as_versions() -> None:
         row(0.0, user="a", version="v2"),
         row(1.0, user="a", version="v1", status=503),
     ]
-    exp = measure(rows, ROLLOUT)["exposure"]
+    exp = measure(rows, MIXED)["exposure"]
     assert exp["downgrades"] == 0
     assert exp["users_saw_both"] == 0
 
@@ -235,7 +239,7 @@ def test_out_of_order_rows_give_the_same_result() -> None:
 def test_no_v2_answer_at_all() -> None:
     rows = [row(float(i), version="v1") for i in range(4)]
     rows.append(row(4.0, version="v2", status=502))  # v2 only failed
-    m = measure(rows, ROLLOUT)
+    m = measure(rows, MIXED)
     assert m["exposure"]["mixed_window_s"] == 0
     assert m["exposure"]["users_saw_both"] == 0
     assert m["requests"]["by_version"]["v2"] == 0
@@ -268,7 +272,7 @@ def test_single_user() -> None:
         row(1.0, user="solo", version="v2"),
         row(2.0, user="solo", version="v1"),
     ]
-    exp = measure(rows, ROLLOUT)["exposure"]
+    exp = measure(rows, MIXED)["exposure"]
     assert (exp["users_total"], exp["users_saw_both"]) == (1, 1)
     assert (exp["downgrades"], exp["users_downgraded"]) == (1, 1)
 
@@ -289,7 +293,7 @@ def test_slow_uses_the_budget() -> None:
         row(3.0, status=0, latency=30_000.0),
     ]  # a client timeout after 30 s
     assert measure(rows, [])["requests"]["slow"] == 2
-    settings = MeasureSettings(slow_budget_s=1.0)
+    settings = MeasureSettings(slow_ms=1000.0)
     assert measure(rows, [], settings=settings)["requests"]["slow"] == 3
 
 
@@ -374,10 +378,12 @@ def test_drains_from_events() -> None:
     events = [
         event(1.0, "drain", "app-1", detail={"duration_s": 0.4, "in_flight": 2}),
         event(2.0, "drain", "app-2"),
+        event(3.0, "drain", "app-3", detail={"duration_s": 30.0, "in_flight": 4, "timed_out": True}),
     ]
     assert measure([], events)["drains"] == [
-        {"instance": "app-1", "duration_s": 0.4, "in_flight": 2},
-        {"instance": "app-2", "duration_s": None, "in_flight": None},
+        {"instance": "app-1", "duration_s": 0.4, "in_flight": 2, "timed_out": False},
+        {"instance": "app-2", "duration_s": None, "in_flight": None, "timed_out": False},
+        {"instance": "app-3", "duration_s": 30.0, "in_flight": 4, "timed_out": True},
     ]
 
 
@@ -435,7 +441,8 @@ def test_rollout_without_end_runs_to_the_end_of_the_load() -> None:
 
 
 def test_rollback_direction_v2_to_v1() -> None:
-    events = [event(2.0, "rollout-start", version="v1"), event(6.0, "rollout-end")]
+    events = [event(0.0, "rollout-start", version="v1"), event(0.0, "detach", "app-1"),
+              event(5.0, "attach", "app-1b"), event(6.0, "rollout-end")]
     rows = [
         row(0.0, user="a", version="v2"),
         row(1.0, user="a", version="v1"),  # first "to" (v1) answer at 1.01
@@ -450,7 +457,7 @@ def test_rollback_direction_v2_to_v1() -> None:
     assert exp["users_downgraded"] == 1
     assert exp["users_saw_both"] == 2
     # the same rows read as a v1 -> v2 rollout give other numbers
-    forward = measure(rows, ROLLOUT)["exposure"]
+    forward = measure(rows, MIXED)["exposure"]
     assert forward["mixed_window_s"] == pytest.approx(4.0, abs=1e-3)  # 0.01 .. 4.01
     assert forward["downgrades"] == 2  # a: v1 at 1 after v2 at 0; b: v1 at 4 after v2 at 3
 
@@ -547,3 +554,142 @@ def test_users_hit_counts_users_with_a_dropped_request() -> None:
     ]
     exp = measure(rows, [])["exposure"]  # type: ignore[arg-type]
     assert exp["users_hit"] == 2 and exp["users_total"] == 4  # a 4xx is not a drop
+
+
+# --------------------------------------------------------------------------- exposure by strategy
+# Three servers, four users each sending every 0.2 s, routed in turn over what the load
+# balancer has attached when the request is sent. The same load under two strategies.
+
+Fleet = list[tuple[float, list[tuple[str, str]]]]  # (from t, attached [(instance, version)])
+
+ONE_AT_A_TIME_FLEET: Fleet = [
+    (0.0, [("a1", "v1"), ("a2", "v1"), ("a3", "v1")]),
+    (3.0, [("a2", "v1"), ("a3", "v1")]),  # a1 detached
+    (5.0, [("b1", "v2"), ("a3", "v1")]),  # b1 attached, a2 detached: both versions serve
+    (7.0, [("b1", "v2"), ("b2", "v2")]),
+    (9.0, [("b1", "v2"), ("b2", "v2"), ("b3", "v2")]),
+]
+V1, V2 = {"version": "v1"}, {"version": "v2"}
+ONE_AT_A_TIME_EVENTS = [
+    event(2.0, "rollout-start", version="v2"),
+    event(3.0, "detach", "a1", **V1), event(3.5, "stop", "a1"), event(3.6, "start", "b1"),
+    event(5.0, "attach", "b1", **V2), event(5.0, "detach", "a2", **V1), event(5.5, "stop", "a2"),
+    event(5.6, "start", "b2"),
+    event(7.0, "attach", "b2", **V2), event(7.0, "detach", "a3", **V1), event(7.5, "stop", "a3"),
+    event(7.6, "start", "b3"),
+    event(9.0, "attach", "b3", **V2), event(9.5, "rollout-end"), event(12.0, "load-stop"),
+]
+BLUE_GREEN_FLEET: Fleet = [
+    (0.0, [("a1", "v1"), ("a2", "v1"), ("a3", "v1")]),
+    (5.0, [("b1", "v2"), ("b2", "v2"), ("b3", "v2")]),  # one switch
+]
+BLUE_GREEN_EVENTS = [
+    event(2.0, "rollout-start", version="v2"),
+    *(event(2.5, "start", f"b{i}") for i in (1, 2, 3)),
+    *(event(5.0, "attach", f"b{i}", **V2) for i in (1, 2, 3)),
+    *(event(5.0, "detach", f"a{i}", **V1) for i in (1, 2, 3)),
+    event(5.0, "switch"),
+    *(event(6.0, "stop", f"a{i}") for i in (1, 2, 3)),
+    event(6.5, "rollout-end"), event(12.0, "load-stop"),
+]
+
+
+def routed_rows(fleet: Fleet, *, sessions: str) -> list[RequestRow]:
+    """The rows of the load above; ``sessions`` "memory" (each server its own) or "shared"."""
+    rows, seen = [], set()
+    for k in range(60):
+        for u in range(4):
+            t = 0.013 + 0.05 * u + 0.2 * k
+            attached = [servers for since, servers in fleet if since <= t][-1]
+            name, version = attached[(k + u) % len(attached)]
+            user = f"u{u}"
+            key = (user, name) if sessions == "memory" else user
+            r = row(t, user=user, version=version, instance=f"{name}/boot")
+            r["session"] = "resumed" if key in seen else "new"
+            seen.add(key)
+            rows.append(r)
+    return rows
+
+
+def test_one_at_a_time_and_blue_green_expose_users_differently() -> None:
+    rolling = measure(routed_rows(ONE_AT_A_TIME_FLEET, sessions="memory"), ONE_AT_A_TIME_EVENTS)["exposure"]
+    switch = measure(routed_rows(BLUE_GREEN_FLEET, sessions="memory"), BLUE_GREEN_EVENTS)["exposure"]
+    assert rolling["rollout_window"]["duration_s"] == 6.0  # first detach (3) to last attach (9)
+    assert switch["rollout_window"]["duration_s"] == 0.0  # one switch
+    assert (rolling["users_total"], switch["users_total"]) == (4, 4)
+    assert rolling["users_saw_both"] == 4 and switch["users_saw_both"] == 0
+    # both versions attached from b1's attach (5) to a3's detach (7); never for blue-green
+    assert (rolling["mixed_fleet_s"], switch["mixed_fleet_s"]) == (2.0, 0.0)
+    assert rolling["users_exposed_share"] == 1.0 and switch["users_exposed_share"] == 0.0
+    assert rolling["requests_exposed"] == 40 and rolling["requests_exposed_share"] == pytest.approx(40 / 240, abs=1e-4)
+    assert switch["requests_exposed"] == 0
+    assert rolling["downgrades"] > 0 and switch["downgrades"] == 0
+    assert rolling["version_flips"] > rolling["users_saw_both"] and switch["version_flips"] == 0
+    # over the whole load every user saw both versions in either case: that told them apart not at all
+    assert switch["mixed_window_s"] == pytest.approx(0.0, abs=0.2)
+
+
+def test_sessions_lost_only_without_a_shared_store() -> None:
+    for fleet, events in ((ONE_AT_A_TIME_FLEET, ONE_AT_A_TIME_EVENTS), (BLUE_GREEN_FLEET, BLUE_GREEN_EVENTS)):
+        memory = measure(routed_rows(fleet, sessions="memory"), events)["exposure"]
+        shared = measure(routed_rows(fleet, sessions="shared"), events)["exposure"]
+        assert (memory["sessions_lost"], shared["sessions_lost"]) == (4, 0)
+
+
+def test_a_session_counts_only_if_used_during_the_rollout_and_then_restarted() -> None:
+    def answer(t: float, user: str, instance: str, session: str) -> RequestRow:
+        r = row(t, user=user, instance=instance)
+        r["session"] = session
+        return r
+
+    rows = [
+        answer(1.0, "warm", "a1/x", "new"),  # used a1 in the warmup only
+        answer(8.0, "warm", "b1/y", "new"),
+        answer(2.5, "lost", "a1/x", "new"),  # used a1 during the rollout, then started again
+        answer(8.0, "lost", "b1/y", "new"),
+        answer(2.5, "kept", "a1/x", "new"),  # used a1 during the rollout, session found again
+        answer(8.0, "kept", "b1/y", "resumed"),
+        answer(2.6, "gone", "a1/x", "new"),  # never came back
+    ]
+    events = [event(2.0, "rollout-start", version="v2"), event(3.5, "stop", "a1")]
+    assert measure(rows, events)["exposure"]["sessions_lost"] == 1
+
+
+def test_exposure_without_a_fleet_change_counts_nothing() -> None:
+    rows = [row(float(i), user="a", version="v1" if i % 2 else "v2") for i in range(6)]
+    exp = measure(rows, [event(0.0, "rollout-start", version="v2"), event(6.0, "rollout-end")])["exposure"]
+    assert exp["rollout_window"] is None
+    assert exp["users_saw_both"] == exp["downgrades"] == exp["version_flips"] == exp["requests_exposed"] == 0
+    assert exp["mixed_window_s"] > 0  # the answers themselves still show both versions
+
+
+def test_the_stall_says_when_it_began() -> None:
+    rows = [row(0.0), row(1.0), row(1.5), row(9.0)]  # answers at .01, 1.01, 1.51, 9.01
+    m = measure(rows, [event(10.0, "load-stop")])
+    assert (m["stall_s"], m["stall_at_s"]) == (pytest.approx(7.5), pytest.approx(1.51))
+    assert measure([], [])["stall_at_s"] == 0.0
+
+
+@pytest.mark.parametrize(("events", "expected"), [
+    # rolling, two batches of two: the new half is attached in the reload that detaches the old half
+    ([event(0.0, "rollout-start"), event(1.0, "detach", "a1", **V1), event(1.0, "detach", "a2", **V1),
+      event(4.0, "attach", "b1", **V2), event(4.0, "attach", "b2", **V2), event(4.0, "detach", "a3", **V1),
+      event(4.0, "detach", "a4", **V1), event(7.0, "attach", "b3", **V2), event(7.0, "attach", "b4", **V2)],
+     (4.0, 4.0)),
+    # double-half: the new fleet attached, then the old one detached
+    ([event(0.0, "rollout-start"), event(3.0, "attach", "b1", **V2), event(3.6, "detach", "a1", **V1)], (3.0, 3.6)),
+    # rolled back: the new server goes out again, last
+    ([event(0.0, "rollout-start"), event(1.0, "detach", "a1", **V1), event(2.0, "attach", "b1", **V2),
+      event(2.0, "detach", "a2", **V1), event(5.0, "failed"), event(6.0, "detach", "b1", **V2),
+      event(8.0, "attach", "a1b", **V1)], (2.0, 6.0)),
+    # in place: swaps change the version of attached servers
+    ([event(0.0, "rollout-start"), event(1.0, "swap", "a1", detail={"from": "v1"}, **V2),
+      event(2.0, "swap", "a2", detail={"from": "v1"}, **V2)], (1.0, 2.0)),
+    # interrupted with both versions attached: mixed until the load ended
+    ([event(0.0, "rollout-start"), event(1.0, "detach", "a1", **V1), event(2.0, "attach", "b1", **V2)], (2.0, 10.0)),
+    # nothing of v2 ever served
+    ([event(0.0, "rollout-start"), event(1.0, "detach", "a1", **V1)], None),
+])
+def test_mixed_fleet_window(events: list[Event], expected: tuple[float, float] | None) -> None:
+    window = mixed_fleet_window(events, "v1", "v2", T0 + 10.0)
+    assert window == (None if expected is None else (T0 + expected[0], T0 + expected[1]))

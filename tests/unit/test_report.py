@@ -16,9 +16,9 @@ from sandbox.results.report import (
     compare_table,
     compare_text,
     summary_text,
-    verdict,
     write_report_dir,
 )
+from sandbox.results.verdict import DEFAULT_LIMITS, Limits
 
 T0 = 1_700_000_000.0
 
@@ -126,10 +126,10 @@ def _rows(dropped: int = 0) -> list[RequestRow]:
     return rows
 
 
-def _report(dropped: int = 0, **meta: Any) -> dict[str, Any]:
+def _report(dropped: int = 0, limits: Limits = DEFAULT_LIMITS, **meta: Any) -> dict[str, Any]:
     events = _events()
     measured = measure(_rows(dropped), events)
-    return build_report(meta={**META, **meta}, measured=measured, steps=events)
+    return build_report(meta={**META, **meta}, measured=measured, steps=events, limits=limits)
 
 
 def test_build_report_has_every_required_key() -> None:
@@ -163,39 +163,73 @@ def test_build_report_meta_wins_and_falls_back() -> None:
     assert (bare["from_version"], bare["to_version"]) == ("v1", "v2")
 
 
+CHECK_NAMES = ["outcome", "dropped", "stall_s", "slow", "p99_ratio", "contract_violations",
+               "drains_timed_out", "requests_measured", "load_alive"]
+
+
 def test_summary_text_pass() -> None:
-    text = summary_text(_report())
+    report = _report()
+    text = summary_text(report)
     assert "\x1b[" not in text
-    assert 15 <= len(text.splitlines()) <= 25
     assert "0 dropped" in text
     assert "mixed window" in text
     assert "downgrades" in text
     assert "sessions lost" in text
-    assert text.splitlines()[-1] == "PASS: 0 dropped requests"
+    assert "Target: 0" not in text
+    assert text.splitlines()[-1] == "PASS: all 9 checks held"
+    assert report["verdict"]["pass"] is True
+    assert [c["name"] for c in report["verdict"]["checks"]] == CHECK_NAMES
+    # every check is listed with its figure and its limit
+    checks = text.split("\nchecks\n")[1].splitlines()[:-1]
+    assert len(checks) == len(CHECK_NAMES)
+    assert all(line.strip().startswith("PASS ") for line in checks)
+    assert "  PASS dropped              0 (max 0)" in checks
+    assert "  PASS requests_measured    100 (min 100)" in checks
+    assert any(line.startswith("  PASS stall_s ") and "(max 1.00 s)" in line for line in checks)
+    assert any(line.startswith("  PASS p99_ratio ") and "(max 3.00x)" in line for line in checks)
 
 
 def test_summary_text_fail_and_allowance() -> None:
     report = _report(dropped=3)
     text = summary_text(report)
     assert "3 dropped" in text
-    assert text.splitlines()[-1] == "FAIL: 3 dropped requests (max 0)"
-    assert (
-        summary_text(report, max_dropped=3).splitlines()[-1] == "PASS: 3 dropped requests (max 3)"
-    )
-    assert verdict(report, max_dropped=2) == (False, "FAIL: 3 dropped requests (max 2)")
-    assert verdict(_report(dropped=1), max_dropped=0)[1] == "FAIL: 1 dropped request (max 0)"
+    assert text.splitlines()[-1] == "FAIL: dropped 3 (max 0)"
+    assert "  FAIL dropped              3 (max 0)" in text
+    allowed = _report(dropped=3, limits=Limits(max_dropped=3))
+    assert summary_text(allowed).splitlines()[-1] == "PASS: all 9 checks held"
+    assert _report(dropped=3, limits=Limits(max_dropped=2))["verdict"]["pass"] is False
 
 
-def test_summary_text_of_an_empty_run() -> None:
+def test_an_empty_run_with_load_on_fails() -> None:
     report = build_report(meta={}, measured=measure([], []), steps=[])
     text = summary_text(report)
-    assert text.splitlines()[-1] == "PASS: 0 dropped requests"
+    assert report["verdict"]["pass"] is False
+    assert text.splitlines()[-1] == "FAIL: requests_measured 0 (min 100)"
     assert "no requests were measured" in text and "p50" not in text
 
 
+def test_a_run_without_load_passes_on_what_it_can_measure() -> None:
+    report = build_report(meta={"load": False, "outcome": "completed"}, measured=measure([], []), steps=[])
+    text = summary_text(report)
+    assert "none (--no-load)" in text
+    assert text.splitlines()[-1] == "PASS: all 9 checks held"
+    assert "  PASS requests_measured    - (min 100): not measured: no load" in text
+
+
 def test_a_rollout_that_did_not_complete_fails_even_with_zero_dropped() -> None:
-    report = build_report(meta={"outcome": "rolled_back"}, measured=measure([], []), steps=[])
-    assert summary_text(report).splitlines()[-1] == "FAIL: the rollout rolled back (0 dropped requests)"
+    report = _report(outcome="rolled_back")
+    assert report["requests"]["dropped"] == 0
+    assert summary_text(report).splitlines()[-1] == "FAIL: outcome rolled_back (must be completed)"
+
+
+def test_a_timed_out_drain_is_kept_and_fails_the_run() -> None:
+    events = _events()
+    drain = next(e for e in events if e["phase"] == "drain")
+    drain["detail"] = {"duration_s": 30.0, "in_flight": 2, "timed_out": True}
+    report = build_report(meta=META, measured=measure(_rows(), events), steps=events)
+    assert [d["timed_out"] for d in report["drains"]] == [True, False, False]
+    assert summary_text(report).splitlines()[-1] == "FAIL: drains_timed_out 1 (max 0)"
+    assert "1 timed out" in summary_text(report)
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -213,6 +247,9 @@ def test_write_report_dir(tmp_path: Path) -> None:
     assert page.startswith("# ")
     assert "![chart](chart.png)" in page
     assert "| dropped | 2 |" in page
+    assert "**FAIL: dropped 2 (max 0)**" in page
+    assert "| dropped | FAIL | 2 | max 0 |  |" in page
+    assert "| requests_measured | PASS | 102 | min 100 |  |" in page
     assert "## Steps" in page
     assert "| detach | app-1 |" in page
     assert "## What the numbers mean" in page

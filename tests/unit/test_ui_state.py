@@ -179,31 +179,37 @@ def test_traffic_builds_the_share_series_and_live_figures() -> None:
     assert (live["dropped"], live["total"], live["p99_ms"]) == (1, 361, None)
 
 
+PASSED = {"pass": True, "checks": [{"name": "outcome", "pass": True, "value": "completed", "limit": "completed"},
+                                   {"name": "dropped", "pass": True, "value": 0, "limit": 0}]}
+FAILED = {"pass": False, "checks": [{"name": "dropped", "pass": False, "value": 2, "limit": 0}]}
+
+
 def test_the_end_shows_the_verdict_and_the_report_figures() -> None:
     state = fleet(3)
     state.event(ev("stop", "app-1-a", slot=1, version="v1", batch=1))
     report = {"outcome": "completed", "strategy": "one-at-a-time", "duration_s": 12.5, "peak_instances": 3,
               "requests": {"total": 900, "dropped": 0, "by_version": {"v1": 400, "v2": 500}},
               "latency_ms": {"p99": 20.0}, "exposure": {"mixed_window_s": 11.0},
-              "files": {"json": "/r/report.json", "chart": "/r/chart.png", "markdown": "/r/report.md"}}
+              "files": {"json": "/r/report.json", "chart": "/r/chart.png", "markdown": "/r/report.md"},
+              "verdict": PASSED}
     state.finish(report)
     snap = state.snapshot()
     assert snap["phase"] == "ended" and snap["step"] is None
-    assert snap["result"]["passed"] is True and snap["result"]["verdict"] == "PASS: 0 dropped requests"
+    assert snap["result"]["passed"] is True and snap["result"]["verdict"] == "PASS: all 2 checks held"
     assert snap["result"]["figures"]["by_version"] == {"v1": 400, "v2": 500}
     assert snap["result"]["files"]["markdown"] == "/r/report.md"
     assert all(s["state"] != "removed" for slot in snap["slots"] for s in slot["servers"])
-    state.finish({**report, "requests": {"dropped": 2}})
-    assert state.snapshot()["result"]["verdict"] == "FAIL: 2 dropped requests (max 0)"
+    state.finish({**report, "requests": {"dropped": 2}, "verdict": FAILED})
+    assert state.snapshot()["result"]["verdict"] == "FAIL: dropped 2 (max 0)"
 
 
 def test_compare_files_each_run_as_a_panel_then_the_table() -> None:
     state = fleet(3)
-    state.finish({"outcome": "completed", "strategy": "one-at-a-time", "requests": {"dropped": 0}})
+    state.finish({"outcome": "completed", "strategy": "one-at-a-time", "requests": {"dropped": 0}, "verdict": PASSED})
     state.add_panel()
     state.configure(strategy="naive", batch=1, size=3)
     assert state.snapshot()["slots"] == [{"slot": n, "servers": []} for n in (1, 2, 3)]
-    state.finish({"outcome": "completed", "strategy": "naive", "requests": {"dropped": 7}})
+    state.finish({"outcome": "completed", "strategy": "naive", "requests": {"dropped": 7}, "verdict": FAILED})
     state.add_panel()
     state.set_table([{"strategy": "one-at-a-time", "dropped": 0}, {"strategy": "naive", "dropped": 7}])
     snap = state.snapshot()
