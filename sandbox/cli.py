@@ -33,7 +33,7 @@ from sandbox.config import (
     load_settings,
     parse_env_pairs,
 )
-from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError
+from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, exit_code_for
 from sandbox.fleet.runtime import Runtime
 from sandbox.results.report import compare_text, summary_text
 from sandbox.ui.dashboard import LiveView
@@ -348,10 +348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_run(args))
     except SandboxError as exc:
         print(f"sandbox: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return exit_code_for(exc)
     except KeyboardInterrupt:
         print("sandbox: interrupted", file=sys.stderr)
-        return 130
+        return exit_code_for(KeyboardInterrupt())
     except Exception:  # a bug: show everything
         log.exception("unexpected error")
         return EXIT_FAILURE

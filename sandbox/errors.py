@@ -1,18 +1,22 @@
-"""The one exception tree of rolling-sandbox.
+"""The one exception tree of rolling-sandbox, and the one map from an error to an exit code.
 
 SandboxError
- +-- UsageError          bad input from the user (flag, config value); exit code 2
- |    +-- PortInUseError the requested load balancer port is already bound
- +-- EngineError         the Docker engine is missing, unreachable or refused a call
- |    +-- GoneError      a container or network vanished while the sandbox was using it
- +-- ImageBuildError     an image could not be built
- +-- BalancerError       NGINX rejected a config or could not be reloaded
- +-- RolloutError        a rollout could not go on (readiness, error ratio, drain)
- |    +-- ReadinessError a new server did not become ready before its deadline
- +-- NotFoundError       the project has no fleet (nothing to act on)
+ +-- UsageError            bad input from the user (flag, config value); exit code 2
+ |    +-- PortInUseError   the requested load balancer port is already bound
+ +-- EngineError           the Docker engine is missing, unreachable or refused a call
+ |    +-- GoneError        a container or network vanished while the sandbox was using it
+ +-- ImageBuildError       an image could not be built
+ +-- BalancerError         NGINX rejected a config or could not be reloaded
+ +-- RolloutError          a rollout could not go on (readiness, error ratio, drain)
+ |    +-- ReadinessError   a new server did not become ready before its deadline
+ |    +-- ErrorRatioExceeded  too many requests failed during the rollout
+ +-- PlanError (ValueError)  settings, a fleet or a plan break a rule of the planner
+ +-- TrafficError          the load generator could not be started, or died
+ +-- NotFoundError         the project has no fleet (nothing to act on)
+ +-- Interrupted           the user stopped the rollout (Ctrl-C); exit code 130
 
 Expected errors are printed by the CLI as one line; anything else is a bug and
-gets a traceback.
+gets a traceback. :func:`exit_code_for` is the only place an error becomes an exit code.
 """
 
 from __future__ import annotations
@@ -20,18 +24,15 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
 
 
 class SandboxError(Exception):
     """Base class of every error rolling-sandbox expects and reports in one line."""
 
-    exit_code = EXIT_FAILURE
-
 
 class UsageError(SandboxError, ValueError):
     """A flag, config value or argument is invalid; nothing was touched."""
-
-    exit_code = EXIT_USAGE
 
 
 class PortInUseError(UsageError):
@@ -62,5 +63,34 @@ class ReadinessError(RolloutError):
     """A new server did not pass its readiness check before its deadline."""
 
 
+class ErrorRatioExceeded(RolloutError):
+    """The share of failed requests during the rollout went above the configured limit."""
+
+
+class PlanError(SandboxError, ValueError):
+    """Settings, a fleet or a plan break a rule; ``field`` names the culprit when it is one field."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class TrafficError(SandboxError):
+    """The load generator could not be started, or died."""
+
+
 class NotFoundError(SandboxError):
     """The project has no fleet to act on."""
+
+
+class Interrupted(SandboxError):
+    """The user asked the rollout to stop (Ctrl-C); the fleet was left consistent."""
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The process's exit code for ``exc``: 2 bad input, 130 interrupted, 1 anything else."""
+    if isinstance(exc, UsageError):
+        return EXIT_USAGE
+    if isinstance(exc, Interrupted | KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    return EXIT_FAILURE

@@ -45,7 +45,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal
 
-from sandbox.errors import SandboxError
+from sandbox.errors import TrafficError
 from sandbox.load.rows import (
     ENV_PARENT_PID,
     ENV_READY,
@@ -68,10 +68,6 @@ MAX_WORKERS = 16
 #: Seconds between SIGUSR1 ("write what is in flight and exit") and SIGKILL.
 FLUSH_GRACE_S = 3.0
 _PACKAGE_PARENT = Path(__file__).resolve().parent.parent.parent
-
-
-class TrafficError(SandboxError):
-    """The load generator could not be started, or died."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-EXIT_INTERRUPTED = 130
+from sandbox.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
+
 NO_LOAD = "not measured: no load"
 
 
@@ -162,7 +163,7 @@ def exit_code(report: Mapping[str, Any], outcome: str | None = None) -> int:
     """130 when the run was interrupted, 1 when its verdict fails, else 0."""
     if (outcome or report.get("outcome")) == "interrupted":
         return EXIT_INTERRUPTED
-    return 0 if verdict_of(report).get("pass") else 1
+    return EXIT_OK if verdict_of(report).get("pass") else EXIT_FAILURE
 
 
 def compare_exit_code(reports: Sequence[Mapping[str, Any]]) -> int:
@@ -171,9 +172,9 @@ def compare_exit_code(reports: Sequence[Mapping[str, Any]]) -> int:
     if any(r.get("outcome") == "interrupted" for r in reports):
         return EXIT_INTERRUPTED
     if not reports:
-        return 1
+        return EXIT_FAILURE
     graceful = [r for r in reports if r.get("strategy") != "naive"]
-    return 0 if all(verdict_of(r).get("pass") for r in graceful) else 1
+    return EXIT_OK if all(verdict_of(r).get("pass") for r in graceful) else EXIT_FAILURE
 
 
 def failed_names(report: Mapping[str, Any]) -> list[str]:

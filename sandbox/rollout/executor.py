@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sandbox.config import Settings
-from sandbox.errors import ReadinessError, RolloutError, SandboxError
+from sandbox.errors import ErrorRatioExceeded, Interrupted, ReadinessError, RolloutError
 from sandbox.fleet.balancer import Balancer, Upstream
 from sandbox.fleet.images import ImageSet, app_code_tar
 from sandbox.fleet.probes import Probe
@@ -46,16 +46,6 @@ class Timing:
     stop_grace_s: float = 20.0  # SIGTERM, then SIGKILL after this long (the app bounds itself at 15 s)
     state_check_s: float = 1.0  # while waiting for readiness, ask Docker whether it still runs this often
     lb_poll_s: float = 0.02  # --lb-apply dynamic: the LB's in-flight count is one local HTTP call
-
-
-class Interrupted(SandboxError):
-    """The user asked the rollout to stop (Ctrl-C); the fleet was left consistent."""
-
-    exit_code = 130
-
-
-class ErrorRatioExceeded(RolloutError):
-    """The share of failed requests during the rollout went above the configured limit."""
 
 
 class Prober(Protocol):

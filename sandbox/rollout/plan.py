@@ -30,20 +30,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from sandbox.errors import SandboxError
+from sandbox.errors import PlanError
 
 Version = Literal["v1", "v2"]
 Strategy = Literal["one-at-a-time", "rolling", "surge", "double-half", "blue-green", "naive"]
 Mode = Literal["replace", "in-place"]
 Action = Literal["start", "ready", "attach", "detach", "drain", "stop", "kill", "swap", "switch", "reattach"]
-
-
-class PlanError(SandboxError, ValueError):
-    """Settings, a fleet or a plan break a rule; ``field`` names the culprit when it is one field."""
-
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TextIO
 
+from sandbox.results.measure import is_dropped
 from sandbox.results.records import Event, RequestRow
 from sandbox.ui.state import RolloutState, narrate
 
@@ -46,7 +47,7 @@ class TrafficMonitor:
 
     def add(self, rows: list[RequestRow]) -> None:
         for row in rows:
-            bad = row.get("status", 0) == 0 or row.get("status", 0) >= 500
+            bad = is_dropped(row)
             t = row.get("t_end") or row.get("t") or time.time()
             self.total += 1
             self.failed += bad
