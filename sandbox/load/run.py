@@ -56,6 +56,7 @@ from sandbox.load.rows import (
     ENV_WAIT_MIN,
     parse_rows,
 )
+from sandbox.poll import poll
 from sandbox.results.records import RequestRow
 
 log = logging.getLogger("sandbox.load.run")
@@ -223,25 +224,7 @@ class LoadRun:
         """
         if self._proc is not None:
             raise TrafficError("this load run was already started")
-        s = self.settings
-        if s.users < 1:
-            raise TrafficError(f"users must be >= 1, got {s.users}")
-        if not s.spawn_rate > 0:
-            raise TrafficError(f"spawn_rate must be > 0, got {s.spawn_rate}")
-        if not isinstance(s.stop_timeout_s, int) or s.stop_timeout_s < 0:
-            raise TrafficError(
-                f"stop_timeout_s must be a whole number >= 0, got {s.stop_timeout_s}"
-            )
-        if not s.timeout_s > 0:
-            raise TrafficError(f"timeout_s must be > 0, got {s.timeout_s}")
-        if not 1 <= s.workers <= MAX_WORKERS:
-            raise TrafficError(f"workers must be between 1 and {MAX_WORKERS}, got {s.workers}")
-        if not 0 <= s.think_s[0] <= s.think_s[1]:
-            raise TrafficError(f"think_s must be 0 <= min <= max, got {s.think_s}")
-        locustfile = self.locustfile
-        if not locustfile.is_file():
-            raise TrafficError(f"locustfile not found: {locustfile}")
-
+        self._check_settings()
         self.rows_path.parent.mkdir(parents=True, exist_ok=True)
         self.rows_path.write_bytes(b"")  # a fresh file: rows of this run only
         self._ready_path.unlink(missing_ok=True)
@@ -263,27 +246,47 @@ class LoadRun:
         except OSError as exc:
             self._close_log()
             raise TrafficError(f"could not start locust: {exc}") from exc
-
-        deadline = time.monotonic() + self.start_timeout_s
         try:
-            while True:
-                if self._ready_path.exists() or self._has_rows():
-                    log.info("locust is running (pid %d, %d users)", self._proc.pid, s.users)
-                    return
-                if self._proc.returncode is not None:
-                    raise TrafficError(
-                        f"locust exited with code {self._proc.returncode} before sending "
-                        f"any request: {self.last_log_line() or 'no output'}"
-                    )
-                if time.monotonic() > deadline:
-                    raise TrafficError(
-                        f"locust sent no request within {self.start_timeout_s:g} s: "
-                        f"{self.last_log_line() or 'no output'}"
-                    )
-                await asyncio.sleep(0.05)
+            await self._wait_started()
         except BaseException:
             await self.stop(grace_s=2)
             raise
+
+    def _check_settings(self) -> None:
+        """Raise TrafficError naming the first setting Locust could not run with."""
+        s = self.settings
+        if s.users < 1:
+            raise TrafficError(f"users must be >= 1, got {s.users}")
+        if not s.spawn_rate > 0:
+            raise TrafficError(f"spawn_rate must be > 0, got {s.spawn_rate}")
+        if not isinstance(s.stop_timeout_s, int) or s.stop_timeout_s < 0:
+            raise TrafficError(f"stop_timeout_s must be a whole number >= 0, got {s.stop_timeout_s}")
+        if not s.timeout_s > 0:
+            raise TrafficError(f"timeout_s must be > 0, got {s.timeout_s}")
+        if not 1 <= s.workers <= MAX_WORKERS:
+            raise TrafficError(f"workers must be between 1 and {MAX_WORKERS}, got {s.workers}")
+        if not 0 <= s.think_s[0] <= s.think_s[1]:
+            raise TrafficError(f"think_s must be 0 <= min <= max, got {s.think_s}")
+        if not self.locustfile.is_file():
+            raise TrafficError(f"locustfile not found: {self.locustfile}")
+
+    async def _wait_started(self) -> None:
+        """Until Locust says its test started or a first row exists; TrafficError if it exits or stays silent."""
+        assert self._proc is not None
+        proc = self._proc
+
+        async def started() -> bool | None:
+            if self._ready_path.exists() or self._has_rows():
+                return True
+            if proc.returncode is not None:
+                raise TrafficError(f"locust exited with code {proc.returncode} before sending "
+                                   f"any request: {self.last_log_line() or 'no output'}")
+            return None
+
+        if await poll(started, timeout=self.start_timeout_s, interval=0.05) is None:
+            raise TrafficError(f"locust sent no request within {self.start_timeout_s:g} s: "
+                               f"{self.last_log_line() or 'no output'}")
+        log.info("locust is running (pid %d, %d users)", proc.pid, self.settings.users)
 
     async def stop(self, grace_s: float = 10) -> None:
         """Stop Locust; every request it started is in the rows file afterwards.
