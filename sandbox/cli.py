@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from sandbox import __version__
-from sandbox.config import MODES, STRATEGIES, V2_MODES, VERSIONS, Settings, load_settings, parse_env_pairs
+from sandbox.config import ENGINES, MODES, STRATEGIES, V2_MODES, VERSIONS, Settings, load_settings, parse_env_pairs
 from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError
 
 log = logging.getLogger("sandbox")
@@ -50,6 +50,9 @@ def _number(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--project", help="project name: letters, digits, dashes (default: sandbox)")
+    common.add_argument("--engine", choices=ENGINES,
+                        help="docker: plain containers (default); swarm: Swarm services (see README); "
+                             "status, roll, rollback, down use the engine the fleet was started with")
     common.add_argument("--config", type=Path, help="a sandbox.toml (default: ./sandbox.toml if present)")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -134,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _SETTING_FLAGS = (
-    "project", "size", "port", "version", "sticky", "lb_retry", "client_keepalive",
+    "project", "engine", "size", "port", "version", "sticky", "lb_retry", "client_keepalive",
     "to_version", "strategy", "batch", "mode",
     "drain_timeout", "ready_timeout", "max_error_ratio", "auto_rollback", "load", "users", "spawn_rate",
     "locustfile", "max_dropped", "warmup_s", "cooldown_s", "v2_mode",
@@ -167,7 +170,7 @@ def _print_status(data: dict[str, Any]) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     from sandbox import commands
-    from sandbox.fleet.runtime import Runtime
+    from sandbox.fleet import engines
     from sandbox.results.report import summary_text
 
     settings = settings_from_args(args)  # every bad value is rejected here, before Docker is touched
@@ -177,7 +180,8 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command in ("up", "demo", "compare"):
         from sandbox.config import check_port_free
         check_port_free(settings.port)
-    runtime = Runtime.connect()
+    on_fleet = args.command in ("status", "roll", "rollback", "down")  # these use the fleet's own engine
+    runtime = engines.connect(settings.engine, settings.project if on_fleet else None)
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -204,7 +208,8 @@ async def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "down":
         removed = await commands.down(settings, runtime=runtime)
-        print(f"removed {removed['containers']} containers, {removed['volumes']} volumes, "
+        services = f"{removed['services']} services, " if "services" in removed else ""
+        print(f"removed {services}{removed['containers']} containers, {removed['volumes']} volumes, "
               f"{removed['networks']} networks of project {settings.project}")
         return 0
     if args.command in ("roll", "rollback"):

@@ -24,6 +24,7 @@ Version = Literal["v1", "v2"]
 Strategy = Literal["one-at-a-time", "rolling", "surge", "double-half", "blue-green", "naive"]
 Mode = Literal["replace", "in-place"]
 V2Mode = Literal["compatible", "breaking"]
+Engine = Literal["docker", "swarm"]
 
 VERSIONS: tuple[str, ...] = get_args(Version)
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
@@ -31,6 +32,7 @@ BATCHED_STRATEGIES = ("rolling", "surge", "naive")  # the ones --batch applies t
 IN_PLACE_STRATEGIES = ("one-at-a-time", "rolling", "naive")  # the ones that keep their containers
 MODES: tuple[str, ...] = get_args(Mode)
 V2_MODES: tuple[str, ...] = get_args(V2Mode)
+ENGINES: tuple[str, ...] = get_args(Engine)
 
 PROJECT_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38}[A-Za-z0-9])?$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -42,6 +44,7 @@ class Settings:
     """Everything a command may need; each command reads the fields it uses."""
 
     project: str = "sandbox"
+    engine: Engine = "docker"  # plain containers, or Swarm services (sandbox/fleet/swarm.py)
     # fleet
     size: int = 3
     port: int = 8080
@@ -92,6 +95,9 @@ def validate(s: Settings) -> None:
         _check(getattr(s, name) in VERSIONS, name, f"{getattr(s, name)!r} must be one of {', '.join(VERSIONS)}")
     _check(s.strategy in STRATEGIES, "strategy", f"{s.strategy!r} must be one of {', '.join(STRATEGIES)}")
     _check(s.mode in MODES, "mode", f"{s.mode!r} must be one of {', '.join(MODES)}")
+    _check(s.engine in ENGINES, "engine", f"{s.engine!r} must be one of {', '.join(ENGINES)}")
+    _check(not (s.engine == "swarm" and s.mode == "in-place"), "mode",
+           "in-place cannot run on Swarm (a service has no code volume to swap); use --mode replace")
     _check(s.v2_mode in V2_MODES, "v2_mode", f"{s.v2_mode!r} must be one of {', '.join(V2_MODES)}")
     _check(s.batch >= 1, "batch", f"{s.batch} must be at least 1")
     _check(not (s.mode == "in-place" and s.strategy not in IN_PLACE_STRATEGIES),

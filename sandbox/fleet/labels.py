@@ -16,6 +16,7 @@ LABEL_SLOT = f"{PREFIX}.slot"  # "1".."N" for app containers
 LABEL_VERSION = f"{PREFIX}.version"  # "v1" / "v2": the version the container was created with
 LABEL_FROM = f"{PREFIX}.from-version"  # version the fleet had when a roll created it
 LABEL_PORT = f"{PREFIX}.port"  # load balancer port on 127.0.0.1 (lb only)
+LABEL_ENGINE = f"{PREFIX}.engine"  # "docker" or "swarm": the runtime that started the fleet (lb only)
 LABEL_INPUTS = f"{PREFIX}.inputs"  # hash of an image's build inputs (images only)
 
 ROLE_APP = "app"
