@@ -1,0 +1,145 @@
+"""Swarm's own rolling update, measured: does `service update` with this config drop requests?
+
+One service with N replicas (dnsrr, on the project's overlay) behind the sandbox's NGINX; the
+same Locust load and the same measurement as `sandbox roll`. The controller does not roll
+anything: it calls `service update` (new image, the update config below) and only keeps the
+load balancer's attached set equal to the tasks that run and are meant to run (desired state
+running), polled every 0.2 s. With `--healthcheck`, a task counts as running only once its
+HEALTHCHECK (GET /healthz) passes, so start-first waits for readiness.
+
+    python bench/bench_swarm_native.py --size 9 --order stop-first --parallelism 1
+    python bench/bench_swarm_native.py --size 9 --order start-first --parallelism 1 --healthcheck
+
+Needs a swarm manager (`docker swarm init --advertise-addr 127.0.0.1`). Removes what it created.
+This is a bench, not yet a `--strategy swarm-native` of the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from docker.types import Healthcheck, UpdateConfig
+
+from sandbox.fleet.balancer import Balancer, Upstream
+from sandbox.fleet.images import ensure_images
+from sandbox.fleet.runtime import APP_PORT
+from sandbox.fleet.swarm import SwarmRuntime, app_service_spec, task_ip
+from sandbox.load.run import LoadRun, LoadSettings
+from sandbox.results.measure import measure
+from tests.conftest import free_port
+
+NANO = 1_000_000_000
+HEALTHCHECK = Healthcheck(
+    test=["CMD", "python3", "-c",
+          f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{APP_PORT}/healthz', timeout=1)"],
+    interval=int(0.5 * NANO), timeout=int(1 * NANO), retries=2, start_period=int(5 * NANO),
+)
+
+
+def serving(tasks: list[dict[str, Any]], network_id: str) -> dict[str, str]:
+    """Task id -> overlay address of the tasks that run and are meant to (pure)."""
+    out: dict[str, str] = {}
+    for t in tasks:
+        if t.get("DesiredState") == "running" and t.get("Status", {}).get("State") == "running":
+            ip = task_ip(t, network_id)
+            if ip:
+                out[t["ID"]] = f"{ip}:{APP_PORT}"
+    return out
+
+
+async def follow(rt: SwarmRuntime, balancer: Balancer, service_id: str, network_id: str,
+                 stop: asyncio.Event, events: list[Any]) -> None:
+    """Keep the attached set equal to the serving tasks until ``stop``."""
+    current: dict[str, str] = {}
+    while not stop.is_set():
+        tasks = await rt._call(rt.client.api.tasks, filters={"service": service_id})
+        want = serving(tasks, network_id)
+        if want != current:
+            await balancer.apply([Upstream(name=k[:12], address=v, version="?") for k, v in sorted(want.items())])
+            events.append({"t": time.time(), "phase": "lb-sync", "instance": None,
+                           "detail": {"attached": len(want)}})
+            current = want
+        await asyncio.sleep(0.2)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    rt = SwarmRuntime.connect()
+    images = ensure_images(rt.client)
+    ids = {v: rt.client.images.get(images.app[v]).id or images.app[v] for v in ("v1", "v2")}
+    project, port = f"swn{secrets.token_hex(3)}", free_port()
+    events: list[Any] = []
+    stop = asyncio.Event()
+    workdir = Path(tempfile.mkdtemp(prefix="swarm-native-"))
+    try:
+        await rt.ensure_network(project)
+        await rt.start_lb(project, port, images.lb)
+        network_id = rt._network_id(project)
+        balancer = Balancer(rt, project, port)
+        await balancer.apply([], rollout=None, size=args.size, sticky=False, retry=False,
+                             client_keepalive_s=0, app_env={})
+        spec = app_service_spec(project, 0, "v1", ids["v1"], {"APP_STOP_DELAY": "0"},
+                                replicas=args.size, name=f"{project}-app")
+        if args.healthcheck:
+            spec["task_template"]["ContainerSpec"]["Healthcheck"] = HEALTHCHECK
+        service_id = (await rt._call(rt.client.api.create_service, **spec))["ID"]
+        follower = asyncio.create_task(follow(rt, balancer, service_id, network_id, stop, events))
+        while len(balancer.state.upstreams) < args.size:
+            await asyncio.sleep(0.2)
+        load = LoadRun(balancer.url, LoadSettings(users=args.users), workdir / "requests.jsonl")
+        await load.start()
+        await asyncio.sleep(args.warmup)
+        t0 = time.time()
+        events.append({"t": t0, "phase": "rollout-start", "instance": None})
+        service = rt.client.services.get(service_id)
+        update = UpdateConfig(parallelism=args.parallelism, delay=int(args.delay * NANO), order=args.order,
+                              failure_action=args.failure_action)
+        await rt._call(service.update, image=ids["v2"], update_config=update,
+                       stop_grace_period=int(args.stop_grace_period * NANO))
+        state = ""
+        while state not in ("completed", "paused", "rollback_completed", "rollback_paused"):
+            await asyncio.sleep(0.2)
+            service.reload()
+            state = (service.attrs.get("UpdateStatus") or {}).get("State", "")
+        t1 = time.time()
+        events.append({"t": t1, "phase": "rollout-end", "instance": None, "detail": {"outcome": state}})
+        await asyncio.sleep(args.cooldown)
+        await load.stop()
+        stop.set()
+        await follower
+        measured = measure(load.all_rows(), events)
+        return {"order": args.order, "parallelism": args.parallelism, "delay_s": args.delay,
+                "healthcheck": args.healthcheck, "size": args.size, "users": args.users,
+                "update_state": state, "duration_s": round(t1 - t0, 1),
+                "requests": {k: measured["requests"][k] for k in ("total", "dropped", "by_version")},
+                "stall_s": measured.get("stall_s"), "lb_syncs": sum(e["phase"] == "lb-sync" for e in events)}
+    finally:
+        stop.set()
+        await rt.down(project)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=9)
+    p.add_argument("--users", type=int, default=20)
+    p.add_argument("--order", choices=("stop-first", "start-first"), default="stop-first")
+    p.add_argument("--parallelism", type=int, default=1)
+    p.add_argument("--delay", type=float, default=0.0, help="--update-delay, seconds")
+    p.add_argument("--failure-action", choices=("pause", "rollback", "continue"), default="pause")
+    p.add_argument("--stop-grace-period", type=float, default=20.0)
+    p.add_argument("--healthcheck", action="store_true", help="a HEALTHCHECK on /healthz gates 'running'")
+    p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--cooldown", type=float, default=3.0)
+    print(json.dumps(asyncio.run(run(p.parse_args()))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
