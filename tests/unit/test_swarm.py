@@ -260,3 +260,72 @@ def test_engine_swarm_without_a_swarm_is_one_line_exit_2_and_creates_nothing(
     assert len(err.strip().splitlines()) == 1 and "`docker swarm init`" in err, err
     assert any(c.endswith("/info") for c in no_swarm_engine)  # it asked the engine
     assert not [c for c in no_swarm_engine if c.startswith("POST")]  # and created nothing
+
+
+# -- the runtime's calls, against a fake engine -----------------------------------------------------
+class FakeService:
+    def __init__(self, log: list[str], tasks: list[dict[str, Any]], sid: str = "svc1") -> None:
+        self.id, self.name, self._log, self._tasks = sid, "p-app-1-aaaaaa", log, tasks
+        self.attrs = {**SERVICE, "ID": sid}
+
+    def tasks(self) -> list[dict[str, Any]]:
+        return self._tasks
+
+    def scale(self, n: int) -> None:
+        self._log.append(f"scale {n}")
+        self._tasks[:] = [task("shutdown", "2026-01-01T00:00:05Z", exit_code=0)]
+
+    def remove(self) -> None:
+        self._log.append("remove service")
+
+
+class FakeSwarmClient:
+    def __init__(self, service: FakeService) -> None:
+        outer = self
+        self.log = service._log
+
+        class Services:
+            def get(self, sid: str) -> FakeService:
+                return service
+
+            def list(self, **kw: Any) -> list[FakeService]:
+                return [service]
+
+        class Container:
+            def remove(self, force: bool = False, **kw: Any) -> None:
+                outer.log.append(f"remove container force={force}")
+
+        class Containers:
+            def get(self, cid: str) -> Container:
+                outer.log.append(f"get container {cid}")
+                return Container()
+
+        self.services, self.containers = Services(), Containers()
+
+
+def _instance() -> Instance:
+    return Instance(id="svc1", name="p-app-1-aaaaaa", slot=1, version="v1", state="running",
+                    ip="10.0.9.7", created="", probe_ip="192.168.32.3")
+
+
+@pytest.mark.asyncio
+async def test_stop_scales_to_zero_reads_the_exit_code_then_removes_the_service() -> None:
+    log: list[str] = []
+    rt = swarm.SwarmRuntime(FakeSwarmClient(FakeService(log, [task("running")])))  # type: ignore[arg-type]
+    assert await rt.stop_app(_instance(), 20) == 0
+    assert log == ["scale 0", "remove service"]
+
+
+@pytest.mark.asyncio
+async def test_kill_removes_the_task_container_at_once_then_the_service() -> None:
+    log: list[str] = []
+    rt = swarm.SwarmRuntime(FakeSwarmClient(FakeService(log, [task("running", cid="c9")])))  # type: ignore[arg-type]
+    await rt.kill_app(_instance())
+    assert log == ["get container c9", "remove container force=True", "remove service"]
+
+
+@pytest.mark.asyncio
+async def test_swap_code_is_refused_on_swarm() -> None:
+    rt = swarm.SwarmRuntime(FakeSwarmClient(FakeService([], [])))  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="in-place cannot run on Swarm"):
+        await rt.swap_code("p", _instance(), b"")
