@@ -40,8 +40,10 @@ NANO = 1_000_000_000
 HEALTHCHECK = Healthcheck(
     test=["CMD", "python3", "-c",
           f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{APP_PORT}/healthz', timeout=1)"],
-    interval=int(0.5 * NANO), timeout=int(1 * NANO), retries=2, start_period=int(5 * NANO),
+    # generous: on a loaded 2-core machine one `docker exec` of python3 took 5 s
+    interval=int(1 * NANO), timeout=int(10 * NANO), retries=3, start_period=int(30 * NANO),
 )
+START_TIMEOUT_S = 120.0
 
 
 def serving(tasks: list[dict[str, Any]], network_id: str) -> dict[str, str]:
@@ -85,13 +87,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         balancer = Balancer(rt, project, port)
         await balancer.apply([], rollout=None, size=args.size, sticky=False, retry=False,
                              client_keepalive_s=0, app_env={})
-        spec = app_service_spec(project, 0, "v1", ids["v1"], {"APP_STOP_DELAY": "0"},
+        spec = app_service_spec(project, 0, "v1", ids["v1"], {"APP_STOP_DELAY": f"{args.app_stop_delay:g}"},
                                 replicas=args.size, name=f"{project}-app")
         if args.healthcheck:
             spec["task_template"]["ContainerSpec"]["Healthcheck"] = HEALTHCHECK
         service_id = (await rt._call(rt.client.api.create_service, **spec))["ID"]
         follower = asyncio.create_task(follow(rt, balancer, service_id, network_id, stop, events))
+        deadline = time.monotonic() + START_TIMEOUT_S
         while len(balancer.state.upstreams) < args.size:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {len(balancer.state.upstreams)} of {args.size} tasks serve after "
+                                 f"{START_TIMEOUT_S:g} s")
             await asyncio.sleep(0.2)
         load = LoadRun(balancer.url, LoadSettings(users=args.users), workdir / "requests.jsonl")
         await load.start()
@@ -116,7 +122,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await follower
         measured = measure(load.all_rows(), events)
         return {"order": args.order, "parallelism": args.parallelism, "delay_s": args.delay,
-                "healthcheck": args.healthcheck, "size": args.size, "users": args.users,
+                "healthcheck": args.healthcheck, "app_stop_delay_s": args.app_stop_delay,
+                "size": args.size, "users": args.users,
                 "update_state": state, "duration_s": round(t1 - t0, 1),
                 "requests": {k: measured["requests"][k] for k in ("total", "dropped", "by_version")},
                 "stall_s": measured.get("stall_s"), "lb_syncs": sum(e["phase"] == "lb-sync" for e in events)}
@@ -135,6 +142,8 @@ def main() -> int:
     p.add_argument("--failure-action", choices=("pause", "rollback", "continue"), default="pause")
     p.add_argument("--stop-grace-period", type=float, default=20.0)
     p.add_argument("--healthcheck", action="store_true", help="a HEALTHCHECK on /healthz gates 'running'")
+    p.add_argument("--app-stop-delay", type=float, default=0.0,
+                   help="APP_STOP_DELAY: seconds the app keeps serving after SIGTERM (a preStop sleep)")
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--cooldown", type=float, default=3.0)
     print(json.dumps(asyncio.run(run(p.parse_args()))))
