@@ -1,16 +1,17 @@
 """The same rehearsal on a single-node Docker Swarm: app servers as services, the load
 balancer a plain container on the overlay, real NGINX and Locust.
 
-The module fixture inits a swarm only when the engine is in none, and leaves it at the
-end only when it inited it: the engine's swarm state is left as found. (`--engine swarm`
-on an engine that is not a manager is tested against a fake engine in
-tests/unit/test_swarm.py, so it runs whatever this engine's state.)
+The module fixture inits a swarm only when the engine is in none (checking first that
+`--engine swarm` then exits 2 and creates nothing), and leaves it at the end only when it
+inited it: the engine's swarm state is left as found. The same refusal is tested against
+a fake engine in tests/unit/test_swarm.py, so it is checked whatever this engine's state.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,8 @@ import docker
 import pytest
 
 from sandbox.fleet import labels as L
-from tests.e2e.conftest import Cli
+from tests.conftest import free_port
+from tests.e2e.conftest import REPO, Cli, project_objects
 
 LOAD = ["--users", "20", "--warmup", "2", "--cooldown", "2", "--json"]
 
@@ -27,14 +29,23 @@ LOAD = ["--users", "20", "--warmup", "2", "--cooldown", "2", "--json"]
 def swarm(client: docker.DockerClient) -> Iterator[None]:
     state = client.info().get("Swarm", {}).get("LocalNodeState")
     inited = state != "active"
+    had_gwbridge = bool(client.networks.list(names=["docker_gwbridge"]))
     if inited:
+        # the engine is in no swarm: first, --engine swarm must refuse, touching nothing
+        proc = subprocess.run([sys.executable, "-m", "sandbox", "up", "--engine", "swarm", "--project",
+                               "tnoswarm", "--port", str(free_port())],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "docker swarm init" in proc.stderr, proc.stderr
+        assert project_objects(client, "tnoswarm") == []
         subprocess.run(["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"],
                        check=True, capture_output=True, timeout=120)
     try:
         yield
     finally:
-        if inited:
+        if inited:  # leave the engine as found: out of the swarm, without the bridge swarm init made
             subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True, timeout=120)
+            if not had_gwbridge:
+                subprocess.run(["docker", "network", "rm", "docker_gwbridge"], capture_output=True, timeout=60)
 
 
 def services(client: docker.DockerClient, project: str) -> list[Any]:
