@@ -31,7 +31,7 @@ from docker.types import Healthcheck, UpdateConfig
 from sandbox.fleet.balancer import Balancer, Upstream
 from sandbox.fleet.images import ensure_images
 from sandbox.fleet.runtime import APP_PORT
-from sandbox.fleet.swarm import SwarmRuntime, app_service_spec, task_ip
+from sandbox.fleet.swarm import SwarmRuntime
 from sandbox.load.run import LoadRun, LoadSettings
 from sandbox.results.measure import measure
 from tests.conftest import free_port
@@ -46,24 +46,12 @@ HEALTHCHECK = Healthcheck(
 START_TIMEOUT_S = 120.0
 
 
-def serving(tasks: list[dict[str, Any]], network_id: str) -> dict[str, str]:
-    """Task id -> overlay address of the tasks that run and are meant to (pure)."""
-    out: dict[str, str] = {}
-    for t in tasks:
-        if t.get("DesiredState") == "running" and t.get("Status", {}).get("State") == "running":
-            ip = task_ip(t, network_id)
-            if ip:
-                out[t["ID"]] = f"{ip}:{APP_PORT}"
-    return out
-
-
-async def follow(rt: SwarmRuntime, balancer: Balancer, service_id: str, network_id: str,
+async def follow(rt: SwarmRuntime, balancer: Balancer, service_id: str,
                  stop: asyncio.Event, events: list[Any]) -> None:
     """Keep the attached set equal to the serving tasks until ``stop``."""
     current: dict[str, str] = {}
     while not stop.is_set():
-        tasks = await rt._call(rt.client.api.tasks, filters={"service": service_id})
-        want = serving(tasks, network_id)
+        want = await rt.serving(balancer.project, service_id)
         if want != current:
             await balancer.apply([Upstream(name=k[:12], address=v, version="?") for k, v in sorted(want.items())])
             events.append({"t": time.time(), "phase": "lb-sync", "instance": None,
@@ -75,7 +63,6 @@ async def follow(rt: SwarmRuntime, balancer: Balancer, service_id: str, network_
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     rt = SwarmRuntime.connect()
     images = ensure_images(rt.client)
-    ids = {v: rt.client.images.get(images.app[v]).id or images.app[v] for v in ("v1", "v2")}
     project, port = f"swn{secrets.token_hex(3)}", free_port()
     events: list[Any] = []
     stop = asyncio.Event()
@@ -83,16 +70,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         await rt.ensure_network(project)
         await rt.start_lb(project, port, images.lb)
-        network_id = rt._network_id(project)
         balancer = Balancer(rt, project, port)
         await balancer.apply([], rollout=None, size=args.size, sticky=False, retry=False,
                              client_keepalive_s=0, app_env={})
-        spec = app_service_spec(project, 0, "v1", ids["v1"], {"APP_STOP_DELAY": f"{args.app_stop_delay:g}"},
-                                replicas=args.size, name=f"{project}-app")
-        if args.healthcheck:
-            spec["task_template"]["ContainerSpec"]["Healthcheck"] = HEALTHCHECK
-        service_id = (await rt._call(rt.client.api.create_service, **spec))["ID"]
-        follower = asyncio.create_task(follow(rt, balancer, service_id, network_id, stop, events))
+        service_id = await rt.start_replicated(project, "v1", images.app["v1"],
+                                               {"APP_STOP_DELAY": f"{args.app_stop_delay:g}"}, args.size,
+                                               HEALTHCHECK if args.healthcheck else None)
+        follower = asyncio.create_task(follow(rt, balancer, service_id, stop, events))
         deadline = time.monotonic() + START_TIMEOUT_S
         while len(balancer.state.upstreams) < args.size:
             if time.monotonic() > deadline:
@@ -104,16 +88,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(args.warmup)
         t0 = time.time()
         events.append({"t": t0, "phase": "rollout-start", "instance": None})
-        service = rt.client.services.get(service_id)
         update = UpdateConfig(parallelism=args.parallelism, delay=int(args.delay * NANO), order=args.order,
                               failure_action=args.failure_action)
-        await rt._call(service.update, image=ids["v2"], update_config=update,
-                       stop_grace_period=int(args.stop_grace_period * NANO))
+        await rt.update_image(service_id, images.app["v2"], update, args.stop_grace_period)
         state = ""
         while state not in ("completed", "paused", "rollback_completed", "rollback_paused"):
             await asyncio.sleep(0.2)
-            service.reload()
-            state = (service.attrs.get("UpdateStatus") or {}).get("State", "")
+            state = await rt.update_state(service_id)
         t1 = time.time()
         events.append({"t": t1, "phase": "rollout-end", "instance": None, "detail": {"outcome": state}})
         await asyncio.sleep(args.cooldown)

@@ -37,16 +37,18 @@ from docker.models.services import Service
 from docker.types import (
     ContainerSpec,
     EndpointSpec,
+    Healthcheck,
     Mount,
     Resources,
     RestartPolicy,
     ServiceMode,
     TaskTemplate,
+    UpdateConfig,
 )
 
 from sandbox.errors import EngineError, UsageError
 from sandbox.fleet import labels as L
-from sandbox.fleet.runtime import APP_USER, Instance, Runtime, _short, app_name, network_name
+from sandbox.fleet.runtime import APP_PORT, APP_USER, Instance, Runtime, _short, app_name, network_name
 
 log = logging.getLogger("sandbox.fleet.swarm")
 
@@ -120,6 +122,20 @@ def to_instance(service: Mapping[str, Any], task: Mapping[str, Any] | None, netw
         created=str(service.get("CreatedAt", "")),
         probe_ip=gateway_ips.get(cid) if cid and state == "running" else None,
     )
+
+
+def serving_addresses(tasks: list[dict[str, Any]], network_id: str) -> dict[str, str]:
+    """Task id -> ``ip:port`` on the overlay, of the tasks that run and are meant to run (pure).
+
+    A task Swarm is shutting down (desired state no longer ``running``) is left out at once:
+    Swarm waits 2 s between that and SIGTERM, the window a load balancer has to detach it."""
+    out: dict[str, str] = {}
+    for t in tasks:
+        if t.get("DesiredState") == "running" and t.get("Status", {}).get("State") == "running":
+            ip = task_ip(t, network_id)
+            if ip:
+                out[str(t["ID"])] = f"{ip}:{APP_PORT}"
+    return out
 
 
 def gateway_ips(gwbridge_attrs: Mapping[str, Any]) -> dict[str, str]:
@@ -317,6 +333,41 @@ class SwarmRuntime(Runtime):
                 text += f": {last[0]}" if last else ""
             return text
         return await self._call(info)
+
+    # -- one service with N replicas (Swarm's own rolling update) --------------------------------
+    async def start_replicated(self, project: str, version: str, image: str, env: dict[str, str],
+                               replicas: int, healthcheck: Healthcheck | None = None) -> str:
+        """Create one app service with ``replicas`` tasks (not waited for); return its id."""
+        def create() -> str:
+            image_id = self.client.images.get(image).id or image
+            spec = app_service_spec(project, 0, version, image_id, env, replicas=replicas,
+                                    name=f"{project}-app")
+            if healthcheck is not None:
+                spec["task_template"]["ContainerSpec"]["Healthcheck"] = healthcheck
+            return str(self.client.api.create_service(**spec)["ID"])
+        return await self._call(create)
+
+    async def serving(self, project: str, service_id: str) -> dict[str, str]:
+        """Task id -> overlay ``ip:port`` of the service's tasks that run and are meant to."""
+        def read() -> dict[str, str]:
+            tasks = self.client.api.tasks(filters={"service": service_id})
+            return serving_addresses(tasks, self._network_id(project))
+        return await self._call(read)
+
+    async def update_image(self, service_id: str, image: str, update: UpdateConfig, stop_grace_s: float) -> None:
+        """``service update --image`` with ``update`` (parallelism, delay, order, failure action)."""
+        def run() -> None:
+            image_id = self.client.images.get(image).id or image
+            self.client.services.get(service_id).update(
+                image=image_id, update_config=update, stop_grace_period=int(stop_grace_s * NANO))
+        await self._call(run)
+
+    async def update_state(self, service_id: str) -> str:
+        """Swarm's UpdateStatus.State of the service: updating, completed, paused, rollback_*, or ''."""
+        def read() -> str:
+            service = self.client.services.get(service_id)
+            return str((service.attrs.get("UpdateStatus") or {}).get("State", ""))
+        return await self._call(read)
 
     # -- teardown -----------------------------------------------------------------------------
     async def down(self, project: str) -> dict[str, int]:

@@ -329,3 +329,11 @@ async def test_swap_code_is_refused_on_swarm() -> None:
     rt = swarm.SwarmRuntime(FakeSwarmClient(FakeService([], [])))  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="in-place cannot run on Swarm"):
         await rt.swap_code("p", _instance(), b"")
+
+
+def test_serving_addresses_are_the_running_tasks_meant_to_run() -> None:
+    up = {**task("running"), "ID": "t1", "DesiredState": "running"}
+    leaving = {**task("running", ip="10.0.9.8"), "ID": "t2", "DesiredState": "shutdown"}  # Swarm stops it
+    starting = {**task("starting", ip="10.0.9.9"), "ID": "t3", "DesiredState": "running"}  # not healthy yet
+    gone = {**task("shutdown", ip="10.0.9.10"), "ID": "t4", "DesiredState": "shutdown"}
+    assert swarm.serving_addresses([up, leaving, starting, gone], NET) == {"t1": f"10.0.9.7:{APP_PORT}"}
