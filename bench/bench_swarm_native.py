@@ -51,7 +51,7 @@ async def follow(rt: SwarmRuntime, balancer: Balancer, service_id: str,
     """Keep the attached set equal to the serving tasks until ``stop``."""
     current: dict[str, str] = {}
     while not stop.is_set():
-        want = await rt.serving(balancer.project, service_id)
+        want, _ = await rt.serving(balancer.project, service_id)
         if want != current:
             await balancer.apply([Upstream(name=k[:12], address=v, version="?") for k, v in sorted(want.items())])
             events.append({"t": time.time(), "phase": "lb-sync", "instance": None,

@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from sandbox import __version__
-from sandbox.config import ENGINES, MODES, STRATEGIES, V2_MODES, VERSIONS, Settings, load_settings, parse_env_pairs
+from sandbox.config import (
+    ENGINES,
+    FAILURE_ACTIONS,
+    MODES,
+    STRATEGIES,
+    V2_MODES,
+    VERSIONS,
+    Settings,
+    load_settings,
+    parse_env_pairs,
+)
 from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError
 
 log = logging.getLogger("sandbox")
@@ -132,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated, NAME or NAME:BATCH (default one-at-a-time,rolling:3,double-half,"
                         "blue-green,naive)")
     p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
+    p.add_argument("--update-parallelism", type=_positive_int, help="swarm-native: tasks updated at once (default 1)")
+    p.add_argument("--update-delay", type=_number, help="swarm-native: seconds between batches (default 0)")
+    p.add_argument("--update-failure-action", choices=FAILURE_ACTIONS,
+                   help="swarm-native: what Swarm does when an update fails (default pause)")
+    p.add_argument("--stop-grace-period", type=_number, help="swarm-native: SIGTERM to SIGKILL (default 20)")
+    p.add_argument("--no-healthcheck", dest="swarm_healthcheck", action="store_false", default=None,
+                   help="swarm-native: no HEALTHCHECK, so Swarm routes to a task as soon as it runs")
     add_load_flags(p)
     return parser
 
@@ -141,6 +158,7 @@ _SETTING_FLAGS = (
     "to_version", "strategy", "batch", "mode",
     "drain_timeout", "ready_timeout", "max_error_ratio", "auto_rollback", "load", "users", "spawn_rate",
     "locustfile", "max_dropped", "warmup_s", "cooldown_s", "v2_mode",
+    "update_parallelism", "update_delay", "update_failure_action", "stop_grace_period", "swarm_healthcheck",
 )
 
 
@@ -176,7 +194,8 @@ async def _run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)  # every bad value is rejected here, before Docker is touched
     specs = [s for s in args.strategies.split(",") if s.strip()] if args.command == "compare" else []
     for spec in specs:
-        commands.parse_strategy_spec(spec)
+        if commands.parse_strategy_spec(spec)[0] == "swarm-native" and settings.engine != "swarm":
+            raise UsageError(f"strategies: {spec.strip()!r} needs --engine swarm")
     if args.command in ("up", "demo", "compare"):
         from sandbox.config import check_port_free
         check_port_free(settings.port)

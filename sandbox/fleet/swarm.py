@@ -347,11 +347,13 @@ class SwarmRuntime(Runtime):
             return str(self.client.api.create_service(**spec)["ID"])
         return await self._call(create)
 
-    async def serving(self, project: str, service_id: str) -> dict[str, str]:
-        """Task id -> overlay ``ip:port`` of the service's tasks that run and are meant to."""
-        def read() -> dict[str, str]:
+    async def serving(self, project: str, service_id: str) -> tuple[dict[str, str], int]:
+        """Task id -> overlay ``ip:port`` of the service's tasks that run and are meant to, and
+        how many of its tasks run at all (those Swarm is stopping included: the cost)."""
+        def read() -> tuple[dict[str, str], int]:
             tasks = self.client.api.tasks(filters={"service": service_id})
-            return serving_addresses(tasks, self._network_id(project))
+            running = sum(1 for t in tasks if t.get("Status", {}).get("State") == "running")
+            return serving_addresses(tasks, self._network_id(project)), running
         return await self._call(read)
 
     async def update_image(self, service_id: str, image: str, update: UpdateConfig, stop_grace_s: float) -> None:
