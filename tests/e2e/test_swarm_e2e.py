@@ -10,6 +10,7 @@ a fake engine in tests/unit/test_swarm.py, so it is checked whatever this engine
 from __future__ import annotations
 
 import ipaddress
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -112,3 +113,23 @@ def test_swarm_boot_failure_rolls_back(swarm: None, client: docker.DockerClient,
     assert report["requests"]["dropped"] == 0
     assert {i["version"] for i in cli.json("status", "--json")["instances"]} == {"v1"}
     assert len(services(client, cli.project)) == 2  # the failed v2 service was removed
+
+
+def test_swarm_native_stop_first_and_start_first_in_compare(swarm: None, client: docker.DockerClient,
+                                                            cli: Cli, tmp_path: Any) -> None:
+    table = cli.json("compare", "--engine", "swarm", "--size", "2", "--port", str(cli.port),
+                     "--strategies", "swarm-native:stop-first,swarm-native:start-first",
+                     "--users", "10", "--warmup", "2", "--cooldown", "2", "--report", str(tmp_path), "--json")
+    rows = {r["strategy"]: r for r in table["rows"]}
+    assert set(rows) == {"swarm-native:stop-first", "swarm-native:start-first"}
+    for row in rows.values():
+        assert row["outcome"] == "completed"
+        assert isinstance(row["dropped"], int) and row["dropped"] >= 0  # reported, whatever Swarm drops
+        assert row["duration_s"] > 0
+    assert rows["swarm-native:start-first"]["peak_instances"] == 3  # one extra task while it starts
+    assert rows["swarm-native:stop-first"]["peak_instances"] == 2
+    for n in (1, 2):  # each fleet of the comparison is removed afterwards
+        assert services(client, f"{cli.project}-{n}") == []
+        assert project_objects(client, f"{cli.project}-{n}") == []
+    report = json.loads((tmp_path / "swarm-native-start-first" / "report.json").read_text())
+    assert report["requests"]["total"] > 50 and report["requests"]["by_version"]["v2"] > 0

@@ -337,3 +337,47 @@ def test_serving_addresses_are_the_running_tasks_meant_to_run() -> None:
     starting = {**task("starting", ip="10.0.9.9"), "ID": "t3", "DesiredState": "running"}  # not healthy yet
     gone = {**task("shutdown", ip="10.0.9.10"), "ID": "t4", "DesiredState": "shutdown"}
     assert swarm.serving_addresses([up, leaving, starting, gone], NET) == {"t1": f"10.0.9.7:{APP_PORT}"}
+
+
+# -- swarm-native: Swarm's own rolling update, in compare -------------------------------------------
+@pytest.mark.parametrize("spec, order", [
+    ("swarm-native", "stop-first"), ("swarm-native:stop-first", "stop-first"),
+    (" swarm-native:start-first ", "start-first"),
+])
+def test_native_order_parses(spec: str, order: str) -> None:
+    from sandbox.rollout.swarm_native import parse_order
+    assert parse_order(spec) == order
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["compare", "--strategies", "swarm-native:stop-first"], "needs --engine swarm"),
+    (["compare", "--engine", "swarm", "--strategies", "swarm-native:sideways"],
+     "swarm-native takes :stop-first or :start-first"),
+    (["compare", "--engine", "swarm", "--update-parallelism", "0"], "update_parallelism: 0 must be at least 1"),
+    (["compare", "--engine", "swarm", "--update-delay", "-1"], "update_delay:"),
+    (["compare", "--engine", "swarm", "--stop-grace-period", "0"], "stop_grace_period:"),
+    (["compare", "--engine", "swarm", "--update-failure-action", "explode"], "invalid choice: 'explode'"),
+])
+def test_native_bad_input_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                            needle: str) -> None:
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_native_update_config_carries_the_settings() -> None:
+    from sandbox.rollout.swarm_native import update_config
+    s = load_settings({"engine": "swarm", "update_parallelism": 3, "update_delay": 1.5,
+                       "update_failure_action": "rollback"}, environ={})
+    cfg = update_config(s, "start-first")
+    assert cfg == {"Parallelism": 3, "Delay": 1_500_000_000, "FailureAction": "rollback", "Order": "start-first"}
+
+
+def test_native_settings_come_from_the_toml(tmp_path: Any) -> None:
+    path = tmp_path / "sandbox.toml"
+    path.write_text('[sandbox]\nengine = "swarm"\nupdate_parallelism = 2\nswarm_healthcheck = false\n')
+    s = load_settings({}, config_path=path, environ={})
+    assert (s.engine, s.update_parallelism, s.swarm_healthcheck) == ("swarm", 2, False)
