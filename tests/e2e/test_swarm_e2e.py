@@ -126,7 +126,9 @@ def test_swarm_native_stop_first_and_start_first_in_compare(swarm: None, client:
         assert row["outcome"] == "completed"
         assert isinstance(row["dropped"], int) and row["dropped"] >= 0  # reported, whatever Swarm drops
         assert row["duration_s"] > 0
-    assert rows["swarm-native:start-first"]["peak_instances"] == 3  # one extra task while it starts
+    # start-first runs the new task beside the old one (and the old one lingers through Swarm's
+    # 2 s before SIGTERM, while the next new one may start); stop-first never exceeds the size
+    assert 3 <= rows["swarm-native:start-first"]["peak_instances"] <= 4
     assert rows["swarm-native:stop-first"]["peak_instances"] == 2
     for n in (1, 2):  # each fleet of the comparison is removed afterwards
         assert services(client, f"{cli.project}-{n}") == []
