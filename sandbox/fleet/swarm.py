@@ -56,6 +56,7 @@ GWBRIDGE = "docker_gwbridge"
 STOP_GRACE_S = 20.0  # stop_grace_period of every app service (the app bounds its own drain at 15 s)
 TASK_START_TIMEOUT_S = 60.0  # from service create to a task that runs (or has failed)
 POLL_S = 0.1
+DOWN_TIMEOUT_S = 60.0
 NANO = 1_000_000_000
 # Swarm task states: https://docs.docker.com/engine/swarm/how-swarm-mode-works/swarm-task-states/
 _STARTING = {"new", "pending", "assigned", "accepted", "ready", "preparing", "starting"}
@@ -384,19 +385,22 @@ class SwarmRuntime(Runtime):
         return {"services": count, **removed}
 
     def _down_retrying(self, project: str) -> dict[str, int]:
-        """Runtime.down, retried while Swarm still detaches removed tasks from the overlay."""
-        deadline = time.monotonic() + 30
-        total = {"containers": 0, "volumes": 0, "networks": 0}
+        """Runtime.down, retried while Swarm still detaches removed tasks from the overlay, then
+        until the overlay is really gone (Swarm removes it from the node a moment after the call)."""
+        deadline = time.monotonic() + DOWN_TIMEOUT_S
+        removed: dict[str, int] | None = None
         while True:
             try:
                 part = self._down(project)
+                removed = removed or part
             except docker.errors.APIError as exc:
                 if time.monotonic() > deadline:
                     raise EngineError(f"docker: {_short(exc)}") from exc
-                time.sleep(0.5)
-                continue
-            total = {k: total[k] + part[k] for k in total}
-            return total
+            if removed is not None and not self.client.networks.list(filters=L.project_filter(project)):
+                return removed
+            if time.monotonic() > deadline:
+                raise EngineError(f"project {project}: its network is still there {DOWN_TIMEOUT_S:g} s after down")
+            time.sleep(0.5)
 
     async def has_project(self, project: str) -> bool:
         def services() -> bool:
