@@ -22,6 +22,8 @@ from sandbox import __version__, commands
 from sandbox.commands import parse_strategy_spec
 from sandbox.config import (
     DEFAULT_LOAD_WORKERS,
+    ENGINES,
+    FAILURE_ACTIONS,
     LB_APPLY_MODES,
     MODES,
     STRATEGIES,
@@ -34,6 +36,7 @@ from sandbox.config import (
     parse_env_pairs,
 )
 from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, exit_code_for
+from sandbox.fleet import engines
 from sandbox.fleet.runtime import Runtime
 from sandbox.results.report import compare_text, summary_text
 from sandbox.ui.dashboard import LiveView
@@ -68,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--project", help="project name: letters, digits, dashes (default: sandbox)")
     common.add_argument("--config", type=Path, help="a sandbox.toml (default: ./sandbox.toml if present)")
+    common.add_argument("--engine", choices=ENGINES,
+                        help="docker: plain containers (default); swarm: Swarm services (see README); "
+                             "status, roll, rollback, down use the engine the fleet was started with")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     parser = _Parser(prog="sandbox", description="Rehearse rolling deployments on a local Docker fleet.")
@@ -194,6 +200,13 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="comma-separated, NAME or NAME:BATCH (default one-at-a-time,rolling:3,double-half,"
                         "blue-green,naive)")
     p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
+    p.add_argument("--update-parallelism", type=_integer, help="swarm-native: tasks updated at once (default 1)")
+    p.add_argument("--update-delay", type=_number, help="swarm-native: seconds between batches (default 0)")
+    p.add_argument("--update-failure-action", choices=FAILURE_ACTIONS,
+                   help="swarm-native: what Swarm does when an update fails (default pause)")
+    p.add_argument("--stop-grace-period", type=_number, help="swarm-native: SIGTERM to SIGKILL (default 20)")
+    p.add_argument("--no-healthcheck", dest="swarm_healthcheck", action="store_false", default=None,
+                   help="swarm-native: no HEALTHCHECK, so Swarm routes to a task as soon as it runs")
     _add_lb_flags(p)
     _add_load_flags(p)
     _add_dashboard_flags(p)
@@ -201,11 +214,12 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 _SETTING_FLAGS = (
-    "project", "size", "port", "version", "sticky", "lb_retry", "client_keepalive", "lb_apply",
+    "project", "engine", "size", "port", "version", "sticky", "lb_retry", "client_keepalive", "lb_apply",
     "to_version", "strategy", "batch", "mode",
     "drain_timeout", "ready_timeout", "max_error_ratio", "auto_rollback", "load", "users", "spawn_rate",
     "locustfile", "max_dropped", "warmup_s", "cooldown_s", "v2_mode", "load_workers", "think_ms",
     "client_timeout_s", "max_stall_s", "slow_ms", "max_slow", "max_p99_ratio", "max_violations", "min_requests",
+    "update_parallelism", "update_delay", "update_failure_action", "stop_grace_period", "swarm_healthcheck",
 )
 
 
@@ -247,7 +261,10 @@ def checked_settings(args: argparse.Namespace) -> Settings:
         settings = dataclasses.replace(settings, project="sandbox-demo")
     specs = _specs(args)
     for spec in specs:
-        check_batch(*parse_strategy_spec(spec, settings.batch), settings.size)
+        name, batch = parse_strategy_spec(spec, settings.batch)
+        check_batch(name, batch, settings.size)
+        if name == "swarm-native" and settings.engine != "swarm":
+            raise UsageError(f"strategies: {spec.strip()!r} needs --engine swarm")
     if args.command == "compare" and not specs:
         raise UsageError("strategies: name at least one strategy")
     if args.command == "demo":
@@ -284,7 +301,8 @@ async def _status(args: argparse.Namespace, settings: Settings, runtime: Runtime
 
 async def _down(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say, view: LiveView) -> int:
     removed = await commands.down(settings, runtime=runtime)
-    print(f"removed {removed['containers']} containers, {removed['volumes']} volumes, "
+    services = f"{removed['services']} services, " if "services" in removed else ""
+    print(f"removed {services}{removed['containers']} containers, {removed['volumes']} volumes, "
           f"{removed['networks']} networks of project {settings.project}")
     return 0
 
@@ -336,7 +354,9 @@ async def _run(args: argparse.Namespace) -> int:
     # binds --dashboard-port (exit 2 when taken) before Docker is touched
     view = await LiveView.open(dashboard=getattr(args, "dashboard", False), port=getattr(args, "dashboard_port", None),
                                narrate=getattr(args, "narrate", False), say=_say)
-    return await COMMANDS[args.command](args, settings, Runtime.connect(), _say, view)
+    on_fleet = args.command in ("status", "roll", "rollback", "down")  # these use the fleet's own engine
+    runtime = engines.connect(settings.engine, settings.project if on_fleet else None)
+    return await COMMANDS[args.command](args, settings, runtime, _say, view)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

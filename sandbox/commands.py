@@ -182,11 +182,19 @@ async def compare(
     for n, spec in enumerate(strategies, start=1):
         strategy, batch = parse_strategy_spec(spec, settings.batch)
         mode = settings.mode if strategy in IN_PLACE_STRATEGIES else "replace"
-        one = dataclasses.replace(settings, project=f"{settings.project}-{n}", strategy=strategy,  # type: ignore[arg-type]
+        one = dataclasses.replace(settings, project=f"{settings.project}-{n}",
+                                  strategy=settings.strategy if strategy == "swarm-native" else strategy,  # type: ignore[arg-type]
                                   mode=mode, batch=batch)
         say(f"compare: {spec} ({n}/{len(strategies)})")
         if await runtime.has_project(one.project):
             await runtime.down(one.project)
+        if strategy == "swarm-native":  # Swarm rolls, not the controller: a path of its own
+            from sandbox.rollout import swarm_native
+            image_set = await asyncio.to_thread(ensure_images, runtime.client, log=say)
+            reports.append(await swarm_native.rehearse(
+                one, runtime=runtime, images=image_set, order=swarm_native.parse_order(spec),  # type: ignore[arg-type]
+                report_dir=(report_dir / spec.replace(":", "-")) if report_dir else None, say=say))
+            continue
         await up(one, runtime=runtime, say=say)
         try:
             progress = progress_for(one)
@@ -211,6 +219,10 @@ async def compare(
 def parse_strategy_spec(spec: str, default_batch: int = 1) -> tuple[str, int]:
     """``"rolling:3"`` -> ("rolling", 3); ``"double-half"`` -> ("double-half", 1). UsageError if bad."""
     name, _, batch_text = spec.strip().partition(":")
+    if name == "swarm-native":  # compare only, on --engine swarm; ":stop-first" or ":start-first"
+        from sandbox.rollout.swarm_native import parse_order
+        parse_order(spec)
+        return name, 1
     if name not in STRATEGIES:
         raise UsageError(f"strategies: {name!r} must be one of {', '.join(STRATEGIES)}")
     if not batch_text:

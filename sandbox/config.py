@@ -26,6 +26,8 @@ Strategy = Literal["one-at-a-time", "rolling", "surge", "double-half", "blue-gre
 Mode = Literal["replace", "in-place"]
 V2Mode = Literal["compatible", "breaking"]
 LbApply = Literal["reload", "dynamic"]
+Engine = Literal["docker", "swarm"]
+FailureAction = Literal["pause", "rollback", "continue"]
 
 VERSIONS: tuple[str, ...] = get_args(Version)
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
@@ -34,6 +36,8 @@ IN_PLACE_STRATEGIES = ("one-at-a-time", "rolling", "naive")  # the ones that kee
 MODES: tuple[str, ...] = get_args(Mode)
 V2_MODES: tuple[str, ...] = get_args(V2Mode)
 LB_APPLY_MODES: tuple[str, ...] = get_args(LbApply)
+ENGINES: tuple[str, ...] = get_args(Engine)
+FAILURE_ACTIONS: tuple[str, ...] = get_args(FailureAction)
 
 PROJECT_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38}[A-Za-z0-9])?$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -48,6 +52,7 @@ class Settings:
     """Everything a command may need; each command reads the fields it uses."""
 
     project: str = "sandbox"
+    engine: Engine = "docker"  # plain containers, or Swarm services (sandbox/fleet/swarm.py)
     # fleet
     size: int = 3
     port: int = 8080
@@ -69,6 +74,12 @@ class Settings:
     max_error_ratio: float = 0.05
     auto_rollback: bool = True
     set_env: Mapping[str, str] = field(default_factory=dict)
+    # swarm-native (compare on --engine swarm): Swarm's own `service update` config
+    update_parallelism: int = 1
+    update_delay: float = 0.0
+    update_failure_action: FailureAction = "pause"
+    stop_grace_period: float = 20.0
+    swarm_healthcheck: bool = True
     # load
     load: bool = True
     users: int = 20
@@ -110,6 +121,14 @@ def validate(s: Settings) -> None:
     _check(s.mode in MODES, "mode", f"{s.mode!r} must be one of {', '.join(MODES)}")
     _check(s.lb_apply in LB_APPLY_MODES, "lb_apply",
            f"{s.lb_apply!r} must be one of {', '.join(LB_APPLY_MODES)}")
+    _check(s.engine in ENGINES, "engine", f"{s.engine!r} must be one of {', '.join(ENGINES)}")
+    _check(not (s.engine == "swarm" and s.mode == "in-place"), "mode",
+           "in-place cannot run on Swarm (a service has no code volume to swap); use --mode replace")
+    _check(s.update_parallelism >= 1, "update_parallelism", f"{s.update_parallelism} must be at least 1")
+    _check(0 <= s.update_delay <= 3600, "update_delay", f"{s.update_delay} must be in [0, 3600] seconds")
+    _check(s.update_failure_action in FAILURE_ACTIONS, "update_failure_action",
+           f"{s.update_failure_action!r} must be one of {', '.join(FAILURE_ACTIONS)}")
+    _check(0 < s.stop_grace_period <= 3600, "stop_grace_period", f"{s.stop_grace_period} must be in (0, 3600] seconds")
     _check(s.v2_mode in V2_MODES, "v2_mode", f"{s.v2_mode!r} must be one of {', '.join(V2_MODES)}")
     _check(s.batch >= 1, "batch", f"{s.batch} must be at least 1")
     _check(not (s.mode == "in-place" and s.strategy not in IN_PLACE_STRATEGIES),

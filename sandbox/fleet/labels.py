@@ -17,6 +17,7 @@ LABEL_VERSION = f"{PREFIX}.version"  # "v1" / "v2": the version the container wa
 LABEL_FROM = f"{PREFIX}.from-version"  # version the fleet had when a roll created it
 LABEL_PORT = f"{PREFIX}.port"  # load balancer port on 127.0.0.1 (lb only)
 LABEL_ADMIN_TOKEN = f"{PREFIX}.admin-token"  # the LB admin listener's token (lb only, --lb-apply dynamic)
+LABEL_ENGINE = f"{PREFIX}.engine"  # "docker" or "swarm": the runtime that started the fleet (lb only)
 LABEL_INPUTS = f"{PREFIX}.inputs"  # hash of an image's build inputs (images only)
 
 ROLE_APP = "app"

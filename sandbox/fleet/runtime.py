@@ -47,11 +47,17 @@ class Instance:
     state: str  # Docker's state: created, running, exited, ...
     ip: str | None
     created: str
+    probe_ip: str | None = None  # where the controller reaches it, when not at ``ip`` (Swarm: see swarm.py)
 
     @property
     def address(self) -> str | None:
         """``ip:port`` the load balancer uses, or None when it has no address."""
         return f"{self.ip}:{APP_PORT}" if self.ip else None
+
+    @property
+    def probe_address(self) -> str | None:
+        """``ip:port`` the controller's probes use: ``probe_ip`` when set, else ``address``."""
+        return f"{self.probe_ip}:{APP_PORT}" if self.probe_ip else self.address
 
 
 def network_name(project: str) -> str:
@@ -68,6 +74,9 @@ def app_name(project: str, slot: int) -> str:
 
 class Runtime:
     """The Docker engine, seen through this project's labels."""
+
+    engine = "docker"  # recorded on the load balancer (LABEL_ENGINE): later commands pick the same runtime
+    network_driver: dict[str, Any] = {"driver": "bridge"}  # noqa: RUF012 - read-only class constant
 
     def __init__(self, client: docker.DockerClient) -> None:
         self.client = client
@@ -152,7 +161,7 @@ class Runtime:
 
     # -- network ------------------------------------------------------------------------------
     async def ensure_network(self, project: str) -> str:
-        """Create the project's bridge network if missing; return its name."""
+        """Create the project's network (``network_driver``) if missing; return its name."""
         return await self._call(self._ensure_network, project)
 
     def _ensure_network(self, project: str) -> str:
@@ -167,7 +176,7 @@ class Runtime:
         else:
             raise EngineError(f"network {name} exists but does not belong to project {project}")
         self.client.networks.create(
-            name, driver="bridge", labels=L.project_labels(project, L.ROLE_NETWORK)
+            name, labels=L.project_labels(project, L.ROLE_NETWORK), **self.network_driver
         )
         return name
 
@@ -276,7 +285,7 @@ class Runtime:
                     name=lb_name(project),
                     hostname=lb_name(project),
                     detach=True,
-                    labels=L.project_labels(project, L.ROLE_LB, **{L.LABEL_PORT: str(port),
+                    labels=L.project_labels(project, L.ROLE_LB, **{L.LABEL_PORT: str(port), L.LABEL_ENGINE: self.engine,
                                                                    L.LABEL_ADMIN_TOKEN: secrets.token_hex(16)}),
                     network=network_name(project),
                     ports={f"{LB_CONTAINER_PORT}/tcp": ("127.0.0.1", port)},
@@ -325,22 +334,23 @@ class Runtime:
     # -- teardown -----------------------------------------------------------------------------
     async def down(self, project: str) -> dict[str, int]:
         """Remove this project's containers, volumes and network, and nothing else."""
-        def down() -> dict[str, int]:
-            removed = {"containers": 0, "volumes": 0, "networks": 0}
-            for c in self.client.containers.list(all=True, filters=L.project_filter(project)):
-                c.remove(force=True, v=True)
-                removed["containers"] += 1
-            for v in self.client.volumes.list(filters=L.project_filter(project)):
-                try:
-                    v.remove(force=True)
-                    removed["volumes"] += 1
-                except docker.errors.NotFound:
-                    pass
-            for n in self.client.networks.list(filters=L.project_filter(project)):
-                n.remove()
-                removed["networks"] += 1
-            return removed
-        return await self._call(down)
+        return await self._call(self._down, project)
+
+    def _down(self, project: str) -> dict[str, int]:
+        removed = {"containers": 0, "volumes": 0, "networks": 0}
+        for c in self.client.containers.list(all=True, filters=L.project_filter(project)):
+            c.remove(force=True, v=True)
+            removed["containers"] += 1
+        for v in self.client.volumes.list(filters=L.project_filter(project)):
+            try:
+                v.remove(force=True)
+                removed["volumes"] += 1
+            except docker.errors.NotFound:
+                pass
+        for n in self.client.networks.list(filters=L.project_filter(project)):
+            n.remove()
+            removed["networks"] += 1
+        return removed
 
     async def has_project(self, project: str) -> bool:
         def has() -> bool:

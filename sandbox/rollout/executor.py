@@ -290,7 +290,7 @@ class Executor:
 
     async def _in_flight(self, probe: Prober, insts: Sequence[Instance]) -> dict[str, int]:
         async def one(inst: Instance) -> int:
-            m = await probe.metrics(inst.address) if inst.address else None
+            m = await probe.metrics(inst.probe_address) if inst.probe_address else None
             return int(m.get("app_requests_in_flight", 0)) if m else 0
         counts = await asyncio.gather(*(one(i) for i in insts))
         return {i.id: c for i, c in zip(insts, counts, strict=True)}
@@ -321,7 +321,7 @@ class Executor:
                 if fresh is None or fresh.state in ("exited", "dead"):
                     raise ReadinessError(f"{inst.name} ({version}) stopped before it was ready: "
                                          f"{await self.runtime.exit_info(inst)}")
-            ok = inst.address is not None and await probe.ready(inst.address, version)
+            ok = inst.probe_address is not None and await probe.ready(inst.probe_address, version)
             if ok and first_ok is None:
                 first_ok = time.monotonic() - born
             successes = successes + 1 if ok else 0
@@ -340,7 +340,7 @@ class Executor:
         t0 = time.monotonic()
         detached_at = self._detached_at.get(inst.id, t0)
         deadline = t0 + self.settings.drain_timeout
-        first = await probe.metrics(inst.address) if inst.address else None
+        first = await probe.metrics(inst.probe_address) if inst.probe_address else None
         in_flight_start = int(first.get("app_requests_in_flight", 0)) if first else 0
         last_total = first.get("app_requests_total") if first else None
         quiet_since = time.monotonic()
@@ -348,7 +348,7 @@ class Executor:
         timed_out = False
         while first is not None:
             await asyncio.sleep(self.timing.poll_s)
-            m = await probe.metrics(inst.address) if inst.address else None
+            m = await probe.metrics(inst.probe_address) if inst.probe_address else None
             if m is None:
                 break  # it stopped answering: nothing more can be in flight there
             total = m.get("app_requests_total")
@@ -390,7 +390,7 @@ class Executor:
             log.warning("%s: drain timed out after %.1f s (%d in flight at the LB)",
                         inst.name, self.settings.drain_timeout, counts[-1])
         end = time.monotonic()
-        m = await probe.metrics(inst.address) if inst.address else None
+        m = await probe.metrics(inst.probe_address) if inst.probe_address else None
         app_in_flight = int(m.get("app_requests_in_flight", 0)) if m else None
         if app_in_flight and not timed_out:
             log.warning("%s: the LB has nothing in flight to it but the app reports %d", inst.name, app_in_flight)

@@ -1,0 +1,58 @@
+"""The one place that picks the runtime: plain Docker containers, or Swarm services.
+
+``up``, ``demo``, ``compare`` and ``images`` use the engine from the settings
+(``--engine``, ``engine`` in sandbox.toml, ``SANDBOX_ENGINE``). Commands that act on
+an existing fleet (``status``, ``roll``, ``rollback``, ``down``) use the engine
+recorded on its load balancer (label ``LABEL_ENGINE``), so they need no flag; a fleet
+without a load balancer falls back to the settings, or to Swarm when Swarm still holds
+services of the project (a half-removed Swarm fleet is still removed by ``down``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import docker
+import docker.errors
+
+from sandbox.errors import EngineError
+from sandbox.fleet import labels as L
+from sandbox.fleet.runtime import Runtime, _short
+from sandbox.fleet.swarm import SwarmRuntime
+
+log = logging.getLogger("sandbox.fleet.engines")
+
+RUNTIMES: dict[str, type[Runtime]] = {"docker": Runtime, "swarm": SwarmRuntime}
+
+
+def recorded_engine(client: docker.DockerClient, project: str) -> str | None:
+    """The engine that started ``project``'s fleet, from its load balancer's label (or Swarm
+    services carrying the project's labels), or None when nothing says."""
+    lbs = client.containers.list(all=True, filters=L.project_filter(project, L.ROLE_LB))
+    engine = lbs[0].labels.get(L.LABEL_ENGINE) if lbs else None
+    if engine in RUNTIMES:
+        return engine
+    try:
+        if client.services.list(filters=L.project_filter(project)):
+            return "swarm"
+    except docker.errors.APIError:  # not a swarm manager: no services to find
+        pass
+    return None
+
+
+def connect(engine: str, project: str | None = None) -> Runtime:
+    """Connect the runtime for ``engine``, or, given ``project`` (a command on an existing fleet),
+    for the engine recorded on that fleet. Raises EngineError (no engine answers) or UsageError
+    (Swarm asked for on an engine that is not a swarm manager); neither creates anything."""
+    if project is not None:
+        base = Runtime.connect()
+        try:
+            found = recorded_engine(base.client, project)
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"docker: {_short(exc)}") from exc
+        if found is not None and found != engine:
+            log.info("project %s runs on %s (recorded on its load balancer): using that", project, found)
+            engine = found
+        if engine == "docker":
+            return base
+    return RUNTIMES[engine].connect()

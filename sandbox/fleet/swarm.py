@@ -1,0 +1,408 @@
+"""The same fleet on Docker Swarm: every app server is a one-replica Swarm service.
+
+:class:`SwarmRuntime` subclasses :class:`~sandbox.fleet.runtime.Runtime` and keeps its
+public coroutines and return types, so the controller, the plan and the measurement do
+not know which engine runs. What changes:
+
+- the project's network is an attachable overlay (labelled with the project), so the
+  servers may run on any node and the load balancer, a plain container on the manager
+  (inherited ``start_lb``: published on 127.0.0.1, no routing mesh), reaches them;
+- an app server is a service named ``<project>-app-<slot>-<hex>`` with one replica, in
+  ``dnsrr`` endpoint mode (no virtual IP, no ingress: IPVS is not needed), restart
+  policy ``none`` (a server that fails to boot stays failed, as a plain container does),
+  labels on the service and on its container spec; ``Instance.id`` is the service id and
+  ``Instance.ip`` its task's address on the overlay;
+- the host cannot route to an overlay address, so ``Instance.probe_ip`` is the task
+  container's address on ``docker_gwbridge`` (reachable from the node it runs on): the
+  controller's health and drain probes go there, NGINX uses the overlay address;
+- stop scales the service to 0 (Swarm sends SIGTERM and waits ``stop_grace_period``),
+  reads the task's exit code, then removes the service; kill removes the task's
+  container at once, then the service;
+- the image is passed by its local image id, which Swarm runs without trying to pull.
+
+In-place mode cannot work here (there is no code volume to swap); the settings reject it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from contextlib import suppress
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.services import Service
+from docker.types import (
+    ContainerSpec,
+    EndpointSpec,
+    Healthcheck,
+    Mount,
+    Resources,
+    RestartPolicy,
+    ServiceMode,
+    TaskTemplate,
+    UpdateConfig,
+)
+
+from sandbox.errors import EngineError, UsageError
+from sandbox.fleet import labels as L
+from sandbox.fleet.runtime import APP_PORT, APP_USER, Instance, Runtime, _short, app_name, network_name
+
+log = logging.getLogger("sandbox.fleet.swarm")
+
+GWBRIDGE = "docker_gwbridge"
+STOP_GRACE_S = 20.0  # stop_grace_period of every app service (the app bounds its own drain at 15 s)
+TASK_START_TIMEOUT_S = 60.0  # from service create to a task that runs (or has failed)
+POLL_S = 0.1
+DOWN_TIMEOUT_S = 60.0
+NANO = 1_000_000_000
+# Swarm task states: https://docs.docker.com/engine/swarm/how-swarm-mode-works/swarm-task-states/
+_STARTING = {"new", "pending", "assigned", "accepted", "ready", "preparing", "starting"}
+_ENDED = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove"}
+NOT_A_MANAGER = ("engine: --engine swarm needs a swarm manager, and this Docker engine is not one; "
+                 "run `docker swarm init` (or use --engine docker)")
+
+
+# -- pure parts -----------------------------------------------------------------------------------
+def check_manager(info: Mapping[str, Any]) -> None:
+    """Raise UsageError (naming `docker swarm init`) unless ``docker info`` says this is a manager."""
+    swarm = info.get("Swarm") or {}
+    if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+        raise UsageError(NOT_A_MANAGER)
+
+
+def container_state(task: Mapping[str, Any] | None) -> str:
+    """A Swarm task's state in the words of a container's: created, running, exited (or gone)."""
+    if task is None:
+        return "gone"
+    state = str(task.get("Status", {}).get("State", ""))
+    if state == "running":
+        return "running"
+    if state in _STARTING:
+        return "created"
+    return "exited" if state in _ENDED else state or "unknown"
+
+
+def latest_task(tasks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest task of a one-replica service (a service keeps its older tasks' history)."""
+    if not tasks:
+        return None
+    return max(tasks, key=lambda t: (t.get("CreatedAt", ""), t.get("Version", {}).get("Index", 0)))
+
+
+def task_ip(task: Mapping[str, Any] | None, network_id: str) -> str | None:
+    """The task's address on the network ``network_id`` (without the prefix length), or None."""
+    for attachment in (task or {}).get("NetworksAttachments") or []:
+        if attachment.get("Network", {}).get("ID") == network_id:
+            for address in attachment.get("Addresses") or []:
+                return str(address).split("/")[0]
+    return None
+
+
+def task_container_id(task: Mapping[str, Any] | None) -> str | None:
+    return ((task or {}).get("Status", {}).get("ContainerStatus") or {}).get("ContainerID") or None
+
+
+def to_instance(service: Mapping[str, Any], task: Mapping[str, Any] | None, network_id: str,
+                gateway_ips: Mapping[str, str]) -> Instance:
+    """The :class:`Instance` a one-replica app service is: its id and name, its task's state and
+    overlay address, and (``gateway_ips``: container id -> address on docker_gwbridge) its probe address."""
+    spec = service.get("Spec", {})
+    labels = spec.get("Labels") or {}
+    state = container_state(task)
+    cid = task_container_id(task)
+    return Instance(
+        id=str(service.get("ID", "")),
+        name=str(spec.get("Name", "")),
+        slot=int(labels.get(L.LABEL_SLOT, "0")),
+        version=labels.get(L.LABEL_VERSION, "?"),
+        state=state,
+        ip=task_ip(task, network_id) if state == "running" else None,
+        created=str(service.get("CreatedAt", "")),
+        probe_ip=gateway_ips.get(cid) if cid and state == "running" else None,
+    )
+
+
+def serving_addresses(tasks: list[dict[str, Any]], network_id: str) -> dict[str, str]:
+    """Task id -> ``ip:port`` on the overlay, of the tasks that run and are meant to run (pure).
+
+    A task Swarm is shutting down (desired state no longer ``running``) is left out at once:
+    Swarm waits 2 s between that and SIGTERM, the window a load balancer has to detach it."""
+    out: dict[str, str] = {}
+    for t in tasks:
+        if t.get("DesiredState") == "running" and t.get("Status", {}).get("State") == "running":
+            ip = task_ip(t, network_id)
+            if ip:
+                out[str(t["ID"])] = f"{ip}:{APP_PORT}"
+    return out
+
+
+def gateway_ips(gwbridge_attrs: Mapping[str, Any]) -> dict[str, str]:
+    """Container id -> its IPv4 address on docker_gwbridge, from that network's inspect data."""
+    out: dict[str, str] = {}
+    for cid, endpoint in (gwbridge_attrs.get("Containers") or {}).items():
+        address = str(endpoint.get("IPv4Address", "")).split("/")[0]
+        if address:
+            out[cid] = address
+    return out
+
+
+def app_service_spec(project: str, slot: int, version: str, image_id: str, env: Mapping[str, str],
+                     from_version: str = "", *, replicas: int = 1, name: str | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``APIClient.create_service`` for one app server (pure).
+
+    The hardening of the plain containers where Swarm (API 1.41) has it: read-only root, a
+    tmpfs /tmp, every capability dropped, a memory and a pid limit, uid 10001. Swarm 20.10
+    has no no-new-privileges for services (the app drops every capability and is not root).
+    """
+    extra = {L.LABEL_SLOT: str(slot), L.LABEL_VERSION: version}
+    if from_version:
+        extra[L.LABEL_FROM] = from_version
+    labels = L.project_labels(project, L.ROLE_APP, **extra)
+    name = name or app_name(project, slot)
+    resources = Resources(mem_limit=128 * 1024 * 1024)
+    resources["Limits"]["Pids"] = 128
+    container = ContainerSpec(
+        image_id,
+        hostname=name,
+        env=dict(env),
+        user=APP_USER,
+        labels=labels,
+        read_only=True,
+        mounts=[Mount("/tmp", None, type="tmpfs", tmpfs_size=16 * 1024 * 1024)],
+        cap_drop=["ALL"],
+        stop_grace_period=int(STOP_GRACE_S * NANO),
+    )
+    template = TaskTemplate(
+        container,
+        resources=resources,
+        restart_policy=RestartPolicy(condition="none"),
+        networks=[network_name(project)],
+    )
+    return {
+        "task_template": template,
+        "name": name,
+        "labels": labels,
+        "mode": ServiceMode("replicated", replicas=replicas),
+        "endpoint_spec": EndpointSpec(mode="dnsrr"),
+    }
+
+
+# -- the runtime ----------------------------------------------------------------------------------
+class SwarmRuntime(Runtime):
+    """The app servers as Swarm services; the load balancer, exec and files as in Runtime."""
+
+    engine = "swarm"
+    network_driver: dict[str, Any] = {"driver": "overlay", "attachable": True}  # noqa: RUF012
+
+    @classmethod
+    def connect(cls) -> SwarmRuntime:
+        """Connect as Runtime does, then require a swarm manager (UsageError naming `docker swarm init`)."""
+        runtime = super().connect()
+        try:
+            info = runtime.client.info()
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"docker: {_short(exc)}") from exc
+        check_manager(info)
+        return cls(runtime.client)
+
+    # -- discovery ----------------------------------------------------------------------------
+    def _network_id(self, project: str) -> str:
+        try:
+            return self.client.networks.get(network_name(project)).id or ""
+        except docker.errors.NotFound:
+            return ""
+
+    def _gateway_ips(self) -> dict[str, str]:
+        try:
+            return gateway_ips(self.client.api.inspect_network(GWBRIDGE))
+        except docker.errors.NotFound:
+            return {}
+
+    def _app_services(self, project: str) -> list[Service]:
+        return self.client.services.list(filters=L.project_filter(project, L.ROLE_APP))
+
+    def _describe_service(self, service: Service, network_id: str, gw: Mapping[str, str]) -> Instance:
+        return to_instance(service.attrs, latest_task(service.tasks()), network_id, gw)
+
+    def _instances(self, project: str) -> list[Instance]:
+        services = self._app_services(project)
+        network_id, gw = self._network_id(project), self._gateway_ips()
+        out = [self._describe_service(s, network_id, gw) for s in services]
+        return sorted(out, key=lambda i: (i.slot, i.created))
+
+    # -- app services -------------------------------------------------------------------------
+    def _start_app(
+        self, project: str, slot: int, version: str, image: str, env: dict[str, str], from_version: str
+    ) -> Instance:
+        image_id = self.client.images.get(image).id or image  # by id: Swarm then does not try to pull
+        spec = app_service_spec(project, slot, version, image_id, env, from_version)
+        created = self.client.api.create_service(**spec)
+        service = self.client.services.get(created["ID"])
+        return self._wait_task(project, service)
+
+    def _wait_task(self, project: str, service: Service) -> Instance:
+        """Poll until the service's task runs with an address, or has ended; return it."""
+        network_id = self._network_id(project)
+        deadline = time.monotonic() + TASK_START_TIMEOUT_S
+        while True:
+            task = latest_task(service.tasks())
+            state = container_state(task)
+            if state == "exited" or (state == "running" and task_ip(task, network_id)):
+                gw = self._gateway_ips()
+                inst = to_instance(service.attrs, task, network_id, gw)
+                if state == "exited" or inst.probe_ip:
+                    return inst
+            if time.monotonic() > deadline:
+                raise EngineError(f"{service.name}: no task ran within {TASK_START_TIMEOUT_S:g} s "
+                                  f"(task state {(task or {}).get('Status', {}).get('State', 'none')})")
+            time.sleep(POLL_S)
+
+    def _service(self, instance: Instance) -> Service | None:
+        try:
+            return self.client.services.get(instance.id)
+        except docker.errors.NotFound:
+            return None
+
+    async def refresh(self, project: str, instance: Instance) -> Instance | None:
+        def get() -> Instance | None:
+            service = self._service(instance)
+            if service is None:
+                return None
+            return self._describe_service(service, self._network_id(project), self._gateway_ips())
+        return await self._call(get)
+
+    async def stop_app(self, instance: Instance, grace_s: float) -> int | None:
+        """Scale to 0 (Swarm: SIGTERM, then SIGKILL after ``stop_grace_period``), read the task's
+        exit code, remove the service. ``grace_s`` beyond the service's own grace is waited for too."""
+        def stop() -> int | None:
+            service = self._service(instance)
+            if service is None:
+                return None
+            service.scale(0)
+            deadline = time.monotonic() + max(grace_s, STOP_GRACE_S) + 10
+            code: int | None = None
+            while time.monotonic() < deadline:
+                task = latest_task(service.tasks())
+                if task is None or container_state(task) == "exited":
+                    code = ((task or {}).get("Status", {}).get("ContainerStatus") or {}).get("ExitCode")
+                    break
+                time.sleep(POLL_S)
+            self._remove_service(service)
+            return code
+        return await self._call(stop)
+
+    async def kill_app(self, instance: Instance) -> None:
+        """Remove the task's container at once (SIGKILL), then the service."""
+        def kill() -> None:
+            service = self._service(instance)
+            if service is None:
+                return
+            cid = task_container_id(latest_task(service.tasks()))
+            if cid:
+                with suppress(docker.errors.NotFound):
+                    self.client.containers.get(cid).remove(force=True)
+            self._remove_service(service)
+        await self._call(kill)
+
+    @staticmethod
+    def _remove_service(service: Service) -> None:
+        with suppress(docker.errors.NotFound):
+            service.remove()
+
+    async def swap_code(self, project: str, instance: Instance, code_tar: bytes) -> Instance:
+        raise UsageError("mode: in-place cannot run on Swarm (a service has no code volume to swap); "
+                         "use --mode replace")
+
+    async def exit_info(self, instance: Instance) -> str:
+        """The task's state, exit code and error, and the service's last log line."""
+        def info() -> str:
+            service = self._service(instance)
+            if service is None:
+                return "service is gone"
+            task = latest_task(service.tasks()) or {}
+            status = task.get("Status", {})
+            code = (status.get("ContainerStatus") or {}).get("ExitCode")
+            text = f"task {status.get('State', 'none')}, exit code {code}"
+            if status.get("Err"):
+                text += f", {status['Err']}"
+            with suppress(docker.errors.DockerException, StopIteration):
+                lines = b"".join(service.logs(stdout=True, stderr=True, tail=5)).decode(errors="replace")
+                last = lines.strip().splitlines()[-1:] if lines.strip() else []
+                text += f": {last[0]}" if last else ""
+            return text
+        return await self._call(info)
+
+    # -- one service with N replicas (Swarm's own rolling update) --------------------------------
+    async def start_replicated(self, project: str, version: str, image: str, env: dict[str, str],
+                               replicas: int, healthcheck: Healthcheck | None = None) -> str:
+        """Create one app service with ``replicas`` tasks (not waited for); return its id."""
+        def create() -> str:
+            image_id = self.client.images.get(image).id or image
+            spec = app_service_spec(project, 0, version, image_id, env, replicas=replicas,
+                                    name=f"{project}-app")
+            if healthcheck is not None:
+                spec["task_template"]["ContainerSpec"]["Healthcheck"] = healthcheck
+            return str(self.client.api.create_service(**spec)["ID"])
+        return await self._call(create)
+
+    async def serving(self, project: str, service_id: str) -> tuple[dict[str, str], int]:
+        """Task id -> overlay ``ip:port`` of the service's tasks that run and are meant to, and
+        how many of its tasks run at all (those Swarm is stopping included: the cost)."""
+        def read() -> tuple[dict[str, str], int]:
+            tasks = self.client.api.tasks(filters={"service": service_id})
+            running = sum(1 for t in tasks if t.get("Status", {}).get("State") == "running")
+            return serving_addresses(tasks, self._network_id(project)), running
+        return await self._call(read)
+
+    async def update_image(self, service_id: str, image: str, update: UpdateConfig, stop_grace_s: float) -> None:
+        """``service update --image`` with ``update`` (parallelism, delay, order, failure action)."""
+        def run() -> None:
+            image_id = self.client.images.get(image).id or image
+            self.client.services.get(service_id).update(
+                image=image_id, update_config=update, stop_grace_period=int(stop_grace_s * NANO))
+        await self._call(run)
+
+    async def update_state(self, service_id: str) -> str:
+        """Swarm's UpdateStatus.State of the service: updating, completed, paused, rollback_*, or ''."""
+        def read() -> str:
+            service = self.client.services.get(service_id)
+            return str((service.attrs.get("UpdateStatus") or {}).get("State", ""))
+        return await self._call(read)
+
+    # -- teardown -----------------------------------------------------------------------------
+    async def down(self, project: str) -> dict[str, int]:
+        """Remove this project's services, then (as Runtime does) its containers, volumes, network."""
+        def remove_services() -> int:
+            services = self.client.services.list(filters=L.project_filter(project))
+            for s in services:
+                self._remove_service(s)
+            return len(services)
+        count = await self._call(remove_services)
+        removed = await self._call(self._down_retrying, project)
+        return {"services": count, **removed}
+
+    def _down_retrying(self, project: str) -> dict[str, int]:
+        """Runtime.down, retried while Swarm still detaches removed tasks from the overlay, then
+        until the overlay is really gone (Swarm removes it from the node a moment after the call)."""
+        deadline = time.monotonic() + DOWN_TIMEOUT_S
+        removed: dict[str, int] | None = None
+        while True:
+            try:
+                part = self._down(project)
+                removed = removed or part
+            except docker.errors.APIError as exc:
+                if time.monotonic() > deadline:
+                    raise EngineError(f"docker: {_short(exc)}") from exc
+            if removed is not None and not self.client.networks.list(filters=L.project_filter(project)):
+                return removed
+            if time.monotonic() > deadline:
+                raise EngineError(f"project {project}: its network is still there {DOWN_TIMEOUT_S:g} s after down")
+            time.sleep(0.5)
+
+    async def has_project(self, project: str) -> bool:
+        def services() -> bool:
+            return bool(self.client.services.list(filters=L.project_filter(project)))
+        return await self._call(services) or await super().has_project(project)

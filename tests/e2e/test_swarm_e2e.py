@@ -1,0 +1,137 @@
+"""The same rehearsal on a single-node Docker Swarm: app servers as services, the load
+balancer a plain container on the overlay, real NGINX and Locust.
+
+The module fixture inits a swarm only when the engine is in none (checking first that
+`--engine swarm` then exits 2 and creates nothing), and leaves it at the end only when it
+inited it: the engine's swarm state is left as found. The same refusal is tested against
+a fake engine in tests/unit/test_swarm.py, so it is checked whatever this engine's state.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import pytest
+
+from sandbox.fleet import labels as L
+from tests.conftest import free_port
+from tests.e2e.conftest import REPO, Cli, project_objects
+
+LOAD = ["--users", "20", "--warmup", "2", "--cooldown", "2", "--json"]
+
+
+@pytest.fixture(scope="module")
+def swarm(client: docker.DockerClient) -> Iterator[None]:
+    state = client.info().get("Swarm", {}).get("LocalNodeState")
+    inited = state != "active"
+    had_gwbridge = bool(client.networks.list(names=["docker_gwbridge"]))
+    if inited:
+        # the engine is in no swarm: first, --engine swarm must refuse, touching nothing
+        proc = subprocess.run([sys.executable, "-m", "sandbox", "up", "--engine", "swarm", "--project",
+                               "tnoswarm", "--port", str(free_port())],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "docker swarm init" in proc.stderr, proc.stderr
+        assert project_objects(client, "tnoswarm") == []
+        subprocess.run(["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"],
+                       check=True, capture_output=True, timeout=120)
+    try:
+        yield
+    finally:
+        if inited:  # leave the engine as found: out of the swarm, without the bridge swarm init made
+            subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True, timeout=120)
+            if not had_gwbridge:
+                subprocess.run(["docker", "network", "rm", "docker_gwbridge"], capture_output=True, timeout=60)
+
+
+def services(client: docker.DockerClient, project: str) -> list[Any]:
+    return client.services.list(filters=L.project_filter(project))
+
+
+def assert_clean(report: dict[str, Any], to: str) -> None:
+    assert report["outcome"] == "completed", report.get("outcome")
+    assert report["requests"]["dropped"] == 0, report["requests"]
+    assert report["requests"]["total"] > 100, report["requests"]
+    assert report["to_version"] == to
+
+
+def test_swarm_up_status_roll_rollback_down(swarm: None, client: docker.DockerClient, cli: Cli) -> None:
+    cli.run("up", "--engine", "swarm", "--size", "3", "--port", str(cli.port), check=True)
+
+    # services, one replica each, dnsrr on the project's overlay, hardened; the LB records the engine
+    found = services(client, cli.project)
+    assert len(found) == 3
+    for s in found:
+        spec = s.attrs["Spec"]
+        container = spec["TaskTemplate"]["ContainerSpec"]
+        assert spec["Mode"]["Replicated"]["Replicas"] == 1
+        assert spec["EndpointSpec"]["Mode"] == "dnsrr"
+        assert container["Labels"][L.LABEL_PROJECT] == cli.project
+        assert container["ReadOnly"] is True and container["CapabilityDrop"] == ["ALL"]
+    network = client.networks.get(f"{cli.project}-net")
+    assert network.attrs["Driver"] == "overlay" and network.attrs["Attachable"] is True
+    lb = client.containers.list(filters=L.project_filter(cli.project, L.ROLE_LB))[0]
+    assert lb.labels[L.LABEL_ENGINE] == "swarm"
+
+    # status from a fresh process, without --engine: the engine recorded on the LB is used
+    status = cli.json("status", "--json")
+    assert [i["state"] for i in status["instances"]] == ["running"] * 3
+    assert all(i["attached"] for i in status["instances"])
+    subnet = ipaddress.ip_network(network.attrs["IPAM"]["Config"][0]["Subnet"])
+    assert all(ipaddress.ip_address(i["address"].rsplit(":", 1)[0]) in subnet for i in status["instances"])
+    code, headers, _ = cli.get("/api/items/1")
+    assert code == 200 and headers["X-App-Version"] == "v1"
+
+    # one at a time under load, then back with rolling 2: nothing dropped either way
+    assert_clean(cli.json("roll", "--to", "v2", "--strategy", "one-at-a-time", *LOAD), "v2")
+    assert cli.get("/api/items/1")[1]["X-App-Version"] == "v2"
+    assert {i["version"] for i in cli.json("status", "--json")["instances"]} == {"v2"}
+    assert len(services(client, cli.project)) == 3  # the old services are gone, not just stopped
+
+    assert_clean(cli.json("rollback", "--strategy", "rolling", "--batch", "2", *LOAD), "v1")
+    assert {i["version"] for i in cli.json("status", "--json")["instances"]} == {"v1"}
+    assert cli.get("/api/items/1")[1]["X-App-Version"] == "v1"
+
+    # down leaves nothing of the project: services, containers, network
+    proc = cli.run("down", check=True)
+    assert "3 services" in proc.stdout
+    assert services(client, cli.project) == []
+    assert client.containers.list(all=True, filters=L.project_filter(cli.project)) == []
+    assert client.networks.list(filters=L.project_filter(cli.project)) == []
+
+
+def test_swarm_boot_failure_rolls_back(swarm: None, client: docker.DockerClient, cli: Cli) -> None:
+    cli.run("up", "--engine", "swarm", "--size", "2", "--port", str(cli.port), check=True)
+    report = cli.json("roll", "--to", "v2", "--set-env", "APP_BOOT_FAIL=1", "--ready-timeout", "15",
+                      *LOAD, expect=1)
+    assert report["outcome"] == "rolled_back"
+    assert report["requests"]["dropped"] == 0
+    assert {i["version"] for i in cli.json("status", "--json")["instances"]} == {"v1"}
+    assert len(services(client, cli.project)) == 2  # the failed v2 service was removed
+
+
+def test_swarm_native_stop_first_and_start_first_in_compare(swarm: None, client: docker.DockerClient,
+                                                            cli: Cli, tmp_path: Any) -> None:
+    table = cli.json("compare", "--engine", "swarm", "--size", "2", "--port", str(cli.port),
+                     "--strategies", "swarm-native:stop-first,swarm-native:start-first",
+                     "--users", "10", "--warmup", "2", "--cooldown", "2", "--report", str(tmp_path), "--json")
+    rows = {r["strategy"]: r for r in table["rows"]}
+    assert set(rows) == {"swarm-native:stop-first", "swarm-native:start-first"}
+    for row in rows.values():
+        assert row["outcome"] == "completed"
+        assert isinstance(row["dropped"], int) and row["dropped"] >= 0  # reported, whatever Swarm drops
+        assert row["duration_s"] > 0
+    # start-first runs the new task beside the old one (and the old one lingers through Swarm's
+    # 2 s before SIGTERM, while the next new one may start); stop-first never exceeds the size
+    assert 3 <= rows["swarm-native:start-first"]["peak_instances"] <= 4
+    assert rows["swarm-native:stop-first"]["peak_instances"] == 2
+    for n in (1, 2):  # each fleet of the comparison is removed afterwards
+        assert services(client, f"{cli.project}-{n}") == []
+        assert project_objects(client, f"{cli.project}-{n}") == []
+    report = json.loads((tmp_path / "swarm-native-start-first" / "report.json").read_text())
+    assert report["requests"]["total"] > 50 and report["requests"]["by_version"]["v2"] > 0
