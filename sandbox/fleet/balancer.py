@@ -299,7 +299,7 @@ class Balancer:
         """(admin url, token) of this project's LB, resolved once."""
         if self._admin is None:
             lb = container if container is not None else await self._container()
-            ip = self.runtime.container_ip(lb, self.project)
+            ip = await self.runtime.admin_ip(lb, self.project)
             token = lb.labels.get(L.LABEL_ADMIN_TOKEN, "")
             if not ip or not token:
                 raise BalancerError(f"the load balancer of {self.project!r} has no admin address or token "

@@ -149,9 +149,9 @@ class Runtime:
         found = self.client.containers.list(all=True, filters=L.project_filter(project, L.ROLE_LB))
         return found[0] if found else None
 
-    @staticmethod
-    def container_ip(container: Container, project: str) -> str | None:
-        """``container``'s address in the project network (as listed), or None."""
+    async def admin_ip(self, container: Container, project: str) -> str | None:
+        """Where the controller reaches ``container`` (the LB's admin listener): its address in the
+        project network, or None."""
         nets = container.attrs.get("NetworkSettings", {}).get("Networks", {})
         return nets.get(network_name(project), {}).get("IPAddress") or None
 

@@ -215,6 +215,10 @@ class SwarmRuntime(Runtime):
         except docker.errors.NotFound:
             return ""
 
+    async def admin_ip(self, container: Any, project: str) -> str | None:
+        """The host cannot route to the overlay: the LB's address on docker_gwbridge instead."""
+        return (await self._call(self._gateway_ips)).get(container.id or "")
+
     def _gateway_ips(self) -> dict[str, str]:
         try:
             return gateway_ips(self.client.api.inspect_network(GWBRIDGE))

@@ -16,7 +16,7 @@ import pytest
 from sandbox.errors import BalancerError
 from sandbox.fleet import labels as L
 from sandbox.fleet.balancer import ADMIN_PORT, LIVE_CONF, Balancer
-from sandbox.fleet.runtime import Runtime
+from sandbox.fleet.runtime import Runtime, network_name
 from tests.e2e.conftest import Cli
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +36,7 @@ def worker_pids(client: docker.DockerClient, project: str) -> set[str]:
 def admin(client: docker.DockerClient, project: str, path: str, *, method: str = "GET",
           body: bytes | None = None, token: str | None = None) -> tuple[int, str]:
     lb = client.containers.get(f"{project}-lb")
-    ip = Runtime.container_ip(lb, project)
+    ip = lb.attrs["NetworkSettings"]["Networks"][network_name(project)]["IPAddress"]
     req = urllib.request.Request(f"http://{ip}:{ADMIN_PORT}{path}", data=body, method=method)
     req.add_header("X-Sandbox-Token", lb.labels[L.LABEL_ADMIN_TOKEN] if token is None else token)
     try:
