@@ -252,13 +252,14 @@ class FakeLoad:
         self.dies = False  # set it and the next liveness check finds Locust gone
 
     def alive(self) -> bool:
-        return not self.dies
+        return not self.dies and not self.stopped  # as Locust: its processes are gone once stopped
 
     async def start(self) -> None:
         self.started += 1
 
     async def stop(self, grace_s: float = 10) -> None:
         self.stopped += 1
+        await asyncio.sleep(0.01)  # Locust takes a moment to exit: a live view may look meanwhile
 
     def new_rows(self) -> list[RequestRow]:
         new = self.feed()
