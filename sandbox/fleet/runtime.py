@@ -293,6 +293,14 @@ class Runtime:
                 raise
         return await self._call(start)
 
+    async def start_again(self, container: Container) -> Container:
+        """Start a stopped container of the project (the load balancer after `docker stop`), as it was."""
+        def start() -> Container:
+            container.start()
+            container.reload()
+            return container
+        return await self._call(start)
+
     def _remove_by_name(self, name: str) -> None:
         with suppress(docker.errors.NotFound):
             self.client.containers.get(name).remove(force=True, v=True)

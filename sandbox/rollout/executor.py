@@ -175,6 +175,28 @@ class Executor:
             await self.balancer.apply(keep)
         return stale
 
+    async def notice_dead(self, run: _Run | None = None) -> list[str]:
+        """Take out every attached server whose container stopped under us (killed, crashed),
+        with a ``died`` event naming it; its later steps (detach, drain, stop) then find it out.
+
+        Returns the names taken out. Cheap when nothing died: one container listing.
+        """
+        attached = {u.name for u in self.balancer.state.upstreams}
+        if not attached:
+            return []
+        listed = await self.runtime.instances(self.project)
+        dead = [i for i in listed if i.name in attached and i.state != "running"]
+        if not dead:
+            return []
+        await self.reconcile(listed)
+        for inst in dead:
+            info = await self.runtime.exit_info(inst)
+            log.warning("%s died while attached (%s): taken out of the load balancer", inst.name, info)
+            if run is not None and inst.id in run.by_id:
+                run.by_id[inst.id] = dataclasses.replace(run.by_id[inst.id], state=inst.state)
+            self.emit("died", inst, detail={"exit": info})
+        return [i.name for i in dead]
+
     # -- executing a plan ---------------------------------------------------------------------
     async def execute(
         self,
@@ -203,6 +225,7 @@ class Executor:
                     raise ErrorRatioExceeded(reason)
                 if self.before_step is not None:
                     await self.before_step(step)
+                await self.notice_dead(run)
                 await self._handlers[step.action](run, step)
 
     # -- one handler per action ---------------------------------------------------------------
