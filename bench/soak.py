@@ -19,9 +19,10 @@ from typing import Any
 
 import docker
 
-from sandbox.fleet import labels as L
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from sandbox.fleet import labels as L  # noqa: E402  (after the repo is on the path)
+
 STRATEGIES = (("one-at-a-time",), ("rolling", "--batch", "2"), ("surge", "--batch", "1"), ("double-half",),
               ("blue-green",), ("one-at-a-time", "--mode", "in-place"))
 

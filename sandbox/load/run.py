@@ -38,6 +38,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -68,6 +69,13 @@ MAX_WORKERS = 16
 #: Seconds between SIGUSR1 ("write what is in flight and exit") and SIGKILL.
 FLUSH_GRACE_S = 3.0
 _PACKAGE_PARENT = Path(__file__).resolve().parent.parent.parent
+
+
+def free_tcp_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the kernel's pick)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class TrafficError(SandboxError):
@@ -182,7 +190,10 @@ class LoadRun:
 
     def command(self) -> list[str]:
         s = self.settings
-        processes = ["--processes", str(s.workers)] if s.workers > 1 else []
+        processes: list[str] = []
+        if s.workers > 1:  # master and workers meet on a free port: 5557 may be another run's
+            port = str(free_tcp_port())
+            processes = ["--processes", str(s.workers), "--master-bind-port", port, "--master-port", port]
         return [
             sys.executable, "-m", "locust",
             "-f", f"{RECORDER_LOCUSTFILE},{self.locustfile}",

@@ -181,7 +181,7 @@ class Executor:
 
         Returns the names taken out. Cheap when nothing died: one container listing.
         """
-        attached = {u.name for u in self.balancer.state.upstreams}
+        attached = {u.name: u.address for u in self.balancer.state.upstreams}
         if not attached:
             return []
         listed = await self.runtime.instances(self.project)
@@ -194,7 +194,8 @@ class Executor:
             log.warning("%s died while attached (%s): taken out of the load balancer", inst.name, info)
             if run is not None and inst.id in run.by_id:
                 run.by_id[inst.id] = dataclasses.replace(run.by_id[inst.id], state=inst.state)
-            self.emit("died", inst, detail={"exit": info})
+            # a dead container has lost its address: name the one the LB was sending it requests on
+            self.emit("died", inst, address=attached[inst.name], detail={"exit": info})
         return [i.name for i in dead]
 
     # -- executing a plan ---------------------------------------------------------------------
