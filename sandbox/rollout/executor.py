@@ -303,6 +303,7 @@ class Executor:
                         detach: Sequence[Instance], detach_batch: int) -> None:
         """One reload that attaches ``attach`` and detaches ``detach``; events for each, the
         detached ones with the requests they had in flight at that moment."""
+        await self._still_running(attach)
         in_flight = await self._in_flight(probe, detach)
         await self._set_attached(attach=attach, detach=detach)
         now = time.monotonic()
@@ -311,6 +312,16 @@ class Executor:
         for inst in detach:
             self._detached_at[inst.id] = now
             self.emit("detach", inst, batch=detach_batch, detail={"in_flight": in_flight[inst.id]})
+
+    async def _still_running(self, insts: Sequence[Instance]) -> None:
+        """ReadinessError when a server about to be attached stopped since it turned ready: the
+        load balancer is never given an address nothing answers on (the rollout fails, and rolls back)."""
+        for inst in insts:
+            fresh = await self.runtime.refresh(self.project, inst)
+            if fresh is None or fresh.state != "running":
+                self.emit("died", inst, detail={"exit": await self.runtime.exit_info(inst), "before": "attach"})
+                raise ReadinessError(f"{inst.name} ({inst.version}) stopped after it was ready, before it was "
+                                     f"attached: {await self.runtime.exit_info(inst)}")
 
     async def _set_attached(self, *, attach: Sequence[Instance], detach: Sequence[Instance]) -> None:
         current = {u.name: u for u in self.balancer.state.upstreams}

@@ -130,3 +130,26 @@ def test_nginx_rejects_the_rendered_config(cli: Cli, client: docker.DockerClient
     for _ in range(10):
         assert cli.get("/api/items/3")[0] == 200
     assert_consistent(cli, client, "v1")
+
+
+def test_new_server_dies_after_ready_before_attach(cli: Cli, client: docker.DockerClient) -> None:
+    """The controller is held (SIGSTOP) as soon as it says a v2 server is ready, the server is
+    killed, the controller goes on (SIGCONT): it must not attach it, and rolls back."""
+    cli.run("up", "--size", str(SIZE), "--port", str(cli.port), check=True)
+    proc = start_roll(cli, *LOAD)
+    seen = wait_for_line(proc, " ready ")
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        ready_line = seen.splitlines()[-1]
+        victim = next(w for w in ready_line.split() if w.startswith(f"{cli.project}-app-"))
+        client.containers.get(victim).kill()
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=300)
+    report = json.loads(out)
+    assert f"attach         {victim}" not in err, err  # never given to the load balancer
+    assert report["outcome"] == "rolled_back", (report["outcome"], err)
+    failed = [s for s in report["steps"] if s["phase"] == "failed"]
+    assert "stopped after it was ready, before it was attached" in str(failed[0].get("detail")), failed
+    assert victim in str(failed[0].get("detail"))
+    assert_consistent(cli, client, "v1")

@@ -221,3 +221,18 @@ async def test_nothing_died_nothing_is_taken_out() -> None:
     runtime, _, executor = fleet_and_executor(2, settings)
     await roll(runtime, executor, settings)
     assert not [e for e in executor.events if e["phase"] == "died"]
+
+
+@pytest.mark.asyncio
+async def test_a_new_server_that_died_after_ready_is_never_attached() -> None:
+    settings = settings_for(2)
+    runtime, balancer, executor = fleet_and_executor(2, settings)
+
+    async def kill_before_attach(step: planner.Step) -> None:
+        if step.action in ("attach", "reattach") and "n1" in runtime.containers:
+            runtime.containers["n1"] = dataclasses.replace(runtime.containers["n1"], state="exited")
+    executor.before_step = kill_before_attach
+    with pytest.raises(ReadinessError, match=r"n1 .* stopped after it was ready, before it was attached"):
+        await roll(runtime, executor, settings)
+    assert "n1" not in {u.name for u in balancer.state.upstreams}
+    assert [e["instance"] for e in executor.events if e["phase"] == "died"] == ["n1"]
