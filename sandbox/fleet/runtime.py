@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import requests
 from docker.models.containers import Container
 from docker.types import Mount
 
@@ -95,6 +96,8 @@ class Runtime:
             raise GoneError(f"docker: {_short(exc)} (removed while the sandbox was using it?)") from exc
         except docker.errors.DockerException as exc:
             raise EngineError(f"docker: {_short(exc)}") from exc
+        except requests.exceptions.RequestException as exc:  # the engine went away mid-call
+            raise EngineError(f"the Docker engine stopped answering: {_short(exc)}") from exc
 
     # -- discovery ----------------------------------------------------------------------------
     async def instances(self, project: str) -> list[Instance]:

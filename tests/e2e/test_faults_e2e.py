@@ -153,3 +153,49 @@ def test_new_server_dies_after_ready_before_attach(cli: Cli, client: docker.Dock
     assert "stopped after it was ready, before it was attached" in str(failed[0].get("detail")), failed
     assert victim in str(failed[0].get("detail"))
     assert_consistent(cli, client, "v1")
+
+
+PROXY = """
+import os, socket, sys, threading
+path, target = sys.argv[1], sys.argv[2]
+srv = socket.socket(socket.AF_UNIX); srv.bind(path); srv.listen(64)
+def pipe(a, b):
+    try:
+        while (data := a.recv(65536)):
+            b.sendall(data)
+    except OSError:
+        pass
+    for s in (a, b):
+        try: s.shutdown(socket.SHUT_RDWR)
+        except OSError: pass
+while True:
+    c, _ = srv.accept()
+    u = socket.socket(socket.AF_UNIX); u.connect(target)
+    threading.Thread(target=pipe, args=(c, u), daemon=True).start()
+    threading.Thread(target=pipe, args=(u, c), daemon=True).start()
+"""
+
+
+def test_docker_engine_unreachable_mid_rollout(cli: Cli, client: docker.DockerClient, tmp_path: Path) -> None:
+    """The shared engine may not be restarted here: the controller reaches it through a socket
+    proxy this test starts, then SIGKILLs mid-rollout (every connection cut, none accepted)."""
+    cli.run("up", "--size", str(SIZE), "--port", str(cli.port), check=True)
+    sock = tmp_path / "docker.sock"
+    proxy = subprocess.Popen([sys.executable, "-c", PROXY, str(sock), "/var/run/docker.sock"])
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc = start_roll(cli, *LOAD, env={"DOCKER_HOST": f"unix://{sock}"})
+        wait_for_line(proc, " attach")
+    finally:
+        proxy.kill()
+        proxy.wait(timeout=10)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0, err
+    assert "Traceback" not in err, err
+    error_lines = [ln for ln in err.splitlines() if ln.startswith("sandbox: error:")]
+    assert len(error_lines) == 1 and "Docker engine stopped answering" in error_lines[0], err
+    resumed = cli.json("roll", "--to", "v2", *LOAD, "--json", expect=None)
+    assert resumed["outcome"] == "completed", resumed
+    assert_consistent(cli, client, "v2")
