@@ -24,6 +24,7 @@ from sandbox.config import (
     DEFAULT_LOAD_WORKERS,
     LB_APPLY_MODES,
     MODES,
+    SESSION_STORES,
     STRATEGIES,
     V2_MODES,
     VERSIONS,
@@ -85,6 +86,8 @@ def _add_fleet_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=_integer, help="load balancer port on 127.0.0.1 (default 8080)")
     p.add_argument("--version", dest="version", choices=VERSIONS, help="app version to start (default v1)")
     p.add_argument("--sticky", action="store_true", default=None, help="route each user (cookie) to one server")
+    p.add_argument("--sessions", choices=SESSION_STORES,
+                   help="where carts live: memory (each server's own, lost with it; default) or shared (one Redis)")
     p.add_argument("--lb-retry", dest="lb_retry", action="store_true", default=None,
                    help="let NGINX retry a failed connection on another server (its default; hides drops)")
     _add_lb_flags(p)
@@ -178,6 +181,8 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", choices=STRATEGIES, help="how to roll (default one-at-a-time)")
     p.add_argument("--batch", type=_integer, help="servers per batch for rolling, surge, naive")
     p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
+    p.add_argument("--sessions", choices=SESSION_STORES,
+                   help="where carts live: memory (each server's own, lost with it; default) or shared (one Redis)")
     p.add_argument("--keep", action="store_true", help="leave the fleet running afterwards")
     _add_lb_flags(p)
     _add_load_flags(p)
@@ -194,6 +199,8 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="comma-separated, NAME or NAME:BATCH (default one-at-a-time,rolling:3,double-half,"
                         "blue-green,naive)")
     p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
+    p.add_argument("--sessions", choices=SESSION_STORES,
+                   help="where carts live: memory (each server's own, lost with it; default) or shared (one Redis)")
     _add_lb_flags(p)
     _add_load_flags(p)
     _add_dashboard_flags(p)
@@ -201,7 +208,7 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 _SETTING_FLAGS = (
-    "project", "size", "port", "version", "sticky", "lb_retry", "client_keepalive", "lb_apply",
+    "project", "size", "port", "version", "sticky", "sessions", "lb_retry", "client_keepalive", "lb_apply",
     "to_version", "strategy", "batch", "mode",
     "drain_timeout", "ready_timeout", "max_error_ratio", "auto_rollback", "load", "users", "spawn_rate",
     "locustfile", "max_dropped", "warmup_s", "cooldown_s", "v2_mode", "load_workers", "think_ms",

@@ -37,6 +37,7 @@ LB_APPLY_MODES: tuple[str, ...] = get_args(LbApply)
 
 PROJECT_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38}[A-Za-z0-9])?$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SESSION_STORES = ("memory", "shared")
 MAX_SIZE = 64
 MAX_LOAD_WORKERS = 16
 #: Locust worker processes by default: one per core, at least 2 (measured in README, "Load").
@@ -57,6 +58,7 @@ class Settings:
     client_keepalive: bool = True
     lb_apply: LbApply = "dynamic"  # how a change of the attached set reaches NGINX
     app_env: Mapping[str, str] = field(default_factory=dict)
+    sessions: str = "memory"  # where carts live: "memory" (each server's own) or "shared" (one Redis)
     # rollout
     to_version: Version = "v2"
     strategy: Strategy = "one-at-a-time"
@@ -110,6 +112,7 @@ def validate(s: Settings) -> None:
     _check(s.mode in MODES, "mode", f"{s.mode!r} must be one of {', '.join(MODES)}")
     _check(s.lb_apply in LB_APPLY_MODES, "lb_apply",
            f"{s.lb_apply!r} must be one of {', '.join(LB_APPLY_MODES)}")
+    _check(s.sessions in SESSION_STORES, "sessions", f"{s.sessions!r} must be one of {', '.join(SESSION_STORES)}")
     _check(s.v2_mode in V2_MODES, "v2_mode", f"{s.v2_mode!r} must be one of {', '.join(V2_MODES)}")
     _check(s.batch >= 1, "batch", f"{s.batch} must be at least 1")
     _check(not (s.mode == "in-place" and s.strategy not in IN_PLACE_STRATEGIES),

@@ -55,6 +55,9 @@ class Instance:
         return f"{self.ip}:{APP_PORT}" if self.ip else None
 
 
+REDIS_PORT = 6379
+
+
 def network_name(project: str) -> str:
     return f"{project}-net"
 
@@ -295,6 +298,21 @@ class Runtime:
                     raise PortInUseError(f"port: 127.0.0.1:{port} is already in use") from exc
                 raise
         return await self._call(start)
+
+    async def start_redis(self, project: str, image: str) -> str:
+        """Start the project's session store (redis-server of the base image, nothing persisted);
+        return its ``host:port`` on the project network."""
+        name = f"{project}-redis"
+        def start() -> None:
+            self.client.containers.run(
+                image, ["redis-server", "--port", str(REDIS_PORT), "--bind", "0.0.0.0", "--protected-mode", "no",
+                        "--save", "", "--appendonly", "no", "--dir", "/tmp"],
+                name=name, hostname=name, detach=True, labels=L.project_labels(project, L.ROLE_REDIS),
+                network=network_name(project), read_only=True, tmpfs={"/tmp": "size=64m"}, user="redis",
+                cap_drop=["ALL"], security_opt=["no-new-privileges"], mem_limit="128m", pids_limit=64,
+            )
+        await self._call(start)
+        return f"{name}:{REDIS_PORT}"
 
     async def start_again(self, container: Container) -> Container:
         """Start a stopped container of the project (the load balancer after `docker stop`), as it was."""

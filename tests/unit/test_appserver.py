@@ -126,12 +126,12 @@ async def test_session_new_then_resumed_and_client_sid_reused(make_client: MakeC
     third = await client.get("/", headers={"Cookie": "sid=from-old-server"})
     assert third.headers["X-Session-State"] == "new"
     assert third.cookies["sid"].value == "from-old-server"
-    assert set(shop.sessions) == {sid, "from-old-server"}
+    assert set(shop.store.carts) == {sid, "from-old-server"}
     # health and metrics neither create nor need sessions
     client.session.cookie_jar.clear()
     health = await client.get("/healthz")
     assert "X-Session-State" not in health.headers
-    assert len(shop.sessions) == 2
+    assert len(shop.store.carts) == 2
 
 
 @pytest.mark.asyncio
