@@ -155,6 +155,12 @@ class RedisSessions:
                 self._conn = None
                 raise
 
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn[1].close()
+            await self._conn[1].wait_closed()
+            self._conn = None
+
     async def exists(self, sid: str) -> bool:
         return bool(await self._call("EXISTS", f"s:{sid}"))
 
