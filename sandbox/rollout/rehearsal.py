@@ -212,6 +212,7 @@ class Rehearsal:
         self.load: LoadRun | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._load_died_at: float | None = None  # when the load generator was seen dead mid-run
+        self._load_stopping = False  # asked to stop: from then on its exit is no death
         self._workdir: Path | None = None
         self._balancer: Balancer | None = None
         self._executor: Executor | None = None
@@ -349,7 +350,7 @@ class Rehearsal:
 
     def _check_load_alive(self, load: LoadRun) -> None:
         """A load generator that died mid-run is said at once; the rollout goes on safely, the verdict fails."""
-        if self._load_died_at is None and not load.alive():
+        if self._load_died_at is None and not self._load_stopping and not load.alive():
             self._load_died_at = time.time()
             self.events.append({"t": self._load_died_at, "phase": "load-died", "instance": None})
             self.progress.line("the load generator died: the rollout goes on, but this run cannot PASS")
@@ -427,6 +428,7 @@ class Rehearsal:
         self._check_load_alive(self.load)
         # stamped when asked: the second Locust takes to exit is not a stall of the fleet
         self.events.append({"t": time.time(), "phase": "load-stop", "instance": None})
+        self._load_stopping = True  # the ticker still runs while Locust exits: not a death
         await self.load.stop()
         self.monitor.add(self.load.new_rows())
 
