@@ -34,9 +34,10 @@ def sandbox(*args: str) -> subprocess.CompletedProcess[str]:
 
 def engine_counts(client: docker.DockerClient, filters: dict[str, Any] | None = None) -> dict[str, int]:
     """Containers, networks, volumes on the engine (shared: other projects count too), or the project's."""
-    return {"containers": len(client.containers.list(all=True, filters=filters)),
-            "networks": len(client.networks.list(filters=filters)),
-            "volumes": len(client.volumes.list(filters=filters))}
+    api = client.api  # one listing call each: the shared engine's objects come and go meanwhile
+    return {"containers": len(api.containers(all=True, filters=filters)),
+            "networks": len(api.networks(filters=filters)),
+            "volumes": len((api.volumes(filters=filters) or {}).get("Volumes") or [])}
 
 
 def one_roll(i: int, args: argparse.Namespace) -> dict[str, Any]:
