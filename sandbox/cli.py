@@ -26,6 +26,7 @@ from sandbox.config import (
     FAILURE_ACTIONS,
     LB_APPLY_MODES,
     MODES,
+    SESSION_STORES,
     STRATEGIES,
     V2_MODES,
     VERSIONS,
@@ -91,6 +92,8 @@ def _add_fleet_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=_integer, help="load balancer port on 127.0.0.1 (default 8080)")
     p.add_argument("--version", dest="version", choices=VERSIONS, help="app version to start (default v1)")
     p.add_argument("--sticky", action="store_true", default=None, help="route each user (cookie) to one server")
+    p.add_argument("--sessions", choices=SESSION_STORES,
+                   help="where carts live: memory (each server's own, lost with it; default) or shared (one Redis)")
     p.add_argument("--lb-retry", dest="lb_retry", action="store_true", default=None,
                    help="let NGINX retry a failed connection on another server (its default; hides drops)")
     _add_lb_flags(p)
@@ -184,6 +187,8 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", choices=STRATEGIES, help="how to roll (default one-at-a-time)")
     p.add_argument("--batch", type=_integer, help="servers per batch for rolling, surge, naive")
     p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
+    p.add_argument("--sessions", choices=SESSION_STORES,
+                   help="where carts live: memory (each server's own, lost with it; default) or shared (one Redis)")
     p.add_argument("--keep", action="store_true", help="leave the fleet running afterwards")
     _add_lb_flags(p)
     _add_load_flags(p)
@@ -207,6 +212,8 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-grace-period", type=_number, help="swarm-native: SIGTERM to SIGKILL (default 20)")
     p.add_argument("--no-healthcheck", dest="swarm_healthcheck", action="store_false", default=None,
                    help="swarm-native: no HEALTHCHECK, so Swarm routes to a task as soon as it runs")
+    p.add_argument("--sessions", choices=SESSION_STORES,
+                   help="where carts live: memory (each server's own, lost with it; default) or shared (one Redis)")
     _add_lb_flags(p)
     _add_load_flags(p)
     _add_dashboard_flags(p)
@@ -214,7 +221,7 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 _SETTING_FLAGS = (
-    "project", "engine", "size", "port", "version", "sticky", "lb_retry", "client_keepalive", "lb_apply",
+    "project", "engine", "size", "port", "version", "sticky", "sessions", "lb_retry", "client_keepalive", "lb_apply",
     "to_version", "strategy", "batch", "mode",
     "drain_timeout", "ready_timeout", "max_error_ratio", "auto_rollback", "load", "users", "spawn_rate",
     "locustfile", "max_dropped", "warmup_s", "cooldown_s", "v2_mode", "load_workers", "think_ms",

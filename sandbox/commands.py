@@ -57,15 +57,18 @@ async def up(settings: Settings, *, runtime: Runtime, say: Callable[[str], None]
     image_set = await asyncio.to_thread(ensure_images, runtime.client, log=say)
     try:
         await runtime.ensure_network(project)
+        app_env = dict(settings.app_env)
+        if settings.sessions == "shared":  # every server of the fleet, and of every rollout, keeps carts there
+            app_env["APP_REDIS"] = await runtime.start_redis(project, image_set.base)
         await runtime.start_lb(project, settings.port, image_set.lb)
         balancer = Balancer(runtime, project, settings.port)
         executor = Executor(runtime, balancer, settings, image_set)
         await balancer.apply([], rollout=None, sticky=settings.sticky, size=settings.size,
                             retry=settings.lb_retry, client_keepalive_s=65 if settings.client_keepalive else 0,
-                            app_env=dict(settings.app_env), lb_apply=settings.lb_apply)
+                            app_env=app_env, lb_apply=settings.lb_apply)
         steps = planner.merge_reloads(planner.plan([], planner.PlanSettings(
             size=settings.size, to_version=settings.version, strategy="double-half")))
-        await executor.execute(steps, settings.version, env=dict(settings.app_env))
+        await executor.execute(steps, settings.version, env=app_env)
     except BaseException:
         with suppress(Exception):
             await runtime.down(project)

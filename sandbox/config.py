@@ -41,6 +41,7 @@ FAILURE_ACTIONS: tuple[str, ...] = get_args(FailureAction)
 
 PROJECT_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38}[A-Za-z0-9])?$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SESSION_STORES = ("memory", "shared")
 MAX_SIZE = 64
 MAX_LOAD_WORKERS = 16
 #: Locust worker processes by default: one per core, at least 2 (measured in README, "Load").
@@ -62,6 +63,7 @@ class Settings:
     client_keepalive: bool = True
     lb_apply: LbApply = "dynamic"  # how a change of the attached set reaches NGINX
     app_env: Mapping[str, str] = field(default_factory=dict)
+    sessions: str = "memory"  # where carts live: "memory" (each server's own) or "shared" (one Redis)
     # rollout
     to_version: Version = "v2"
     strategy: Strategy = "one-at-a-time"
@@ -129,6 +131,7 @@ def validate(s: Settings) -> None:
     _check(s.update_failure_action in FAILURE_ACTIONS, "update_failure_action",
            f"{s.update_failure_action!r} must be one of {', '.join(FAILURE_ACTIONS)}")
     _check(0 < s.stop_grace_period <= 3600, "stop_grace_period", f"{s.stop_grace_period} must be in (0, 3600] seconds")
+    _check(s.sessions in SESSION_STORES, "sessions", f"{s.sessions!r} must be one of {', '.join(SESSION_STORES)}")
     _check(s.v2_mode in V2_MODES, "v2_mode", f"{s.v2_mode!r} must be one of {', '.join(V2_MODES)}")
     _check(s.batch >= 1, "batch", f"{s.batch} must be at least 1")
     _check(not (s.mode == "in-place" and s.strategy not in IN_PLACE_STRATEGIES),

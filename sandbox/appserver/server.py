@@ -88,6 +88,7 @@ class Settings:
     shutdown_grace: float = 15.0
     keepalive_timeout: float = 75.0
     app_dir: str = "/srv/app"
+    redis: str = ""  # APP_REDIS=host:port: carts live in that Redis (shared by every server), else in memory
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -103,11 +104,91 @@ class Settings:
             stop_delay=_number(env, "APP_STOP_DELAY", 0.5, 0, 3600),
             shutdown_grace=_number(env, "APP_SHUTDOWN_GRACE", 15.0, 0, 3600),
             app_dir=env.get("APP_DIR", "/srv/app"),
+            redis=env.get("APP_REDIS", "").strip(),
         )
 
 
 def _json_error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message, "status": status}, status=status, headers=headers)
+
+
+class MemorySessions:
+    """Carts in this process: a user whose server goes away starts again with an empty one."""
+
+    def __init__(self) -> None:
+        self.carts: dict[str, list[int]] = {}
+
+    async def exists(self, sid: str) -> bool:
+        return sid in self.carts
+
+    async def create(self, sid: str) -> None:
+        self.carts[sid] = []
+
+    async def items(self, sid: str) -> list[int]:
+        return list(self.carts.get(sid, []))
+
+    async def add(self, sid: str, item: int) -> None:
+        self.carts.setdefault(sid, []).append(item)
+
+
+class RedisSessions:
+    """Carts in a Redis every server shares (RESP over one asyncio connection: bookworm's
+    python3 has no Redis client). A session is the key ``s:<sid>``, its cart the list ``c:<sid>``."""
+
+    def __init__(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self.host, self.port = host or address, int(port or 6379)
+        self._lock = asyncio.Lock()
+        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def _call(self, *args: str) -> Any:
+        async with self._lock:
+            if self._conn is None:
+                self._conn = await asyncio.open_connection(self.host, self.port)
+            reader, writer = self._conn
+            parts = [f"*{len(args)}\r\n"] + [f"${len(a.encode())}\r\n{a}\r\n" for a in args]
+            writer.write("".join(parts).encode())
+            try:
+                await writer.drain()
+                return await _read_resp(reader)
+            except (OSError, asyncio.IncompleteReadError):
+                self._conn = None
+                raise
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn[1].close()
+            await self._conn[1].wait_closed()
+            self._conn = None
+
+    async def exists(self, sid: str) -> bool:
+        return bool(await self._call("EXISTS", f"s:{sid}"))
+
+    async def create(self, sid: str) -> None:
+        await self._call("SET", f"s:{sid}", "1")
+
+    async def items(self, sid: str) -> list[int]:
+        return [int(x) for x in await self._call("LRANGE", f"c:{sid}", "0", "-1")]
+
+    async def add(self, sid: str, item: int) -> None:
+        await self._call("RPUSH", f"c:{sid}", str(item))
+
+
+async def _read_resp(reader: asyncio.StreamReader) -> Any:
+    """One RESP reply: +simple, -error (raised), :integer, $bulk, *array."""
+    line = (await reader.readuntil(b"\r\n"))[:-2].decode()
+    kind, rest = line[:1], line[1:]
+    if kind == "+":
+        return rest
+    if kind == "-":
+        raise OSError(f"redis: {rest}")
+    if kind == ":":
+        return int(rest)
+    if kind == "$":
+        return None if int(rest) < 0 else (await reader.readexactly(int(rest) + 2))[:-2].decode()
+    if kind == "*":
+        return [await _read_resp(reader) for _ in range(max(0, int(rest)))]
+    raise OSError(f"redis: unexpected reply {line!r}")
 
 
 class Shop:
@@ -125,7 +206,8 @@ class Shop:
         self.version: str = version.VERSION
         self._item = version.item
         self.instance = instance or f"{socket.gethostname()}/{secrets.token_hex(3)}"
-        self.sessions: dict[str, list[int]] = {}
+        self.store: MemorySessions | RedisSessions = (
+            RedisSessions(settings.redis) if settings.redis else MemorySessions())
         self.requests_total = 0
         self.in_flight = 0
         self.responses: dict[int, int] = {}
@@ -191,10 +273,10 @@ class Shop:
         status = 500
         try:
             sid = request.cookies.get(SESSION_COOKIE, "")
-            fresh = sid not in self.sessions
+            fresh = not (_SID_RE.match(sid) and await self.store.exists(sid))
             if fresh:
                 sid = sid if _SID_RE.match(sid) else secrets.token_hex(16)
-                self.sessions[sid] = []
+                await self.store.create(sid)
             _current_sid.set(sid)
             if api and self.settings.latency_ms:
                 await asyncio.sleep(self.settings.latency_ms / 1000)
@@ -233,12 +315,12 @@ class Shop:
             return _json_error(404, "no such item")
         return web.json_response(self._item(int(raw), self.settings.breaking))
 
-    def _cart(self) -> web.Response:
-        items = self.sessions[_current_sid.get()]
+    async def _cart(self) -> web.Response:
+        items = await self.store.items(_current_sid.get())
         return web.json_response({"items": items, "count": len(items)})
 
     async def _get_cart(self, request: web.Request) -> web.Response:
-        return self._cart()
+        return await self._cart()
 
     async def _add_to_cart(self, request: web.Request) -> web.Response:
         try:
@@ -248,8 +330,8 @@ class Shop:
         item = body.get("item") if isinstance(body, dict) else None
         if not isinstance(item, int) or isinstance(item, bool):
             return _json_error(400, 'body must be {"item": <int>}')
-        self.sessions[_current_sid.get()].append(item)
-        return self._cart()
+        await self.store.add(_current_sid.get(), item)
+        return await self._cart()
 
     async def _healthz(self, request: web.Request) -> web.Response:
         state = self.state

@@ -29,8 +29,10 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -98,6 +100,17 @@ _env = jinja2.Environment(
 )
 
 
+TEMPLATE_ENV = "SANDBOX_LB_TEMPLATE"
+"""Test-only: a template file to render instead of lb/nginx.conf.j2 (its includes still resolve in lb/)."""
+
+
+def _template() -> jinja2.Template:
+    override = os.environ.get(TEMPLATE_ENV)
+    if override:
+        return _env.from_string(Path(override).read_text())
+    return _env.get_template(TEMPLATE_NAME)
+
+
 CONFIG_FIELDS = ("lb_apply", "sticky", "retry", "client_keepalive_s")
 
 
@@ -120,7 +133,7 @@ def render(project: str, state: LbState, *, admin_token: str = "", worker_proces
     shown = config_state(state) if dynamic else state
 
     def text(config_id: str) -> str:
-        return _env.get_template(TEMPLATE_NAME).render(
+        return _template().render(
             project=project,
             generation=shown.generation,
             state_json=shown.to_json(),
@@ -204,6 +217,9 @@ class Balancer:
         self.state = LbState()
         self._installed: str | None = None  # the live config's text, once read or installed
         self._admin: tuple[str, str] | None = None  # (admin url, token), once resolved
+        # dynamic mode: the admin listener holds no set (NGINX restarted: its shared memory is
+        # empty, so it serves nothing); the caller re-pushes the set (see repair_lost_set)
+        self.lost = False
 
     @property
     def url(self) -> str:
@@ -228,6 +244,7 @@ class Balancer:
         state = parse_state(text)
         if state.lb_apply == "dynamic":
             live = parse_admin_body(await self._admin_call("GET", "servers", container=lb))
+            self.lost = live is None
             if live is not None:  # the config's own settings win: they are what NGINX runs
                 state = replace(live, **{name: getattr(state, name) for name in CONFIG_FIELDS})
         self.state = state
@@ -242,6 +259,19 @@ class Balancer:
         it half done.
         """
         return await asyncio.shield(self._apply(upstreams, changes))
+
+    async def repair_lost_set(self, instances: list[Any], size: int) -> list[Upstream]:
+        """After :meth:`load` found the set lost: attach, per slot, the oldest running container of
+        ``instances`` (the one that served before; Docker's labels are the truth), in one PUT."""
+        chosen: dict[int, Any] = {}
+        for inst in instances:  # in (slot, created) order
+            if inst.state == "running" and inst.address and inst.slot not in chosen:
+                chosen[inst.slot] = inst
+        upstreams = [Upstream(name=i.name, address=i.address, version=i.version) for i in chosen.values()]
+        await self.apply(upstreams, size=size)
+        self.lost = False
+        log.warning("the load balancer had no attached set (restarted?): re-attached %d servers", len(upstreams))
+        return upstreams
 
     async def _apply(self, upstreams: list[Upstream], changes: dict[str, Any]) -> LbState:
         async with self._lock:

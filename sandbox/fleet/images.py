@@ -69,7 +69,8 @@ LB_REPO = "rolling-sandbox/lb"
 
 SUITE = "bookworm"
 VARIANT = "minbase"
-PACKAGES: tuple[str, ...] = ("python3", "python3-aiohttp", "nginx-light", "libnginx-mod-http-lua", "lua-resty-core")
+PACKAGES: tuple[str, ...] = ("python3", "python3-aiohttp", "nginx-light", "libnginx-mod-http-lua", "lua-resty-core",
+                             "redis-server")  # redis-server: the shared session store (`--sessions shared`)
 BASE_RECIPE = "1"  # bump when the way the base rootfs is made or trimmed changes
 PULL_FROM = "debian:bookworm-slim"
 METHOD_ENV = "ROLLING_SANDBOX_BASE_METHOD"

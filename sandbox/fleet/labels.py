@@ -11,7 +11,7 @@ PREFIX = "io.rolling-sandbox"
 
 LABEL_MANAGED = f"{PREFIX}.managed"  # "true" on everything we create
 LABEL_PROJECT = f"{PREFIX}.project"  # project name
-LABEL_ROLE = f"{PREFIX}.role"  # "app", "lb", "network", "image", "volume"
+LABEL_ROLE = f"{PREFIX}.role"  # "app", "lb", "network", "image", "volume", "redis"
 LABEL_SLOT = f"{PREFIX}.slot"  # "1".."N" for app containers
 LABEL_VERSION = f"{PREFIX}.version"  # "v1" / "v2": the version the container was created with
 LABEL_FROM = f"{PREFIX}.from-version"  # version the fleet had when a roll created it
@@ -25,6 +25,7 @@ ROLE_LB = "lb"
 ROLE_NETWORK = "network"
 ROLE_IMAGE = "image"
 ROLE_VOLUME = "volume"
+ROLE_REDIS = "redis"  # the shared session store (`--sessions shared`)
 
 
 def project_labels(project: str, role: str, **extra: str) -> dict[str, str]:

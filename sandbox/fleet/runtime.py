@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import requests
 from docker.models.containers import Container
 from docker.types import Mount
 
@@ -58,6 +59,9 @@ class Instance:
     def probe_address(self) -> str | None:
         """``ip:port`` the controller's probes use: ``probe_ip`` when set, else ``address``."""
         return f"{self.probe_ip}:{APP_PORT}" if self.probe_ip else self.address
+
+
+REDIS_PORT = 6379
 
 
 def network_name(project: str) -> str:
@@ -104,6 +108,8 @@ class Runtime:
             raise GoneError(f"docker: {_short(exc)} (removed while the sandbox was using it?)") from exc
         except docker.errors.DockerException as exc:
             raise EngineError(f"docker: {_short(exc)}") from exc
+        except requests.exceptions.RequestException as exc:  # the engine went away mid-call
+            raise EngineError(f"the Docker engine stopped answering: {_short(exc)}") from exc
 
     # -- discovery ----------------------------------------------------------------------------
     async def instances(self, project: str) -> list[Instance]:
@@ -300,6 +306,29 @@ class Runtime:
                     self._remove_by_name(lb_name(project))
                     raise PortInUseError(f"port: 127.0.0.1:{port} is already in use") from exc
                 raise
+        return await self._call(start)
+
+    async def start_redis(self, project: str, image: str) -> str:
+        """Start the project's session store (redis-server of the base image, nothing persisted);
+        return its ``host:port`` on the project network."""
+        name = f"{project}-redis"
+        def start() -> None:
+            self.client.containers.run(
+                image, ["redis-server", "--port", str(REDIS_PORT), "--bind", "0.0.0.0", "--protected-mode", "no",
+                        "--save", "", "--appendonly", "no", "--dir", "/tmp"],
+                name=name, hostname=name, detach=True, labels=L.project_labels(project, L.ROLE_REDIS),
+                network=network_name(project), read_only=True, tmpfs={"/tmp": "size=64m"}, user="redis",
+                cap_drop=["ALL"], security_opt=["no-new-privileges"], mem_limit="128m", pids_limit=64,
+            )
+        await self._call(start)
+        return f"{name}:{REDIS_PORT}"
+
+    async def start_again(self, container: Container) -> Container:
+        """Start a stopped container of the project (the load balancer after `docker stop`), as it was."""
+        def start() -> Container:
+            container.start()
+            container.reload()
+            return container
         return await self._call(start)
 
     def _remove_by_name(self, name: str) -> None:

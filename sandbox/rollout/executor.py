@@ -165,6 +165,29 @@ class Executor:
             await self.balancer.apply(keep)
         return stale
 
+    async def notice_dead(self, run: _Run | None = None) -> list[str]:
+        """Take out every attached server whose container stopped under us (killed, crashed),
+        with a ``died`` event naming it; its later steps (detach, drain, stop) then find it out.
+
+        Returns the names taken out. Cheap when nothing died: one container listing.
+        """
+        attached = {u.name: u.address for u in self.balancer.state.upstreams}
+        if not attached:
+            return []
+        listed = await self.runtime.instances(self.project)
+        dead = [i for i in listed if i.name in attached and i.state != "running"]
+        if not dead:
+            return []
+        await self.reconcile(listed)
+        for inst in dead:
+            info = await self.runtime.exit_info(inst)
+            log.warning("%s died while attached (%s): taken out of the load balancer", inst.name, info)
+            if run is not None and inst.id in run.by_id:
+                run.by_id[inst.id] = dataclasses.replace(run.by_id[inst.id], state=inst.state)
+            # a dead container has lost its address: name the one the LB was sending it requests on
+            self.emit("died", inst, address=attached[inst.name], detail={"exit": info})
+        return [i.name for i in dead]
+
     # -- executing a plan ---------------------------------------------------------------------
     async def execute(
         self,
@@ -193,6 +216,7 @@ class Executor:
                     raise ErrorRatioExceeded(reason)
                 if self.before_step is not None:
                     await self.before_step(step)
+                await self.notice_dead(run)
                 await self._handlers[step.action](run, step)
 
     # -- one handler per action ---------------------------------------------------------------
@@ -269,6 +293,7 @@ class Executor:
                         detach: Sequence[Instance], detach_batch: int) -> None:
         """One reload that attaches ``attach`` and detaches ``detach``; events for each, the
         detached ones with the requests they had in flight at that moment."""
+        await self._still_running(attach)
         in_flight = await self._in_flight(probe, detach)
         await self._set_attached(attach=attach, detach=detach)
         now = time.monotonic()
@@ -277,6 +302,16 @@ class Executor:
         for inst in detach:
             self._detached_at[inst.id] = now
             self.emit("detach", inst, batch=detach_batch, detail={"in_flight": in_flight[inst.id]})
+
+    async def _still_running(self, insts: Sequence[Instance]) -> None:
+        """ReadinessError when a server about to be attached stopped since it turned ready: the
+        load balancer is never given an address nothing answers on (the rollout fails, and rolls back)."""
+        for inst in insts:
+            fresh = await self.runtime.refresh(self.project, inst)
+            if fresh is None or fresh.state != "running":
+                self.emit("died", inst, detail={"exit": await self.runtime.exit_info(inst), "before": "attach"})
+                raise ReadinessError(f"{inst.name} ({inst.version}) stopped after it was ready, before it was "
+                                     f"attached: {await self.runtime.exit_info(inst)}")
 
     async def _set_attached(self, *, attach: Sequence[Instance], detach: Sequence[Instance]) -> None:
         current = {u.name: u for u in self.balancer.state.upstreams}

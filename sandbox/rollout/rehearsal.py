@@ -243,15 +243,19 @@ class Rehearsal:
         Raises NotFoundError (no fleet), UsageError (nothing to roll back).
         """
         project = self.settings.project
-        await self.runtime.require_fleet(project)
+        lb, _ = await self.runtime.require_fleet(project)
         port = await self.runtime.lb_port(project)
         if port is None:
             raise NotFoundError(f"project {project!r}: the load balancer has no port label")
         self._balancer = self.deps.balancer(self.runtime, project, port)
-        state = await self._balancer.load()
+        state = await self._load_balancer(lb)
         target = self._target(state)
         listed = await self.runtime.instances(project)
         size = state.size or len({i.slot for i in listed})
+        if getattr(self._balancer, "lost", False):
+            await self._balancer.repair_lost_set(listed, size)
+            self.progress.line("the load balancer had lost its attached set (restarted?): "
+                               f"re-attached {len(self._balancer.state.upstreams)} servers from Docker's labels")
         check_batch(self.settings.strategy, self.settings.batch, size)  # before anything is built or touched
         image_set = await self.deps.images(self.runtime)
         self._executor = Executor(self.runtime, self._balancer, self.settings, image_set,
@@ -270,6 +274,21 @@ class Rehearsal:
                                   strategy=self.settings.strategy, size=size, env=env,
                                   instances=instances, steps=steps)
         return self._prepared
+
+    async def _load_balancer(self, lb: Any) -> LbState:
+        """The load balancer's live state; a stopped LB container is started again first."""
+        if getattr(lb, "status", "running") == "running":
+            return await self.balancer.load()
+        self.progress.line(f"the load balancer was {lb.status}: starting it again")
+        await self.runtime.start_again(lb)
+        last: BalancerError | None = None
+        for _ in range(50):  # NGINX takes a moment to listen
+            try:
+                return await self.balancer.load()
+            except BalancerError as exc:
+                last = exc
+                await asyncio.sleep(0.2)
+        raise BalancerError(f"the restarted load balancer does not answer: {last}")
 
     def _target(self, state: LbState) -> str:
         if self.kind != "rollback":
@@ -510,9 +529,27 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
     }
     report = build_report(meta=meta, measured=measured, steps=collected.events, limits=Limits.from_settings(settings))
     report["attribution"] = attribution(collected.rows, collected.nginx_rows, collected.history)
+    report["faults"] = died_servers(collected.events, collected.nginx_rows)
     if collected.load_end is not None:
         report["load_generator"] = collected.load_end
     return report
+
+
+def died_servers(events: Sequence[Event], nginx_rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """The servers that died while attached (``died`` events), each with the requests lost to it:
+    the NGINX log rows to its address answered 5xx from 30 s before it was noticed on (a kill cuts
+    what it held and refuses what comes until the controller takes it out)."""
+    out = []
+    for e in events:
+        if e.get("phase") != "died":
+            continue
+        address = str(e.get("address") or "")
+        lost = sum(1 for r in nginx_rows
+                   if address and address in str(r.get("upstream_addr", ""))
+                   and int(r.get("status") or 0) >= 500 and float(r.get("time") or 0) >= float(e["t"]) - 30)
+        out.append({"fault": "died", "instance": e.get("instance"), "address": address, "t": e["t"],
+                    "exit": (e.get("detail") or {}).get("exit"), "lost_requests": lost})
+    return out
 
 
 def fleet_history(initial: list[Instance], events: list[Event]) -> AddressHistory:

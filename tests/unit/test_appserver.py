@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from sandbox.appserver.server import Settings, Shop
+from sandbox.appserver.server import RedisSessions, Settings, Shop
 from sandbox.appserver.supervisor import child_env, exit_code
 from tests.conftest import free_port
 
@@ -126,12 +126,12 @@ async def test_session_new_then_resumed_and_client_sid_reused(make_client: MakeC
     third = await client.get("/", headers={"Cookie": "sid=from-old-server"})
     assert third.headers["X-Session-State"] == "new"
     assert third.cookies["sid"].value == "from-old-server"
-    assert set(shop.sessions) == {sid, "from-old-server"}
+    assert set(shop.store.carts) == {sid, "from-old-server"}
     # health and metrics neither create nor need sessions
     client.session.cookie_jar.clear()
     health = await client.get("/healthz")
     assert "X-Session-State" not in health.headers
-    assert len(shop.sessions) == 2
+    assert len(shop.store.carts) == 2
 
 
 @pytest.mark.asyncio
@@ -309,3 +309,57 @@ def test_supervisor_reloads_new_code_on_sighup_and_stops_on_sigterm(tmp_path: Pa
             proc.communicate()
     assert proc.returncode == 0
     assert err.count(b"started server pid") == 2
+
+
+async def _fake_redis(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      data: dict[str, object]) -> None:
+    """EXISTS, SET, RPUSH, LRANGE over RESP: what RedisSessions sends, as Redis answers it."""
+    while True:
+        try:
+            head = await reader.readuntil(b"\r\n")
+        except asyncio.IncompleteReadError:
+            writer.close()
+            await writer.wait_closed()
+            return
+        args = []
+        for _ in range(int(head[1:-2])):
+            size = int((await reader.readuntil(b"\r\n"))[1:-2])
+            args.append((await reader.readexactly(size + 2))[:-2].decode())
+        cmd, key = args[0], args[1]
+        if cmd == "EXISTS":
+            writer.write(f":{int(key in data)}\r\n".encode())
+        elif cmd == "SET":
+            data[key] = args[2]
+            writer.write(b"+OK\r\n")
+        elif cmd == "RPUSH":
+            items = data.setdefault(key, [])
+            assert isinstance(items, list)
+            items.append(args[2])
+            writer.write(f":{len(items)}\r\n".encode())
+        elif cmd == "LRANGE":
+            items = data.get(key, [])
+            assert isinstance(items, list)
+            writer.write((f"*{len(items)}\r\n" + "".join(f"${len(i)}\r\n{i}\r\n" for i in items)).encode())
+        await writer.drain()
+
+
+@pytest.mark.asyncio
+async def test_redis_sessions_are_shared_between_two_servers() -> None:
+    data: dict[str, object] = {}
+    server = await asyncio.start_server(lambda r, w: _fake_redis(r, w, data), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        one, other = RedisSessions(f"127.0.0.1:{port}"), RedisSessions(f"127.0.0.1:{port}")
+        assert not await one.exists("u1")
+        await one.create("u1")
+        await one.add("u1", 7)
+        await one.add("u1", 9)
+        assert await other.exists("u1")  # the server that replaces it knows the session
+        assert await other.items("u1") == [7, 9]
+        assert await other.items("nobody") == []
+        await one.close()
+        await other.close()
+        await asyncio.sleep(0.05)  # the fake's handlers see the close and close their side
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -25,7 +25,7 @@ def test_defaults_are_valid() -> None:
     ("users", 0), ("max_dropped", -1), ("v2_mode", "weird"), ("lb_apply", "hot"),
     ("locustfile", Path("/nonexistent.py")), ("load_workers", 0),
     ("load_workers", 17), ("think_ms", "x"), ("think_ms", "9-1"), ("client_timeout_s", 0),
-    ("client_timeout_s", 601),
+    ("client_timeout_s", 601), ("sessions", "disk"),
 ])
 def test_bad_values_name_the_field(field: str, value: object) -> None:
     with pytest.raises(UsageError, match=f"^{field}: "):

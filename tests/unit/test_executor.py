@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import get_args
 
 import pytest
@@ -192,3 +193,46 @@ async def test_dynamic_drain_ends_on_the_lb_count(counts_seen: list[int], drain_
     assert drain["detail"]["signal"] == "lb"
     assert drain["detail"]["in_flight"] == counts_seen[0]
     assert drain["detail"]["timed_out"] is timed_out
+
+
+@pytest.mark.asyncio
+async def test_an_attached_server_that_died_is_taken_out_and_named() -> None:
+    """`docker kill` of a serving old server mid-rollout: the next step takes it out with a
+    `died` event on the address the LB used, and the rollout still completes."""
+    settings = settings_for(3)
+    runtime, balancer, executor = fleet_and_executor(3, settings)
+    a3 = runtime.containers["a3"]
+
+    def kill_a3(*_: object) -> None:
+        runtime.containers["a3"] = dataclasses.replace(a3, state="exited", ip=None)
+        del runtime.before["start"]  # once
+    runtime.before["start"] = kill_a3  # dies while slot 1 is being rebuilt
+    await roll(runtime, executor, settings)
+    died = [e for e in executor.events if e["phase"] == "died"]
+    assert [(e["instance"], e["address"]) for e in died] == [("a3", a3.address)]
+    assert "lb -a3" in runtime.log
+    assert {i.version for i in runtime.containers.values()} == {"v2"}
+    assert sorted(u.name for u in balancer.state.upstreams) == ["n1", "n2", "n3"]
+
+
+@pytest.mark.asyncio
+async def test_nothing_died_nothing_is_taken_out() -> None:
+    settings = settings_for(2)
+    runtime, _, executor = fleet_and_executor(2, settings)
+    await roll(runtime, executor, settings)
+    assert not [e for e in executor.events if e["phase"] == "died"]
+
+
+@pytest.mark.asyncio
+async def test_a_new_server_that_died_after_ready_is_never_attached() -> None:
+    settings = settings_for(2)
+    runtime, balancer, executor = fleet_and_executor(2, settings)
+
+    async def kill_before_attach(step: planner.Step) -> None:
+        if step.action in ("attach", "reattach") and "n1" in runtime.containers:
+            runtime.containers["n1"] = dataclasses.replace(runtime.containers["n1"], state="exited")
+    executor.before_step = kill_before_attach
+    with pytest.raises(ReadinessError, match=r"n1 .* stopped after it was ready, before it was attached"):
+        await roll(runtime, executor, settings)
+    assert "n1" not in {u.name for u in balancer.state.upstreams}
+    assert [e["instance"] for e in executor.events if e["phase"] == "died"] == ["n1"]

@@ -22,6 +22,7 @@ from sandbox.rollout.rehearsal import (
     Deps,
     Interrupts,
     Rehearsal,
+    died_servers,
     error_ratio_problem,
     rehearse,
     rollout_record,
@@ -323,3 +324,39 @@ def test_rollout_record(kind: str, outcome: str, expected: dict[str, str]) -> No
 ])
 def test_error_ratio_problem(total: int, failed: int, problem: str | None) -> None:
     assert error_ratio_problem(total, failed, 0.05) == problem
+
+
+def test_requests_lost_to_a_dead_server_are_counted_against_it() -> None:
+    events = [{"t": 100.0, "phase": "died", "instance": "app-3", "address": "10.0.0.3:8000",
+               "detail": {"exit": "state exited, exit code 137"}},
+              {"t": 101.0, "phase": "attach", "instance": "app-1", "address": "10.0.0.9:8000"}]
+    nginx = [{"time": 99.0, "status": 502, "upstream_addr": "10.0.0.3:8000"},  # lost to the kill
+             {"time": 99.5, "status": 504, "upstream_addr": "10.0.0.3:8000"},  # lost too
+             {"time": 99.6, "status": 200, "upstream_addr": "10.0.0.3:8000"},  # answered before it died
+             {"time": 99.7, "status": 502, "upstream_addr": "10.0.0.4:8000"},  # another server's
+             {"time": 10.0, "status": 502, "upstream_addr": "10.0.0.3:8000"}]  # long before: not this fault
+    faults = died_servers(events, nginx)  # type: ignore[arg-type]
+    assert faults == [{"fault": "died", "instance": "app-3", "address": "10.0.0.3:8000", "t": 100.0,
+                       "exit": "state exited, exit code 137", "lost_requests": 2}]
+
+
+class _SlowToStop(FakeLoad):
+    """Locust asked to stop: gone from the process table at once, the stop call returns later."""
+
+    async def stop(self, grace_s: float = 10) -> None:
+        self.stopped += 1
+        self.dies = True
+        await asyncio.sleep(0.1)  # several ticks of the rehearsal's ticker
+
+
+@pytest.mark.asyncio
+async def test_a_load_generator_that_exits_when_asked_is_no_death() -> None:
+    def feed() -> list[Any]:
+        now = time.time()
+        return [row(now, user=f"u{i}", rid=f"{now}-{i}") for i in range(60)]
+
+    world = World(feed=feed)
+    world.deps = replace(world.deps, load=_SlowToStop, tick_s=0.005)  # type: ignore[arg-type]
+    result = await world.rehearse(settings(load=True, max_p99_ratio=1000))
+    assert "load-died" not in [s["phase"] for s in result.report["steps"]]
+    assert "load_alive" not in [c["name"] for c in result.report["verdict"]["checks"] if not c["pass"]]
