@@ -33,6 +33,7 @@ from sandbox.load.run import LoadRun, LoadSettings
 from sandbox.results.measure import MeasureSettings, measure
 from sandbox.results.records import Event
 from sandbox.results.report import build_report, write_report_dir
+from sandbox.results.verdict import Limits
 
 log = logging.getLogger("sandbox.rollout.swarm_native")
 
@@ -125,8 +126,9 @@ async def rehearse(settings: Settings, *, runtime: SwarmRuntime, images: ImageSe
         t1 = time.time()
         events.append({"t": t1, "phase": "rollout-end", "instance": None, "detail": {"outcome": state}})
         await asyncio.sleep(settings.cooldown_s)
-        await load.stop()
+        # stamped when asked: the second Locust takes to exit is not a stall of the fleet
         events.append({"t": time.time(), "phase": "load-stop", "instance": None})
+        await load.stop()
     finally:
         stop.set()
         if follower is not None:
@@ -134,13 +136,13 @@ async def rehearse(settings: Settings, *, runtime: SwarmRuntime, images: ImageSe
         if load is not None:
             await load.stop()
         await runtime.down(project)
-    measured = measure(load.all_rows(), events, settings=MeasureSettings(slow_budget_s=settings.slow_budget_s))
+    measured = measure(load.all_rows(), events, settings=MeasureSettings(slow_ms=settings.slow_ms))
     meta = {"project": project, "kind": "roll", "strategy": f"{NATIVE}:{order}", "size": size,
             "batch": settings.update_parallelism, "mode": "replace", "from_version": "v1", "to_version": "v2",
             "outcome": "completed" if state == "completed" else f"swarm: {state}",
             "duration_s": round(t1 - t0, 3), "peak_instances": peak[0], "sticky": settings.sticky,
             "users": settings.users, "load": True, "plan_steps": 0}
-    report = build_report(meta=meta, measured=measured, steps=events)
+    report = build_report(meta=meta, measured=measured, steps=events, limits=Limits.from_settings(settings))
     if report_dir is not None:
         report["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
     shutil.rmtree(workdir, ignore_errors=True)

@@ -17,7 +17,7 @@ from sandbox.errors import BalancerError
 from sandbox.fleet import labels as L
 from sandbox.fleet.balancer import ADMIN_PORT, LIVE_CONF, Balancer
 from sandbox.fleet.runtime import Runtime, network_name
-from tests.e2e.conftest import Cli
+from tests.e2e.conftest import Cli, assert_passes
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +50,7 @@ def test_rollout_with_client_keepalive_drops_nothing_and_never_reloads(cli: Cli,
     cli.run("up", "--size", "4", "--port", str(cli.port), check=True)
     before = worker_pids(client, cli.project)
     assert before
-    report = cli.json("roll", "--to", "v2", "--strategy", "one-at-a-time", *LOAD, "--json")
+    report = assert_passes(cli.run("roll", "--to", "v2", "--strategy", "one-at-a-time", *LOAD, "--json"))
     assert report["outcome"] == "completed"
     assert report["requests"]["total"] > 200 and report["phases"]["rollout"]["requests"] > 0
     assert report["requests"]["dropped"] == 0, report["requests"]
@@ -131,7 +131,7 @@ def test_reload_mode_still_rolls_cleanly(cli: Cli, client: docker.DockerClient) 
     cli.run("up", "--size", "3", "--port", str(cli.port), "--lb-apply", "reload", "--no-client-keepalive",
             check=True)
     before = worker_pids(client, cli.project)
-    report = cli.json("roll", "--to", "v2", *LOAD, "--json")
+    report = assert_passes(cli.run("roll", "--to", "v2", *LOAD, "--json"))
     assert report["outcome"] == "completed" and report["requests"]["dropped"] == 0
     assert report["requests"]["total"] > 100
     assert not worker_pids(client, cli.project) & before  # every set change was a reload

@@ -21,7 +21,7 @@ import pytest
 
 from sandbox.fleet import labels as L
 from tests.conftest import free_port
-from tests.e2e.conftest import REPO, Cli, project_objects
+from tests.e2e.conftest import REPO, Cli, assert_passes, project_objects
 
 LOAD = ["--users", "20", "--warmup", "2", "--cooldown", "2", "--json"]
 
@@ -88,12 +88,12 @@ def test_swarm_up_status_roll_rollback_down(swarm: None, client: docker.DockerCl
     assert code == 200 and headers["X-App-Version"] == "v1"
 
     # one at a time under load, then back with rolling 2: nothing dropped either way
-    assert_clean(cli.json("roll", "--to", "v2", "--strategy", "one-at-a-time", *LOAD), "v2")
+    assert_clean(assert_passes(cli.run("roll", "--to", "v2", "--strategy", "one-at-a-time", *LOAD)), "v2")
     assert cli.get("/api/items/1")[1]["X-App-Version"] == "v2"
     assert {i["version"] for i in cli.json("status", "--json")["instances"]} == {"v2"}
     assert len(services(client, cli.project)) == 3  # the old services are gone, not just stopped
 
-    assert_clean(cli.json("rollback", "--strategy", "rolling", "--batch", "2", *LOAD), "v1")
+    assert_clean(assert_passes(cli.run("rollback", "--strategy", "rolling", "--batch", "2", *LOAD)), "v1")
     assert {i["version"] for i in cli.json("status", "--json")["instances"]} == {"v1"}
     assert cli.get("/api/items/1")[1]["X-App-Version"] == "v1"
 

@@ -30,7 +30,7 @@ from aiohttp import web
 
 from sandbox.load.run import LoadRun, LoadSettings, TrafficError, group_members
 from sandbox.results.records import RequestRow
-from tests.e2e.conftest import REPO, Cli
+from tests.e2e.conftest import REPO, Cli, assert_passes
 
 pytestmark = [pytest.mark.e2e]
 
@@ -561,7 +561,7 @@ class Fast(FastHttpUser):
 
 
 def _roll(cli: Cli, report: Path, *args: str) -> tuple[dict[str, Any], list[RequestRow]]:
-    data = cli.json("roll", "--warmup", "1", "--cooldown", "1", "--json", "--report", str(report), *args)
+    data = assert_passes(cli.run("roll", "--warmup", "1", "--cooldown", "1", "--json", "--report", str(report), *args))
     rows = [json.loads(line) for line in (report / "requests.jsonl").read_text().splitlines() if line]
     rids = [r["rid"] for r in rows]
     assert len(set(rids)) == len(rids), "a request was recorded twice"
