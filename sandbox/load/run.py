@@ -38,6 +38,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -181,8 +182,14 @@ class LoadRun:
         return self._proc is not None and self._proc.returncode is None
 
     def command(self) -> list[str]:
+        """Locust's command line (a multi-process one gets a free port for its master)."""
         s = self.settings
-        processes = ["--processes", str(s.workers)] if s.workers > 1 else []
+        processes: list[str] = []
+        if s.workers > 1:
+            # the master's port, not Locust's fixed 5557: two rehearsals at once (or another
+            # Locust) would otherwise meet there, one failing to bind, its workers joining the other
+            port = str(_free_tcp_port())
+            processes = ["--processes", str(s.workers), "--master-bind-port", port, "--master-port", port]
         return [
             sys.executable, "-m", "locust",
             "-f", f"{RECORDER_LOCUSTFILE},{self.locustfile}",
@@ -443,3 +450,10 @@ class LoadRun:
             if line.strip():
                 return line.strip()
         return ""
+
+
+def _free_tcp_port() -> int:
+    """A TCP port free on all interfaces now (Locust's master binds ``*``)."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
