@@ -121,11 +121,15 @@ _MEM_UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "kB": 1e3, "MB":
 
 def project_memory_mib(project: str) -> float:
     """Memory of the project's containers now (docker stats, one sample), in MiB."""
-    proc, _ = run(["docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}"], timeout=120)
+    ids, _ = run(["docker", "ps", "-q", "--filter", f"label=io.rolling-sandbox.project={project}"], timeout=60)
+    if not ids.stdout.split():
+        return 0.0
+    proc, _ = run(["docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}",
+                   *ids.stdout.split()], timeout=120)
     total = 0.0
     for line in proc.stdout.splitlines():
         m = re.match(r"(\S+) ([\d.]+)(\w+) /", line)
-        if m and m.group(1).startswith(project + "-"):
+        if m:
             total += float(m.group(2)) * _MEM_UNITS.get(m.group(3), 1) / 2**20
     return round(total, 1)
 
