@@ -22,6 +22,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -153,27 +154,37 @@ def peak_memory(project: str) -> Iterator[list[float]]:
 
 
 # -- wrk ------------------------------------------------------------------------------------------
-def wrk(port: int, seconds: int) -> tuple[dict[str, Any], str]:
-    args = ["wrk", "-t2", "-c50", f"-d{seconds}s", f"http://127.0.0.1:{port}/"]
-    proc, _ = run(args, timeout=seconds + 60)
-    text = proc.stdout
+def parse_wrk(text: str) -> dict[str, Any]:
     rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
     total = re.search(r"(\d+) requests in", text)
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     return {"rps": float(rps.group(1)) if rps else None, "requests": int(total.group(1)) if total else None,
-            "errors": errors, "non_2xx": int(non2xx.group(1)) if non2xx else 0}, "`" + shlex.join(args) + "`"
+            "errors": errors, "non_2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
-def wrk_during(f: Fleet, seconds: int) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """wrk for ``seconds`` while a --no-load rollout runs (started 1 s in)."""
-    box: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: box.update(zip(("wrk", "cmd"), wrk(f.port, seconds), strict=True)))
-    thread.start()
-    time.sleep(1)
-    report, roll_cmd = roll(f, "--no-load")
-    thread.join()
-    return box["wrk"], report, f"{box['cmd']} during {roll_cmd}"
+def wrk_args(port: int, seconds: int) -> list[str]:
+    return ["wrk", "-t2", "-c50", f"-d{seconds}s", f"http://127.0.0.1:{port}/"]
+
+
+def wrk(port: int, seconds: int) -> tuple[dict[str, Any], str]:
+    args = wrk_args(port, seconds)
+    proc, _ = run(args, timeout=seconds + 60)
+    return parse_wrk(proc.stdout), "`" + shlex.join(args) + "`"
+
+
+def wrk_during(f: Fleet) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """wrk from 1 s before a --no-load rollout until 1 s after it (SIGINT makes wrk report)."""
+    args = wrk_args(f.port, 600)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(1)
+        report, roll_cmd = roll(f, "--no-load")
+        time.sleep(1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    return parse_wrk(out), report, f"`{shlex.join(args)}` (stopped 1 s after the rollout) during {roll_cmd}"
 
 
 # -- the figures ----------------------------------------------------------------------------------
@@ -227,24 +238,25 @@ def section_rate(out: Out, plan: Plan) -> dict[str, dict[str, Any] | None]:
 
 
 def section_wrk(out: Out, plan: Plan, tops: dict[str, dict[str, Any] | None]) -> None:
-    title = f"LB capacity with wrk ({plan.size} servers, dynamic mode, keep-alive on)"
+    title = f"LB capacity with wrk ({plan.size} servers, keep-alive on)"
     if shutil.which("wrk") is None:
         out.add(title, ["wrk is not installed (Debian package `wrk`; scripts/setup.sh installs it as root): "
                         "no wrk figures in this run."])
         return
     with fleet("wrk", plan.size) as f:
         steady, steady_cmd = wrk(f.port, plan.wrk_s)
-        during, report, during_cmd = wrk_during(f, plan.wrk_s + 10)
     top = tops.get("dynamic")
     share = (f"{100 * top['rps'] / steady['rps']:.0f} %" if top and top["rps"] and steady["rps"] else "-")
-    out.add(title, [
-        f"- steady: **{fmt(steady['rps'])} req/s**, {steady['errors']} socket errors, "
-        f"{steady['non_2xx']} non-2xx: {steady_cmd}",
-        f"- highest zero-drop Locust rate in dynamic mode / wrk capacity: {share}",
-        f"- during a rollout ({report.get('strategy')}, {fmt(report.get('duration_s'), 2)} s): "
-        f"{fmt(during['rps'])} req/s, {during['requests']} requests, **{during['errors']} socket errors, "
-        f"{during['non_2xx']} non-2xx**: {during_cmd}",
-    ])
+    lines = [f"- steady: **{fmt(steady['rps'])} req/s**, {steady['errors']} socket errors, "
+             f"{steady['non_2xx']} non-2xx: {steady_cmd}",
+             f"- highest zero-drop Locust rate in dynamic mode / wrk capacity: {share}"]
+    for mode in ("dynamic", "reload"):
+        with fleet(f"wrk-{mode}", plan.size, "--lb-apply", mode) as f:
+            during, report, during_cmd = wrk_during(f)
+        lines.append(f"- during a rollout, {mode} mode ({report.get('strategy')}, "
+                     f"{fmt(report.get('duration_s'), 2)} s): {fmt(during['rps'])} req/s, {during['requests']} "
+                     f"requests, **{during['errors']} socket errors, {during['non_2xx']} non-2xx**: {during_cmd}")
+    out.add(title, lines)
 
 
 def section_overhead(out: Out, plan: Plan) -> None:
