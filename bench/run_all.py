@@ -244,6 +244,7 @@ def section_wrk(out: Out, plan: Plan, tops: dict[str, dict[str, Any] | None]) ->
                         "no wrk figures in this run."])
         return
     with fleet("wrk", plan.size) as f:
+        wrk(f.port, 2)  # warm-up: connections, NGINX workers and the apps' first requests
         steady, steady_cmd = wrk(f.port, plan.wrk_s)
     top = tops.get("dynamic")
     share = (f"{100 * top['rps'] / steady['rps']:.0f} %" if top and top["rps"] and steady["rps"] else "-")
