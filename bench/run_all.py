@@ -37,6 +37,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 PY = [sys.executable, "-m", "sandbox"]
+# `up --size 60` boots 60 Python apps at once: on 2 cores some need more than the default 30 s
+ENV = {**os.environ, "SANDBOX_READY_TIMEOUT": "180"}
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class Plan:
 
 
 FULL = Plan()
-QUICK = Plan(size=3, ladder=(10, 40), fleets=(3, 6), fleet_users=5, overhead_users=5, wrk_s=3, demo=False)
+QUICK = Plan(size=4, ladder=(10, 40), fleets=(4, 8), fleet_users=5, overhead_users=5, wrk_s=3, demo=False)
 
 
 @dataclass
@@ -76,7 +78,7 @@ def free_port() -> int:
 
 def run(args: Sequence[str], timeout: float = 1800) -> tuple[subprocess.CompletedProcess[str], float]:
     t0 = time.monotonic()
-    proc = subprocess.run(list(args), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(list(args), cwd=REPO, capture_output=True, text=True, timeout=timeout, env=ENV)
     return proc, time.monotonic() - t0
 
 
@@ -334,7 +336,8 @@ def header(argv: Sequence[str]) -> list[str]:
             f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
             f"- machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} cores, {mem:.1f} GiB, "
             f"{platform.platform()}, Docker {docker_v or '?'}, load average at start "
-            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", ""]
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+            "- every `sandbox` command below ran with `SANDBOX_READY_TIMEOUT=180` (60 apps booting at once)", ""]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

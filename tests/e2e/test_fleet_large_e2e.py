@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.e2e.conftest import Cli
 
 
@@ -17,7 +19,9 @@ def test_twenty_servers_roll_with_nothing_dropped(cli: Cli) -> None:
     assert len(data["instances"]) == 20 and {s["version"] for s in data["instances"]} == {"v2"}
 
 
-def test_reload_mode_holds_fifty_servers(cli: Cli) -> None:
+def test_reload_mode_holds_fifty_servers(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 50 Python apps booting at once on 2 shared cores: some took over 30 s (the default bound)
+    monkeypatch.setenv("SANDBOX_READY_TIMEOUT", "180")
     cli.run("up", "--size", "50", "--port", str(cli.port), "--lb-apply", "reload", check=True)
     data = cli.json("status", "--json")  # read back from the live config's state lines
     assert data["lb"]["lb_apply"] == "reload" and len(data["lb"]["upstreams"]) == 50
