@@ -1,7 +1,7 @@
 """All of issue 10's figures in one run of one commit, written to bench/RESULTS.md.
 
-    .venv/bin/python bench/run_all.py            # the full run (about 15-20 minutes on 2 cores)
-    .venv/bin/python bench/run_all.py --quick    # a small version of every figure (about 4 minutes)
+    .venv/bin/python bench/run_all.py            # the full run (about 15 minutes on 2 quiet cores)
+    .venv/bin/python bench/run_all.py --quick    # a small version of every figure (10 minutes on a busy machine)
 
 Figures (each with the command that made it): the highest request rate at which one-at-a-time
 over 9 servers drops 0 with client keep-alive on, in dynamic and in reload LB mode (a ladder of
