@@ -233,8 +233,8 @@ def section_rate(out: Out, plan: Plan) -> dict[str, dict[str, Any] | None]:
     lines += [""] + [f"- highest zero-drop rate, {m}: " + (f"**{fmt(t['rps'])} req/s** ({t['users']} users)"
                                                           if t else "none (the first step dropped)")
                      for m, t in tops.items()]
-    if not plan.ladder or all(t is not None and t["users"] == plan.ladder[-1] for t in tops.values()):
-        lines.append("- the ladder ended without a drop: the rate is a lower bound")
+    lines += [f"- {m}: the ladder ended without a drop, so its rate is a lower bound"
+              for m, t in tops.items() if t is not None and t["users"] == plan.ladder[-1]]
     out.add(f"Highest zero-drop rate, one-at-a-time over {plan.size} servers, client keep-alive on", lines)
     return tops
 
