@@ -408,6 +408,8 @@ class Rehearsal:
         self._check_load_alive(self.load)
         # stamped when asked: the second Locust takes to exit is not a stall of the fleet
         self.events.append({"t": time.time(), "phase": "load-stop", "instance": None})
+        if self._ticker is not None:  # Locust's processes exit now, as asked: that is no death
+            self._ticker.cancel()
         await self.load.stop()
         self.monitor.add(self.load.new_rows())
 

@@ -323,3 +323,29 @@ def test_rollout_record(kind: str, outcome: str, expected: dict[str, str]) -> No
 ])
 def test_error_ratio_problem(total: int, failed: int, problem: str | None) -> None:
     assert error_ratio_problem(total, failed, 0.05) == problem
+
+
+@pytest.mark.asyncio
+async def test_load_processes_exiting_when_asked_to_stop_are_no_death() -> None:
+    def feed() -> list[Any]:
+        now = time.time()
+        return [row(now, user=f"u{i}", rid=f"{now}-{i}") for i in range(60)]
+
+    world = World(feed=feed)
+    world.deps = replace(world.deps, timing=replace(FAST, poll_s=0.005))
+    original = world.deps.load
+
+    def load(url: str, s: Any, path: Any) -> FakeLoad:
+        made = original(url, s, path)
+
+        async def stop(grace_s: float = 10) -> None:  # the processes go, and it takes a while
+            made.stopped += 1
+            made.dies = True
+            await asyncio.sleep(0.2)
+        made.stop = stop  # type: ignore[method-assign]
+        return made
+
+    world.deps = replace(world.deps, load=load)  # type: ignore[arg-type]
+    result = await world.rehearse(settings(load=True, max_p99_ratio=1000))
+    assert "load-died" not in [s["phase"] for s in result.report["steps"]]
+    assert result.report["verdict"]["pass"] and result.exit_code == 0
