@@ -60,21 +60,37 @@ async def up(settings: Settings, *, runtime: Runtime, say: Callable[[str], None]
         app_env = dict(settings.app_env)
         if settings.sessions == "shared":  # every server of the fleet, and of every rollout, keeps carts there
             app_env["APP_REDIS"] = await runtime.start_redis(project, image_set.base)
-        await runtime.start_lb(project, settings.port, image_set.lb)
         balancer = Balancer(runtime, project, settings.port)
         executor = Executor(runtime, balancer, settings, image_set)
-        await balancer.apply([], rollout=None, sticky=settings.sticky, size=settings.size,
-                            retry=settings.lb_retry, client_keepalive_s=65 if settings.client_keepalive else 0,
-                            app_env=app_env, lb_apply=settings.lb_apply)
+        # the load balancer starts while the app containers do; the first attach waits for it
+        lb_ready = asyncio.ensure_future(_start_lb(settings, runtime, balancer, image_set.lb, app_env))
+
+        async def lb_before_attach(step: planner.Step) -> None:
+            if step.action in ("attach", "reattach", "switch"):
+                await lb_ready
+
+        executor.before_step = lb_before_attach
         steps = planner.merge_reloads(planner.plan([], planner.PlanSettings(
             size=settings.size, to_version=settings.version, strategy="double-half")))
-        await executor.execute(steps, settings.version, env=app_env)
+        try:
+            await executor.execute(steps, settings.version, env=app_env)
+        finally:
+            await asyncio.gather(lb_ready, return_exceptions=True)
+        await lb_ready  # raises what starting the load balancer raised, if anything
     except BaseException:
         with suppress(Exception):
             await runtime.down(project)
         raise
     say(f"{settings.size} servers on {settings.version} behind http://127.0.0.1:{settings.port}")
     return await status(settings, runtime=runtime)
+
+
+async def _start_lb(settings: Settings, runtime: Runtime, balancer: Balancer, image: str,
+                    app_env: dict[str, str]) -> None:
+    await runtime.start_lb(settings.project, settings.port, image)
+    await balancer.apply([], rollout=None, sticky=settings.sticky, size=settings.size,
+                         retry=settings.lb_retry, client_keepalive_s=65 if settings.client_keepalive else 0,
+                         app_env=app_env, lb_apply=settings.lb_apply)
 
 
 async def status(settings: Settings, *, runtime: Runtime) -> dict[str, Any]:

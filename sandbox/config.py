@@ -71,8 +71,8 @@ class Settings:
     mode: Mode = "replace"
     drain_timeout: float = 30.0
     ready_timeout: float = 30.0
-    ready_successes: int = 2
-    settle_s: float = 0.2
+    ready_successes: int = 1  # /healthz answers for the version it serves: one pass is exact
+    settle_s: float = 0.0
     max_error_ratio: float = 0.05
     auto_rollback: bool = True
     set_env: Mapping[str, str] = field(default_factory=dict)

@@ -56,6 +56,8 @@ if is_debian_root; then
     missing=()
     command -v debootstrap >/dev/null || missing+=(debootstrap)
     command -v docker-compose >/dev/null || missing+=(docker-compose)
+    # wrk: the independent HTTP client bench/run_all.py measures the LB's capacity with
+    command -v wrk >/dev/null || missing+=(wrk)
     # a real browser for tests/e2e/test_dashboard_e2e.py (Selenium drives it through chromedriver)
     command -v chromium >/dev/null || missing+=(chromium)
     command -v chromedriver >/dev/null || missing+=(chromium-driver)

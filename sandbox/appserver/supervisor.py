@@ -132,5 +132,14 @@ def main() -> int:
     return Supervisor(app_dir).run()
 
 
+def exit_now(code: int) -> None:
+    """Flush the logs and leave without the interpreter's teardown: once drained there is nothing
+    left to clean up, and the teardown cost up to 0.8 s per stop in a busy container."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

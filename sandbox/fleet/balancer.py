@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -51,6 +52,8 @@ LIVE_CONF = "/etc/nginx/nginx.conf"
 STAGING_CONF = "/etc/nginx/staging/nginx.conf"
 ACCESS_LOG = "/var/log/nginx/access.json"
 STATE_MARK = "# rolling-sandbox-state: "
+STATE_MORE = "# rolling-sandbox-state+ "  # continuation lines: NGINX reads a config line in 4 KiB
+STATE_CHUNK = 2048  # characters of state JSON per line (well under NGINX's 4 KiB buffer)
 CONFIG_ID_MARK = "# rolling-sandbox-config-id: "
 ADMIN_PORT = 8081
 ADMIN_TIMEOUT_S = 5.0
@@ -136,7 +139,7 @@ def render(project: str, state: LbState, *, admin_token: str = "", worker_proces
         return _template().render(
             project=project,
             generation=shown.generation,
-            state_json=shown.to_json(),
+            state_block=state_lines(shown.to_json()),
             servers=shown.upstreams,
             sticky=shown.sticky,
             retry=shown.retry,
@@ -195,12 +198,23 @@ def parse_in_flight(text: str) -> dict[str, int]:
     return out
 
 
+def state_lines(state_json: str) -> str:
+    """The state as comment lines: one STATE_MARK line, then STATE_MORE lines, each holding at
+    most STATE_CHUNK characters (a single line over 4 KiB, about 48 servers, breaks NGINX)."""
+    chunks = [state_json[i:i + STATE_CHUNK] for i in range(0, len(state_json), STATE_CHUNK)] or [""]
+    return "\n".join([STATE_MARK + chunks[0], *(STATE_MORE + c for c in chunks[1:])])
+
+
 def parse_state(config_text: str) -> LbState:
     """The state embedded in a rendered config; an empty state for a config we did not render."""
-    for line in config_text.splitlines():
+    lines = config_text.splitlines()
+    for n, line in enumerate(lines):
         if line.startswith(STATE_MARK):
+            text = line[len(STATE_MARK):]
+            for more in itertools.takewhile(lambda ln: ln.startswith(STATE_MORE), lines[n + 1:]):
+                text += more[len(STATE_MORE):]
             try:
-                return LbState.from_json(line[len(STATE_MARK):])
+                return LbState.from_json(text)
             except (ValueError, TypeError) as exc:
                 raise BalancerError(f"the load balancer's config has an unreadable state line: {exc}") from exc
     return LbState()

@@ -10,6 +10,8 @@ converted where they enter, to :class:`~sandbox.errors.EngineError`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import secrets
 from collections.abc import Callable
@@ -34,6 +36,7 @@ APP_PORT = 8000
 APP_USER = "10001:10001"
 APP_CODE_DIR = "/srv/app"
 LB_CONTAINER_PORT = 80
+DOCKER_THREADS = 32  # concurrent Docker API calls (and the client's connection pool)
 T = TypeVar("T")
 
 
@@ -84,6 +87,9 @@ class Runtime:
 
     def __init__(self, client: docker.DockerClient) -> None:
         self.client = client
+        # Docker calls block; asyncio's default pool has cpu+4 threads, which serialises starting
+        # a fleet of 9 or 60 on a small machine. The engine does the work; threads only wait.
+        self._pool = ThreadPoolExecutor(max_workers=DOCKER_THREADS, thread_name_prefix="docker")
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -93,7 +99,7 @@ class Runtime:
         Raises EngineError with one line when no engine answers.
         """
         try:
-            client = docker.from_env(timeout=120)
+            client = docker.from_env(timeout=120, max_pool_size=DOCKER_THREADS)
             client.ping()
         except docker.errors.DockerException as exc:
             raise EngineError(
@@ -103,7 +109,8 @@ class Runtime:
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
         except docker.errors.NotFound as exc:
             raise GoneError(f"docker: {_short(exc)} (removed while the sandbox was using it?)") from exc
         except docker.errors.DockerException as exc:

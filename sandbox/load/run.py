@@ -186,6 +186,7 @@ class LoadRun:
         return self._proc is not None and self._proc.returncode is None
 
     def command(self) -> list[str]:
+        """Locust's command line (a multi-process one gets a free port for its master)."""
         s = self.settings
         processes = []
         if s.workers > 1:  # the master's port: a free one, not Locust's fixed 5557 (two runs side by side)
@@ -453,3 +454,10 @@ class LoadRun:
             if line.strip():
                 return line.strip()
         return ""
+
+
+def _free_tcp_port() -> int:
+    """A TCP port free on all interfaces now (Locust's master binds ``*``)."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sandbox.results.overhead import overhead
 from sandbox.results.records import Event
 from sandbox.results.verdict import DEFAULT_LIMITS, Limits, failed_names, load_was_on, verdict, verdict_of
 
@@ -186,6 +187,7 @@ def build_report(
         "steps_t0": t0,
         "window": dict(measured.get("window") or {}),
     }
+    report.update(overhead(report["duration_s"], steps))
     report["verdict"] = verdict(report, limits).as_dict()
     return report
 
@@ -329,6 +331,12 @@ def _share_pct(share: Any) -> str:
     return "-" if share is None else f"{100.0 * float(share):.0f}%"
 
 
+def _overhead_line(report: Mapping[str, Any]) -> str:
+    return (f"overhead         ratio {_num(report.get('overhead_ratio'), '', 2)}: "
+            f"{_num(report.get('duration_s'), ' s', 2)} rollout / {_num(report.get('unavoidable_s'), ' s', 2)} "
+            "unavoidable waits (per batch: boot to first healthy + drain until idle)")
+
+
 def summary_text(report: Mapping[str, Any]) -> str:
     """A plain-text summary for people (no colour codes): the numbers, every check of the
     verdict with its figure and its limit, and a last PASS/FAIL line naming what failed."""
@@ -341,6 +349,7 @@ def summary_text(report: Mapping[str, Any]) -> str:
         f"outcome          {report.get('outcome')}, "
         f"rollout took {_num(report.get('duration_s'), ' s')}",
         f"peak containers  {_num(report.get('peak_instances'))}  (app containers alive at once)",
+        _overhead_line(report),
     ]
     if not load_was_on(report):
         lines.append("traffic          none (--no-load): no requests were measured")
@@ -604,6 +613,8 @@ def _key_numbers(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("outcome", str(report.get("outcome"))),
         ("rollout duration", _num(report.get("duration_s"), " s")),
         ("peak containers", _num(report.get("peak_instances"))),
+        ("unavoidable waits", _num(report.get("unavoidable_s"), " s", 2)),
+        ("overhead ratio", _num(report.get("overhead_ratio"), "", 2)),
         ("requests", _num(req.get("total", 0))),
         ("dropped", _num(req.get("dropped", 0))),
         ("4xx", _num(req.get("errors_4xx", 0))),

@@ -350,13 +350,10 @@ class Executor:
                     f"{inst.name} ({version}) was not ready within {self.settings.ready_timeout:g} s"
                     f" ({await self.runtime.exit_info(inst)})"
                 )
-            if now - last_state_check > self.timing.state_check_s:
-                last_state_check = now
-                fresh = await self.runtime.refresh(self.project, inst)
-                if fresh is None or fresh.state in ("exited", "dead"):
-                    raise ReadinessError(f"{inst.name} ({version}) stopped before it was ready: "
-                                         f"{await self.runtime.exit_info(inst)}")
             ok = inst.probe_address is not None and await probe.ready(inst.probe_address, version)
+            if not ok and now - last_state_check > self.timing.state_check_s:
+                last_state_check = now  # a passing probe needs no Docker round trip
+                await self._check_running(inst, version)
             if ok and first_ok is None:
                 first_ok = time.monotonic() - born
             successes = successes + 1 if ok else 0
@@ -366,6 +363,12 @@ class Executor:
         if self.settings.settle_s:
             await asyncio.sleep(self.settings.settle_s)
         return round(first_ok, 3) if first_ok is not None else None
+
+    async def _check_running(self, inst: Instance, version: str) -> None:
+        fresh = await self.runtime.refresh(self.project, inst)
+        if fresh is None or fresh.state in ("exited", "dead"):
+            raise ReadinessError(f"{inst.name} ({version}) stopped before it was ready: "
+                                 f"{await self.runtime.exit_info(inst)}")
 
     async def _drain(self, probe: Prober, inst: Instance, batch: int) -> None:
         """Wait until ``inst`` has nothing in flight and got nothing new for ``drain_quiet_s``

@@ -309,6 +309,7 @@ def test_supervisor_reloads_new_code_on_sighup_and_stops_on_sigterm(tmp_path: Pa
             proc.communicate()
     assert proc.returncode == 0
     assert err.count(b"started server pid") == 2
+    assert b"appserver: stopped v2" in err and b"exited 0" in err  # logs flushed before the fast exit
 
 
 async def _fake_redis(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

@@ -182,3 +182,13 @@ def test_admin_body_unreadable(text: str) -> None:
 def test_parse_in_flight() -> None:
     text = "10.9.0.1:8000 3\n10.9.0.2:8000 0\ngarbage\n10.9.0.3:8000 -1\n\n"
     assert parse_in_flight(text) == {"10.9.0.1:8000": 3, "10.9.0.2:8000": 0, "10.9.0.3:8000": 0}
+
+
+def test_state_of_60_servers_spans_lines_under_nginx_limit() -> None:
+    from sandbox.fleet.balancer import STATE_MORE, LbState, Upstream, parse_state, render
+    ups = [Upstream(name=f"proj-app-{i}-abcdef", address=f"192.168.100.{i}:8000", version="v1") for i in range(1, 61)]
+    state = LbState(generation=3, size=60, upstreams=ups, rollout={"from": "v1", "to": "v2"}, lb_apply="reload")
+    text = render("proj", state)
+    assert max(len(line) for line in text.splitlines()) < 4096
+    assert STATE_MORE in text
+    assert parse_state(text) == state

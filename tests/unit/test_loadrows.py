@@ -374,3 +374,11 @@ def test_writer_shared_by_forked_processes(tmp_path: Path) -> None:
 def test_loadrows_does_not_import_locust() -> None:
     assert loadrows.__name__ == "sandbox.load.rows"
     assert not any(m == "locust" or m.startswith(("locust.", "gevent")) for m in sys.modules)
+
+
+def test_multi_process_locust_gets_its_own_master_port() -> None:
+    from sandbox.load.run import LoadRun, LoadSettings
+    cmd = LoadRun("http://127.0.0.1:1", LoadSettings(users=4, workers=2), Path("/tmp/rows.jsonl")).command()
+    bind, connect = cmd[cmd.index("--master-bind-port") + 1], cmd[cmd.index("--master-port") + 1]
+    assert bind == connect and bind != "5557"
+    assert "--master-port" not in LoadRun("http://127.0.0.1:1", LoadSettings(workers=1), Path("/tmp/r")).command()
