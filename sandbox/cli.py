@@ -26,7 +26,6 @@ from sandbox.config import (
     MODES,
     STRATEGIES,
     V2_MODES,
-    VERSIONS,
     Settings,
     check_batch,
     check_port_free,
@@ -34,6 +33,7 @@ from sandbox.config import (
     parse_env_pairs,
 )
 from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError
+from sandbox.fleet import versions
 from sandbox.fleet.runtime import Runtime
 from sandbox.results.report import compare_text, summary_text
 from sandbox.ui.dashboard import LiveView
@@ -83,7 +83,9 @@ def _add_fleet_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("up", parents=[common], help="start N servers behind NGINX on 127.0.0.1")
     p.add_argument("--size", type=_integer, help="number of app servers (default 3)")
     p.add_argument("--port", type=_integer, help="load balancer port on 127.0.0.1 (default 8080)")
-    p.add_argument("--version", dest="version", choices=VERSIONS, help="app version to start (default v1)")
+    p.add_argument("--version", dest="version",
+                   help="version to start: one of --image/--build names (default the first; v1 for the toy app)")
+    _add_version_flags(p)
     p.add_argument("--sticky", action="store_true", default=None, help="route each user (cookie) to one server")
     p.add_argument("--lb-retry", dest="lb_retry", action="store_true", default=None,
                    help="let NGINX retry a failed connection on another server (its default; hides drops)")
@@ -99,6 +101,14 @@ def _add_fleet_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="rebuild every image, the base included")
     p.add_argument("--prune", action="store_true",
                    help="then remove older rolling-sandbox images that no container uses")
+
+
+def _add_version_flags(p: argparse.ArgumentParser) -> None:
+    """Your own images as named versions (up, demo)."""
+    p.add_argument("--image", action="append", default=[], metavar="NAME=REF",
+                   help="a version of your app: a name you pick and a local image (repeatable)")
+    p.add_argument("--build", action="append", default=[], metavar="NAME=DIR",
+                   help="a version built first from DIR's Dockerfile (repeatable)")
 
 
 def _add_load_flags(p: argparse.ArgumentParser) -> None:
@@ -154,7 +164,9 @@ def _add_dashboard_flags(p: argparse.ArgumentParser) -> None:
 def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     """roll, rollback, demo, compare."""
     p = sub.add_parser("roll", parents=[common], help="roll the fleet to another version under live traffic")
-    p.add_argument("--to", dest="to_version", choices=VERSIONS, help="target version (default v2)")
+    p.add_argument("--to", dest="to_version",
+                   help="target version, one the fleet was started with "
+                        "(default the last declared; v2 for the toy app)")
     p.add_argument("--strategy", choices=STRATEGIES, help="how to roll (default one-at-a-time)")
     p.add_argument("--batch", type=_integer, help="servers per batch for rolling, surge, naive (default 1)")
     p.add_argument("--mode", choices=MODES, help="replace containers or swap code in place (default replace)")
@@ -179,6 +191,7 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=_integer, help="servers per batch for rolling, surge, naive")
     p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
     p.add_argument("--keep", action="store_true", help="leave the fleet running afterwards")
+    _add_version_flags(p)
     _add_lb_flags(p)
     _add_load_flags(p)
     _add_dashboard_flags(p)
@@ -216,6 +229,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["set_env"] = parse_env_pairs(args.set_env, "set_env")
     if getattr(args, "env", None):
         overrides["app_env"] = parse_env_pairs(args.env, "env")
+    if getattr(args, "image", None):
+        overrides["images"] = versions.parse_pairs(args.image, "image")
+    if getattr(args, "build", None):
+        overrides["builds"] = versions.parse_pairs(args.build, "build")
     if getattr(args, "v2_mode", None) == "breaking" and "set_env" not in overrides:
         overrides["set_env"] = {"APP_BREAKING": "1"}
     elif getattr(args, "v2_mode", None) == "breaking":

@@ -19,15 +19,16 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from sandbox.errors import PortInUseError, UsageError
+from sandbox.fleet.versions import check_declared, check_name, parse_pairs
 from sandbox.load.rows import DEFAULT_THINK_MS, parse_think_ms
 
-Version = Literal["v1", "v2"]
+Version = str  # a name the user picks (v1, 1.4.2, green); the toy app has v1 and v2
 Strategy = Literal["one-at-a-time", "rolling", "surge", "double-half", "blue-green", "naive"]
 Mode = Literal["replace", "in-place"]
 V2Mode = Literal["compatible", "breaking"]
 LbApply = Literal["reload", "dynamic"]
 
-VERSIONS: tuple[str, ...] = get_args(Version)
+VERSIONS: tuple[str, ...] = ("v1", "v2")  # the built-in toy app's
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 BATCHED_STRATEGIES = ("rolling", "surge", "naive")  # the ones --batch applies to
 IN_PLACE_STRATEGIES = ("one-at-a-time", "rolling", "naive")  # the ones that keep their containers
@@ -51,14 +52,16 @@ class Settings:
     # fleet
     size: int = 3
     port: int = 8080
-    version: Version = "v1"
+    version: Version = ""  # "" = the first declared version (v1 for the toy app)
+    images: Mapping[str, str] = field(default_factory=dict)  # --image NAME=REF: the user's versions
+    builds: Mapping[str, str] = field(default_factory=dict)  # --build NAME=DIR: built first
     sticky: bool = False
     lb_retry: bool = False
     client_keepalive: bool = True
     lb_apply: LbApply = "dynamic"  # how a change of the attached set reaches NGINX
     app_env: Mapping[str, str] = field(default_factory=dict)
     # rollout
-    to_version: Version = "v2"
+    to_version: Version = ""  # "" = the last declared version (v2 for the toy app)
     strategy: Strategy = "one-at-a-time"
     batch: int = 1
     mode: Mode = "replace"
@@ -105,7 +108,16 @@ def validate(s: Settings) -> None:
     _check(1 <= s.size <= MAX_SIZE, "size", f"{s.size} must be between 1 and {MAX_SIZE}")
     _check(1 <= s.port <= 65535, "port", f"{s.port} must be between 1 and 65535")
     for name in ("version", "to_version"):
-        _check(getattr(s, name) in VERSIONS, name, f"{getattr(s, name)!r} must be one of {', '.join(VERSIONS)}")
+        if getattr(s, name):
+            check_name(getattr(s, name), name)
+    check_declared(s.images, s.builds)
+    declared = {**s.images, **s.builds}
+    if s.version:
+        known = declared or VERSIONS
+        _check(s.version in known, "version", f"unknown version {s.version!r}; declared: {', '.join(known)}")
+    if declared and s.to_version:
+        _check(s.to_version in declared, "to_version",
+               f"unknown version {s.to_version!r}; declared: {', '.join(declared)}")
     _check(s.strategy in STRATEGIES, "strategy", f"{s.strategy!r} must be one of {', '.join(STRATEGIES)}")
     _check(s.mode in MODES, "mode", f"{s.mode!r} must be one of {', '.join(MODES)}")
     _check(s.lb_apply in LB_APPLY_MODES, "lb_apply",
@@ -178,6 +190,10 @@ def _coerce(name: str, raw: Any) -> Any:
     """Convert a TOML or environment value to the type of field ``name``."""
     default = Settings.__dataclass_fields__[name].default
     try:
+        if name in ("images", "builds"):
+            if not isinstance(raw, Mapping):
+                return parse_pairs([p for p in str(raw).split(",") if p], name.rstrip("s"))
+            return {str(k): str(v) for k, v in raw.items()}
         if name in ("app_env", "set_env"):
             if isinstance(raw, Mapping):
                 return {str(k): str(v) for k, v in raw.items()}
@@ -225,7 +241,13 @@ def load_settings(
             raise UsageError(f"config: cannot read {path}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"config: {path}: {exc}") from exc
-        table = data.get("sandbox", data)
+        table = dict(data["sandbox"]) if "sandbox" in data else {
+            k: v for k, v in data.items() if k not in ("versions", "app")}
+        _versions_table(table, data, path)
+        app = data.get("app", {})
+        if not isinstance(app, Mapping):
+            raise UsageError(f"config: {path}: [app] must be a table of settings")
+        table.update(app)  # the app's contract (version, app_env, ...): the same names as [sandbox]
         for key, value in table.items():
             name = key.replace("-", "_")
             if name not in names:
@@ -243,6 +265,29 @@ def load_settings(
             raise UsageError(f"{name}: unknown setting")
         merged[name] = value
     return Settings(**merged)
+
+
+def _versions_table(table: dict[str, Any], data: Mapping[str, Any], path: Path) -> None:
+    """A ``[versions]`` table (``name = "image:tag"`` or ``name = {build = "dir"}``) into images/builds."""
+    versions = data.get("versions")
+    if versions is None:
+        return
+    if not isinstance(versions, Mapping):
+        raise UsageError(f"config: {path}: [versions] must be a table of NAME = \"IMAGE\" "
+                         "or NAME = {build = \"DIR\"}")
+    images, builds = dict(table.get("images", {})), dict(table.get("builds", {}))
+    for name, value in versions.items():
+        if isinstance(value, str):
+            images[name] = value
+        elif isinstance(value, Mapping) and isinstance(value.get("build"), str):
+            builds[name] = str((path.parent / value["build"]).resolve()) if not Path(value["build"]).is_absolute() \
+                else value["build"]
+        else:
+            raise UsageError(f"config: {path}: versions.{name} must be \"IMAGE\" or {{build = \"DIR\"}}")
+    if images:
+        table["images"] = images
+    if builds:
+        table["builds"] = builds
 
 
 def check_port_free(port: int, host: str = "127.0.0.1") -> None:

@@ -121,8 +121,9 @@ class ImageSet:
     """Refs of the images one checkout runs."""
 
     base: str
-    app: dict[str, str]  # {"v1": ref, "v2": ref}
+    app: dict[str, str]  # {"v1": ref, "v2": ref}, or the user's {name: ref} (see sandbox.fleet.versions)
     lb: str
+    toy: bool = True  # app images are the built-in toy app's (its /healthz reports its version)
 
     def refs(self) -> list[str]:
         """All refs, base first (the order they must be built in)."""

@@ -267,8 +267,10 @@ class Runtime:
         return await self._call(info)
 
     # -- load balancer ------------------------------------------------------------------------
-    async def start_lb(self, project: str, port: int, image: str) -> Container:
-        """Start the NGINX container, published on 127.0.0.1:``port`` only."""
+    async def start_lb(self, project: str, port: int, image: str,
+                       extra_labels: dict[str, str] | None = None) -> Container:
+        """Start the NGINX container, published on 127.0.0.1:``port`` only; ``extra_labels`` (keyed)
+        record what the fleet was started with (its versions map)."""
         def start() -> Container:
             try:
                 return self.client.containers.run(
@@ -277,7 +279,8 @@ class Runtime:
                     hostname=lb_name(project),
                     detach=True,
                     labels=L.project_labels(project, L.ROLE_LB, **{L.LABEL_PORT: str(port),
-                                                                   L.LABEL_ADMIN_TOKEN: secrets.token_hex(16)}),
+                                                                   L.LABEL_ADMIN_TOKEN: secrets.token_hex(16),
+                                                                   **(extra_labels or {})}),
                     network=network_name(project),
                     ports={f"{LB_CONTAINER_PORT}/tcp": ("127.0.0.1", port)},
                     cap_drop=["ALL"],

@@ -209,7 +209,10 @@ class Executor:
     async def _start(self, run: _Run, step: planner.Step) -> None:
         t_start = time.monotonic()
         env = {**APP_ENV_DEFAULTS, **run.env}
-        image = self.images.app[run.to_version]
+        image = self.images.app.get(run.to_version)
+        if image is None:
+            raise RolloutError(f"version {run.to_version!r} has no image in this fleet "
+                               f"(it has {', '.join(self.images.app)})")
         started = await _gather(
             self.runtime.start_app(self.project, ref.slot, run.to_version, image, env, run.from_version)
             for ref in step.targets
@@ -331,7 +334,8 @@ class Executor:
                 if fresh is None or fresh.state in ("exited", "dead"):
                     raise ReadinessError(f"{inst.name} ({version}) stopped before it was ready: "
                                          f"{await self.runtime.exit_info(inst)}")
-            ok = inst.address is not None and await probe.ready(inst.address, version)
+            ok = inst.address is not None and await probe.ready(
+                inst.address, version if self.images.toy else None)
             if ok and first_ok is None:
                 first_ok = time.monotonic() - born
             successes = successes + 1 if ok else 0

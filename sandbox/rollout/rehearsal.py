@@ -18,12 +18,13 @@ second cuts the current step short.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ from typing import Any, Literal
 
 from sandbox.config import BATCHED_STRATEGIES, Settings, check_batch
 from sandbox.errors import BalancerError, NotFoundError, RolloutError, SandboxError, UsageError
+from sandbox.fleet import labels as L
+from sandbox.fleet import versions
 from sandbox.fleet.balancer import Balancer, LbState
 from sandbox.fleet.images import ImageSet, ensure_images
 from sandbox.fleet.probes import Probe
@@ -56,10 +59,6 @@ log = logging.getLogger("sandbox.rollout.rehearsal")
 Kind = Literal["roll", "rollback"]
 MIN_SAMPLE_FOR_ERROR_RATIO = 30  # requests in the rollout before the error ratio can stop it
 FIRST_CTRL_C = "Ctrl-C: finishing the current step, then stopping (Ctrl-C again to cut it short)"
-
-
-def other_version(version: str) -> str:
-    return "v1" if version == "v2" else "v2"
 
 
 async def _ensure_images(runtime: Runtime) -> ImageSet:
@@ -249,11 +248,11 @@ class Rehearsal:
             raise NotFoundError(f"project {project!r}: the load balancer has no port label")
         self._balancer = self.deps.balancer(self.runtime, project, port)
         state = await self._balancer.load()
-        target = self._target(state)
+        image_set = await self._fleet_images()
+        target = self._target(state, image_set.app)
         listed = await self.runtime.instances(project)
         size = state.size or len({i.slot for i in listed})
         check_batch(self.settings.strategy, self.settings.batch, size)  # before anything is built or touched
-        image_set = await self.deps.images(self.runtime)
         self._executor = Executor(self.runtime, self._balancer, self.settings, image_set,
                                   on_event=self.progress.event, events=self.events,
                                   probe=self.deps.probe, timing=self.deps.timing)
@@ -266,14 +265,26 @@ class Rehearsal:
             batch=self.settings.batch, mode=self.settings.mode)))
         # the fleet's own environment (from `up --env`) always; --set-env only for the new version
         env = dict(state.app_env) if self.kind == "rollback" else {**state.app_env, **self.settings.set_env}
-        self._prepared = Prepared(kind=self.kind, source=other_version(target), target=target,
+        source = versions.source_version([i.version for i in listed], target, (state.rollout or {}).get("from"))
+        self._prepared = Prepared(kind=self.kind, source=source, target=target,
                                   strategy=self.settings.strategy, size=size, env=env,
                                   instances=instances, steps=steps)
         return self._prepared
 
-    def _target(self, state: LbState) -> str:
+    async def _fleet_images(self) -> ImageSet:
+        """The images of this fleet: its versions map from the load balancer's label (the toy app's
+        for a fleet started without one)."""
+        image_set = await self.deps.images(self.runtime)
+        lb = await self.runtime.lb(self.settings.project)
+        found = versions.from_label((lb.labels if lb is not None else {}).get(L.LABEL_VERSIONS))
+        if found is None or found[1]:
+            return image_set
+        return dataclasses.replace(image_set, app=found[0], toy=False)
+
+    def _target(self, state: LbState, fleet_versions: Mapping[str, str]) -> str:
         if self.kind != "rollback":
-            return self.to_version or self.settings.to_version
+            return versions.pick(fleet_versions, self.to_version or self.settings.to_version,
+                                 default_last=True, what="to")
         last = state.rollout or {}
         if last.get("kind") != "roll" or not last.get("from"):
             raise UsageError("rollback: nothing to roll back (no roll recorded for this fleet)")
@@ -393,7 +404,7 @@ class Rehearsal:
             batch=min(self.settings.batch, max(1, self.prepared.size - 1)), mode=self.settings.mode)))
         try:
             await executor.execute(back, source, env=dict(self.balancer.state.app_env),
-                                   from_version=other_version(source), instances=listed)
+                                   from_version=self.prepared.target, instances=listed)
         except SandboxError as exc:
             executor.emit("failed", None, detail={"reason": f"rollback: {exc}"})
             return "failed", (f"rollout failed ({cause}) and so did the rollback ({exc}); "
@@ -421,6 +432,8 @@ class Rehearsal:
     async def collect(self) -> Collected:
         """The client rows, the NGINX log rows of this run and the events; cleans up the work dir."""
         rows = self.load.all_rows() if self.load is not None else []
+        if not self.executor.images.toy:  # your app's versions are your names: read from NGINX's log
+            rows = [{**r, "version": None} for r in rows]  # (upstream address -> container -> version)
         nginx_rows: list[Any] = []
         if self.load is not None:
             with suppress(SandboxError):

@@ -53,6 +53,7 @@ class FakeRuntime:
         self.before: dict[str, Callable[..., None]] = {}
         self.latency_s = 0.001  # the engine takes a moment: a signal sent during a call lands during it
         self._ips = 0
+        self.app_images: dict[str, str] = dict(IMAGES.app)  # version -> the image its servers must run
 
     # -- set-up helpers for tests -------------------------------------------------------------
     def up(self, size: int, version: str = "v1") -> list[Instance]:
@@ -113,7 +114,7 @@ class FakeRuntime:
                         from_version: str = "") -> Instance:
         self._record("start", slot, version)
         await asyncio.sleep(self.latency_s)
-        if image != IMAGES.app[version]:
+        if image != self.app_images.get(version):
             raise EngineError(f"wrong image {image} for {version}")
         name = f"n{slot}"
         while name in self.containers or any(line.endswith(f" {name}") for line in self.log):
