@@ -26,6 +26,7 @@ from docker.types import Mount
 from sandbox.errors import EngineError, GoneError, NotFoundError, PortInUseError
 from sandbox.fleet import labels as L
 from sandbox.fleet import tarball
+from sandbox.fleet.versions import TOY_VERSIONS
 
 log = logging.getLogger("sandbox.fleet.runtime")
 
@@ -114,9 +115,10 @@ class Runtime:
         net = c.attrs.get("NetworkSettings", {}).get("Networks", {}).get(network_name(project), {})
         ip = net.get("IPAddress") or None
         version = c.labels.get(L.LABEL_VERSION, "?")
-        if c.status in ("running", "exited", "created", "paused"):
+        if version in TOY_VERSIONS and c.status in ("running", "exited", "created", "paused"):
             # in-place rollouts swap the code under a container (which may then have failed to
             # boot and exited): the VERSION file in its code volume is the truth, not the label
+            # (only the toy app has one: a version named by the user is the label)
             try:
                 bits, _ = c.get_archive(f"{APP_CODE_DIR}/VERSION")
                 version = tarball.first_file(bits).decode().strip() or version

@@ -38,6 +38,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -106,6 +107,13 @@ class LoadEnd:
             "exit_code": self.exit_code, "died_early": self.died_early, "died_at": self.died_at,
             "flushed_by_signal": self.flushed_by_signal, "killed": self.killed,
         }  # fmt: skip
+
+
+def _free_port() -> int:
+    """A TCP port free on this machine right now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def group_members(pgid: int) -> list[int]:
@@ -182,7 +190,10 @@ class LoadRun:
 
     def command(self) -> list[str]:
         s = self.settings
-        processes = ["--processes", str(s.workers)] if s.workers > 1 else []
+        processes = []
+        if s.workers > 1:  # the master's port: a free one, not Locust's fixed 5557 (two runs side by side)
+            port = str(_free_port())
+            processes = ["--processes", str(s.workers), "--master-bind-port", port, "--master-port", port]
         return [
             sys.executable, "-m", "locust",
             "-f", f"{RECORDER_LOCUSTFILE},{self.locustfile}",

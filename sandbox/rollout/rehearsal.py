@@ -250,6 +250,8 @@ class Rehearsal:
         state = await self._balancer.load()
         image_set = await self._fleet_images()
         target = self._target(state, image_set.app)
+        if not image_set.toy and self.settings.mode == "in-place":
+            raise UsageError("mode: in-place swaps the toy app's code; your own images roll with --mode replace")
         listed = await self.runtime.instances(project)
         size = state.size or len({i.slot for i in listed})
         check_batch(self.settings.strategy, self.settings.batch, size)  # before anything is built or touched
@@ -419,6 +421,8 @@ class Rehearsal:
         self._check_load_alive(self.load)
         # stamped when asked: the second Locust takes to exit is not a stall of the fleet
         self.events.append({"t": time.time(), "phase": "load-stop", "instance": None})
+        if self._ticker is not None:  # or it sees Locust's processes exit as asked and calls it a death
+            self._ticker.cancel()
         await self.load.stop()
         self.monitor.add(self.load.new_rows())
 
