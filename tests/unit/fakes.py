@@ -251,15 +251,19 @@ class FakeLoad:
         self.rows: list[RequestRow] = []
         self.started = self.stopped = 0
         self.dies = False  # set it and the next liveness check finds Locust gone
+        self.stopping = False
+        self.stop_s = 0.0  # how long stop() takes; meanwhile Locust's processes are exiting (not alive)
 
     def alive(self) -> bool:
-        return not self.dies
+        return not self.dies and not self.stopping
 
     async def start(self) -> None:
         self.started += 1
 
     async def stop(self, grace_s: float = 10) -> None:
         self.stopped += 1
+        self.stopping = True
+        await asyncio.sleep(self.stop_s)
 
     def new_rows(self) -> list[RequestRow]:
         new = self.feed()

@@ -216,6 +216,22 @@ async def test_the_error_ratio_under_load_rolls_back() -> None:
     assert world.attached_versions() == {"v1"}
 
 
+@pytest.mark.asyncio
+async def test_locust_exiting_as_asked_is_no_death() -> None:
+    world = World(feed=lambda: [row(time.time(), user=f"u{i}", rid=f"{time.time()}-{i}") for i in range(60)])
+    original = world.deps.load
+
+    def load(url: str, s: Any, path: Any) -> FakeLoad:
+        made = original(url, s, path)
+        made.stop_s = 0.05  # many ticks of the traffic ticker while its processes exit
+        return made
+
+    world.deps = replace(world.deps, load=load, tick_s=0.001)  # type: ignore[arg-type]
+    result = await world.rehearse(settings(load=True, max_p99_ratio=1000, cooldown_s=0.01))
+    assert [c["name"] for c in result.report["verdict"]["checks"] if not c["pass"]] == []
+    assert "load-died" not in [s["phase"] for s in result.report["steps"]]
+
+
 @pytest.mark.parametrize("dies", [False, True])
 @pytest.mark.asyncio
 async def test_a_load_generator_that_dies_mid_rollout_is_said_and_fails_the_verdict(dies: bool) -> None:
