@@ -57,6 +57,14 @@ def _integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
 
 
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
 def _number(text: str) -> float:
     try:
         return float(text)
@@ -109,6 +117,15 @@ def _add_version_flags(p: argparse.ArgumentParser) -> None:
                    help="a version of your app: a name you pick and a local image (repeatable)")
     p.add_argument("--build", action="append", default=[], metavar="NAME=DIR",
                    help="a version built first from DIR's Dockerfile (repeatable)")
+    p.add_argument("--app-port", type=_integer, help="the port your app listens on (default 8000)")
+    p.add_argument("--health-path", help="ready when GET PATH answers 2xx (default: the image's HEALTHCHECK, "
+                                         "else the port accepts a connection; the toy app: /healthz)")
+    p.add_argument("--stop-signal", help="signal that asks your app to stop (default: the image's, SIGTERM)")
+    p.add_argument("--stop-timeout", type=_number, help="seconds after it before SIGKILL (default 20)")
+    p.add_argument("--command", dest="app_command", help="run this instead of the image's CMD (split like a shell)")
+    p.add_argument("--memory", help="memory limit of each server (default 128m)")
+    p.add_argument("--read-only", type=_boolean, metavar="true|false",
+                   help="read-only root filesystem (default true; /tmp is always writable)")
 
 
 def _add_load_flags(p: argparse.ArgumentParser) -> None:
@@ -216,6 +233,7 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 _SETTING_FLAGS = (
     "project", "size", "port", "version", "sticky", "lb_retry", "client_keepalive", "lb_apply",
     "to_version", "strategy", "batch", "mode",
+    "app_port", "health_path", "stop_signal", "stop_timeout", "app_command", "memory", "read_only",
     "drain_timeout", "ready_timeout", "max_error_ratio", "auto_rollback", "load", "users", "spawn_rate",
     "locustfile", "max_dropped", "warmup_s", "cooldown_s", "v2_mode", "load_workers", "think_ms",
     "client_timeout_s", "max_stall_s", "slow_ms", "max_slow", "max_p99_ratio", "max_violations", "min_requests",

@@ -58,7 +58,7 @@ async def up(settings: Settings, *, runtime: Runtime, say: Callable[[str], None]
     check_port_free(settings.port)
     image_set = await fleet_images(settings, runtime=runtime, say=say)
     version = versions.pick(image_set.app, settings.version, default_last=False, what="version")
-    label = {L.LABEL_VERSIONS: versions.to_label(image_set.app, image_set.toy)}
+    label = {L.LABEL_VERSIONS: versions.to_label(image_set.app, image_set.toy, image_set.spec)}
     try:
         await runtime.ensure_network(project)
         await runtime.start_lb(project, settings.port, image_set.lb, extra_labels=label)
@@ -89,10 +89,10 @@ async def fleet_images(settings: Settings, *, runtime: Runtime,
         await asyncio.to_thread(versions.resolve, runtime.client, settings.project, settings.images, {})
     image_set = await asyncio.to_thread(ensure_images, runtime.client, log=say)
     if not (settings.images or settings.builds):
-        return image_set
+        return dataclasses.replace(image_set, spec=settings.app_spec())
     app = await asyncio.to_thread(versions.resolve, runtime.client, settings.project,
                                   settings.images, settings.builds, say)
-    return dataclasses.replace(image_set, app=app, toy=False)
+    return dataclasses.replace(image_set, app=app, toy=False, spec=settings.app_spec())
 
 
 async def status(settings: Settings, *, runtime: Runtime) -> dict[str, Any]:
@@ -119,6 +119,7 @@ async def status(settings: Settings, *, runtime: Runtime) -> dict[str, Any]:
             "lb_apply": state.lb_apply if state else None,
             "rollout": state.rollout if state else None,
             "versions": (versions.from_label(lb.labels.get(L.LABEL_VERSIONS)) or ({}, True))[0] or None,
+            "app": versions.spec_from_label(lb.labels.get(L.LABEL_VERSIONS)).as_dict(),
         },
         "instances": [
             {"name": i.name, "slot": i.slot, "version": i.version, "state": i.state,

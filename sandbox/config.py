@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from sandbox.errors import PortInUseError, UsageError
-from sandbox.fleet.versions import check_declared, check_name, parse_pairs
+from sandbox.fleet.versions import AppSpec, check_declared, check_name, check_spec, parse_pairs
 from sandbox.load.rows import DEFAULT_THINK_MS, parse_think_ms
 
 Version = str  # a name the user picks (v1, 1.4.2, green); the toy app has v1 and v2
@@ -60,6 +61,14 @@ class Settings:
     client_keepalive: bool = True
     lb_apply: LbApply = "dynamic"  # how a change of the attached set reaches NGINX
     app_env: Mapping[str, str] = field(default_factory=dict)
+    # your app's contract (sandbox.fleet.versions.AppSpec; recorded in the fleet at `up`)
+    app_port: int = 8000
+    health_path: str = ""  # "" = the image's HEALTHCHECK, else a TCP connect (the toy app: /healthz)
+    stop_signal: str = ""  # "" = the image's STOPSIGNAL
+    stop_timeout: float = 20.0
+    app_command: str = ""  # --command: "" = the image's CMD; split like a shell would
+    memory: str = "128m"
+    read_only: bool = True
     # rollout
     to_version: Version = ""  # "" = the last declared version (v2 for the toy app)
     strategy: Strategy = "one-at-a-time"
@@ -95,6 +104,12 @@ class Settings:
     def __post_init__(self) -> None:
         validate(self)
 
+    def app_spec(self) -> AppSpec:
+        """The app's contract these settings declare."""
+        return AppSpec(port=self.app_port, health_path=self.health_path, stop_signal=self.stop_signal.upper(),
+                       stop_timeout=self.stop_timeout, command=tuple(shlex.split(self.app_command)),
+                       memory=self.memory, read_only=self.read_only)
+
 
 def _check(cond: bool, name: str, message: str) -> None:
     if not cond:
@@ -111,6 +126,10 @@ def validate(s: Settings) -> None:
         if getattr(s, name):
             check_name(getattr(s, name), name)
     check_declared(s.images, s.builds)
+    try:
+        check_spec(s.app_spec())
+    except ValueError as exc:  # shlex: an unclosed quote in command
+        raise UsageError(str(exc) if isinstance(exc, UsageError) else f"command: {exc}") from None
     declared = {**s.images, **s.builds}
     if s.version:
         known = declared or VERSIONS

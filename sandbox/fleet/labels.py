@@ -18,6 +18,7 @@ LABEL_FROM = f"{PREFIX}.from-version"  # version the fleet had when a roll creat
 LABEL_PORT = f"{PREFIX}.port"  # load balancer port on 127.0.0.1 (lb only)
 LABEL_ADMIN_TOKEN = f"{PREFIX}.admin-token"  # the LB admin listener's token (lb only, --lb-apply dynamic)
 LABEL_VERSIONS = f"{PREFIX}.versions"  # JSON {"toy", "versions": {name: image}} (lb only)
+LABEL_APP_PORT = f"{PREFIX}.app-port"  # the port the app listens on (app only)
 LABEL_INPUTS = f"{PREFIX}.inputs"  # hash of an image's build inputs (images only)
 
 ROLE_APP = "app"

@@ -26,7 +26,7 @@ from docker.types import Mount
 from sandbox.errors import EngineError, GoneError, NotFoundError, PortInUseError
 from sandbox.fleet import labels as L
 from sandbox.fleet import tarball
-from sandbox.fleet.versions import TOY_VERSIONS
+from sandbox.fleet.versions import TOY_VERSIONS, AppSpec
 
 log = logging.getLogger("sandbox.fleet.runtime")
 
@@ -48,11 +48,12 @@ class Instance:
     state: str  # Docker's state: created, running, exited, ...
     ip: str | None
     created: str
+    port: int = APP_PORT  # the port the app listens on (--app-port)
 
     @property
     def address(self) -> str | None:
         """``ip:port`` the load balancer uses, or None when it has no address."""
-        return f"{self.ip}:{APP_PORT}" if self.ip else None
+        return f"{self.ip}:{self.port}" if self.ip else None
 
 
 def network_name(project: str) -> str:
@@ -132,6 +133,7 @@ class Runtime:
             state=c.status,
             ip=ip,
             created=c.attrs.get("Created", ""),
+            port=int(c.labels.get(L.LABEL_APP_PORT, APP_PORT)),
         )
 
     async def lb(self, project: str) -> Container | None:
@@ -175,20 +177,34 @@ class Runtime:
 
     # -- app containers -----------------------------------------------------------------------
     async def start_app(
-        self, project: str, slot: int, version: str, image: str, env: dict[str, str], from_version: str = ""
+        self, project: str, slot: int, version: str, image: str, env: dict[str, str], from_version: str = "",
+        *, spec: AppSpec | None = None, toy: bool = True,
     ) -> Instance:
-        """Create and start one app container in ``slot``; return it with its address."""
-        return await self._call(self._start_app, project, slot, version, image, env, from_version)
+        """Create and start one app container in ``slot``; return it with its address.
+
+        ``spec`` is the app's contract (port, stop signal, command, memory, read-only); ``toy``
+        containers get the toy app's code volume and user, your own images keep their USER.
+        """
+        return await self._call(self._start_app, project, slot, version, image, env, from_version,
+                                spec or AppSpec(), toy)
 
     def _start_app(
-        self, project: str, slot: int, version: str, image: str, env: dict[str, str], from_version: str
+        self, project: str, slot: int, version: str, image: str, env: dict[str, str], from_version: str,
+        spec: AppSpec, toy: bool,
     ) -> Instance:
         name = app_name(project, slot)
-        extra = {L.LABEL_SLOT: str(slot), L.LABEL_VERSION: version}
+        extra = {L.LABEL_SLOT: str(slot), L.LABEL_VERSION: version, L.LABEL_APP_PORT: str(spec.port)}
         if from_version:
             extra[L.LABEL_FROM] = from_version
         container_labels = L.project_labels(project, L.ROLE_APP, **extra)
         volume_labels = L.project_labels(project, L.ROLE_VOLUME, **{L.LABEL_SLOT: str(slot)})
+        options: dict[str, Any] = {}
+        if toy:
+            options.update(mounts=[Mount(APP_CODE_DIR, None, type="volume", labels=volume_labels)], user=APP_USER)
+        if spec.stop_signal:
+            options["stop_signal"] = spec.stop_signal
+        if spec.command:
+            options["command"] = list(spec.command)
         container = self.client.containers.run(
             image,
             name=name,
@@ -197,17 +213,25 @@ class Runtime:
             labels=container_labels,
             environment=env,
             network=network_name(project),
-            read_only=True,
+            read_only=spec.read_only,
             tmpfs={"/tmp": "size=16m"},
-            mounts=[Mount(APP_CODE_DIR, None, type="volume", labels=volume_labels)],
-            cap_drop=["ALL"],
+            cap_drop=["ALL"],  # no published port, no capabilities, no new privileges: always
             security_opt=["no-new-privileges"],
-            mem_limit="128m",
+            mem_limit=spec.memory,
             pids_limit=128,
-            user=APP_USER,
+            **options,
         )
         container.reload()
         return self._describe(container, project)
+
+    async def health(self, instance: Instance) -> str | None:
+        """Docker's health status of the container (``starting``, ``healthy``, ``unhealthy``), or None
+        when its image has no HEALTHCHECK."""
+        def get() -> str | None:
+            c = self.client.containers.get(instance.id)
+            health = (c.attrs.get("State") or {}).get("Health")
+            return str(health.get("Status")) if health else None
+        return await self._call(get)
 
     async def refresh(self, project: str, instance: Instance) -> Instance | None:
         """The instance as Docker sees it now, or None when it is gone."""

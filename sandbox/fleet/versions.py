@@ -15,7 +15,9 @@ import logging
 import re
 import tarfile
 from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -122,19 +124,31 @@ def build_dir(client: docker.DockerClient, project: str, name: str, directory: P
     return ref
 
 
-def to_label(versions: Mapping[str, str], toy: bool) -> str:
-    """The versions map as the load balancer's label value."""
-    return json.dumps({"toy": toy, "versions": dict(versions)}, separators=(",", ":"))
+def to_label(versions: Mapping[str, str], toy: bool, spec: AppSpec | None = None) -> str:
+    """The versions map (and the app's contract) as the load balancer's label value."""
+    return json.dumps({"toy": toy, "versions": dict(versions), "app": (spec or AppSpec()).as_dict()},
+                      separators=(",", ":"))
 
 
 def from_label(text: str | None) -> tuple[dict[str, str], bool] | None:
     """``(versions, toy)`` from the label value; None when absent or unreadable (a fleet from before)."""
+    found = _label(text)
+    return None if found is None else found[:2]  # type: ignore[return-value]
+
+
+def spec_from_label(text: str | None) -> AppSpec:
+    """The app's contract the fleet was started with (the default when the label has none)."""
+    found = _label(text)
+    return found[2] if found is not None else AppSpec()
+
+
+def _label(text: str | None) -> tuple[dict[str, str], bool, AppSpec] | None:
     if not text:
         return None
     try:
         data = json.loads(text)
         versions = {str(k): str(v) for k, v in data["versions"].items()}
-        return versions, bool(data.get("toy", False))
+        return versions, bool(data.get("toy", False)), AppSpec.from_dict(data.get("app") or {})
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -146,3 +160,46 @@ def source_version(fleet_versions: list[str], target: str, last_from: str | None
     if others:
         return max(sorted(set(others)), key=others.count)
     return last_from or target
+
+
+STOP_SIGNALS = ("SIGTERM", "SIGQUIT", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGKILL")
+MEMORY_RE = re.compile(r"^[0-9]+[bkmg]?$")
+HEALTH_PATH_RE = re.compile(r"^/[^\s]*$")
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """Your app's contract with the fleet (the toy app's is the default with ``toy``)."""
+
+    port: int = 8000
+    health_path: str = ""  # "" = the image's HEALTHCHECK if it has one, else a TCP connect to port
+    stop_signal: str = ""  # "" = the image's STOPSIGNAL (SIGTERM unless it says otherwise)
+    stop_timeout: float = 20.0  # seconds after the stop signal before SIGKILL
+    command: tuple[str, ...] = ()  # () = the image's CMD
+    memory: str = "128m"
+    read_only: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "command": list(self.command)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AppSpec:
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in data.items() if k in known}
+        if "command" in kw:
+            kw["command"] = tuple(str(c) for c in kw["command"])
+        return cls(**kw)
+
+
+def check_spec(spec: AppSpec) -> None:
+    """UsageError naming the first bad field of ``spec``."""
+    if not 1 <= spec.port <= 65535:
+        raise UsageError(f"app_port: {spec.port} must be between 1 and 65535")
+    if spec.health_path and not HEALTH_PATH_RE.match(spec.health_path):
+        raise UsageError(f"health_path: {spec.health_path!r} must start with / and have no spaces")
+    if spec.stop_signal and spec.stop_signal not in STOP_SIGNALS:
+        raise UsageError(f"stop_signal: {spec.stop_signal!r} must be one of {', '.join(STOP_SIGNALS)}")
+    if not 0 < spec.stop_timeout <= 3600:
+        raise UsageError(f"stop_timeout: {spec.stop_timeout} must be in (0, 3600] seconds")
+    if not MEMORY_RE.match(spec.memory.lower()):
+        raise UsageError(f"memory: {spec.memory!r} must look like 128m, 1g or a number of bytes")

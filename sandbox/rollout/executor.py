@@ -61,7 +61,9 @@ class ErrorRatioExceeded(RolloutError):
 class Prober(Protocol):
     """What the executor asks of one app server over HTTP (``sandbox.fleet.probes.Probe``)."""
 
-    async def ready(self, address: str, version: str | None = None) -> bool: ...
+    async def ready(self, address: str, version: str | None = None, path: str = "/healthz") -> bool: ...
+
+    async def accepts(self, address: str) -> bool: ...
 
     async def metrics(self, address: str) -> dict[str, float] | None: ...
 
@@ -214,7 +216,8 @@ class Executor:
             raise RolloutError(f"version {run.to_version!r} has no image in this fleet "
                                f"(it has {', '.join(self.images.app)})")
         started = await _gather(
-            self.runtime.start_app(self.project, ref.slot, run.to_version, image, env, run.from_version)
+            self.runtime.start_app(self.project, ref.slot, run.to_version, image, env, run.from_version,
+                                   spec=self.images.spec, toy=self.images.toy)
             for ref in step.targets
         )
         for inst in started:
@@ -253,7 +256,8 @@ class Executor:
 
     async def _stop(self, run: _Run, step: planner.Step) -> None:
         insts = run.targets(step.targets)
-        await _gather(self.runtime.stop_app(i, self.timing.stop_grace_s) for i in insts)
+        grace = self.timing.stop_grace_s if self.images.toy else self.images.spec.stop_timeout
+        await _gather(self.runtime.stop_app(i, grace) for i in insts)
         self._gone("stop", insts, step.batch_no)
 
     async def _kill(self, run: _Run, step: planner.Step) -> None:
@@ -334,8 +338,7 @@ class Executor:
                 if fresh is None or fresh.state in ("exited", "dead"):
                     raise ReadinessError(f"{inst.name} ({version}) stopped before it was ready: "
                                          f"{await self.runtime.exit_info(inst)}")
-            ok = inst.address is not None and await probe.ready(
-                inst.address, version if self.images.toy else None)
+            ok = inst.address is not None and await self._ready_once(probe, inst, version)
             if ok and first_ok is None:
                 first_ok = time.monotonic() - born
             successes = successes + 1 if ok else 0
@@ -345,6 +348,20 @@ class Executor:
         if self.settings.settle_s:
             await asyncio.sleep(self.settings.settle_s)
         return round(first_ok, 3) if first_ok is not None else None
+
+    async def _ready_once(self, probe: Prober, inst: Instance, version: str) -> bool:
+        """One readiness check: the toy app's /healthz reporting ``version``; for your own app, any
+        2xx on --health-path, else the image's HEALTHCHECK says healthy, else the port accepts."""
+        assert inst.address is not None
+        spec = self.images.spec
+        if self.images.toy:
+            return await probe.ready(inst.address, version, path=spec.health_path or "/healthz")
+        if spec.health_path:
+            return await probe.ready(inst.address, None, path=spec.health_path)
+        health = await self.runtime.health(inst)
+        if health is not None:
+            return health == "healthy"
+        return await probe.accepts(inst.address)
 
     async def _drain(self, probe: Prober, inst: Instance, batch: int) -> None:
         """Wait until ``inst`` has nothing in flight and got nothing new for ``drain_quiet_s``

@@ -278,10 +278,11 @@ class Rehearsal:
         for a fleet started without one)."""
         image_set = await self.deps.images(self.runtime)
         lb = await self.runtime.lb(self.settings.project)
-        found = versions.from_label((lb.labels if lb is not None else {}).get(L.LABEL_VERSIONS))
+        text = (lb.labels if lb is not None else {}).get(L.LABEL_VERSIONS)
+        found, spec = versions.from_label(text), versions.spec_from_label(text)
         if found is None or found[1]:
-            return image_set
-        return dataclasses.replace(image_set, app=found[0], toy=False)
+            return dataclasses.replace(image_set, spec=spec)
+        return dataclasses.replace(image_set, app=found[0], toy=False, spec=spec)
 
     def _target(self, state: LbState, fleet_versions: Mapping[str, str]) -> str:
         if self.kind != "rollback":

@@ -127,3 +127,60 @@ async def test_user_version_never_ready_rolls_back_to_it() -> None:
     result = await world.rehearse(settings())
     assert (result.report["outcome"], result.exit_code) == ("rolled_back", 1)
     assert world.attached_versions() == {"green"}
+
+
+# -- the app's contract ---------------------------------------------------------------------------
+
+def test_app_spec_from_settings_and_back_from_the_label() -> None:
+    s = Settings(images=MAP, app_port=80, health_path="/status/200", stop_signal="sigquit", stop_timeout=5,
+                 app_command="gunicorn -b '0.0.0.0:80' httpbin:app", memory="256m", read_only=False)
+    spec = s.app_spec()
+    assert spec == versions.AppSpec(port=80, health_path="/status/200", stop_signal="SIGQUIT", stop_timeout=5,
+                                    command=("gunicorn", "-b", "0.0.0.0:80", "httpbin:app"), memory="256m",
+                                    read_only=False)
+    assert versions.spec_from_label(versions.to_label(MAP, False, spec)) == spec
+    assert versions.spec_from_label(None) == versions.AppSpec()  # a fleet from before: the defaults
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"app_port": 0}, "app_port: 0 must be between"),
+    ({"health_path": "status"}, "health_path: 'status' must start with /"),
+    ({"stop_signal": "SIGFOO"}, "stop_signal: 'SIGFOO' must be one of"),
+    ({"stop_timeout": 0}, "stop_timeout: 0 must be in"),
+    ({"memory": "lots"}, "memory: 'lots' must look like"),
+    ({"app_command": "run 'unclosed"}, "command: No closing quotation"),
+])
+def test_bad_contract_values_name_the_field(extra: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=f"^{message}"):
+        Settings(**extra)
+
+
+def _contract_world(spec: versions.AppSpec, unready: frozenset[str] = frozenset()) -> World:
+    world = World(version="green", unready=unready)
+    world.runtime.app_images = dict(MAP)
+    world.runtime.lbs["p"].labels[L.LABEL_VERSIONS] = versions.to_label(MAP, toy=False, spec=spec)
+    return world
+
+
+@pytest.mark.asyncio
+async def test_readiness_follows_the_contract() -> None:
+    world = _contract_world(versions.AppSpec(health_path="/status/200", port=80))
+    assert (await world.rehearse(settings())).exit_code == 0
+    assert set(world.probe.paths) == {"/status/200"}
+    assert {spec.port for spec, toy in world.runtime.specs} == {80} and not any(t for _, t in world.runtime.specs)
+    world = _contract_world(versions.AppSpec())  # no health path, no HEALTHCHECK: the port accepts
+    assert (await world.rehearse(settings())).exit_code == 0
+    assert set(world.probe.paths) == {"tcp"}
+    world = _contract_world(versions.AppSpec())
+    world.runtime.healths = {"blue": "healthy"}  # the image's own HEALTHCHECK decides
+    assert (await world.rehearse(settings())).exit_code == 0
+    assert world.probe.paths == [] and any(line.startswith("health ") for line in world.runtime.log)
+
+
+@pytest.mark.asyncio
+async def test_an_unhealthy_healthcheck_rolls_back() -> None:
+    world = _contract_world(versions.AppSpec())
+    world.runtime.healths = {"blue": "unhealthy", "green": "healthy"}
+    result = await world.rehearse(settings())
+    assert (result.report["outcome"], result.exit_code) == ("rolled_back", 1)
+    assert world.attached_versions() == {"green"}
