@@ -133,6 +133,8 @@ def _add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--users", type=_integer, help="simulated users (default 20)")
     p.add_argument("--spawn-rate", type=_number, help="users started per second (default 20)")
     p.add_argument("--locustfile", type=Path, help="your own locustfile instead of the default")
+    p.add_argument("--path", dest="paths", action="append", default=None, metavar="PATH",
+                   help="your own app without a locustfile: the default users GET these (repeatable, default /)")
     p.add_argument("--no-load", dest="load", action="store_false", default=None, help="no traffic")
     p.add_argument("--max-dropped", type=_integer, help="verdict: at most this many dropped (default 0)")
     p.add_argument("--max-stall-s", type=_number, help="verdict: longest stretch with no answer (default 1 s)")
@@ -247,6 +249,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["set_env"] = parse_env_pairs(args.set_env, "set_env")
     if getattr(args, "env", None):
         overrides["app_env"] = parse_env_pairs(args.env, "env")
+    if getattr(args, "paths", None):
+        overrides["paths"] = tuple(args.paths)
     if getattr(args, "image", None):
         overrides["images"] = versions.parse_pairs(args.image, "image")
     if getattr(args, "build", None):

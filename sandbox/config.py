@@ -86,6 +86,7 @@ class Settings:
     users: int = 20
     spawn_rate: float = 20.0
     locustfile: Path | None = None
+    paths: tuple[str, ...] = ()  # --path: your own app's default users GET these ("/" when none)
     warmup_s: float = 3.0
     cooldown_s: float = 3.0
     v2_mode: V2Mode = "compatible"
@@ -161,6 +162,9 @@ def validate(s: Settings) -> None:
         parse_think_ms(s.think_ms)
     except ValueError as exc:
         raise UsageError(f"think_ms: {exc}") from None
+    for path in s.paths:
+        _check(isinstance(path, str) and path.startswith("/") and " " not in path, "path",
+               f"{path!r} must start with / and have no spaces")
     if s.locustfile is not None:
         _check(s.locustfile.is_file(), "locustfile", f"{s.locustfile} is not a file")
     for name in ("set_env", "app_env"):
@@ -217,6 +221,8 @@ def _coerce(name: str, raw: Any) -> Any:
             if isinstance(raw, Mapping):
                 return {str(k): str(v) for k, v in raw.items()}
             return parse_env_pairs([p for p in str(raw).split(",") if p], name)
+        if name == "paths":
+            return tuple(str(p) for p in raw) if isinstance(raw, list) else tuple(p for p in str(raw).split(",") if p)
         if name == "locustfile":
             return None if raw in (None, "") else Path(str(raw))
         if isinstance(default, bool):

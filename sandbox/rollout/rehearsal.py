@@ -328,7 +328,8 @@ class Rehearsal:
         rows_path = (self.report_dir or self._workdir or Path(".")) / "requests.jsonl"
         self.load = self.deps.load(self.balancer.url, LoadSettings(
             users=s.users, spawn_rate=s.spawn_rate, locustfile=s.locustfile, v2_mode=s.v2_mode,
-            workers=s.load_workers, think_s=parse_think_ms(s.think_ms), timeout_s=s.client_timeout_s), rows_path)
+            workers=s.load_workers, think_s=parse_think_ms(s.think_ms), timeout_s=s.client_timeout_s,
+            paths=tuple(s.paths) if s.paths or self.executor.images.toy else ("/",)), rows_path)
         await self.load.start()
         self.events.append({"t": time.time(), "phase": "load-start", "instance": None})
         self._ticker = asyncio.create_task(self._tick(self.load))
