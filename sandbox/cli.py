@@ -197,6 +197,8 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     _add_load_flags(p)
     _add_dashboard_flags(p)
 
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (batches, steps, peak containers, capacity) and touch nothing")
     p = sub.add_parser("rollback", parents=[common], help="return to the version before the last roll")
     p.add_argument("--strategy", choices=STRATEGIES, help="how to roll back (default one-at-a-time)")
     p.add_argument("--batch", type=_integer, help="servers per batch")
@@ -329,6 +331,10 @@ async def _down(args: argparse.Namespace, settings: Settings, runtime: Runtime, 
 
 
 async def _roll(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say, view: LiveView) -> int:
+    if getattr(args, "dry_run", False):
+        prepared = await commands.plan_only(settings, runtime=runtime, kind=args.command)
+        print(json.dumps(prepared.as_json(), indent=2) if args.json else prepared.describe())
+        return 0
     result = await commands.roll(settings, runtime=runtime, kind=args.command, report_dir=args.report,
                                  progress=view.progress(settings, sized=False))
     _print_rollout(args, settings, result)

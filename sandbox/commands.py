@@ -27,7 +27,7 @@ from sandbox.results.report import compare_json, compare_table
 from sandbox.results.verdict import compare_exit_code
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import Executor
-from sandbox.rollout.rehearsal import Kind, RolloutResult, rehearse
+from sandbox.rollout.rehearsal import Kind, Prepared, Rehearsal, RolloutResult, rehearse
 from sandbox.ui.progress import Progress
 
 log = logging.getLogger("sandbox.commands")
@@ -153,6 +153,12 @@ async def roll(
     """
     return await rehearse(settings, runtime=runtime, kind=kind, to_version=to_version, progress=progress,
                           report_dir=report_dir, install_sigint=install_sigint)
+
+
+async def plan_only(settings: Settings, *, runtime: Runtime, kind: Kind = "roll") -> Prepared:
+    """The plan of a roll (or rollback) of the fleet as it is now; reads Docker and the load
+    balancer, changes nothing (no stale upstream taken out, no image built)."""
+    return await Rehearsal(settings, runtime=runtime, kind=kind, install_sigint=False).prepare(dry_run=True)
 
 
 # -- demo / compare -------------------------------------------------------------------------------

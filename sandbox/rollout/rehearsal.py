@@ -36,6 +36,7 @@ from sandbox.fleet import labels as L
 from sandbox.fleet import versions
 from sandbox.fleet.balancer import Balancer, LbState
 from sandbox.fleet.images import ImageSet, ensure_images
+from sandbox.fleet.images import image_set as current_image_set
 from sandbox.fleet.probes import Probe
 from sandbox.fleet.runtime import Instance, Runtime
 from sandbox.load.rows import parse_think_ms
@@ -89,6 +90,22 @@ class Prepared:
     env: dict[str, str]  # of the new servers
     instances: list[Instance]  # the app containers at the start (after stale upstreams were taken out)
     steps: list[planner.Step]  # exactly what ``run`` executes
+    peak: int | None = None  # most app containers alive at once (simulated)
+    floor: int | None = None  # fewest slots serving at once: the expected capacity
+    batches: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The plan as data: where from and to, the figures, and each step."""
+        names = {i.id: i.name for i in self.instances}
+
+        def who(refs: Sequence[planner.Ref]) -> list[dict[str, Any]]:
+            return [{"slot": r.slot, "instance": names.get(r.id, r.id) if r.id else None} for r in refs]
+
+        return {"kind": self.kind, "from": self.source, "to": self.target, "strategy": self.strategy,
+                "size": self.size, "batches": self.batches, "peak_containers": self.peak,
+                "min_serving": self.floor,
+                "steps": [{"batch": st.batch_no, "action": st.action, "targets": who(st.targets),
+                           "detach": who(st.detach)} for st in self.steps]}
 
     def describe(self) -> str:
         """The plan, one line per step, before anything runs."""
@@ -97,7 +114,9 @@ class Prepared:
         def who(refs: Sequence[planner.Ref]) -> str:
             return ", ".join(names.get(r.id, r.id) if r.id else f"new server in slot {r.slot}" for r in refs)
 
-        lines = [f"{self.kind} {self.source} -> {self.target} with {self.strategy}: {len(self.steps)} steps"]
+        lines = [f"{self.kind} {self.source} -> {self.target} with {self.strategy}: {len(self.steps)} steps"
+                 + (f" in {self.batches} batches; at most {self.peak} containers, at least {self.floor} of "
+                    f"{self.size} servers serving" if self.peak is not None else "")]
         for step in self.steps:
             line = f"  batch {step.batch_no:<3} {step.action:<8} {who(step.targets)}"
             if step.detach:
@@ -236,10 +255,11 @@ class Rehearsal:
         return self._prepared
 
     # -- prepare ------------------------------------------------------------------------------
-    async def prepare(self) -> Prepared:
+    async def prepare(self, *, dry_run: bool = False) -> Prepared:
         """Read the fleet and the load balancer, take stale upstreams out, pick the target, plan.
 
-        Raises NotFoundError (no fleet), UsageError (nothing to roll back).
+        ``dry_run``: only read (no stale upstream taken out, no image built). Raises NotFoundError
+        (no fleet), UsageError (nothing to roll back).
         """
         project = self.settings.project
         await self.runtime.require_fleet(project)
@@ -248,7 +268,7 @@ class Rehearsal:
             raise NotFoundError(f"project {project!r}: the load balancer has no port label")
         self._balancer = self.deps.balancer(self.runtime, project, port)
         state = await self._balancer.load()
-        image_set = await self._fleet_images()
+        image_set = await self._fleet_images(build=not dry_run)
         target = self._target(state, image_set.app)
         if not image_set.toy and self.settings.mode == "in-place":
             raise UsageError("mode: in-place swaps the toy app's code; your own images roll with --mode replace")
@@ -259,24 +279,30 @@ class Rehearsal:
                                   on_event=self.progress.event, events=self.events,
                                   probe=self.deps.probe, timing=self.deps.timing)
         self._executor.before_step = getattr(self.progress, "before_step", None)
-        for name in await self._executor.reconcile(listed):
+        for name in [] if dry_run else await self._executor.reconcile(listed):
             self.progress.line(f"took {name} out of the load balancer: its container is gone or not running")
         instances, servers = await self._executor.fleet(listed)
-        steps = planner.merge_reloads(planner.plan(servers, planner.PlanSettings(
-            size=size, to_version=target, strategy=self.settings.strategy,  # type: ignore[arg-type]
-            batch=self.settings.batch, mode=self.settings.mode)))
+        plan_settings = planner.PlanSettings(size=size, to_version=target, strategy=self.settings.strategy,  # type: ignore[arg-type]
+                                             batch=self.settings.batch, mode=self.settings.mode)
+        steps = planner.merge_reloads(planner.plan(servers, plan_settings))
+        try:
+            sim: planner.Simulation | None = planner.simulate(servers, plan_settings, steps)
+        except planner.PlanError:  # a fleet with stale upstreams (dry run): no figures
+            sim = None
         # the fleet's own environment (from `up --env`) always; --set-env only for the new version
         env = dict(state.app_env) if self.kind == "rollback" else {**state.app_env, **self.settings.set_env}
         source = versions.source_version([i.version for i in listed], target, (state.rollout or {}).get("from"))
         self._prepared = Prepared(kind=self.kind, source=source, target=target,
                                   strategy=self.settings.strategy, size=size, env=env,
-                                  instances=instances, steps=steps)
+                                  instances=instances, steps=steps,
+                                  peak=sim.peak_containers if sim else None, floor=sim.min_serving if sim else None,
+                                  batches=sim.batches if sim else None)
         return self._prepared
 
-    async def _fleet_images(self) -> ImageSet:
+    async def _fleet_images(self, *, build: bool = True) -> ImageSet:
         """The images of this fleet: its versions map from the load balancer's label (the toy app's
-        for a fleet started without one)."""
-        image_set = await self.deps.images(self.runtime)
+        for a fleet started without one); without ``build``, only their names (nothing is built)."""
+        image_set = await (self.deps.images(self.runtime) if build else asyncio.to_thread(current_image_set))
         lb = await self.runtime.lb(self.settings.project)
         text = (lb.labels if lb is not None else {}).get(L.LABEL_VERSIONS)
         found, spec = versions.from_label(text), versions.spec_from_label(text)

@@ -40,6 +40,10 @@ def test_roll_and_rollback_between_named_versions(cli: Cli, image_set: ImageSet)
     status = cli.json("status", "--json")
     assert status["lb"]["versions"] == {"green": image_set.app["v1"], "blue": image_set.app["v2"]}
     assert {i["version"] for i in status["instances"]} == {"green"}  # --version defaults to the first
+    plan = cli.json("roll", "--dry-run", "--json")  # the plan, and nothing touched
+    assert (plan["from"], plan["to"], plan["peak_containers"], plan["min_serving"]) == ("green", "blue", 2, 1)
+    assert [st["action"] for st in plan["steps"]][:3] == ["detach", "drain", "stop"]
+    assert cli.json("status", "--json") == status
     # a fresh process: no --image given, the fleet remembers its map; no --to: the last declared
     report = assert_passes(cli.run("roll", "--json", "--users", "8", "--warmup", "2", "--cooldown", "2",
                                    "--min-requests", "20", timeout=300))

@@ -136,7 +136,8 @@ async def test_phases_one_by_one() -> None:
     assert (prepared.source, prepared.target, prepared.size) == ("v1", "v2", 3)
     plan_text = prepared.describe()  # printable before anything runs
     assert plan_text.splitlines()[:4] == [
-        "roll v1 -> v2 with one-at-a-time: 13 steps",
+        "roll v1 -> v2 with one-at-a-time: 13 steps in 3 batches; "
+        "at most 3 containers, at least 2 of 3 servers serving",
         "  batch 1   start    new server in slot 2",  # the empty slot first: it costs no availability
         "  batch 1   ready    new server in slot 2",
         "  batch 1   reattach new server in slot 2; detach a1 (batch 2)",

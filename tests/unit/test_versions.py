@@ -184,3 +184,28 @@ async def test_an_unhealthy_healthcheck_rolls_back() -> None:
     result = await world.rehearse(settings())
     assert (result.report["outcome"], result.exit_code) == ("rolled_back", 1)
     assert world.attached_versions() == {"green"}
+
+
+# -- the plan before it runs ----------------------------------------------------------------------
+
+@pytest.mark.asyncio
+async def test_dry_run_plans_and_touches_nothing() -> None:
+    from sandbox.rollout.rehearsal import Rehearsal
+    from sandbox.ui.progress import Progress
+
+    world = World()
+    world.runtime.vanish("a2")  # a stale upstream: a real prepare() would take it out
+    rehearsal = Rehearsal(settings(), runtime=world.runtime, progress=Progress(world.stream),  # type: ignore[arg-type]
+                          deps=world.deps, install_sigint=False)
+    prepared = await rehearsal.prepare(dry_run=True)
+    assert world.runtime.log == [] and world.balancer.applied == []  # nothing touched, nothing built
+    plan = prepared.as_json()
+    assert (plan["from"], plan["to"], plan["size"]) == ("v1", "v2", 3)
+    assert plan["steps"][0]["action"] == "start" and all("batch" in st for st in plan["steps"])
+    world = World()
+    prepared = await Rehearsal(settings(strategy="surge", batch=1), runtime=world.runtime,  # type: ignore[arg-type]
+                               progress=Progress(world.stream), deps=world.deps,
+                               install_sigint=False).prepare(dry_run=True)
+    assert (prepared.batches, prepared.peak, prepared.floor) == (3, 4, 3)
+    assert "in 3 batches; at most 4 containers, at least 3 of 3 servers serving" in prepared.describe()
+    assert world.runtime.log == []
