@@ -35,6 +35,7 @@ from sandbox.config import (
 from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError
 from sandbox.fleet import versions
 from sandbox.fleet.runtime import Runtime
+from sandbox.results.junit import write_junit
 from sandbox.results.report import compare_text, summary_text
 from sandbox.ui.dashboard import LiveView
 
@@ -159,6 +160,8 @@ def _add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drain-timeout", type=_number, help="seconds to wait for in-flight requests (default 30)")
     p.add_argument("--ready-timeout", type=_number, help="seconds for a new server to be ready (default 30)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--junit", type=Path, metavar="FILE",
+                   help="write the verdict as JUnit XML, one test case per check (roll, rollback, demo)")
     p.add_argument("--report", type=Path, metavar="DIR",
                    help="write report.json, chart.png, report.md here (demo: reports/demo, "
                         "compare: reports/compare)")
@@ -368,6 +371,8 @@ def _print_rollout(args: argparse.Namespace, settings: Settings, result: command
         print(summary_text(result.report))
     if result.message:
         print(result.message, file=sys.stderr)
+    if getattr(args, "junit", None) is not None:
+        write_junit(result.report, args.junit)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Runtime, Say, LiveView], Awaitable[int]]] = {

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import pytest
@@ -44,11 +46,15 @@ def test_httpbin_rolls_with_nothing_dropped(cli: Cli, httpbin: None) -> None:
     assert by_version["0.10.1"] > 0 and by_version["0.10.2"] > 0 and by_version["unknown"] == 0, by_version
 
 
-def test_a_version_that_never_turns_healthy_is_rolled_back(cli: Cli, httpbin: None) -> None:
+def test_a_version_that_never_turns_healthy_is_rolled_back(cli: Cli, httpbin: None, tmp_path: Path) -> None:
     _up(cli, "--health-path", "/status/200")
     # gunicorn reads GUNICORN_CMD_ARGS: the new version cannot start (a bad command, in effect)
     proc = cli.run("roll", *LOAD, "--ready-timeout", "8", "--set-env", "GUNICORN_CMD_ARGS=--chdir=/nonexistent",
-                   timeout=600)
+                   "--junit", str(tmp_path / "rollout.xml"), timeout=600)
     assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
     assert report["outcome"] == "rolled_back" and report["requests"]["dropped"] == 0, report["requests"]
+    suite = ET.parse(tmp_path / "rollout.xml").getroot().find("testsuite")  # what a CI system shows
+    assert suite is not None
+    failed = {c.get("name") for c in suite.findall("testcase") if c.find("failure") is not None}
+    assert "outcome" in failed and "dropped" not in failed
