@@ -29,7 +29,6 @@ from sandbox.config import (
     SESSION_STORES,
     STRATEGIES,
     V2_MODES,
-    VERSIONS,
     Settings,
     check_batch,
     check_port_free,
@@ -37,8 +36,9 @@ from sandbox.config import (
     parse_env_pairs,
 )
 from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, exit_code_for
-from sandbox.fleet import engines
+from sandbox.fleet import engines, versions
 from sandbox.fleet.runtime import Runtime
+from sandbox.results.junit import write_junit
 from sandbox.results.report import compare_text, summary_text
 from sandbox.ui.dashboard import LiveView
 
@@ -59,6 +59,14 @@ def _integer(text: str) -> int:
         return int(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
 
 
 def _number(text: str) -> float:
@@ -90,7 +98,9 @@ def _add_fleet_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("up", parents=[common], help="start N servers behind NGINX on 127.0.0.1")
     p.add_argument("--size", type=_integer, help="number of app servers (default 3)")
     p.add_argument("--port", type=_integer, help="load balancer port on 127.0.0.1 (default 8080)")
-    p.add_argument("--version", dest="version", choices=VERSIONS, help="app version to start (default v1)")
+    p.add_argument("--version", dest="version",
+                   help="version to start: one of --image/--build names (default the first; v1 for the toy app)")
+    _add_version_flags(p)
     p.add_argument("--sticky", action="store_true", default=None, help="route each user (cookie) to one server")
     p.add_argument("--sessions", choices=SESSION_STORES,
                    help="where carts live: memory (each server's own, lost with it; default) or shared (one Redis)")
@@ -110,11 +120,30 @@ def _add_fleet_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="then remove older rolling-sandbox images that no container uses")
 
 
+def _add_version_flags(p: argparse.ArgumentParser) -> None:
+    """Your own images as named versions (up, demo)."""
+    p.add_argument("--image", action="append", default=[], metavar="NAME=REF",
+                   help="a version of your app: a name you pick and a local image (repeatable)")
+    p.add_argument("--build", action="append", default=[], metavar="NAME=DIR",
+                   help="a version built first from DIR's Dockerfile (repeatable)")
+    p.add_argument("--app-port", type=_integer, help="the port your app listens on (default 8000)")
+    p.add_argument("--health-path", help="ready when GET PATH answers 2xx (default: the image's HEALTHCHECK, "
+                                         "else the port accepts a connection; the toy app: /healthz)")
+    p.add_argument("--stop-signal", help="signal that asks your app to stop (default: the image's, SIGTERM)")
+    p.add_argument("--stop-timeout", type=_number, help="seconds after it before SIGKILL (default 20)")
+    p.add_argument("--command", dest="app_command", help="run this instead of the image's CMD (split like a shell)")
+    p.add_argument("--memory", help="memory limit of each server (default 128m)")
+    p.add_argument("--read-only", type=_boolean, metavar="true|false",
+                   help="read-only root filesystem (default true; /tmp is always writable)")
+
+
 def _add_load_flags(p: argparse.ArgumentParser) -> None:
     """The flags of every command that rolls under load."""
     p.add_argument("--users", type=_integer, help="simulated users (default 20)")
     p.add_argument("--spawn-rate", type=_number, help="users started per second (default 20)")
     p.add_argument("--locustfile", type=Path, help="your own locustfile instead of the default")
+    p.add_argument("--path", dest="paths", action="append", default=None, metavar="PATH",
+                   help="your own app without a locustfile: the default users GET these (repeatable, default /)")
     p.add_argument("--no-load", dest="load", action="store_false", default=None, help="no traffic")
     p.add_argument("--max-dropped", type=_integer, help="verdict: at most this many dropped (default 0)")
     p.add_argument("--max-stall-s", type=_number, help="verdict: longest stretch with no answer (default 1 s)")
@@ -139,6 +168,8 @@ def _add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drain-timeout", type=_number, help="seconds to wait for in-flight requests (default 30)")
     p.add_argument("--ready-timeout", type=_number, help="seconds for a new server to be ready (default 30)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--junit", type=Path, metavar="FILE",
+                   help="write the verdict as JUnit XML, one test case per check (roll, rollback, demo)")
     p.add_argument("--report", type=Path, metavar="DIR",
                    help="write report.json, chart.png, report.md here (demo: reports/demo, "
                         "compare: reports/compare)")
@@ -163,7 +194,9 @@ def _add_dashboard_flags(p: argparse.ArgumentParser) -> None:
 def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     """roll, rollback, demo, compare."""
     p = sub.add_parser("roll", parents=[common], help="roll the fleet to another version under live traffic")
-    p.add_argument("--to", dest="to_version", choices=VERSIONS, help="target version (default v2)")
+    p.add_argument("--to", dest="to_version",
+                   help="target version, one the fleet was started with "
+                        "(default the last declared; v2 for the toy app)")
     p.add_argument("--strategy", choices=STRATEGIES, help="how to roll (default one-at-a-time)")
     p.add_argument("--batch", type=_integer, help="servers per batch for rolling, surge, naive (default 1)")
     p.add_argument("--mode", choices=MODES, help="replace containers or swap code in place (default replace)")
@@ -175,6 +208,8 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     _add_load_flags(p)
     _add_dashboard_flags(p)
 
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (batches, steps, peak containers, capacity) and touch nothing")
     p = sub.add_parser("rollback", parents=[common], help="return to the version before the last roll")
     p.add_argument("--strategy", choices=STRATEGIES, help="how to roll back (default one-at-a-time)")
     p.add_argument("--batch", type=_integer, help="servers per batch")
@@ -190,6 +225,7 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--sessions", choices=SESSION_STORES,
                    help="where carts live: memory (each server's own, lost with it; default) or shared (one Redis)")
     p.add_argument("--keep", action="store_true", help="leave the fleet running afterwards")
+    _add_version_flags(p)
     _add_lb_flags(p)
     _add_load_flags(p)
     _add_dashboard_flags(p)
@@ -223,6 +259,7 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 _SETTING_FLAGS = (
     "project", "engine", "size", "port", "version", "sticky", "sessions", "lb_retry", "client_keepalive", "lb_apply",
     "to_version", "strategy", "batch", "mode",
+    "app_port", "health_path", "stop_signal", "stop_timeout", "app_command", "memory", "read_only",
     "drain_timeout", "ready_timeout", "max_error_ratio", "auto_rollback", "load", "users", "spawn_rate",
     "locustfile", "max_dropped", "warmup_s", "cooldown_s", "v2_mode", "load_workers", "think_ms",
     "client_timeout_s", "max_stall_s", "slow_ms", "max_slow", "max_p99_ratio", "max_violations", "min_requests",
@@ -237,6 +274,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["set_env"] = parse_env_pairs(args.set_env, "set_env")
     if getattr(args, "env", None):
         overrides["app_env"] = parse_env_pairs(args.env, "env")
+    if getattr(args, "paths", None):
+        overrides["paths"] = tuple(args.paths)
+    if getattr(args, "image", None):
+        overrides["images"] = versions.parse_pairs(args.image, "image")
+    if getattr(args, "build", None):
+        overrides["builds"] = versions.parse_pairs(args.build, "build")
     if getattr(args, "v2_mode", None) == "breaking" and "set_env" not in overrides:
         overrides["set_env"] = {"APP_BREAKING": "1"}
     elif getattr(args, "v2_mode", None) == "breaking":
@@ -315,6 +358,10 @@ async def _down(args: argparse.Namespace, settings: Settings, runtime: Runtime, 
 
 
 async def _roll(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say, view: LiveView) -> int:
+    if getattr(args, "dry_run", False):
+        prepared = await commands.plan_only(settings, runtime=runtime, kind=args.command)
+        print(json.dumps(prepared.as_json(), indent=2) if args.json else prepared.describe())
+        return 0
     result = await commands.roll(settings, runtime=runtime, kind=args.command, report_dir=args.report,
                                  progress=view.progress(settings, sized=False))
     _print_rollout(args, settings, result)
@@ -348,6 +395,8 @@ def _print_rollout(args: argparse.Namespace, settings: Settings, result: command
         print(summary_text(result.report))
     if result.message:
         print(result.message, file=sys.stderr)
+    if getattr(args, "junit", None) is not None:
+        write_junit(result.report, args.junit)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Runtime, Say, LiveView], Awaitable[int]]] = {

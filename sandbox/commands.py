@@ -18,6 +18,8 @@ from typing import Any
 
 from sandbox.config import BATCHED_STRATEGIES, IN_PLACE_STRATEGIES, STRATEGIES, Settings, check_port_free
 from sandbox.errors import SandboxError, UsageError
+from sandbox.fleet import labels as L
+from sandbox.fleet import versions
 from sandbox.fleet.balancer import Balancer
 from sandbox.fleet.images import ImageSet, ensure_images, prune_images
 from sandbox.fleet.runtime import Runtime
@@ -25,7 +27,7 @@ from sandbox.results.report import compare_json, compare_table
 from sandbox.results.verdict import compare_exit_code
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import Executor
-from sandbox.rollout.rehearsal import Kind, RolloutResult, rehearse
+from sandbox.rollout.rehearsal import Kind, Prepared, Rehearsal, RolloutResult, rehearse
 from sandbox.ui.progress import Progress
 
 log = logging.getLogger("sandbox.commands")
@@ -54,7 +56,9 @@ async def up(settings: Settings, *, runtime: Runtime, say: Callable[[str], None]
     if await runtime.has_project(project):
         raise UsageError(f"project: {project!r} is already up; `sandbox status` shows it, `sandbox down` removes it")
     check_port_free(settings.port)
-    image_set = await asyncio.to_thread(ensure_images, runtime.client, log=say)
+    image_set = await fleet_images(settings, runtime=runtime, say=say)
+    version = versions.pick(image_set.app, settings.version, default_last=False, what="version")
+    label = {L.LABEL_VERSIONS: versions.to_label(image_set.app, image_set.toy, image_set.spec)}
     try:
         await runtime.ensure_network(project)
         app_env = dict(settings.app_env)
@@ -63,7 +67,7 @@ async def up(settings: Settings, *, runtime: Runtime, say: Callable[[str], None]
         balancer = Balancer(runtime, project, settings.port)
         executor = Executor(runtime, balancer, settings, image_set)
         # the load balancer starts while the app containers do; the first attach waits for it
-        lb_ready = asyncio.ensure_future(_start_lb(settings, runtime, balancer, image_set.lb, app_env))
+        lb_ready = asyncio.ensure_future(_start_lb(settings, runtime, balancer, image_set.lb, app_env, label))
 
         async def lb_before_attach(step: planner.Step) -> None:
             if step.action in ("attach", "reattach", "switch"):
@@ -71,9 +75,9 @@ async def up(settings: Settings, *, runtime: Runtime, say: Callable[[str], None]
 
         executor.before_step = lb_before_attach
         steps = planner.merge_reloads(planner.plan([], planner.PlanSettings(
-            size=settings.size, to_version=settings.version, strategy="double-half")))
+            size=settings.size, to_version=version, strategy="double-half")))
         try:
-            await executor.execute(steps, settings.version, env=app_env)
+            await executor.execute(steps, version, env=app_env)
         finally:
             await asyncio.gather(lb_ready, return_exceptions=True)
         await lb_ready  # raises what starting the load balancer raised, if anything
@@ -81,16 +85,33 @@ async def up(settings: Settings, *, runtime: Runtime, say: Callable[[str], None]
         with suppress(Exception):
             await runtime.down(project)
         raise
-    say(f"{settings.size} servers on {settings.version} behind http://127.0.0.1:{settings.port}")
+    say(f"{settings.size} servers on {version} behind http://127.0.0.1:{settings.port}")
     return await status(settings, runtime=runtime)
 
 
 async def _start_lb(settings: Settings, runtime: Runtime, balancer: Balancer, image: str,
-                    app_env: dict[str, str]) -> None:
-    await runtime.start_lb(settings.project, settings.port, image)
+                    app_env: dict[str, str], labels: dict[str, str]) -> None:
+    await runtime.start_lb(settings.project, settings.port, image, extra_labels=labels)
     await balancer.apply([], rollout=None, sticky=settings.sticky, size=settings.size,
                          retry=settings.lb_retry, client_keepalive_s=65 if settings.client_keepalive else 0,
                          app_env=app_env, lb_apply=settings.lb_apply)
+
+
+async def fleet_images(settings: Settings, *, runtime: Runtime,
+                       say: Callable[[str], None] = log.info) -> ImageSet:
+    """The images a new fleet runs: the toy app's, or the user's ``--image``/``--build`` versions
+    (each checked to exist, each directory built) with the sandbox's own load balancer.
+
+    Raises UsageError for a missing image before anything is built or created.
+    """
+    if settings.images:  # a missing image fails before anything is built
+        await asyncio.to_thread(versions.resolve, runtime.client, settings.project, settings.images, {})
+    image_set = await asyncio.to_thread(ensure_images, runtime.client, log=say)
+    if not (settings.images or settings.builds):
+        return dataclasses.replace(image_set, spec=settings.app_spec())
+    app = await asyncio.to_thread(versions.resolve, runtime.client, settings.project,
+                                  settings.images, settings.builds, say)
+    return dataclasses.replace(image_set, app=app, toy=False, spec=settings.app_spec())
 
 
 async def status(settings: Settings, *, runtime: Runtime) -> dict[str, Any]:
@@ -116,6 +137,8 @@ async def status(settings: Settings, *, runtime: Runtime) -> dict[str, Any]:
             "client_keepalive_s": state.client_keepalive_s if state else None,
             "lb_apply": state.lb_apply if state else None,
             "rollout": state.rollout if state else None,
+            "versions": (versions.from_label(lb.labels.get(L.LABEL_VERSIONS)) or ({}, True))[0] or None,
+            "app": versions.spec_from_label(lb.labels.get(L.LABEL_VERSIONS)).as_dict(),
         },
         "instances": [
             {"name": i.name, "slot": i.slot, "version": i.version, "state": i.state,
@@ -151,6 +174,12 @@ async def roll(
                           report_dir=report_dir, install_sigint=install_sigint)
 
 
+async def plan_only(settings: Settings, *, runtime: Runtime, kind: Kind = "roll") -> Prepared:
+    """The plan of a roll (or rollback) of the fleet as it is now; reads Docker and the load
+    balancer, changes nothing (no stale upstream taken out, no image built)."""
+    return await Rehearsal(settings, runtime=runtime, kind=kind, install_sigint=False).prepare(dry_run=True)
+
+
 # -- demo / compare -------------------------------------------------------------------------------
 async def demo(
     settings: Settings,
@@ -163,10 +192,12 @@ async def demo(
 ) -> RolloutResult:
     """One command for a workshop: build what is missing, start the fleet, roll to v2 under
     load, report, and tear down unless ``keep``."""
-    say(f"demo: {settings.size} servers on v1, {settings.users} users, rolling to v2 with {settings.strategy}")
+    declared = list({**settings.images, **settings.builds}) or ["v1", "v2"]
+    say(f"demo: {settings.size} servers on {settings.version or declared[0]}, {settings.users} users, "
+        f"rolling to {settings.to_version or declared[-1]} with {settings.strategy}")
     await up(settings, runtime=runtime, say=say)
     try:
-        result = await roll(settings, runtime=runtime, to_version="v2", progress=progress, report_dir=report_dir)
+        result = await roll(settings, runtime=runtime, progress=progress, report_dir=report_dir)
     finally:
         if not keep:
             await runtime.down(settings.project)
@@ -217,7 +248,7 @@ async def compare(
         await up(one, runtime=runtime, say=say)
         try:
             progress = progress_for(one)
-            result = await roll(one, runtime=runtime, to_version="v2", progress=progress,
+            result = await roll(one, runtime=runtime, progress=progress,
                                 report_dir=(report_dir / spec.replace(":", "-")) if report_dir else None)
             reports.append(result.report)
             progress.finish(result.report)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -19,9 +20,10 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from sandbox.errors import PortInUseError, UsageError
+from sandbox.fleet.versions import AppSpec, check_declared, check_name, check_spec, parse_pairs
 from sandbox.load.rows import DEFAULT_THINK_MS, parse_think_ms
 
-Version = Literal["v1", "v2"]
+Version = str  # a name the user picks (v1, 1.4.2, green); the toy app has v1 and v2
 Strategy = Literal["one-at-a-time", "rolling", "surge", "double-half", "blue-green", "naive"]
 Mode = Literal["replace", "in-place"]
 V2Mode = Literal["compatible", "breaking"]
@@ -29,7 +31,7 @@ LbApply = Literal["reload", "dynamic"]
 Engine = Literal["docker", "swarm"]
 FailureAction = Literal["pause", "rollback", "continue"]
 
-VERSIONS: tuple[str, ...] = get_args(Version)
+VERSIONS: tuple[str, ...] = ("v1", "v2")  # the built-in toy app's
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 BATCHED_STRATEGIES = ("rolling", "surge", "naive")  # the ones --batch applies to
 IN_PLACE_STRATEGIES = ("one-at-a-time", "rolling", "naive")  # the ones that keep their containers
@@ -57,15 +59,25 @@ class Settings:
     # fleet
     size: int = 3
     port: int = 8080
-    version: Version = "v1"
+    version: Version = ""  # "" = the first declared version (v1 for the toy app)
+    images: Mapping[str, str] = field(default_factory=dict)  # --image NAME=REF: the user's versions
+    builds: Mapping[str, str] = field(default_factory=dict)  # --build NAME=DIR: built first
     sticky: bool = False
     lb_retry: bool = False
     client_keepalive: bool = True
     lb_apply: LbApply = "dynamic"  # how a change of the attached set reaches NGINX
     app_env: Mapping[str, str] = field(default_factory=dict)
     sessions: str = "memory"  # where carts live: "memory" (each server's own) or "shared" (one Redis)
+    # your app's contract (sandbox.fleet.versions.AppSpec; recorded in the fleet at `up`)
+    app_port: int = 8000
+    health_path: str = ""  # "" = the image's HEALTHCHECK, else a TCP connect (the toy app: /healthz)
+    stop_signal: str = ""  # "" = the image's STOPSIGNAL
+    stop_timeout: float = 20.0
+    app_command: str = ""  # --command: "" = the image's CMD; split like a shell would
+    memory: str = "128m"
+    read_only: bool = True
     # rollout
-    to_version: Version = "v2"
+    to_version: Version = ""  # "" = the last declared version (v2 for the toy app)
     strategy: Strategy = "one-at-a-time"
     batch: int = 1
     mode: Mode = "replace"
@@ -87,6 +99,7 @@ class Settings:
     users: int = 20
     spawn_rate: float = 20.0
     locustfile: Path | None = None
+    paths: tuple[str, ...] = ()  # --path: your own app's default users GET these ("/" when none)
     warmup_s: float = 3.0
     cooldown_s: float = 3.0
     v2_mode: V2Mode = "compatible"
@@ -105,6 +118,12 @@ class Settings:
     def __post_init__(self) -> None:
         validate(self)
 
+    def app_spec(self) -> AppSpec:
+        """The app's contract these settings declare."""
+        return AppSpec(port=self.app_port, health_path=self.health_path, stop_signal=self.stop_signal.upper(),
+                       stop_timeout=self.stop_timeout, command=tuple(shlex.split(self.app_command)),
+                       memory=self.memory, read_only=self.read_only)
+
 
 def _check(cond: bool, name: str, message: str) -> None:
     if not cond:
@@ -118,12 +137,27 @@ def validate(s: Settings) -> None:
     _check(1 <= s.size <= MAX_SIZE, "size", f"{s.size} must be between 1 and {MAX_SIZE}")
     _check(1 <= s.port <= 65535, "port", f"{s.port} must be between 1 and 65535")
     for name in ("version", "to_version"):
-        _check(getattr(s, name) in VERSIONS, name, f"{getattr(s, name)!r} must be one of {', '.join(VERSIONS)}")
+        if getattr(s, name):
+            check_name(getattr(s, name), name)
+    check_declared(s.images, s.builds)
+    try:
+        check_spec(s.app_spec())
+    except ValueError as exc:  # shlex: an unclosed quote in command
+        raise UsageError(str(exc) if isinstance(exc, UsageError) else f"command: {exc}") from None
+    declared = {**s.images, **s.builds}
+    if s.version:
+        known = declared or VERSIONS
+        _check(s.version in known, "version", f"unknown version {s.version!r}; declared: {', '.join(known)}")
+    if declared and s.to_version:
+        _check(s.to_version in declared, "to_version",
+               f"unknown version {s.to_version!r}; declared: {', '.join(declared)}")
     _check(s.strategy in STRATEGIES, "strategy", f"{s.strategy!r} must be one of {', '.join(STRATEGIES)}")
     _check(s.mode in MODES, "mode", f"{s.mode!r} must be one of {', '.join(MODES)}")
     _check(s.lb_apply in LB_APPLY_MODES, "lb_apply",
            f"{s.lb_apply!r} must be one of {', '.join(LB_APPLY_MODES)}")
     _check(s.engine in ENGINES, "engine", f"{s.engine!r} must be one of {', '.join(ENGINES)}")
+    _check(not (s.engine == "swarm" and (s.images or s.builds)), "images",
+           "your own images run on --engine docker for now (Swarm services get the toy app's contract)")
     _check(not (s.engine == "swarm" and s.mode == "in-place"), "mode",
            "in-place cannot run on Swarm (a service has no code volume to swap); use --mode replace")
     _check(s.update_parallelism >= 1, "update_parallelism", f"{s.update_parallelism} must be at least 1")
@@ -152,6 +186,9 @@ def validate(s: Settings) -> None:
         parse_think_ms(s.think_ms)
     except ValueError as exc:
         raise UsageError(f"think_ms: {exc}") from None
+    for path in s.paths:
+        _check(isinstance(path, str) and path.startswith("/") and " " not in path, "path",
+               f"{path!r} must start with / and have no spaces")
     if s.locustfile is not None:
         _check(s.locustfile.is_file(), "locustfile", f"{s.locustfile} is not a file")
     for name in ("set_env", "app_env"):
@@ -200,10 +237,16 @@ def _coerce(name: str, raw: Any) -> Any:
     """Convert a TOML or environment value to the type of field ``name``."""
     default = Settings.__dataclass_fields__[name].default
     try:
+        if name in ("images", "builds"):
+            if not isinstance(raw, Mapping):
+                return parse_pairs([p for p in str(raw).split(",") if p], name.rstrip("s"))
+            return {str(k): str(v) for k, v in raw.items()}
         if name in ("app_env", "set_env"):
             if isinstance(raw, Mapping):
                 return {str(k): str(v) for k, v in raw.items()}
             return parse_env_pairs([p for p in str(raw).split(",") if p], name)
+        if name == "paths":
+            return tuple(str(p) for p in raw) if isinstance(raw, list) else tuple(p for p in str(raw).split(",") if p)
         if name == "locustfile":
             return None if raw in (None, "") else Path(str(raw))
         if isinstance(default, bool):
@@ -247,7 +290,13 @@ def load_settings(
             raise UsageError(f"config: cannot read {path}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"config: {path}: {exc}") from exc
-        table = data.get("sandbox", data)
+        table = dict(data["sandbox"]) if "sandbox" in data else {
+            k: v for k, v in data.items() if k not in ("versions", "app")}
+        _versions_table(table, data, path)
+        app = data.get("app", {})
+        if not isinstance(app, Mapping):
+            raise UsageError(f"config: {path}: [app] must be a table of settings")
+        table.update(app)  # the app's contract (version, app_env, ...): the same names as [sandbox]
         for key, value in table.items():
             name = key.replace("-", "_")
             if name not in names:
@@ -265,6 +314,29 @@ def load_settings(
             raise UsageError(f"{name}: unknown setting")
         merged[name] = value
     return Settings(**merged)
+
+
+def _versions_table(table: dict[str, Any], data: Mapping[str, Any], path: Path) -> None:
+    """A ``[versions]`` table (``name = "image:tag"`` or ``name = {build = "dir"}``) into images/builds."""
+    versions = data.get("versions")
+    if versions is None:
+        return
+    if not isinstance(versions, Mapping):
+        raise UsageError(f"config: {path}: [versions] must be a table of NAME = \"IMAGE\" "
+                         "or NAME = {build = \"DIR\"}")
+    images, builds = dict(table.get("images", {})), dict(table.get("builds", {}))
+    for name, value in versions.items():
+        if isinstance(value, str):
+            images[name] = value
+        elif isinstance(value, Mapping) and isinstance(value.get("build"), str):
+            builds[name] = str((path.parent / value["build"]).resolve()) if not Path(value["build"]).is_absolute() \
+                else value["build"]
+        else:
+            raise UsageError(f"config: {path}: versions.{name} must be \"IMAGE\" or {{build = \"DIR\"}}")
+    if images:
+        table["images"] = images
+    if builds:
+        table["builds"] = builds
 
 
 def check_port_free(port: int, host: str = "127.0.0.1") -> None:

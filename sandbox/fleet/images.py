@@ -31,7 +31,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
@@ -41,6 +41,7 @@ import requests
 from sandbox.errors import EngineError, ImageBuildError, UsageError
 from sandbox.fleet import sources, tarball
 from sandbox.fleet.labels import LABEL_INPUTS, LABEL_MANAGED, LABEL_ROLE, LABEL_VERSION, ROLE_IMAGE
+from sandbox.fleet.versions import AppSpec
 
 logger = logging.getLogger("sandbox.fleet.images")
 
@@ -122,8 +123,10 @@ class ImageSet:
     """Refs of the images one checkout runs."""
 
     base: str
-    app: dict[str, str]  # {"v1": ref, "v2": ref}
+    app: dict[str, str]  # {"v1": ref, "v2": ref}, or the user's {name: ref} (see sandbox.fleet.versions)
     lb: str
+    toy: bool = True  # app images are the built-in toy app's (its /healthz reports its version)
+    spec: AppSpec = field(default_factory=AppSpec)  # the app's contract: port, readiness, stop signal, limits
 
     def refs(self) -> list[str]:
         """All refs, base first (the order they must be built in)."""

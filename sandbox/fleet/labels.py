@@ -13,11 +13,13 @@ LABEL_MANAGED = f"{PREFIX}.managed"  # "true" on everything we create
 LABEL_PROJECT = f"{PREFIX}.project"  # project name
 LABEL_ROLE = f"{PREFIX}.role"  # "app", "lb", "network", "image", "volume", "redis"
 LABEL_SLOT = f"{PREFIX}.slot"  # "1".."N" for app containers
-LABEL_VERSION = f"{PREFIX}.version"  # "v1" / "v2": the version the container was created with
+LABEL_VERSION = f"{PREFIX}.version"  # "v1", "green", ...: the version the container was created with
 LABEL_FROM = f"{PREFIX}.from-version"  # version the fleet had when a roll created it
 LABEL_PORT = f"{PREFIX}.port"  # load balancer port on 127.0.0.1 (lb only)
 LABEL_ADMIN_TOKEN = f"{PREFIX}.admin-token"  # the LB admin listener's token (lb only, --lb-apply dynamic)
 LABEL_ENGINE = f"{PREFIX}.engine"  # "docker" or "swarm": the runtime that started the fleet (lb only)
+LABEL_VERSIONS = f"{PREFIX}.versions"  # JSON {"toy", "versions": {name: image}} (lb only)
+LABEL_APP_PORT = f"{PREFIX}.app-port"  # the port the app listens on (app only)
 LABEL_INPUTS = f"{PREFIX}.inputs"  # hash of an image's build inputs (images only)
 
 ROLE_APP = "app"

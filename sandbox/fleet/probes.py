@@ -6,6 +6,8 @@ bridge network; they publish no port.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 
 import aiohttp
@@ -50,16 +52,31 @@ class Probe:
             raise RuntimeError("Probe used outside 'async with'")
         return self._session
 
-    async def ready(self, address: str, version: str | None = None) -> bool:
-        """True when ``GET /healthz`` answers 200 (and reports ``version``, when given)."""
+    async def ready(self, address: str, version: str | None = None, path: str = "/healthz") -> bool:
+        """True when ``GET path`` answers 2xx (and, when ``version`` is given, the toy app's JSON
+        reports that version)."""
         try:
-            async with self.session.get(f"http://{address}/healthz") as resp:
-                body = await resp.json(content_type=None)
-                if resp.status != 200:
+            async with self.session.get(f"http://{address}{path}") as resp:
+                if not 200 <= resp.status < 300:
                     return False
-                return version is None or (isinstance(body, dict) and body.get("version") == version)
+                if version is None:
+                    return True
+                body = await resp.json(content_type=None)
+                return isinstance(body, dict) and body.get("version") == version
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
             return False
+
+    async def accepts(self, address: str) -> bool:
+        """True when a TCP connection to ``address`` (``ip:port``) is accepted."""
+        host, _, port = address.rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), self._timeout.total)
+        except (TimeoutError, OSError, ValueError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
 
     async def metrics(self, address: str) -> dict[str, float] | None:
         """The server's counters, or None when it does not answer."""

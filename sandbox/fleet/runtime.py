@@ -29,6 +29,7 @@ from docker.types import Mount
 from sandbox.errors import EngineError, GoneError, NotFoundError, PortInUseError
 from sandbox.fleet import labels as L
 from sandbox.fleet import tarball
+from sandbox.fleet.versions import TOY_VERSIONS, AppSpec
 
 log = logging.getLogger("sandbox.fleet.runtime")
 
@@ -52,16 +53,17 @@ class Instance:
     ip: str | None
     created: str
     probe_ip: str | None = None  # where the controller reaches it, when not at ``ip`` (Swarm: see swarm.py)
+    port: int = APP_PORT  # the port the app listens on (--app-port)
 
     @property
     def address(self) -> str | None:
         """``ip:port`` the load balancer uses, or None when it has no address."""
-        return f"{self.ip}:{APP_PORT}" if self.ip else None
+        return f"{self.ip}:{self.port}" if self.ip else None
 
     @property
     def probe_address(self) -> str | None:
         """``ip:port`` the controller's probes use: ``probe_ip`` when set, else ``address``."""
-        return f"{self.probe_ip}:{APP_PORT}" if self.probe_ip else self.address
+        return f"{self.probe_ip}:{self.port}" if self.probe_ip else self.address
 
 
 REDIS_PORT = 6379
@@ -136,9 +138,10 @@ class Runtime:
         net = c.attrs.get("NetworkSettings", {}).get("Networks", {}).get(network_name(project), {})
         ip = net.get("IPAddress") or None
         version = c.labels.get(L.LABEL_VERSION, "?")
-        if c.status in ("running", "exited", "created", "paused"):
+        if version in TOY_VERSIONS and c.status in ("running", "exited", "created", "paused"):
             # in-place rollouts swap the code under a container (which may then have failed to
             # boot and exited): the VERSION file in its code volume is the truth, not the label
+            # (only the toy app has one: a version named by the user is the label)
             try:
                 bits, _ = c.get_archive(f"{APP_CODE_DIR}/VERSION")
                 version = tarball.first_file(bits).decode().strip() or version
@@ -152,6 +155,7 @@ class Runtime:
             state=c.status,
             ip=ip,
             created=c.attrs.get("Created", ""),
+            port=int(c.labels.get(L.LABEL_APP_PORT, APP_PORT)),
         )
 
     async def lb(self, project: str) -> Container | None:
@@ -195,20 +199,34 @@ class Runtime:
 
     # -- app containers -----------------------------------------------------------------------
     async def start_app(
-        self, project: str, slot: int, version: str, image: str, env: dict[str, str], from_version: str = ""
+        self, project: str, slot: int, version: str, image: str, env: dict[str, str], from_version: str = "",
+        *, spec: AppSpec | None = None, toy: bool = True,
     ) -> Instance:
-        """Create and start one app container in ``slot``; return it with its address."""
-        return await self._call(self._start_app, project, slot, version, image, env, from_version)
+        """Create and start one app container in ``slot``; return it with its address.
+
+        ``spec`` is the app's contract (port, stop signal, command, memory, read-only); ``toy``
+        containers get the toy app's code volume and user, your own images keep their USER.
+        """
+        return await self._call(self._start_app, project, slot, version, image, env, from_version,
+                                spec or AppSpec(), toy)
 
     def _start_app(
-        self, project: str, slot: int, version: str, image: str, env: dict[str, str], from_version: str
+        self, project: str, slot: int, version: str, image: str, env: dict[str, str], from_version: str,
+        spec: AppSpec, toy: bool,
     ) -> Instance:
         name = app_name(project, slot)
-        extra = {L.LABEL_SLOT: str(slot), L.LABEL_VERSION: version}
+        extra = {L.LABEL_SLOT: str(slot), L.LABEL_VERSION: version, L.LABEL_APP_PORT: str(spec.port)}
         if from_version:
             extra[L.LABEL_FROM] = from_version
         container_labels = L.project_labels(project, L.ROLE_APP, **extra)
         volume_labels = L.project_labels(project, L.ROLE_VOLUME, **{L.LABEL_SLOT: str(slot)})
+        options: dict[str, Any] = {}
+        if toy:
+            options.update(mounts=[Mount(APP_CODE_DIR, None, type="volume", labels=volume_labels)], user=APP_USER)
+        if spec.stop_signal:
+            options["stop_signal"] = spec.stop_signal
+        if spec.command:
+            options["command"] = list(spec.command)
         container = self.client.containers.run(
             image,
             name=name,
@@ -217,17 +235,25 @@ class Runtime:
             labels=container_labels,
             environment=env,
             network=network_name(project),
-            read_only=True,
+            read_only=spec.read_only,
             tmpfs={"/tmp": "size=16m"},
-            mounts=[Mount(APP_CODE_DIR, None, type="volume", labels=volume_labels)],
-            cap_drop=["ALL"],
+            cap_drop=["ALL"],  # no published port, no capabilities, no new privileges: always
             security_opt=["no-new-privileges"],
-            mem_limit="128m",
+            mem_limit=spec.memory,
             pids_limit=128,
-            user=APP_USER,
+            **options,
         )
         container.reload()
         return self._describe(container, project)
+
+    async def health(self, instance: Instance) -> str | None:
+        """Docker's health status of the container (``starting``, ``healthy``, ``unhealthy``), or None
+        when its image has no HEALTHCHECK."""
+        def get() -> str | None:
+            c = self.client.containers.get(instance.id)
+            health = (c.attrs.get("State") or {}).get("Health")
+            return str(health.get("Status")) if health else None
+        return await self._call(get)
 
     async def refresh(self, project: str, instance: Instance) -> Instance | None:
         """The instance as Docker sees it now, or None when it is gone."""
@@ -289,8 +315,10 @@ class Runtime:
         return await self._call(info)
 
     # -- load balancer ------------------------------------------------------------------------
-    async def start_lb(self, project: str, port: int, image: str) -> Container:
-        """Start the NGINX container, published on 127.0.0.1:``port`` only."""
+    async def start_lb(self, project: str, port: int, image: str,
+                       extra_labels: dict[str, str] | None = None) -> Container:
+        """Start the NGINX container, published on 127.0.0.1:``port`` only; ``extra_labels`` (keyed)
+        record what the fleet was started with (its versions map)."""
         def start() -> Container:
             try:
                 return self.client.containers.run(
@@ -299,7 +327,8 @@ class Runtime:
                     hostname=lb_name(project),
                     detach=True,
                     labels=L.project_labels(project, L.ROLE_LB, **{L.LABEL_PORT: str(port), L.LABEL_ENGINE: self.engine,
-                                                                   L.LABEL_ADMIN_TOKEN: secrets.token_hex(16)}),
+                                                                   L.LABEL_ADMIN_TOKEN: secrets.token_hex(16),
+                                                                   **(extra_labels or {})}),
                     network=network_name(project),
                     ports={f"{LB_CONTAINER_PORT}/tcp": ("127.0.0.1", port)},
                     cap_drop=["ALL"],

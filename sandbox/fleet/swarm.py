@@ -239,8 +239,10 @@ class SwarmRuntime(Runtime):
 
     # -- app services -------------------------------------------------------------------------
     def _start_app(
-        self, project: str, slot: int, version: str, image: str, env: dict[str, str], from_version: str
+        self, project: str, slot: int, version: str, image: str, env: dict[str, str], from_version: str,
+        spec: Any = None, toy: bool = True,
     ) -> Instance:
+        """The toy app's contract only (config refuses your own images on Swarm, before anything starts)."""
         image_id = self.client.images.get(image).id or image  # by id: Swarm then does not try to pull
         spec = app_service_spec(project, slot, version, image_id, env, from_version)
         created = self.client.api.create_service(**spec)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -63,6 +64,8 @@ from sandbox.results.records import RequestRow
 log = logging.getLogger("sandbox.load.run")
 
 DEFAULT_LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
+#: The default users for your own app: GETs of --path values.
+PATHS_LOCUSTFILE = Path(__file__).resolve().with_name("paths_locustfile.py")
 #: Loaded ahead of every locustfile: installs the recorder (see recording.py).
 RECORDER_LOCUSTFILE = Path(__file__).resolve().with_name("recorder_locustfile.py")
 #: The most Locust worker processes a run may have.
@@ -76,7 +79,8 @@ _PACKAGE_PARENT = Path(__file__).resolve().parent.parent.parent
 class LoadSettings:
     users: int = 20
     spawn_rate: float = 20.0  # users started per second
-    locustfile: Path | None = None  # None = sandbox/load/locustfile.py
+    locustfile: Path | None = None  # None = sandbox/load/locustfile.py (paths_locustfile.py with paths)
+    paths: tuple[str, ...] = ()  # your own app without a locustfile: GET these (default users)
     v2_mode: Literal["compatible", "breaking"] = "compatible"
     timeout_s: float = 10.0  # client timeout of each request
     # Load-generating processes: 1 = one Locust process; N > 1 = a master and N
@@ -170,6 +174,8 @@ class LoadRun:
 
     @property
     def locustfile(self) -> Path:
+        if self.settings.locustfile is None and self.settings.paths:
+            return PATHS_LOCUSTFILE.resolve()
         return (self.settings.locustfile or DEFAULT_LOCUSTFILE).resolve()
 
     @property
@@ -221,6 +227,7 @@ class LoadRun:
                 ENV_WAIT_MIN: f"{self.settings.think_s[0]:g}",
                 ENV_WAIT_MAX: f"{self.settings.think_s[1]:g}",
                 ENV_PARENT_PID: str(os.getpid()),
+                "ROLLING_SANDBOX_PATHS": json.dumps(list(self.settings.paths)),
             }
         )
         return env

@@ -436,8 +436,8 @@ def timeline(
             continue
         i = index(_end(row))
         version = row.get("version")
-        if is_ok(row) and version in KNOWN_VERSIONS:
-            buckets[i][version] += 1
+        if is_ok(row) and version:
+            buckets[i][version] = buckets[i].get(version, 0) + 1  # v1/v2, or the user's names
         value = latency_ms(row)
         if is_answered(row) and value is not None:
             latencies[i].append(value)

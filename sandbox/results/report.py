@@ -208,7 +208,8 @@ def _pct(part: int, whole: int) -> str:
 
 
 def _versions_line(by_version: Mapping[str, int]) -> str:
-    shown = [f"{v} {n}" for v, n in by_version.items() if n or v in ("v1", "v2")]
+    toy = not any(n for v, n in by_version.items() if v not in ("v1", "v2", "unknown"))
+    shown = [f"{v} {n}" for v, n in by_version.items() if n or (toy and v in ("v1", "v2"))]
     return ", ".join(shown) or "-"
 
 
@@ -464,8 +465,8 @@ def write_chart(report: Mapping[str, Any], path: Path) -> Path:
         # each second's value at its middle, held flat to both edges of the window
         xs = [0.0] + [b["t"] + 0.5 for b in buckets] + [end]
         padded = [buckets[0], *buckets, buckets[-1]]
-        versions = [v for v in (from_v, to_v) if v in ("v1", "v2")] or ["v1", "v2"]
-        totals = [b.get("v1", 0) + b.get("v2", 0) for b in padded]
+        versions = list(dict.fromkeys((from_v, to_v)))
+        totals = [sum(b.get(v, 0) for v in versions) for b in padded]
         shares = [
             [
                 100.0 * b.get(v, 0) / tot if tot else 0.0

@@ -51,7 +51,9 @@ class Timing:
 class Prober(Protocol):
     """What the executor asks of one app server over HTTP (``sandbox.fleet.probes.Probe``)."""
 
-    async def ready(self, address: str, version: str | None = None) -> bool: ...
+    async def ready(self, address: str, version: str | None = None, path: str = "/healthz") -> bool: ...
+
+    async def accepts(self, address: str) -> bool: ...
 
     async def metrics(self, address: str) -> dict[str, float] | None: ...
 
@@ -223,9 +225,13 @@ class Executor:
     async def _start(self, run: _Run, step: planner.Step) -> None:
         t_start = time.monotonic()
         env = {**APP_ENV_DEFAULTS, **run.env}
-        image = self.images.app[run.to_version]
+        image = self.images.app.get(run.to_version)
+        if image is None:
+            raise RolloutError(f"version {run.to_version!r} has no image in this fleet "
+                               f"(it has {', '.join(self.images.app)})")
         started = await _gather(
-            self.runtime.start_app(self.project, ref.slot, run.to_version, image, env, run.from_version)
+            self.runtime.start_app(self.project, ref.slot, run.to_version, image, env, run.from_version,
+                                   spec=self.images.spec, toy=self.images.toy)
             for ref in step.targets
         )
         for inst in started:
@@ -264,7 +270,8 @@ class Executor:
 
     async def _stop(self, run: _Run, step: planner.Step) -> None:
         insts = run.targets(step.targets)
-        await _gather(self.runtime.stop_app(i, self.timing.stop_grace_s) for i in insts)
+        grace = self.timing.stop_grace_s if self.images.toy else self.images.spec.stop_timeout
+        await _gather(self.runtime.stop_app(i, grace) for i in insts)
         self._gone("stop", insts, step.batch_no)
 
     async def _kill(self, run: _Run, step: planner.Step) -> None:
@@ -350,7 +357,7 @@ class Executor:
                     f"{inst.name} ({version}) was not ready within {self.settings.ready_timeout:g} s"
                     f" ({await self.runtime.exit_info(inst)})"
                 )
-            ok = inst.probe_address is not None and await probe.ready(inst.probe_address, version)
+            ok = inst.probe_address is not None and await self._ready_once(probe, inst, version)
             if not ok and now - last_state_check > self.timing.state_check_s:
                 last_state_check = now  # a passing probe needs no Docker round trip
                 await self._check_running(inst, version)
@@ -369,6 +376,20 @@ class Executor:
         if fresh is None or fresh.state in ("exited", "dead"):
             raise ReadinessError(f"{inst.name} ({version}) stopped before it was ready: "
                                  f"{await self.runtime.exit_info(inst)}")
+    async def _ready_once(self, probe: Prober, inst: Instance, version: str) -> bool:
+        """One readiness check: the toy app's /healthz reporting ``version``; for your own app, any
+        2xx on --health-path, else the image's HEALTHCHECK says healthy, else the port accepts."""
+        address = inst.probe_address
+        assert address is not None
+        spec = self.images.spec
+        if self.images.toy:
+            return await probe.ready(address, version, path=spec.health_path or "/healthz")
+        if spec.health_path:
+            return await probe.ready(address, None, path=spec.health_path)
+        health = await self.runtime.health(inst)
+        if health is not None:
+            return health == "healthy"
+        return await probe.accepts(address)
 
     async def _drain(self, probe: Prober, inst: Instance, batch: int) -> None:
         """Wait until ``inst`` has nothing in flight and got nothing new for ``drain_quiet_s``

@@ -32,7 +32,7 @@ from typing import Literal, get_args
 
 from sandbox.errors import PlanError
 
-Version = Literal["v1", "v2"]
+Version = str  # the user's name for a version: v1, 1.4.2, green
 Strategy = Literal["one-at-a-time", "rolling", "surge", "double-half", "blue-green", "naive"]
 Mode = Literal["replace", "in-place"]
 Action = Literal["start", "ready", "attach", "detach", "drain", "stop", "kill", "swap", "switch", "reattach"]
@@ -101,7 +101,9 @@ def check_settings(settings: PlanSettings) -> None:
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise PlanError(f"{name}: must be an integer >= 1, got {value!r}", field=name)
-    for name, kind in (("to_version", Version), ("strategy", Strategy), ("mode", Mode)):
+    if not isinstance(settings.to_version, str) or not settings.to_version:
+        raise PlanError(f"to_version: must be a version name; got {settings.to_version!r}", field="to_version")
+    for name, kind in (("strategy", Strategy), ("mode", Mode)):
         value = getattr(settings, name)
         if value not in get_args(kind):
             choices = ", ".join(get_args(kind))
@@ -147,7 +149,7 @@ def _check_fleet(fleet: Sequence[Server]) -> None:
         if server.id in seen:
             raise PlanError(f"fleet: container id {server.id!r} appears twice", field="fleet")
         seen.add(server.id)
-        if server.version not in get_args(Version):
+        if not isinstance(server.version, str) or not server.version:
             raise PlanError(f"fleet: container {server.id!r} has unknown version {server.version!r}", field="fleet")
 
 

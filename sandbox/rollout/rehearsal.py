@@ -18,12 +18,13 @@ second cuts the current step short.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +32,11 @@ from typing import Any, Literal
 
 from sandbox.config import BATCHED_STRATEGIES, Settings, check_batch
 from sandbox.errors import BalancerError, NotFoundError, RolloutError, SandboxError, UsageError
+from sandbox.fleet import labels as L
+from sandbox.fleet import versions
 from sandbox.fleet.balancer import Balancer, LbState
 from sandbox.fleet.images import ImageSet, ensure_images
+from sandbox.fleet.images import image_set as current_image_set
 from sandbox.fleet.probes import Probe
 from sandbox.fleet.runtime import Instance, Runtime
 from sandbox.load.rows import parse_think_ms
@@ -56,10 +60,6 @@ log = logging.getLogger("sandbox.rollout.rehearsal")
 Kind = Literal["roll", "rollback"]
 MIN_SAMPLE_FOR_ERROR_RATIO = 30  # requests in the rollout before the error ratio can stop it
 FIRST_CTRL_C = "Ctrl-C: finishing the current step, then stopping (Ctrl-C again to cut it short)"
-
-
-def other_version(version: str) -> str:
-    return "v1" if version == "v2" else "v2"
 
 
 async def _ensure_images(runtime: Runtime) -> ImageSet:
@@ -90,6 +90,22 @@ class Prepared:
     env: dict[str, str]  # of the new servers
     instances: list[Instance]  # the app containers at the start (after stale upstreams were taken out)
     steps: list[planner.Step]  # exactly what ``run`` executes
+    peak: int | None = None  # most app containers alive at once (simulated)
+    floor: int | None = None  # fewest slots serving at once: the expected capacity
+    batches: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The plan as data: where from and to, the figures, and each step."""
+        names = {i.id: i.name for i in self.instances}
+
+        def who(refs: Sequence[planner.Ref]) -> list[dict[str, Any]]:
+            return [{"slot": r.slot, "instance": names.get(r.id, r.id) if r.id else None} for r in refs]
+
+        return {"kind": self.kind, "from": self.source, "to": self.target, "strategy": self.strategy,
+                "size": self.size, "batches": self.batches, "peak_containers": self.peak,
+                "min_serving": self.floor,
+                "steps": [{"batch": st.batch_no, "action": st.action, "targets": who(st.targets),
+                           "detach": who(st.detach)} for st in self.steps]}
 
     def describe(self) -> str:
         """The plan, one line per step, before anything runs."""
@@ -98,7 +114,9 @@ class Prepared:
         def who(refs: Sequence[planner.Ref]) -> str:
             return ", ".join(names.get(r.id, r.id) if r.id else f"new server in slot {r.slot}" for r in refs)
 
-        lines = [f"{self.kind} {self.source} -> {self.target} with {self.strategy}: {len(self.steps)} steps"]
+        lines = [f"{self.kind} {self.source} -> {self.target} with {self.strategy}: {len(self.steps)} steps"
+                 + (f" in {self.batches} batches; at most {self.peak} containers, at least {self.floor} of "
+                    f"{self.size} servers serving" if self.peak is not None else "")]
         for step in self.steps:
             line = f"  batch {step.batch_no:<3} {step.action:<8} {who(step.targets)}"
             if step.detach:
@@ -237,10 +255,11 @@ class Rehearsal:
         return self._prepared
 
     # -- prepare ------------------------------------------------------------------------------
-    async def prepare(self) -> Prepared:
+    async def prepare(self, *, dry_run: bool = False) -> Prepared:
         """Read the fleet and the load balancer, take stale upstreams out, pick the target, plan.
 
-        Raises NotFoundError (no fleet), UsageError (nothing to roll back).
+        ``dry_run``: only read (no stale upstream taken out, no image built). Raises NotFoundError
+        (no fleet), UsageError (nothing to roll back).
         """
         project = self.settings.project
         lb, _ = await self.runtime.require_fleet(project)
@@ -248,31 +267,40 @@ class Rehearsal:
         if port is None:
             raise NotFoundError(f"project {project!r}: the load balancer has no port label")
         self._balancer = self.deps.balancer(self.runtime, project, port)
-        state = await self._load_balancer(lb)
-        target = self._target(state)
+        state = await (self._balancer.load() if dry_run else self._load_balancer(lb))
         listed = await self.runtime.instances(project)
         size = state.size or len({i.slot for i in listed})
-        if getattr(self._balancer, "lost", False):
+        check_batch(self.settings.strategy, self.settings.batch, size)  # before anything is built or touched
+        image_set = await self._fleet_images(build=not dry_run)
+        target = self._target(state, image_set.app)
+        if not image_set.toy and self.settings.mode == "in-place":
+            raise UsageError("mode: in-place swaps the toy app's code; your own images roll with --mode replace")
+        if getattr(self._balancer, "lost", False) and not dry_run:
             await self._balancer.repair_lost_set(listed, size)
             self.progress.line("the load balancer had lost its attached set (restarted?): "
                                f"re-attached {len(self._balancer.state.upstreams)} servers from Docker's labels")
-        check_batch(self.settings.strategy, self.settings.batch, size)  # before anything is built or touched
-        image_set = await self.deps.images(self.runtime)
         self._executor = Executor(self.runtime, self._balancer, self.settings, image_set,
                                   on_event=self.progress.event, events=self.events,
                                   probe=self.deps.probe, timing=self.deps.timing)
         self._executor.before_step = getattr(self.progress, "before_step", None)
-        for name in await self._executor.reconcile(listed):
+        for name in [] if dry_run else await self._executor.reconcile(listed):
             self.progress.line(f"took {name} out of the load balancer: its container is gone or not running")
         instances, servers = await self._executor.fleet(listed)
-        steps = planner.merge_reloads(planner.plan(servers, planner.PlanSettings(
-            size=size, to_version=target, strategy=self.settings.strategy,  # type: ignore[arg-type]
-            batch=self.settings.batch, mode=self.settings.mode)))
+        plan_settings = planner.PlanSettings(size=size, to_version=target, strategy=self.settings.strategy,  # type: ignore[arg-type]
+                                             batch=self.settings.batch, mode=self.settings.mode)
+        steps = planner.merge_reloads(planner.plan(servers, plan_settings))
+        try:
+            sim: planner.Simulation | None = planner.simulate(servers, plan_settings, steps)
+        except planner.PlanError:  # a fleet with stale upstreams (dry run): no figures
+            sim = None
         # the fleet's own environment (from `up --env`) always; --set-env only for the new version
         env = dict(state.app_env) if self.kind == "rollback" else {**state.app_env, **self.settings.set_env}
-        self._prepared = Prepared(kind=self.kind, source=other_version(target), target=target,
+        source = versions.source_version([i.version for i in listed], target, (state.rollout or {}).get("from"))
+        self._prepared = Prepared(kind=self.kind, source=source, target=target,
                                   strategy=self.settings.strategy, size=size, env=env,
-                                  instances=instances, steps=steps)
+                                  instances=instances, steps=steps,
+                                  peak=sim.peak_containers if sim else None, floor=sim.min_serving if sim else None,
+                                  batches=sim.batches if sim else None)
         return self._prepared
 
     async def _load_balancer(self, lb: Any) -> LbState:
@@ -290,9 +318,21 @@ class Rehearsal:
                 await asyncio.sleep(0.2)
         raise BalancerError(f"the restarted load balancer does not answer: {last}")
 
-    def _target(self, state: LbState) -> str:
+    async def _fleet_images(self, *, build: bool = True) -> ImageSet:
+        """The images of this fleet: its versions map from the load balancer's label (the toy app's
+        for a fleet started without one); without ``build``, only their names (nothing is built)."""
+        image_set = await (self.deps.images(self.runtime) if build else asyncio.to_thread(current_image_set))
+        lb = await self.runtime.lb(self.settings.project)
+        text = (lb.labels if lb is not None else {}).get(L.LABEL_VERSIONS)
+        found, spec = versions.from_label(text), versions.spec_from_label(text)
+        if found is None or found[1]:
+            return dataclasses.replace(image_set, spec=spec)
+        return dataclasses.replace(image_set, app=found[0], toy=False, spec=spec)
+
+    def _target(self, state: LbState, fleet_versions: Mapping[str, str]) -> str:
         if self.kind != "rollback":
-            return self.to_version or self.settings.to_version
+            return versions.pick(fleet_versions, self.to_version or self.settings.to_version,
+                                 default_last=True, what="to")
         last = state.rollout or {}
         if last.get("kind") != "roll" or not last.get("from"):
             raise UsageError("rollback: nothing to roll back (no roll recorded for this fleet)")
@@ -333,7 +373,8 @@ class Rehearsal:
         rows_path = (self.report_dir or self._workdir or Path(".")) / "requests.jsonl"
         self.load = self.deps.load(self.balancer.url, LoadSettings(
             users=s.users, spawn_rate=s.spawn_rate, locustfile=s.locustfile, v2_mode=s.v2_mode,
-            workers=s.load_workers, think_s=parse_think_ms(s.think_ms), timeout_s=s.client_timeout_s), rows_path)
+            workers=s.load_workers, think_s=parse_think_ms(s.think_ms), timeout_s=s.client_timeout_s,
+            paths=tuple(s.paths) if s.paths or self.executor.images.toy else ("/",)), rows_path)
         await self.load.start()
         self.events.append({"t": time.time(), "phase": "load-start", "instance": None})
         self._ticker = asyncio.create_task(self._tick(self.load))
@@ -412,7 +453,7 @@ class Rehearsal:
             batch=min(self.settings.batch, max(1, self.prepared.size - 1)), mode=self.settings.mode)))
         try:
             await executor.execute(back, source, env=dict(self.balancer.state.app_env),
-                                   from_version=other_version(source), instances=listed)
+                                   from_version=self.prepared.target, instances=listed)
         except SandboxError as exc:
             executor.emit("failed", None, detail={"reason": f"rollback: {exc}"})
             return "failed", (f"rollout failed ({cause}) and so did the rollback ({exc}); "
@@ -442,6 +483,8 @@ class Rehearsal:
     async def collect(self) -> Collected:
         """The client rows, the NGINX log rows of this run and the events; cleans up the work dir."""
         rows = self.load.all_rows() if self.load is not None else []
+        if not self.executor.images.toy:  # your app's versions are your names: read from NGINX's log
+            rows = [{**r, "version": None} for r in rows]  # (upstream address -> container -> version)
         nginx_rows: list[Any] = []
         if self.load is not None:
             with suppress(SandboxError):

@@ -53,6 +53,9 @@ class FakeRuntime:
         self.before: dict[str, Callable[..., None]] = {}
         self.latency_s = 0.001  # the engine takes a moment: a signal sent during a call lands during it
         self._ips = 0
+        self.app_images: dict[str, str] = dict(IMAGES.app)  # version -> the image its servers must run
+        self.specs: list[tuple[Any, bool]] = []  # (spec, toy) of each start_app
+        self.healths: dict[str, str] = {}  # version -> Docker health status (absent: no HEALTHCHECK)
 
     # -- set-up helpers for tests -------------------------------------------------------------
     def up(self, size: int, version: str = "v1") -> list[Instance]:
@@ -110,10 +113,11 @@ class FakeRuntime:
         return sorted(self.containers.values(), key=lambda i: (i.slot, i.created))
 
     async def start_app(self, project: str, slot: int, version: str, image: str, env: dict[str, str],
-                        from_version: str = "") -> Instance:
+                        from_version: str = "", *, spec: Any = None, toy: bool = True) -> Instance:
+        self.specs.append((spec, toy))
         self._record("start", slot, version)
         await asyncio.sleep(self.latency_s)
-        if image != IMAGES.app[version]:
+        if image != self.app_images.get(version):
             raise EngineError(f"wrong image {image} for {version}")
         name = f"n{slot}"
         while name in self.containers or any(line.endswith(f" {name}") for line in self.log):
@@ -145,6 +149,10 @@ class FakeRuntime:
         self.containers[instance.id] = swapped
         return swapped
 
+    async def health(self, instance: Instance) -> str | None:
+        self.log.append(f"health {instance.name}")
+        return self.healths.get(instance.version)
+
     async def exit_info(self, instance: Instance) -> str:
         inst = self.containers.get(instance.id)
         return "container is gone" if inst is None else f"state {inst.state}, exit code 1"
@@ -164,11 +172,18 @@ class FakeProbe:
         self.runtime = runtime
         self.unready = unready
         self.requests = 0
+        self.paths: list[str] = []  # each readiness check: the HTTP path asked, or "tcp"
 
-    async def ready(self, address: str, version: str | None = None) -> bool:
+    async def ready(self, address: str, version: str | None = None, path: str = "/healthz") -> bool:
+        self.paths.append(path)
         inst = self.runtime.at(address)
         return (inst is not None and inst.state == "running" and inst.version not in self.unready
                 and (version is None or inst.version == version))
+
+    async def accepts(self, address: str) -> bool:
+        self.paths.append("tcp")
+        inst = self.runtime.at(address)
+        return inst is not None and inst.state == "running" and inst.version not in self.unready
 
     async def metrics(self, address: str) -> dict[str, float] | None:
         inst = self.runtime.at(address)
@@ -250,16 +265,19 @@ class FakeLoad:
         self.rows: list[RequestRow] = []
         self.started = self.stopped = 0
         self.dies = False  # set it and the next liveness check finds Locust gone
+        self.stopping = False
+        self.stop_s = 0.0  # how long stop() takes; meanwhile Locust's processes are exiting (not alive)
 
     def alive(self) -> bool:
-        return not self.dies and not self.stopped  # as Locust: its processes are gone once stopped
+        return not self.dies and not self.stopping
 
     async def start(self) -> None:
         self.started += 1
 
     async def stop(self, grace_s: float = 10) -> None:
         self.stopped += 1
-        await asyncio.sleep(0.01)  # Locust takes a moment to exit: a live view may look meanwhile
+        self.stopping = True
+        await asyncio.sleep(self.stop_s)
 
     def new_rows(self) -> list[RequestRow]:
         new = self.feed()

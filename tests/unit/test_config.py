@@ -14,13 +14,13 @@ from sandbox.errors import PortInUseError, UsageError
 def test_defaults_are_valid() -> None:
     s = Settings()
     assert (s.project, s.size, s.port, s.version, s.strategy, s.mode) == (
-        "sandbox", 3, 8080, "v1", "one-at-a-time", "replace")
+        "sandbox", 3, 8080, "", "one-at-a-time", "replace")  # "": the first declared (v1)
     assert (s.lb_apply, s.client_keepalive) == ("dynamic", True)  # keep-alive on, no reload per set change
 
 
 @pytest.mark.parametrize("field, value", [
     ("size", 0), ("size", 65), ("port", 0), ("port", 65536), ("project", "bad_name"), ("project", "-x"),
-    ("project", ""), ("project", "a" * 41), ("version", "v3"), ("to_version", "v0"), ("strategy", "yolo"),
+    ("project", ""), ("project", "a" * 41), ("version", "v3"), ("to_version", "v 2!"), ("strategy", "yolo"),
     ("mode", "swap"), ("batch", 0), ("drain_timeout", 0), ("ready_timeout", -1), ("max_error_ratio", 1.5),
     ("users", 0), ("max_dropped", -1), ("v2_mode", "weird"), ("lb_apply", "hot"),
     ("locustfile", Path("/nonexistent.py")), ("load_workers", 0),
@@ -108,3 +108,9 @@ def test_the_client_timeout_must_exceed_the_stall_limit() -> None:
     with pytest.raises(UsageError, match=r"^client_timeout_s: 10.0 must be larger than max_stall_s \(10.0\)"):
         Settings(max_stall_s=10.0)
     assert Settings(max_stall_s=10.0, client_timeout_s=15.0).max_stall_s == 10.0
+
+
+def test_your_own_images_are_refused_on_swarm_before_anything_starts() -> None:
+    with pytest.raises(UsageError, match=r"^images: your own images run on --engine docker"):
+        Settings(engine="swarm", images={"green": "my/app:1"})
+    assert Settings(engine="docker", images={"green": "my/app:1"}).images == {"green": "my/app:1"}

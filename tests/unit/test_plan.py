@@ -332,7 +332,7 @@ def test_rollback_after_full_roll(strategy, mode, n):
         (PlanSettings(3, "v2", "surge", batch=-2), "batch"),
         (PlanSettings(0, "v2"), "size"),
         (PlanSettings(-1, "v2"), "size"),
-        (PlanSettings(3, "v3"), "to_version"),  # type: ignore[arg-type]
+        (PlanSettings(3, ""), "to_version"),  # no name
         (PlanSettings(3, "v2", "canary"), "strategy"),  # type: ignore[arg-type]
         (PlanSettings(3, "v2", mode="sideways"), "mode"),  # type: ignore[arg-type]
         (PlanSettings(3, "v2", "surge", mode="in-place"), "mode"),

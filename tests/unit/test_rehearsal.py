@@ -137,7 +137,8 @@ async def test_phases_one_by_one() -> None:
     assert (prepared.source, prepared.target, prepared.size) == ("v1", "v2", 3)
     plan_text = prepared.describe()  # printable before anything runs
     assert plan_text.splitlines()[:4] == [
-        "roll v1 -> v2 with one-at-a-time: 13 steps",
+        "roll v1 -> v2 with one-at-a-time: 13 steps in 3 batches; "
+        "at most 3 containers, at least 2 of 3 servers serving",
         "  batch 1   start    new server in slot 2",  # the empty slot first: it costs no availability
         "  batch 1   ready    new server in slot 2",
         "  batch 1   reattach new server in slot 2; detach a1 (batch 2)",
@@ -215,6 +216,22 @@ async def test_the_error_ratio_under_load_rolls_back() -> None:
     assert load.started == 1 and load.stopped >= 1
     assert result.report["requests"]["dropped"] > 0 and result.report["users"] == 20
     assert world.attached_versions() == {"v1"}
+
+
+@pytest.mark.asyncio
+async def test_locust_exiting_as_asked_is_no_death() -> None:
+    world = World(feed=lambda: [row(time.time(), user=f"u{i}", rid=f"{time.time()}-{i}") for i in range(60)])
+    original = world.deps.load
+
+    def load(url: str, s: Any, path: Any) -> FakeLoad:
+        made = original(url, s, path)
+        made.stop_s = 0.05  # many ticks of the traffic ticker while its processes exit
+        return made
+
+    world.deps = replace(world.deps, load=load, tick_s=0.001)  # type: ignore[arg-type]
+    result = await world.rehearse(settings(load=True, max_p99_ratio=1000, cooldown_s=0.01))
+    assert [c["name"] for c in result.report["verdict"]["checks"] if not c["pass"]] == []
+    assert "load-died" not in [s["phase"] for s in result.report["steps"]]
 
 
 @pytest.mark.parametrize("dies", [False, True])
