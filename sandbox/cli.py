@@ -192,7 +192,7 @@ def _add_dashboard_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """roll, rollback, demo, compare."""
+    """roll, rollback, demo (and compare)."""
     p = sub.add_parser("roll", parents=[common], help="roll the fleet to another version under live traffic")
     p.add_argument("--to", dest="to_version",
                    help="target version, one the fleet was started with "
@@ -233,6 +233,10 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="pause at each step of the first batch and say what it does and why")
     p.set_defaults(report=Path("reports") / "demo")
 
+    _add_compare_command(sub, common)
+
+
+def _add_compare_command(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("compare", parents=[common],
                        help="run several strategies on fresh fleets under the same load; one table")
     p.add_argument("--size", type=_integer, default=9, help="servers per fleet (default 9)")

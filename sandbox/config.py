@@ -21,12 +21,9 @@ from typing import Any, Literal, get_args
 
 from sandbox.errors import PortInUseError, UsageError
 from sandbox.fleet.versions import AppSpec, check_declared, check_name, check_spec, parse_pairs
-from sandbox.load.rows import DEFAULT_THINK_MS, parse_think_ms
+from sandbox.load.rows import DEFAULT_THINK_MS, V2Mode, parse_think_ms
+from sandbox.rollout.plan import Mode, Strategy, Version  # one definition each: the planner's
 
-Version = str  # a name the user picks (v1, 1.4.2, green); the toy app has v1 and v2
-Strategy = Literal["one-at-a-time", "rolling", "surge", "double-half", "blue-green", "naive"]
-Mode = Literal["replace", "in-place"]
-V2Mode = Literal["compatible", "breaking"]
 LbApply = Literal["reload", "dynamic"]
 Engine = Literal["docker", "swarm"]
 FailureAction = Literal["pause", "rollback", "continue"]
@@ -132,6 +129,13 @@ def _check(cond: bool, name: str, message: str) -> None:
 
 def validate(s: Settings) -> None:
     """Raise UsageError naming the first invalid field of ``s``."""
+    _validate_fleet(s)
+    _validate_choices(s)
+    _validate_rollout_and_load(s)
+
+
+def _validate_fleet(s: Settings) -> None:
+    """The project, the fleet's size and port, its versions and the app's contract."""
     _check(bool(PROJECT_RE.match(s.project)), "project",
            f"{s.project!r} must be 1-40 letters, digits or dashes, not starting or ending with a dash")
     _check(1 <= s.size <= MAX_SIZE, "size", f"{s.size} must be between 1 and {MAX_SIZE}")
@@ -151,6 +155,10 @@ def validate(s: Settings) -> None:
     if declared and s.to_version:
         _check(s.to_version in declared, "to_version",
                f"unknown version {s.to_version!r}; declared: {', '.join(declared)}")
+
+
+def _validate_choices(s: Settings) -> None:
+    """Strategy, mode, load balancer, engine and session store, and the combinations they refuse."""
     _check(s.strategy in STRATEGIES, "strategy", f"{s.strategy!r} must be one of {', '.join(STRATEGIES)}")
     _check(s.mode in MODES, "mode", f"{s.mode!r} must be one of {', '.join(MODES)}")
     _check(s.lb_apply in LB_APPLY_MODES, "lb_apply",
@@ -170,6 +178,10 @@ def validate(s: Settings) -> None:
     _check(s.batch >= 1, "batch", f"{s.batch} must be at least 1")
     _check(not (s.mode == "in-place" and s.strategy not in IN_PLACE_STRATEGIES),
            "mode", f"in-place cannot be used with {s.strategy} (it needs new containers)")
+
+
+def _validate_rollout_and_load(s: Settings) -> None:
+    """Deadlines, the error ratio, the verdict's limits and the load."""
     for name in ("drain_timeout", "ready_timeout"):
         _check(0 < getattr(s, name) <= 3600, name, f"{getattr(s, name)} must be in (0, 3600] seconds")
     _check(0 <= s.settle_s <= 60, "settle_s", f"{s.settle_s} must be in [0, 60] seconds")

@@ -27,7 +27,7 @@ from locust.contrib.fasthttp import FastHttpUser
 from locust.exception import StopUser
 
 from sandbox.load.recording import RECORDER, THINK_S, TIMEOUT_S, RecordedHttpUser
-from sandbox.load.rows import Contract, Version, check_contract, is_success, parse_json, v2_mode_from_env
+from sandbox.load.rows import Contract, ToyVersion, check_contract, is_success, parse_json, v2_mode_from_env
 
 __all__ = ["RECORDER", "RecordedHttpUser", "RecordingSession"]
 
@@ -54,7 +54,7 @@ class ShopUser(FastHttpUser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.sandbox_expects: Version = "v1"
+        self.sandbox_expects: ToyVersion = "v1"
 
     @task(5)
     def view_item(self) -> None:

@@ -47,7 +47,7 @@ from sandbox.results.records import RequestRow
 
 log = logging.getLogger("sandbox.load.run")
 
-Version = Literal["v1", "v2"]
+ToyVersion = Literal["v1", "v2"]  # the built-in toy app's, whose contract the default users check
 V2Mode = Literal["compatible", "breaking"]
 Contract = Literal["ok", "violation"]
 
@@ -64,7 +64,7 @@ ENV_PARENT_PID = "ROLLING_SANDBOX_PARENT_PID"
 UNANSWERED_ERROR = "unanswered at stop"
 
 #: Keys an item answer must have, by (version the user expects, v2 mode).
-REQUIRED_KEYS: dict[tuple[Version, V2Mode], frozenset[str]] = {
+REQUIRED_KEYS: dict[tuple[ToyVersion, V2Mode], frozenset[str]] = {
     ("v1", "compatible"): frozenset({"id", "name", "price"}),
     ("v1", "breaking"): frozenset({"id", "name", "price"}),
     ("v2", "compatible"): frozenset({"id", "name", "price"}),  # currency is an optional addition
@@ -134,7 +134,7 @@ def v2_mode_from_env(environ: Mapping[str, str] | None = None) -> V2Mode:
 # --------------------------------------------------------------------------- contract
 
 
-def check_contract(body: object, expects: Version, v2_mode: V2Mode) -> Contract:
+def check_contract(body: object, expects: ToyVersion, v2_mode: V2Mode) -> Contract:
     """Whether an item answer's JSON ``body`` has the keys the user's client expects.
 
     ``expects`` is "v2" once the user has received any v2 answer, else "v1".

@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Literal
+from typing import IO
 
 from sandbox.errors import TrafficError
 from sandbox.load.rows import (
@@ -56,6 +56,7 @@ from sandbox.load.rows import (
     ENV_V2_MODE,
     ENV_WAIT_MAX,
     ENV_WAIT_MIN,
+    V2Mode,
     parse_rows,
 )
 from sandbox.poll import poll
@@ -81,7 +82,7 @@ class LoadSettings:
     spawn_rate: float = 20.0  # users started per second
     locustfile: Path | None = None  # None = sandbox/load/locustfile.py (paths_locustfile.py with paths)
     paths: tuple[str, ...] = ()  # your own app without a locustfile: GET these (default users)
-    v2_mode: Literal["compatible", "breaking"] = "compatible"
+    v2_mode: V2Mode = "compatible"
     timeout_s: float = 10.0  # client timeout of each request
     # Load-generating processes: 1 = one Locust process; N > 1 = a master and N
     # worker processes (Locust's --processes N).

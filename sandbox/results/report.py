@@ -157,23 +157,17 @@ def build_report(
         value = meta.get(key)
         return fallback if value is None else value
 
-    report: dict[str, Any] = {
-        "strategy": meta.get("strategy"),
-        "size": meta.get("size"),
-        "batch": meta.get("batch"),
-        "mode": meta.get("mode"),
+    report: dict[str, Any] = {key: meta.get(key) for key in ("strategy", "size", "batch", "mode")}
+    report.update({
         "from_version": pick("from_version", exposure.get("from_version")),
         "to_version": pick("to_version", exposure.get("to_version")),
         "outcome": pick("outcome", _outcome_from_steps(steps)),
         "duration_s": pick("duration_s", rollout.get("duration_s")),
         "peak_instances": pick("peak_instances", rollout.get("peak_instances")),
-        "project": meta.get("project"),
-        "sticky": meta.get("sticky"),
-        "lb_apply": meta.get("lb_apply"),
-        "client_keepalive_s": meta.get("client_keepalive_s"),
-        "users": meta.get("users"),
-        "load": meta.get("load"),
-        "load_alive": meta.get("load_alive"),
+    })
+    report.update({key: meta.get(key) for key in (
+        "project", "sticky", "lb_apply", "client_keepalive_s", "users", "load", "load_alive")})
+    report.update({
         "requests": dict(requests),
         "latency_ms": {k: latency.get(k) for k in ("p50", "p95", "p99", "max")},
         "stall_s": measured.get("stall_s"),
@@ -186,7 +180,7 @@ def build_report(
         "steps": entries,
         "steps_t0": t0,
         "window": dict(measured.get("window") or {}),
-    }
+    })
     report.update(overhead(report["duration_s"], steps))
     report["verdict"] = verdict(report, limits).as_dict()
     return report
@@ -668,67 +662,33 @@ def markdown_page(report: Mapping[str, Any], *, chart_name: str = "chart.png") -
         f"![chart]({chart_name})",
         "",
         *_verdict_section(report),
+        *_phases_section(report.get("phases") or {}),
+        *_steps_section(report.get("steps") or []),
+        "", "## What the numbers mean", "",
+        *(f"- **{name}**: {text}" for name, text in MEANINGS),
     ]
-    phases = report.get("phases") or {}
-    if phases:
-        rows = []
-        for name, p in phases.items():
-            lat = p.get("latency_ms") or {}
-            rows.append(
-                [
-                    name,
-                    _num(p.get("duration_s"), " s"),
-                    p.get("requests", 0),
-                    _num(p.get("rps")),
-                    p.get("dropped", 0),
-                    p.get("errors_4xx", 0),
-                    _num(lat.get("p50")),
-                    _num(lat.get("p95")),
-                    _num(lat.get("p99")),
-                ]
-            )
-        parts += [
-            "## Phases",
-            "",
-            _md_table(
-                [
-                    "phase",
-                    "duration",
-                    "requests",
-                    "req/s",
-                    "dropped",
-                    "4xx",
-                    "p50 ms",
-                    "p95 ms",
-                    "p99 ms",
-                ],
-                rows,
-            ),
-            "",
-        ]
-    steps = report.get("steps") or []
-    parts += ["## Steps", ""]
-    if steps:
-        parts.append(
-            _md_table(
-                ["t (s)", "phase", "instance", "version", "batch"],
-                [
-                    [
-                        f"{s['t']:.3f}",
-                        s.get("phase"),
-                        s.get("instance") or "",
-                        s.get("version") or "",
-                        "" if s.get("batch") is None else s["batch"],
-                    ]
-                    for s in steps
-                ],
-            )
-        )
-    else:
-        parts.append("No steps were recorded.")
-    parts += ["", "## What the numbers mean", ""]
-    parts += [f"- **{name}**: {text}" for name, text in MEANINGS]
     return "\n".join(parts) + "\n"
+
+
+def _phases_section(phases: Mapping[str, Any]) -> list[str]:
+    if not phases:
+        return []
+    rows = []
+    for name, p in phases.items():
+        lat = p.get("latency_ms") or {}
+        rows.append([name, _num(p.get("duration_s"), " s"), p.get("requests", 0), _num(p.get("rps")),
+                     p.get("dropped", 0), p.get("errors_4xx", 0),
+                     _num(lat.get("p50")), _num(lat.get("p95")), _num(lat.get("p99"))])
+    header = ["phase", "duration", "requests", "req/s", "dropped", "4xx", "p50 ms", "p95 ms", "p99 ms"]
+    return ["## Phases", "", _md_table(header, rows), ""]
+
+
+def _steps_section(steps: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not steps:
+        return ["## Steps", "", "No steps were recorded."]
+    rows = [[f"{s['t']:.3f}", s.get("phase"), s.get("instance") or "", s.get("version") or "",
+             "" if s.get("batch") is None else s["batch"]] for s in steps]
+    return ["## Steps", "", _md_table(["t (s)", "phase", "instance", "version", "batch"], rows)]
 
 
 # --------------------------------------------------------------------------- comparing runs

@@ -32,7 +32,7 @@ from typing import Literal, get_args
 
 from sandbox.errors import PlanError
 
-Version = str  # the user's name for a version: v1, 1.4.2, green
+Version = str  # the user's name for a version: v1, 1.4.2, green (the toy app has v1 and v2)
 Strategy = Literal["one-at-a-time", "rolling", "surge", "double-half", "blue-green", "naive"]
 Mode = Literal["replace", "in-place"]
 Action = Literal["start", "ready", "attach", "detach", "drain", "stop", "kill", "swap", "switch", "reattach"]

@@ -29,6 +29,7 @@ from sandbox.fleet.balancer import Balancer, Upstream
 from sandbox.fleet.images import ImageSet
 from sandbox.fleet.runtime import APP_PORT
 from sandbox.fleet.swarm import SwarmRuntime
+from sandbox.load.rows import parse_think_ms
 from sandbox.load.run import LoadRun, LoadSettings
 from sandbox.results.measure import MeasureSettings, measure
 from sandbox.results.records import Event
@@ -105,15 +106,18 @@ async def rehearse(settings: Settings, *, runtime: SwarmRuntime, images: ImageSe
         await runtime.start_lb(project, settings.port, images.lb)
         balancer = Balancer(runtime, project, settings.port)
         await balancer.apply([], rollout=None, sticky=settings.sticky, size=size, retry=settings.lb_retry,
-                             client_keepalive_s=65 if settings.client_keepalive else 0, app_env=dict(settings.app_env))
+                             client_keepalive_s=65 if settings.client_keepalive else 0, app_env=dict(settings.app_env),
+                             lb_apply=settings.lb_apply)
         env = {**APP_ENV_DEFAULTS, **settings.app_env}
         service_id = await runtime.start_replicated(project, "v1", images.app["v1"], env, size,
                                                     HEALTHCHECK if settings.swarm_healthcheck else None)
         follower = asyncio.create_task(_follow(runtime, balancer, service_id, stop, events, {}, peak))
         await _until(lambda: len(balancer.state.upstreams) >= size, START_TIMEOUT_S,
                      f"{size} replicas did not all serve within {START_TIMEOUT_S:g} s")
-        load = LoadRun(balancer.url, LoadSettings(users=settings.users, spawn_rate=settings.spawn_rate,
-                                                  locustfile=settings.locustfile, v2_mode=settings.v2_mode), rows_path)
+        load = LoadRun(balancer.url, LoadSettings(
+            users=settings.users, spawn_rate=settings.spawn_rate, locustfile=settings.locustfile,
+            v2_mode=settings.v2_mode, workers=settings.load_workers, think_s=parse_think_ms(settings.think_ms),
+            timeout_s=settings.client_timeout_s), rows_path)
         await load.start()
         events.append({"t": time.time(), "phase": "load-start", "instance": None})
         await asyncio.sleep(settings.warmup_s)
@@ -136,17 +140,23 @@ async def rehearse(settings: Settings, *, runtime: SwarmRuntime, images: ImageSe
         if load is not None:
             await load.stop()
         await runtime.down(project)
-    measured = measure(load.all_rows(), events, settings=MeasureSettings(slow_ms=settings.slow_ms))
-    meta = {"project": project, "kind": "roll", "strategy": f"{NATIVE}:{order}", "size": size,
-            "batch": settings.update_parallelism, "mode": "replace", "from_version": "v1", "to_version": "v2",
-            "outcome": "completed" if state == "completed" else f"swarm: {state}",
-            "duration_s": round(t1 - t0, 3), "peak_instances": peak[0], "sticky": settings.sticky,
-            "users": settings.users, "load": True, "plan_steps": 0}
-    report = build_report(meta=meta, measured=measured, steps=events, limits=Limits.from_settings(settings))
+    report = _native_report(settings, order, load.all_rows(), events, state, t1 - t0, peak[0])
     if report_dir is not None:
         report["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
     shutil.rmtree(workdir, ignore_errors=True)
     return report
+
+
+def _native_report(settings: Settings, order: str, rows: list[Any], events: list[Event], state: str,
+                   duration_s: float, peak: int) -> dict[str, Any]:
+    """The report of one swarm-native update, like every other rehearsal's (pure)."""
+    measured = measure(rows, events, settings=MeasureSettings(slow_ms=settings.slow_ms))
+    meta = {"project": settings.project, "kind": "roll", "strategy": f"{NATIVE}:{order}", "size": settings.size,
+            "batch": settings.update_parallelism, "mode": "replace", "from_version": "v1", "to_version": "v2",
+            "outcome": "completed" if state == "completed" else f"swarm: {state}",
+            "duration_s": round(duration_s, 3), "peak_instances": peak, "sticky": settings.sticky,
+            "lb_apply": settings.lb_apply, "users": settings.users, "load": True}
+    return build_report(meta=meta, measured=measured, steps=events, limits=Limits.from_settings(settings))
 
 
 async def _update_done(runtime: SwarmRuntime, service_id: str) -> str:
