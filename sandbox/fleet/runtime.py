@@ -125,6 +125,14 @@ class Runtime:
         """This project's app containers, in slot order, whatever their state."""
         return await self._call(self._instances, project)
 
+    async def app_states(self, project: str) -> dict[str, str]:
+        """Name -> Docker state of this project's app containers: one listing, nothing read inside
+        them (what the executor checks before every step)."""
+        def states() -> dict[str, str]:
+            found = self.client.containers.list(all=True, filters=L.project_filter(project, L.ROLE_APP))
+            return {c.name or "": c.status for c in found}
+        return await self._call(states)
+
     def _instances(self, project: str) -> list[Instance]:
         found = self.client.containers.list(all=True, filters=L.project_filter(project, L.ROLE_APP))
         if len(found) > 1:  # one VERSION read per container: do them side by side

@@ -231,6 +231,10 @@ class SwarmRuntime(Runtime):
     def _describe_service(self, service: Service, network_id: str, gw: Mapping[str, str]) -> Instance:
         return to_instance(service.attrs, latest_task(service.tasks()), network_id, gw)
 
+    async def app_states(self, project: str) -> dict[str, str]:
+        """Service name -> its task's state (a service is not a container name)."""
+        return {i.name: i.state for i in await self.instances(project)}
+
     def _instances(self, project: str) -> list[Instance]:
         services = self._app_services(project)
         network_id, gw = self._network_id(project), self._gateway_ips()

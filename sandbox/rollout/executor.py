@@ -176,6 +176,9 @@ class Executor:
         attached = {u.name: u.address for u in self.balancer.state.upstreams}
         if not attached:
             return []
+        states = await self.runtime.app_states(self.project)
+        if all(states.get(name) == "running" for name in attached):
+            return []
         listed = await self.runtime.instances(self.project)
         dead = [i for i in listed if i.name in attached and i.state != "running"]
         if not dead:

@@ -112,6 +112,9 @@ class FakeRuntime:
     async def instances(self, project: str) -> list[Instance]:
         return sorted(self.containers.values(), key=lambda i: (i.slot, i.created))
 
+    async def app_states(self, project: str) -> dict[str, str]:
+        return {i.name: i.state for i in self.containers.values()}
+
     async def start_app(self, project: str, slot: int, version: str, image: str, env: dict[str, str],
                         from_version: str = "", *, spec: Any = None, toy: bool = True) -> Instance:
         self.specs.append((spec, toy))
