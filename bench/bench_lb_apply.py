@@ -25,7 +25,6 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-NO_THINK = {"ROLLING_SANDBOX_WAIT_MIN": "0", "ROLLING_SANDBOX_WAIT_MAX": "0.01"}
 
 
 def sandbox(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -65,7 +64,7 @@ def run(mode: str, size: int, users: int, changes: int, extra: list[str]) -> dic
     try:
         times = asyncio.run(apply_latency_ms(project, port, changes))
         proc = sandbox("roll", "--project", project, "--to", "v2", "--strategy", "one-at-a-time",
-                       "--users", str(users), "--json", *extra, env=NO_THINK)
+                       "--users", str(users), "--think-ms", "0", "--json", *extra)
         report = json.loads(proc.stdout)
     finally:
         sandbox("down", "--project", project)
