@@ -83,9 +83,11 @@ def test_controller_sigkilled_then_roll_resumes(cli: Cli, client: docker.DockerC
 
 def test_old_server_killed_mid_rollout(cli: Cli, client: docker.DockerClient) -> None:
     cli.run("up", "--size", str(SIZE), "--port", str(cli.port), check=True)
-    proc = start_roll(cli, *LOAD, "--max-error-ratio", "1")
+    # new servers boot in 3 s: an old one is still serving when the test looks (the controller is fast)
+    proc = start_roll(cli, *LOAD, "--max-error-ratio", "1", "--set-env", "APP_STARTUP_DELAY=3")
     wait_for_line(proc, " attach")
     old = [i for i in cli.json("status", "--json")["instances"] if i["version"] == "v1" and i["attached"]]
+    assert old, "no old server left to kill"
     victim = old[-1]["name"]
     client.containers.get(victim).kill()
     out, err = proc.communicate(timeout=300)
