@@ -151,8 +151,10 @@ def test_the_lb_counts_requests_in_flight_per_server(cli: Cli, client: docker.Do
 
     with ThreadPoolExecutor(max_workers=6) as pool:
         futures = [pool.submit(cli.get, "/api/items/1") for _ in range(6)]
-        time.sleep(0.7)  # every request is now waiting on its server
-        during = counts()
+        # each request waits 1.5 s on its server: look until all 6 are counted (threads start late on a busy machine)
+        deadline = time.monotonic() + 1.2
+        while sum((during := counts()).values()) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert all(f.result()[0] == 200 for f in futures)
     assert sum(during.values()) == 6 and set(during) == set(servers), during
     # the log phase ends a request's count: right after the answer (give it 2 s), and for good
