@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -44,10 +45,25 @@ def assert_consistent(cli: Cli, client: docker.DockerClient, version: str, size:
     assert answered == {version}
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_controller_left() -> Iterator[None]:
+    """A test that fails half-way leaves no controller running and no pipe open."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
 def start_roll(cli: Cli, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "sandbox", "roll", "--to", "v2", "--project", cli.project, *args, "--json"]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    _STARTED.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}))
+    return _STARTED[-1]
 
 
 def wait_for_line(proc: subprocess.Popen[str], word: str, timeout: float = 120) -> str:
