@@ -3,17 +3,23 @@
 Alternates v1 -> v2 -> v1 ..., the strategies in turn, each roll under live Locust traffic; prints
 one line per rollout, then the totals (requests, dropped, stall seconds, verdicts) and the
 containers, networks and volumes on the engine before and after (the project is removed at the end).
+With --out FILE the same is written there as Markdown, headed by the command, the commit and the
+machine's load (bench/SOAK.md is committed from such a run).
 
-    .venv/bin/python bench/soak.py [-n 100] [--size 3] [--users 10] [--project soak]
+    .venv/bin/python bench/soak.py [-n 100] [--size 3] [--users 10] [--project soak] [--out bench/SOAK.md]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import subprocess
 import sys
+import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +61,19 @@ def one_roll(i: int, args: argparse.Namespace) -> dict[str, Any]:
             "failed_checks": [c["name"] for c in report["verdict"]["checks"] if not c["pass"]]}
 
 
+def header() -> list[str]:
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = " (working tree DIRTY)" if git("status", "--porcelain") else " (clean tree)"
+    return ["# Soak results (issue 9)", "",
+            f"- command: `{shlex.join(['python', 'bench/soak.py', *sys.argv[1:]])}`",
+            f"- commit: `{git('rev-parse', 'HEAD')}`{dirty}",
+            f"- started: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, {os.cpu_count()} cores, load average "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+            "- engine_before/engine_after count everything on the engine (other projects too);"
+            " project_left_after_down counts this project only", ""]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=100, help="rollouts (default 100)")
@@ -62,7 +81,10 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=10)
     ap.add_argument("--port", type=int, default=18990)
     ap.add_argument("--project", default="soak")
+    ap.add_argument("--out", type=Path, help="also write the results here as Markdown")
     args = ap.parse_args()
+    head = header()
+    t0 = time.monotonic()
     client = docker.from_env()
     if any(engine_counts(client, L.project_filter(args.project)).values()):
         print(f"project {args.project!r} exists already: choose another --project", file=sys.stderr)
@@ -81,7 +103,7 @@ def main() -> int:
         sandbox("down", "--project", args.project)
     after = engine_counts(client)
     verdicts = Counter(r.get("verdict", "error") for r in runs)
-    print(json.dumps({
+    totals = json.dumps({
         "rollouts": len(runs), "requests": sum(r.get("requests", 0) for r in runs),
         "dropped": sum(r.get("dropped", 0) for r in runs),
         "stall_s_total": round(sum(r.get("stall_s", 0.0) for r in runs), 3),
@@ -89,7 +111,12 @@ def main() -> int:
         "verdicts": dict(verdicts), "outcomes": dict(Counter(r.get("outcome", "error") for r in runs)),
         "engine_before": before, "engine_after": after,
         "project_left_after_down": engine_counts(client, L.project_filter(args.project)),
-    }, indent=2))
+        "minutes": round((time.monotonic() - t0) / 60, 1),
+    }, indent=2)
+    print(totals)
+    if args.out:
+        args.out.write_text("\n".join([*head, "## Totals", "", "```json", totals, "```", "",
+                                        "## Each rollout", "", "```", *map(json.dumps, runs), "```", ""]))
     return 0 if verdicts.get("PASS", 0) == len(runs) else 1
 
 
