@@ -129,8 +129,9 @@ class Runtime:
         """Name -> Docker state of this project's app containers: one listing, nothing read inside
         them (what the executor checks before every step)."""
         def states() -> dict[str, str]:
-            found = self.client.containers.list(all=True, filters=L.project_filter(project, L.ROLE_APP))
-            return {c.name or "": c.status for c in found}
+            # the low-level listing: `containers.list` would inspect every container once more
+            found = self.client.api.containers(all=True, filters=L.project_filter(project, L.ROLE_APP))
+            return {(c.get("Names") or ["/"])[0].lstrip("/"): c.get("State", "") for c in found}
         return await self._call(states)
 
     def _instances(self, project: str) -> list[Instance]:
