@@ -2,10 +2,12 @@
 
 Pure functions of the executor's events (:class:`sandbox.results.records.Event`). Per batch,
 the unavoidable waits are the longest time from starting (or swapping) a server to its first
-passing health check (``ready`` events, ``detail["first_ok_s"]``) plus the longest wait from
-detaching a server until it had nothing in flight (``drain`` events, ``detail["idle_s"]``).
-Batches are summed. ``overhead_ratio`` is the rollout's duration over that sum: 1.0 would be a
-controller that spends nothing of its own.
+passing health check (``ready`` events, ``detail["first_ok_s"]``), plus the longest wait from
+detaching a server until it had nothing in flight (``drain`` events, ``detail["idle_s"]``),
+plus the time its old servers took to stop (``stop`` events, ``detail["stop_s"]``: the app's
+own exit after the stop signal, and the engine removing it). Batches are summed.
+``overhead_ratio`` is the rollout's duration over that sum: 1.0 would be a controller that
+spends nothing of its own.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 # event phase -> the detail key holding that event's unavoidable seconds
-_WAITS = {"ready": "first_ok_s", "drain": "idle_s"}
+_WAITS = {"ready": "first_ok_s", "drain": "idle_s", "stop": "stop_s"}
 
 
 def _seconds(value: Any) -> float:
@@ -25,8 +27,8 @@ def _seconds(value: Any) -> float:
 
 
 def unavoidable_s(events: Iterable[Mapping[str, Any]]) -> float | None:
-    """Sum over batches of (longest boot-to-first-healthy + longest drain-until-idle), in
-    seconds, rounded to the ms; None when no event carries such a wait."""
+    """Sum over batches of (longest boot-to-first-healthy + longest drain-until-idle + longest
+    stop), in seconds, rounded to the ms; None when no event carries such a wait."""
     longest: dict[tuple[str, Any], float] = {}
     for event in events:
         key = _WAITS.get(str(event.get("phase")))

@@ -329,7 +329,7 @@ def _share_pct(share: Any) -> str:
 def _overhead_line(report: Mapping[str, Any]) -> str:
     return (f"overhead         ratio {_num(report.get('overhead_ratio'), '', 2)}: "
             f"{_num(report.get('duration_s'), ' s', 2)} rollout / {_num(report.get('unavoidable_s'), ' s', 2)} "
-            "unavoidable waits (per batch: boot to first healthy + drain until idle)")
+            "unavoidable waits (per batch: boot to first healthy + drain until idle + stop)")
 
 
 def summary_text(report: Mapping[str, Any]) -> str:

@@ -274,18 +274,21 @@ class Executor:
     async def _stop(self, run: _Run, step: planner.Step) -> None:
         insts = run.targets(step.targets)
         grace = self.timing.stop_grace_s if self.images.toy else self.images.spec.stop_timeout
+        t_stop = time.monotonic()
         await _gather(self.runtime.stop_app(i, grace) for i in insts)
-        self._gone("stop", insts, step.batch_no)
+        # side by side: the batch's stop took as long as its slowest (an unavoidable wait)
+        self._gone("stop", insts, step.batch_no, {"stop_s": round(time.monotonic() - t_stop, 3)})
 
     async def _kill(self, run: _Run, step: planner.Step) -> None:
         insts = run.targets(step.targets)
         await _gather(self.runtime.kill_app(i) for i in insts)
         self._gone("kill", insts, step.batch_no)
 
-    def _gone(self, phase: str, insts: Sequence[Instance], batch: int) -> None:
+    def _gone(self, phase: str, insts: Sequence[Instance], batch: int,
+              detail: dict[str, Any] | None = None) -> None:
         for inst in insts:
             self.live -= 1  # kept in by_id: a naive 'switch' still names it to detach
-            self.emit(phase, inst, batch=batch)
+            self.emit(phase, inst, batch=batch, **({"detail": detail} if detail else {}))
 
     async def _swap(self, run: _Run, step: planner.Step) -> None:
         insts = run.targets(step.targets)

@@ -21,6 +21,12 @@ def test_longest_wait_per_batch_summed() -> None:
     assert unavoidable_s(EVENTS) == 0.8 + 0.2 + 0.6 + 0.4
 
 
+def test_stops_count_longest_per_batch() -> None:
+    stops = [*EVENTS, _ev("stop", 1, stop_s=0.3), _ev("stop", 1, stop_s=0.3), _ev("stop", 2, stop_s=0.25),
+             _ev("stop", 2)]  # a stop without a duration (an older report) adds nothing
+    assert unavoidable_s(stops) == round(2.0 + 0.3 + 0.25, 3)
+
+
 def test_no_waits_is_unknown() -> None:
     assert unavoidable_s([_ev("start", 1), {"t": 2.0, "phase": "ready", "detail": {"first_ok_s": None}}]) is None
     assert overhead(5.0, []) == {"unavoidable_s": None, "overhead_ratio": None}
