@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -165,3 +167,13 @@ def test_a_malformed_ini_image_is_a_usage_error(pytester: pytest.Pytester) -> No
     result = pytester.runpytest_inprocess("-p", "sandbox.pytest_plugin", *QUIET)
     result.stdout.fnmatch_lines(["*'nonsense' must be NAME=REF*"])
     assert result.ret != 0
+
+
+def test_the_plugin_imports_nothing_heavy() -> None:
+    """Installed, it loads into every pytest session: no Docker SDK, Locust, gevent, aiohttp or other
+    module of ours at import."""
+    code = ("import sys, sandbox.pytest_plugin; print(sorted(m for m in sys.modules if m != 'sandbox.pytest_plugin' "
+            "and (m.split('.')[0] in ('docker', 'locust', 'gevent', 'aiohttp') or m.startswith('sandbox.'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
