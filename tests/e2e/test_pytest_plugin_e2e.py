@@ -31,6 +31,9 @@ def test_rollout_drops_nothing(sandbox_fleet):
     assert {c["name"] for c in roll.failed_checks} <= {"p99_ratio"}, roll.failed_checks  # a busy 2-core machine
     assert code == (0 if roll.passed else 1)
     assert sorted(i["version"] for i in fleet.status()["instances"]) == ["new", "new"]
+    back, code = fleet.rollback(no_load=True)
+    assert (back["to_version"], code) == ("old", 0), back.get("verdict")
+    assert sorted(i["version"] for i in fleet.status()["instances"]) == ["old", "old"]
 """
 
 USER_FAILS = """
