@@ -30,13 +30,15 @@ from typing import Any
 
 import pytest
 
+from sandbox.errors import SandboxError
+
 Runner = Callable[[Sequence[str], float], subprocess.CompletedProcess[str]]
 """Runs ``sandbox ARGS`` (the arguments after the program name) with a timeout in seconds."""
 
 PORT_ATTEMPTS = 3  # a free port picked here can be taken before `up` binds it: pick another
 
 
-class FleetCommandError(RuntimeError):
+class FleetCommandError(SandboxError):
     """A ``sandbox`` command of the fixture exited with an unexpected code; carries what it said."""
 
     def __init__(self, args: Sequence[str], proc: subprocess.CompletedProcess[str]) -> None:
