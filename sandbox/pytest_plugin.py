@@ -218,7 +218,8 @@ class FleetFactory:
             proc = fleet.run("up", *args, expect=None)
             if proc.returncode == 0:
                 return fleet
-            if port is not None or proc.returncode != 2 or "port" not in proc.stderr or attempt == PORT_ATTEMPTS:
+            taken = proc.returncode == 2 and "is already in use" in proc.stderr  # config.check_port_free
+            if port is not None or not taken or attempt == PORT_ATTEMPTS:
                 raise FleetCommandError(["up", *args, "--project", fleet.project], proc)
             fleet.port = free_port()  # taken between our pick and `up`: nothing was created, pick again
         raise AssertionError("unreachable")  # pragma: no cover

@@ -86,6 +86,10 @@ def test_a_port_taken_before_up_binds_it_is_picked_again_only_when_the_fixture_c
     with pytest.raises(FleetCommandError, match="exited 2"):
         FleetFactory(runner=fake, images={}, engine=None, timeout=5)(port=40000)
     assert len(fake.calls) == 1
+    fake = FakeSandbox({"up": [(2, "", "sandbox: error: image: x=no:such: no such local image")]})
+    with pytest.raises(FleetCommandError, match="no such local image"):
+        FleetFactory(runner=fake, images={"x": "no:such"}, engine=None, timeout=5)()
+    assert len(fake.calls) == 1
 
 
 def test_close_downs_every_fleet_newest_first_even_one_whose_up_failed() -> None:
