@@ -38,7 +38,7 @@ from sandbox.config import (
 from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, exit_code_for
 from sandbox.fleet import engines, versions
 from sandbox.fleet.runtime import Runtime
-from sandbox.results.junit import write_junit
+from sandbox.results.junit import write_compare_junit, write_junit
 from sandbox.results.report import compare_text, summary_text
 from sandbox.ui.dashboard import LiveView
 
@@ -169,7 +169,8 @@ def _add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ready-timeout", type=_number, help="seconds for a new server to be ready (default 30)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--junit", type=Path, metavar="FILE",
-                   help="write the verdict as JUnit XML, one test case per check (roll, rollback, demo)")
+                   help="write the verdict as JUnit XML, one test case per check "
+                        "(compare: one test suite per strategy)")
     p.add_argument("--report", type=Path, metavar="DIR",
                    help="write report.json, chart.png, report.md here (demo: reports/demo, "
                         "compare: reports/compare)")
@@ -388,6 +389,8 @@ async def _compare(args: argparse.Namespace, settings: Settings, runtime: Runtim
     compared = await commands.compare(settings, runtime=runtime, strategies=_specs(args), report_dir=args.report,
                                       say=say, progress_for=view.progress)
     print(json.dumps(compared.table, indent=2, default=str) if args.json else compare_text(compared.reports))
+    if args.junit is not None:
+        write_compare_junit(compared.reports, args.junit)
     await view.close(table=compared.table["rows"])
     return compared.exit_code
 

@@ -14,6 +14,7 @@ SandboxError
  +-- TrafficError          the load generator could not be started, or died
  +-- NotFoundError         the project has no fleet (nothing to act on)
  +-- Interrupted           the user stopped the rollout (Ctrl-C); exit code 130
+ +-- FleetCommandError     (sandbox.pytest_plugin) a command the sandbox_fleet fixture ran exited badly
 
 Expected errors are printed by the CLI as one line; anything else is a bug and
 gets a traceback. :func:`exit_code_for` is the only place an error becomes an exit code.

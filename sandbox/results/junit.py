@@ -1,36 +1,90 @@
-"""The verdict as JUnit XML: one test case per check, the form CI systems display."""
+"""The verdict as JUnit XML: one test case per check, the form CI systems display.
+
+``roll``, ``rollback`` and ``demo`` write one test suite; ``compare`` one suite per strategy, where a
+failed check of a baseline that ``compare`` does not judge (naive) is ``<skipped>`` with its figure,
+so the XML agrees with compare's exit code.
+"""
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from sandbox.results.verdict import judged_in_compare
 
 
 def junit_xml(report: Mapping[str, Any]) -> str:
     """A ``<testsuites>`` document with one ``<testcase>`` per verdict check; a failed check has a
     ``<failure>`` giving its figure and its limit."""
-    checks = list((report.get("verdict") or {}).get("checks") or [])
     name = (f"rolling-sandbox {report.get('kind') or 'roll'} {report.get('from_version')} -> "
             f"{report.get('to_version')} ({report.get('strategy')})")
-    failures = sum(1 for c in checks if not c.get("pass"))
-    suites = ET.Element("testsuites", tests=str(len(checks)), failures=str(failures))
-    suite = ET.SubElement(suites, "testsuite", name=name, tests=str(len(checks)), failures=str(failures),
-                          errors="0", skipped="0", time=f"{float(report.get('duration_s') or 0):.3f}")
+    return _document([(name, "rollout", report, True)])
+
+
+def compare_junit_xml(reports: Sequence[Mapping[str, Any]]) -> str:
+    """``compare``: one ``<testsuite>`` per strategy (``rolling-sandbox compare rolling:3 v1 -> v2``),
+    one ``<testcase>`` per check, its classname ``compare.<strategy>``."""
+    suites = []
+    for report in reports:
+        label = strategy_label(report)
+        name = f"rolling-sandbox compare {label} {report.get('from_version')} -> {report.get('to_version')}"
+        suites.append((name, f"compare.{label}", report, judged_in_compare(report)))
+    return _document(suites)
+
+
+def strategy_label(report: Mapping[str, Any]) -> str:
+    """The strategy as ``compare --strategies`` spells it: ``rolling:3``, ``double-half``."""
+    strategy, batch = str(report.get("strategy") or "run"), report.get("batch")
+    return f"{strategy}:{batch}" if strategy in ("rolling", "surge", "naive") and batch not in (None, 1) else strategy
+
+
+def _document(suites: Sequence[tuple[str, str, Mapping[str, Any], bool]]) -> str:
+    root = ET.Element("testsuites")
+    totals = [0, 0, 0]  # tests, failures, skipped
+    for name, classname, report, judged in suites:
+        counts = _suite(root, name, classname, report, judged=judged)
+        totals = [t + c for t, c in zip(totals, counts, strict=True)]
+    root.set("tests", str(totals[0]))
+    root.set("failures", str(totals[1]))
+    if totals[2]:
+        root.set("skipped", str(totals[2]))
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _suite(root: ET.Element, name: str, classname: str, report: Mapping[str, Any], *,
+           judged: bool) -> tuple[int, int, int]:
+    """One ``<testsuite>`` of ``report``'s checks; returns (tests, failures, skipped)."""
+    checks = list((report.get("verdict") or {}).get("checks") or [])
+    failed = sum(1 for c in checks if not c.get("pass"))
+    failures, skipped = (failed, 0) if judged else (0, failed)
+    suite = ET.SubElement(root, "testsuite", name=name, tests=str(len(checks)), failures=str(failures),
+                          errors="0", skipped=str(skipped), time=f"{float(report.get('duration_s') or 0):.3f}")
     for check in checks:
-        case = ET.SubElement(suite, "testcase", classname="rollout", name=str(check.get("name")))
+        case = ET.SubElement(suite, "testcase", classname=classname, name=str(check.get("name")))
         text = f"{check.get('name')}: {check.get('value')} (limit {check.get('limit')})"
         if check.get("note"):
             text += f": {check['note']}"
-        if not check.get("pass"):
+        if check.get("pass"):
+            ET.SubElement(case, "system-out").text = text
+        elif judged:
             ET.SubElement(case, "failure", message=text, type="VerdictCheckFailed").text = text
         else:
-            ET.SubElement(case, "system-out").text = text
-    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+            text += f" ({report.get('strategy')} is a baseline that compare does not judge)"
+            ET.SubElement(case, "skipped", message=text)
+    return len(checks), failures, skipped
 
 
 def write_junit(report: Mapping[str, Any], path: Path) -> Path:
+    return _write(junit_xml(report), path)
+
+
+def write_compare_junit(reports: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    return _write(compare_junit_xml(reports), path)
+
+
+def _write(text: str, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(junit_xml(report))
+    path.write_text(text)
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ def test_demo_json_completes_with_zero_dropped(cli: Cli, tmp_path: Path) -> None
 
 def test_compare_tells_strategies_apart_and_exits_on_their_verdicts(cli: Cli, tmp_path: Path) -> None:
     proc = cli.run("compare", "--size", "3", "--port", str(cli.port), "--strategies", "one-at-a-time,blue-green,naive",
-                   *LOAD, "--report", str(tmp_path), "--json")
+                   *LOAD, "--report", str(tmp_path), "--json", "--junit", str(tmp_path / "compare.xml"))
     table = {line["strategy"]: line for line in json.loads(proc.stdout)["rows"]}
     assert set(table) == {"one-at-a-time", "blue-green", "naive"}, proc.stderr
     graceful = [table["one-at-a-time"], table["blue-green"]]
@@ -102,3 +103,9 @@ def test_compare_tells_strategies_apart_and_exits_on_their_verdicts(cli: Cli, tm
     assert one["users_saw_both"] == one["users_total"] == 10
     assert switch["users_saw_both"] <= 2 < one["users_saw_both"], (one, switch)
     assert "verdict" in (tmp_path / "compare.md").read_text().splitlines()[0]
+    # --junit: a suite per strategy; a CI system sees naive's failed checks as skipped, not failed
+    suites = {s.get("name", "").split()[2]: s for s in ET.parse(tmp_path / "compare.xml").getroot()}
+    assert list(suites) == ["one-at-a-time", "blue-green", "naive"]
+    assert suites["naive"].get("failures") == "0"
+    assert [int(suites[n].get("failures") or 0) == 0 for n in ("one-at-a-time", "blue-green")] == \
+        [line["pass"] for line in graceful]

@@ -1,11 +1,15 @@
-"""The verdict as JUnit XML, parsed as a CI system would."""
+"""The verdict as JUnit XML (a roll's, and compare's one suite per strategy), parsed as a CI system would."""
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
-from sandbox.results.junit import write_junit
+import pytest
+
+from sandbox import cli, commands
+from sandbox.results.junit import compare_junit_xml, write_junit
 
 REPORT = {
     "kind": "roll", "from_version": "0.10.1", "to_version": "0.10.2", "strategy": "one-at-a-time",
@@ -36,3 +40,48 @@ def test_a_passing_verdict_has_no_failure(tmp_path: Path) -> None:
     report = {**REPORT, "verdict": {"pass": True, "checks": [REPORT["verdict"]["checks"][0]]}}  # type: ignore[index]
     root = ET.parse(write_junit(report, tmp_path / "r.xml")).getroot()
     assert root.get("failures") == "0" and root.find("testsuite/testcase/failure") is None
+
+
+def _compare_report(strategy: str, batch: int, dropped: int) -> dict[str, Any]:
+    return {"kind": "roll", "from_version": "v1", "to_version": "v2", "strategy": strategy, "batch": batch,
+            "duration_s": 4.5, "verdict": {"pass": dropped == 0, "checks": [
+                {"name": "outcome", "pass": True, "value": "completed", "limit": "completed"},
+                {"name": "dropped", "pass": dropped == 0, "value": dropped, "limit": 0}]}}
+
+
+COMPARED = [_compare_report("one-at-a-time", 1, 0), _compare_report("rolling", 3, 2), _compare_report("naive", 1, 40)]
+
+
+def test_compare_has_one_suite_per_strategy_and_naive_failures_are_skipped_not_failed() -> None:
+    root = ET.fromstring(compare_junit_xml(COMPARED))
+    assert (root.get("tests"), root.get("failures"), root.get("skipped")) == ("6", "1", "1")
+    suites = root.findall("testsuite")
+    assert [s.get("name") for s in suites] == ["rolling-sandbox compare one-at-a-time v1 -> v2",
+                                               "rolling-sandbox compare rolling:3 v1 -> v2",
+                                               "rolling-sandbox compare naive v1 -> v2"]
+    assert [(s.get("failures"), s.get("skipped")) for s in suites] == [("0", "0"), ("1", "0"), ("0", "1")]
+    rolling = {c.get("name"): c for c in suites[1].findall("testcase")}
+    assert {c.get("classname") for c in rolling.values()} == {"compare.rolling:3"}
+    failure = rolling["dropped"].find("failure")
+    assert failure is not None and failure.get("message") == "dropped: 2 (limit 0)"
+    skipped = suites[2].find("testcase[@name='dropped']/skipped")
+    assert skipped is not None and (skipped.get("message") or "").startswith("dropped: 40 (limit 0)")
+    assert suites[2].find("testcase/failure") is None
+
+
+def test_compare_junit_flag_writes_the_strategies_it_ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    async def fake_compare(settings: Any, *, strategies: list[str], **_: Any) -> commands.CompareResult:
+        seen["strategies"] = strategies
+        return commands.CompareResult(reports=COMPARED, table={"rows": []}, exit_code=1, files={})
+
+    monkeypatch.setattr(cli.commands, "compare", fake_compare)
+    monkeypatch.setattr(cli.engines, "connect", lambda *_: object())
+    monkeypatch.setattr(cli, "check_port_free", lambda _port: None)
+    out = tmp_path / "ci" / "compare.xml"
+    code = cli.main(["compare", "--project", "junitcmp", "--size", "4", "--strategies",
+                     "one-at-a-time,rolling:3,naive", "--json", "--junit", str(out)])
+    assert code == 1 and seen["strategies"] == ["one-at-a-time", "rolling:3", "naive"]
+    assert [s.get("name") for s in ET.parse(out).getroot().findall("testsuite")][1] == \
+        "rolling-sandbox compare rolling:3 v1 -> v2"
