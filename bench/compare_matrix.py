@@ -1,6 +1,6 @@
 """Issue 9's compare table in one run of one commit, written to bench/COMPARE.md.
 
-    .venv/bin/python bench/compare_matrix.py                               # 9 servers (20 to 30 minutes)
+    .venv/bin/python bench/compare_matrix.py                               # 9 servers, the real figures
     .venv/bin/python bench/compare_matrix.py --quick --out /tmp/COMPARE.md  # 3 servers, short: a smoke run
 
 One `sandbox compare --json` for each of v2 `compatible` and `breaking` (`--v2-mode`) x `--sessions
@@ -33,7 +33,7 @@ from provenance import header  # bench/provenance.py (this script's directory)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from sandbox.config import PROJECT_RE  # noqa: E402
+from sandbox.config import BATCHED_STRATEGIES, PROJECT_RE  # noqa: E402
 from sandbox.fleet import labels as L  # noqa: E402  (after the repo is on the path)
 
 PY = [sys.executable, "-m", "sandbox"]
@@ -156,9 +156,9 @@ def num(value: Any) -> str:
 
 
 def label(row: dict[str, Any]) -> str:
-    """`rolling:3` as compare was asked; a strategy of batch 1 by its name alone."""
-    batch = row.get("batch")
-    return str(row.get("strategy")) + (f":{batch}" if batch not in (None, 1) else "")
+    """`rolling:3` as compare was asked; a strategy without a batch (or of batch 1) by its name alone."""
+    strategy, batch = str(row.get("strategy")), row.get("batch")
+    return strategy + (f":{batch}" if strategy in BATCHED_STRATEGIES and batch not in (None, 1) else "")
 
 
 def cells(row: dict[str, Any]) -> list[str]:

@@ -28,6 +28,7 @@ def test_every_column_comes_from_the_compare_row(rows: list[dict[str, Any]]) -> 
     assert [k for k, v in good.items() if v == "-"] == ["failed checks"]
     assert (good["strategy"], good["verdict"]) == ("one-at-a-time", "PASS")
     assert (dropped["strategy"], dropped["verdict"], dropped["failed checks"]) == ("rolling:3", "FAIL", "dropped")
+    assert cm.label({"strategy": "blue-green", "batch": 3}) == "blue-green"  # its "batch" is the whole fleet
     assert dropped["requests"] == str(rows[1]["requests"]) == str(rows[0]["requests"] + 1)
     assert dropped["dropped"] == "1" and good["dropped"] == "0"
     total, both = rows[0]["users_total"], rows[0]["users_saw_both"]
