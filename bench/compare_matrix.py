@@ -222,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  "with --quick, reports/compare-matrix/COMPARE-quick.md)")
     parser.add_argument("--prefix", default="cmpmx", help="project name prefix (default cmpmx)")
     parser.add_argument("--reports", type=Path, default=Path("reports") / "compare-matrix",
-                        help="compare's report directories go under this one (default reports/compare-matrix)")
+                        help="compare's report directories go under this one (default reports/compare-matrix, "
+                             "from where you are)")
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     plan = QUICK if args.quick else FULL
@@ -243,9 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   [f"{plan.size} servers per fleet; strategies {plan.strategies}; load: {plan.load_note}",
                    "each table is one `sandbox compare` (each strategy on a fresh fleet of its own), run one after "
                    "the other in this order on the same engine"])
+    reports = args.reports.resolve()  # compare runs in the repo: show the path from there when it is inside
+    reports = reports.relative_to(REPO) if reports.is_relative_to(REPO) else reports
     t0 = time.monotonic()
     for combo in combos:
-        run_combo(client, plan, combo, args.reports)
+        run_combo(client, plan, combo, reports)
         print("\n".join(combo_section(combo)), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(document(head, combos, (time.monotonic() - t0) / 60))
