@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -31,9 +30,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from provenance import header as provenance_header  # bench/provenance.py (this script's directory)
 
 REPO = Path(__file__).resolve().parents[1]
 PY = [sys.executable, "-m", "sandbox"]
@@ -324,20 +324,9 @@ def section_times(out: Out, plan: Plan) -> None:
 
 
 def header(argv: Sequence[str]) -> list[str]:
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = bool(git("status", "--porcelain"))
-    docker_v = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True,
-                              text=True).stdout.strip()
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return ["# Benchmark results (issue 10)", "",
-            f"- command: `{shlex.join(['python', 'bench/run_all.py', *argv])}`",
-            f"- commit: `{git('rev-parse', 'HEAD')}`" + (" (working tree DIRTY)" if dirty else " (clean tree)"),
-            f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-            f"- machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} cores, {mem:.1f} GiB, "
-            f"{platform.platform()}, Docker {docker_v or '?'}, load average at start "
-            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}",
-            "- every `sandbox` command below ran with `SANDBOX_READY_TIMEOUT=180` (60 apps booting at once)", ""]
+    return provenance_header("Benchmark results (issue 10)", "bench/run_all.py", argv,
+                             ["every `sandbox` command below ran with `SANDBOX_READY_TIMEOUT=180` "
+                              "(60 apps booting at once)"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

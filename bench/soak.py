@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import docker
+from provenance import header as provenance_header  # bench/provenance.py (this script's directory)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -62,16 +60,9 @@ def one_roll(i: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def header() -> list[str]:
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = " (working tree DIRTY)" if git("status", "--porcelain") else " (clean tree)"
-    return ["# Soak results (issue 9)", "",
-            f"- command: `{shlex.join(['python', 'bench/soak.py', *sys.argv[1:]])}`",
-            f"- commit: `{git('rev-parse', 'HEAD')}`{dirty}",
-            f"- started: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, {os.cpu_count()} cores, load average "
-            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}",
-            "- engine_before/engine_after count everything on the engine (other projects too);"
-            " project_left_after_down counts this project only", ""]
+    return provenance_header("Soak results (issue 9)", "bench/soak.py", sys.argv[1:],
+                             ["engine_before/engine_after count everything on the engine (other projects too);"
+                              " project_left_after_down counts this project only"])
 
 
 def main() -> int:

@@ -453,8 +453,8 @@ def exposure(
 ) -> dict[str, Any]:
     """The ``exposure`` block of :func:`measure`.
 
-    ``users_saw_both``, ``downgrades``, ``users_downgraded`` and ``version_flips``
-    count only requests sent within the rollout window (``rollout_window``:
+    ``users_saw_both`` (with its ``_share`` of all users), ``downgrades``, ``users_downgraded``
+    and ``version_flips`` count only requests sent within the rollout window (``rollout_window``:
     absolute start and end, and its duration). ``users_exposed`` and
     ``requests_exposed`` (with their ``*_share`` of all users and requests) are
     those sent while the fleet was mixed (:func:`mixed_fleet_window`, lasting
@@ -468,6 +468,7 @@ def exposure(
     downgrades = downgrades_by_user(inside, from_v, to_v)
     users_total = len({str(r.get("user")) for r in rows})
     users_exposed = len({str(r.get("user")) for r in exposed})
+    saw_both = _users_saw_both(inside, from_v, to_v)
     return {
         "from_version": from_v,
         "to_version": to_v,
@@ -475,7 +476,8 @@ def exposure(
         "rollout_window": None if r_window is None else {
             "start": r_window[0], "end": r_window[1], "duration_s": round(r_window[1] - r_window[0], 3)},
         "users_total": users_total,
-        "users_saw_both": _users_saw_both(inside, from_v, to_v),
+        "users_saw_both": saw_both,
+        "users_saw_both_share": _share(saw_both, users_total),
         "mixed_fleet_s": 0.0 if m_window is None else round(m_window[1] - m_window[0], 3),
         "users_exposed": users_exposed,
         "users_exposed_share": _share(users_exposed, users_total),

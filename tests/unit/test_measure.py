@@ -174,6 +174,7 @@ def test_interleaved_versions() -> None:
     assert exp["mixed_window_s"] == pytest.approx(5.0, abs=1e-3)
     assert exp["users_total"] == 4
     assert exp["users_saw_both"] == 3
+    assert exp["users_saw_both_share"] == 0.75
     assert exp["downgrades"] == 3
     assert exp["users_downgraded"] == 2
 
@@ -618,6 +619,7 @@ def test_one_at_a_time_and_blue_green_expose_users_differently() -> None:
     assert switch["rollout_window"]["duration_s"] == 0.0  # one switch
     assert (rolling["users_total"], switch["users_total"]) == (4, 4)
     assert rolling["users_saw_both"] == 4 and switch["users_saw_both"] == 0
+    assert (rolling["users_saw_both_share"], switch["users_saw_both_share"]) == (1.0, 0.0)
     # both versions attached from b1's attach (5) to a3's detach (7); never for blue-green
     assert (rolling["mixed_fleet_s"], switch["mixed_fleet_s"]) == (2.0, 0.0)
     assert rolling["users_exposed_share"] == 1.0 and switch["users_exposed_share"] == 0.0

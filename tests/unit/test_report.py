@@ -272,6 +272,11 @@ COMPARE_KEYS = {
     "downgrades",
     "contract_violations",
     "sessions_lost",
+    "requests",
+    "users_saw_both_share",
+    "users_exposed_share",
+    "requests_exposed_share",
+    "failed_checks",
 }
 
 

@@ -196,6 +196,9 @@ def test_compare_table_shows_each_verdict() -> None:
     bad = report_of([*steady(), row(9.0, status=502)], strategy="naive")
     lines = compare_json([good, bad])["rows"]
     assert [(line["pass"], line["verdict"]) for line in lines] == [(True, "PASS"), (False, "FAIL: dropped")]
+    assert [line["failed_checks"] for line in lines] == [[], ["dropped"]]
+    assert [line["requests"] for line in lines] == [good["requests"]["total"], bad["requests"]["total"]]
+    assert lines[1]["requests"] == lines[0]["requests"] + 1  # the one 502 more
     text = compare_text([good, bad]).splitlines()
     assert text[0].rstrip().endswith("verdict")
     assert text[1].rstrip().endswith("PASS") and text[2].rstrip().endswith("FAIL: dropped")
