@@ -77,7 +77,8 @@ async def run_check(command: str, *, index: int, env: Mapping[str, str], timeout
         _kill_group(proc)  # nothing the check started outlives it
     except BaseException:  # cancelled (a second Ctrl-C): the same, and no record
         _kill_group(proc)
-        readers.cancel()
+        with contextlib.suppress(BaseException):  # reap it and close its pipes, briefly
+            await asyncio.wait_for(asyncio.gather(proc.wait(), readers), timeout=2)
         raise
     try:
         out, err = await asyncio.wait_for(readers, timeout=5)  # a grandchild may hold the pipes open
