@@ -297,3 +297,11 @@ async def test_a_seeded_roll_reports_its_seed_and_order_and_the_same_seed_picks_
         assert result.report["seed"] == 11 and [[s] for s in stops] == result.report["pick_order"]
         orders.append(result.report["pick_order"])
     assert orders[0] == orders[1] and orders[0] != [[i] for i in range(1, 6)]
+
+
+def test_swarms_own_update_says_its_checks_did_not_run() -> None:
+    from sandbox.rollout.swarm_native import _native_report
+
+    report = _native_report(Settings(mixed_checks=("./a.sh",)), "stop-first", [], [], "completed", 1.0, 3)
+    assert report["mixed_checks"][0]["status"] == "not_run" and "Swarm" in report["mixed_checks"][0]["reason"]
+    assert next(c for c in report["verdict"]["checks"] if c["name"] == "mixed_check_1")["skipped"] is True
