@@ -635,7 +635,7 @@ def _draw_steps(report: Mapping[str, Any], axes: Sequence[Any]) -> list[str]:
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines.extend("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)
+    lines.extend("| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows)
     return "\n".join(lines)
 
 

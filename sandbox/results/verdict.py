@@ -145,8 +145,9 @@ def _mixed_checks(report: Mapping[str, Any]) -> list[Check]:
         if status == "not_run":
             checks.append(Check(name, True, None, 0, f"{record.get('reason')}: {command}", skipped=True))
             continue
-        note = f"{'timed out' if status == 'timed_out' else 'exit ' + str(record.get('exit_code'))} " \
-               f"after {record.get('duration_s')} s: {command}"
+        took = f"killed at the timeout after {record.get('duration_s')} s" if status == "timed_out" \
+            else f"ran {record.get('duration_s')} s"
+        note = f"{took}: {command}"
         checks.append(Check(name, status == "passed", record.get("exit_code"), 0, note))
     return checks
 

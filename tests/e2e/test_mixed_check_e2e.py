@@ -60,7 +60,7 @@ def test_a_failing_mixed_check_fails_the_run_names_the_check_and_leaves_a_consis
     proc = cli.run("roll", "--to", "v2", "--no-load", "--mixed-check", command)
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     verdict_line = proc.stdout.strip().splitlines()[-1]
-    assert verdict_line.startswith("FAIL: mixed_check_1 exit 3 (must exit 0): exit 3 after "), verdict_line
+    assert verdict_line.startswith("FAIL: mixed_check_1 exit 3 (must exit 0): ran "), verdict_line
     assert verdict_line.endswith(command)
     assert "    contract broken" in proc.stdout  # the last line of its stderr, under the check
     assert "outcome          completed" in proc.stdout  # the rollout itself went on to the end

@@ -164,7 +164,7 @@ def test_a_passing_check_passes_a_failing_one_fails_and_is_named_with_its_comman
     assert failed_names(report) == ["mixed_check_2"] and exit_code(report) == 1
     checks = {c["name"]: c for c in report["verdict"]["checks"]}
     assert (checks["mixed_check_1"]["pass"], checks["mixed_check_2"]["value"]) == (True, 3)
-    assert verdict_line(report) == "FAIL: mixed_check_2 exit 3 (must exit 0): exit 3 after 1.5 s: ./contract-test.sh"
+    assert verdict_line(report) == "FAIL: mixed_check_2 exit 3 (must exit 0): ran 1.5 s: ./contract-test.sh"
     text = summary_text(report)
     assert "  mixed_check_2: FAIL exit 3 in 1.5 s: ./contract-test.sh\n    field 'name' missing" in text
     assert "  FAIL mixed_check_2" in text and "  PASS mixed_check_1" in text
@@ -305,3 +305,14 @@ def test_swarms_own_update_says_its_checks_did_not_run() -> None:
     report = _native_report(Settings(mixed_checks=("./a.sh",)), "stop-first", [], [], "completed", 1.0, 3)
     assert report["mixed_checks"][0]["status"] == "not_run" and "Swarm" in report["mixed_checks"][0]["reason"]
     assert next(c for c in report["verdict"]["checks"] if c["name"] == "mixed_check_1")["skipped"] is True
+
+
+def test_a_timed_out_check_fails_and_a_pipe_in_its_command_keeps_the_markdown_table_whole() -> None:
+    record = {"name": "mixed_check_1", "command": "curl -s $SANDBOX_URL | jq .", "status": "timed_out",
+              "exit_code": -9, "duration_s": 60.0, "stdout_tail": "", "stderr_tail": "(killed after 60 s)"}
+    report = _report(record)
+    assert failed_names(report) == ["mixed_check_1"]
+    assert report["verdict"]["checks"][-1]["note"] == "killed at the timeout after 60.0 s: curl -s $SANDBOX_URL | jq ."
+    row = next(line for line in markdown_page(report).splitlines() if line.startswith("| mixed_check_1 |"))
+    assert row.count(" | ") == 4 and "curl -s $SANDBOX_URL \\| jq ." in row  # five cells, the pipe escaped
+    assert "mixed_check_1: FAIL (timed out) exit -9 in 60.0 s" in summary_text(report)
