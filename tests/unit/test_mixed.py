@@ -316,3 +316,12 @@ def test_a_timed_out_check_fails_and_a_pipe_in_its_command_keeps_the_markdown_ta
     row = next(line for line in markdown_page(report).splitlines() if line.startswith("| mixed_check_1 |"))
     assert row.count(" | ") == 4 and "curl -s $SANDBOX_URL \\| jq ." in row  # five cells, the pipe escaped
     assert "mixed_check_1: FAIL (timed out) exit -9 in 60.0 s" in summary_text(report)
+
+
+@pytest.mark.asyncio
+async def test_a_fleet_already_on_the_target_says_its_checks_did_not_run() -> None:
+    world = World(version="v2")
+    result = await world.rehearse(settings(mixed_checks=("exit 3",), seed=5))
+    assert result.exit_code == 0 and result.report["seed"] == 5 and result.report["pick_order"] == []
+    [record] = result.report["mixed_checks"]
+    assert record["status"] == "not_run" and "nothing to roll" in record["reason"]
