@@ -174,6 +174,13 @@ def _add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", type=Path, metavar="DIR",
                    help="write report.json, chart.png, report.md here (demo: reports/demo, "
                         "compare: reports/compare)")
+    p.add_argument("--mixed-check", dest="mixed_checks", action="append", default=None, metavar="CMD",
+                   help="a shell command run once while both versions are attached, with SANDBOX_URL set; "
+                        "a non-zero exit fails the verdict (repeatable)")
+    p.add_argument("--mixed-check-timeout", dest="mixed_check_timeout_s", type=_number,
+                   help="seconds each mixed check may take before it is killed and fails (default 60)")
+    p.add_argument("--seed", type=_integer,
+                   help="pick the servers of each batch in an order shuffled with this seed (default: slot order)")
 
 
 def _add_lb_flags(p: argparse.ArgumentParser) -> None:
@@ -269,6 +276,7 @@ _SETTING_FLAGS = (
     "locustfile", "max_dropped", "warmup_s", "cooldown_s", "v2_mode", "load_workers", "think_ms",
     "client_timeout_s", "max_stall_s", "slow_ms", "max_slow", "max_p99_ratio", "max_violations", "min_requests",
     "update_parallelism", "update_delay", "update_failure_action", "stop_grace_period", "swarm_healthcheck",
+    "seed", "mixed_check_timeout_s",
 )
 
 
@@ -281,6 +289,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["app_env"] = parse_env_pairs(args.env, "env")
     if getattr(args, "paths", None):
         overrides["paths"] = tuple(args.paths)
+    if getattr(args, "mixed_checks", None):
+        overrides["mixed_checks"] = tuple(args.mixed_checks)
     if getattr(args, "image", None):
         overrides["images"] = versions.parse_pairs(args.image, "image")
     if getattr(args, "build", None):

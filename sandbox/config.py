@@ -85,6 +85,10 @@ class Settings:
     max_error_ratio: float = 0.05
     auto_rollback: bool = True
     set_env: Mapping[str, str] = field(default_factory=dict)
+    seed: int | None = None  # --seed: the order servers are picked in is a shuffle seeded with it
+    # --mixed-check: shell commands run once while both versions are attached (SANDBOX_URL set)
+    mixed_checks: tuple[str, ...] = ()
+    mixed_check_timeout_s: float = 60.0  # each one's; a check still running then is killed and fails
     # swarm-native (compare on --engine swarm): Swarm's own `service update` config
     update_parallelism: int = 1
     update_delay: float = 0.0
@@ -190,6 +194,7 @@ def _validate_rollout_and_load(s: Settings) -> None:
     _check(1 <= s.users <= 1000, "users", f"{s.users} must be between 1 and 1000")
     _check(0 < s.spawn_rate <= 1000, "spawn_rate", f"{s.spawn_rate} must be in (0, 1000]")
     _validate_limits(s)
+    _validate_rehearsal(s)
     _check(0 <= s.warmup_s <= 600 and 0 <= s.cooldown_s <= 600, "warmup_s/cooldown_s",
            "must be in [0, 600] seconds")
     _check(1 <= s.load_workers <= MAX_LOAD_WORKERS, "load_workers",
@@ -207,6 +212,18 @@ def _validate_rollout_and_load(s: Settings) -> None:
         for key, value in getattr(s, name).items():
             _check(bool(ENV_KEY_RE.match(key)), name, f"{key!r} is not a valid environment variable name")
             _check(isinstance(value, str), name, f"{key} must be a string")
+
+
+def _validate_rehearsal(s: Settings) -> None:
+    """The seed of the pick order and the checks run while both versions serve."""
+    _check(s.seed is None or (isinstance(s.seed, int) and not isinstance(s.seed, bool) and s.seed >= 0),
+           "seed", f"{s.seed!r} must be a whole number >= 0")
+    _check(isinstance(s.mixed_checks, tuple), "mixed_checks", "must be a list of shell commands")
+    for command in s.mixed_checks:
+        _check(isinstance(command, str) and bool(command.strip()), "mixed_checks",
+               f"{command!r} must be a non-empty shell command")
+    _check(0 < s.mixed_check_timeout_s <= 3600, "mixed_check_timeout_s",
+           f"{s.mixed_check_timeout_s} must be in (0, 3600] seconds")
 
 
 def _validate_limits(s: Settings) -> None:
@@ -261,6 +278,16 @@ def _coerce(name: str, raw: Any) -> Any:
             return tuple(str(p) for p in raw) if isinstance(raw, list) else tuple(p for p in str(raw).split(",") if p)
         if name == "locustfile":
             return None if raw in (None, "") else Path(str(raw))
+        if name == "seed":
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
+            return None if raw == "" else int(str(raw).strip()) if not isinstance(raw, int) else raw
+        if name == "mixed_checks":  # TOML: a list of commands; environment: one command per line
+            if isinstance(raw, list) and all(isinstance(c, str) for c in raw):
+                return tuple(raw)
+            if isinstance(raw, str):
+                return tuple(line for line in raw.splitlines() if line.strip())
+            raise ValueError(raw)
         if isinstance(default, bool):
             if isinstance(raw, bool):
                 return raw

@@ -17,7 +17,8 @@ from sandbox.results.verdict import judged_in_compare
 
 def junit_xml(report: Mapping[str, Any]) -> str:
     """A ``<testsuites>`` document with one ``<testcase>`` per verdict check; a failed check has a
-    ``<failure>`` giving its figure and its limit."""
+    ``<failure>`` giving its figure and its limit, a check that could not run is ``<skipped>``
+    with the reason. A mixed check's case carries the tail of its stdout and stderr."""
     name = (f"rolling-sandbox {report.get('kind') or 'roll'} {report.get('from_version')} -> "
             f"{report.get('to_version')} ({report.get('strategy')})")
     return _document([(name, "rollout", report, True)])
@@ -55,10 +56,13 @@ def _document(suites: Sequence[tuple[str, str, Mapping[str, Any], bool]]) -> str
 
 def _suite(root: ET.Element, name: str, classname: str, report: Mapping[str, Any], *,
            judged: bool) -> tuple[int, int, int]:
-    """One ``<testsuite>`` of ``report``'s checks; returns (tests, failures, skipped)."""
+    """One ``<testsuite>`` of ``report``'s checks; returns (tests, failures, skipped). A check of
+    a report that is not ``judged`` (compare's naive baseline) is skipped, never failed."""
     checks = list((report.get("verdict") or {}).get("checks") or [])
+    outputs = {str(r.get("name")): r for r in report.get("mixed_checks") or []}
     failed = sum(1 for c in checks if not c.get("pass"))
-    failures, skipped = (failed, 0) if judged else (0, failed)
+    not_run = sum(1 for c in checks if c.get("pass") and c.get("skipped"))
+    failures, skipped = (failed, not_run) if judged else (0, failed + not_run)
     suite = ET.SubElement(root, "testsuite", name=name, tests=str(len(checks)), failures=str(failures),
                           errors="0", skipped=str(skipped), time=f"{float(report.get('duration_s') or 0):.3f}")
     for check in checks:
@@ -66,13 +70,22 @@ def _suite(root: ET.Element, name: str, classname: str, report: Mapping[str, Any
         text = f"{check.get('name')}: {check.get('value')} (limit {check.get('limit')})"
         if check.get("note"):
             text += f": {check['note']}"
-        if check.get("pass"):
-            ET.SubElement(case, "system-out").text = text
-        elif judged:
+        record = outputs.get(str(check.get("name")))
+        if record is not None and record.get("duration_s") is not None:
+            case.set("time", f"{float(record['duration_s']):.3f}")
+        if not check.get("pass") and judged:
             ET.SubElement(case, "failure", message=text, type="VerdictCheckFailed").text = text
-        else:
+        elif not check.get("pass"):
             text += f" ({report.get('strategy')} is a baseline that compare does not judge)"
             ET.SubElement(case, "skipped", message=text)
+        elif check.get("skipped"):
+            ET.SubElement(case, "skipped", message=str(check.get("note") or "not run"))
+        if record is not None:
+            ET.SubElement(case, "system-out").text = str(record.get("stdout_tail") or "") or text
+            if record.get("stderr_tail"):
+                ET.SubElement(case, "system-err").text = str(record["stderr_tail"])
+        elif check.get("pass"):
+            ET.SubElement(case, "system-out").text = text
     return len(checks), failures, skipped
 
 

@@ -18,6 +18,8 @@ from typing import Any
 from sandbox.results.overhead import overhead
 from sandbox.results.records import Event
 from sandbox.results.verdict import DEFAULT_LIMITS, Limits, failed_names, load_was_on, verdict, verdict_of
+from sandbox.rollout.mixed import last_line
+from sandbox.rollout.mixed import summary as mixed_summary
 
 OUTCOMES = ("completed", "rolled_back", "failed", "interrupted")
 
@@ -167,6 +169,8 @@ def build_report(
     })
     report.update({key: meta.get(key) for key in (
         "project", "sticky", "lb_apply", "client_keepalive_s", "users", "load", "load_alive")})
+    report.update({"seed": meta.get("seed"), "pick_order": list(meta.get("pick_order") or []),
+                   "mixed_checks": [dict(r) for r in meta.get("mixed_checks") or []]})
     report.update({
         "requests": dict(requests),
         "latency_ms": {k: latency.get(k) for k in ("p50", "p95", "p99", "max")},
@@ -232,12 +236,16 @@ def _figure(name: str, value: Any, report: Mapping[str, Any]) -> str:
         return f"{value} over {_num(report.get('slow_ms'), ' ms', 0)}"
     if name == "load_alive":
         return "yes" if value else "no"
+    if name.startswith("mixed_check"):
+        return f"exit {value}"
     return str(value)
 
 
 def _limit(name: str, limit: Any) -> str:
     if name == "outcome":
         return f"must be {limit}"
+    if name.startswith("mixed_check"):
+        return f"must exit {limit}"
     if name == "load_alive":
         return "must be yes"
     if name == "requests_measured":
@@ -252,21 +260,31 @@ def _limit(name: str, limit: Any) -> str:
 def check_line(check: Mapping[str, Any], report: Mapping[str, Any]) -> str:
     """One check for people: "FAIL stall_s  5.02 s (max 1.00 s)"."""
     name = str(check.get("name"))
-    text = f"{'PASS' if check.get('pass') else 'FAIL'} {name:<20} " \
+    text = f"{_result(check)} {name:<20} " \
            f"{_figure(name, check.get('value'), report)} ({_limit(name, check.get('limit'))})"
     return f"{text}: {check['note']}" if check.get("note") else text
 
 
+def _result(check: Mapping[str, Any]) -> str:
+    """PASS, FAIL, or SKIP for a check that could not run (it holds, and says so)."""
+    return "SKIP" if check.get("skipped") else "PASS" if check.get("pass") else "FAIL"
+
+
 def verdict_line(report: Mapping[str, Any]) -> str:
-    """"PASS: all 9 checks held" or "FAIL: stall_s, requests_measured" (the checks that failed)."""
+    """"PASS: all 9 checks held" (naming those skipped) or "FAIL: stall_s ...; mixed_check_1 exit 3
+    (must exit 0): CMD" (the checks that failed, a mixed check with its command)."""
     result = verdict_of(report)
     checks = list(result.get("checks") or [])
     if result.get("pass"):
-        return f"PASS: all {len(checks)} checks held"
+        skipped = [str(c.get("name")) for c in checks if c.get("skipped")]
+        return f"PASS: all {len(checks)} checks held" + (
+            f" ({len(skipped)} not run: {', '.join(skipped)})" if skipped else "")
     failed = [c for c in checks if not c.get("pass")]
     return "FAIL: " + "; ".join(
         f"{c.get('name')} {_figure(str(c.get('name')), c.get('value'), report)} "
-        f"({_limit(str(c.get('name')), c.get('limit'))})" for c in failed) if failed else "FAIL: no checks"
+        f"({_limit(str(c.get('name')), c.get('limit'))})"
+        + (f": {c.get('note')}" if str(c.get("name")).startswith("mixed_check") else "")
+        for c in failed) if failed else "FAIL: no checks"
 
 
 def _phase_line(name: str, phase: Mapping[str, Any]) -> str:
@@ -372,10 +390,33 @@ def summary_text(report: Mapping[str, Any]) -> str:
     if phases and req.get("total"):
         lines.append("phases")
         lines.extend(_phase_line(name, phase) for name, phase in phases.items())
+    lines.extend(_order_and_mixed_lines(report))
     lines.append("checks")
     lines.extend(f"  {check_line(c, report)}" for c in verdict_of(report).get("checks") or [])
     lines.append(verdict_line(report))
     return "\n".join(lines)
+
+
+def order_text(report: Mapping[str, Any]) -> str:
+    """"[3] [1] [2] (seed 7)": the slots of each batch in the order they were picked."""
+    batches = " ".join(f"[{', '.join(map(str, b))}]" for b in report.get("pick_order") or []) or "-"
+    seed = report.get("seed")
+    return f"{batches} ({'seed ' + str(seed) if seed is not None else 'slot order, no --seed'})"
+
+
+def _order_and_mixed_lines(report: Mapping[str, Any]) -> list[str]:
+    """The pick order, and one line per mixed check with the last line of a failing one's output."""
+    seeded = report.get("seed") is not None and report.get("pick_order")
+    lines = [f"pick order       {order_text(report)}"] if seeded else []
+    records = report.get("mixed_checks") or []
+    if records:
+        lines.append("mixed checks     run once both versions were attached (SANDBOX_URL = the load balancer)")
+    for record in records:
+        lines.append(f"  {record.get('name')}: {mixed_summary(record)}")
+        hint = last_line(str(record.get("stderr_tail") or record.get("stdout_tail") or ""))
+        if record.get("status") in ("failed", "timed_out") and hint:
+            lines.append(f"    {hint}")
+    return lines
 
 
 # --------------------------------------------------------------------------- files
@@ -594,7 +635,7 @@ def _draw_steps(report: Mapping[str, Any], axes: Sequence[Any]) -> list[str]:
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines.extend("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)
+    lines.extend("| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows)
     return "\n".join(lines)
 
 
@@ -638,13 +679,14 @@ def _key_numbers(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("contract violations", _num(exp.get("contract_violations", 0))),
         ("sessions lost", _num(exp.get("sessions_lost", 0))),
         ("drains timed out", _num(sum(1 for d in report.get("drains") or [] if d.get("timed_out")))),
+        ("pick order", order_text(report)),
     ]
 
 
 def _verdict_section(report: Mapping[str, Any]) -> list[str]:
     """The "Verdict" part of report.md: the PASS/FAIL line, then every check."""
     rows = [
-        [c.get("name"), "PASS" if c.get("pass") else "FAIL", _figure(str(c.get("name")), c.get("value"), report),
+        [c.get("name"), _result(c), _figure(str(c.get("name")), c.get("value"), report),
          _limit(str(c.get("name")), c.get("limit")), c.get("note") or ""]
         for c in verdict_of(report).get("checks") or []
     ]
@@ -662,12 +704,26 @@ def markdown_page(report: Mapping[str, Any], *, chart_name: str = "chart.png") -
         f"![chart]({chart_name})",
         "",
         *_verdict_section(report),
+        *_mixed_section(report.get("mixed_checks") or []),
         *_phases_section(report.get("phases") or {}),
         *_steps_section(report.get("steps") or []),
         "", "## What the numbers mean", "",
         *(f"- **{name}**: {text}" for name, text in MEANINGS),
     ]
     return "\n".join(parts) + "\n"
+
+
+def _mixed_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each mixed check: its command, how it ended, and the tail of its output."""
+    if not records:
+        return []
+    parts = ["## Mixed checks", "", "Run once, while both versions were attached, with `SANDBOX_URL` set.", ""]
+    for r in records:
+        parts += [f"### {r.get('name')}: {mixed_summary(r)}", "", f"`{r.get('command')}`", ""]
+        for stream in ("stdout_tail", "stderr_tail"):
+            if r.get(stream):
+                parts += [f"{stream.replace('_tail', '')} (tail):", "", "```", str(r[stream]).rstrip(), "```", ""]
+    return parts
 
 
 def _phases_section(phases: Mapping[str, Any]) -> list[str]:

@@ -13,7 +13,12 @@ measured never passes (no PASS without evidence). The checks:
 - ``drains_timed_out``: drains that gave up at the drain timeout, must be 0;
 - ``requests_measured``: requests the load generator recorded, at least ``min_requests``;
 - ``load_alive``: the load generator ran for the whole run (``report["load_alive"]``,
-  set by the caller; unknown counts as alive).
+  set by the caller; unknown counts as alive);
+- ``mixed_check_1``, ``mixed_check_2``, ...: one per ``--mixed-check`` command (the
+  report's ``mixed_checks`` records, see :mod:`sandbox.rollout.mixed`): it must exit 0
+  within its timeout. A check that never ran (the fleet never had both versions
+  attached: blue-green, naive over the whole fleet) holds but is marked
+  ``skipped``, with the reason in its note, so it never passes unseen.
 
 With the load off (``report["load"] is False``) the checks on traffic cannot
 be measured: they hold, with ``note`` saying so. The same goes for the p99
@@ -61,11 +66,14 @@ class Check:
     value: Any
     limit: Any
     note: str | None = None
+    skipped: bool = False  # it could not be measured in this run (a mixed check that never ran)
 
     def as_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "pass": self.passed, "value": self.value, "limit": self.limit}
         if self.note:
             out["note"] = self.note
+        if self.skipped:
+            out["skipped"] = True
         return out
 
 
@@ -129,6 +137,21 @@ def _load_alive(report: Mapping[str, Any], *, load: bool) -> Check:
     return Check("load_alive", alive, alive, True, None if alive else "the load generator died during the run")
 
 
+def _mixed_checks(report: Mapping[str, Any]) -> list[Check]:
+    """One check per mixed-check record: exit 0 holds; not run holds, skipped, saying why."""
+    checks = []
+    for record in report.get("mixed_checks") or []:
+        name, command, status = str(record.get("name")), record.get("command"), record.get("status")
+        if status == "not_run":
+            checks.append(Check(name, True, None, 0, f"{record.get('reason')}: {command}", skipped=True))
+            continue
+        took = f"killed at the timeout after {record.get('duration_s')} s" if status == "timed_out" \
+            else f"ran {record.get('duration_s')} s"
+        note = f"{took}: {command}"
+        checks.append(Check(name, status == "passed", record.get("exit_code"), 0, note))
+    return checks
+
+
 def load_was_on(report: Mapping[str, Any]) -> bool:
     """False only when the report says the load was off; unknown counts as on."""
     return report.get("load") is not False
@@ -150,6 +173,7 @@ def verdict(report: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> Verdi
         _timed_out_drains(report),
         _requests(report, limits.min_requests, load=load),
         _load_alive(report, load=load),
+        *_mixed_checks(report),
     ))
 
 

@@ -108,6 +108,8 @@ class Executor:
         self.stop_requested = asyncio.Event()  # first Ctrl-C: finish the current step, then stop
         # awaited before each step (the live views show it; `demo --narrate` pauses there)
         self.before_step: Callable[[planner.Step], Awaitable[None]] | None = None
+        # awaited after each step, the load balancer as the step left it (the mixed checks run there)
+        self.after_step: Callable[[planner.Step], Awaitable[None]] | None = None
         self.live = 0  # app containers alive now (for peak_instances)
         self.peak = 0
         self._born: dict[str, float] = {}  # container id -> monotonic time it was started or swapped
@@ -223,6 +225,8 @@ class Executor:
                     await self.before_step(step)
                 await self.notice_dead(run)
                 await self._handlers[step.action](run, step)
+                if self.after_step is not None:
+                    await self.after_step(step)
 
     # -- one handler per action ---------------------------------------------------------------
     async def _start(self, run: _Run, step: planner.Step) -> None:

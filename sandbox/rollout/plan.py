@@ -12,7 +12,10 @@ after an interruption; a rollback is ``plan(fleet, to_version=previous)``.
    and stopped. Nothing is started, and no slot loses its last serving server.
 2. **roll**: every slot still on the old version (or empty) is rebuilt, in
    batches, as the strategy prescribes. Empty and already-detached slots come
-   first: they cost no extra availability.
+   first: they cost no extra availability. Within each of those three groups
+   the slots go in slot order, or, with ``PlanSettings.seed``, in an order
+   shuffled by ``random.Random(seed)`` (the same seed, the same order: a run
+   that found a problem can be replayed).
 
 ``merge_reloads`` then turns the attach that ends one batch and the detach
 that starts the next into one ``reattach`` step (one load balancer reload
@@ -26,6 +29,7 @@ merged and not.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -57,6 +61,7 @@ class PlanSettings:
     strategy: Strategy = "one-at-a-time"
     batch: int = 1  # for rolling, surge and naive; ignored by the others
     mode: Mode = "replace"
+    seed: int | None = None  # None: slots in order; else the pick order is a shuffle seeded with it
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,9 @@ def check_settings(settings: PlanSettings) -> None:
         if value not in get_args(kind):
             choices = ", ".join(get_args(kind))
             raise PlanError(f"{name}: must be one of {choices}; got {value!r}", field=name)
+    seed = settings.seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise PlanError(f"seed: must be a whole number >= 0, got {seed!r}", field="seed")
     if settings.mode == "in-place" and settings.strategy in ("surge", "double-half", "blue-green"):
         raise PlanError(
             f"mode: 'in-place' is not possible with strategy {settings.strategy!r}, which runs "
@@ -198,6 +206,10 @@ def _triage(fleet: Sequence[Server], settings: PlanSettings) -> _Triage:
             (attached if victim.attached else detached).append((slot, victim))
         else:
             empty.append((slot, None))
+    if settings.seed is not None:  # one generator, the groups in a fixed order: the same seed, the same picks
+        rng = random.Random(settings.seed)
+        for group in (empty, detached, attached):
+            rng.shuffle(group)
     return _Triage(tuple(to_attach), tuple(to_remove), tuple(empty + detached + attached))
 
 
@@ -290,6 +302,17 @@ def plan(fleet: Sequence[Server], settings: PlanSettings) -> list[Step]:
         batch_no += 1
         steps += _rebuild_steps(triage.to_rebuild[start : start + size], settings, batch_no)
     return steps
+
+
+def pick_order(steps: Sequence[Step]) -> list[list[int]]:
+    """The slots each batch of ``steps`` acts on, batch by batch, in the order the plan names them
+    (the detached half of a 'reattach' counts in its own, later batch)."""
+    order: dict[int, list[int]] = {}
+    for step in steps:
+        for batch, refs in ((step.batch_no, step.targets), (step.detach_batch or step.batch_no, step.detach)):
+            slots = order.setdefault(batch, [])
+            slots.extend(r.slot for r in refs if r.slot not in slots)
+    return [order[b] for b in sorted(order) if order[b]]
 
 
 def merge_reloads(steps: Sequence[Step]) -> list[Step]:

@@ -24,6 +24,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from sandbox.results.measure import (
 from sandbox.results.records import Event, NginxRow, RequestRow
 from sandbox.results.report import build_report, write_report_dir
 from sandbox.results.verdict import Limits, exit_code
+from sandbox.rollout import mixed
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import Executor, Interrupted, ProbeFactory, Timing
 from sandbox.ui.progress import Progress, TrafficMonitor, make_progress
@@ -93,6 +95,18 @@ class Prepared:
     peak: int | None = None  # most app containers alive at once (simulated)
     floor: int | None = None  # fewest slots serving at once: the expected capacity
     batches: int | None = None
+    seed: int | None = None  # --seed: the pick order is a shuffle seeded with it (None: slot order)
+    mixed_checks: tuple[str, ...] = ()  # run once both versions are attached
+
+    @property
+    def pick_order(self) -> list[list[int]]:
+        """The slots of each batch, in the order the plan takes them."""
+        return planner.pick_order(self.steps)
+
+    def order_line(self) -> str:
+        """"pick order (seed 7): [3] [1] [2]" for people."""
+        how = f"seed {self.seed}" if self.seed is not None else "slot order, no --seed"
+        return f"pick order ({how}): " + " ".join(f"[{', '.join(map(str, b))}]" for b in self.pick_order)
 
     def as_json(self) -> dict[str, Any]:
         """The plan as data: where from and to, the figures, and each step."""
@@ -103,7 +117,8 @@ class Prepared:
 
         return {"kind": self.kind, "from": self.source, "to": self.target, "strategy": self.strategy,
                 "size": self.size, "batches": self.batches, "peak_containers": self.peak,
-                "min_serving": self.floor,
+                "min_serving": self.floor, "seed": self.seed, "pick_order": self.pick_order,
+                "mixed_checks": list(self.mixed_checks),
                 "steps": [{"batch": st.batch_no, "action": st.action, "targets": who(st.targets),
                            "detach": who(st.detach)} for st in self.steps]}
 
@@ -117,6 +132,11 @@ class Prepared:
         lines = [f"{self.kind} {self.source} -> {self.target} with {self.strategy}: {len(self.steps)} steps"
                  + (f" in {self.batches} batches; at most {self.peak} containers, at least {self.floor} of "
                     f"{self.size} servers serving" if self.peak is not None else "")]
+        if self.seed is not None:
+            lines.append("  " + self.order_line())
+        if self.mixed_checks:
+            lines.append(f"  {len(self.mixed_checks)} mixed check(s), run once both versions are attached: "
+                         + "; ".join(self.mixed_checks))
         for step in self.steps:
             line = f"  batch {step.batch_no:<3} {step.action:<8} {who(step.targets)}"
             if step.detach:
@@ -138,6 +158,7 @@ class Ran:
     peak: int  # most app containers alive at once
     load: bool  # traffic ran
     load_alive: bool = True  # the load generator ran until it was asked to stop
+    mixed_checks: list[dict[str, Any]] = field(default_factory=list)  # one record per --mixed-check (mixed.py)
 
 
 @dataclass(frozen=True)
@@ -235,6 +256,7 @@ class Rehearsal:
         self._executor: Executor | None = None
         self._prepared: Prepared | None = None
         self._ran: Ran | None = None
+        self._mixed_ran: list[dict[str, Any]] | None = None  # the mixed checks' records, once the fleet mixed
 
     @property
     def balancer(self) -> Balancer:
@@ -283,11 +305,14 @@ class Rehearsal:
                                   on_event=self.progress.event, events=self.events,
                                   probe=self.deps.probe, timing=self.deps.timing)
         self._executor.before_step = getattr(self.progress, "before_step", None)
+        if self.settings.mixed_checks and not dry_run:
+            self._executor.after_step = self._after_step
         for name in [] if dry_run else await self._executor.reconcile(listed):
             self.progress.line(f"took {name} out of the load balancer: its container is gone or not running")
         instances, servers = await self._executor.fleet(listed)
         plan_settings = planner.PlanSettings(size=size, to_version=target, strategy=self.settings.strategy,  # type: ignore[arg-type]
-                                             batch=self.settings.batch, mode=self.settings.mode)
+                                             batch=self.settings.batch, mode=self.settings.mode,
+                                             seed=self.settings.seed)
         steps = planner.merge_reloads(planner.plan(servers, plan_settings))
         try:
             sim: planner.Simulation | None = planner.simulate(servers, plan_settings, steps)
@@ -300,7 +325,8 @@ class Rehearsal:
                                   strategy=self.settings.strategy, size=size, env=env,
                                   instances=instances, steps=steps,
                                   peak=sim.peak_containers if sim else None, floor=sim.min_serving if sim else None,
-                                  batches=sim.batches if sim else None)
+                                  batches=sim.batches if sim else None, seed=self.settings.seed,
+                                  mixed_checks=self.settings.mixed_checks)
         return self._prepared
 
     async def _load_balancer(self, lb: Any) -> LbState:
@@ -357,8 +383,32 @@ class Rehearsal:
         finally:
             await self._stop_load()
         self._ran = Ran(outcome=outcome, message=message, started=started, t_start=t_start, t_end=t_end,
-                        peak=self.executor.peak, load=self.load is not None, load_alive=self._load_died_at is None)
+                        peak=self.executor.peak, load=self.load is not None, load_alive=self._load_died_at is None,
+                        mixed_checks=mixed.finish(self.settings.mixed_checks, self._mixed_ran, outcome))
         return self._ran
+
+    async def _after_step(self, step: planner.Step) -> None:
+        """The first time the attached set holds two versions, run every mixed check while the
+        rollout waits (so the fleet stays mixed); a failing one is recorded, the rollout goes on."""
+        attached = Counter(u.version for u in self.balancer.state.upstreams)
+        if self._mixed_ran is not None or not mixed.is_mixed(attached):
+            return
+        self._mixed_ran = []
+        shown = ", ".join(f"{n} on {v}" for v, n in sorted(attached.items()))
+        self.progress.line(f"both versions attached ({shown}): running {len(self.settings.mixed_checks)} "
+                           f"mixed check(s) against {self.balancer.url}; the rollout waits")
+        env = {"SANDBOX_URL": self.balancer.url, "SANDBOX_PROJECT": self.settings.project,
+               "SANDBOX_VERSIONS": ",".join(sorted(attached))}
+        for index, command in enumerate(self.settings.mixed_checks, 1):
+            record = await mixed.run_check(command, index=index, env=env,
+                                           timeout_s=self.settings.mixed_check_timeout_s)
+            record.update(attached=dict(attached), batch=step.batch_no)
+            self._mixed_ran.append(record)
+            self.executor.emit("mixed-check", None, batch=step.batch_no, detail={
+                k: record[k] for k in ("name", "status", "exit_code", "duration_s")})
+            hint = mixed.last_line(record["stderr_tail"] or record["stdout_tail"])
+            if record["status"] != "passed":
+                self.progress.line(f"{record['name']} FAILED: {command}" + (f": {hint}" if hint else ""))
 
     def _seed_progress(self) -> None:
         if hasattr(self.progress, "seed"):
@@ -450,7 +500,8 @@ class Rehearsal:
         strategy = "rolling" if self.settings.strategy == "naive" else self.settings.strategy
         back = planner.merge_reloads(planner.plan(servers, planner.PlanSettings(
             size=self.prepared.size, to_version=source, strategy=strategy,  # type: ignore[arg-type]
-            batch=min(self.settings.batch, max(1, self.prepared.size - 1)), mode=self.settings.mode)))
+            batch=min(self.settings.batch, max(1, self.prepared.size - 1)), mode=self.settings.mode,
+            seed=self.settings.seed)))
         try:
             await executor.execute(back, source, env=dict(self.balancer.state.app_env),
                                    from_version=self.prepared.target, instances=listed)
@@ -551,7 +602,10 @@ def unchanged_report(settings: Settings, prepared: Prepared) -> dict[str, Any]:
     return build_report(meta={"project": settings.project, "kind": prepared.kind, "strategy": prepared.strategy,
                               "size": prepared.size, "mode": settings.mode, "from_version": prepared.source,
                               "to_version": prepared.target, "outcome": "completed", "duration_s": 0.0,
-                              "peak_instances": len(prepared.instances), "load": False},
+                              "peak_instances": len(prepared.instances), "load": False,
+                              "seed": prepared.seed, "pick_order": [],
+                              "mixed_checks": mixed.not_run(settings.mixed_checks,
+                                                            "not run: nothing to roll, the fleet was already there")},
                         measured=measure([], []), steps=[], limits=Limits.from_settings(settings))
 
 
@@ -569,6 +623,7 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
         "peak_instances": ran.peak, "sticky": collected.lb.sticky, "lb_apply": collected.lb.lb_apply,
         "client_keepalive_s": collected.lb.client_keepalive_s, "users": settings.users if ran.load else 0,
         "load": ran.load, "load_alive": ran.load_alive and not died if ran.load else None,
+        "seed": prepared.seed, "pick_order": prepared.pick_order, "mixed_checks": ran.mixed_checks,
     }
     report = build_report(meta=meta, measured=measured, steps=collected.events, limits=Limits.from_settings(settings))
     report["attribution"] = attribution(collected.rows, collected.nginx_rows, collected.history)

@@ -35,6 +35,7 @@ from sandbox.results.measure import MeasureSettings, measure
 from sandbox.results.records import Event
 from sandbox.results.report import build_report, write_report_dir
 from sandbox.results.verdict import Limits
+from sandbox.rollout.mixed import not_run
 
 log = logging.getLogger("sandbox.rollout.swarm_native")
 
@@ -155,7 +156,9 @@ def _native_report(settings: Settings, order: str, rows: list[Any], events: list
             "batch": settings.update_parallelism, "mode": "replace", "from_version": "v1", "to_version": "v2",
             "outcome": "completed" if state == "completed" else f"swarm: {state}",
             "duration_s": round(duration_s, 3), "peak_instances": peak, "sticky": settings.sticky,
-            "lb_apply": settings.lb_apply, "users": settings.users, "load": True}
+            "lb_apply": settings.lb_apply, "users": settings.users, "load": True,
+            # Swarm rolls its tasks itself: no step of ours to run a check after, so each one is said not run
+            "mixed_checks": not_run(settings.mixed_checks, "not run: Swarm's own update has no step to run it at")}
     return build_report(meta=meta, measured=measured, steps=events, limits=Limits.from_settings(settings))
 
 
