@@ -39,6 +39,7 @@ log = logging.getLogger("appserver")
 
 SERVICE = "toy-shop"
 SESSION_COOKIE = "sid"
+CONNECT_TIMEOUT_S = 2.0  # to the shared session store
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _SID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _current_sid: contextvars.ContextVar[str] = contextvars.ContextVar("sid")
@@ -144,16 +145,24 @@ class RedisSessions:
     async def _call(self, *args: str) -> Any:
         async with self._lock:
             if self._conn is None:
-                self._conn = await asyncio.open_connection(self.host, self.port)
+                self._conn = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT_S)
             reader, writer = self._conn
             parts = [f"*{len(args)}\r\n"] + [f"${len(a.encode())}\r\n{a}\r\n" for a in args]
-            writer.write("".join(parts).encode())
             try:
+                writer.write("".join(parts).encode())
                 await writer.drain()
                 return await _read_resp(reader)
-            except (OSError, asyncio.IncompleteReadError):
+            except BaseException:  # failed or cancelled half-way: a reply may be pending, start afresh
                 self._conn = None
+                writer.close()
                 raise
+
+    async def ping(self, timeout: float) -> bool:
+        """True when the store answers PING within ``timeout`` seconds (readiness)."""
+        try:
+            return await asyncio.wait_for(self._call("PING"), timeout) == "PONG"
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            return False
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -335,6 +344,9 @@ class Shop:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         state = self.state
+        if state == "ready" and isinstance(self.store, RedisSessions) and not await self.store.ping(1.0):
+            # not ready without its shared session store: every request would answer 500
+            return web.json_response({"status": "no-session-store"}, status=503)
         if state == "ready":
             return web.json_response({"status": state, "version": self.version})
         return web.json_response({"status": state}, status=503)

@@ -326,8 +326,10 @@ async def _fake_redis(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         for _ in range(int(head[1:-2])):
             size = int((await reader.readuntil(b"\r\n"))[1:-2])
             args.append((await reader.readexactly(size + 2))[:-2].decode())
-        cmd, key = args[0], args[1]
-        if cmd == "EXISTS":
+        cmd, key = args[0], (args[1:] or [""])[0]
+        if cmd == "PING":
+            writer.write(b"+PONG\r\n")
+        elif cmd == "EXISTS":
             writer.write(f":{int(key in data)}\r\n".encode())
         elif cmd == "SET":
             data[key] = args[2]
@@ -364,3 +366,27 @@ async def test_redis_sessions_are_shared_between_two_servers() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_redis_ping_says_whether_the_store_answers() -> None:
+    server = await asyncio.start_server(lambda r, w: _fake_redis(r, w, {}), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisSessions(f"127.0.0.1:{port}")
+    try:
+        assert await store.ping(1.0)
+        await store.create("u1")  # the connection still answers in order after a ping
+        assert await store.exists("u1")
+    finally:
+        await store.close()
+        server.close()
+        await server.wait_closed()
+    assert not await RedisSessions(f"127.0.0.1:{port}").ping(1.0)  # nobody listens now
+
+
+@pytest.mark.asyncio
+async def test_healthz_not_ready_without_its_session_store(make_client: MakeClient) -> None:
+    client, _ = await make_client(redis=f"127.0.0.1:{free_port()}")  # nobody listens there
+    resp = await client.get("/healthz")
+    assert resp.status == 503
+    assert (await resp.json())["status"] == "no-session-store"
