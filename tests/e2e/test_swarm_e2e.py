@@ -105,6 +105,22 @@ def test_swarm_up_status_roll_rollback_down(swarm: None, client: docker.DockerCl
     assert client.networks.list(filters=L.project_filter(cli.project)) == []
 
 
+def test_swarm_surge_double_half_blue_green(swarm: None, client: docker.DockerClient, cli: Cli) -> None:
+    """The strategies that start new servers before stopping old ones, each with 0 dropped."""
+    cli.run("up", "--engine", "swarm", "--size", "2", "--port", str(cli.port), check=True)
+    # (strategy, target, the most app servers alive at once: surge 1 adds one, the others a fleet)
+    for strategy, to, peak in (("surge", "v2", 3), ("double-half", "v1", 4), ("blue-green", "v2", 4)):
+        report = assert_passes(cli.run("roll", "--to", to, "--strategy", strategy, *LOAD))
+        assert_clean(report, to)
+        assert report["strategy"] == strategy and report["peak_instances"] == peak, (strategy, report["peak_instances"])
+        assert {i["version"] for i in cli.json("status", "--json")["instances"]} == {to}, strategy
+        assert cli.get("/api/items/1")[1]["X-App-Version"] == to, strategy
+        assert len(services(client, cli.project)) == 2, strategy  # the old fleet's services are removed
+    cli.run("down", check=True)
+    assert services(client, cli.project) == []
+    assert project_objects(client, cli.project) == []
+
+
 def test_swarm_boot_failure_rolls_back(swarm: None, client: docker.DockerClient, cli: Cli) -> None:
     cli.run("up", "--engine", "swarm", "--size", "2", "--port", str(cli.port), check=True)
     report = cli.json("roll", "--to", "v2", "--set-env", "APP_BOOT_FAIL=1", "--ready-timeout", "15",
