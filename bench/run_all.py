@@ -323,21 +323,27 @@ def section_times(out: Out, plan: Plan) -> None:
     out.add("Wall-clock times", lines)
 
 
-def header(argv: Sequence[str]) -> list[str]:
+READY_NOTE = "- every `sandbox` command below ran with `SANDBOX_READY_TIMEOUT=180` (60 apps booting at once)"
+
+
+def header(argv: Sequence[str], *, title: str = "# Benchmark results (issue 10)", script: str = "bench/run_all.py",
+           notes: Sequence[str] = (READY_NOTE,)) -> list[str]:
+    """The results file's head: the command, the commit (and whether the tree was dirty), the date, the
+    machine with its load average at start; then ``notes``."""
     def git(*a: str) -> str:
         return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
     dirty = bool(git("status", "--porcelain"))
     docker_v = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True,
                               text=True).stdout.strip()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return ["# Benchmark results (issue 10)", "",
-            f"- command: `{shlex.join(['python', 'bench/run_all.py', *argv])}`",
+    return [title, "",
+            f"- command: `{shlex.join(['python', script, *argv])}`",
             f"- commit: `{git('rev-parse', 'HEAD')}`" + (" (working tree DIRTY)" if dirty else " (clean tree)"),
             f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
             f"- machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} cores, {mem:.1f} GiB, "
             f"{platform.platform()}, Docker {docker_v or '?'}, load average at start "
             f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}",
-            "- every `sandbox` command below ran with `SANDBOX_READY_TIMEOUT=180` (60 apps booting at once)", ""]
+            *notes, ""]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
