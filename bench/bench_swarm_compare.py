@@ -123,9 +123,10 @@ def measure(args: argparse.Namespace, report_dir: Path) -> list[str]:
             f"`{shown}`", "",
             f"took {took:.0f} s, exit code {proc.returncode} (1 = a strategy failed its verdict)", "",
             *table(STRATEGIES.split(","), compare, report_dir), "",
-            "dropped: requests that got no answer or a 5xx from the LB; p99 (run): all answers of the run "
-            "(warmup, rollout, cooldown); p99 (rollout): answers sent during the rollout; peak containers: "
-            "app tasks running at once (for swarm-native, those Swarm is stopping included).", ""]
+            "dropped: requests with no HTTP answer, a 5xx, or still unanswered when the load stopped; "
+            "p99 (run): all answers of the run (warmup, rollout, cooldown); p99 (rollout): answers sent during "
+            "the rollout; peak containers: app tasks running at once (for swarm-native, those Swarm is stopping "
+            "included).", ""]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
