@@ -20,6 +20,7 @@ import docker
 import pytest
 
 from sandbox.fleet import labels as L
+from sandbox.fleet.images import ImageSet
 from tests.conftest import free_port
 from tests.e2e.conftest import REPO, Cli, assert_passes, project_objects
 
@@ -119,6 +120,25 @@ def test_swarm_surge_double_half_blue_green(swarm: None, client: docker.DockerCl
     cli.run("down", check=True)
     assert services(client, cli.project) == []
     assert project_objects(client, cli.project) == []
+
+
+def test_swarm_your_own_images(swarm: None, client: docker.DockerClient, cli: Cli, image_set: ImageSet) -> None:
+    """--image on Swarm: versions named by you (here the toy app's images under other names, as in
+    test_own_app_e2e), each service with your app's contract, rolled under load with 0 dropped."""
+    images = ["--image", f"green={image_set.app['v1']}", "--image", f"blue={image_set.app['v2']}"]
+    cli.run("up", "--engine", "swarm", "--size", "2", "--port", str(cli.port), *images,
+            "--health-path", "/healthz", "--stop-signal", "SIGINT", check=True)
+    for s in services(client, cli.project):
+        container = s.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
+        assert container["Labels"][L.LABEL_VERSION] == "green" and container["Labels"][L.LABEL_APP_PORT] == "8000"
+        assert container["StopSignal"] == "SIGINT" and "User" not in container  # the image's own USER
+    assert cli.json("status", "--json")["lb"]["versions"] == {"green": image_set.app["v1"], "blue": image_set.app["v2"]}
+    report = assert_passes(cli.run("roll", *LOAD))  # no --to: the last declared, from the fleet's own map
+    assert_clean(report, "blue")
+    assert report["requests"]["by_version"]["green"] > 0 and report["requests"]["by_version"]["blue"] > 0
+    assert {i["version"] for i in cli.json("status", "--json")["instances"]} == {"blue"}
+    cli.run("down", check=True)
+    assert services(client, cli.project) == [] and project_objects(client, cli.project) == []
 
 
 def test_swarm_boot_failure_rolls_back(swarm: None, client: docker.DockerClient, cli: Cli) -> None:
