@@ -18,7 +18,9 @@ not know which engine runs. What changes:
 - stop scales the service to 0 (Swarm sends SIGTERM and waits ``stop_grace_period``),
   reads the task's exit code, then removes the service; kill removes the task's
   container at once, then the service;
-- the image is passed by its local image id, which Swarm runs without trying to pull.
+- the image is passed by its local image id, which Swarm runs without trying to pull (every
+  node that may run a task must hold it); your own images get their contract (port label,
+  stop signal and grace, command, memory, read-only, their USER) as for plain containers.
 
 In-place mode cannot work here (there is no code volume to swap); the settings reject it.
 """
