@@ -330,6 +330,8 @@ def checked_settings(args: argparse.Namespace) -> Settings:
         check_batch(name, batch, settings.size)
         if name == "swarm-native" and settings.engine != "swarm":
             raise UsageError(f"strategies: {spec.strip()!r} needs --engine swarm")
+        if name == "swarm-native" and (settings.images or settings.builds):
+            raise UsageError(f"strategies: {spec.strip()!r} rehearses the toy app only; drop it or --image/--build")
     if args.command == "compare" and not specs:
         raise UsageError("strategies: name at least one strategy")
     if args.command == "demo":

@@ -168,8 +168,6 @@ def _validate_choices(s: Settings) -> None:
     _check(s.lb_apply in LB_APPLY_MODES, "lb_apply",
            f"{s.lb_apply!r} must be one of {', '.join(LB_APPLY_MODES)}")
     _check(s.engine in ENGINES, "engine", f"{s.engine!r} must be one of {', '.join(ENGINES)}")
-    _check(not (s.engine == "swarm" and (s.images or s.builds)), "images",
-           "your own images run on --engine docker for now (Swarm services get the toy app's contract)")
     _check(not (s.engine == "swarm" and s.mode == "in-place"), "mode",
            "in-place cannot run on Swarm (a service has no code volume to swap); use --mode replace")
     _check(s.update_parallelism >= 1, "update_parallelism", f"{s.update_parallelism} must be at least 1")

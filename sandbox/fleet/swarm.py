@@ -18,7 +18,9 @@ not know which engine runs. What changes:
 - stop scales the service to 0 (Swarm sends SIGTERM and waits ``stop_grace_period``),
   reads the task's exit code, then removes the service; kill removes the task's
   container at once, then the service;
-- the image is passed by its local image id, which Swarm runs without trying to pull.
+- the image is passed by its local image id, which Swarm runs without trying to pull (every
+  node that may run a task must hold it); your own images get their contract (port label,
+  stop signal and grace, command, memory, read-only, their USER) as for plain containers.
 
 In-place mode cannot work here (there is no code volume to swap); the settings reject it.
 """
@@ -45,10 +47,12 @@ from docker.types import (
     TaskTemplate,
     UpdateConfig,
 )
+from docker.utils import parse_bytes
 
 from sandbox.errors import EngineError, UsageError
 from sandbox.fleet import labels as L
 from sandbox.fleet.runtime import APP_PORT, APP_USER, Instance, Runtime, _short, app_name, network_name
+from sandbox.fleet.versions import AppSpec
 
 log = logging.getLogger("sandbox.fleet.swarm")
 
@@ -122,6 +126,7 @@ def to_instance(service: Mapping[str, Any], task: Mapping[str, Any] | None, netw
         ip=task_ip(task, network_id) if state == "running" else None,
         created=str(service.get("CreatedAt", "")),
         probe_ip=gateway_ips.get(cid) if cid and state == "running" else None,
+        port=int(labels.get(L.LABEL_APP_PORT, APP_PORT)),
     )
 
 
@@ -150,30 +155,36 @@ def gateway_ips(gwbridge_attrs: Mapping[str, Any]) -> dict[str, str]:
 
 
 def app_service_spec(project: str, slot: int, version: str, image_id: str, env: Mapping[str, str],
-                     from_version: str = "", *, replicas: int = 1, name: str | None = None) -> dict[str, Any]:
+                     from_version: str = "", *, replicas: int = 1, name: str | None = None,
+                     spec: AppSpec | None = None, toy: bool = True) -> dict[str, Any]:
     """Keyword arguments of ``APIClient.create_service`` for one app server (pure).
 
-    The hardening of the plain containers where Swarm (API 1.41) has it: read-only root, a
-    tmpfs /tmp, every capability dropped, a memory and a pid limit, uid 10001. Swarm 20.10
-    has no no-new-privileges for services (the app drops every capability and is not root).
+    The hardening of the plain containers where Swarm (API 1.41) has it: read-only root (unless
+    the app's ``spec`` says otherwise), a tmpfs /tmp, every capability dropped, a memory and a
+    pid limit, and for the toy app uid 10001 (your own images keep their USER). Swarm 20.10 has
+    no no-new-privileges for services. ``spec`` is the app's contract as for plain containers:
+    port (a label), stop signal and grace period, command, memory.
     """
-    extra = {L.LABEL_SLOT: str(slot), L.LABEL_VERSION: version}
+    spec = spec or AppSpec()
+    extra = {L.LABEL_SLOT: str(slot), L.LABEL_VERSION: version, L.LABEL_APP_PORT: str(spec.port)}
     if from_version:
         extra[L.LABEL_FROM] = from_version
     labels = L.project_labels(project, L.ROLE_APP, **extra)
     name = name or app_name(project, slot)
-    resources = Resources(mem_limit=128 * 1024 * 1024)
+    resources = Resources(mem_limit=parse_bytes(spec.memory))
     resources["Limits"]["Pids"] = 128
     container = ContainerSpec(
         image_id,
         hostname=name,
         env=dict(env),
-        user=APP_USER,
+        user=APP_USER if toy else None,
         labels=labels,
-        read_only=True,
+        read_only=spec.read_only,
         mounts=[Mount("/tmp", None, type="tmpfs", tmpfs_size=16 * 1024 * 1024)],
         cap_drop=["ALL"],
-        stop_grace_period=int(STOP_GRACE_S * NANO),
+        stop_grace_period=int(spec.stop_timeout * NANO),
+        stop_signal=spec.stop_signal or None,
+        args=list(spec.command) or None,
     )
     template = TaskTemplate(
         container,
@@ -244,12 +255,12 @@ class SwarmRuntime(Runtime):
     # -- app services -------------------------------------------------------------------------
     def _start_app(
         self, project: str, slot: int, version: str, image: str, env: dict[str, str], from_version: str,
-        spec: Any = None, toy: bool = True,
+        spec: AppSpec | None = None, toy: bool = True,
     ) -> Instance:
-        """The toy app's contract only (config refuses your own images on Swarm, before anything starts)."""
+        """A one-replica service from the local ``image`` with the app's contract ``spec``."""
         image_id = self.client.images.get(image).id or image  # by id: Swarm then does not try to pull
-        spec = app_service_spec(project, slot, version, image_id, env, from_version)
-        created = self.client.api.create_service(**spec)
+        kwargs = app_service_spec(project, slot, version, image_id, env, from_version, spec=spec, toy=toy)
+        created = self.client.api.create_service(**kwargs)
         service = self.client.services.get(created["ID"])
         return self._wait_task(project, service)
 
@@ -325,6 +336,22 @@ class SwarmRuntime(Runtime):
     async def swap_code(self, project: str, instance: Instance, code_tar: bytes) -> Instance:
         raise UsageError("mode: in-place cannot run on Swarm (a service has no code volume to swap); "
                          "use --mode replace")
+
+    async def health(self, instance: Instance) -> str | None:
+        """The HEALTHCHECK status of the service's task container (``starting``, ``healthy``,
+        ``unhealthy``), or None without one. Swarm itself calls such a task running only once
+        it is healthy; the container is inspected on this node (see the README for several)."""
+        def get() -> str | None:
+            service = self._service(instance)
+            cid = task_container_id(latest_task(service.tasks())) if service is not None else None
+            if cid is None:
+                return None
+            try:
+                health = (self.client.containers.get(cid).attrs.get("State") or {}).get("Health")
+            except docker.errors.NotFound:
+                return None
+            return str(health.get("Status")) if health else None
+        return await self._call(get)
 
     async def exit_info(self, instance: Instance) -> str:
         """The task's state, exit code and error, and the service's last log line."""

@@ -17,6 +17,7 @@ from sandbox.errors import UsageError, exit_code_for
 from sandbox.fleet import engines, swarm
 from sandbox.fleet import labels as L
 from sandbox.fleet.runtime import APP_PORT, Instance
+from sandbox.fleet.versions import AppSpec
 from tests.conftest import free_port
 
 NET = "netid123"
@@ -117,7 +118,7 @@ def test_service_spec_labels_dnsrr_one_replica_no_restart_and_hardening() -> Non
     template = spec["task_template"]
     container = template["ContainerSpec"]
     expected = L.project_labels("p", L.ROLE_APP, **{L.LABEL_SLOT: "3", L.LABEL_VERSION: "v2",
-                                                     L.LABEL_FROM: "v1"})
+                                                     L.LABEL_APP_PORT: str(APP_PORT), L.LABEL_FROM: "v1"})
     assert spec["name"] == "p-app-3-000000" and spec["labels"] == expected
     assert container["Labels"] == expected
     assert container["Image"] == "sha256:abc"  # an image id: Swarm does not try to pull it
@@ -131,6 +132,28 @@ def test_service_spec_labels_dnsrr_one_replica_no_restart_and_hardening() -> Non
     assert container["StopGracePeriod"] == int(swarm.STOP_GRACE_S * 1e9)
     assert template["Resources"]["Limits"] == {"MemoryBytes": 128 * 1024 * 1024, "Pids": 128}
     assert container["Mounts"][0]["Type"] == "tmpfs" and container["Mounts"][0]["Target"] == "/tmp"
+
+
+def test_service_spec_carries_your_apps_contract() -> None:
+    contract = AppSpec(port=8080, stop_signal="SIGINT", stop_timeout=5, command=("serve", "--fast"),
+                       memory="256m", read_only=False)
+    spec = swarm.app_service_spec("p", 1, "green", "sha256:abc", {}, spec=contract, toy=False)
+    container = spec["task_template"]["ContainerSpec"]
+    assert spec["labels"][L.LABEL_APP_PORT] == container["Labels"][L.LABEL_APP_PORT] == "8080"
+    assert container.get("User") is None  # your image keeps its USER; the toy app runs as 10001
+    assert container["Args"] == ["serve", "--fast"] and container.get("Command") is None  # CMD, not ENTRYPOINT
+    assert container["StopSignal"] == "SIGINT" and container["StopGracePeriod"] == 5 * 10**9
+    assert container["ReadOnly"] is False and container["CapabilityDrop"] == ["ALL"]
+    assert spec["task_template"]["Resources"]["Limits"]["MemoryBytes"] == 256 * 1024 * 1024
+    default = swarm.app_service_spec("p", 1, "green", "i", {}, toy=False)["task_template"]["ContainerSpec"]
+    assert default.get("StopSignal") is None and default.get("Args") is None  # the image's own
+
+
+def test_an_instance_listens_on_the_port_its_service_says() -> None:
+    service = {**SERVICE, "Spec": {**SERVICE["Spec"], "Labels": {**SERVICE["Spec"]["Labels"],  # type: ignore[dict-item]
+                                                               L.LABEL_APP_PORT: "8080"}}}
+    inst = swarm.to_instance(service, task("running"), NET, {"c1": "192.168.32.3"})
+    assert inst.address == "10.0.9.7:8080" and inst.probe_address == "192.168.32.3:8080"
 
 
 def test_service_names_are_per_slot_and_unique() -> None:
@@ -280,7 +303,7 @@ class FakeService:
 
 
 class FakeSwarmClient:
-    def __init__(self, service: FakeService) -> None:
+    def __init__(self, service: FakeService, health: str | None = None) -> None:
         outer = self
         self.log = service._log
 
@@ -292,6 +315,8 @@ class FakeSwarmClient:
                 return [service]
 
         class Container:
+            attrs: ClassVar[dict[str, Any]] = {"State": {"Health": {"Status": health}} if health else {}}
+
             def remove(self, force: bool = False, **kw: Any) -> None:
                 outer.log.append(f"remove container force={force}")
 
@@ -322,6 +347,21 @@ async def test_kill_removes_the_task_container_at_once_then_the_service() -> Non
     rt = swarm.SwarmRuntime(FakeSwarmClient(FakeService(log, [task("running", cid="c9")])))  # type: ignore[arg-type]
     await rt.kill_app(_instance())
     assert log == ["get container c9", "remove container force=True", "remove service"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("health", ["starting", "healthy", None])
+async def test_health_is_the_task_containers_healthcheck_status(health: str | None) -> None:
+    log: list[str] = []
+    rt = swarm.SwarmRuntime(FakeSwarmClient(FakeService(log, [task("running", cid="c9")]), health))  # type: ignore[arg-type]
+    assert await rt.health(_instance()) == health
+    assert log == ["get container c9"]  # the task's container, not the service id
+
+
+@pytest.mark.asyncio
+async def test_a_task_without_a_container_has_no_health_yet() -> None:
+    rt = swarm.SwarmRuntime(FakeSwarmClient(FakeService([], [task("pending", cid=None)]), "healthy"))  # type: ignore[arg-type]
+    assert await rt.health(_instance()) is None
 
 
 @pytest.mark.asyncio
@@ -374,6 +414,15 @@ def test_native_update_config_carries_the_settings() -> None:
                        "update_failure_action": "rollback"}, environ={})
     cfg = update_config(s, "start-first")
     assert cfg == {"Parallelism": 3, "Delay": 1_500_000_000, "FailureAction": "rollback", "Order": "start-first"}
+
+
+def test_native_with_your_own_versions_is_one_line_exit_2(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "sandbox.toml"  # compare takes your versions from the file only
+    path.write_text('[sandbox]\nengine = "swarm"\n[versions]\ngreen = "my/app:1"\nblue = "my/app:2"\n')
+    code = main(["compare", "--config", str(path), "--strategies", "one-at-a-time,swarm-native:start-first"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "'swarm-native:start-first' rehearses the toy app only" in err, err
 
 
 def test_native_settings_come_from_the_toml(tmp_path: Any) -> None:
