@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpu import cpu_split, describe  # bench/cpu.py (this script's directory)
 from provenance import header as provenance_header  # bench/provenance.py (this script's directory)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,12 +199,13 @@ def ladder(plan: Plan, lb_apply: str) -> list[dict[str, Any]]:
     """Rollouts at growing user counts (think 0) until the first one that drops."""
     rows = []
     for users in plan.ladder:
-        with fleet(f"rate-{lb_apply}-{users}", plan.size, "--lb-apply", lb_apply) as f:
+        with fleet(f"rate-{lb_apply}-{users}", plan.size, "--lb-apply", lb_apply) as f, cpu_split() as split:
             report, roll_cmd = roll(f, "--strategy", "one-at-a-time", "--users", str(users), "--think-ms", "0")
         phases = report.get("phases") or {}
         rows.append({"users": users, "rps": (phases.get("rollout") or {}).get("rps"),
                      "dropped": report["requests"]["dropped"], "p99_rollout": p99(report, "rollout"),
-                     "p99_steady": p99(report, "warmup"), "cmd": roll_cmd, "up_cmd": f.up_cmd})
+                     "p99_steady": p99(report, "warmup"), "cmd": roll_cmd, "up_cmd": f.up_cmd,
+                     "cores": describe(split.cores())})
         print(json.dumps(rows[-1]), flush=True)
         if rows[-1]["dropped"]:
             break
@@ -223,18 +225,22 @@ def fmt(value: Any, digits: int = 1) -> str:
 
 def section_rate(out: Out, plan: Plan) -> dict[str, dict[str, Any] | None]:
     tops: dict[str, dict[str, Any] | None] = {}
-    lines = ["| LB mode | users | req/s in rollout | dropped | p99 rollout ms | p99 steady ms | command |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| LB mode | users | req/s in rollout | dropped | p99 rollout ms | p99 steady ms | cores used | command |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for mode in ("dynamic", "reload"):
         rows = ladder(plan, mode)
         tops[mode] = best(rows)
         lines += [f"| {mode} | {r['users']} | {fmt(r['rps'])} | {r['dropped']} | {fmt(r['p99_rollout'])} | "
-                  f"{fmt(r['p99_steady'])} | {r['cmd']} |" for r in rows]
+                  f"{fmt(r['p99_steady'])} | {r['cores']} | {r['cmd']} |" for r in rows]
     lines += [""] + [f"- highest zero-drop rate, {m}: " + (f"**{fmt(t['rps'])} req/s** ({t['users']} users)"
                                                           if t else "none (the first step dropped)")
                      for m, t in tops.items()]
     lines += [f"- {m}: the ladder ended without a drop, so its rate is a lower bound"
               for m, t in tops.items() if t is not None and t["users"] == plan.ladder[-1]]
+    lines += ["- cores used: average cores per group of processes over the whole `sandbox roll` (warm-up, "
+              "rollout, cool-down; bench/cpu.py reads /proc): locust = the load generator, apps = the app "
+              "servers, nginx = the LB, docker = dockerd, containerd and shims, controller = the sandbox "
+              f"process; the machine has {os.cpu_count()}"]
     out.add(f"Highest zero-drop rate, one-at-a-time over {plan.size} servers, client keep-alive on", lines)
     return tops
 
@@ -247,11 +253,13 @@ def section_wrk(out: Out, plan: Plan, tops: dict[str, dict[str, Any] | None]) ->
         return
     with fleet("wrk", plan.size) as f:
         wrk(f.port, 2)  # warm-up: connections, NGINX workers and the apps' first requests
-        steady, steady_cmd = wrk(f.port, plan.wrk_s)
+        with cpu_split() as split:
+            steady, steady_cmd = wrk(f.port, plan.wrk_s)
     top = tops.get("dynamic")
     share = (f"{100 * top['rps'] / steady['rps']:.0f} %" if top and top["rps"] and steady["rps"] else "-")
     lines = [f"- steady: **{fmt(steady['rps'])} req/s**, {steady['errors']} socket errors, "
-             f"{steady['non_2xx']} non-2xx: {steady_cmd}",
+             f"{steady['non_2xx']} non-2xx: {steady_cmd}; cores used: {describe(split.cores())} "
+             "(wrk itself is in other)",
              f"- highest zero-drop Locust rate in dynamic mode / wrk capacity: {share}"]
     for mode in ("dynamic", "reload"):
         with fleet(f"wrk-{mode}", plan.size, "--lb-apply", mode) as f:
