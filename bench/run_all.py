@@ -238,7 +238,8 @@ def section_rate(out: Out, plan: Plan) -> dict[str, dict[str, Any] | None]:
     lines += [f"- {m}: the ladder ended without a drop, so its rate is a lower bound"
               for m, t in tops.items() if t is not None and t["users"] == plan.ladder[-1]]
     lines += ["- cores used: average cores per group of processes over the whole `sandbox roll` (warm-up, "
-              "rollout, cool-down; bench/cpu.py reads /proc): locust = the load generator, apps = the app "
+              "rollout, cool-down; bench/cpu.py reads /proc for every process on the machine, so other work would "
+              "count too): locust = the load generator, apps = the app "
               "servers, nginx = the LB, docker = dockerd, containerd and shims, controller = the sandbox "
               f"process; the machine has {os.cpu_count()}"]
     out.add(f"Highest zero-drop rate, one-at-a-time over {plan.size} servers, client keep-alive on", lines)
