@@ -272,19 +272,25 @@ def section_wrk(out: Out, plan: Plan, tops: dict[str, dict[str, Any] | None]) ->
 
 
 def section_overhead(out: Out, plan: Plan) -> None:
-    lines = ["| strategy | rollout s | unavoidable s | overhead ratio | dropped | command |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| strategy | rollout s | unavoidable s | overhead ratio | dropped | req/s | p99 rollout / steady ms "
+             "| command |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for tag, strategy in (("one", ["--strategy", "one-at-a-time"]),
                           ("rolling3", ["--strategy", "rolling", "--batch", "3"]),
                           ("dh", ["--strategy", "double-half"])):
         with fleet(f"ovh-{tag}", plan.size) as f:
             report, roll_cmd = roll(f, *strategy, "--users", str(plan.overhead_users))
+        rollout, steady = p99(report, "rollout"), p99(report, "warmup")
+        rps = ((report.get("phases") or {}).get("rollout") or {}).get("rps")
+        ratio = f" = {rollout / steady:.2f}" if rollout and steady else ""
         lines.append(f"| {' '.join(strategy[1:])} | {fmt(report.get('duration_s'), 2)} | "
                      f"{fmt(report.get('unavoidable_s'), 2)} | **{fmt(report.get('overhead_ratio'), 2)}** | "
-                     f"{report['requests']['dropped']} | {roll_cmd} |")
+                     f"{report['requests']['dropped']} | {fmt(rps)} "
+                     f"| {fmt(rollout)} / {fmt(steady)}{ratio} | {roll_cmd} |")
     lines.append("")
-    lines.append("unavoidable: per batch, the longest start-to-first-healthy plus the longest wait until the "
-                 "drained servers had nothing in flight (`unavoidable_s` in every report).")
+    lines.append("unavoidable: per batch, the longest start-to-first-healthy, plus the longest wait until the "
+                 "drained servers had nothing in flight, plus the old servers' stop (`unavoidable_s` in every "
+                 "report). These rolls run the default users (with their think time), well below the machine's "
+                 "capacity, so their p99 ratio is the rollout's cost to latency when there is CPU to spare.")
     out.add(f"Controller overhead over {plan.size} servers ({plan.overhead_users} users)", lines)
 
 
