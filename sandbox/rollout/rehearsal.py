@@ -42,6 +42,7 @@ from sandbox.fleet.probes import Probe
 from sandbox.fleet.runtime import Instance, Runtime
 from sandbox.load.rows import parse_think_ms
 from sandbox.load.run import LoadRun, LoadSettings
+from sandbox.poll import poll
 from sandbox.results.measure import (
     AddressHistory,
     MeasureSettings,
@@ -289,8 +290,10 @@ class Rehearsal:
         if port is None:
             raise NotFoundError(f"project {project!r}: the load balancer has no port label")
         self._balancer = self.deps.balancer(self.runtime, project, port)
-        state = await (self._balancer.load() if dry_run else self._load_balancer(lb))
         listed = await self.runtime.instances(project)
+        if getattr(lb, "status", "running") != "running":  # refuse a bad batch before starting it again
+            check_batch(self.settings.strategy, self.settings.batch, len({i.slot for i in listed}))
+        state = await (self._balancer.load() if dry_run else self._load_balancer(lb))
         size = state.size or len({i.slot for i in listed})
         check_batch(self.settings.strategy, self.settings.batch, size)  # before anything is built or touched
         image_set = await self._fleet_images(build=not dry_run)
@@ -335,14 +338,19 @@ class Rehearsal:
             return await self.balancer.load()
         self.progress.line(f"the load balancer was {lb.status}: starting it again")
         await self.runtime.start_again(lb)
-        last: BalancerError | None = None
-        for _ in range(50):  # NGINX takes a moment to listen
+        last: list[BalancerError] = []
+
+        async def answers() -> LbState | None:
             try:
                 return await self.balancer.load()
             except BalancerError as exc:
-                last = exc
-                await asyncio.sleep(0.2)
-        raise BalancerError(f"the restarted load balancer does not answer: {last}")
+                last[:] = [exc]
+                return None
+
+        state = await poll(answers, timeout=10.0, interval=0.2)  # NGINX takes a moment to listen
+        if state is None:
+            raise BalancerError(f"the restarted load balancer does not answer: {last[0] if last else '?'}")
+        return state
 
     async def _fleet_images(self, *, build: bool = True) -> ImageSet:
         """The images of this fleet: its versions map from the load balancer's label (the toy app's

@@ -96,6 +96,11 @@ class FakeRuntime:
     async def lb(self, project: str) -> FakeLb | None:
         return self.lbs.get(project)
 
+    async def start_again(self, container: FakeLb) -> FakeLb:
+        self.log.append(f"start_again {container.name}")
+        container.status = "running"
+        return container
+
     async def lb_port(self, project: str) -> int | None:
         lb = self.lbs.get(project)
         return int(lb.labels["port"]) if lb else None

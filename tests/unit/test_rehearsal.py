@@ -170,6 +170,17 @@ async def test_a_roll_gives_the_new_servers_the_fleet_env_and_set_env() -> None:
     assert world.runtime.env["n1"] == {"APP_STOP_DELAY": "0", "FLEET": "1", "NEW": "1"}
 
 
+@pytest.mark.asyncio
+async def test_a_bad_batch_is_refused_before_a_stopped_lb_is_started_again() -> None:
+    world = World(n=2)
+    world.runtime.lbs["p"].status = "exited"
+    with pytest.raises(UsageError, match=r"^batch: 5 must be smaller than the fleet \(2 servers\)"):
+        await world.rehearse(settings(strategy="rolling", batch=5))
+    assert world.runtime.lbs["p"].status == "exited" and world.runtime.log == []
+    await world.rehearse(settings(strategy="rolling", batch=1))  # a good batch: started again, then rolled
+    assert world.runtime.log[0] == "start_again p-lb" and world.attached_versions() == {"v2"}
+
+
 @pytest.mark.parametrize(("rollout", "version", "error", "fragment"), [
     (None, "v1", UsageError, "nothing to roll back"),
     ({"kind": "rollback", "from": "v2", "to": "v1", "status": "completed"}, "v1", UsageError, "nothing to roll back"),
