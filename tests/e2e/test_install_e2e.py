@@ -23,7 +23,7 @@ import pytest
 
 from sandbox.fleet.images import ImageSet
 from tests.conftest import free_port
-from tests.e2e.conftest import REPO, project_objects
+from tests.e2e.conftest import REPO, assert_passes, project_objects
 
 pytestmark = pytest.mark.e2e
 
@@ -60,9 +60,10 @@ def project(client: docker.DockerClient, installed: Path, tmp_path: Path) -> Ite
         assert project_objects(client, name) == []
 
 
-def run(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run(bin_dir: Path, cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([str(bin_dir / "sandbox"), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"sandbox {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    if check:
+        assert proc.returncode == 0, f"sandbox {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
 
 
@@ -81,8 +82,8 @@ def test_wheel_install_builds_rolls_and_removes_from_outside_the_checkout(
     port = str(free_port())
     run(installed, tmp_path, "up", "--project", project, "--size", "2", "--port", port)
     rolled = run(installed, tmp_path, "roll", "--project", project, "--to", "v2", "--users", "5",
-                 "--warmup", "1", "--cooldown", "1", "--json")
-    report = json.loads(rolled.stdout)
+                 "--warmup", "1", "--cooldown", "1", "--json", check=False)
+    report = assert_passes(rolled)  # a busy machine's p99 may fail its check, and then the exit code says 1
     assert report["outcome"] == "completed", report
     assert report["requests"]["total"] > 0 and report["requests"]["dropped"] == 0, report["requests"]
     status = json.loads(run(installed, tmp_path, "status", "--project", project, "--json").stdout)
