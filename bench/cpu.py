@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -94,22 +94,33 @@ class Split:
 
 
 @contextmanager
-def cpu_split(interval: float = 0.5) -> Iterator[Split]:
-    split, stop = Split(), threading.Event()
-    split.sample(first=True)
-    t0 = time.monotonic()
+def sampling(sample: Callable[[], None], interval: float) -> Iterator[None]:
+    """Call ``sample`` in a background thread every ``interval`` seconds (0: back to back) until
+    the block ends."""
+    stop = threading.Event()
 
     def loop() -> None:
         while not stop.wait(interval):
-            split.sample()
+            sample()
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
     try:
-        yield split
+        yield
     finally:
         stop.set()
-        thread.join()
+        thread.join(timeout=120)
+
+
+@contextmanager
+def cpu_split(interval: float = 0.5) -> Iterator[Split]:
+    split = Split()
+    split.sample(first=True)
+    t0 = time.monotonic()
+    try:
+        with sampling(split.sample, interval):
+            yield split
+    finally:
         split.sample()
         split.wall_s = time.monotonic() - t0
 

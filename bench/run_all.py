@@ -25,7 +25,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cpu import cpu_split, describe  # bench/cpu.py (this script's directory)
+from cpu import cpu_split, describe, sampling  # bench/cpu.py (this script's directory)
 from provenance import header as provenance_header  # bench/provenance.py (this script's directory)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,18 +141,8 @@ def project_memory_mib(project: str) -> float:
 def peak_memory(project: str) -> Iterator[list[float]]:
     """Sample the project's memory until the block ends; the list's max is the peak."""
     samples: list[float] = []
-    done = threading.Event()
-
-    def loop() -> None:
-        while not done.is_set():
-            samples.append(project_memory_mib(project))
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
+    with sampling(lambda: samples.append(project_memory_mib(project)), 0):
         yield samples
-    finally:
-        done.set()
-        thread.join(timeout=120)
 
 
 # -- wrk ------------------------------------------------------------------------------------------
