@@ -42,15 +42,14 @@ def shown(args: list[str]) -> str:
 
 
 def drains(report: dict[str, Any]) -> list[str]:
-    """One table row per drain: the server, requests in flight at its detach, the drain's length."""
-    at_detach = {e.get("instance"): (e.get("detail") or {}).get("in_flight")
-                 for e in report.get("steps") or [] if e.get("phase") == "detach"}
+    """One table row per drain: the server, the load balancer's in-flight count for it when the
+    drain began, the drain's length, whether it timed out, what it watched."""
     rows = []
     for e in report.get("steps") or []:
         if e.get("phase") == "drain":
             d = e.get("detail") or {}
-            rows.append(f"| {e.get('instance')} | {at_detach.get(e.get('instance'), '-')} | "
-                        f"{d.get('duration_s', '-')} | {d.get('timed_out', '-')} | {d.get('signal', '-')} |")
+            rows.append(f"| {e.get('instance')} | {d.get('in_flight', '-')} | {d.get('duration_s', '-')} | "
+                        f"{d.get('timed_out', '-')} | {d.get('signal', '-')} |")
     return rows
 
 
@@ -85,10 +84,12 @@ def main() -> int:
              f"| {report.get('from_version')} | {report.get('to_version')} | {req['total']} | {req['dropped']} | "
              f"{report.get('duration_s')} | {'PASS' if report['verdict']['pass'] else 'FAIL'} | "
              f"{', '.join(failed) or '-'} | {req.get('slow', '-')} | {report.get('stall_s', '-')} |", "",
-             "Answers by version: " + ", ".join(f"{v} {n}" for v, n in sorted(req.get("by_version", {}).items())),
+             "Answers by version: " + ", ".join(f"{v} {n}" for v, n in sorted(req.get("by_version", {}).items())
+                                                if n or v == "unknown"),
              f"(attributed from: {report.get('attribution')})", "",
              "## Drains (the load balancer's in-flight count, not the app's)", "",
-             "| server | in flight at detach | drain s | timed out | signal |", "| --- | --- | --- | --- | --- |",
+             "| server | in flight when the drain began | drain s | timed out | signal |",
+             "| --- | --- | --- | --- | --- |",
              *drains(report), ""]
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
