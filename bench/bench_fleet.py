@@ -15,7 +15,6 @@ import asyncio
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 import aiohttp
 import docker
 
+from sandbox.ports import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = "bench-fleet"
 
@@ -31,12 +32,6 @@ PROJECT = "bench-fleet"
 def sandbox(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "sandbox", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=900)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def aiohttp_rps(url: str, seconds: float = 10, concurrency: int = 64) -> float:

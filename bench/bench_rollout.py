@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from sandbox.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,12 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 def sandbox(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "sandbox", *args], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=1800)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(n: int, size: int, users: int, strategy: list[str], env: dict[str, str], set_env: list[str]) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,16 +33,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from provenance import header  # noqa: E402  (after bench/ is on the path)
 
+from sandbox.ports import free_port  # noqa: E402  (the editable install, or the repo on the path)
+
 STRATEGIES = "one-at-a-time,rolling:3,swarm-native:stop-first,swarm-native:start-first"
 SWARM_UPDATE = ["--update-parallelism", "1", "--update-delay", "0", "--update-failure-action", "pause",
                 "--stop-grace-period", "20"]
 TIMEOUT_S = 3600
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def swarm_state() -> tuple[str, bool]:

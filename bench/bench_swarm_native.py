@@ -33,8 +33,8 @@ from sandbox.fleet.images import ensure_images
 from sandbox.fleet.runtime import APP_PORT
 from sandbox.fleet.swarm import SwarmRuntime
 from sandbox.load.run import LoadRun, LoadSettings
+from sandbox.ports import free_port
 from sandbox.results.measure import measure
-from tests.conftest import free_port
 
 NANO = 1_000_000_000
 HEALTHCHECK = Healthcheck(

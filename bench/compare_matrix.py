@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from sandbox.config import BATCHED_STRATEGIES, PROJECT_RE  # noqa: E402
 from sandbox.fleet import labels as L  # noqa: E402  (after the repo is on the path)
+from sandbox.ports import free_port  # noqa: E402  (the editable install, or the repo on the path)
 
 PY = [sys.executable, "-m", "sandbox"]
 V2_MODES = ("compatible", "breaking")
@@ -78,12 +78,6 @@ class Combo:
     @property
     def title(self) -> str:
         return f"v2 {self.v2_mode}, sessions {self.sessions}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fleet_projects(project: str, n_strategies: int) -> list[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,15 +21,11 @@ from typing import Any
 
 from provenance import header  # bench/provenance.py (this script's directory)
 
+from sandbox.ports import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 PY = [sys.executable, "-m", "sandbox"]
 IMAGES = ("0.10.1=rolling-sandbox-example/httpbin:0.10.1", "0.10.2=rolling-sandbox-example/httpbin:0.10.2")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(args: list[str]) -> subprocess.CompletedProcess[str]:

@@ -22,7 +22,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,8 @@ from typing import Any
 
 from cpu import cpu_split, describe, sampling  # bench/cpu.py (this script's directory)
 from provenance import header as provenance_header  # bench/provenance.py (this script's directory)
+
+from sandbox.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PY = [sys.executable, "-m", "sandbox"]
@@ -68,12 +69,6 @@ class Out:
     def add(self, title: str, lines: Sequence[str]) -> None:
         self.sections.append("\n".join([f"## {title}", "", *lines, ""]))
         print(self.sections[-1], flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(args: Sequence[str], timeout: float = 1800) -> tuple[subprocess.CompletedProcess[str], float]:

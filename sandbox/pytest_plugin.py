@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,6 +30,7 @@ from typing import Any
 import pytest
 
 from sandbox.errors import SandboxError
+from sandbox.ports import free_port
 
 Runner = Callable[[Sequence[str], float], subprocess.CompletedProcess[str]]
 """Runs ``sandbox ARGS`` (the arguments after the program name) with a timeout in seconds."""
@@ -108,13 +108,6 @@ def parse_images(pairs: Sequence[str]) -> dict[str, str]:
             raise pytest.UsageError(f"sandbox image: {pair!r} must be NAME=REF, e.g. v1=myapp:1.4.1")
         images[name.strip()] = ref.strip()
     return images
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def subprocess_runner(python: str = sys.executable) -> Runner:

@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -60,6 +59,7 @@ from sandbox.load.rows import (
     parse_rows,
 )
 from sandbox.poll import poll
+from sandbox.ports import free_port
 from sandbox.results.records import RequestRow
 
 log = logging.getLogger("sandbox.load.run")
@@ -109,13 +109,6 @@ class LoadEnd:
             "exit_code": self.exit_code, "died_early": self.died_early, "died_at": self.died_at,
             "flushed_by_signal": self.flushed_by_signal, "killed": self.killed,
         }  # fmt: skip
-
-
-def _free_port() -> int:
-    """A TCP port free on this machine right now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def group_members(pgid: int) -> list[int]:
@@ -197,7 +190,7 @@ class LoadRun:
         s = self.settings
         processes = []
         if s.workers > 1:  # the master's port: a free one, not Locust's fixed 5557 (two runs side by side)
-            port = str(_free_port())
+            port = str(free_port())
             processes = ["--processes", str(s.workers), "--master-bind-port", port, "--master-port", port]
         return [
             sys.executable, "-m", "locust",
@@ -462,10 +455,3 @@ class LoadRun:
             if line.strip():
                 return line.strip()
         return ""
-
-
-def _free_tcp_port() -> int:
-    """A TCP port free on all interfaces now (Locust's master binds ``*``)."""
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])

@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from aiohttp import web
 
 from sandbox.load.run import LoadRun, LoadSettings, TrafficError, group_members
 from sandbox.results.records import RequestRow
+from tests.conftest import free_port
 from tests.e2e.conftest import REPO, Cli, assert_passes
 
 pytestmark = [pytest.mark.e2e]
@@ -52,10 +52,6 @@ class FakeApp:
     rids: list[str] = field(default_factory=list)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest_asyncio.fixture
@@ -119,7 +115,7 @@ async def fake_app() -> AsyncIterator[FakeApp]:
     app.router.add_get("/", home)
     runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     state.url = f"http://127.0.0.1:{port}"
@@ -303,7 +299,7 @@ async def test_broken_locustfile_reports_last_line(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_server_not_listening_gives_status_0_rows(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     run = LoadRun(url, LoadSettings(users=3, spawn_rate=50, timeout_s=2), tmp_path / "rows.jsonl")
     async with run:
         await asyncio.sleep(1.0)

@@ -175,9 +175,9 @@ def test_a_malformed_ini_image_is_a_usage_error(pytester: pytest.Pytester) -> No
 
 def test_the_plugin_imports_nothing_heavy() -> None:
     """Installed, it loads into every pytest session: no Docker SDK, Locust, gevent, aiohttp or other
-    module of ours at import but the exception tree (standard library only)."""
+    module of ours at import but the exception tree and the port picker (standard library only)."""
     code = ("import sys, sandbox.pytest_plugin; print(sorted(m for m in sys.modules "
-            "if m not in ('sandbox.pytest_plugin', 'sandbox.errors') "
+            "if m not in ('sandbox.pytest_plugin', 'sandbox.errors', 'sandbox.ports') "
             "and (m.split('.')[0] in ('docker', 'locust', 'gevent', 'aiohttp') or m.startswith('sandbox.'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
                          capture_output=True, text=True, check=True)
