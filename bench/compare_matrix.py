@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
-from provenance import header  # bench/provenance.py (this script's directory)
+from provenance import PY, header, shown  # bench/provenance.py (this script's directory)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -36,7 +35,6 @@ from sandbox.config import BATCHED_STRATEGIES, PROJECT_RE  # noqa: E402
 from sandbox.fleet import labels as L  # noqa: E402  (after the repo is on the path)
 from sandbox.ports import free_port  # noqa: E402  (the editable install, or the repo on the path)
 
-PY = [sys.executable, "-m", "sandbox"]
 V2_MODES = ("compatible", "breaking")
 SESSIONS = ("memory", "shared")
 
@@ -97,10 +95,6 @@ def compare_args(plan: Plan, project: str, port: int, v2_mode: str, sessions: st
     return [*PY, "compare", "--project", project, "--port", str(port), "--size", str(plan.size),
             "--strategies", plan.strategies, "--v2-mode", v2_mode, "--sessions", sessions, *plan.load,
             "--json", "--report", str(report)]
-
-
-def shown(args: Sequence[str]) -> str:
-    return "`" + shlex.join(["sandbox", *args[len(PY):]]) + "`"
 
 
 def run_compare(args: Sequence[str]) -> tuple[int | None, list[dict[str, Any]], str | None]:

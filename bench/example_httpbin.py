@@ -13,27 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from provenance import header  # bench/provenance.py (this script's directory)
+from provenance import PY, header, shown  # bench/provenance.py (this script's directory)
 
 from sandbox.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-PY = [sys.executable, "-m", "sandbox"]
 IMAGES = ("0.10.1=rolling-sandbox-example/httpbin:0.10.1", "0.10.2=rolling-sandbox-example/httpbin:0.10.2")
 
 
 def run(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1800)
-
-
-def shown(args: list[str]) -> str:
-    return "`" + shlex.join(["sandbox", *args[len(PY):]] if args[:len(PY)] == PY else args) + "`"
 
 
 def drains(report: dict[str, Any]) -> list[str]:

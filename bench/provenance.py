@@ -1,8 +1,9 @@
-"""Where a benchmark's figures came from: the lines every bench/*.md output starts with.
+"""Where a benchmark's figures came from: the lines every bench/*.md output starts with, and how
+the commands behind each figure are shown.
 
 The command that ran, the commit and whether the tree was dirty, the date, the machine and its load
-average when the run started. Used by run_all.py, soak.py and compare_matrix.py (run as scripts, so
-this directory is first on ``sys.path``).
+average when the run started. Used by the bench scripts (run as scripts, so this directory is first
+on ``sys.path``).
 """
 
 from __future__ import annotations
@@ -11,11 +12,19 @@ import os
 import platform
 import shlex
 import subprocess
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+PY = [sys.executable, "-m", "sandbox"]  # how the scripts run the sandbox
+
+
+def shown(args: Sequence[str]) -> str:
+    """A command as a results file shows it, in backticks: ``PY ...`` as ``sandbox ...``."""
+    words = ["sandbox", *args[len(PY):]] if list(args[:len(PY)]) == PY else list(args)
+    return "`" + shlex.join(words) + "`"
 
 
 def git(*args: str) -> str:

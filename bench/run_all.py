@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -32,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from cpu import cpu_split, describe, sampling  # bench/cpu.py (this script's directory)
+from provenance import PY, shown
 from provenance import header as provenance_header  # bench/provenance.py (this script's directory)
 
 from sandbox.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-PY = [sys.executable, "-m", "sandbox"]
 # `up --size 60` boots 60 Python apps at once: on 2 cores some need more than the default 30 s
 ENV = {**os.environ, "SANDBOX_READY_TIMEOUT": "180"}
 
@@ -77,11 +76,6 @@ def run(args: Sequence[str], timeout: float = 1800) -> tuple[subprocess.Complete
     return proc, time.monotonic() - t0
 
 
-def cmd(args: Sequence[str]) -> str:
-    shown = ["sandbox", *args[len(PY):]] if list(args[:len(PY)]) == PY else list(args)
-    return "`" + shlex.join(shown) + "`"
-
-
 @dataclass
 class Fleet:
     project: str
@@ -99,7 +93,7 @@ def fleet(tag: str, size: int, *extra: str) -> Iterator[Fleet]:
     try:
         if proc.returncode:
             raise RuntimeError(f"up failed: {proc.stderr.strip().splitlines()[-1:]}")
-        yield Fleet(project, port, took, cmd(args))
+        yield Fleet(project, port, took, shown(args))
     finally:
         run([*PY, "down", "--project", project])
 
@@ -108,7 +102,7 @@ def roll(f: Fleet, *extra: str) -> tuple[dict[str, Any], str]:
     args = [*PY, "roll", "--project", f.project, "--to", "v2", "--json", *extra]
     proc, _ = run(args)
     try:
-        return json.loads(proc.stdout), cmd(args)
+        return json.loads(proc.stdout), shown(args)
     except json.JSONDecodeError as exc:
         raise RuntimeError(f"roll gave no report: {proc.stderr.strip()[-300:]}") from exc
 
@@ -157,7 +151,7 @@ def wrk_args(port: int, seconds: int) -> list[str]:
 def wrk(port: int, seconds: int) -> tuple[dict[str, Any], str]:
     args = wrk_args(port, seconds)
     proc, _ = run(args, timeout=seconds + 60)
-    return parse_wrk(proc.stdout), "`" + shlex.join(args) + "`"
+    return parse_wrk(proc.stdout), shown(args)
 
 
 def wrk_during(f: Fleet) -> tuple[dict[str, Any], dict[str, Any], str]:
@@ -171,7 +165,7 @@ def wrk_during(f: Fleet) -> tuple[dict[str, Any], dict[str, Any], str]:
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
-    return parse_wrk(out), report, f"`{shlex.join(args)}` (stopped 1 s after the rollout) during {roll_cmd}"
+    return parse_wrk(out), report, f"{shown(args)} (stopped 1 s after the rollout) during {roll_cmd}"
 
 
 # -- the figures ----------------------------------------------------------------------------------
@@ -318,7 +312,7 @@ def section_times(out: Out, plan: Plan) -> None:
         args = [*PY, "demo", "--project", project, "--port", str(free_port())]
         proc, took = run(args)
         run([*PY, "down", "--project", project])
-        lines.append(f"- `sandbox demo` end to end: **{took:.1f} s**, exit {proc.returncode}: {cmd(args)}")
+        lines.append(f"- `sandbox demo` end to end: **{took:.1f} s**, exit {proc.returncode}: {shown(args)}")
     out.add("Wall-clock times", lines)
 
 
