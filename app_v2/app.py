@@ -3,7 +3,7 @@
 VERSION = "v2"
 
 
-def item(item_id: int, breaking: bool) -> dict:
+def item(item_id: int, breaking: bool) -> dict[str, int | str]:
     """The item ``item_id`` as v2 serves it; ``breaking`` renames ``name`` to ``title``."""
     label = "title" if breaking else "name"
     price = 100 + item_id % 900

@@ -162,7 +162,8 @@ class RedisSessions:
     async def ping(self, timeout: float) -> bool:
         """True when the store answers PING within ``timeout`` seconds (readiness)."""
         try:
-            return await asyncio.wait_for(self._call("PING"), timeout) == "PONG"
+            reply: object = await asyncio.wait_for(self._call("PING"), timeout)
+            return reply == "PONG"
         except (TimeoutError, OSError, asyncio.IncompleteReadError):
             return False
 

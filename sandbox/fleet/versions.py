@@ -22,7 +22,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from sandbox.errors import UsageError
+from sandbox.errors import ImageBuildError, UsageError
 from sandbox.fleet import labels as L
 
 log = logging.getLogger("sandbox.fleet.versions")
@@ -105,8 +105,6 @@ def resolve(client: docker.DockerClient, project: str, images: Mapping[str, str]
 def build_dir(client: docker.DockerClient, project: str, name: str, directory: Path,
               say: Callable[[str], None] = log.info) -> str:
     """``docker build`` of ``directory`` (its Dockerfile), tagged and labelled as this project's image."""
-    from sandbox.fleet.images import ImageBuildError  # images imports much; only needed here
-
     ref = build_ref(project, name)
     say(f"building {ref} from {directory}")
     buf = io.BytesIO()
@@ -133,7 +131,7 @@ def to_label(versions: Mapping[str, str], toy: bool, spec: AppSpec | None = None
 def from_label(text: str | None) -> tuple[dict[str, str], bool] | None:
     """``(versions, toy)`` from the label value; None when absent or unreadable (a fleet from before)."""
     found = _label(text)
-    return None if found is None else found[:2]  # type: ignore[return-value]
+    return None if found is None else found[:2]
 
 
 def spec_from_label(text: str | None) -> AppSpec:

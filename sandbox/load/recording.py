@@ -235,8 +235,7 @@ def _wrap(orig: Callable[..., Any], *, timeout_kw: bool) -> Callable[..., Any]:
                             exc=getattr(response, "error", None))
         return response
 
-    request.__wrapped__ = orig  # type: ignore[attr-defined]
-    request._sandbox_recording = True  # type: ignore[attr-defined]
+    request.__dict__.update(__wrapped__=orig, _sandbox_recording=True)  # for inspect.unwrap and install()
     return request
 
 
@@ -248,6 +247,7 @@ def install() -> None:
     """Wrap the HTTP clients' ``request`` (once per process; idempotent)."""
     for cls, timeout_kw in ((HttpSession, True), (FastHttpSession, False)):
         if not getattr(cls.request, "_sandbox_recording", False):
+            # patching Locust's clients is the point (setattr with a constant name is ruff's B010)
             cls.request = _wrap(cls.request, timeout_kw=timeout_kw)  # type: ignore[method-assign]
 
 

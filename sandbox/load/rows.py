@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from sandbox.results.records import RequestRow
 
@@ -284,17 +284,17 @@ def complete_row(
     """A copy of ``row`` filled in with its answer (or its client-side error)."""
     fields = answer_fields(headers)
     done = RequestRow(**row)
-    done.update(
-        t_end=t_end,
-        status=status,
-        version=fields.version,
-        instance=fields.instance,
-        session=fields.session,
-        latency_ms=round(latency_ms, 3),
-        error=error_text(status, exc),
-        contract=contract,
-        unanswered=False,
-    )
+    done.update({
+        "t_end": t_end,
+        "status": status,
+        "version": fields.version,
+        "instance": fields.instance,
+        "session": fields.session,
+        "latency_ms": round(latency_ms, 3),
+        "error": error_text(status, exc),
+        "contract": contract,
+        "unanswered": False,
+    })
     return done
 
 
@@ -345,14 +345,14 @@ def untracked_row(
 def unanswered_row(row: RequestRow) -> RequestRow:
     """A copy of ``row`` for a request still waiting when the load stopped."""
     done = RequestRow(**row)
-    done.update(
-        t_end=None,
-        status=0,
-        latency_ms=None,
-        error=UNANSWERED_ERROR,
-        contract=None,
-        unanswered=True,
-    )
+    done.update({
+        "t_end": None,
+        "status": 0,
+        "latency_ms": None,
+        "error": UNANSWERED_ERROR,
+        "contract": None,
+        "unanswered": True,
+    })
     return done
 
 
@@ -376,7 +376,7 @@ def parse_rows(lines: Iterable[bytes | str]) -> list[RequestRow]:
             log.warning("skipping a malformed request row: %.120s", text)
             continue
         if isinstance(value, dict):
-            rows.append(value)  # type: ignore[arg-type]
+            rows.append(cast(RequestRow, value))  # trusted: these lines were written by dump_row
         else:
             log.warning("skipping a request row that is not an object: %.120s", text)
     return rows

@@ -19,18 +19,27 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, TextIO, TypedDict
 
 from sandbox.results.measure import is_dropped
 from sandbox.results.records import Event, RequestRow
 from sandbox.ui.state import RolloutState, narrate
 
 if TYPE_CHECKING:
+    from rich.console import RenderableType
+
     from sandbox.rollout.plan import Step
 
 NARRATE_PAUSE_S = 4.0  # `demo --narrate`: the pause after each sentence of the first batch
 RATE_WINDOW_S = 2.0
 P99_WINDOW_S = 5.0
+
+
+class LiveFigures(TypedDict):
+    rps: dict[str, float]  # successful answers per second by version ("?" when unknown)
+    p99_ms: float | None
+    dropped: int
+    total: int
 
 
 @dataclass
@@ -67,7 +76,7 @@ class TrafficMonitor:
         recent = [bad for t, bad in self.recent if t >= cutoff]
         return len(recent) / window_s, sum(recent)
 
-    def figures(self, now: float | None = None) -> dict[str, Any]:
+    def figures(self, now: float | None = None) -> LiveFigures:
         """Successful answers per second by version (last 2 s), p99 (last 5 s), dropped so far."""
         now = time.time() if now is None else now
         rps: dict[str, float] = {}
@@ -222,7 +231,7 @@ class LiveProgress(Progress):
         self.state.traffic(monitor.figures(now), now)
         self.live.update(self._render())
 
-    def _render(self) -> Any:
+    def _render(self) -> RenderableType:
         from rich.console import Group
         from rich.table import Table
 
