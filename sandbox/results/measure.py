@@ -561,11 +561,10 @@ def like_for_like(
     same requests only (their method and name, and their user, seen answered in both phases),
     with the number of answers each rests on and the number of request classes compared."""
     bounds = phase_bounds(events, window)
-    members = _phase_members(rows, bounds)
-    if len(bounds) < 2:
-        members = [[], []]
+    # no rollout began: one "all" phase, nothing to compare
+    members = _phase_members(rows, bounds)[:2] if len(bounds) > 1 else [[], []]
     steady, rolling = ([(r, v) for r in m if is_answered(r) and (v := latency_ms(r)) is not None]
-                       for m in members[:2])
+                       for m in members)
 
     def kind(row: Mapping[str, Any]) -> tuple[Any, Any]:
         return row.get("method"), row.get("name")

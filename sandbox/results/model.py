@@ -548,7 +548,8 @@ class P99(Check):
 
     def to_json(self) -> Json:
         return {**super().to_json(), "rollout_p99_ms": self.rollout_p99_ms, "steady_p99_ms": self.steady_p99_ms,
-                "max_p99_ms": self.max_p99_ms, "samples": dict(self.samples or {}), "min_samples": self.min_samples}
+                "max_p99_ms": self.max_p99_ms, "samples": None if self.samples is None else dict(self.samples),
+                "min_samples": self.min_samples}
 
 
 CHECK_KINDS: dict[str, type[Check]] = {k.KIND: k for k in (Check, Seconds, AtLeast, Equals, Alive, ExitZero, P99)}
