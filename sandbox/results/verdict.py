@@ -117,8 +117,8 @@ def p99_check(like: LikeForLike, limits: Limits, *, load: bool) -> P99:
                              f"of the same requests (min {fewest}, --min-latency-samples)")
     r, s = rollout.p99_ms, steady.p99_ms
     felt = r > limits.max_p99_ms and (s <= limits.max_p99_ms or (ratio or 0) > limits.max_p99_ratio)
-    return check(_held(not felt), f"rollout p99 {r} ms, steady p99 {s} ms "
-                                  f"({rollout.samples} and {steady.samples} answers)")
+    return check(_held(not felt), f"steady p99 {s} ms; {rollout.samples} rollout and {steady.samples} steady "
+                                  "answers of the same requests")
 
 
 def _mixed_check(record: MixedRecord) -> Check:

@@ -160,7 +160,7 @@ def slower_rollout(latency: float, *, every: int = 25, name: str = "/") -> list[
 def test_a_rise_users_cannot_feel_passes_whatever_its_ratio() -> None:
     ratio = check(report_of(slower_rollout(40.0)), "p99_ratio")  # 10 ms -> 40 ms: 4x, far under 250 ms
     assert (ratio["value"], ratio["pass"], ratio["status"]) == (4.0, True, "PASS")
-    assert ratio["note"] == "rollout p99 40.0 ms, steady p99 10.0 ms (200 and 60 answers)"
+    assert ratio["note"] == "steady p99 10.0 ms; 200 rollout and 60 steady answers of the same requests"
     assert (ratio["rollout_p99_ms"], ratio["steady_p99_ms"], ratio["max_p99_ms"]) == (40.0, 10.0, 250.0)
     assert ratio["samples"] == {"steady": 60, "rollout": 200}
 
