@@ -414,14 +414,15 @@ async def _compare(args: argparse.Namespace, settings: Settings, runtime: Runtim
 
 
 def _print_rollout(args: argparse.Namespace, settings: Settings, result: commands.RolloutResult) -> None:
+    report = Report.from_json(result.report)
     if args.json:
         print(json.dumps(result.report, indent=2, default=str))
     else:
-        print(summary_text(Report.from_json(result.report)))
+        print(summary_text(report))
     if result.message:
         print(result.message, file=sys.stderr)
     if getattr(args, "junit", None) is not None:
-        write_junit(Report.from_json(result.report), args.junit)
+        write_junit(report, args.junit)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Runtime, Say, LiveView], Awaitable[int]]] = {

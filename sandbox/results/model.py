@@ -205,12 +205,13 @@ class Exposure:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Exposure:
+        figures: dict[str, Any] = {k: int(data.get(k) or 0) for k in _EXPOSURE_INTS}
+        figures.update({k: _opt_float(data.get(k)) for k in _EXPOSURE_FLOATS})
         return cls(
             from_version=data.get("from_version"), to_version=data.get("to_version"),
             rollout_window=Span.from_json(data.get("rollout_window")),
             timeline=tuple(Second.from_json(s) for s in data.get("timeline") or []),
-            **{k: int(data.get(k) or 0) for k in _EXPOSURE_INTS},
-            **{k: _opt_float(data.get(k)) for k in _EXPOSURE_FLOATS},
+            **figures,
         )
 
 
@@ -455,10 +456,11 @@ class Check:
     def from_json(cls, data: Mapping[str, Any]) -> Check:
         kind = CHECK_KINDS.get(str(data.get("kind")), Check)
         status = data.get("status") or ("FAIL" if not data.get("pass") else "SKIP" if data.get("skipped") else "PASS")
-        base = {"name": str(data.get("name")), "status": status, "value": data.get("value"),
-                "limit": data.get("limit"), "reason": data.get("note"), "unit": str(data.get("unit") or "")}
-        extra = {f.name: data.get(f.name) for f in fields(kind) if f.name not in base}
-        return kind(**base, **extra)
+        given: dict[str, Any] = {"name": str(data.get("name")), "status": status, "value": data.get("value"),
+                                 "limit": data.get("limit"), "reason": data.get("note"),
+                                 "unit": str(data.get("unit") or "")}
+        given.update({f.name: data.get(f.name) for f in fields(kind) if f.name not in given})
+        return kind(**given)
 
 
 @dataclass(frozen=True)
@@ -655,9 +657,4 @@ class Report:
         figures = Figures.from_measured({**data, "settings": {"slow_ms": data.get("slow_ms")}})
         return cls(run, figures, Verdict.from_json(data.get("verdict") or {}),
                    {k: v for k, v in data.items() if k not in known})
-
-    @staticmethod
-    def of(report: Report | Mapping[str, Any]) -> Report:
-        """``report`` itself, or the report its JSON holds."""
-        return report if isinstance(report, Report) else Report.from_json(report)
 

@@ -72,6 +72,7 @@ def build_report(
         return fallback if value is None else value
 
     duration = pick("duration_s", rollout.get("duration_s"))
+    waits = overhead(duration, steps)
     run = Rollout(
         **{key: meta.get(key) for key in ("strategy", "size", "batch", "mode", "project", "sticky", "lb_apply",
                                           "client_keepalive_s", "users", "load", "load_alive", "seed")},
@@ -84,7 +85,8 @@ def build_report(
         mixed_checks=tuple(MixedRecord.from_json(r) for r in meta.get("mixed_checks") or []),
         steps=entries,
         steps_t0=t0,
-        **overhead(duration, steps),
+        unavoidable_s=waits["unavoidable_s"],
+        overhead_ratio=waits["overhead_ratio"],
     )
     return Report(run, figures, verdict(run, figures, limits))
 

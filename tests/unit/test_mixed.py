@@ -157,7 +157,7 @@ NOT_RUN = mixed.not_run(["./never.sh"], mixed.NEVER_MIXED, start=3)[0]
 
 def failed_names(report: Report | dict[str, Any]) -> list[str]:
     """The failed checks of a report, or of the JSON a rehearsal returned."""
-    return Report.of(report).verdict.failed_names
+    return (report if isinstance(report, Report) else Report.from_json(report)).verdict.failed_names
 
 
 def _report(*records: dict[str, Any], seed: int | None = None) -> Report:
