@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from sandbox.results.model import Report, num
+from sandbox.results.model import Json, Report, num
 
 COMPARE_FIELDS = (
     "strategy",
@@ -44,7 +43,7 @@ COMPARE_HEADERS = {
 }
 
 
-def compare_row(report: Report) -> dict[str, Any]:
+def compare_row(report: Report) -> Json:
     """One line of ``compare.json``: the numbers that tell strategies apart."""
     run, fig, exp = report.run, report.figures, report.figures.exposure
     return {
@@ -74,7 +73,7 @@ def compare_row(report: Report) -> dict[str, Any]:
     }
 
 
-def compare_json(reports: Sequence[Report]) -> dict[str, list[dict[str, Any]]]:
+def compare_json(reports: Sequence[Report]) -> dict[str, list[Json]]:
     """``compare.json``: one row per report (:func:`compare_row`)."""
     return {"rows": [compare_row(r) for r in reports]}
 

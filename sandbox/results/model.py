@@ -1,7 +1,7 @@
 """One run's report as typed objects: what was measured, the rollout record, the verdict.
 
 :class:`Report` is what every output renders (terminal, ``report.json``, ``report.md``, the
-chart, JUnit, the dashboard). ``dict[str, Any]`` appears only at the JSON edge:
+chart, JUnit, the dashboard). Plain dicts (:data:`Json`) appear only at the JSON edge:
 :meth:`Report.to_json` writes the ``report.json`` shape and :meth:`Report.from_json` reads it
 back. Each :class:`Check` knows how to show its own figure and limit.
 """
@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 
 Status = Literal["PASS", "FAIL", "SKIP", "NOT_RUN"]
 Json = dict[str, Any]
+"""A JSON object, as ``report.json`` holds it: the only untyped shape here."""
 
 
 def num(value: Any, unit: str = "", digits: int = 1) -> str:
@@ -205,7 +206,7 @@ class Exposure:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Exposure:
-        figures: dict[str, Any] = {k: int(data.get(k) or 0) for k in _EXPOSURE_INTS}
+        figures: Json = {k: int(data.get(k) or 0) for k in _EXPOSURE_INTS}
         figures.update({k: _opt_float(data.get(k)) for k in _EXPOSURE_FLOATS})
         return cls(
             from_version=data.get("from_version"), to_version=data.get("to_version"),
@@ -456,7 +457,7 @@ class Check:
     def from_json(cls, data: Mapping[str, Any]) -> Check:
         kind = CHECK_KINDS.get(str(data.get("kind")), Check)
         status = data.get("status") or ("FAIL" if not data.get("pass") else "SKIP" if data.get("skipped") else "PASS")
-        given: dict[str, Any] = {"name": str(data.get("name")), "status": status, "value": data.get("value"),
+        given: Json = {"name": str(data.get("name")), "status": status, "value": data.get("value"),
                                  "limit": data.get("limit"), "reason": data.get("note"),
                                  "unit": str(data.get("unit") or "")}
         given.update({f.name: data.get(f.name) for f in fields(kind) if f.name not in given})

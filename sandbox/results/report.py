@@ -22,8 +22,6 @@ from sandbox.results.overhead import overhead
 from sandbox.results.records import Event
 from sandbox.results.verdict import DEFAULT_LIMITS, Limits, verdict
 
-OUTCOMES = ("completed", "rolled_back", "failed", "interrupted")
-
 
 def _outcome_from_steps(steps: Sequence[Event]) -> str:
     phases = {s.get("phase") for s in steps}
