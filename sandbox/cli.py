@@ -39,7 +39,8 @@ from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, e
 from sandbox.fleet import engines, versions
 from sandbox.fleet.runtime import Runtime
 from sandbox.results.junit import write_compare_junit, write_junit
-from sandbox.results.report import compare_text, summary_text
+from sandbox.results.model import Report
+from sandbox.results.text import compare_text, summary_text
 from sandbox.ui.dashboard import LiveView
 
 log = logging.getLogger("sandbox")
@@ -150,7 +151,11 @@ def _add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slow-ms", type=_number, help="a request slower than this is slow (default 2000)")
     p.add_argument("--max-slow", type=_integer, help="verdict: at most this many slow (default 0)")
     p.add_argument("--max-p99-ratio", type=_number,
-                   help="verdict: rollout p99 at most this times the warmup's (default 3)")
+                   help="verdict: over --max-p99-ms, rollout p99 at most this times a warmup's already over it "
+                        "(default 3)")
+    p.add_argument("--max-p99-ms", type=_number, help="verdict: rollout p99 users feel, in ms (default 250)")
+    p.add_argument("--min-latency-samples", type=_integer,
+                   help="verdict: fewer answers in warmup or rollout make the p99 check SKIP (default 200)")
     p.add_argument("--max-violations", type=_integer,
                    help="verdict: at most this many contract violations (default 0)")
     p.add_argument("--min-requests", type=_integer,
@@ -274,7 +279,8 @@ _SETTING_FLAGS = (
     "app_port", "health_path", "stop_signal", "stop_timeout", "app_command", "memory", "read_only",
     "drain_timeout", "ready_timeout", "max_error_ratio", "auto_rollback", "load", "users", "spawn_rate",
     "locustfile", "max_dropped", "warmup_s", "cooldown_s", "v2_mode", "load_workers", "think_ms",
-    "client_timeout_s", "max_stall_s", "slow_ms", "max_slow", "max_p99_ratio", "max_violations", "min_requests",
+    "client_timeout_s", "max_stall_s", "slow_ms", "max_slow", "max_p99_ratio", "max_p99_ms",
+    "min_latency_samples", "max_violations", "min_requests",
     "update_parallelism", "update_delay", "update_failure_action", "stop_grace_period", "swarm_healthcheck",
     "seed", "mixed_check_timeout_s",
 )
@@ -382,7 +388,7 @@ async def _roll(args: argparse.Namespace, settings: Settings, runtime: Runtime, 
     result = await commands.roll(settings, runtime=runtime, kind=args.command, report_dir=args.report,
                                  progress=view.progress(settings, sized=False))
     _print_rollout(args, settings, result)
-    await view.close(report=result.report)
+    await view.close(report=Report.from_json(result.report))
     return result.exit_code
 
 
@@ -393,7 +399,7 @@ async def _demo(args: argparse.Namespace, settings: Settings, runtime: Runtime, 
     _print_rollout(args, settings, result)
     say(f"report: {args.report / 'report.md'} (chart: {args.report / 'chart.png'})")
     say(f"demo took {time.monotonic() - started:.0f} s")
-    await view.close(report=result.report)
+    await view.close(report=Report.from_json(result.report))
     return result.exit_code
 
 
@@ -408,14 +414,15 @@ async def _compare(args: argparse.Namespace, settings: Settings, runtime: Runtim
 
 
 def _print_rollout(args: argparse.Namespace, settings: Settings, result: commands.RolloutResult) -> None:
+    report = Report.from_json(result.report)
     if args.json:
         print(json.dumps(result.report, indent=2, default=str))
     else:
-        print(summary_text(result.report))
+        print(summary_text(report))
     if result.message:
         print(result.message, file=sys.stderr)
     if getattr(args, "junit", None) is not None:
-        write_junit(result.report, args.junit)
+        write_junit(report, args.junit)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Runtime, Say, LiveView], Awaitable[int]]] = {

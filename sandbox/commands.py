@@ -23,7 +23,9 @@ from sandbox.fleet import versions
 from sandbox.fleet.balancer import Balancer
 from sandbox.fleet.images import ImageSet, ensure_images, prune_images
 from sandbox.fleet.runtime import Runtime
-from sandbox.results.report import compare_json, compare_table
+from sandbox.results.compare import compare_json
+from sandbox.results.markdown import compare_table
+from sandbox.results.model import Report
 from sandbox.results.verdict import compare_exit_code
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import Executor
@@ -207,7 +209,7 @@ async def demo(
 
 @dataclass
 class CompareResult:
-    reports: list[dict[str, Any]]  # one per strategy, in the order asked
+    reports: list[Report]  # one per strategy, in the order asked
     table: dict[str, list[dict[str, Any]]]  # compare.json
     exit_code: int
     files: dict[str, Path]  # what was written: {"json": ..., "markdown": ...}
@@ -241,17 +243,17 @@ async def compare(
         if strategy == "swarm-native":  # Swarm rolls, not the controller: a path of its own
             from sandbox.rollout import swarm_native
             image_set = await asyncio.to_thread(ensure_images, runtime.client, log=say)
-            reports.append(await swarm_native.rehearse(
+            reports.append(Report.from_json(await swarm_native.rehearse(
                 one, runtime=runtime, images=image_set, order=swarm_native.parse_order(spec),  # type: ignore[arg-type]
-                report_dir=(report_dir / spec.replace(":", "-")) if report_dir else None, say=say))
+                report_dir=(report_dir / spec.replace(":", "-")) if report_dir else None, say=say)))
             continue
         await up(one, runtime=runtime, say=say)
         try:
             progress = progress_for(one)
             result = await roll(one, runtime=runtime, progress=progress,
                                 report_dir=(report_dir / spec.replace(":", "-")) if report_dir else None)
-            reports.append(result.report)
-            progress.finish(result.report)
+            reports.append(Report.from_json(result.report))
+            progress.finish(reports[-1])
         finally:
             await runtime.down(one.project)
     table = compare_json(reports)

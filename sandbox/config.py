@@ -113,6 +113,8 @@ class Settings:
     slow_ms: float = 2000.0
     max_slow: int = 0
     max_p99_ratio: float = 3.0
+    max_p99_ms: float = 250.0
+    min_latency_samples: int = 200
     max_violations: int = 0
     min_requests: int = 100
 
@@ -231,6 +233,11 @@ def _validate_limits(s: Settings) -> None:
     _check(0 <= s.max_stall_s <= 3600, "max_stall_s", f"{s.max_stall_s} must be in [0, 3600] seconds")
     _check(0 < s.slow_ms <= 3_600_000, "slow_ms", f"{s.slow_ms} must be in (0, 3600000] ms")
     _check(s.max_p99_ratio >= 1, "max_p99_ratio", f"{s.max_p99_ratio} must be 1 or more")
+    _check(s.max_p99_ratio < float("inf"), "max_p99_ratio", f"{s.max_p99_ratio} must be finite")
+    _check(0 < s.max_p99_ms < float("inf"), "max_p99_ms", f"{s.max_p99_ms} must be a finite number of ms above 0")
+    _check(s.min_latency_samples >= 1, "min_latency_samples", f"{s.min_latency_samples} must be 1 or more")
+    _check(not s.load or s.warmup_s > 0, "warmup_s",
+           "0 with the load on leaves the p99 check no baseline: give --warmup above 0, or --no-load")
     _check(0 < s.client_timeout_s <= 600, "client_timeout_s", f"{s.client_timeout_s} must be in (0, 600] seconds")
     _check(s.client_timeout_s > s.max_stall_s, "client_timeout_s",
            f"{s.client_timeout_s} must be larger than max_stall_s ({s.max_stall_s}), "

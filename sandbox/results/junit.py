@@ -8,40 +8,40 @@ so the XML agrees with compare's exit code.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from sandbox.results.model import Report, Rollout
 from sandbox.results.verdict import judged_in_compare
 
 
-def junit_xml(report: Mapping[str, Any]) -> str:
+def junit_xml(report: Report) -> str:
     """A ``<testsuites>`` document with one ``<testcase>`` per verdict check; a failed check has a
     ``<failure>`` giving its figure and its limit, a check that could not run is ``<skipped>``
     with the reason. A mixed check's case carries the tail of its stdout and stderr."""
-    name = (f"rolling-sandbox {report.get('kind') or 'roll'} {report.get('from_version')} -> "
-            f"{report.get('to_version')} ({report.get('strategy')})")
+    run = report.run
+    name = f"rolling-sandbox roll {run.from_version} -> {run.to_version} ({run.strategy})"
     return _document([(name, "rollout", report, True)])
 
 
-def compare_junit_xml(reports: Sequence[Mapping[str, Any]]) -> str:
+def compare_junit_xml(reports: Sequence[Report]) -> str:
     """``compare``: one ``<testsuite>`` per strategy (``rolling-sandbox compare rolling:3 v1 -> v2``),
     one ``<testcase>`` per check, its classname ``compare.<strategy>``."""
     suites = []
     for report in reports:
-        label = strategy_label(report)
-        name = f"rolling-sandbox compare {label} {report.get('from_version')} -> {report.get('to_version')}"
-        suites.append((name, f"compare.{label}", report, judged_in_compare(report)))
+        label = strategy_label(report.run)
+        name = f"rolling-sandbox compare {label} {report.run.from_version} -> {report.run.to_version}"
+        suites.append((name, f"compare.{label}", report, judged_in_compare(report.run)))
     return _document(suites)
 
 
-def strategy_label(report: Mapping[str, Any]) -> str:
+def strategy_label(run: Rollout) -> str:
     """The strategy as ``compare --strategies`` spells it: ``rolling:3``, ``double-half``."""
-    strategy, batch = str(report.get("strategy") or "run"), report.get("batch")
+    strategy, batch = str(run.strategy or "run"), run.batch
     return f"{strategy}:{batch}" if strategy in ("rolling", "surge", "naive") and batch not in (None, 1) else strategy
 
 
-def _document(suites: Sequence[tuple[str, str, Mapping[str, Any], bool]]) -> str:
+def _document(suites: Sequence[tuple[str, str, Report, bool]]) -> str:
     root = ET.Element("testsuites")
     totals = [0, 0, 0]  # tests, failures, skipped
     for name, classname, report, judged in suites:
@@ -54,46 +54,46 @@ def _document(suites: Sequence[tuple[str, str, Mapping[str, Any], bool]]) -> str
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def _suite(root: ET.Element, name: str, classname: str, report: Mapping[str, Any], *,
+def _suite(root: ET.Element, name: str, classname: str, report: Report, *,
            judged: bool) -> tuple[int, int, int]:
     """One ``<testsuite>`` of ``report``'s checks; returns (tests, failures, skipped). A check of
     a report that is not ``judged`` (compare's naive baseline) is skipped, never failed."""
-    checks = list((report.get("verdict") or {}).get("checks") or [])
-    outputs = {str(r.get("name")): r for r in report.get("mixed_checks") or []}
-    failed = sum(1 for c in checks if not c.get("pass"))
-    not_run = sum(1 for c in checks if c.get("pass") and c.get("skipped"))
+    checks = report.verdict.checks
+    outputs = {r.name: r for r in report.run.mixed_checks}
+    failed = sum(1 for c in checks if not c.passed)
+    not_run = sum(1 for c in checks if c.skipped)
     failures, skipped = (failed, not_run) if judged else (0, failed + not_run)
     suite = ET.SubElement(root, "testsuite", name=name, tests=str(len(checks)), failures=str(failures),
-                          errors="0", skipped=str(skipped), time=f"{float(report.get('duration_s') or 0):.3f}")
+                          errors="0", skipped=str(skipped), time=f"{float(report.run.duration_s or 0):.3f}")
     for check in checks:
-        case = ET.SubElement(suite, "testcase", classname=classname, name=str(check.get("name")))
-        text = f"{check.get('name')}: {check.get('value')} (limit {check.get('limit')})"
-        if check.get("note"):
-            text += f": {check['note']}"
-        record = outputs.get(str(check.get("name")))
-        if record is not None and record.get("duration_s") is not None:
-            case.set("time", f"{float(record['duration_s']):.3f}")
-        if not check.get("pass") and judged:
+        case = ET.SubElement(suite, "testcase", classname=classname, name=check.name)
+        text = f"{check.name}: {check.value} (limit {check.limit})"
+        if check.reason:
+            text += f": {check.reason}"
+        record = outputs.get(check.name)
+        if record is not None and record.duration_s is not None:
+            case.set("time", f"{record.duration_s:.3f}")
+        if not check.passed and judged:
             ET.SubElement(case, "failure", message=text, type="VerdictCheckFailed").text = text
-        elif not check.get("pass"):
-            text += f" ({report.get('strategy')} is a baseline that compare does not judge)"
+        elif not check.passed:
+            text += f" ({report.run.strategy} is a baseline that compare does not judge)"
             ET.SubElement(case, "skipped", message=text)
-        elif check.get("skipped"):
-            ET.SubElement(case, "skipped", message=str(check.get("note") or "not run"))
+        elif check.skipped:
+            ET.SubElement(case, "skipped", message=check.reason or "not run")
         if record is not None:
-            ET.SubElement(case, "system-out").text = str(record.get("stdout_tail") or "") or text
-            if record.get("stderr_tail"):
-                ET.SubElement(case, "system-err").text = str(record["stderr_tail"])
-        elif check.get("pass"):
+            ET.SubElement(case, "system-out").text = record.stdout_tail or text
+            if record.stderr_tail:
+                ET.SubElement(case, "system-err").text = record.stderr_tail
+        elif check.passed:
             ET.SubElement(case, "system-out").text = text
     return len(checks), failures, skipped
 
 
-def write_junit(report: Mapping[str, Any], path: Path) -> Path:
+def write_junit(report: Report, path: Path) -> Path:
     return _write(junit_xml(report), path)
 
 
-def write_compare_junit(reports: Sequence[Mapping[str, Any]], path: Path) -> Path:
+def write_compare_junit(reports: Sequence[Report], path: Path) -> Path:
     return _write(compare_junit_xml(reports), path)
 
 

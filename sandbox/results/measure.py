@@ -527,12 +527,8 @@ def phases(
 ) -> dict[str, dict[str, Any]]:
     """The ``phases`` block: requests are assigned to a phase by when they were sent."""
     bounds = phase_bounds(events, window)
-    starts = [p_start for _, p_start, _ in bounds]
-    members: list[list[Mapping[str, Any]]] = [[] for _ in bounds]
-    for row in rows:  # the last phase begun when the row was sent; before all: the first
-        members[max(0, bisect.bisect_right(starts, float(row.get("t") or 0.0)) - 1)].append(row)
     out: dict[str, dict[str, Any]] = {}
-    for (name, p_start, p_end), inside in zip(bounds, members, strict=True):
+    for (name, p_start, p_end), inside in zip(bounds, _phase_members(rows, bounds), strict=True):
         duration = max(0.0, p_end - p_start)
         out[name] = {
             "duration_s": round(duration, 3),
@@ -543,6 +539,44 @@ def phases(
             "latency_ms": _latency_summary(inside, with_max=False),
         }
     return out
+
+
+def _phase_members(
+    rows: Sequence[Mapping[str, Any]], bounds: Sequence[tuple[str, float, float]]
+) -> list[list[Mapping[str, Any]]]:
+    """The rows of each phase: the last phase begun when the row was sent; before all: the first."""
+    starts = [p_start for _, p_start, _ in bounds]
+    members: list[list[Mapping[str, Any]]] = [[] for _ in bounds]
+    for row in rows:
+        members[max(0, bisect.bisect_right(starts, float(row.get("t") or 0.0)) - 1)].append(row)
+    return members
+
+
+def like_for_like(
+    rows: Sequence[Mapping[str, Any]],
+    events: Sequence[Mapping[str, Any]],
+    window: tuple[float, float],
+) -> dict[str, Any]:
+    """The ``like_for_like`` block: the p99 of the warmup ("steady") and of the rollout over the
+    same requests only (their method and name, and their user, seen answered in both phases),
+    with the number of answers each rests on and the number of request classes compared."""
+    bounds = phase_bounds(events, window)
+    # no rollout began: one "all" phase, nothing to compare
+    members = _phase_members(rows, bounds)[:2] if len(bounds) > 1 else [[], []]
+    steady, rolling = ([(r, v) for r in m if is_answered(r) and (v := latency_ms(r)) is not None]
+                       for m in members)
+
+    def kind(row: Mapping[str, Any]) -> tuple[Any, Any]:
+        return row.get("method"), row.get("name")
+
+    classes = {kind(r) for r, _ in steady} & {kind(r) for r, _ in rolling}
+    users = {r.get("user") for r, _ in steady} & {r.get("user") for r, _ in rolling}
+
+    def sample(answers: list[tuple[Mapping[str, Any], float]]) -> dict[str, Any]:
+        values = [v for r, v in answers if kind(r) in classes and r.get("user") in users]
+        return {"p99_ms": _round(percentile(values, 99), 1), "samples": len(values)}
+
+    return {"steady": sample(steady), "rollout": sample(rolling), "classes": len(classes)}
 
 
 # --------------------------------------------------------------------------- rollout
@@ -742,7 +776,8 @@ def measure(
     requests, nearest-rank), ``stall_s`` (and ``stall_at_s``, when it began, in
     seconds since the load started), ``exposure`` (mixed window, users,
     downgrades, contract violations, sessions lost, per-second timeline),
-    ``phases``, ``rollout`` (duration_s, peak_instances), ``drains``, and
+    ``phases``, ``like_for_like`` (steady and rollout p99 over the same requests, for the verdict),
+    ``rollout`` (duration_s, peak_instances), ``drains``, and
     ``window`` (absolute ``start``/``end`` unix times of the load and its
     ``duration_s``, so the timeline can be aligned with the events) and
     ``settings`` (the slow threshold used, ``slow_ms``).
@@ -766,6 +801,7 @@ def measure(
         "stall_at_s": round(stall[0] - window[0], 3),
         "exposure": exposure(ordered, ordered_events, window),
         "phases": phases(ordered, ordered_events, window),
+        "like_for_like": like_for_like(ordered, ordered_events, window),
         "rollout": rollout_summary(ordered_events),
         "drains": drains(ordered_events),
         "window": {

@@ -1,37 +1,50 @@
-"""PASS or FAIL for one run, as named checks: pure functions of the report dict.
+"""PASS or FAIL for one run, as named checks: a pure function of the measured figures and the limits.
 
-Each check has a figure (``value``), a limit and a verdict. The run passes
-only when every check holds; a run with the load on and too few requests
+:func:`verdict` judges a :class:`~sandbox.results.model.Rollout` record and its
+:class:`~sandbox.results.model.Figures` against :class:`Limits`; it never reads a report back.
+The run passes only when every check holds; a run with the load on and too few requests
 measured never passes (no PASS without evidence). The checks:
 
 - ``outcome``: the rollout's outcome, must be "completed";
 - ``dropped``: requests that got no successful answer, at most ``max_dropped``;
 - ``stall_s``: longest stretch with no successful answer, at most ``max_stall_s``;
 - ``slow``: requests slower than ``slow_ms`` or never answered, at most ``max_slow``;
-- ``p99_ratio``: p99 latency of the rollout over that of the warmup, at most ``max_p99_ratio``;
+- ``p99_ratio``: the rollout's p99 latency against ``max_p99_ms`` and the steady (warmup) p99,
+  see :func:`p99_check`;
 - ``contract_violations``: answers that broke the expected API, at most ``max_violations``;
 - ``drains_timed_out``: drains that gave up at the drain timeout, must be 0;
 - ``requests_measured``: requests the load generator recorded, at least ``min_requests``;
-- ``load_alive``: the load generator ran for the whole run (``report["load_alive"]``,
-  set by the caller; unknown counts as alive);
-- ``mixed_check_1``, ``mixed_check_2``, ...: one per ``--mixed-check`` command (the
-  report's ``mixed_checks`` records, see :mod:`sandbox.rollout.mixed`): it must exit 0
-  within its timeout. A check that never ran (the fleet never had both versions
-  attached: blue-green, naive over the whole fleet) holds but is marked
-  ``skipped``, with the reason in its note, so it never passes unseen.
+- ``load_alive``: the load generator ran for the whole run (unknown counts as alive);
+- ``mixed_check_1``, ``mixed_check_2``, ...: one per ``--mixed-check`` command: it must exit 0
+  within its timeout. A check that never ran (the fleet never had both versions attached) is
+  NOT_RUN, with its reason, so it never passes unseen.
 
-With the load off (``report["load"] is False``) the checks on traffic cannot
-be measured: they hold, with ``note`` saying so. The same goes for the p99
-ratio when the warmup got no answer to compare with.
+With the load off the checks on traffic cannot be measured: they hold, saying so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 from sandbox.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
+from sandbox.results.model import (
+    P99,
+    Alive,
+    AtLeast,
+    Check,
+    Equals,
+    ExitZero,
+    Figures,
+    LikeForLike,
+    MixedRecord,
+    Report,
+    Rollout,
+    Seconds,
+    Status,
+    Verdict,
+)
 
 NO_LOAD = "not measured: no load"
 
@@ -45,6 +58,8 @@ class Limits:
     slow_ms: float = 2000.0  # what "slow" means; measure counts them, the limit is max_slow
     max_slow: int = 0
     max_p99_ratio: float = 3.0
+    max_p99_ms: float = 250.0
+    min_latency_samples: int = 200
     max_violations: int = 0
     min_requests: int = 100
 
@@ -57,155 +72,114 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass(frozen=True)
-class Check:
-    """One named check: its figure, its limit, whether it held."""
-
-    name: str
-    passed: bool
-    value: Any
-    limit: Any
-    note: str | None = None
-    skipped: bool = False  # it could not be measured in this run (a mixed check that never ran)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {"name": self.name, "pass": self.passed, "value": self.value, "limit": self.limit}
-        if self.note:
-            out["note"] = self.note
-        if self.skipped:
-            out["skipped"] = True
-        return out
+def _held(ok: bool) -> Status:
+    return "PASS" if ok else "FAIL"
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """Every check of one run; ``passed`` only when all of them held."""
-
-    checks: tuple[Check, ...]
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.checks) and all(c.passed for c in self.checks)
-
-    @property
-    def failed(self) -> list[Check]:
-        return [c for c in self.checks if not c.passed]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"pass": self.passed, "checks": [c.as_dict() for c in self.checks]}
-
-
-def _at_most(name: str, value: Any, limit: float, *, load: bool) -> Check:
+def _at_most(kind: type[Check], name: str, value: float | None, limit: float, *, load: bool,
+             unit: str = "") -> Check:
     if not load:
-        return Check(name, True, None, limit, NO_LOAD)
-    number = float(value or 0)
-    return Check(name, number <= limit, value if value is not None else 0, limit)
+        return kind(name, "PASS", None, limit, NO_LOAD, unit)
+    figure = value if value is not None else 0
+    return kind(name, _held(float(figure) <= limit), figure, limit, None, unit)
 
 
-def _p99_ratio(report: Mapping[str, Any], limit: float, *, load: bool) -> Check:
-    phases = report.get("phases") or {}
-    warm = ((phases.get("warmup") or {}).get("latency_ms") or {}).get("p99")
-    roll = ((phases.get("rollout") or {}).get("latency_ms") or {}).get("p99")
+def p99_check(like: LikeForLike, limits: Limits, *, load: bool) -> P99:
+    """The latency check: does the rollout's p99 show a rise users feel?
+
+    Both phases are measured over the same requests (the method and path classes, and the users,
+    that appear in both), so a rollout that happens to send other requests is not compared with
+    a warmup that did not. Let S be the steady (warmup) p99, R the rollout's.
+
+    - SKIP when either phase has fewer than ``min_latency_samples`` such answers: a p99 of a few
+      answers is one slow request, not a figure (never PASS without evidence).
+    - FAIL when R > ``max_p99_ms`` (users feel it) and either S <= ``max_p99_ms`` (the fleet was
+      fine before: the rollout made it slow) or R / S > ``max_p99_ratio`` (a fleet already over
+      the bound before the rollout fails only when the rollout multiplied its p99).
+    - PASS otherwise: a rise that stays under ``max_p99_ms`` (2 ms to 20 ms while servers boot on
+      a shared machine) is noise users cannot feel, whatever its ratio.
+    """
+    steady, rollout = like.steady, like.rollout
+    ratio = (round(rollout.p99_ms / steady.p99_ms, 2)
+             if rollout.p99_ms is not None and steady.p99_ms else None)
+    samples = {"steady": steady.samples, "rollout": rollout.samples}
+
+    def check(status: Status, reason: str) -> P99:
+        return P99("p99_ratio", status, ratio, limits.max_p99_ratio, reason, rollout_p99_ms=rollout.p99_ms,
+                   steady_p99_ms=steady.p99_ms, max_p99_ms=limits.max_p99_ms, samples=samples,
+                   min_samples=limits.min_latency_samples)
+
     if not load:
-        return Check("p99_ratio", True, None, limit, NO_LOAD)
-    if not warm:
-        return Check("p99_ratio", True, None, limit, "no warmup answers to compare with")
-    if roll is None:
-        return Check("p99_ratio", False, None, limit, "no answer during the rollout")
-    ratio = round(float(roll) / float(warm), 2)
-    return Check("p99_ratio", ratio <= limit, ratio, limit, f"rollout p99 {roll} ms, warmup p99 {warm} ms")
+        return check("PASS", NO_LOAD)
+    fewest = limits.min_latency_samples
+    if steady.samples < fewest or rollout.samples < fewest or rollout.p99_ms is None or steady.p99_ms is None:
+        return check("SKIP", f"too few answers to compare: {steady.samples} steady, {rollout.samples} rollout "
+                             f"of the same requests (min {fewest}, --min-latency-samples)")
+    r, s = rollout.p99_ms, steady.p99_ms
+    felt = r > limits.max_p99_ms and (s <= limits.max_p99_ms or (ratio or 0) > limits.max_p99_ratio)
+    return check(_held(not felt), f"steady p99 {s} ms; {rollout.samples} rollout and {steady.samples} steady "
+                                  "answers of the same requests")
 
 
-def _timed_out_drains(report: Mapping[str, Any]) -> Check:
-    drains: Sequence[Mapping[str, Any]] = report.get("drains") or []
-    count = sum(1 for d in drains if d.get("timed_out"))
-    return Check("drains_timed_out", count == 0, count, 0)
+def _mixed_check(record: MixedRecord) -> Check:
+    """Exit 0 passes; not run is NOT_RUN, saying why."""
+    if record.status == "not_run":
+        return ExitZero(record.name, "NOT_RUN", None, 0, f"{record.reason}: {record.command}")
+    took = (f"killed at the timeout after {record.duration_s} s" if record.status == "timed_out"
+            else f"ran {record.duration_s} s")
+    return ExitZero(record.name, _held(record.status == "passed"), record.exit_code, 0, f"{took}: {record.command}")
 
 
-def _requests(report: Mapping[str, Any], minimum: int, *, load: bool) -> Check:
-    if not load:
-        return Check("requests_measured", True, None, minimum, NO_LOAD)
-    total = int((report.get("requests") or {}).get("total") or 0)
-    return Check("requests_measured", total >= minimum, total, minimum)
+def _load_alive(run: Rollout) -> Check:
+    if not run.load_on:
+        return Alive("load_alive", "PASS", None, True, NO_LOAD)
+    alive = True if run.load_alive is None else bool(run.load_alive)  # unknown: the caller could not tell
+    return Alive("load_alive", _held(alive), alive, True, None if alive else "the load generator died during the run")
 
 
-def _load_alive(report: Mapping[str, Any], *, load: bool) -> Check:
-    if not load:
-        return Check("load_alive", True, None, True, NO_LOAD)
-    alive = report.get("load_alive")
-    alive = True if alive is None else bool(alive)  # unknown: the caller could not tell
-    return Check("load_alive", alive, alive, True, None if alive else "the load generator died during the run")
-
-
-def _mixed_checks(report: Mapping[str, Any]) -> list[Check]:
-    """One check per mixed-check record: exit 0 holds; not run holds, skipped, saying why."""
-    checks = []
-    for record in report.get("mixed_checks") or []:
-        name, command, status = str(record.get("name")), record.get("command"), record.get("status")
-        if status == "not_run":
-            checks.append(Check(name, True, None, 0, f"{record.get('reason')}: {command}", skipped=True))
-            continue
-        took = f"killed at the timeout after {record.get('duration_s')} s" if status == "timed_out" \
-            else f"ran {record.get('duration_s')} s"
-        note = f"{took}: {command}"
-        checks.append(Check(name, status == "passed", record.get("exit_code"), 0, note))
-    return checks
-
-
-def load_was_on(report: Mapping[str, Any]) -> bool:
-    """False only when the report says the load was off; unknown counts as on."""
-    return report.get("load") is not False
-
-
-def verdict(report: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> Verdict:
-    """Every check of ``report`` (a :func:`sandbox.results.report.build_report` dict) against ``limits``."""
-    load = load_was_on(report)
-    requests = report.get("requests") or {}
-    exposure = report.get("exposure") or {}
-    outcome = report.get("outcome")
+def verdict(run: Rollout, figures: Figures, limits: Limits = DEFAULT_LIMITS) -> Verdict:
+    """Every check of one run's record and figures against ``limits``."""
+    load = run.load_on
+    req = figures.requests
+    total = AtLeast("requests_measured", _held(req.total >= limits.min_requests), req.total, limits.min_requests) \
+        if load else AtLeast("requests_measured", "PASS", None, limits.min_requests, NO_LOAD)
+    timed_out = figures.drains_timed_out
     return Verdict((
-        Check("outcome", outcome == "completed", outcome, "completed"),
-        _at_most("dropped", requests.get("dropped"), limits.max_dropped, load=load),
-        _at_most("stall_s", report.get("stall_s"), limits.max_stall_s, load=load),
-        _at_most("slow", requests.get("slow"), limits.max_slow, load=load),
-        _p99_ratio(report, limits.max_p99_ratio, load=load),
-        _at_most("contract_violations", exposure.get("contract_violations"), limits.max_violations, load=load),
-        _timed_out_drains(report),
-        _requests(report, limits.min_requests, load=load),
-        _load_alive(report, load=load),
-        *_mixed_checks(report),
+        Equals("outcome", _held(run.outcome == "completed"), run.outcome, "completed"),
+        _at_most(Check, "dropped", req.dropped, limits.max_dropped, load=load),
+        _at_most(Seconds, "stall_s", figures.stall_s, limits.max_stall_s, load=load),
+        _at_most(Check, "slow", req.slow, limits.max_slow, load=load, unit=f" over {_ms(figures.slow_ms)}"),
+        p99_check(figures.like_for_like, limits, load=load),
+        _at_most(Check, "contract_violations", figures.exposure.contract_violations, limits.max_violations,
+                 load=load),
+        Check("drains_timed_out", _held(timed_out == 0), timed_out, 0),
+        total,
+        _load_alive(run),
+        *(_mixed_check(r) for r in run.mixed_checks),
     ))
 
 
-def verdict_of(report: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The report's own ``verdict`` dict, or one computed with the default limits."""
-    stored = report.get("verdict")
-    return stored if isinstance(stored, Mapping) else verdict(report).as_dict()
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
 
 
-def exit_code(report: Mapping[str, Any], outcome: str | None = None) -> int:
+def exit_code(report: Report, outcome: str | None = None) -> int:
     """130 when the run was interrupted, 1 when its verdict fails, else 0."""
-    if (outcome or report.get("outcome")) == "interrupted":
+    if (outcome or report.run.outcome) == "interrupted":
         return EXIT_INTERRUPTED
-    return EXIT_OK if verdict_of(report).get("pass") else EXIT_FAILURE
+    return EXIT_OK if report.passed else EXIT_FAILURE
 
 
-def judged_in_compare(report: Mapping[str, Any]) -> bool:
+def judged_in_compare(run: Rollout) -> bool:
     """Whether ``compare`` holds this strategy to its verdict: not naive, a baseline that drops by design."""
-    return report.get("strategy") != "naive"
+    return run.strategy != "naive"
 
 
-def compare_exit_code(reports: Sequence[Mapping[str, Any]]) -> int:
+def compare_exit_code(reports: Sequence[Report]) -> int:
     """``compare``: 130 when a run was interrupted; 1 when any strategy other than naive
     failed its verdict (or nothing was run); else 0. Naive is there to show drops."""
-    if any(r.get("outcome") == "interrupted" for r in reports):
+    if any(r.run.outcome == "interrupted" for r in reports):
         return EXIT_INTERRUPTED
     if not reports:
         return EXIT_FAILURE
-    graceful = [r for r in reports if judged_in_compare(r)]
-    return EXIT_OK if all(verdict_of(r).get("pass") for r in graceful) else EXIT_FAILURE
-
-
-def failed_names(report: Mapping[str, Any]) -> list[str]:
-    """Names of the checks the report failed."""
-    return [str(c.get("name")) for c in verdict_of(report).get("checks") or [] if not c.get("pass")]
+    return EXIT_OK if all(r.passed for r in reports if judged_in_compare(r.run)) else EXIT_FAILURE

@@ -114,15 +114,6 @@ def finish(commands: Sequence[str], ran: Sequence[Mapping[str, Any]] | None, out
     return [dict(r) for r in ran] + rest
 
 
-def summary(record: Mapping[str, Any]) -> str:
-    """One line for people: "FAIL exit 3 in 0.2 s: CMD" or "NOT RUN: CMD (why)"."""
-    status = record.get("status")
-    if status == "not_run":
-        return f"NOT RUN {record.get('command')} ({record.get('reason')})"
-    word = {"passed": "PASS", "timed_out": "FAIL (timed out)"}.get(str(status), "FAIL")
-    return f"{word} exit {record.get('exit_code')} in {record.get('duration_s')} s: {record.get('command')}"
-
-
 def last_line(text: str) -> str:
     """The last non-empty line of ``text`` (for a one-line hint at a check's output)."""
     lines = [line for line in text.splitlines() if line.strip()]

@@ -50,6 +50,7 @@ from sandbox.results.measure import (
     attribute_versions,
     measure,
 )
+from sandbox.results.model import Report
 from sandbox.results.records import Event, NginxRow, RequestRow
 from sandbox.results.report import build_report, write_report_dir
 from sandbox.results.verdict import Limits, exit_code
@@ -572,13 +573,14 @@ async def rehearse(settings: Settings, *, runtime: Runtime, kind: Kind = "roll",
                           report_dir=report_dir, install_sigint=install_sigint, deps=deps)
     prepared = await rehearsal.prepare()
     if not prepared.steps:
-        return RolloutResult(report=unchanged_report(settings, prepared), exit_code=0,
+        return RolloutResult(report=unchanged_report(settings, prepared).to_json(), exit_code=0,
                              message=f"already on {prepared.target}: nothing to do")
     ran = await rehearsal.run()
     report = rollout_report(settings, prepared, ran, await rehearsal.collect())
+    out = report.to_json()
     if report_dir is not None:
-        report["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
-    return RolloutResult(report=report, exit_code=exit_code(report), message=ran.message)
+        out["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
+    return RolloutResult(report=out, exit_code=exit_code(report), message=ran.message)
 
 
 # -- pure: records, report, exit code -------------------------------------------------------------
@@ -605,7 +607,7 @@ def batch_of(settings: Settings, size: int) -> int:
     return size if settings.strategy in ("double-half", "blue-green") else 1
 
 
-def unchanged_report(settings: Settings, prepared: Prepared) -> dict[str, Any]:
+def unchanged_report(settings: Settings, prepared: Prepared) -> Report:
     """The report of a fleet already where it should be."""
     return build_report(meta={"project": settings.project, "kind": prepared.kind, "strategy": prepared.strategy,
                               "size": prepared.size, "mode": settings.mode, "from_version": prepared.source,
@@ -617,7 +619,7 @@ def unchanged_report(settings: Settings, prepared: Prepared) -> dict[str, Any]:
                         measured=measure([], []), steps=[], limits=Limits.from_settings(settings))
 
 
-def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: Collected) -> dict[str, Any]:
+def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: Collected) -> Report:
     """The report of one rehearsal, from what each phase returned."""
     measured = measure(collected.rows, collected.events, nginx=collected.nginx_rows,
                        address_history=collected.history,
@@ -634,11 +636,11 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
         "seed": prepared.seed, "pick_order": prepared.pick_order, "mixed_checks": ran.mixed_checks,
     }
     report = build_report(meta=meta, measured=measured, steps=collected.events, limits=Limits.from_settings(settings))
-    report["attribution"] = attribution(collected.rows, collected.nginx_rows, collected.history)
-    report["faults"] = died_servers(collected.events, collected.nginx_rows)
+    extra = {"attribution": attribution(collected.rows, collected.nginx_rows, collected.history),
+             "faults": died_servers(collected.events, collected.nginx_rows)}
     if collected.load_end is not None:
-        report["load_generator"] = collected.load_end
-    return report
+        extra["load_generator"] = collected.load_end
+    return dataclasses.replace(report, extra=extra)
 
 
 def died_servers(events: Sequence[Event], nginx_rows: Sequence[Any]) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ from sandbox.fleet.swarm import SwarmRuntime
 from sandbox.load.rows import parse_think_ms
 from sandbox.load.run import LoadRun, LoadSettings
 from sandbox.results.measure import MeasureSettings, measure
+from sandbox.results.model import Report
 from sandbox.results.records import Event
 from sandbox.results.report import build_report, write_report_dir
 from sandbox.results.verdict import Limits
@@ -142,14 +143,15 @@ async def rehearse(settings: Settings, *, runtime: SwarmRuntime, images: ImageSe
             await load.stop()
         await runtime.down(project)
     report = _native_report(settings, order, load.all_rows(), events, state, t1 - t0, peak[0])
+    out = report.to_json()
     if report_dir is not None:
-        report["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
+        out["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
     shutil.rmtree(workdir, ignore_errors=True)
-    return report
+    return out
 
 
 def _native_report(settings: Settings, order: str, rows: list[Any], events: list[Event], state: str,
-                   duration_s: float, peak: int) -> dict[str, Any]:
+                   duration_s: float, peak: int) -> Report:
     """The report of one swarm-native update, like every other rehearsal's (pure)."""
     measured = measure(rows, events, settings=MeasureSettings(slow_ms=settings.slow_ms))
     meta = {"project": settings.project, "kind": "roll", "strategy": f"{NATIVE}:{order}", "size": settings.size,

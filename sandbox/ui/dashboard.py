@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from sandbox.errors import PortInUseError
+from sandbox.results.model import Report
 from sandbox.ui.progress import Progress, make_progress
 from sandbox.ui.state import RolloutState
 
@@ -167,7 +168,7 @@ class LiveView:
                              title=settings.project)
         return make_progress(state=self.state, narrate=self.narrate)
 
-    async def close(self, *, report: Mapping[str, Any] | None = None,
+    async def close(self, *, report: Report | None = None,
                     table: Sequence[Mapping[str, Any]] | None = None) -> None:
         """The command ended: show its report (or compare's table); on a terminal, keep serving the
         final page (its links to the report's files work while it is served) until Enter; then stop."""

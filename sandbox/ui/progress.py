@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TextIO, TypedDict
 
 from sandbox.results.measure import is_dropped
+from sandbox.results.model import Report
 from sandbox.results.records import Event, RequestRow
 from sandbox.ui.state import RolloutState, narrate
 
@@ -166,7 +167,7 @@ class Progress:
         self._print(f"narration      {text}")
         await asyncio.sleep(self.pause_s)
 
-    def finish(self, report: Mapping[str, Any]) -> None:
+    def finish(self, report: Report) -> None:
         """The run's report: the views show the verdict."""
         self.state.finish(report)
 

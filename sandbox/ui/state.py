@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandbox.results.model import Report
 from sandbox.results.records import Event
 
 # The seed's six steps (DESIGN.md, README "What a rollout does"), in order.
@@ -204,28 +205,22 @@ class RolloutState:
                      if s["state"] == "removed" and s["since"] is not None and now - s["since"] > REMOVED_LINGER_S]:
             del self.servers[name]
 
-    def finish(self, report: Mapping[str, Any]) -> None:
-        """The run's report arrived: the verdict and its figures."""
-        from sandbox.results.report import verdict_line
-        from sandbox.results.verdict import verdict_of
-
-        passed, text = bool(verdict_of(report).get("pass")), verdict_line(report)
-        req = report.get("requests") or {}
-        lat = report.get("latency_ms") or {}
-        exp = report.get("exposure") or {}
+    def finish(self, report: Report) -> None:
+        """The run's report arrived: its verdict (as judged when it was built) and its figures."""
+        run, fig = report.run, report.figures
         self.result = {
-            "passed": passed, "verdict": text, "outcome": report.get("outcome"),
-            "strategy": report.get("strategy"), "batch": report.get("batch"),
+            "passed": report.passed, "verdict": report.verdict.line(), "outcome": run.outcome,
+            "strategy": run.strategy, "batch": run.batch,
             "figures": {
-                "duration_s": report.get("duration_s"), "peak_instances": report.get("peak_instances"),
-                "total": req.get("total"), "dropped": req.get("dropped"), "by_version": req.get("by_version"),
-                "p99_ms": lat.get("p99"), "stall_s": report.get("stall_s"),
-                "mixed_window_s": exp.get("mixed_window_s"), "users_saw_both": exp.get("users_saw_both"),
-                "users_total": exp.get("users_total"),
+                "duration_s": run.duration_s, "peak_instances": run.peak_instances,
+                "total": fig.requests.total, "dropped": fig.requests.dropped,
+                "by_version": dict(fig.requests.by_version), "p99_ms": fig.latency.p99, "stall_s": fig.stall_s,
+                "mixed_window_s": fig.exposure.mixed_window_s, "users_saw_both": fig.exposure.users_saw_both,
+                "users_total": fig.exposure.users_total,
             },
-            "files": {k: str(v) for k, v in (report.get("files") or {}).items()},
+            "files": {k: str(v) for k, v in (report.extra.get("files") or {}).items()},
         }
-        self.live["dropped"] = int(req.get("dropped") or 0)
+        self.live["dropped"] = fig.requests.dropped
         self.servers = {n: s for n, s in self.servers.items() if s["state"] != "removed"}
         self.phase = "ended"
         self.step = None

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.results.report import compare_json
+from sandbox.results.compare import compare_json
 from tests.unit.test_verdict import report_of, row, steady
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))

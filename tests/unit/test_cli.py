@@ -40,6 +40,11 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     (["roll", "--max-slow", "-1"], "max_slow: -1 must be 0 or more"),
     (["roll", "--max-p99-ratio", "0.5"], "max_p99_ratio: 0.5 must be 1 or more"),
     (["roll", "--max-p99-ratio", "nan"], "max_p99_ratio: nan must be 1 or more"),
+    (["roll", "--max-p99-ratio", "inf"], "max_p99_ratio: inf must be finite"),
+    (["roll", "--max-p99-ms", "0"], "max_p99_ms: 0.0 must be a finite number of ms above 0"),
+    (["roll", "--max-p99-ms", "inf"], "max_p99_ms: inf must be a finite number of ms above 0"),
+    (["roll", "--min-latency-samples", "0"], "min_latency_samples: 0 must be 1 or more"),
+    (["roll", "--warmup", "0"], "warmup_s: 0 with the load on leaves the p99 check no baseline"),
     (["roll", "--max-violations", "-2"], "max_violations: -2 must be 0 or more"),
     (["rollback", "--min-requests", "-1"], "min_requests: -1 must be 0 or more"),
     (["demo", "--min-requests", "x"], "'x' is not an integer"),
@@ -128,7 +133,10 @@ def test_lb_flags(argv: list[str], lb_apply: str, keepalive: bool) -> None:
     assert (settings.lb_apply, settings.client_keepalive) == (lb_apply, keepalive)
 def test_verdict_flags_reach_the_settings() -> None:
     args = build_parser().parse_args(["roll", "--max-stall-s", "2.5", "--slow-ms", "500", "--max-slow", "3",
-                                      "--max-p99-ratio", "4", "--max-violations", "1", "--min-requests", "50"])
+                                      "--max-p99-ratio", "4", "--max-violations", "1", "--min-requests", "50",
+                                      "--max-p99-ms", "400", "--min-latency-samples", "30"])
     s = settings_from_args(args)
     assert (s.max_stall_s, s.slow_ms, s.max_slow, s.max_p99_ratio, s.max_violations, s.min_requests) == (
         2.5, 500.0, 3, 4.0, 1, 50)
+    assert (s.max_p99_ms, s.min_latency_samples) == (400.0, 30)
+    assert settings_from_args(build_parser().parse_args(["roll", "--warmup", "0", "--no-load"])).warmup_s == 0

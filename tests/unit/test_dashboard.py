@@ -17,6 +17,7 @@ import pytest_asyncio
 
 from sandbox.cli import main
 from sandbox.errors import PortInUseError
+from sandbox.results.model import Report
 from sandbox.ui.dashboard import STATIC, Dashboard
 from sandbox.ui.state import RolloutState
 from tests.conftest import free_port
@@ -92,7 +93,8 @@ async def test_close_lets_an_open_page_receive_the_final_state() -> None:
     await dashboard.start()
     async with aiohttp.ClientSession() as http, http.get(dashboard.url + "events") as r:
         await read_events(r, 0.3)
-        dashboard.state.finish({"outcome": "completed", "requests": {"dropped": 0}, "verdict": PASSED})
+        dashboard.state.finish(Report.from_json({"outcome": "completed", "requests": {"dropped": 0},
+                                                 "verdict": PASSED}))
         closing = asyncio.create_task(dashboard.close())
         final = await read_events(r, 2.0)
         await closing
@@ -123,8 +125,8 @@ async def test_the_page_is_served_and_only_reads(board: Dashboard) -> None:
 @pytest.mark.asyncio
 async def test_report_files_are_served_once_the_run_has_them(board: Dashboard, tmp_path: Path) -> None:
     (tmp_path / "report.md").write_text("# report\n")
-    board.state.finish({"outcome": "completed", "requests": {"dropped": 0},
-                        "files": {"markdown": str(tmp_path / "report.md")}})
+    board.state.finish(Report.from_json({"outcome": "completed", "requests": {"dropped": 0},
+                        "files": {"markdown": str(tmp_path / "report.md")}}))
     async with aiohttp.ClientSession() as http:
         async with http.get(board.url + "files/markdown") as r:
             assert r.status == 200 and await r.text() == "# report\n"
@@ -158,8 +160,8 @@ async def test_on_a_terminal_the_final_page_is_served_until_enter(monkeypatch: p
     master, slave = os.openpty()
     with os.fdopen(slave, "r") as tty:
         monkeypatch.setattr("sys.stdin", tty)
-        closing = asyncio.create_task(view.close(report={"outcome": "completed", "requests": {"dropped": 0},
-                                                          "verdict": PASSED}))
+        final = Report.from_json({"outcome": "completed", "requests": {"dropped": 0}, "verdict": PASSED})
+        closing = asyncio.create_task(view.close(report=final))
         await asyncio.sleep(0.3)
         assert not closing.done() and "until you press Enter" in said[-1]
         async with aiohttp.ClientSession() as http, http.get(view.dashboard.url + "api/state") as r:  # type: ignore[union-attr]
@@ -174,4 +176,4 @@ async def test_elsewhere_the_command_does_not_wait(monkeypatch: pytest.MonkeyPat
     from sandbox.ui.dashboard import LiveView
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     view = await LiveView.open(dashboard=True, port=free_port(), say=lambda _text: None)
-    await asyncio.wait_for(view.close(report={"outcome": "completed", "requests": {"dropped": 0}}), 1)
+    await asyncio.wait_for(view.close(report=Report.from_json({"outcome": "completed", "requests": {"dropped": 0}})), 1)

@@ -10,6 +10,7 @@ import pytest
 
 from sandbox import cli, commands
 from sandbox.results.junit import compare_junit_xml, write_junit
+from sandbox.results.model import Report
 
 REPORT = {
     "kind": "roll", "from_version": "0.10.1", "to_version": "0.10.2", "strategy": "one-at-a-time",
@@ -23,7 +24,7 @@ REPORT = {
 
 
 def test_one_test_case_per_check_and_failures_carry_figure_and_limit(tmp_path: Path) -> None:
-    path = write_junit(REPORT, tmp_path / "ci" / "rollout.xml")
+    path = write_junit(Report.from_json(REPORT), tmp_path / "ci" / "rollout.xml")
     root = ET.parse(path).getroot()
     assert root.tag == "testsuites" and (root.get("tests"), root.get("failures")) == ("3", "1")
     suite = root.find("testsuite")
@@ -38,15 +39,16 @@ def test_one_test_case_per_check_and_failures_carry_figure_and_limit(tmp_path: P
 
 def test_a_passing_verdict_has_no_failure(tmp_path: Path) -> None:
     report = {**REPORT, "verdict": {"pass": True, "checks": [REPORT["verdict"]["checks"][0]]}}  # type: ignore[index]
-    root = ET.parse(write_junit(report, tmp_path / "r.xml")).getroot()
+    root = ET.parse(write_junit(Report.from_json(report), tmp_path / "r.xml")).getroot()
     assert root.get("failures") == "0" and root.find("testsuite/testcase/failure") is None
 
 
-def _compare_report(strategy: str, batch: int, dropped: int) -> dict[str, Any]:
-    return {"kind": "roll", "from_version": "v1", "to_version": "v2", "strategy": strategy, "batch": batch,
-            "duration_s": 4.5, "verdict": {"pass": dropped == 0, "checks": [
+def _compare_report(strategy: str, batch: int, dropped: int) -> Report:
+    return Report.from_json({
+        "kind": "roll", "from_version": "v1", "to_version": "v2", "strategy": strategy, "batch": batch,
+        "duration_s": 4.5, "verdict": {"pass": dropped == 0, "checks": [
                 {"name": "outcome", "pass": True, "value": "completed", "limit": "completed"},
-                {"name": "dropped", "pass": dropped == 0, "value": dropped, "limit": 0}]}}
+                {"name": "dropped", "pass": dropped == 0, "value": dropped, "limit": 0}]}})
 
 
 COMPARED = [_compare_report("one-at-a-time", 1, 0), _compare_report("rolling", 3, 2), _compare_report("naive", 1, 40)]

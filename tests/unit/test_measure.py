@@ -430,6 +430,22 @@ def test_phases_split_at_rollout_events() -> None:
     assert m["rollout"]["duration_s"] == 4.0
 
 
+def test_like_for_like_compares_only_requests_and_users_seen_in_both_phases() -> None:
+    rows = [
+        row(0.5, latency=2.0), row(1.0, latency=4.0), row(1.5, user="u2", latency=3.0),  # warmup
+        row(3.0, latency=20.0), row(4.0, latency=10.0),  # rollout, u1 on the same path: compared
+        {**row(4.5, latency=900.0), "name": "/report"},  # a path the warmup never asked
+        row(5.0, user="u3", latency=700.0),  # a user the warmup never had
+        row(5.5, status=0, unanswered=True),  # no answer: no latency
+    ]
+    m = measure(rows, [*ROLLOUT, event(8.0, "load-stop")])  # type: ignore[list-item]
+    assert m["like_for_like"] == {"steady": {"p99_ms": 4.0, "samples": 2},
+                                  "rollout": {"p99_ms": 20.0, "samples": 2}, "classes": 1}
+    assert m["phases"]["rollout"]["latency_ms"]["p99"] == 900.0  # the phase itself counts them all
+    no_rollout = measure(rows, [event(8.0, "load-stop")])["like_for_like"]
+    assert no_rollout["steady"]["samples"] == no_rollout["rollout"]["samples"] == 0
+
+
 def test_rollout_without_end_runs_to_the_end_of_the_load() -> None:
     rows = [row(0.0), row(3.0), row(5.0)]
     ph = measure(rows, [event(2.0, "rollout-start"), event(9.0, "load-stop")])["phases"]

@@ -15,8 +15,11 @@ from sandbox import cli
 from sandbox.config import Settings, load_settings
 from sandbox.errors import EXIT_USAGE, PlanError, UsageError
 from sandbox.results.junit import junit_xml
-from sandbox.results.report import build_report, markdown_page, summary_text, verdict_line
-from sandbox.results.verdict import exit_code, failed_names, verdict
+from sandbox.results.markdown import markdown_page
+from sandbox.results.model import Report
+from sandbox.results.report import build_report
+from sandbox.results.text import summary_text
+from sandbox.results.verdict import exit_code
 from sandbox.rollout import mixed
 from sandbox.rollout.plan import PlanSettings, Server, merge_reloads, pick_order, plan, validate
 from tests.unit.test_plan import STRATEGY_MODES, fleet_of
@@ -152,19 +155,24 @@ FAILED = {"name": "mixed_check_2", "command": "./contract-test.sh", "status": "f
 NOT_RUN = mixed.not_run(["./never.sh"], mixed.NEVER_MIXED, start=3)[0]
 
 
-def _report(*records: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
+def failed_names(report: Report | dict[str, Any]) -> list[str]:
+    """The failed checks of a report, or of the JSON a rehearsal returned."""
+    return (report if isinstance(report, Report) else Report.from_json(report)).verdict.failed_names
+
+
+def _report(*records: dict[str, Any], seed: int | None = None) -> Report:
     meta = {"strategy": "one-at-a-time", "size": 3, "outcome": "completed", "load": False, "from_version": "v1",
             "to_version": "v2", "seed": seed, "pick_order": [[2], [3], [1]], "mixed_checks": list(records)}
     return build_report(meta=meta, measured={}, steps=[])
 
 
 def test_a_passing_check_passes_a_failing_one_fails_and_is_named_with_its_command() -> None:
-    assert verdict(_report(PASSED)).passed and exit_code(_report(PASSED)) == 0
+    assert _report(PASSED).passed and exit_code(_report(PASSED)) == 0
     report = _report(PASSED, FAILED)
     assert failed_names(report) == ["mixed_check_2"] and exit_code(report) == 1
-    checks = {c["name"]: c for c in report["verdict"]["checks"]}
+    checks = {c["name"]: c for c in report.to_json()["verdict"]["checks"]}
     assert (checks["mixed_check_1"]["pass"], checks["mixed_check_2"]["value"]) == (True, 3)
-    assert verdict_line(report) == "FAIL: mixed_check_2 exit 3 (must exit 0): ran 1.5 s: ./contract-test.sh"
+    assert report.verdict.line() == "FAIL: mixed_check_2 exit 3 (must exit 0): ran 1.5 s: ./contract-test.sh"
     text = summary_text(report)
     assert "  mixed_check_2: FAIL exit 3 in 1.5 s: ./contract-test.sh\n    field 'name' missing" in text
     assert "  FAIL mixed_check_2" in text and "  PASS mixed_check_1" in text
@@ -172,11 +180,11 @@ def test_a_passing_check_passes_a_failing_one_fails_and_is_named_with_its_comman
 
 def test_a_check_that_never_ran_holds_but_is_shown_as_skipped_never_as_a_plain_pass() -> None:
     report = _report(PASSED, NOT_RUN)
-    assert report["verdict"]["pass"] is True
-    check = report["verdict"]["checks"][-1]
-    assert check == {"name": "mixed_check_3", "pass": True, "value": None, "limit": 0, "skipped": True,
-                     "note": f"{mixed.NEVER_MIXED}: ./never.sh"}
-    assert verdict_line(report).endswith("checks held (1 not run: mixed_check_3)")
+    assert report.passed is True
+    check = report.to_json()["verdict"]["checks"][-1]
+    assert check.items() >= {"name": "mixed_check_3", "pass": True, "value": None, "limit": 0, "skipped": True,
+                             "note": f"{mixed.NEVER_MIXED}: ./never.sh", "status": "NOT_RUN"}.items()
+    assert report.verdict.line().endswith("checks held (1 not run: mixed_check_3)")
     text = summary_text(report)
     assert "  SKIP mixed_check_3" in text and "NOT RUN ./never.sh (not run: the fleet never had both" in text
     assert "| mixed_check_3 | SKIP |" in markdown_page(report)
@@ -184,14 +192,14 @@ def test_a_check_that_never_ran_holds_but_is_shown_as_skipped_never_as_a_plain_p
 
 def test_the_seed_and_pick_order_are_in_the_report() -> None:
     report = _report(seed=7)
-    assert (report["seed"], report["pick_order"]) == (7, [[2], [3], [1]])
+    assert (report.to_json()["seed"], report.to_json()["pick_order"]) == (7, [[2], [3], [1]])
     assert "pick order       [2] [3] [1] (seed 7)" in summary_text(report)
     assert "pick order" not in summary_text(_report())  # without --seed, the text stays as it was
     assert "| pick order | [2] [3] [1] (slot order, no --seed) |" in markdown_page(_report())
 
 
 def test_junit_has_a_case_per_check_failing_skipped_and_passing_with_its_output() -> None:
-    root = ET.fromstring(junit_xml({**_report(PASSED, FAILED, NOT_RUN), "kind": "roll"}))
+    root = ET.fromstring(junit_xml(_report(PASSED, FAILED, NOT_RUN)))
     suite = root.find("testsuite")
     assert suite is not None and (suite.get("failures"), suite.get("skipped")) == ("1", "1")
     cases = {c.get("name"): c for c in suite.findall("testcase")}
@@ -302,7 +310,7 @@ async def test_a_seeded_roll_reports_its_seed_and_order_and_the_same_seed_picks_
 def test_swarms_own_update_says_its_checks_did_not_run() -> None:
     from sandbox.rollout.swarm_native import _native_report
 
-    report = _native_report(Settings(mixed_checks=("./a.sh",)), "stop-first", [], [], "completed", 1.0, 3)
+    report = _native_report(Settings(mixed_checks=("./a.sh",)), "stop-first", [], [], "completed", 1.0, 3).to_json()
     assert report["mixed_checks"][0]["status"] == "not_run" and "Swarm" in report["mixed_checks"][0]["reason"]
     assert next(c for c in report["verdict"]["checks"] if c["name"] == "mixed_check_1")["skipped"] is True
 
@@ -312,7 +320,7 @@ def test_a_timed_out_check_fails_and_a_pipe_in_its_command_keeps_the_markdown_ta
               "exit_code": -9, "duration_s": 60.0, "stdout_tail": "", "stderr_tail": "(killed after 60 s)"}
     report = _report(record)
     assert failed_names(report) == ["mixed_check_1"]
-    assert report["verdict"]["checks"][-1]["note"] == "killed at the timeout after 60.0 s: curl -s $SANDBOX_URL | jq ."
+    assert report.verdict.checks[-1].reason == "killed at the timeout after 60.0 s: curl -s $SANDBOX_URL | jq ."
     row = next(line for line in markdown_page(report).splitlines() if line.startswith("| mixed_check_1 |"))
     assert row.count(" | ") == 4 and "curl -s $SANDBOX_URL \\| jq ." in row  # five cells, the pipe escaped
     assert "mixed_check_1: FAIL (timed out) exit -9 in 60.0 s" in summary_text(report)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from sandbox.results.overhead import overhead, overhead_ratio, unavoidable_s
-from sandbox.results.report import build_report, summary_text
+from sandbox.results.report import build_report
+from sandbox.results.text import summary_text
 
 
 def _ev(phase: str, batch: int, **detail: float) -> dict:
@@ -47,7 +48,7 @@ def test_garbage_detail_counts_as_zero() -> None:
 def test_report_carries_and_shows_it() -> None:
     report = build_report(meta={"strategy": "one-at-a-time", "duration_s": 5.0, "load": False},
                           measured={}, steps=EVENTS)  # type: ignore[arg-type]
-    assert report["unavoidable_s"] == 2.0
-    assert report["overhead_ratio"] == 2.5
+    assert report.to_json()["unavoidable_s"] == 2.0
+    assert report.to_json()["overhead_ratio"] == 2.5
     text = summary_text(report)
     assert "ratio 2.50" in text and "2.00 s unavoidable" in text

@@ -76,7 +76,7 @@ class World:
 
 
 def settings(**extra: Any) -> Settings:
-    base: dict[str, Any] = {"project": "p", "load": False, "warmup_s": 0, "cooldown_s": 0, "settle_s": 0,
+    base: dict[str, Any] = {"project": "p", "load": False, "warmup_s": 0.01, "cooldown_s": 0, "settle_s": 0,
                             "ready_timeout": 0.05, "drain_timeout": 1, "set_env": {"NEW": "1"}}
     return Settings(**{**base, **extra})
 

@@ -1,23 +1,21 @@
-"""sandbox.results.report: the report dict, the terminal summary, the files, the comparison."""
+"""sandbox.results.report and its renderers: the report, its JSON, the terminal summary, the files, the comparison."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sandbox.results.compare import compare_json
+from sandbox.results.markdown import compare_table
 from sandbox.results.measure import measure
+from sandbox.results.model import Report
 from sandbox.results.records import Event, RequestRow
-from sandbox.results.report import (
-    build_report,
-    compare_json,
-    compare_table,
-    compare_text,
-    summary_text,
-    write_report_dir,
-)
+from sandbox.results.report import build_report, write_report_dir
+from sandbox.results.text import compare_text, summary_text
 from sandbox.results.verdict import DEFAULT_LIMITS, Limits
 
 T0 = 1_700_000_000.0
@@ -126,14 +124,18 @@ def _rows(dropped: int = 0) -> list[RequestRow]:
     return rows
 
 
-def _report(dropped: int = 0, limits: Limits = DEFAULT_LIMITS, **meta: Any) -> dict[str, Any]:
+# 100 requests: enough for every check once the p99 check accepts so few answers
+LIMITS = dataclasses.replace(DEFAULT_LIMITS, min_latency_samples=10)
+
+
+def _report(dropped: int = 0, limits: Limits = LIMITS, **meta: Any) -> Report:
     events = _events()
     measured = measure(_rows(dropped), events)
     return build_report(meta={**META, **meta}, measured=measured, steps=events, limits=limits)
 
 
 def test_build_report_has_every_required_key() -> None:
-    report = _report()
+    report = _report().to_json()
     assert report.keys() >= REQUIRED_KEYS
     assert report["outcome"] == "completed"
     assert report["peak_instances"] == 3  # from measure: stop before each start
@@ -144,7 +146,7 @@ def test_build_report_has_every_required_key() -> None:
 
 
 def test_build_report_steps_are_relative_to_the_first_event() -> None:
-    steps = _report()["steps"]
+    steps = _report().to_json()["steps"]
     assert steps[0] == {"t": 0.0, "phase": "load-start", "instance": None}
     rollout_start = steps[1]
     assert rollout_start["t"] == 2.5
@@ -155,9 +157,9 @@ def test_build_report_steps_are_relative_to_the_first_event() -> None:
 
 
 def test_build_report_meta_wins_and_falls_back() -> None:
-    assert _report(peak_instances=6)["peak_instances"] == 6
+    assert _report(peak_instances=6).run.peak_instances == 6
     events = [*_events(), {"t": T0 + 9.0, "phase": "rollback-end", "instance": None}]
-    bare = build_report(meta={}, measured=measure(_rows(), events), steps=events)  # type: ignore[arg-type]
+    bare = build_report(meta={}, measured=measure(_rows(), events), steps=events).to_json()  # type: ignore[arg-type]
     assert bare["outcome"] == "rolled_back"
     assert bare["duration_s"] == 6.0
     assert (bare["from_version"], bare["to_version"]) == ("v1", "v2")
@@ -177,8 +179,8 @@ def test_summary_text_pass() -> None:
     assert "sessions lost" in text
     assert "Target: 0" not in text
     assert text.splitlines()[-1] == "PASS: all 9 checks held"
-    assert report["verdict"]["pass"] is True
-    assert [c["name"] for c in report["verdict"]["checks"]] == CHECK_NAMES
+    assert report.to_json()["verdict"]["pass"] is True
+    assert [c["name"] for c in report.to_json()["verdict"]["checks"]] == CHECK_NAMES
     # every check is listed with its figure and its limit
     checks = text.split("\nchecks\n")[1].splitlines()[:-1]
     assert len(checks) == len(CHECK_NAMES)
@@ -186,7 +188,8 @@ def test_summary_text_pass() -> None:
     assert "  PASS dropped              0 (max 0)" in checks
     assert "  PASS requests_measured    100 (min 100)" in checks
     assert any(line.startswith("  PASS stall_s ") and "(max 1.00 s)" in line for line in checks)
-    assert any(line.startswith("  PASS p99_ratio ") and "(max 3.00x)" in line for line in checks)
+    p99 = next(line for line in checks if line.startswith("  PASS p99_ratio "))
+    assert "(max 250 ms; 3.00x if steady was over it)" in p99
 
 
 def test_summary_text_fail_and_allowance() -> None:
@@ -195,15 +198,15 @@ def test_summary_text_fail_and_allowance() -> None:
     assert "3 dropped" in text
     assert text.splitlines()[-1] == "FAIL: dropped 3 (max 0)"
     assert "  FAIL dropped              3 (max 0)" in text
-    allowed = _report(dropped=3, limits=Limits(max_dropped=3))
+    allowed = _report(dropped=3, limits=dataclasses.replace(LIMITS, max_dropped=3))
     assert summary_text(allowed).splitlines()[-1] == "PASS: all 9 checks held"
-    assert _report(dropped=3, limits=Limits(max_dropped=2))["verdict"]["pass"] is False
+    assert _report(dropped=3, limits=dataclasses.replace(LIMITS, max_dropped=2)).passed is False
 
 
 def test_an_empty_run_with_load_on_fails() -> None:
     report = build_report(meta={}, measured=measure([], []), steps=[])
     text = summary_text(report)
-    assert report["verdict"]["pass"] is False
+    assert report.passed is False
     assert text.splitlines()[-1] == "FAIL: requests_measured 0 (min 100)"
     assert "no requests were measured" in text and "p50" not in text
 
@@ -218,7 +221,7 @@ def test_a_run_without_load_passes_on_what_it_can_measure() -> None:
 
 def test_a_rollout_that_did_not_complete_fails_even_with_zero_dropped() -> None:
     report = _report(outcome="rolled_back")
-    assert report["requests"]["dropped"] == 0
+    assert report.figures.requests.dropped == 0
     assert summary_text(report).splitlines()[-1] == "FAIL: outcome rolled_back (must be completed)"
 
 
@@ -226,8 +229,8 @@ def test_a_timed_out_drain_is_kept_and_fails_the_run() -> None:
     events = _events()
     drain = next(e for e in events if e["phase"] == "drain")
     drain["detail"] = {"duration_s": 30.0, "in_flight": 2, "timed_out": True}
-    report = build_report(meta=META, measured=measure(_rows(), events), steps=events)
-    assert [d["timed_out"] for d in report["drains"]] == [True, False, False]
+    report = build_report(meta=META, measured=measure(_rows(), events), steps=events, limits=LIMITS)
+    assert [d["timed_out"] for d in report.to_json()["drains"]] == [True, False, False]
     assert summary_text(report).splitlines()[-1] == "FAIL: drains_timed_out 1 (max 0)"
     assert "1 timed out" in summary_text(report)
 
@@ -239,7 +242,8 @@ def test_write_report_dir(tmp_path: Path) -> None:
     report = _report(dropped=2)
     paths = write_report_dir(report, tmp_path / "run")
     assert set(paths) == {"json", "chart", "markdown"}
-    assert json.loads(paths["json"].read_text()) == report
+    assert json.loads(paths["json"].read_text()) == report.to_json()
+    assert Report.from_json(json.loads(paths["json"].read_text())) == report  # read back whole
     png = paths["chart"].read_bytes()
     assert png[:8] == PNG_SIGNATURE
     assert len(png) > 20_000  # a real three-panel chart, not an empty canvas
@@ -281,11 +285,11 @@ COMPARE_KEYS = {
 
 
 @pytest.fixture
-def two_reports() -> list[dict[str, Any]]:
+def two_reports() -> list[Report]:
     return [_report(), _report(dropped=4, strategy="naive", duration_s=2.5)]
 
 
-def test_compare_json(two_reports: list[dict[str, Any]]) -> None:
+def test_compare_json(two_reports: list[Report]) -> None:
     out = compare_json(two_reports)
     assert list(out) == ["rows"]
     assert len(out["rows"]) == 2
@@ -296,7 +300,7 @@ def test_compare_json(two_reports: list[dict[str, Any]]) -> None:
     json.dumps(out)
 
 
-def test_compare_table(two_reports: list[dict[str, Any]]) -> None:
+def test_compare_table(two_reports: list[Report]) -> None:
     lines = compare_table(two_reports).strip().splitlines()
     assert len(lines) == 4  # header, rule, one line per report
     assert all(line.startswith("|") and line.endswith("|") for line in lines)
@@ -306,7 +310,7 @@ def test_compare_table(two_reports: list[dict[str, Any]]) -> None:
     assert len(widths) == 1
 
 
-def test_compare_text(two_reports: list[dict[str, Any]]) -> None:
+def test_compare_text(two_reports: list[Report]) -> None:
     lines = compare_text(two_reports).splitlines()
     assert len(lines) == 3
     assert lines[0].startswith("strategy")

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from sandbox.results.model import Report
 from sandbox.results.records import Event
 from sandbox.ui.state import REMOVED_LINGER_S, SEED_STEPS, RolloutState, narrate, promise
 
@@ -192,24 +193,26 @@ def test_the_end_shows_the_verdict_and_the_report_figures() -> None:
               "latency_ms": {"p99": 20.0}, "exposure": {"mixed_window_s": 11.0},
               "files": {"json": "/r/report.json", "chart": "/r/chart.png", "markdown": "/r/report.md"},
               "verdict": PASSED}
-    state.finish(report)
+    state.finish(Report.from_json(report))
     snap = state.snapshot()
     assert snap["phase"] == "ended" and snap["step"] is None
     assert snap["result"]["passed"] is True and snap["result"]["verdict"] == "PASS: all 2 checks held"
     assert snap["result"]["figures"]["by_version"] == {"v1": 400, "v2": 500}
     assert snap["result"]["files"]["markdown"] == "/r/report.md"
     assert all(s["state"] != "removed" for slot in snap["slots"] for s in slot["servers"])
-    state.finish({**report, "requests": {"dropped": 2}, "verdict": FAILED})
+    state.finish(Report.from_json({**report, "requests": {"dropped": 2}, "verdict": FAILED}))
     assert state.snapshot()["result"]["verdict"] == "FAIL: dropped 2 (max 0)"
 
 
 def test_compare_files_each_run_as_a_panel_then_the_table() -> None:
     state = fleet(3)
-    state.finish({"outcome": "completed", "strategy": "one-at-a-time", "requests": {"dropped": 0}, "verdict": PASSED})
+    state.finish(Report.from_json({"outcome": "completed", "strategy": "one-at-a-time", "requests": {"dropped": 0},
+                                   "verdict": PASSED}))
     state.add_panel()
     state.configure(strategy="naive", batch=1, size=3)
     assert state.snapshot()["slots"] == [{"slot": n, "servers": []} for n in (1, 2, 3)]
-    state.finish({"outcome": "completed", "strategy": "naive", "requests": {"dropped": 7}, "verdict": FAILED})
+    state.finish(Report.from_json({"outcome": "completed", "strategy": "naive", "requests": {"dropped": 7},
+                                   "verdict": FAILED}))
     state.add_panel()
     state.set_table([{"strategy": "one-at-a-time", "dropped": 0}, {"strategy": "naive", "dropped": 7}])
     snap = state.snapshot()

@@ -1,21 +1,27 @@
-"""sandbox.results.verdict: every check, from reports built out of hand-made rows and events."""
+"""sandbox.results.verdict: every check, from reports built out of hand-made rows and events, and
+the p99 rule from a table of cases."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from sandbox.config import Settings
+from sandbox.results.compare import compare_json
 from sandbox.results.measure import measure
+from sandbox.results.model import P99, LatencySample, LikeForLike, Report, Status
 from sandbox.results.records import Event, RequestRow
-from sandbox.results.report import build_report, compare_json, compare_text, summary_text
+from sandbox.results.report import build_report
+from sandbox.results.text import compare_text, summary_text
 from sandbox.results.verdict import (
     DEFAULT_LIMITS,
+    NO_LOAD,
     Limits,
     compare_exit_code,
     exit_code,
-    failed_names,
+    p99_check,
     verdict,
 )
 
@@ -58,20 +64,33 @@ def steady(step: float = 0.05, latency: float = 10.0, until: float = LOAD_END) -
             for i in range(n)]
 
 
-def report_of(rows: list[RequestRow], *, limits: Limits = DEFAULT_LIMITS, timed_out: bool = False,
-              **meta: Any) -> dict[str, Any]:
+# steady() sends 60 requests in the warmup: the p99 check needs fewer samples to judge them
+LIMITS = dataclasses.replace(DEFAULT_LIMITS, min_latency_samples=50)
+
+
+def limits(**changes: Any) -> Limits:
+    return dataclasses.replace(LIMITS, **changes)
+
+
+def report_of(rows: list[RequestRow], *, limits: Limits = LIMITS, timed_out: bool = False,
+              **meta: Any) -> Report:
     evs = events(timed_out=timed_out)
     meta = {"strategy": "one-at-a-time", "outcome": "completed", "load": True, **meta}
     return build_report(meta=meta, measured=measure(rows, evs), steps=evs, limits=limits)
 
 
-def check(report: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(c for c in report["verdict"]["checks"] if c["name"] == name)
+def check(report: Report, name: str) -> dict[str, Any]:
+    """The check as ``report.json`` has it."""
+    return next(c for c in report.to_json()["verdict"]["checks"] if c["name"] == name)
+
+
+def failed_names(report: Report) -> list[str]:
+    return report.verdict.failed_names
 
 
 def test_a_steady_run_passes_every_check() -> None:
     report = report_of(steady())
-    assert report["verdict"]["pass"] is True, report["verdict"]
+    assert report.passed is True, report.verdict
     assert failed_names(report) == []
     assert check(report, "requests_measured")["value"] == 320
     assert check(report, "p99_ratio")["value"] == 1.0
@@ -83,39 +102,42 @@ def test_a_five_second_freeze_fails_the_stall_check() -> None:
     rows = [r if not 6.0 <= r["t"] - T0 < 11.0 else row(r["t"] - T0, user=r["user"], answered_at=11.0)
             for r in steady()]
     report = report_of(rows)
-    assert report["requests"]["dropped"] == 0
+    assert report.figures.requests.dropped == 0
     stall = check(report, "stall_s")
     assert stall["pass"] is False and stall["value"] == pytest.approx(5.0, abs=0.06) and stall["limit"] == 1.0
     assert "stall_s" in failed_names(report)
     assert "slow" in failed_names(report)  # the first requests of the freeze waited more than 2 s
     assert exit_code(report) == 1
     assert "FAIL stall_s" in summary_text(report)
-    # allowed a 6 s stall and slow requests, the same run passes the stall check
-    lenient = report_of(rows, limits=Limits(max_stall_s=6.0, max_slow=1000, max_p99_ratio=1000))
-    assert lenient["verdict"]["pass"] is True
+    assert "p99_ratio" in failed_names(report)  # a 5 s wait is a rise users feel
+    # allowed a 6 s stall, slow requests and a 10 s p99, the same run passes
+    lenient = report_of(rows, limits=limits(max_stall_s=6.0, max_slow=1000, max_p99_ms=10_000))
+    assert lenient.passed is True
 
 
 def test_fewer_requests_than_the_minimum_fail() -> None:
     rows = [row(i * 0.2, user=f"u{i % 2}") for i in range(80)]  # 80 < 100, answered every 0.2 s
     report = report_of(rows)
     assert failed_names(report) == ["requests_measured"]
-    assert check(report, "requests_measured") == {"name": "requests_measured", "pass": False, "value": 80,
-                                                  "limit": 100}
-    assert report_of(rows, limits=Limits(min_requests=80))["verdict"]["pass"] is True
+    assert check(report, "requests_measured").items() >= {"name": "requests_measured", "pass": False, "value": 80,
+                                                          "limit": 100, "status": "FAIL"}.items()
+    assert report_of(rows, limits=limits(min_requests=80)).passed is True
 
 
 def test_load_on_and_nothing_measured_is_never_a_pass() -> None:
     report = build_report(meta={"outcome": "completed"}, measured=measure([], []), steps=[])
-    assert report["verdict"]["pass"] is False
+    assert report.passed is False
     assert "requests_measured" in failed_names(report)
-    assert verdict(report, Limits(min_requests=0)).passed is True  # only because nothing was asked
+    # only because nothing was asked; the p99 check, with no answers, says it did not run
+    lenient = verdict(report.run, report.figures, Limits(min_requests=0))
+    assert lenient.passed is True and lenient.line() == "PASS: all 9 checks held (1 not run: p99_ratio)"
 
 
 def test_a_load_generator_that_died_fails() -> None:
     report = report_of(steady(), load_alive=False)
     assert failed_names(report) == ["load_alive"]
     assert check(report, "load_alive")["note"] == "the load generator died during the run"
-    assert report_of(steady(), load_alive=None)["verdict"]["pass"] is True  # unknown: alive
+    assert report_of(steady(), load_alive=None).passed is True  # unknown: alive
 
 
 def test_a_timed_out_drain_fails() -> None:
@@ -124,47 +146,97 @@ def test_a_timed_out_drain_fails() -> None:
     assert check(report, "drains_timed_out")["value"] == 1
 
 
-def test_p99_ratio_against_the_warmup() -> None:
-    rows = steady()  # 10 ms everywhere; the rollout's slowest 2% answer in 40 ms
-    slow_ones = {id(r) for r in rows if WARMUP_END <= r["t"] - T0 < ROLLOUT_END}
-    rows = [row(r["t"] - T0, user=r["user"], latency=40.0) if id(r) in slow_ones and int((r["t"] - T0) * 20) % 25 == 0
-            else r for r in rows]
-    report = report_of(rows)
+def slower_rollout(latency: float, *, every: int = 25, name: str = "/") -> list[RequestRow]:
+    """steady(), with one rollout request in ``every`` answered in ``latency`` ms (and named ``name``)."""
+    out = []
+    for r in steady():
+        t = r["t"] - T0
+        if WARMUP_END <= t < ROLLOUT_END and int(t * 20) % every == 0:
+            r = {**row(t, user=r["user"], latency=latency), "name": name}  # type: ignore[assignment]
+        out.append(r)
+    return out
+
+
+def test_a_rise_users_cannot_feel_passes_whatever_its_ratio() -> None:
+    ratio = check(report_of(slower_rollout(40.0)), "p99_ratio")  # 10 ms -> 40 ms: 4x, far under 250 ms
+    assert (ratio["value"], ratio["pass"], ratio["status"]) == (4.0, True, "PASS")
+    assert ratio["note"] == "steady p99 10.0 ms; 200 rollout and 60 steady answers of the same requests"
+    assert (ratio["rollout_p99_ms"], ratio["steady_p99_ms"], ratio["max_p99_ms"]) == (40.0, 10.0, 250.0)
+    assert ratio["samples"] == {"steady": 60, "rollout": 200}
+
+
+def test_a_rise_users_feel_fails() -> None:
+    report = report_of(slower_rollout(800.0))
+    assert failed_names(report) == ["p99_ratio"]
+    assert summary_text(report).splitlines()[-1] == (
+        "FAIL: p99_ratio 800.0 ms, 80.00x steady (max 250 ms; 3.00x if steady was over it)")
+    assert report_of(slower_rollout(800.0), limits=limits(max_p99_ms=1000)).passed is True
+
+
+def test_p99_compares_the_same_requests_only() -> None:
+    # the slow answers are of a path the warmup never asked: nothing to compare them with
+    report = report_of(slower_rollout(800.0, name="/report"))
+    assert report.figures.phases["rollout"].latency.p99 == 800.0  # the phase itself shows them
     ratio = check(report, "p99_ratio")
-    assert ratio["value"] == 4.0 and ratio["pass"] is False
-    assert ratio["note"] == "rollout p99 40.0 ms, warmup p99 10.0 ms"
-    assert report_of(rows, limits=Limits(max_p99_ratio=4.0))["verdict"]["pass"] is True
+    assert (ratio["status"], ratio["rollout_p99_ms"]) == ("PASS", 10.0)
+    assert ratio["samples"] == {"steady": 60, "rollout": 184}
+    assert report.figures.like_for_like.classes == 1
 
 
-def test_p99_ratio_without_a_warmup_cannot_be_measured() -> None:
+def test_p99_without_a_warmup_is_skipped_not_passed() -> None:
     rows = [r for r in steady() if r["t"] - T0 >= WARMUP_END]
     ratio = check(report_of(rows), "p99_ratio")
-    assert ratio["pass"] is True and ratio["value"] is None
-    assert ratio["note"] == "no warmup answers to compare with"
+    assert (ratio["status"], ratio["pass"], ratio["skipped"], ratio["value"]) == ("SKIP", True, True, None)
+    assert ratio["note"] == ("too few answers to compare: 0 steady, 0 rollout of the same requests "
+                             "(min 50, --min-latency-samples)")
+    assert summary_text(report_of(rows)).splitlines()[-1] == "PASS: all 9 checks held (1 not run: p99_ratio)"
+
+
+def like(steady_ms: float | None, rollout_ms: float | None, steady_n: int = 1000, rollout_n: int = 1000) -> LikeForLike:
+    return LikeForLike(LatencySample(steady_ms, steady_n), LatencySample(rollout_ms, rollout_n), classes=1)
+
+
+@pytest.mark.parametrize(("figures", "load", "status"), [
+    (like(2.0, 20.0, 199, 1000), True, "SKIP"),  # too few steady answers: not a figure
+    (like(2.0, 800.0, 1000, 199), True, "SKIP"),  # too few rollout answers
+    (like(None, None, 0, 0), True, "SKIP"),  # nothing answered
+    (like(2.0, 20.0), True, "PASS"),  # 10x, but 20 ms: a rise nobody feels (servers booting on 2 cores)
+    (like(10.0, 250.0), True, "PASS"),  # at the bound
+    (like(5.0, 800.0), True, "FAIL"),  # 800 ms: users feel it
+    (like(100.0, 260.0), True, "FAIL"),  # over the bound from a steady fleet under it, though only 2.6x
+    (like(300.0, 800.0), True, "PASS"),  # the fleet was over the bound already; the rollout did not triple it
+    (like(300.0, 1000.0), True, "FAIL"),  # ... and now it did
+    (like(2.0, 800.0), False, "PASS"),  # no load: nothing measured, and it says so
+])
+def test_the_p99_rule(figures: LikeForLike, load: bool, status: Status) -> None:
+    check = p99_check(figures, DEFAULT_LIMITS, load=load)
+    assert isinstance(check, P99) and check.status == status
+    assert check.reason == NO_LOAD if not load else check.reason
+    assert check.passed is (status != "FAIL") and check.skipped is (status == "SKIP")
 
 
 def test_contract_violations_and_outcome() -> None:
     rows = [*steady(), row(9.0, version="v2", contract="violation")]
     assert failed_names(report_of(rows)) == ["contract_violations"]
-    assert report_of(rows, limits=Limits(max_violations=1))["verdict"]["pass"] is True
+    assert report_of(rows, limits=limits(max_violations=1)).passed is True
     rolled = report_of(steady(), outcome="rolled_back")
     assert failed_names(rolled) == ["outcome"]
-    assert check(rolled, "outcome") == {"name": "outcome", "pass": False, "value": "rolled_back",
-                                        "limit": "completed"}
+    assert check(rolled, "outcome").items() >= {"name": "outcome", "pass": False, "value": "rolled_back",
+                                                "limit": "completed", "status": "FAIL"}.items()
 
 
 def test_dropped_within_the_limit() -> None:
     rows = [*steady(), row(9.0, status=502)]
     assert failed_names(report_of(rows)) == ["dropped"]
-    assert report_of(rows, limits=Limits(max_dropped=1))["verdict"]["pass"] is True
+    assert report_of(rows, limits=limits(max_dropped=1)).passed is True
 
 
 def test_without_load_only_the_rollout_itself_is_checked() -> None:
     evs = events()
     report = build_report(meta={"outcome": "completed", "load": False}, measured=measure([], evs), steps=evs)
-    assert report["stall_s"] > 1  # nothing answered: the whole window, but nobody was asking
-    assert report["verdict"]["pass"] is True
-    traffic = [c for c in report["verdict"]["checks"] if c["name"] not in ("outcome", "drains_timed_out")]
+    assert (report.figures.stall_s or 0) > 1  # nothing answered: the whole window, but nobody was asking
+    assert report.passed is True
+    traffic = [c for c in report.to_json()["verdict"]["checks"] if c["name"] not in ("outcome", "drains_timed_out")]
     assert all(c["value"] is None and c["note"] == "not measured: no load" for c in traffic)
 
 
@@ -177,18 +249,22 @@ def test_exit_code() -> None:
     passing, failing = report_of(steady()), report_of(steady(), load_alive=False)
     assert (exit_code(passing), exit_code(failing)) == (0, 1)
     assert exit_code(failing, "interrupted") == exit_code(report_of(steady(), outcome="interrupted")) == 130
-    bare = {k: v for k, v in passing.items() if k != "verdict"}  # an older report: default limits
-    assert exit_code(bare) == 0
-    assert exit_code({**bare, "requests": {**bare["requests"], "dropped": 1}}) == 1
+    # a report read back from its JSON keeps the verdict it was judged with, never judges again
+    assert exit_code(Report.from_json(passing.to_json())) == 0
+    assert exit_code(Report.from_json(failing.to_json())) == 1
 
 
 def test_compare_exit_code_ignores_only_naive() -> None:
     good, bad = report_of(steady()), report_of([*steady(), row(9.0, status=502)])
-    naive_bad = {**bad, "strategy": "naive"}
+    def strategy(report: Report, name: str) -> Report:
+        return dataclasses.replace(report, run=dataclasses.replace(report.run, strategy=name))
+
+    naive_bad = strategy(bad, "naive")
     assert compare_exit_code([good, naive_bad]) == 0
-    assert compare_exit_code([good, {**bad, "strategy": "blue-green"}, naive_bad]) == 1
+    assert compare_exit_code([good, strategy(bad, "blue-green"), naive_bad]) == 1
     assert compare_exit_code([]) == 1  # nothing ran: nothing shown to pass
-    assert compare_exit_code([good, {**good, "outcome": "interrupted"}]) == 130
+    interrupted = dataclasses.replace(good, run=dataclasses.replace(good.run, outcome="interrupted"))
+    assert compare_exit_code([good, interrupted]) == 130
 
 
 def test_compare_table_shows_each_verdict() -> None:
@@ -197,7 +273,7 @@ def test_compare_table_shows_each_verdict() -> None:
     lines = compare_json([good, bad])["rows"]
     assert [(line["pass"], line["verdict"]) for line in lines] == [(True, "PASS"), (False, "FAIL: dropped")]
     assert [line["failed_checks"] for line in lines] == [[], ["dropped"]]
-    assert [line["requests"] for line in lines] == [good["requests"]["total"], bad["requests"]["total"]]
+    assert [line["requests"] for line in lines] == [good.figures.requests.total, bad.figures.requests.total]
     assert lines[1]["requests"] == lines[0]["requests"] + 1  # the one 502 more
     text = compare_text([good, bad]).splitlines()
     assert text[0].rstrip().endswith("verdict")

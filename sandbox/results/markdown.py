@@ -1,0 +1,163 @@
+"""``report.md`` (key numbers, the chart, the verdict, phases, steps) and ``compare.md``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sandbox.results.compare import COMPARE_FIELDS, COMPARE_HEADERS, compare_cells
+from sandbox.results.model import MixedRecord, Phase, Report, Step, num
+from sandbox.results.text import pct, share_pct, versions_line
+
+MEANINGS = (
+    (
+        "dropped",
+        "requests sent that got no successful answer: connection errors, resets, "
+        "timeouts, 5xx, and requests still unanswered when the load stopped. Target: 0.",
+    ),
+    ("users hit", "simulated users with at least one dropped request: how far a problem reached."),
+    ("4xx", "client errors, counted apart from dropped."),
+    (
+        "stall",
+        "longest stretch of the load with no successful answer completing; "
+        "the verdict's limit is --max-stall-s.",
+    ),
+    ("slow", "requests that waited longer than --slow-ms, or were never answered."),
+    (
+        "retried",
+        "requests NGINX retried on another server (proxy_next_upstream); a retry can "
+        "hide a careless rollout for GET, never for POST.",
+    ),
+    (
+        "mixed window",
+        "seconds from the first answer by the new version to the last answer by "
+        "the old one: both versions served the same users all that time.",
+    ),
+    (
+        "rollout window",
+        "from the first change to the load balancer's servers to the last; the exposure "
+        "figures below count only requests sent within it.",
+    ),
+    ("users who saw both", "simulated users that got answers from both versions in the rollout window."),
+    (
+        "mixed fleet",
+        "seconds during which the load balancer sent to both versions, and the users and "
+        "requests (and their share) sent meanwhile: what a mixed fleet reached.",
+    ),
+    ("version flips", "times a user's answer came from another version than their previous one."),
+    (
+        "downgrades",
+        "answers from the old version to a user who had already got the new one: "
+        "the forward-compatibility risk.",
+    ),
+    ("contract violations", "answers that broke the API contract the user expected."),
+    (
+        "sessions lost",
+        "users whose session was in use during the rollout on a server that was then "
+        "replaced, and who had to start a new one.",
+    ),
+    ("peak containers", "most app containers alive at once: the cost of the strategy."),
+)
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines.extend("| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows)
+    return "\n".join(lines)
+
+
+def _key_numbers(report: Report) -> list[tuple[str, str]]:
+    run, fig = report.run, report.figures
+    req, lat, exp = fig.requests, fig.latency, fig.exposure
+    total, both = exp.users_total, exp.users_saw_both
+    return [
+        ("outcome", str(run.outcome)),
+        ("rollout duration", num(run.duration_s, " s")),
+        ("peak containers", num(run.peak_instances)),
+        ("unavoidable waits", num(run.unavoidable_s, " s", 2)),
+        ("overhead ratio", num(run.overhead_ratio, "", 2)),
+        ("requests", num(req.total)),
+        ("dropped", num(req.dropped)),
+        ("4xx", num(req.errors_4xx)),
+        ("slow", f"{num(req.slow)} (over {num(fig.slow_ms, ' ms', 0)})"),
+        ("unanswered at stop", num(req.unanswered)),
+        ("retried by NGINX", num(req.retried)),
+        ("stall", num(fig.stall_s, " s")),
+        ("latency p50 / p95 / p99", f"{num(lat.p50)} / {num(lat.p95)} / {num(lat.p99)} ms"),
+        ("versions served", versions_line(req.by_version)),
+        ("mixed window", num(exp.mixed_window_s, " s")),
+        ("rollout window", num(exp.rollout_window.duration_s if exp.rollout_window else None, " s")),
+        (
+            "mixed fleet (both versions attached)",
+            f"{num(exp.mixed_fleet_s, ' s')}: {num(exp.users_exposed)}/{total} users, "
+            f"{num(exp.requests_exposed)} requests ({share_pct(exp.requests_exposed_share)})",
+        ),
+        ("users who saw both", f"{both}/{total} ({pct(both, total)})"),
+        ("downgrades", f"{num(exp.downgrades)} (to {num(exp.users_downgraded)} users)"),
+        ("version flips", num(exp.version_flips)),
+        ("contract violations", num(exp.contract_violations)),
+        ("sessions lost", num(exp.sessions_lost)),
+        ("drains timed out", num(fig.drains_timed_out)),
+        ("pick order", run.order_text()),
+    ]
+
+
+def _verdict_section(report: Report) -> list[str]:
+    """The "Verdict" part of report.md: the PASS/FAIL line, then every check."""
+    rows = [[c.name, c.result, c.figure(), c.limit_text(), c.reason or ""] for c in report.verdict.checks]
+    return ["## Verdict", "", f"**{report.verdict.line()}**", "",
+            md_table(["check", "result", "figure", "limit", "note"], rows), ""]
+
+
+def markdown_page(report: Report, *, chart_name: str = "chart.png") -> str:
+    """The Markdown page: key numbers, the chart, phases, steps, what the numbers mean."""
+    parts = [
+        f"# Rollout report: {report.run.title()}",
+        "",
+        md_table(["measure", "value"], _key_numbers(report)),
+        "",
+        f"![chart]({chart_name})",
+        "",
+        *_verdict_section(report),
+        *_mixed_section(report.run.mixed_checks),
+        *_phases_section(report.figures.phases),
+        *_steps_section(report.run.steps),
+        "", "## What the numbers mean", "",
+        *(f"- **{name}**: {text}" for name, text in MEANINGS),
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _mixed_section(records: Sequence[MixedRecord]) -> list[str]:
+    """Each mixed check: its command, how it ended, and the tail of its output."""
+    if not records:
+        return []
+    parts = ["## Mixed checks", "", "Run once, while both versions were attached, with `SANDBOX_URL` set.", ""]
+    for r in records:
+        parts += [f"### {r.name}: {r.summary()}", "", f"`{r.command}`", ""]
+        for label, tail in (("stdout", r.stdout_tail), ("stderr", r.stderr_tail)):
+            if tail:
+                parts += [f"{label} (tail):", "", "```", tail.rstrip(), "```", ""]
+    return parts
+
+
+def _phases_section(phases: Mapping[str, Phase]) -> list[str]:
+    if not phases:
+        return []
+    rows = [[name, num(p.duration_s, " s"), p.requests, num(p.rps), p.dropped, p.errors_4xx,
+             num(p.latency.p50), num(p.latency.p95), num(p.latency.p99)] for name, p in phases.items()]
+    header = ["phase", "duration", "requests", "req/s", "dropped", "4xx", "p50 ms", "p95 ms", "p99 ms"]
+    return ["## Phases", "", md_table(header, rows), ""]
+
+
+def _steps_section(steps: Sequence[Step]) -> list[str]:
+    if not steps:
+        return ["## Steps", "", "No steps were recorded."]
+    rows = [[f"{s.t:.3f}", s.phase, s.instance or "", s.version or "", "" if s.batch is None else s.batch]
+            for s in steps]
+    return ["## Steps", "", md_table(["t (s)", "phase", "instance", "version", "batch"], rows)]
+
+
+def compare_table(reports: Sequence[Report]) -> str:
+    """The comparison of several reports as a Markdown table."""
+    return md_table([COMPARE_HEADERS[k] for k in COMPARE_FIELDS], compare_cells(reports)) + "\n"

@@ -1,0 +1,661 @@
+"""One run's report as typed objects: what was measured, the rollout record, the verdict.
+
+:class:`Report` is what every output renders (terminal, ``report.json``, ``report.md``, the
+chart, JUnit, the dashboard). Plain dicts (:data:`Json`) appear only at the JSON edge:
+:meth:`Report.to_json` writes the ``report.json`` shape and :meth:`Report.from_json` reads it
+back. Each :class:`Check` knows how to show its own figure and limit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal
+
+Status = Literal["PASS", "FAIL", "SKIP", "NOT_RUN"]
+Json = dict[str, Any]
+"""A JSON object, as ``report.json`` holds it: the only untyped shape here."""
+
+
+def num(value: Any, unit: str = "", digits: int = 1) -> str:
+    """A number for people: "-" when unknown, ints plain, floats to ``digits``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    text = str(value) if isinstance(value, int) else f"{value:.{digits}f}"
+    return f"{text}{unit}"
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+# --------------------------------------------------------------------------- measured figures
+
+
+@dataclass(frozen=True)
+class Requests:
+    """Every request the load generator started, by how it ended."""
+
+    total: int = 0
+    ok: int = 0
+    dropped: int = 0
+    errors_4xx: int = 0
+    unanswered: int = 0
+    slow: int = 0
+    retried: int = 0
+    by_version: Mapping[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> Json:
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "by_version": dict(self.by_version)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Requests:
+        counts = {f.name: int(data.get(f.name) or 0) for f in fields(cls) if f.name != "by_version"}
+        return cls(**counts, by_version={str(k): int(v) for k, v in (data.get("by_version") or {}).items()})
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Nearest-rank percentiles in ms of answered requests; ``max`` only for the whole run."""
+
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    max: float | None = None
+
+    def to_json(self, *, with_max: bool = True) -> Json:
+        out = {"p50": self.p50, "p95": self.p95, "p99": self.p99}
+        return {**out, "max": self.max} if with_max else out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Latency:
+        return cls(*(_opt_float(data.get(k)) for k in ("p50", "p95", "p99", "max")))
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Warmup, rollout or cooldown (or "all" when no rollout began)."""
+
+    duration_s: float = 0.0
+    requests: int = 0
+    rps: float = 0.0
+    dropped: int = 0
+    errors_4xx: int = 0
+    latency: Latency = Latency()
+
+    def to_json(self) -> Json:
+        return {"duration_s": self.duration_s, "requests": self.requests, "rps": self.rps, "dropped": self.dropped,
+                "errors_4xx": self.errors_4xx, "latency_ms": self.latency.to_json(with_max=False)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Phase:
+        return cls(float(data.get("duration_s") or 0.0), int(data.get("requests") or 0), float(data.get("rps") or 0.0),
+                   int(data.get("dropped") or 0), int(data.get("errors_4xx") or 0),
+                   Latency.from_json(data.get("latency_ms") or {}))
+
+
+@dataclass(frozen=True)
+class LatencySample:
+    """The p99 of one phase over the requests compared, and how many answers it rests on."""
+
+    p99_ms: float | None = None
+    samples: int = 0
+
+    def to_json(self) -> Json:
+        return {"p99_ms": self.p99_ms, "samples": self.samples}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LatencySample:
+        return cls(_opt_float(data.get("p99_ms")), int(data.get("samples") or 0))
+
+
+@dataclass(frozen=True)
+class LikeForLike:
+    """Steady (warmup) and rollout latency over the same request classes (method and path) and
+    the same users, so the p99 check compares like with like; ``classes`` is how many classes."""
+
+    steady: LatencySample = LatencySample()
+    rollout: LatencySample = LatencySample()
+    classes: int = 0
+
+    def to_json(self) -> Json:
+        return {"steady": self.steady.to_json(), "rollout": self.rollout.to_json(), "classes": self.classes}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LikeForLike:
+        return cls(LatencySample.from_json(data.get("steady") or {}),
+                   LatencySample.from_json(data.get("rollout") or {}), int(data.get("classes") or 0))
+
+
+@dataclass(frozen=True)
+class Second:
+    """One second of the load: successful answers per version, drops sent, p99 of answers."""
+
+    t: int
+    answers: Mapping[str, int]
+    dropped: int = 0
+    p99_ms: float | None = None
+
+    def to_json(self) -> Json:
+        return {"t": self.t, **self.answers, "dropped": self.dropped, "p99_ms": self.p99_ms}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Second:
+        answers = {str(k): int(v) for k, v in data.items() if k not in ("t", "dropped", "p99_ms")}
+        return cls(int(data["t"]), answers, int(data.get("dropped") or 0), _opt_float(data.get("p99_ms")))
+
+
+@dataclass(frozen=True)
+class Span:
+    """A stretch of time: absolute unix ``start``/``end`` and its length."""
+
+    start: float
+    end: float
+    duration_s: float
+
+    def to_json(self) -> Json:
+        return {"start": self.start, "end": self.end, "duration_s": self.duration_s}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Span | None:
+        if not data or data.get("start") is None:
+            return None
+        return cls(float(data["start"]), float(data["end"]), float(data["duration_s"]))
+
+
+_EXPOSURE_INTS = ("users_total", "users_saw_both", "users_exposed", "requests_exposed", "users_hit", "downgrades",
+                  "users_downgraded", "version_flips", "contract_violations", "sessions_lost")
+_EXPOSURE_FLOATS = ("mixed_window_s", "users_saw_both_share", "mixed_fleet_s", "users_exposed_share",
+                    "requests_exposed_share")
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """What the mixed fleet reached (see :func:`sandbox.results.measure.exposure`)."""
+
+    from_version: str | None = None
+    to_version: str | None = None
+    mixed_window_s: float | None = None
+    rollout_window: Span | None = None
+    users_total: int = 0
+    users_saw_both: int = 0
+    users_saw_both_share: float | None = None
+    mixed_fleet_s: float | None = None
+    users_exposed: int = 0
+    users_exposed_share: float | None = None
+    requests_exposed: int = 0
+    requests_exposed_share: float | None = None
+    users_hit: int = 0
+    downgrades: int = 0
+    users_downgraded: int = 0
+    version_flips: int = 0
+    contract_violations: int = 0
+    sessions_lost: int = 0
+    timeline: tuple[Second, ...] = ()
+
+    def to_json(self) -> Json:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["rollout_window"] = self.rollout_window.to_json() if self.rollout_window else None
+        out["timeline"] = [s.to_json() for s in self.timeline]
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Exposure:
+        figures: Json = {k: int(data.get(k) or 0) for k in _EXPOSURE_INTS}
+        figures.update({k: _opt_float(data.get(k)) for k in _EXPOSURE_FLOATS})
+        return cls(
+            from_version=data.get("from_version"), to_version=data.get("to_version"),
+            rollout_window=Span.from_json(data.get("rollout_window")),
+            timeline=tuple(Second.from_json(s) for s in data.get("timeline") or []),
+            **figures,
+        )
+
+
+@dataclass(frozen=True)
+class Drain:
+    """One drain: the server, how long it took, what was in flight, whether it gave up."""
+
+    instance: str | None
+    duration_s: float | None = None
+    in_flight: int | None = None
+    timed_out: bool = False
+
+    def to_json(self) -> Json:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Drain:
+        return cls(data.get("instance"), _opt_float(data.get("duration_s")), _opt_int(data.get("in_flight")),
+                   bool(data.get("timed_out")))
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Every number measured in one run (:func:`sandbox.results.measure.measure`)."""
+
+    requests: Requests = Requests()
+    latency: Latency = Latency()
+    stall_s: float | None = None
+    stall_at_s: float | None = None
+    slow_ms: float | None = None
+    exposure: Exposure = Exposure()
+    phases: Mapping[str, Phase] = field(default_factory=dict)
+    like_for_like: LikeForLike = LikeForLike()
+    drains: tuple[Drain, ...] = ()
+    window: Span | None = None
+
+    @property
+    def drains_timed_out(self) -> int:
+        return sum(1 for d in self.drains if d.timed_out)
+
+    @classmethod
+    def from_measured(cls, measured: Mapping[str, Any]) -> Figures:
+        """The figures of a :func:`sandbox.results.measure.measure` dict (empty: nothing measured)."""
+        return cls(
+            requests=Requests.from_json(measured.get("requests") or {}),
+            latency=Latency.from_json(measured.get("latency_ms") or {}),
+            stall_s=_opt_float(measured.get("stall_s")), stall_at_s=_opt_float(measured.get("stall_at_s")),
+            slow_ms=_opt_float((measured.get("settings") or {}).get("slow_ms")),
+            exposure=Exposure.from_json(measured.get("exposure") or {}),
+            phases={str(k): Phase.from_json(v) for k, v in (measured.get("phases") or {}).items()},
+            like_for_like=LikeForLike.from_json(measured.get("like_for_like") or {}),
+            drains=tuple(Drain.from_json(d) for d in measured.get("drains") or []),
+            window=Span.from_json(measured.get("window")),
+        )
+
+
+# --------------------------------------------------------------------------- the rollout record
+
+
+@dataclass(frozen=True)
+class Step:
+    """One controller step, ``t`` in seconds since the first step."""
+
+    t: float
+    phase: str
+    instance: str | None = None
+    version: str | None = None
+    slot: int | None = None
+    batch: int | None = None
+    address: str | None = None
+    detail: Mapping[str, Any] | None = None
+
+    EXTRA: ClassVar[tuple[str, ...]] = ("version", "slot", "batch", "address", "detail")
+
+    def to_json(self) -> Json:
+        out: Json = {"t": self.t, "phase": self.phase, "instance": self.instance}
+        out.update({k: getattr(self, k) for k in self.EXTRA if getattr(self, k) is not None})
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Step:
+        return cls(float(data.get("t") or 0.0), str(data.get("phase")), data.get("instance"),
+                   **{k: data.get(k) for k in cls.EXTRA})
+
+
+@dataclass(frozen=True)
+class MixedRecord:
+    """One ``--mixed-check`` command: how it ended (``passed``, ``failed``, ``timed_out``, ``not_run``)."""
+
+    name: str
+    command: str
+    status: str
+    exit_code: int | None = None
+    duration_s: float | None = None
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    reason: str | None = None
+    attached: Mapping[str, int] | None = None  # servers attached by version when it ran
+    batch: int | None = None  # the batch after whose attach it ran
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("reason", "attached", "batch")
+
+    def to_json(self) -> Json:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: v for k, v in out.items() if v is not None or k not in self.OPTIONAL}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MixedRecord:
+        return cls(str(data.get("name")), str(data.get("command")), str(data.get("status")),
+                   _opt_int(data.get("exit_code")), _opt_float(data.get("duration_s")),
+                   str(data.get("stdout_tail") or ""), str(data.get("stderr_tail") or ""), data.get("reason"),
+                   data.get("attached"), _opt_int(data.get("batch")))
+
+    def summary(self) -> str:
+        """One line for people: "FAIL exit 3 in 0.2 s: CMD" or "NOT RUN CMD (why)"."""
+        if self.status == "not_run":
+            return f"NOT RUN {self.command} ({self.reason})"
+        word = {"passed": "PASS", "timed_out": "FAIL (timed out)"}.get(self.status, "FAIL")
+        return f"{word} exit {self.exit_code} in {self.duration_s} s: {self.command}"
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What was rolled, how, and how it ended: the run's record beside its figures."""
+
+    strategy: str | None = None
+    size: int | None = None
+    batch: int | None = None
+    mode: str | None = None
+    from_version: str | None = None
+    to_version: str | None = None
+    outcome: str | None = None
+    duration_s: float | None = None
+    peak_instances: int | None = None
+    project: str | None = None
+    sticky: bool | None = None
+    lb_apply: str | None = None
+    client_keepalive_s: float | None = None
+    users: int | None = None
+    load: bool | None = None  # None: unknown, counts as on
+    load_alive: bool | None = None  # None: unknown, counts as alive
+    seed: int | None = None
+    pick_order: tuple[tuple[int, ...], ...] = ()
+    mixed_checks: tuple[MixedRecord, ...] = ()
+    steps: tuple[Step, ...] = ()
+    steps_t0: float | None = None
+    unavoidable_s: float | None = None
+    overhead_ratio: float | None = None
+
+    @property
+    def load_on(self) -> bool:
+        """False only when the load was off; unknown counts as on."""
+        return self.load is not False
+
+    def title(self) -> str:
+        """"rolling, 9 servers, batch 3, replace, v1 -> v2"."""
+        parts = [str(self.strategy or "run")]
+        if self.size is not None:
+            parts.append(f"{self.size} servers")
+        if self.batch is not None and (self.batch != 1 or shows_batch_of_one(self.strategy)):
+            parts.append(f"batch {self.batch}")
+        if self.mode:
+            parts.append(self.mode)
+        if self.from_version and self.to_version:
+            parts.append(f"{self.from_version} -> {self.to_version}")
+        return ", ".join(parts)
+
+    def order_text(self) -> str:
+        """"[3] [1] [2] (seed 7)": the slots of each batch in the order they were picked."""
+        batches = " ".join(f"[{', '.join(map(str, b))}]" for b in self.pick_order) or "-"
+        return f"{batches} ({'seed ' + str(self.seed) if self.seed is not None else 'slot order, no --seed'})"
+
+
+def shows_batch_of_one(strategy: str | None) -> bool:
+    """Whether a title names "batch 1" for this strategy (those whose batch is a choice)."""
+    return strategy in ("rolling", "surge")
+
+
+_HEAD = ("strategy", "size", "batch", "mode", "from_version", "to_version", "outcome", "duration_s",
+         "peak_instances", "project", "sticky", "lb_apply", "client_keepalive_s", "users", "load", "load_alive",
+         "seed")
+
+
+# --------------------------------------------------------------------------- checks and verdict
+
+
+@dataclass(frozen=True)
+class Check:
+    """One named check: its figure, its limit, its status and why. Shows its figure and limit
+    as "N" and "max N"; subclasses say otherwise for their kind of figure."""
+
+    name: str
+    status: Status
+    value: Any
+    limit: Any
+    reason: str | None = None
+    unit: str = ""
+
+    KIND: ClassVar[str] = "at_most"
+
+    @property
+    def passed(self) -> bool:
+        """Whether it holds: FAIL does not; PASS does; SKIP and NOT_RUN hold, and say why."""
+        return self.status != "FAIL"
+
+    @property
+    def skipped(self) -> bool:
+        return self.status in ("SKIP", "NOT_RUN")
+
+    @property
+    def result(self) -> str:
+        """PASS, FAIL, or SKIP (for SKIP and NOT_RUN alike)."""
+        return "SKIP" if self.skipped else self.status
+
+    def figure(self) -> str:
+        return "-" if self.value is None else f"{self.value}{self.unit}"
+
+    def limit_text(self) -> str:
+        return f"max {self.limit}"
+
+    def line(self) -> str:
+        """"FAIL stall_s  5.02 s (max 1.00 s)", with the reason after a colon."""
+        text = f"{self.result} {self.name:<20} {self.figure()} ({self.limit_text()})"
+        return f"{text}: {self.reason}" if self.reason else text
+
+    def failure(self) -> str:
+        """How the verdict line names it when it fails: "dropped 3 (max 0)"."""
+        return f"{self.name} {self.figure()} ({self.limit_text()})"
+
+    def to_json(self) -> Json:
+        out: Json = {"name": self.name, "pass": self.passed, "value": self.value, "limit": self.limit}
+        if self.reason:
+            out["note"] = self.reason
+        if self.skipped:
+            out["skipped"] = True
+        out.update(status=self.status, kind=self.KIND)
+        if self.unit:
+            out["unit"] = self.unit
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Check:
+        kind = CHECK_KINDS.get(str(data.get("kind")), Check)
+        status = data.get("status") or ("FAIL" if not data.get("pass") else "SKIP" if data.get("skipped") else "PASS")
+        given: Json = {"name": str(data.get("name")), "status": status, "value": data.get("value"),
+                                 "limit": data.get("limit"), "reason": data.get("note"),
+                                 "unit": str(data.get("unit") or "")}
+        given.update({f.name: data.get(f.name) for f in fields(kind) if f.name not in given})
+        return kind(**given)
+
+
+@dataclass(frozen=True)
+class Seconds(Check):
+    """A duration in seconds, at most the limit: "5.02 s (max 1.00 s)"."""
+
+    KIND: ClassVar[str] = "seconds"
+
+    def figure(self) -> str:
+        return num(self.value, " s", 2)
+
+    def limit_text(self) -> str:
+        return f"max {num(float(self.limit), ' s', 2)}"
+
+
+@dataclass(frozen=True)
+class AtLeast(Check):
+    """A count that must reach the limit: "12 (min 100)"."""
+
+    KIND: ClassVar[str] = "at_least"
+
+    def limit_text(self) -> str:
+        return f"min {self.limit}"
+
+
+@dataclass(frozen=True)
+class Equals(Check):
+    """A value that must equal the limit: "rolled_back (must be completed)"."""
+
+    KIND: ClassVar[str] = "equals"
+
+    def limit_text(self) -> str:
+        return f"must be {self.limit}"
+
+
+@dataclass(frozen=True)
+class Alive(Check):
+    """Yes or no, must be yes."""
+
+    KIND: ClassVar[str] = "alive"
+
+    def figure(self) -> str:
+        return "-" if self.value is None else "yes" if self.value else "no"
+
+    def limit_text(self) -> str:
+        return "must be yes"
+
+
+@dataclass(frozen=True)
+class ExitZero(Check):
+    """A ``--mixed-check`` command's exit status, must be 0; its failure names the command."""
+
+    KIND: ClassVar[str] = "exit"
+
+    def figure(self) -> str:
+        return "-" if self.value is None else f"exit {self.value}"
+
+    def limit_text(self) -> str:
+        return f"must exit {self.limit}"
+
+    def failure(self) -> str:
+        return f"{super().failure()}: {self.reason}" if self.reason else super().failure()
+
+
+@dataclass(frozen=True)
+class P99(Check):
+    """Rollout p99 against ``max_p99_ms`` and the steady p99 (see
+    :func:`sandbox.results.verdict.p99_check` for the rule). ``value`` is the p99 ratio
+    rollout / steady, ``limit`` ``max_p99_ratio``; the absolute figures ride beside them."""
+
+    rollout_p99_ms: float | None = None
+    steady_p99_ms: float | None = None
+    max_p99_ms: float | None = None
+    samples: Mapping[str, int] | None = None  # answers compared: {"steady": n, "rollout": n}
+    min_samples: int | None = None
+
+    KIND: ClassVar[str] = "p99"
+
+    def figure(self) -> str:
+        if self.rollout_p99_ms is None:
+            return "-"
+        ratio = "" if self.value is None else f", {num(self.value, 'x', 2)} steady"
+        return f"{num(self.rollout_p99_ms, ' ms')}{ratio}"
+
+    def limit_text(self) -> str:
+        return f"max {num(self.max_p99_ms, ' ms', 0)}; {num(float(self.limit), 'x', 2)} if steady was over it"
+
+    def to_json(self) -> Json:
+        return {**super().to_json(), "rollout_p99_ms": self.rollout_p99_ms, "steady_p99_ms": self.steady_p99_ms,
+                "max_p99_ms": self.max_p99_ms, "samples": None if self.samples is None else dict(self.samples),
+                "min_samples": self.min_samples}
+
+
+CHECK_KINDS: dict[str, type[Check]] = {k.KIND: k for k in (Check, Seconds, AtLeast, Equals, Alive, ExitZero, P99)}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Every check of one run; it passes only when there are checks and none failed."""
+
+    checks: tuple[Check, ...]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    @property
+    def failed_names(self) -> list[str]:
+        return [c.name for c in self.failed]
+
+    def line(self) -> str:
+        """"PASS: all 9 checks held" (naming those not run) or "FAIL: " and each failed check."""
+        if self.passed:
+            skipped = [c.name for c in self.checks if c.skipped]
+            return f"PASS: all {len(self.checks)} checks held" + (
+                f" ({len(skipped)} not run: {', '.join(skipped)})" if skipped else "")
+        return "FAIL: " + "; ".join(c.failure() for c in self.failed) if self.failed else "FAIL: no checks"
+
+    def cell(self) -> str:
+        """"PASS", or "FAIL: " and the names of the checks that failed."""
+        return "PASS" if self.passed else "FAIL: " + ", ".join(self.failed_names)
+
+    def to_json(self) -> Json:
+        return {"pass": self.passed, "checks": [c.to_json() for c in self.checks]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Verdict:
+        return cls(tuple(Check.from_json(c) for c in data.get("checks") or []))
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@dataclass(frozen=True)
+class Report:
+    """One run: its rollout record, its figures and its verdict. ``extra`` carries the blocks
+    other modules add to ``report.json`` (attribution, faults, load_generator, files) untouched."""
+
+    run: Rollout
+    figures: Figures
+    verdict: Verdict
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict.passed
+
+    def to_json(self) -> Json:
+        """The ``report.json`` shape."""
+        run, fig = self.run, self.figures
+        out: Json = {k: getattr(run, k) for k in _HEAD}
+        out.update({
+            "pick_order": [list(b) for b in run.pick_order],
+            "mixed_checks": [r.to_json() for r in run.mixed_checks],
+            "requests": fig.requests.to_json(),
+            "latency_ms": fig.latency.to_json(),
+            "stall_s": fig.stall_s,
+            "stall_at_s": fig.stall_at_s,
+            "slow": fig.requests.slow,
+            "slow_ms": fig.slow_ms,
+            "exposure": fig.exposure.to_json(),
+            "phases": {k: p.to_json() for k, p in fig.phases.items()},
+            "like_for_like": fig.like_for_like.to_json(),
+            "drains": [d.to_json() for d in fig.drains],
+            "steps": [s.to_json() for s in run.steps],
+            "steps_t0": run.steps_t0,
+            "window": fig.window.to_json() if fig.window else {},
+            "unavoidable_s": run.unavoidable_s,
+            "overhead_ratio": run.overhead_ratio,
+            "verdict": self.verdict.to_json(),
+        })
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Report:
+        """A report read back from its JSON (a stored one, or one passed between processes)."""
+        known = {*_HEAD, "pick_order", "mixed_checks", "requests", "latency_ms", "stall_s", "stall_at_s", "slow",
+                 "slow_ms", "exposure", "phases", "like_for_like", "drains", "steps", "steps_t0", "window",
+                 "unavoidable_s", "overhead_ratio", "verdict"}
+        run = Rollout(
+            **{k: data.get(k) for k in _HEAD},
+            pick_order=tuple(tuple(b) for b in data.get("pick_order") or []),
+            mixed_checks=tuple(MixedRecord.from_json(r) for r in data.get("mixed_checks") or []),
+            steps=tuple(Step.from_json(s) for s in data.get("steps") or []),
+            steps_t0=_opt_float(data.get("steps_t0")),
+            unavoidable_s=_opt_float(data.get("unavoidable_s")),
+            overhead_ratio=_opt_float(data.get("overhead_ratio")),
+        )
+        figures = Figures.from_measured({**data, "settings": {"slow_ms": data.get("slow_ms")}})
+        return cls(run, figures, Verdict.from_json(data.get("verdict") or {}),
+                   {k: v for k, v in data.items() if k not in known})
+

@@ -1,0 +1,151 @@
+"""A report for people at a terminal: the summary of one run, the comparison of several.
+
+Plain text, no colour codes. Every check prints itself (:meth:`sandbox.results.model.Check.line`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from sandbox.results.compare import COMPARE_FIELDS, COMPARE_HEADERS, compare_cells
+from sandbox.results.model import Drain, Phase, Report, num
+from sandbox.rollout.mixed import last_line
+
+
+def pct(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.0f}%" if whole else "-"
+
+
+def share_pct(share: float | None) -> str:
+    return "-" if share is None else f"{100.0 * float(share):.0f}%"
+
+
+def versions_line(by_version: Mapping[str, int]) -> str:
+    """"v1 120, v2 80": successful answers by version (the toy's v1 and v2 shown even at 0)."""
+    toy = not any(n for v, n in by_version.items() if v not in ("v1", "v2", "unknown"))
+    shown = [f"{v} {n}" for v, n in by_version.items() if n or (toy and v in ("v1", "v2"))]
+    return ", ".join(shown) or "-"
+
+
+def _phase_line(name: str, phase: Phase) -> str:
+    lat = phase.latency
+    return (
+        f"  {name:<9} {num(phase.duration_s, ' s'):>8}  "
+        f"{phase.requests} req  {num(phase.rps, '/s')}  "
+        f"{phase.dropped} dropped  {phase.errors_4xx} 4xx  "
+        f"p50/p95/p99 {num(lat.p50)}/{num(lat.p95)}/{num(lat.p99)} ms"
+    )
+
+
+def _drains_line(drains: Sequence[Drain]) -> str | None:
+    if not drains:
+        return None
+    durations = [d.duration_s for d in drains if d.duration_s is not None]
+    in_flight = [d.in_flight for d in drains if d.in_flight is not None]
+    longest = num(max(durations), " s") if durations else "-"
+    most = str(max(in_flight)) if in_flight else "-"
+    timed_out = sum(1 for d in drains if d.timed_out)
+    return (f"drains           {len(drains)}, longest {longest}, most in flight {most}, "
+            f"{timed_out} timed out")
+
+
+def _exposure_lines(report: Report) -> list[str]:
+    exp = report.figures.exposure
+    old, new = report.run.from_version or "v1", report.run.to_version or "v2"
+    window = exp.rollout_window
+    return [
+        f"versions served  {versions_line(report.figures.requests.by_version)}",
+        f"mixed window     {num(exp.mixed_window_s, ' s')}  (first {new} answer to last {old} answer)",
+        f"mixed fleet      {num(exp.mixed_fleet_s, ' s')} with both versions attached: "
+        f"{exp.users_exposed}/{exp.users_total} users ({pct(exp.users_exposed, exp.users_total)}) and "
+        f"{exp.requests_exposed} requests ({share_pct(exp.requests_exposed_share)}) sent meanwhile",
+        f"rollout window   {num(window.duration_s if window else None, ' s')}  (first to last change of the "
+        f"balancer's servers); within it:",
+        f"  saw both       {exp.users_saw_both}/{exp.users_total} users ({pct(exp.users_saw_both, exp.users_total)})",
+        f"  downgrades     {exp.downgrades} to {exp.users_downgraded} users  "
+        f"(got {old} after {new}: forward-compatibility risk)",
+        f"  version flips  {exp.version_flips}",
+        f"contract         {exp.contract_violations} violations  (answers that broke the expected API)",
+        f"sessions lost    {exp.sessions_lost}  (users whose session, in use during the rollout, died with its server)",
+    ]
+
+
+def _overhead_line(report: Report) -> str:
+    run = report.run
+    return (f"overhead         ratio {num(run.overhead_ratio, '', 2)}: "
+            f"{num(run.duration_s, ' s', 2)} rollout / {num(run.unavoidable_s, ' s', 2)} "
+            "unavoidable waits (per batch: boot to first healthy + drain until idle + stop)")
+
+
+def _traffic_lines(report: Report) -> list[str]:
+    fig, req = report.figures, report.figures.requests
+    if not report.run.load_on:
+        return ["traffic          none (--no-load): no requests were measured"]
+    if not req.total:
+        return ["traffic          the load ran but no requests were measured"]
+    lat = fig.latency
+    return [
+        f"requests         {req.total} sent, {req.ok} ok, "
+        f"{req.dropped} dropped ({fig.exposure.users_hit}/{fig.exposure.users_total} users hit), "
+        f"{req.errors_4xx} 4xx",
+        f"waiting          {req.slow} slow (> {num(fig.slow_ms, ' ms', 0)}), "
+        f"{req.unanswered} unanswered at stop, {req.retried} retried by NGINX",
+        f"stall            {num(fig.stall_s, ' s', 2)} from {num(fig.stall_at_s, ' s', 1)}  "
+        "(longest stretch with no successful answer, seconds since the load started)",
+        f"latency          p50 {num(lat.p50, ' ms')}  p95 {num(lat.p95, ' ms')}  "
+        f"p99 {num(lat.p99, ' ms')}  max {num(lat.max, ' ms')}",
+        *_exposure_lines(report),
+    ]
+
+
+def summary_text(report: Report) -> str:
+    """A plain-text summary for people (no colour codes): the numbers, every check of the
+    verdict with its figure and its limit, and a last PASS/FAIL line naming what failed."""
+    run = report.run
+    lines = [
+        f"rolling-sandbox: {run.title()}",
+        f"outcome          {run.outcome}, rollout took {num(run.duration_s, ' s')}",
+        f"peak containers  {num(run.peak_instances)}  (app containers alive at once)",
+        _overhead_line(report),
+        *_traffic_lines(report),
+    ]
+    drains = _drains_line(report.figures.drains)
+    if drains:
+        lines.append(drains)
+    if report.figures.phases and report.figures.requests.total:
+        lines.append("phases")
+        lines.extend(_phase_line(name, phase) for name, phase in report.figures.phases.items())
+    lines.extend(_order_and_mixed_lines(report))
+    lines.append("checks")
+    lines.extend(f"  {check.line()}" for check in report.verdict.checks)
+    lines.append(report.verdict.line())
+    return "\n".join(lines)
+
+
+def _order_and_mixed_lines(report: Report) -> list[str]:
+    """The pick order, and one line per mixed check with the last line of a failing one's output."""
+    run = report.run
+    lines = [f"pick order       {run.order_text()}"] if run.seed is not None and run.pick_order else []
+    if run.mixed_checks:
+        lines.append("mixed checks     run once both versions were attached (SANDBOX_URL = the load balancer)")
+    for record in run.mixed_checks:
+        lines.append(f"  {record.name}: {record.summary()}")
+        hint = last_line(record.stderr_tail or record.stdout_tail)
+        if record.status in ("failed", "timed_out") and hint:
+            lines.append(f"    {hint}")
+    return lines
+
+
+def compare_text(reports: Sequence[Report]) -> str:
+    """The comparison as aligned plain text for the terminal."""
+    header = [COMPARE_HEADERS[k] for k in COMPARE_FIELDS]
+    cells = compare_cells(reports)
+    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(
+            cell.ljust(w) if i in (0, 2, len(row) - 1) else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(header), *(line(row) for row in cells)])
