@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.results.verdict import judged_in_compare
+from sandbox.rollout import strategies
 
 
 def junit_xml(report: Mapping[str, Any]) -> str:
@@ -38,7 +39,7 @@ def compare_junit_xml(reports: Sequence[Mapping[str, Any]]) -> str:
 def strategy_label(report: Mapping[str, Any]) -> str:
     """The strategy as ``compare --strategies`` spells it: ``rolling:3``, ``double-half``."""
     strategy, batch = str(report.get("strategy") or "run"), report.get("batch")
-    return f"{strategy}:{batch}" if strategy in ("rolling", "surge", "naive") and batch not in (None, 1) else strategy
+    return strategies.of(strategy).label(batch)
 
 
 def _document(suites: Sequence[tuple[str, str, Mapping[str, Any], bool]]) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 from sandbox.results.overhead import overhead
 from sandbox.results.records import Event
 from sandbox.results.verdict import DEFAULT_LIMITS, Limits, failed_names, load_was_on, verdict, verdict_of
+from sandbox.rollout import strategies
 from sandbox.rollout.mixed import last_line
 from sandbox.rollout.mixed import summary as mixed_summary
 
@@ -216,7 +217,7 @@ def _title(report: Mapping[str, Any]) -> str:
     if report.get("size") is not None:
         parts.append(f"{report['size']} servers")
     batch = report.get("batch")
-    if batch is not None and (batch != 1 or report.get("strategy") in ("rolling", "surge")):
+    if batch is not None and strategies.of(report.get("strategy")).title_names_batch(batch):
         parts.append(f"batch {batch}")
     if report.get("mode"):
         parts.append(str(report["mode"]))

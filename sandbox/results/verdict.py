@@ -32,6 +32,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from sandbox.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
+from sandbox.rollout import strategies
 
 NO_LOAD = "not measured: no load"
 
@@ -192,7 +193,7 @@ def exit_code(report: Mapping[str, Any], outcome: str | None = None) -> int:
 
 def judged_in_compare(report: Mapping[str, Any]) -> bool:
     """Whether ``compare`` holds this strategy to its verdict: not naive, a baseline that drops by design."""
-    return report.get("strategy") != "naive"
+    return strategies.of(report.get("strategy")).judged_in_compare
 
 
 def compare_exit_code(reports: Sequence[Mapping[str, Any]]) -> int:

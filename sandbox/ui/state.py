@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.results.records import Event
+from sandbox.rollout import strategies
 
 # The seed's six steps (DESIGN.md, README "What a rollout does"), in order.
 SEED_STEPS = (
@@ -65,8 +66,7 @@ class Promise:
     batches: int
 
     def as_dict(self, size: int) -> dict[str, Any]:
-        return {"floor": self.floor, "peak": self.peak, "batches": self.batches, "size": size,
-                "text": f"capacity never below {self.floor} of {size}, at most {self.peak} containers"}
+        return {"floor": self.floor, "peak": self.peak, "batches": self.batches, "size": size}
 
 
 def promise(size: int, strategy: str, batch: int = 1, mode: str = "replace", to_version: str = "v2") -> Promise:
@@ -134,8 +134,8 @@ class RolloutState:
                                    self.run.get("mode") or "replace", self.run.get("to") or "v2").as_dict(self.size)
         except ValueError:  # a combination the planner refuses: the run says so itself
             self.promise = None
-        if self.promise and self.run["strategy"] == "naive":
-            self.promise["text"] = "none: naive kills servers while they still get traffic"
+        if (p := self.promise) is not None:
+            p["text"] = strategies.of(self.run["strategy"]).promise(p["floor"], p["peak"], self.size)
 
     def seed(self, name: str, slot: int, version: str, attached: bool) -> None:
         self.servers[name] = {"name": name, "slot": slot, "version": version,

@@ -372,7 +372,7 @@ BROKEN = [
     ("attach before ready", TWO, lambda s: _drop(s, "ready"), "before a 'ready' step"),
     ("never detached", TWO, lambda s: _drop(s, "detach"), "drained while still attached"),
     ("swap in replace mode", TWO, lambda s: [Step("swap", (A1,), 1)], "only for mode in-place"),
-    ("kill in a graceful strategy", TWO, lambda s: [Step("kill", (A1,), 1)], "only for the naive"),
+    ("kill in a graceful strategy", TWO, lambda s: [Step("kill", (A1,), 1)], "only for a strategy that does not drain"),
     ("unknown container", TWO, lambda s: [Step("detach", (Ref(1, "zz"),), 1)], "unknown container"),
     ("new container never started", TWO, lambda s: [Step("ready", (NEW1,), 1)], "no new container"),
     ("wrong slot", TWO, lambda s: [Step("detach", (Ref(2, "a1"),), 1)], "is in slot 1"),
