@@ -40,7 +40,7 @@ from typing import get_args
 from sandbox.errors import PlanError
 from sandbox.rollout.steps import Action as Action  # re-exported with the rest of the planner's vocabulary
 from sandbox.rollout.steps import Batch, Mode, Ref, Server, Step, Version, ref
-from sandbox.rollout.strategies import DEFAULT_STRATEGY, NAMES, REGISTRY, RolloutStrategy, Strategy
+from sandbox.rollout.strategies import DEFAULT_STRATEGY, REGISTRY, RolloutStrategy, Strategy
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def check_settings(settings: PlanSettings) -> None:
             raise PlanError(f"{name}: must be an integer >= 1, got {value!r}", field=name)
     if not isinstance(settings.to_version, str) or not settings.to_version:
         raise PlanError(f"to_version: must be a version name; got {settings.to_version!r}", field="to_version")
-    for name, choices in (("strategy", NAMES), ("mode", get_args(Mode))):
+    for name, choices in (("strategy", tuple(REGISTRY)), ("mode", get_args(Mode))):
         value = getattr(settings, name)
         if value not in choices:
             raise PlanError(f"{name}: must be one of {', '.join(choices)}; got {value!r}", field=name)

@@ -11,24 +11,30 @@ Nothing outside this module compares a strategy's name
 (tests/unit/test_strategies.py checks that).
 
 Adding a strategy is one class here and its row in the planner's invariant
-sweep (``SHAPES`` in tests/unit/test_plan.py). For example a rolling update
-that starts one spare server before it takes a batch out::
+sweep (``SHAPES`` in tests/unit/test_plan.py). For example, two servers at a
+time whatever ``--batch`` says::
 
     @_registered
-    class Spare(RolloutStrategy):
-        name = "spare"
-        help = "start 1 new server, then roll n at a time; capacity never drops"
-        batched = True
+    class Pairs(RolloutStrategy):
+        name = "pairs"
+        help = "2 servers at a time, no extra capacity"
+        in_place = True
+
+        def effective_batch(self, batch: int, size: int) -> int:
+            return min(2, size)
 
         def limits(self, batch: int, size: int) -> tuple[int, int]:
-            return (0, 1)
+            return (self.effective_batch(batch, size), 0)
 
         def replace(self, batch: Batch, batch_no: int) -> list[Step]:
-            ...  # the steps of one batch, from steps() and switch()
+            return _drain_first(batch, batch_no)
 
-and in ``SHAPES``: ``"spare": lambda n, b: (batches, peak, fewest serving, merged reloads)``.
-The CLI's choices, the settings' check, ``compare``, the reports and the
-dashboard pick it up from here.
+and in ``SHAPES``, (batches, peak containers, fewest serving, reloads saved)::
+
+    "pairs": lambda n, b: (math.ceil(n / 2), n, n - min(2, n), math.ceil(n / 2) - 1),
+
+The CLI's choices, the settings' checks, ``compare``, the reports and the
+dashboard take it from here (tests/unit/test_strategies.py plans with it).
 """
 
 from __future__ import annotations
