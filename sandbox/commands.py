@@ -234,7 +234,7 @@ async def compare(
         strategy, batch = parse_strategy_spec(spec, settings.batch)
         mode = settings.mode if registry.of(strategy).in_place else "replace"
         one = dataclasses.replace(settings, project=f"{settings.project}-{n}",
-                                  strategy=settings.strategy if strategy == "swarm-native" else strategy,  # type: ignore[arg-type]
+                                  strategy=settings.strategy if strategy == "swarm-native" else strategy,
                                   mode=mode, batch=batch)
         say(f"compare: {spec} ({n}/{len(strategies)})")
         if await runtime.has_project(one.project):

@@ -38,9 +38,13 @@ from dataclasses import dataclass
 from typing import get_args
 
 from sandbox.errors import PlanError
-from sandbox.rollout.steps import Action as Action  # re-exported with the rest of the planner's vocabulary
-from sandbox.rollout.steps import Batch, Mode, Ref, Server, Step, Version, ref
+from sandbox.rollout.steps import Action, Batch, Mode, Ref, Server, Step, Version, ref
 from sandbox.rollout.strategies import DEFAULT_STRATEGY, REGISTRY, RolloutStrategy, Strategy
+
+__all__ = [  # the planner, and the vocabulary it shares with the strategies (steps.py)
+    "Action", "Mode", "PlanError", "PlanSettings", "Ref", "Server", "Simulation", "Step", "Strategy", "Version",
+    "check_settings", "limits", "merge_reloads", "pick_order", "plan", "simulate", "validate",
+]
 
 
 @dataclass(frozen=True)
@@ -167,7 +171,7 @@ def _triage(fleet: Sequence[Server], settings: PlanSettings) -> _Triage:
         rng = random.Random(settings.seed)
         for group in (empty, detached, attached):
             rng.shuffle(group)
-    return _Triage(tuple(to_attach), tuple(to_remove), tuple(empty + detached + attached))
+    return _Triage(tuple(to_attach), tuple(to_remove), (*empty, *detached, *attached))
 
 
 def _settle_steps(triage: _Triage, settings: PlanSettings, batch_no: int) -> list[Step]:

@@ -74,7 +74,7 @@ def promise(size: int, strategy: str, batch: int = 1, mode: str = "replace", to_
     from sandbox.rollout import plan as planner
 
     source = "v1" if to_version == "v2" else "v2"
-    settings = planner.PlanSettings(size=size, to_version=to_version, strategy=strategy,  # type: ignore[arg-type]
+    settings = planner.PlanSettings(size=size, to_version=to_version, strategy=strategy,
                                     batch=batch, mode=mode)  # type: ignore[arg-type]
     fleet = [planner.Server(id=f"s{n}", slot=n, version=source, attached=True)  # type: ignore[arg-type]
              for n in range(1, size + 1)]
