@@ -40,7 +40,7 @@ dashboard take it from here (tests/unit/test_strategies.py plans with it).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from sandbox.errors import PlanError, UsageError
 from sandbox.rollout.steps import Batch, Mode, Ref, Step, steps, switch
@@ -120,7 +120,11 @@ class RolloutStrategy(ABC):
 REGISTRY: dict[Strategy, RolloutStrategy] = {}  # name -> strategy, in the order the CLI lists them
 
 
-def _registered(cls: type[RolloutStrategy]) -> type[RolloutStrategy]:
+_S = TypeVar("_S", bound=RolloutStrategy)
+
+
+def _registered(cls: type[_S]) -> type[_S]:
+    """Class decorator: one instance of ``cls`` in the registry, under its name."""
     REGISTRY[cls.name] = cls()
     return cls
 
