@@ -31,9 +31,10 @@ from provenance import PY, header, shown  # bench/provenance.py (this script's d
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from sandbox.config import BATCHED_STRATEGIES, PROJECT_RE  # noqa: E402
+from sandbox.config import PROJECT_RE  # noqa: E402
 from sandbox.fleet import labels as L  # noqa: E402  (after the repo is on the path)
 from sandbox.ports import free_port  # noqa: E402  (the editable install, or the repo on the path)
+from sandbox.rollout import strategies  # noqa: E402
 
 V2_MODES = ("compatible", "breaking")
 SESSIONS = ("memory", "shared")
@@ -145,8 +146,7 @@ def num(value: Any) -> str:
 
 def label(row: dict[str, Any]) -> str:
     """`rolling:3` as compare was asked; a strategy without a batch (or of batch 1) by its name alone."""
-    strategy, batch = str(row.get("strategy")), row.get("batch")
-    return strategy + (f":{batch}" if strategy in BATCHED_STRATEGIES and batch not in (None, 1) else "")
+    return strategies.of(str(row.get("strategy"))).label(row.get("batch"))
 
 
 def cells(row: dict[str, Any]) -> list[str]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandbox.config import BATCHED_STRATEGIES, IN_PLACE_STRATEGIES, STRATEGIES, Settings, check_port_free
+from sandbox.config import STRATEGIES, Settings, check_port_free
 from sandbox.errors import SandboxError, UsageError
 from sandbox.fleet import labels as L
 from sandbox.fleet import versions
@@ -28,6 +28,7 @@ from sandbox.results.markdown import compare_table
 from sandbox.results.model import Report
 from sandbox.results.verdict import compare_exit_code
 from sandbox.rollout import plan as planner
+from sandbox.rollout import strategies as registry
 from sandbox.rollout.executor import Executor
 from sandbox.rollout.rehearsal import Kind, Prepared, Rehearsal, RolloutResult, rehearse
 from sandbox.ui.progress import Progress
@@ -233,9 +234,9 @@ async def compare(
     reports: list[dict[str, Any]] = []
     for n, spec in enumerate(strategies, start=1):
         strategy, batch = parse_strategy_spec(spec, settings.batch)
-        mode = settings.mode if strategy in IN_PLACE_STRATEGIES else "replace"
+        mode = settings.mode if registry.of(strategy).in_place else "replace"
         one = dataclasses.replace(settings, project=f"{settings.project}-{n}",
-                                  strategy=settings.strategy if strategy == "swarm-native" else strategy,  # type: ignore[arg-type]
+                                  strategy=settings.strategy if strategy == "swarm-native" else strategy,
                                   mode=mode, batch=batch)
         say(f"compare: {spec} ({n}/{len(strategies)})")
         if await runtime.has_project(one.project):
@@ -278,7 +279,7 @@ def parse_strategy_spec(spec: str, default_batch: int = 1) -> tuple[str, int]:
     if name not in STRATEGIES:
         raise UsageError(f"strategies: {name!r} must be one of {', '.join(STRATEGIES)}")
     if not batch_text:
-        return name, default_batch if name in BATCHED_STRATEGIES else 1
+        return name, default_batch if registry.of(name).batched else 1
     if not batch_text.isdigit() or int(batch_text) < 1:
         raise UsageError(f"strategies: batch in {spec!r} must be a whole number of at least 1")
     return name, int(batch_text)

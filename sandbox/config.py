@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args
 from sandbox.errors import PortInUseError, UsageError
 from sandbox.fleet.versions import AppSpec, check_declared, check_name, check_spec, parse_pairs
 from sandbox.load.rows import DEFAULT_THINK_MS, V2Mode, parse_think_ms
+from sandbox.rollout import strategies
 from sandbox.rollout.plan import Mode, Strategy, Version  # one definition each: the planner's
 
 LbApply = Literal["reload", "dynamic"]
@@ -29,9 +30,7 @@ Engine = Literal["docker", "swarm"]
 FailureAction = Literal["pause", "rollback", "continue"]
 
 VERSIONS: tuple[str, ...] = ("v1", "v2")  # the built-in toy app's
-STRATEGIES: tuple[str, ...] = get_args(Strategy)
-BATCHED_STRATEGIES = ("rolling", "surge", "naive")  # the ones --batch applies to
-IN_PLACE_STRATEGIES = ("one-at-a-time", "rolling", "naive")  # the ones that keep their containers
+STRATEGIES: tuple[str, ...] = strategies.NAMES
 MODES: tuple[str, ...] = get_args(Mode)
 V2_MODES: tuple[str, ...] = get_args(V2Mode)
 LB_APPLY_MODES: tuple[str, ...] = get_args(LbApply)
@@ -75,7 +74,7 @@ class Settings:
     read_only: bool = True
     # rollout
     to_version: Version = ""  # "" = the last declared version (v2 for the toy app)
-    strategy: Strategy = "one-at-a-time"
+    strategy: Strategy = strategies.DEFAULT_STRATEGY
     batch: int = 1
     mode: Mode = "replace"
     drain_timeout: float = 30.0
@@ -180,7 +179,7 @@ def _validate_choices(s: Settings) -> None:
     _check(s.sessions in SESSION_STORES, "sessions", f"{s.sessions!r} must be one of {', '.join(SESSION_STORES)}")
     _check(s.v2_mode in V2_MODES, "v2_mode", f"{s.v2_mode!r} must be one of {', '.join(V2_MODES)}")
     _check(s.batch >= 1, "batch", f"{s.batch} must be at least 1")
-    _check(not (s.mode == "in-place" and s.strategy not in IN_PLACE_STRATEGIES),
+    _check(not (s.mode == "in-place" and not strategies.of(s.strategy).in_place),
            "mode", f"in-place cannot be used with {s.strategy} (it needs new containers)")
 
 
@@ -245,15 +244,13 @@ def _validate_limits(s: Settings) -> None:
 
 
 def check_batch(strategy: str, batch: int, size: int) -> None:
-    """Refuse a ``rolling`` batch that would take the whole fleet of ``size`` out at once.
+    """Refuse a batch the strategy cannot take in a fleet of ``size`` (rolling: the whole fleet at once).
 
     Config validation cannot know the fleet's size for ``roll`` (the fleet is
     already up): ``roll`` calls this once it has read the fleet, before it
     touches anything; ``demo`` and ``compare`` before they start one.
     """
-    if strategy == "rolling" and batch >= size:
-        raise UsageError(f"batch: {batch} must be smaller than the fleet ({size} servers) for rolling, "
-                         "or no server is left serving; surge, double-half or blue-green replace all at once")
+    strategies.of(strategy).check_batch(batch, size)
 
 
 def parse_env_pairs(pairs: list[str] | tuple[str, ...], name: str = "set_env") -> dict[str, str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sandbox.results.model import Report, Rollout
 from sandbox.results.verdict import judged_in_compare
+from sandbox.rollout import strategies
 
 
 def junit_xml(report: Report) -> str:
@@ -38,7 +39,7 @@ def compare_junit_xml(reports: Sequence[Report]) -> str:
 def strategy_label(run: Rollout) -> str:
     """The strategy as ``compare --strategies`` spells it: ``rolling:3``, ``double-half``."""
     strategy, batch = str(run.strategy or "run"), run.batch
-    return f"{strategy}:{batch}" if strategy in ("rolling", "surge", "naive") and batch not in (None, 1) else strategy
+    return strategies.of(strategy).label(batch)
 
 
 def _document(suites: Sequence[tuple[str, str, Report, bool]]) -> str:

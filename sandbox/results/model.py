@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
+from sandbox.rollout import strategies
+
 Status = Literal["PASS", "FAIL", "SKIP", "NOT_RUN"]
 Json = dict[str, Any]
 """A JSON object, as ``report.json`` holds it: the only untyped shape here."""
@@ -372,7 +374,7 @@ class Rollout:
         parts = [str(self.strategy or "run")]
         if self.size is not None:
             parts.append(f"{self.size} servers")
-        if self.batch is not None and (self.batch != 1 or shows_batch_of_one(self.strategy)):
+        if self.batch is not None and strategies.of(self.strategy).title_names_batch(self.batch):
             parts.append(f"batch {self.batch}")
         if self.mode:
             parts.append(self.mode)
@@ -384,11 +386,6 @@ class Rollout:
         """"[3] [1] [2] (seed 7)": the slots of each batch in the order they were picked."""
         batches = " ".join(f"[{', '.join(map(str, b))}]" for b in self.pick_order) or "-"
         return f"{batches} ({'seed ' + str(self.seed) if self.seed is not None else 'slot order, no --seed'})"
-
-
-def shows_batch_of_one(strategy: str | None) -> bool:
-    """Whether a title names "batch 1" for this strategy (those whose batch is a choice)."""
-    return strategy in ("rolling", "surge")
 
 
 _HEAD = ("strategy", "size", "batch", "mode", "from_version", "to_version", "outcome", "duration_s",

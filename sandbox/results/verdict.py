@@ -45,6 +45,7 @@ from sandbox.results.model import (
     Status,
     Verdict,
 )
+from sandbox.rollout import strategies
 
 NO_LOAD = "not measured: no load"
 
@@ -172,7 +173,7 @@ def exit_code(report: Report, outcome: str | None = None) -> int:
 
 def judged_in_compare(run: Rollout) -> bool:
     """Whether ``compare`` holds this strategy to its verdict: not naive, a baseline that drops by design."""
-    return run.strategy != "naive"
+    return strategies.of(run.strategy).judged_in_compare
 
 
 def compare_exit_code(reports: Sequence[Report]) -> int:

@@ -22,6 +22,9 @@ that starts the next into one ``reattach`` step (one load balancer reload
 instead of two). The executor runs exactly the steps it is given, so
 ``merge_reloads(plan(...))`` is what runs.
 
+What each strategy does with a batch, and the limits it is held to, come from
+its class in ``strategies``; the steps' vocabulary is in ``steps``.
+
 ``simulate``/``validate`` replay a plan over a model of the fleet and raise
 ``PlanError`` on any broken invariant; the tests run every plan through them,
 merged and not.
@@ -30,26 +33,18 @@ merged and not.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import get_args
 
 from sandbox.errors import PlanError
+from sandbox.rollout.steps import Action, Batch, Mode, Ref, Server, Step, Version, ref
+from sandbox.rollout.strategies import DEFAULT_STRATEGY, REGISTRY, RolloutStrategy, Strategy
 
-Version = str  # the user's name for a version: v1, 1.4.2, green (the toy app has v1 and v2)
-Strategy = Literal["one-at-a-time", "rolling", "surge", "double-half", "blue-green", "naive"]
-Mode = Literal["replace", "in-place"]
-Action = Literal["start", "ready", "attach", "detach", "drain", "stop", "kill", "swap", "switch", "reattach"]
-
-
-@dataclass(frozen=True)
-class Server:
-    """One app container as the controller sees it now."""
-
-    id: str  # container id (opaque to the planner)
-    slot: int  # 1..size
-    version: Version
-    attached: bool  # in the load balancer config now
+__all__ = [  # the planner, and the vocabulary it shares with the strategies (steps.py)
+    "Action", "Mode", "PlanError", "PlanSettings", "Ref", "Server", "Simulation", "Step", "Strategy", "Version",
+    "check_settings", "limits", "merge_reloads", "pick_order", "plan", "simulate", "validate",
+]
 
 
 @dataclass(frozen=True)
@@ -58,31 +53,10 @@ class PlanSettings:
 
     size: int  # N: desired number of slots 1..N
     to_version: Version
-    strategy: Strategy = "one-at-a-time"
-    batch: int = 1  # for rolling, surge and naive; ignored by the others
+    strategy: Strategy = DEFAULT_STRATEGY
+    batch: int = 1  # where the strategy is batched (see strategies); ignored by the others
     mode: Mode = "replace"
     seed: int | None = None  # None: slots in order; else the pick order is a shuffle seeded with it
-
-
-@dataclass(frozen=True)
-class Ref:
-    """A server a step acts on: an existing container by id, or the new one to start in a slot."""
-
-    slot: int
-    id: str | None = None  # None = the new container of this slot (created by an earlier 'start')
-
-
-@dataclass(frozen=True)
-class Step:
-    """One action on a set of servers, executed concurrently on all of them."""
-
-    action: Action
-    targets: tuple[Ref, ...]
-    batch_no: int  # 1-based batch index, for progress/events
-    # only for 'switch' and 'reattach': attach targets, detach these, in ONE reload
-    detach: tuple[Ref, ...] = ()
-    # only for 'reattach': the (later) batch the detached servers belong to
-    detach_batch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -108,15 +82,14 @@ def check_settings(settings: PlanSettings) -> None:
             raise PlanError(f"{name}: must be an integer >= 1, got {value!r}", field=name)
     if not isinstance(settings.to_version, str) or not settings.to_version:
         raise PlanError(f"to_version: must be a version name; got {settings.to_version!r}", field="to_version")
-    for name, kind in (("strategy", Strategy), ("mode", Mode)):
+    for name, choices in (("strategy", tuple(REGISTRY)), ("mode", get_args(Mode))):
         value = getattr(settings, name)
-        if value not in get_args(kind):
-            choices = ", ".join(get_args(kind))
-            raise PlanError(f"{name}: must be one of {choices}; got {value!r}", field=name)
+        if value not in choices:
+            raise PlanError(f"{name}: must be one of {', '.join(choices)}; got {value!r}", field=name)
     seed = settings.seed
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise PlanError(f"seed: must be a whole number >= 0, got {seed!r}", field="seed")
-    if settings.mode == "in-place" and settings.strategy in ("surge", "double-half", "blue-green"):
+    if settings.mode == "in-place" and not REGISTRY[settings.strategy].in_place:
         raise PlanError(
             f"mode: 'in-place' is not possible with strategy {settings.strategy!r}, which runs "
             "new servers beside the old ones; use mode 'replace'",
@@ -130,24 +103,12 @@ def limits(settings: PlanSettings) -> tuple[int, int]:
     A batch larger than the fleet counts as the whole fleet.
     """
     check_settings(settings)
-    n = settings.size
-    b = min(settings.batch, n)
-    if settings.strategy == "one-at-a-time":
-        return (1, 0)
-    if settings.strategy in ("rolling", "naive"):
-        return (b, 0)
-    if settings.strategy == "surge":
-        return (0, b)
-    return (0, n)  # double-half, blue-green
+    return _strategy(settings).limits(settings.batch, settings.size)
 
 
-def _batch_size(settings: PlanSettings) -> int:
-    """How many slots one batch rebuilds."""
-    if settings.strategy == "one-at-a-time":
-        return 1
-    if settings.strategy in ("double-half", "blue-green"):
-        return settings.size
-    return min(settings.batch, settings.size)
+def _strategy(settings: PlanSettings) -> RolloutStrategy:
+    """The registered strategy of checked settings."""
+    return REGISTRY[settings.strategy]
 
 
 def _check_fleet(fleet: Sequence[Server]) -> None:
@@ -210,82 +171,15 @@ def _triage(fleet: Sequence[Server], settings: PlanSettings) -> _Triage:
         rng = random.Random(settings.seed)
         for group in (empty, detached, attached):
             rng.shuffle(group)
-    return _Triage(tuple(to_attach), tuple(to_remove), tuple(empty + detached + attached))
-
-
-def _ref(server: Server) -> Ref:
-    """The Ref of an existing container."""
-    return Ref(server.slot, server.id)
-
-
-def _steps(batch_no: int, *pairs: tuple[Action, Iterable[Ref]]) -> list[Step]:
-    """Steps for (action, targets) pairs, skipping those with no targets."""
-    steps = []
-    for action, refs in pairs:
-        targets = tuple(refs)
-        if targets:
-            steps.append(Step(action, targets, batch_no))
-    return steps
-
-
-def _switch(batch_no: int, attach: Sequence[Ref], detach: Sequence[Ref]) -> list[Step]:
-    """One 'switch' step (attach and detach in one reload), or none if it has nothing to do."""
-    if not attach and not detach:
-        return []
-    return [Step("switch", tuple(attach), batch_no, detach=tuple(detach))]
+    return _Triage(tuple(to_attach), tuple(to_remove), (*empty, *detached, *attached))
 
 
 def _settle_steps(triage: _Triage, settings: PlanSettings, batch_no: int) -> list[Step]:
     """Bring detached to_version servers in, then take surplus containers out."""
-    keep = [_ref(s) for s in triage.to_attach]
-    gone = [_ref(s) for s in triage.to_remove]
-    live = [_ref(s) for s in triage.to_remove if s.attached]
-    steps = _steps(batch_no, ("ready", keep))
-    if settings.strategy in ("blue-green", "naive"):
-        steps += _switch(batch_no, keep, live)
-    else:
-        steps += _steps(batch_no, ("attach", keep), ("detach", live))
-    return steps + _steps(batch_no, ("drain", gone), ("stop", gone))
-
-
-def _rebuild_steps(batch: Sequence[tuple[int, Server | None]], settings: PlanSettings, batch_no: int) -> list[Step]:
-    """The steps that rebuild one batch of slots with the settings' strategy and mode."""
-    olds = [s for _, s in batch if s is not None]
-    old = [_ref(s) for s in olds]
-    live = [_ref(s) for s in olds if s.attached]
-    new = [Ref(slot) for slot, _ in batch]
-    if settings.mode == "in-place":
-        empty = [Ref(slot) for slot, s in batch if s is None]
-        fresh = sorted(old + empty, key=lambda r: r.slot)
-        if settings.strategy == "naive":  # swap under traffic; attached servers stay attached
-            unattached = sorted([_ref(s) for s in olds if not s.attached] + empty, key=lambda r: r.slot)
-            return _steps(batch_no, ("swap", old), ("start", empty), ("ready", fresh), ("attach", unattached))
-        return _steps(
-            batch_no,
-            ("detach", live),
-            ("drain", old),
-            ("swap", old),
-            ("start", empty),
-            ("ready", fresh),
-            ("attach", fresh),
-        )
-    if settings.strategy == "naive":
-        return _steps(batch_no, ("kill", old), ("start", new), ("ready", new)) + _switch(batch_no, new, live)
-    if settings.strategy == "blue-green":
-        return (
-            _steps(batch_no, ("start", new), ("ready", new))
-            + _switch(batch_no, new, live)
-            + _steps(batch_no, ("drain", old), ("stop", old))
-        )
-    if settings.strategy in ("surge", "double-half"):
-        return _steps(
-            batch_no, ("start", new), ("ready", new), ("attach", new), ("detach", live), ("drain", old), ("stop", old)
-        )
-    return _steps(  # one-at-a-time, rolling
-        batch_no, ("detach", live), ("drain", old), ("stop", old), ("start", new), ("ready", new), ("attach", new)
-    )
-
-
+    keep = [ref(s) for s in triage.to_attach]
+    gone = [ref(s) for s in triage.to_remove]
+    live = [ref(s) for s in triage.to_remove if s.attached]
+    return _strategy(settings).settle(keep, live, gone, batch_no)
 def plan(fleet: Sequence[Server], settings: PlanSettings) -> list[Step]:
     """The steps that take ``fleet`` to ``settings.size`` attached servers on ``settings.to_version``.
 
@@ -295,12 +189,13 @@ def plan(fleet: Sequence[Server], settings: PlanSettings) -> list[Step]:
     check_settings(settings)
     _check_fleet(fleet)
     triage = _triage(fleet, settings)
+    strategy = _strategy(settings)
     steps = _settle_steps(triage, settings, batch_no=1)
     batch_no = 1 if steps else 0
-    size = _batch_size(settings)
+    size = strategy.effective_batch(settings.batch, settings.size)
     for start in range(0, len(triage.to_rebuild), size):
         batch_no += 1
-        steps += _rebuild_steps(triage.to_rebuild[start : start + size], settings, batch_no)
+        steps += strategy.rebuild(Batch(triage.to_rebuild[start : start + size]), settings.mode, batch_no)
     return steps
 
 
@@ -357,6 +252,7 @@ class _Sim:
 
     def __init__(self, fleet: Sequence[Server], settings: PlanSettings) -> None:
         self.settings = settings
+        self.strategy = _strategy(settings)
         # Attached servers are taken as healthy; detached ones must pass readiness again.
         self.boxes = {s.id: _Box(s.id, s.slot, s.version, s.attached, ready=s.attached) for s in fleet}
         self.new_in_slot: dict[int, str] = {}  # slot -> id of the container a 'start' created there
@@ -459,8 +355,8 @@ class _Sim:
         box.alive = False
 
     def _kill(self, box: _Box) -> None:
-        if self.settings.strategy != "naive":
-            raise ValueError("'kill' is only for the naive strategy")
+        if self.strategy.graceful:
+            raise ValueError(f"'kill' is only for a strategy that does not drain, not {self.strategy.name!r}")
         self._need_alive(box)
         box.alive = False  # stays in the load balancer config until a switch/detach
 
@@ -477,7 +373,7 @@ class _Sim:
 
     def _need_out_of_service(self, box: _Box, verb: str) -> None:
         """Graceful strategies touch only detached, drained servers."""
-        if self.settings.strategy == "naive":
+        if not self.strategy.graceful:
             return
         if box.attached:
             raise ValueError(f"{box.id} is {verb} while attached")

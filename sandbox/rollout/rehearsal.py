@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sandbox.config import BATCHED_STRATEGIES, Settings, check_batch
+from sandbox.config import Settings, check_batch
 from sandbox.errors import BalancerError, NotFoundError, RolloutError, SandboxError, UsageError
 from sandbox.fleet import labels as L
 from sandbox.fleet import versions
@@ -54,7 +54,7 @@ from sandbox.results.model import Report
 from sandbox.results.records import Event, NginxRow, RequestRow
 from sandbox.results.report import build_report, write_report_dir
 from sandbox.results.verdict import Limits, exit_code
-from sandbox.rollout import mixed
+from sandbox.rollout import mixed, strategies
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import Executor, Interrupted, ProbeFactory, Timing
 from sandbox.ui.progress import Progress, TrafficMonitor, make_progress
@@ -506,7 +506,7 @@ class Rehearsal:
         listed = await self.runtime.instances(self.settings.project)
         await executor.reconcile(listed)
         listed, servers = await executor.fleet(listed)
-        strategy = "rolling" if self.settings.strategy == "naive" else self.settings.strategy
+        strategy = strategies.of(self.settings.strategy).rollback_strategy
         back = planner.merge_reloads(planner.plan(servers, planner.PlanSettings(
             size=self.prepared.size, to_version=source, strategy=strategy,  # type: ignore[arg-type]
             batch=min(self.settings.batch, max(1, self.prepared.size - 1)), mode=self.settings.mode,
@@ -602,9 +602,7 @@ def rollout_record(kind: str, source: str, target: str, outcome: str) -> dict[st
 
 def batch_of(settings: Settings, size: int) -> int:
     """The servers one batch takes, as the report gives it."""
-    if settings.strategy in BATCHED_STRATEGIES:
-        return settings.batch
-    return size if settings.strategy in ("double-half", "blue-green") else 1
+    return strategies.of(settings.strategy).report_batch(settings.batch, size)
 
 
 def unchanged_report(settings: Settings, prepared: Prepared) -> Report:

@@ -14,6 +14,7 @@ from typing import Any
 
 from sandbox.results.model import Report
 from sandbox.results.records import Event
+from sandbox.rollout import strategies
 
 # The seed's six steps (DESIGN.md, README "What a rollout does"), in order.
 SEED_STEPS = (
@@ -66,8 +67,7 @@ class Promise:
     batches: int
 
     def as_dict(self, size: int) -> dict[str, Any]:
-        return {"floor": self.floor, "peak": self.peak, "batches": self.batches, "size": size,
-                "text": f"capacity never below {self.floor} of {size}, at most {self.peak} containers"}
+        return {"floor": self.floor, "peak": self.peak, "batches": self.batches, "size": size}
 
 
 def promise(size: int, strategy: str, batch: int = 1, mode: str = "replace", to_version: str = "v2") -> Promise:
@@ -75,7 +75,7 @@ def promise(size: int, strategy: str, batch: int = 1, mode: str = "replace", to_
     from sandbox.rollout import plan as planner
 
     source = "v1" if to_version == "v2" else "v2"
-    settings = planner.PlanSettings(size=size, to_version=to_version, strategy=strategy,  # type: ignore[arg-type]
+    settings = planner.PlanSettings(size=size, to_version=to_version, strategy=strategy,
                                     batch=batch, mode=mode)  # type: ignore[arg-type]
     fleet = [planner.Server(id=f"s{n}", slot=n, version=source, attached=True)  # type: ignore[arg-type]
              for n in range(1, size + 1)]
@@ -135,8 +135,8 @@ class RolloutState:
                                    self.run.get("mode") or "replace", self.run.get("to") or "v2").as_dict(self.size)
         except ValueError:  # a combination the planner refuses: the run says so itself
             self.promise = None
-        if self.promise and self.run["strategy"] == "naive":
-            self.promise["text"] = "none: naive kills servers while they still get traffic"
+        if (p := self.promise) is not None:
+            p["text"] = strategies.of(self.run["strategy"]).promise(p["floor"], p["peak"], self.size)
 
     def seed(self, name: str, slot: int, version: str, attached: bool) -> None:
         self.servers[name] = {"name": name, "slot": slot, "version": version,

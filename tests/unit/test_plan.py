@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -20,17 +21,23 @@ from sandbox.rollout.plan import (
     simulate,
     validate,
 )
+from sandbox.rollout.strategies import REGISTRY
+
+# The invariant sweep: one row per strategy of the registry (a new strategy adds its row here).
+# For a uniform roll of n servers, b = min(batch, n): (batches, peak containers, fewest serving slots,
+# reloads merge_reloads saves between batches).
+SHAPES: dict[str, Callable[[int, int], tuple[int, int, int, int]]] = {
+    "one-at-a-time": lambda n, b: (n, n, n - 1, n - 1),
+    "rolling": lambda n, b: (math.ceil(n / b), n, n - b, math.ceil(n / b) - 1),
+    "naive": lambda n, b: (math.ceil(n / b), n, n - b, 0),
+    "surge": lambda n, b: (math.ceil(n / b), n + b, n, 0),
+    "double-half": lambda n, b: (1, 2 * n, n, 0),
+    "blue-green": lambda n, b: (1, 2 * n, n, 0),
+}
 
 STRATEGY_MODES = [
-    ("one-at-a-time", "replace"),
-    ("one-at-a-time", "in-place"),
-    ("rolling", "replace"),
-    ("rolling", "in-place"),
-    ("surge", "replace"),
-    ("double-half", "replace"),
-    ("blue-green", "replace"),
-    ("naive", "replace"),
-    ("naive", "in-place"),
+    (name, mode) for name, strategy in REGISTRY.items() for mode in ("replace", "in-place")
+    if mode == "replace" or strategy.in_place
 ]
 
 
@@ -53,20 +60,12 @@ def render(steps: list[Step]) -> list[str]:
     return [f"{s.batch_no} {s.action} {names(s.targets)}{detach(s)}" for s in steps]
 
 
-def expected_shape(strategy: str, mode: str, n: int, batch: int) -> tuple[int, int, int]:
-    """(batches, peak containers, fewest serving slots) for a uniform roll."""
-    b = min(batch, n)
-    return {
-        "one-at-a-time": (n, n, n - 1),
-        "rolling": (math.ceil(n / b), n, n - b),
-        "naive": (math.ceil(n / b), n, n - b),
-        "surge": (math.ceil(n / b), n + b, n),
-        "double-half": (1, 2 * n, n),
-        "blue-green": (1, 2 * n, n),
-    }[strategy]
-
-
 # --------------------------------------------------------------------------- every strategy
+
+
+def test_the_sweep_has_one_row_per_registered_strategy():
+    assert sorted(SHAPES) == sorted(REGISTRY)
+    assert ("one-at-a-time", "in-place") in STRATEGY_MODES and ("surge", "in-place") not in STRATEGY_MODES
 
 
 SWEEP = [
@@ -84,7 +83,8 @@ def test_uniform_roll_validates_with_expected_shape(strategy, mode, n, batch):
     steps = plan(fleet, settings)
     validate(fleet, settings, steps)
     sim = simulate(fleet, settings, steps)
-    assert (sim.batches, sim.peak_containers, sim.min_serving) == expected_shape(strategy, mode, n, batch)
+    batches, peak, fewest, between_batches = SHAPES[strategy](n, min(batch, n))
+    assert (sim.batches, sim.peak_containers, sim.min_serving) == (batches, peak, fewest)
     assert sorted((s.slot, s.version) for s in sim.fleet) == [(i, "v2") for i in range(1, n + 1)]
     if mode == "in-place":  # same containers, new code
         assert sorted(s.id for s in sim.fleet) == sorted(s.id for s in fleet)
@@ -95,7 +95,6 @@ def test_uniform_roll_validates_with_expected_shape(strategy, mode, n, batch):
     assert (merged_sim.batches, merged_sim.peak_containers, merged_sim.min_serving) == (
         sim.batches, sim.peak_containers, sim.min_serving)
     assert merged_sim.fleet == sim.fleet
-    between_batches = sim.batches - 1 if strategy in ("one-at-a-time", "rolling") else 0
     assert sum(s.action == "reattach" for s in merged) == between_batches
     assert len(merged) == len(steps) - between_batches
 
@@ -372,7 +371,7 @@ BROKEN = [
     ("attach before ready", TWO, lambda s: _drop(s, "ready"), "before a 'ready' step"),
     ("never detached", TWO, lambda s: _drop(s, "detach"), "drained while still attached"),
     ("swap in replace mode", TWO, lambda s: [Step("swap", (A1,), 1)], "only for mode in-place"),
-    ("kill in a graceful strategy", TWO, lambda s: [Step("kill", (A1,), 1)], "only for the naive"),
+    ("kill in a graceful strategy", TWO, lambda s: [Step("kill", (A1,), 1)], "only for a strategy that does not drain"),
     ("unknown container", TWO, lambda s: [Step("detach", (Ref(1, "zz"),), 1)], "unknown container"),
     ("new container never started", TWO, lambda s: [Step("ready", (NEW1,), 1)], "no new container"),
     ("wrong slot", TWO, lambda s: [Step("detach", (Ref(2, "a1"),), 1)], "is in slot 1"),
