@@ -1,5 +1,8 @@
 """The ``sandbox`` command: parse flags, build Settings, call ``sandbox.commands``, print.
 
+Each command declares the setting groups it takes (``_SUBCOMMANDS``); their flags, types and help
+come from the settings' definitions in :mod:`sandbox.config`, under a heading per group.
+
 Exit codes: 0 success, 2 bad input (nothing was touched), 1 anything else
 (a rollout whose verdict fails, ``compare`` where a strategy other than naive
 fails its verdict, an engine error), 130 interrupted. Expected errors print one line, never a traceback.
@@ -9,18 +12,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 from sandbox import __version__, commands
 from sandbox.commands import parse_strategy_spec
-from sandbox.config import GROUPS, SETTINGS, Settings, check_batch, check_port_free, load_settings, renamed
+from sandbox.config import GROUPS, SETTINGS, Group, Settings, check_batch, check_port_free, load_settings, renamed
 from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, exit_code_for
 from sandbox.fleet import engines
 from sandbox.fleet.runtime import Runtime
@@ -62,31 +65,15 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
 
 
-#: The settings each command takes as flags: whole groups, less some settings. ``project`` and
-#: ``engine`` are every command's. Flags that are not settings (``--json``, ``--dashboard``) are below.
+_COMMON = ("project", "engine")  # every command's setting flags
 _ROLL_ONLY = ("to_version", "max_error_ratio", "auto_rollback", "set_env")
-_TAKES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "up": (("fleet", "app"), ()),
-    "status": ((), ()),
-    "down": ((), ()),
-    "images": ((), ()),
-    "roll": (("rollout", "load", "limits"), ()),
-    "rollback": (("rollout", "load", "limits"), _ROLL_ONLY),
-    "demo": (("fleet", "app", "rollout", "load", "limits"),
-             ("lb_retry", "version", "app_env", "mode", *_ROLL_ONLY)),
-    "compare": (("fleet", "swarm", "rollout", "load", "limits"),
-                ("lb_retry", "strategy", "batch", "mode", *_ROLL_ONLY)),
-}
-_COMMON = ("project", "engine")
-#: Setting defaults of one command's own (its flag's default, over the environment and the file).
-_COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {"demo": {"size": 9}, "compare": {"size": 9}}
 
 
 def setting_flags(command: str) -> dict[str, str]:
     """The settings ``command`` takes as flags, each with its flag, in definition order."""
-    groups, without = _TAKES[command]
+    takes = _SUBCOMMANDS[command]
     return {s.name: s.flags[0] for s in SETTINGS.values()
-            if s.flags and (s.name in _COMMON or (s.spec.group in groups and s.name not in without))}
+            if s.flags and (s.name in _COMMON or (s.spec.group in takes.groups and s.name not in takes.without))}
 
 
 def _add_settings(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -118,12 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sandbox", description="Rehearse rolling deployments on a local Docker fleet.")
     parser.add_argument("--version", action="version", version=f"rolling-sandbox {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for command, (help_text, add_own) in _COMMANDS_HELP.items():
-        p = sub.add_parser(command, parents=[common], help=help_text)
-        if add_own is not None:
-            add_own(p)
-        _add_settings(p, list(setting_flags(command)))
-        p.set_defaults(**_COMMAND_DEFAULTS.get(command, {}))
+    for name, command in _SUBCOMMANDS.items():
+        p = sub.add_parser(name, parents=[common], help=command.help)
+        if command.own_flags is not None:
+            command.own_flags(p)
+        _add_settings(p, list(setting_flags(name)))
+        p.set_defaults(**command.defaults)
     return parser
 
 
@@ -178,16 +165,35 @@ def _add_compare_flags(p: argparse.ArgumentParser) -> None:
     p.set_defaults(report=Path("reports") / "compare")
 
 
-#: Each command's help line and its flags that are not settings.
-_COMMANDS_HELP: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None]] = {
-    "up": ("start N servers behind NGINX on 127.0.0.1", None),
-    "status": ("show the fleet and the load balancer", _add_status_flags),
-    "down": ("remove this project's containers and network", None),
-    "images": ("build the images that are missing", _add_images_flags),
-    "roll": ("roll the fleet to another version under live traffic", _add_roll_flags),
-    "rollback": ("return to the version before the last roll", _add_report_flags),
-    "demo": ("workshop demo: up 9, roll to v2 under load, report, down", _add_demo_flags),
-    "compare": ("run several strategies on fresh fleets under the same load; one table", _add_compare_flags),
+@dataclass(frozen=True)
+class _Command:
+    """A command's help line; the setting groups it takes as flags, less ``without``; its own flags
+    that are not settings; and its own defaults of settings (its flag's, over environment and file)."""
+
+    help: str
+    groups: tuple[Group, ...] = ()
+    without: tuple[str, ...] = ()
+    own_flags: Callable[[argparse.ArgumentParser], None] | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+_SUBCOMMANDS: dict[str, _Command] = {
+    "up": _Command("start N servers behind NGINX on 127.0.0.1", ("fleet", "app")),
+    "status": _Command("show the fleet and the load balancer", own_flags=_add_status_flags),
+    "down": _Command("remove this project's containers and network"),
+    "images": _Command("build the images that are missing", own_flags=_add_images_flags),
+    "roll": _Command("roll the fleet to another version under live traffic", ("rollout", "load", "limits"),
+                     own_flags=_add_roll_flags),
+    "rollback": _Command("return to the version before the last roll", ("rollout", "load", "limits"),
+                         without=_ROLL_ONLY, own_flags=_add_report_flags),
+    "demo": _Command("workshop demo: up 9, roll to v2 under load, report, down",
+                     ("fleet", "app", "rollout", "load", "limits"),
+                     without=("lb_retry", "version", "app_env", "mode", *_ROLL_ONLY),
+                     own_flags=_add_demo_flags, defaults={"size": 9}),
+    "compare": _Command("run several strategies on fresh fleets under the same load; one table",
+                        ("fleet", "swarm", "rollout", "load", "limits"),
+                        without=("lb_retry", "strategy", "batch", "mode", *_ROLL_ONLY),
+                        own_flags=_add_compare_flags, defaults={"size": 9}),
 }
 
 
@@ -219,7 +225,7 @@ def checked_settings(args: argparse.Namespace) -> Settings:
     """The settings of this command line; every bad value raises UsageError here, before Docker is touched."""
     settings = settings_from_args(args)
     if args.command == "demo" and args.project is None and settings.project == "sandbox":
-        settings = dataclasses.replace(settings, project="sandbox-demo")
+        settings = replace(settings, project="sandbox-demo")
     try:
         _check_command(args, settings)
     except UsageError as exc:

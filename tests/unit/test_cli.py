@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.cli import build_parser, main, settings_from_args
+from sandbox.cli import build_parser, main, setting_flags, settings_from_args
 from sandbox.commands import parse_strategy_spec
+from sandbox.config import SETTINGS
 from sandbox.errors import UsageError
 from sandbox.fleet import versions
 
@@ -149,9 +150,6 @@ def test_verdict_flags_reach_the_settings() -> None:
 
 
 def test_each_command_offers_its_settings_flags_with_their_help() -> None:
-    from sandbox.cli import setting_flags
-    from sandbox.config import SETTINGS
-
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     offered: set[str] = set()
     for command, parser in sub.choices.items():  # type: ignore[union-attr]
@@ -165,8 +163,6 @@ def test_each_command_offers_its_settings_flags_with_their_help() -> None:
 
 
 def test_setting_flags_per_command() -> None:
-    from sandbox.cli import setting_flags
-
     assert set(setting_flags("status")) == set(setting_flags("down")) == {"project", "engine"}
     assert {"to_version", "max_error_ratio", "auto_rollback", "set_env"} <= set(setting_flags("roll"))
     assert not {"to_version", "max_error_ratio", "auto_rollback", "set_env"} & set(setting_flags("rollback"))
