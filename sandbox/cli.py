@@ -1,5 +1,8 @@
 """The ``sandbox`` command: parse flags, build Settings, call ``sandbox.commands``, print.
 
+Each command declares the setting groups it takes (``_SUBCOMMANDS``); their flags, types and help
+come from the settings' definitions in :mod:`sandbox.config`, under a heading per group.
+
 Exit codes: 0 success, 2 bad input (nothing was touched), 1 anything else
 (a rollout whose verdict fails, ``compare`` where a strategy other than naive
 fails its verdict, an engine error), 130 interrupted. Expected errors print one line, never a traceback.
@@ -9,34 +12,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 from sandbox import __version__, commands
 from sandbox.commands import parse_strategy_spec
-from sandbox.config import (
-    DEFAULT_LOAD_WORKERS,
-    ENGINES,
-    FAILURE_ACTIONS,
-    LB_APPLY_MODES,
-    MODES,
-    SESSION_STORES,
-    STRATEGIES,
-    V2_MODES,
-    Settings,
-    check_batch,
-    check_port_free,
-    load_settings,
-    parse_env_pairs,
-)
+from sandbox.config import GROUPS, SETTINGS, Group, Settings, check_batch, check_port_free, load_settings, renamed
 from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, exit_code_for
-from sandbox.fleet import engines, versions
+from sandbox.fleet import engines
 from sandbox.fleet.runtime import Runtime
 from sandbox.results.junit import write_compare_junit, write_junit
 from sandbox.results.model import Report
@@ -77,101 +66,67 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
 
 
+_COMMON = ("project", "engine")  # every command's setting flags
+_ROLL_ONLY = ("to_version", "max_error_ratio", "auto_rollback", "set_env")
+
+
+def setting_flags(command: str) -> dict[str, str]:
+    """The settings ``command`` takes as flags, each with its flag, in definition order."""
+    takes = _SUBCOMMANDS[command]
+    return {s.name: s.flags[0] for s in SETTINGS.values()
+            if s.flags and (s.name in _COMMON or (s.spec.group in takes.groups and s.name not in takes.without))}
+
+
+def _add_settings(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """A flag for each setting in ``names``, under a heading per group, from the settings' definitions."""
+    sections = {group: p.add_argument_group(f"{group} settings") for group in GROUPS
+                if any(SETTINGS[name].spec.group == group for name in names)}
+    for name in names:
+        one = SETTINGS[name]
+        spec, section = one.spec, sections[one.spec.group]
+        if one.kind is bool and spec.metavar is None:
+            if spec.flag:
+                section.add_argument(spec.flag, dest=name, action="store_true", default=None, help=spec.help)
+            if spec.off_flag:
+                section.add_argument(spec.off_flag, dest=name, action="store_false", default=None,
+                                     help=spec.off_help or spec.help)
+        elif one.kind in (tuple, dict):
+            section.add_argument(spec.flag, dest=name, action="append", metavar=spec.metavar, help=spec.help)
+        else:
+            convert = {bool: _boolean, int: _integer, float: _number, Path: Path}.get(one.kind)
+            section.add_argument(spec.flag, dest=name, type=convert, choices=one.choices or None,
+                                 metavar=spec.metavar, help=spec.help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
-    common.add_argument("--project", help="project name: letters, digits, dashes (default: sandbox)")
     common.add_argument("--config", type=Path, help="a sandbox.toml (default: ./sandbox.toml if present)")
-    common.add_argument("--engine", choices=ENGINES,
-                        help="docker: plain containers (default); swarm: Swarm services (see README); "
-                             "status, roll, rollback, down use the engine the fleet was started with")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     parser = _Parser(prog="sandbox", description="Rehearse rolling deployments on a local Docker fleet.")
     parser.add_argument("--version", action="version", version=f"rolling-sandbox {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    _add_fleet_commands(sub, common)
-    _add_rollout_commands(sub, common)
+    for name, command in _SUBCOMMANDS.items():
+        p = sub.add_parser(name, parents=[common], help=command.help)
+        if command.own_flags is not None:
+            command.own_flags(p)
+        _add_settings(p, list(setting_flags(name)))
+        p.set_defaults(**command.defaults)
     return parser
 
 
-def _add_fleet_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """up, status, down, images."""
-    p = sub.add_parser("up", parents=[common], help="start N servers behind NGINX on 127.0.0.1")
-    p.add_argument("--size", type=_integer, help="number of app servers (default 3)")
-    p.add_argument("--port", type=_integer, help="load balancer port on 127.0.0.1 (default 8080)")
-    p.add_argument("--version", dest="version",
-                   help="version to start: one of --image/--build names (default the first; v1 for the toy app)")
-    _add_version_flags(p)
-    p.add_argument("--sticky", action="store_true", default=None, help="route each user (cookie) to one server")
-    p.add_argument("--sessions", choices=SESSION_STORES,
-                   help="where carts live: memory (each server's own, lost with it; default) or shared (one Redis)")
-    p.add_argument("--lb-retry", dest="lb_retry", action="store_true", default=None,
-                   help="let NGINX retry a failed connection on another server (its default; hides drops)")
-    _add_lb_flags(p)
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="app environment (repeatable)")
-
-    p = sub.add_parser("status", parents=[common], help="show the fleet and the load balancer")
+def _add_status_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    sub.add_parser("down", parents=[common], help="remove this project's containers and network")
 
-    p = sub.add_parser("images", parents=[common], help="build the images that are missing")
+def _add_images_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="rebuild every image, the base included")
     p.add_argument("--prune", action="store_true",
                    help="then remove older rolling-sandbox images that no container uses")
 
 
-def _add_version_flags(p: argparse.ArgumentParser) -> None:
-    """Your own images as named versions (up, demo)."""
-    p.add_argument("--image", action="append", default=[], metavar="NAME=REF",
-                   help="a version of your app: a name you pick and a local image (repeatable)")
-    p.add_argument("--build", action="append", default=[], metavar="NAME=DIR",
-                   help="a version built first from DIR's Dockerfile (repeatable)")
-    p.add_argument("--app-port", type=_integer, help="the port your app listens on (default 8000)")
-    p.add_argument("--health-path", help="ready when GET PATH answers 2xx (default: the image's HEALTHCHECK, "
-                                         "else the port accepts a connection; the toy app: /healthz)")
-    p.add_argument("--stop-signal", help="signal that asks your app to stop (default: the image's, SIGTERM)")
-    p.add_argument("--stop-timeout", type=_number, help="seconds after it before SIGKILL (default 20)")
-    p.add_argument("--command", dest="app_command", help="run this instead of the image's CMD (split like a shell)")
-    p.add_argument("--memory", help="memory limit of each server (default 128m)")
-    p.add_argument("--read-only", type=_boolean, metavar="true|false",
-                   help="read-only root filesystem (default true; /tmp is always writable)")
-
-
-def _add_load_flags(p: argparse.ArgumentParser) -> None:
-    """The flags of every command that rolls under load."""
-    p.add_argument("--users", type=_integer, help="simulated users (default 20)")
-    p.add_argument("--spawn-rate", type=_number, help="users started per second (default 20)")
-    p.add_argument("--locustfile", type=Path, help="your own locustfile instead of the default")
-    p.add_argument("--path", dest="paths", action="append", default=None, metavar="PATH",
-                   help="your own app without a locustfile: the default users GET these (repeatable, default /)")
-    p.add_argument("--no-load", dest="load", action="store_false", default=None, help="no traffic")
-    p.add_argument("--max-dropped", type=_integer, help="verdict: at most this many dropped (default 0)")
-    p.add_argument("--max-stall-s", type=_number, help="verdict: longest stretch with no answer (default 1 s)")
-    p.add_argument("--slow-ms", type=_number, help="a request slower than this is slow (default 2000)")
-    p.add_argument("--max-slow", type=_integer, help="verdict: at most this many slow (default 0)")
-    p.add_argument("--max-p99-ratio", type=_number,
-                   help="verdict: over --max-p99-ms, rollout p99 at most this times a warmup's already over it "
-                        "(default 3)")
-    p.add_argument("--max-p99-ms", type=_number, help="verdict: rollout p99 users feel, in ms (default 250)")
-    p.add_argument("--min-latency-samples", type=_integer,
-                   help="verdict: fewer answers in warmup or rollout make the p99 check SKIP (default 200)")
-    p.add_argument("--max-violations", type=_integer,
-                   help="verdict: at most this many contract violations (default 0)")
-    p.add_argument("--min-requests", type=_integer,
-                   help="verdict: at least this many requests measured (default 100)")
-    p.add_argument("--warmup", dest="warmup_s", type=_number, help="seconds of load before (default 3)")
-    p.add_argument("--cooldown", dest="cooldown_s", type=_number, help="seconds of load after (default 3)")
-    p.add_argument("--v2-mode", choices=V2_MODES, help="which v2 contract clients expect (default compatible)")
-    p.add_argument("--load-workers", type=_integer,
-                   help=f"Locust worker processes sending requests; 1 = a single process "
-                        f"(default {DEFAULT_LOAD_WORKERS} here)")
-    p.add_argument("--think-ms", metavar="MIN-MAX",
-                   help="default users' wait between requests in ms, MIN-MAX or N (default 50-200; 0 = none)")
-    p.add_argument("--client-timeout", dest="client_timeout_s", type=_number,
-                   help="seconds the load generator waits for an answer (default 10)")
-    p.add_argument("--drain-timeout", type=_number, help="seconds to wait for in-flight requests (default 30)")
-    p.add_argument("--ready-timeout", type=_number, help="seconds for a new server to be ready (default 30)")
+def _add_report_flags(p: argparse.ArgumentParser) -> None:
+    """How every command that rolls under load reports."""
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--junit", type=Path, metavar="FILE",
                    help="write the verdict as JUnit XML, one test case per check "
@@ -179,24 +134,6 @@ def _add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", type=Path, metavar="DIR",
                    help="write report.json, chart.png, report.md here (demo: reports/demo, "
                         "compare: reports/compare)")
-    p.add_argument("--mixed-check", dest="mixed_checks", action="append", default=None, metavar="CMD",
-                   help="a shell command run once while both versions are attached, with SANDBOX_URL set; "
-                        "a non-zero exit fails the verdict (repeatable)")
-    p.add_argument("--mixed-check-timeout", dest="mixed_check_timeout_s", type=_number,
-                   help="seconds each mixed check may take before it is killed and fails (default 60)")
-    p.add_argument("--seed", type=_integer,
-                   help="pick the servers of each batch in an order shuffled with this seed (default: slot order)")
-
-
-def _add_lb_flags(p: argparse.ArgumentParser) -> None:
-    """How the fleet's load balancer is set up (up, demo, compare)."""
-    p.add_argument("--lb-apply", dest="lb_apply", choices=LB_APPLY_MODES,
-                   help="dynamic: change the attached set without a reload (Lua balancer; default); "
-                        "reload: render, nginx -t, graceful reload (the classic way)")
-    p.add_argument("--client-keepalive", dest="client_keepalive", action="store_true", default=None,
-                   help="keep client connections alive (the default)")
-    p.add_argument("--no-client-keepalive", dest="client_keepalive", action="store_false", default=None,
-                   help="close each client connection after one request (keepalive_timeout 0)")
 
 
 def _add_dashboard_flags(p: argparse.ArgumentParser) -> None:
@@ -204,108 +141,68 @@ def _add_dashboard_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dashboard-port", type=_integer, default=8089, help="its port (default 8089)")
 
 
-def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """roll, rollback, demo (and compare)."""
-    p = sub.add_parser("roll", parents=[common], help="roll the fleet to another version under live traffic")
-    p.add_argument("--to", dest="to_version",
-                   help="target version, one the fleet was started with "
-                        "(default the last declared; v2 for the toy app)")
-    p.add_argument("--strategy", choices=STRATEGIES, help="how to roll (default one-at-a-time)")
-    p.add_argument("--batch", type=_integer, help="servers per batch for rolling, surge, naive (default 1)")
-    p.add_argument("--mode", choices=MODES, help="replace containers or swap code in place (default replace)")
-    p.add_argument("--max-error-ratio", type=_number, help="roll back above this failed share (default 0.05)")
-    p.add_argument("--no-auto-rollback", dest="auto_rollback", action="store_false", default=None,
-                   help="stop, don't roll back, when the rollout fails")
-    p.add_argument("--set-env", action="append", default=[], metavar="KEY=VALUE",
-                   help="environment for the new version's servers (repeatable), e.g. APP_BOOT_FAIL=1")
-    _add_load_flags(p)
+def _add_roll_flags(p: argparse.ArgumentParser) -> None:
+    _add_report_flags(p)
     _add_dashboard_flags(p)
-
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (batches, steps, peak containers, capacity) and touch nothing")
-    p = sub.add_parser("rollback", parents=[common], help="return to the version before the last roll")
-    p.add_argument("--strategy", choices=STRATEGIES, help="how to roll back (default one-at-a-time)")
-    p.add_argument("--batch", type=_integer, help="servers per batch")
-    p.add_argument("--mode", choices=MODES, help="replace or in-place (default replace)")
-    _add_load_flags(p)
 
-    p = sub.add_parser("demo", parents=[common], help="workshop demo: up 9, roll to v2 under load, report, down")
-    p.add_argument("--size", type=_integer, default=9, help="servers (default 9, the classic example)")
-    p.add_argument("--port", type=_integer, help="load balancer port on 127.0.0.1 (default 8080)")
-    p.add_argument("--strategy", choices=STRATEGIES, help="how to roll (default one-at-a-time)")
-    p.add_argument("--batch", type=_integer, help="servers per batch for rolling, surge, naive")
-    p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
-    p.add_argument("--sessions", choices=SESSION_STORES,
-                   help="where carts live: memory (each server's own, lost with it; default) or shared (one Redis)")
+
+def _add_demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", action="store_true", help="leave the fleet running afterwards")
-    _add_version_flags(p)
-    _add_lb_flags(p)
-    _add_load_flags(p)
+    _add_report_flags(p)
     _add_dashboard_flags(p)
     p.add_argument("--narrate", action="store_true",
                    help="pause at each step of the first batch and say what it does and why")
     p.set_defaults(report=Path("reports") / "demo")
 
-    _add_compare_command(sub, common)
 
-
-def _add_compare_command(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("compare", parents=[common],
-                       help="run several strategies on fresh fleets under the same load; one table")
-    p.add_argument("--size", type=_integer, default=9, help="servers per fleet (default 9)")
-    p.add_argument("--port", type=_integer, help="load balancer port on 127.0.0.1 (default 8080)")
+def _add_compare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategies", default="one-at-a-time,rolling:3,double-half,blue-green,naive",
                    help="comma-separated, NAME or NAME:BATCH (default one-at-a-time,rolling:3,double-half,"
                         "blue-green,naive)")
-    p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
-    p.add_argument("--update-parallelism", type=_integer, help="swarm-native: tasks updated at once (default 1)")
-    p.add_argument("--update-delay", type=_number, help="swarm-native: seconds between batches (default 0)")
-    p.add_argument("--update-failure-action", choices=FAILURE_ACTIONS,
-                   help="swarm-native: what Swarm does when an update fails (default pause)")
-    p.add_argument("--stop-grace-period", type=_number, help="swarm-native: SIGTERM to SIGKILL (default 20)")
-    p.add_argument("--no-healthcheck", dest="swarm_healthcheck", action="store_false", default=None,
-                   help="swarm-native: no HEALTHCHECK, so Swarm routes to a task as soon as it runs")
-    p.add_argument("--sessions", choices=SESSION_STORES,
-                   help="where carts live: memory (each server's own, lost with it; default) or shared (one Redis)")
-    _add_lb_flags(p)
-    _add_load_flags(p)
+    _add_report_flags(p)
     _add_dashboard_flags(p)
     p.set_defaults(report=Path("reports") / "compare")
 
 
-_SETTING_FLAGS = (
-    "project", "engine", "size", "port", "version", "sticky", "sessions", "lb_retry", "client_keepalive", "lb_apply",
-    "to_version", "strategy", "batch", "mode",
-    "app_port", "health_path", "stop_signal", "stop_timeout", "app_command", "memory", "read_only",
-    "drain_timeout", "ready_timeout", "max_error_ratio", "auto_rollback", "load", "users", "spawn_rate",
-    "locustfile", "max_dropped", "warmup_s", "cooldown_s", "v2_mode", "load_workers", "think_ms",
-    "client_timeout_s", "max_stall_s", "slow_ms", "max_slow", "max_p99_ratio", "max_p99_ms",
-    "min_latency_samples", "max_violations", "min_requests",
-    "update_parallelism", "update_delay", "update_failure_action", "stop_grace_period", "swarm_healthcheck",
-    "seed", "mixed_check_timeout_s",
-)
+@dataclass(frozen=True)
+class _Command:
+    """A command's help line; the setting groups it takes as flags, less ``without``; its own flags
+    that are not settings; and its own defaults of settings (its flag's, over environment and file)."""
+
+    help: str
+    groups: tuple[Group, ...] = ()
+    without: tuple[str, ...] = ()
+    own_flags: Callable[[argparse.ArgumentParser], None] | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+_SUBCOMMANDS: dict[str, _Command] = {
+    "up": _Command("start N servers behind NGINX on 127.0.0.1", ("fleet", "app")),
+    "status": _Command("show the fleet and the load balancer", own_flags=_add_status_flags),
+    "down": _Command("remove this project's containers and network"),
+    "images": _Command("build the images that are missing", own_flags=_add_images_flags),
+    "roll": _Command("roll the fleet to another version under live traffic", ("rollout", "load", "limits"),
+                     own_flags=_add_roll_flags),
+    "rollback": _Command("return to the version before the last roll", ("rollout", "load", "limits"),
+                         without=_ROLL_ONLY, own_flags=_add_report_flags),
+    "demo": _Command("workshop demo: up 9, roll to v2 under load, report, down",
+                     ("fleet", "app", "rollout", "load", "limits"),
+                     without=("lb_retry", "version", "app_env", "mode", *_ROLL_ONLY),
+                     own_flags=_add_demo_flags, defaults={"size": 9}),
+    "compare": _Command("run several strategies on fresh fleets under the same load; one table",
+                        ("fleet", "swarm", "rollout", "load", "limits"),
+                        without=("lb_retry", "strategy", "batch", "mode", *_ROLL_ONLY),
+                        own_flags=_add_compare_flags, defaults={"size": 9}),
+}
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from flags over environment over sandbox.toml over defaults (UsageError if bad)."""
-    overrides: dict[str, Any] = {name: getattr(args, name, None) for name in _SETTING_FLAGS}
-    if getattr(args, "set_env", None):
-        overrides["set_env"] = parse_env_pairs(args.set_env, "set_env")
-    if getattr(args, "env", None):
-        overrides["app_env"] = parse_env_pairs(args.env, "env")
-    if getattr(args, "paths", None):
-        overrides["paths"] = tuple(args.paths)
-    if getattr(args, "mixed_checks", None):
-        overrides["mixed_checks"] = tuple(args.mixed_checks)
-    if getattr(args, "image", None):
-        overrides["images"] = versions.parse_pairs(args.image, "image")
-    if getattr(args, "build", None):
-        overrides["builds"] = versions.parse_pairs(args.build, "build")
-    if getattr(args, "v2_mode", None) == "breaking" and "set_env" not in overrides:
-        overrides["set_env"] = {"APP_BREAKING": "1"}
-    elif getattr(args, "v2_mode", None) == "breaking":
-        overrides["set_env"] = {"APP_BREAKING": "1", **overrides["set_env"]}
-    return load_settings(overrides, config_path=getattr(args, "config", None))
+    flags = setting_flags(args.command)
+    overrides = {name: getattr(args, name) for name in flags}
+    return load_settings(overrides, config_path=args.config, flags=flags)
 
 
 def _print_status(data: dict[str, Any]) -> None:
@@ -329,7 +226,16 @@ def checked_settings(args: argparse.Namespace) -> Settings:
     """The settings of this command line; every bad value raises UsageError here, before Docker is touched."""
     settings = settings_from_args(args)
     if args.command == "demo" and args.project is None and settings.project == "sandbox":
-        settings = dataclasses.replace(settings, project="sandbox-demo")
+        settings = replace(settings, project="sandbox-demo")
+    try:
+        _check_command(args, settings)
+    except UsageError as exc:
+        raise renamed(exc, settings.origin) from None
+    return settings
+
+
+def _check_command(args: argparse.Namespace, settings: Settings) -> None:
+    """What only the command line can check: strategies, batches against the fleet's size, ports."""
     specs = _specs(args)
     for spec in specs:
         name, batch = parse_strategy_spec(spec, settings.batch)
@@ -342,9 +248,10 @@ def checked_settings(args: argparse.Namespace) -> Settings:
         raise UsageError("strategies: name at least one strategy")
     if args.command == "demo":
         check_batch(settings.strategy, settings.batch, settings.size)
+    if hasattr(args, "dashboard_port"):
+        SETTINGS["port"].check_bounds(args.dashboard_port, "--dashboard-port")  # a port, as --port
     if args.command in ("up", "demo", "compare"):
         check_port_free(settings.port)
-    return settings
 
 
 def _specs(args: argparse.Namespace) -> list[str]:

@@ -160,6 +160,12 @@ def source_version(fleet_versions: list[str], target: str, last_from: str | None
     return last_from or target
 
 
+def target_env(set_env: Mapping[str, str], v2_mode: str) -> dict[str, str]:
+    """The environment the new version's servers get on top of the fleet's: ``--set-env``, and for
+    ``--v2-mode breaking`` the toy app's ``APP_BREAKING=1`` (which ``--set-env`` may override)."""
+    return {**({"APP_BREAKING": "1"} if v2_mode == "breaking" else {}), **set_env}
+
+
 STOP_SIGNALS = ("SIGTERM", "SIGQUIT", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGKILL")
 MEMORY_RE = re.compile(r"^[0-9]+[bkmg]?$")
 HEALTH_PATH_RE = re.compile(r"^/[^\s]*$")

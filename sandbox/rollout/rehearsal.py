@@ -323,7 +323,8 @@ class Rehearsal:
         except planner.PlanError:  # a fleet with stale upstreams (dry run): no figures
             sim = None
         # the fleet's own environment (from `up --env`) always; --set-env only for the new version
-        env = dict(state.app_env) if self.kind == "rollback" else {**state.app_env, **self.settings.set_env}
+        env = dict(state.app_env) if self.kind == "rollback" else {
+            **state.app_env, **versions.target_env(self.settings.set_env, self.settings.v2_mode)}
         source = versions.source_version([i.version for i in listed], target, (state.rollout or {}).get("from"))
         self._prepared = Prepared(kind=self.kind, source=source, target=target,
                                   strategy=self.settings.strategy, size=size, env=env,

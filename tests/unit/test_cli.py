@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.cli import build_parser, main, settings_from_args
+from sandbox.cli import build_parser, main, setting_flags, settings_from_args
 from sandbox.commands import parse_strategy_spec
+from sandbox.config import SETTINGS
 from sandbox.errors import UsageError
+from sandbox.fleet import versions
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -18,41 +20,50 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["up", "--size", "0"], "size: 0 must be between 1 and 64"),
-    (["up", "--port", "0"], "port: 0 must be between 1 and 65535"),
-    (["up", "--project", "no_underscores"], "project:"),
+    (["up", "--size", "0"], "sandbox: error: --size: 0 must be between 1 and 64"),
+    (["up", "--port", "0"], "--port: 0 must be between 1 and 65535"),
+    (["up", "--project", "no_underscores"], "--project: 'no_underscores' must be"),
     (["up", "--size", "three"], "'three' is not an integer"),
+    (["up", "--env", "NOEQUALS"], "--env: 'NOEQUALS' must look like KEY=VALUE"),
+    (["up", "--image", "green"], "--image: 'green' must look like NAME=IMAGE"),
+    (["up", "--app-port", "0"], "--app-port: 0 must be between 1 and 65535"),
+    (["up", "--command", "run 'unclosed"], "--command: No closing quotation"),
+    (["up", "--version", "v3"], "--version: unknown version 'v3'"),
     (["roll", "--strategy", "yolo"], "invalid choice: 'yolo'"),
-    (["roll", "--batch", "0"], "batch: 0 must be at least 1"),
-    (["roll", "--mode", "in-place", "--strategy", "blue-green"], "mode: in-place cannot be used with blue-green"),
-    (["roll", "--set-env", "NOEQUALS"], "set_env: 'NOEQUALS' must look like KEY=VALUE"),
-    (["roll", "--max-error-ratio", "2"], "max_error_ratio:"),
-    (["roll", "--locustfile", "/nonexistent/locustfile.py"], "locustfile:"),
-    (["roll", "--think-ms", "200-50"], "think_ms: '200-50' must be 0 <= MIN <= MAX"),
-    (["roll", "--think-ms", "slow"], "think_ms: 'slow' must be milliseconds"),
-    (["roll", "--load-workers", "17"], "load_workers: 17 must be between 1 and 16"),
-    (["roll", "--client-timeout", "0"], "client_timeout_s: 0.0 must be in (0, 600] seconds"),
+    (["roll", "--batch", "0"], "--batch: 0 must be 1 or more"),
+    (["roll", "--mode", "in-place", "--strategy", "blue-green"], "--mode: in-place cannot be used with blue-green"),
+    (["roll", "--set-env", "NOEQUALS"], "--set-env: 'NOEQUALS' must look like KEY=VALUE"),
+    (["roll", "--max-error-ratio", "2"], "--max-error-ratio: 2.0 must be in [0, 1]"),
+    (["roll", "--locustfile", "/nonexistent/locustfile.py"], "--locustfile: /nonexistent/locustfile.py is not a file"),
+    (["roll", "--path", "get"], "--path: 'get' must start with /"),
+    (["roll", "--think-ms", "200-50"], "--think-ms: '200-50' must be 0 <= MIN <= MAX"),
+    (["roll", "--think-ms", "slow"], "--think-ms: 'slow' must be milliseconds"),
+    (["roll", "--load-workers", "17"], "--load-workers: 17 must be between 1 and 16"),
+    (["roll", "--client-timeout", "0"], "--client-timeout: 0.0 must be in (0, 600] seconds"),
+    (["roll", "--warmup", "601"], "--warmup: 601.0 must be in [0, 600] seconds"),
     (["frobnicate"], "invalid choice"),
     (["up", "--lb-apply", "hot"], "invalid choice: 'hot'"),
-    (["roll", "--max-stall-s", "-1"], "max_stall_s: -1.0 must be in [0, 3600] seconds"),
-    (["roll", "--max-stall-s", "12"], "client_timeout_s: 10.0 must be larger than max_stall_s (12.0)"),
-    (["roll", "--slow-ms", "0"], "slow_ms: 0.0 must be in (0, 3600000] ms"),
-    (["roll", "--max-slow", "-1"], "max_slow: -1 must be 0 or more"),
-    (["roll", "--max-p99-ratio", "0.5"], "max_p99_ratio: 0.5 must be 1 or more"),
-    (["roll", "--max-p99-ratio", "nan"], "max_p99_ratio: nan must be 1 or more"),
-    (["roll", "--max-p99-ratio", "inf"], "max_p99_ratio: inf must be finite"),
-    (["roll", "--max-p99-ms", "0"], "max_p99_ms: 0.0 must be a finite number of ms above 0"),
-    (["roll", "--max-p99-ms", "inf"], "max_p99_ms: inf must be a finite number of ms above 0"),
-    (["roll", "--min-latency-samples", "0"], "min_latency_samples: 0 must be 1 or more"),
-    (["roll", "--warmup", "0"], "warmup_s: 0 with the load on leaves the p99 check no baseline"),
-    (["roll", "--max-violations", "-2"], "max_violations: -2 must be 0 or more"),
-    (["rollback", "--min-requests", "-1"], "min_requests: -1 must be 0 or more"),
+    (["roll", "--max-stall-s", "-1"], "--max-stall-s: -1.0 must be in [0, 3600] seconds"),
+    (["roll", "--max-stall-s", "12"], "--client-timeout: 10.0 must be larger than --max-stall-s (12.0)"),
+    (["roll", "--slow-ms", "0"], "--slow-ms: 0.0 must be in (0, 3600000] ms"),
+    (["roll", "--max-slow", "-1"], "--max-slow: -1 must be 0 or more"),
+    (["roll", "--max-p99-ratio", "0.5"], "--max-p99-ratio: 0.5 must be in [1, 1000]"),
+    (["roll", "--max-p99-ratio", "nan"], "--max-p99-ratio: nan must be in [1, 1000]"),
+    (["roll", "--max-p99-ratio", "inf"], "--max-p99-ratio: inf must be in [1, 1000]"),
+    (["roll", "--max-p99-ms", "0"], "--max-p99-ms: 0.0 must be in (0, 600000] ms"),
+    (["roll", "--max-p99-ms", "inf"], "--max-p99-ms: inf must be in (0, 600000] ms"),
+    (["roll", "--warmup", "0"], "--warmup: 0 with the load on leaves the p99 check no baseline"),
+    (["roll", "--min-latency-samples", "0"], "--min-latency-samples: 0 must be 1 or more"),
+    (["roll", "--max-violations", "-2"], "--max-violations: -2 must be 0 or more"),
+    (["rollback", "--min-requests", "-1"], "--min-requests: -1 must be 0 or more"),
     (["demo", "--min-requests", "x"], "'x' is not an integer"),
     (["demo", "--size", "2", "--strategy", "rolling", "--batch", "2"],
-     "batch: 2 must be smaller than the fleet (2 servers) for rolling"),
+     "--batch: 2 must be smaller than the fleet (2 servers) for rolling"),
     (["compare", "--size", "3", "--strategies", "one-at-a-time,rolling:5"],
      "batch: 5 must be smaller than the fleet (3 servers) for rolling"),
     (["compare", "--strategies", ","], "strategies: name at least one strategy"),
+    (["roll", "--dashboard-port", "0"], "sandbox: error: --dashboard-port: 0 must be between 1 and 65535"),
+    (["demo", "--dashboard", "--dashboard-port", "70000"], "--dashboard-port: 70000 must be between 1 and 65535"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
     code, err = run(capsys, *argv)
@@ -64,8 +75,10 @@ def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], ar
 def test_breaking_v2_mode_sets_the_app_flag_for_the_new_version() -> None:
     args = build_parser().parse_args(["roll", "--v2-mode", "breaking", "--set-env", "A=1"])
     settings = settings_from_args(args)
-    assert settings.v2_mode == "breaking"
-    assert dict(settings.set_env) == {"APP_BREAKING": "1", "A": "1"}
+    assert (settings.v2_mode, dict(settings.set_env)) == ("breaking", {"A": "1"})  # the flag's own, as typed
+    assert versions.target_env(settings.set_env, settings.v2_mode) == {"APP_BREAKING": "1", "A": "1"}
+    assert versions.target_env({"APP_BREAKING": "0"}, "breaking") == {"APP_BREAKING": "0"}  # --set-env wins
+    assert versions.target_env({"A": "1"}, "compatible") == {"A": "1"}
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -140,3 +153,40 @@ def test_verdict_flags_reach_the_settings() -> None:
         2.5, 500.0, 3, 4.0, 1, 50)
     assert (s.max_p99_ms, s.min_latency_samples) == (400.0, 30)
     assert settings_from_args(build_parser().parse_args(["roll", "--warmup", "0", "--no-load"])).warmup_s == 0
+
+
+def test_each_command_offers_its_settings_flags_with_their_help() -> None:
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    offered: set[str] = set()
+    for command, parser in sub.choices.items():  # type: ignore[union-attr]
+        text = " ".join(parser.format_help().split())
+        for name in setting_flags(command):
+            offered.add(name)
+            for one in SETTINGS[name].flags:
+                assert one in text, (command, one)
+            assert " ".join(SETTINGS[name].spec.help.split()) in text, (command, name)
+    assert offered == {name for name, one in SETTINGS.items() if one.flags}  # every flag has a command
+
+
+def test_setting_flags_per_command() -> None:
+    assert set(setting_flags("status")) == set(setting_flags("down")) == {"project", "engine"}
+    assert {"to_version", "max_error_ratio", "auto_rollback", "set_env"} <= set(setting_flags("roll"))
+    assert not {"to_version", "max_error_ratio", "auto_rollback", "set_env"} & set(setting_flags("rollback"))
+    assert setting_flags("up")["app_env"] == "--env" and "app_env" not in setting_flags("demo")
+    assert "update_delay" in setting_flags("compare") and "update_delay" not in setting_flags("roll")
+
+
+def test_an_environment_value_is_named_by_its_variable(capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDBOX_SIZE", "0")
+    code, err = run(capsys, "up")
+    assert code == 2 and err.strip() == "sandbox: error: SANDBOX_SIZE: 0 must be between 1 and 64"
+    code, err = run(capsys, "up", "--size", "65")  # the flag wins, and is named
+    assert code == 2 and err.strip() == "sandbox: error: --size: 65 must be between 1 and 64"
+
+
+def test_demo_and_compare_start_nine_servers_unless_told() -> None:
+    for command in ("demo", "compare"):
+        assert settings_from_args(build_parser().parse_args([command])).size == 9
+        assert settings_from_args(build_parser().parse_args([command, "--size", "4"])).size == 4
+    assert settings_from_args(build_parser().parse_args(["up"])).size == 3

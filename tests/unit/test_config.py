@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.config import Settings, check_batch, check_port_free, load_settings, parse_env_pairs
+from sandbox.config import GROUPS, SETTINGS, Settings, check_batch, check_port_free, load_settings, parse_env_pairs
 from sandbox.errors import PortInUseError, UsageError
 
 
@@ -25,7 +25,9 @@ def test_defaults_are_valid() -> None:
     ("users", 0), ("max_dropped", -1), ("v2_mode", "weird"), ("lb_apply", "hot"),
     ("locustfile", Path("/nonexistent.py")), ("load_workers", 0),
     ("load_workers", 17), ("think_ms", "x"), ("think_ms", "9-1"), ("client_timeout_s", 0),
-    ("client_timeout_s", 601), ("sessions", "disk"),
+    ("client_timeout_s", 601), ("sessions", "disk"), ("warmup_s", -1), ("cooldown_s", 601),
+    ("max_p99_ms", 0), ("max_p99_ms", 600_001), ("min_latency_samples", 0), ("size", True), ("size", "3"),
+    ("max_stall_s", "1"), ("sticky", 1), ("seed", -1), ("ready_successes", 21),
 ])
 def test_bad_values_name_the_field(field: str, value: object) -> None:
     with pytest.raises(UsageError, match=f"^{field}: "):
@@ -61,8 +63,12 @@ def test_env_values_are_coerced_and_checked() -> None:
     s = load_settings(environ={"SANDBOX_AUTO_ROLLBACK": "false", "SANDBOX_MAX_ERROR_RATIO": "0.2"},
                       config_path=None)
     assert s.auto_rollback is False and s.max_error_ratio == 0.2
-    with pytest.raises(UsageError, match=r"^size: 'many'"):
+    with pytest.raises(UsageError, match=r"^SANDBOX_SIZE: 'many' is not a valid value$"):
         load_settings(environ={"SANDBOX_SIZE": "many"})
+    with pytest.raises(UsageError, match=r"^SANDBOX_SIZE: 0 must be between 1 and 64$"):
+        load_settings(environ={"SANDBOX_SIZE": "0"})
+    with pytest.raises(UsageError, match=r"^SANDBOX_SET_ENV: '1A=2' must look like KEY=VALUE$"):
+        load_settings(environ={"SANDBOX_SET_ENV": "A=1,1A=2"})
 
 
 def test_env_pairs() -> None:
@@ -113,3 +119,54 @@ def test_the_client_timeout_must_exceed_the_stall_limit() -> None:
 def test_your_own_images_run_on_either_engine() -> None:
     for engine in ("docker", "swarm"):
         assert Settings(engine=engine, images={"green": "my/app:1"}).images == {"green": "my/app:1"}  # type: ignore[arg-type]
+
+
+def test_the_verdicts_latency_limits() -> None:
+    s = Settings()
+    assert (s.max_p99_ms, s.min_latency_samples) == (250.0, 200)
+    assert Settings(max_p99_ms=600_000, min_latency_samples=1).max_p99_ms == 600_000
+
+
+def test_each_setting_is_defined_once_with_its_group_help_and_variable() -> None:
+    assert set(SETTINGS) == {f for f in Settings.__dataclass_fields__ if f != "origin"}
+    defaults = Settings()
+    for one in SETTINGS.values():
+        assert one.spec.group in GROUPS and one.spec.help, one.name
+        assert one.env == f"SANDBOX_{one.name.upper()}"
+        if one.kind in (int, float, str) and not one.optional:  # its default, as text, reads back as itself
+            text = str(getattr(defaults, one.name))
+            assert getattr(load_settings(environ={one.env: text}), one.name) == getattr(defaults, one.name)
+    assert defaults.group("limits") == {
+        "max_dropped": 0, "max_stall_s": 1.0, "slow_ms": 2000.0, "max_slow": 0, "max_p99_ratio": 3.0,
+        "max_p99_ms": 250.0, "min_latency_samples": 200, "max_violations": 0, "min_requests": 100}
+    assert sum(len(defaults.group(g)) for g in GROUPS) == len(SETTINGS)
+    names = [alias for one in SETTINGS.values()  # what an error may call each setting: never two at once
+             for alias in {one.name, one.spec.item, *(f.removeprefix("--") for f in one.flags)} - {""}]
+    assert len(names) == len(set(names))
+
+
+def test_group_tables_in_the_file(tmp_path: Path) -> None:
+    toml = tmp_path / "sandbox.toml"
+    toml.write_text('[sandbox]\nsize = 4\n[fleet]\nport = 9001\n[limits]\nmax-p99-ms = 500\n'
+                    '[load]\nusers = 5\n[app]\napp_env = { A = "1" }\n')
+    s = load_settings(config_path=toml, environ={})
+    assert (s.size, s.port, s.max_p99_ms, s.users, dict(s.app_env)) == (4, 9001, 500.0, 5, {"A": "1"})
+    toml.write_text("[limits]\nsize = 4\n")
+    with pytest.raises(UsageError, match=r"'size' belongs in \[fleet\], not \[limits\]"):
+        load_settings(config_path=toml, environ={})
+    toml.write_text("[limits]\nmax_stall_s = 20\n")
+    with pytest.raises(UsageError, match=r"^client_timeout_s: 10.0 must be larger than limits.max_stall_s \(20.0\)"):
+        load_settings(config_path=toml, environ={})
+    toml.write_text("limits = 3\n")
+    with pytest.raises(UsageError, match=r"\[limits\] must be a table of settings"):
+        load_settings(config_path=toml, environ={})
+
+
+def test_errors_name_the_flag_the_variable_or_the_key() -> None:
+    flags = {"client_timeout_s": "--client-timeout", "max_stall_s": "--max-stall-s"}
+    with pytest.raises(UsageError, match=r"^--client-timeout: 10.0 must be larger than SANDBOX_MAX_STALL_S \(11.0\)"):
+        load_settings(environ={"SANDBOX_MAX_STALL_S": "11"}, flags=flags)
+    with pytest.raises(UsageError, match=r"^--max-stall-s: -1.0 must be in \[0, 3600\] seconds$"):
+        load_settings({"max_stall_s": -1}, environ={}, flags=flags)
+    with pytest.raises(UsageError, match=r"^max_stall_s: -1.0 must be"):  # no flag: the setting's own name
+        load_settings({"max_stall_s": -1}, environ={})

@@ -249,8 +249,8 @@ def test_bad_values_in_the_file_name_the_field(tmp_path: Path, toml: str, fragme
 @pytest.mark.parametrize(("argv", "fragment"), [
     (["--seed", "-3"], "seed: -3 must be a whole number >= 0"),
     (["--seed", "x"], "'x' is not an integer"),
-    (["--mixed-check", ""], "mixed_checks: '' must be a non-empty shell command"),
-    (["--mixed-check-timeout", "-1"], "mixed_check_timeout_s: -1.0 must be in (0, 3600] seconds"),
+    (["--mixed-check", ""], "--mixed-check: '' must be a non-empty shell command"),
+    (["--mixed-check-timeout", "-1"], "--mixed-check-timeout: -1.0 must be in (0, 3600] seconds"),
 ])
 def test_bad_flags_are_one_line_and_exit_2_before_docker_is_touched(
         argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -393,9 +393,9 @@ def test_native_order_parses(spec: str, order: str) -> None:
     (["compare", "--strategies", "swarm-native:stop-first"], "needs --engine swarm"),
     (["compare", "--engine", "swarm", "--strategies", "swarm-native:sideways"],
      "swarm-native takes :stop-first or :start-first"),
-    (["compare", "--engine", "swarm", "--update-parallelism", "0"], "update_parallelism: 0 must be at least 1"),
-    (["compare", "--engine", "swarm", "--update-delay", "-1"], "update_delay:"),
-    (["compare", "--engine", "swarm", "--stop-grace-period", "0"], "stop_grace_period:"),
+    (["compare", "--engine", "swarm", "--update-parallelism", "0"], "--update-parallelism: 0 must be 1 or more"),
+    (["compare", "--engine", "swarm", "--update-delay", "-1"], "--update-delay: -1.0 must be in [0, 3600] seconds"),
+    (["compare", "--engine", "swarm", "--stop-grace-period", "0"], "--stop-grace-period: 0.0 must be in (0, 3600]"),
     (["compare", "--engine", "swarm", "--update-failure-action", "explode"], "invalid choice: 'explode'"),
 ])
 def test_native_bad_input_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str],
