@@ -420,6 +420,8 @@ class Rehearsal:
 
     def _seed_progress(self) -> None:
         if hasattr(self.progress, "seed"):
+            self.progress.fleet_mode(lb_apply=self.balancer.state.lb_apply,
+                                     ready_successes=self.settings.ready_successes)
             attached = {u.name for u in self.balancer.state.upstreams}
             for inst in self.prepared.instances:
                 self.progress.seed(inst.name, inst.slot, inst.version, inst.name in attached)
