@@ -35,7 +35,7 @@ from sandbox.config import (
     load_settings,
     parse_env_pairs,
 )
-from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, exit_code_for
+from sandbox.errors import DEFAULT_PROJECT, EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, exit_code_for
 from sandbox.fleet import engines, versions
 from sandbox.fleet.runtime import Runtime
 from sandbox.results.junit import write_compare_junit, write_junit
@@ -322,7 +322,7 @@ def _say(text: str) -> None:
 def checked_settings(args: argparse.Namespace) -> Settings:
     """The settings of this command line; every bad value raises UsageError here, before Docker is touched."""
     settings = settings_from_args(args)
-    if args.command == "demo" and args.project is None and settings.project == "sandbox":
+    if args.command == "demo" and args.project is None and settings.project == DEFAULT_PROJECT:
         settings = dataclasses.replace(settings, project="sandbox-demo")
     specs = _specs(args)
     for spec in specs:

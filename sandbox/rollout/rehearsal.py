@@ -12,7 +12,8 @@
 ``rehearse`` runs them in that order; ``commands.roll`` (and through it
 ``rollback``, ``demo`` and ``compare``) calls it. Ctrl-C is handled in one
 place, :class:`Interrupts`: the first finishes the current step and stops, the
-second cuts the current step short.
+second cuts the current step short. SIGTERM (a cancelled CI job) counts as a Ctrl-C, and the
+report is written before the process ends.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sandbox.config import BATCHED_STRATEGIES, Settings, check_batch
-from sandbox.errors import BalancerError, NotFoundError, RolloutError, SandboxError, UsageError
+from sandbox.errors import BalancerError, NotFoundError, RolloutError, SandboxError, UsageError, hint
 from sandbox.fleet import labels as L
 from sandbox.fleet import versions
 from sandbox.fleet.balancer import Balancer, LbState
@@ -63,6 +64,7 @@ log = logging.getLogger("sandbox.rollout.rehearsal")
 Kind = Literal["roll", "rollback"]
 MIN_SAMPLE_FOR_ERROR_RATIO = 30  # requests in the rollout before the error ratio can stop it
 FIRST_CTRL_C = "Ctrl-C: finishing the current step, then stopping (Ctrl-C again to cut it short)"
+FIRST_SIGTERM = "SIGTERM: finishing the current step, then stopping, as after a Ctrl-C (a second signal cuts it short)"
 
 
 async def _ensure_images(runtime: Runtime) -> ImageSet:
@@ -182,7 +184,7 @@ class RolloutResult:
 
 
 class Interrupts:
-    """Ctrl-C during a rehearsal, in one place.
+    """Ctrl-C (and SIGTERM, which counts as one) during a rehearsal, in one place.
 
     The first asks the executor to stop after the current step (``stop`` is set) and says so;
     a second one, while a step runs (inside ``cutting()``), cancels the task running it.
@@ -195,28 +197,21 @@ class Interrupts:
         self._task: asyncio.Task[Any] | None = None
         self._cuttable = False
 
-    def __call__(self) -> None:
-        """The SIGINT handler (tests call it directly)."""
+    def __call__(self, signum: int = signal.SIGINT) -> None:
+        """The SIGINT and SIGTERM handler (tests call it directly)."""
         self.count += 1
         if self.count == 1:
             self.stop.set()
-            self.say(FIRST_CTRL_C)
+            self.say(FIRST_SIGTERM if signum == signal.SIGTERM else FIRST_CTRL_C)
         elif self._task is not None and self._cuttable:
             self._task.cancel()  # a second Ctrl-C cuts the current step short
 
     @contextmanager
     def installed(self, on_sigint: bool = True) -> Iterator[Interrupts]:
-        """Handle SIGINT (when ``on_sigint``) for the current task, until the block ends."""
+        """Handle SIGINT and SIGTERM (when ``on_sigint``) for the current task, until the block ends."""
         self._task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        if on_sigint:
-            loop.add_signal_handler(signal.SIGINT, self)
-        try:
+        with _handling(on_sigint, self):
             yield self
-        finally:
-            if on_sigint:
-                with suppress(Exception):
-                    loop.remove_signal_handler(signal.SIGINT)
 
     @contextmanager
     def cutting(self) -> Iterator[None]:
@@ -231,6 +226,22 @@ class Interrupts:
         """Forget the cancellation a second Ctrl-C made, so the rehearsal can still report."""
         if self._task is not None:
             self._task.uncancel()
+
+
+@contextmanager
+def _handling(install: bool, handler: Callable[[int], None]) -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM call ``handler(signum)`` (when ``install``);
+    afterwards both are back to their defaults."""
+    loop = asyncio.get_running_loop()
+    signums = (signal.SIGINT, signal.SIGTERM) if install else ()
+    for signum in signums:
+        loop.add_signal_handler(signum, handler, signum)
+    try:
+        yield
+    finally:
+        for signum in signums:
+            with suppress(Exception):
+                loop.remove_signal_handler(signum)
 
 
 class Rehearsal:
@@ -471,8 +482,8 @@ class Rehearsal:
             interrupts.uncancel()
             self.executor.emit("interrupted", None)
             outcome, message = "interrupted", (
-                "interrupted: every attached server is healthy and the load balancer is consistent. "
-                f"`sandbox roll --to {p.target}` resumes, `sandbox rollback` reverts.")
+                "interrupted: every server is attached and healthy and the load balancer is consistent. "
+                f"{self._hint(f'roll --to {p.target}')} resumes, {self._hint('rollback')} reverts.")
         self.executor.emit("rollout-end", None, detail={"outcome": outcome})
         await self._record({**rollout_record(p.kind, p.source, p.target, outcome), "strategy": p.strategy})
         return outcome, message
@@ -491,9 +502,12 @@ class Rehearsal:
             self.progress.line(f"rollout failed: {exc}")
             if self.settings.auto_rollback and p.kind == "roll":
                 return await self._roll_back(exc)
-            return "failed", (f"rollout failed: {exc}. The fleet is consistent; `sandbox rollback` reverts it, "
-                              f"`sandbox roll --to {p.target}` tries again.")
+            return "failed", (f"rollout failed: {exc}. The fleet is consistent; {self._hint('rollback')} reverts "
+                              f"it, {self._hint(f'roll --to {p.target}')} tries again.")
         return "completed", ""
+
+    def _hint(self, command: str) -> str:
+        return hint(command, self.settings.project)
 
     def _health(self) -> str | None:
         total, failed = self.monitor.since_mark()
@@ -518,7 +532,7 @@ class Rehearsal:
         except SandboxError as exc:
             executor.emit("failed", None, detail={"reason": f"rollback: {exc}"})
             return "failed", (f"rollout failed ({cause}) and so did the rollback ({exc}); "
-                              "`sandbox status` shows the fleet")
+                              f"{self._hint('status')} shows the fleet")
         executor.emit("rollback-end", None, version=source)
         return "rolled_back", f"rolled back to {source}: {cause}"
 
@@ -577,9 +591,14 @@ async def rehearse(settings: Settings, *, runtime: Runtime, kind: Kind = "roll",
         return RolloutResult(report=unchanged_report(settings, prepared), exit_code=0,
                              message=f"already on {prepared.target}: nothing to do")
     ran = await rehearsal.run()
-    report = rollout_report(settings, prepared, ran, await rehearsal.collect())
-    if report_dir is not None:
-        report["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
+
+    def later(signum: int) -> None:  # the rollout has ended: a signal now waits for the report
+        rehearsal.progress.line(f"{signal.Signals(signum).name}: writing the report first")
+
+    with _handling(install_sigint, later):
+        report = rollout_report(settings, prepared, ran, await rehearsal.collect())
+        if report_dir is not None:
+            report["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
     return RolloutResult(report=report, exit_code=exit_code(report), message=ran.message)
 
 
