@@ -76,15 +76,22 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
 
 
-def build_parser() -> argparse.ArgumentParser:
+DEMO_PROJECT = "sandbox-demo"  # demo's own default, so it never touches the fleet of `sandbox up`
+
+
+def _common_flags(default_project: str = DEFAULT_PROJECT) -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
-    common.add_argument("--project", help="project name: letters, digits, dashes (default: sandbox)")
+    common.add_argument("--project", help=f"project name: letters, digits, dashes (default: {default_project})")
     common.add_argument("--config", type=Path, help="a sandbox.toml (default: ./sandbox.toml if present)")
     common.add_argument("--engine", choices=ENGINES,
                         help="docker: plain containers (default); swarm: Swarm services (see README); "
                              "status, roll, rollback, down use the engine the fleet was started with")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return common
 
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_flags()
     parser = _Parser(prog="sandbox", description="Rehearse rolling deployments on a local Docker fleet.")
     parser.add_argument("--version", action="version", version=f"rolling-sandbox {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -224,7 +231,8 @@ def _add_rollout_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=MODES, help="replace or in-place (default replace)")
     _add_load_flags(p)
 
-    p = sub.add_parser("demo", parents=[common], help="workshop demo: up 9, roll to v2 under load, report, down")
+    p = sub.add_parser("demo", parents=[_common_flags(DEMO_PROJECT)],
+                       help="workshop demo: up 9, roll to v2 under load, report, down")
     p.add_argument("--size", type=_integer, default=9, help="servers (default 9, the classic example)")
     p.add_argument("--port", type=_integer, help="load balancer port on 127.0.0.1 (default 8080)")
     p.add_argument("--strategy", choices=STRATEGIES, help="how to roll (default one-at-a-time)")
@@ -323,7 +331,7 @@ def checked_settings(args: argparse.Namespace) -> Settings:
     """The settings of this command line; every bad value raises UsageError here, before Docker is touched."""
     settings = settings_from_args(args)
     if args.command == "demo" and args.project is None and settings.project == DEFAULT_PROJECT:
-        settings = dataclasses.replace(settings, project="sandbox-demo")
+        settings = dataclasses.replace(settings, project=DEMO_PROJECT)
     specs = _specs(args)
     for spec in specs:
         name, batch = parse_strategy_spec(spec, settings.batch)

@@ -132,3 +132,11 @@ def test_verdict_flags_reach_the_settings() -> None:
     s = settings_from_args(args)
     assert (s.max_stall_s, s.slow_ms, s.max_slow, s.max_p99_ratio, s.max_violations, s.min_requests) == (
         2.5, 500.0, 3, 4.0, 1, 50)
+
+
+@pytest.mark.parametrize("command, project", [("demo", "sandbox-demo"), ("roll", "sandbox"), ("up", "sandbox")])
+def test_help_names_the_default_project_the_command_uses(command: str, project: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    assert f"(default: {project})" in " ".join(capsys.readouterr().out.split())
