@@ -40,6 +40,7 @@ from sandbox.fleet import engines, versions
 from sandbox.fleet.runtime import Runtime
 from sandbox.results.junit import write_compare_junit, write_junit
 from sandbox.results.report import compare_text, summary_text
+from sandbox.rollout.rehearsal import unchanged_text
 from sandbox.ui.dashboard import LiveView
 
 log = logging.getLogger("sandbox")
@@ -419,7 +420,7 @@ def _print_rollout(args: argparse.Namespace, settings: Settings, result: command
     if args.json:
         print(json.dumps(result.report, indent=2, default=str))
     else:
-        print(summary_text(result.report))
+        print(summary_text(result.report) if result.rehearsed else unchanged_text(result.report))
     if result.message:
         print(result.message, file=sys.stderr)
     if getattr(args, "junit", None) is not None:

@@ -181,6 +181,7 @@ class RolloutResult:
     report: dict[str, Any]
     exit_code: int
     message: str
+    rehearsed: bool = True  # False: the fleet was already there, nothing ran (``unchanged_text`` says so)
 
 
 class Interrupts:
@@ -588,12 +589,15 @@ async def rehearse(settings: Settings, *, runtime: Runtime, kind: Kind = "roll",
                           report_dir=report_dir, install_sigint=install_sigint, deps=deps)
     prepared = await rehearsal.prepare()
     if not prepared.steps:
-        return RolloutResult(report=unchanged_report(settings, prepared), exit_code=0,
-                             message=f"already on {prepared.target}: nothing to do")
+        report = unchanged_report(settings, prepared)
+        if report_dir is not None:
+            report["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
+        return RolloutResult(report=report, exit_code=0, message=f"already on {prepared.target}: nothing to do",
+                             rehearsed=False)
     ran = await rehearsal.run()
 
     def later(signum: int) -> None:  # the rollout has ended: a signal now waits for the report
-        rehearsal.progress.line(f"{signal.Signals(signum).name}: writing the report first")
+        rehearsal.progress.line(f"{'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}: writing the report first")
 
     with _handling(install_sigint, later):
         report = rollout_report(settings, prepared, ran, await rehearsal.collect())
@@ -627,15 +631,25 @@ def batch_of(settings: Settings, size: int) -> int:
 
 
 def unchanged_report(settings: Settings, prepared: Prepared) -> dict[str, Any]:
-    """The report of a fleet already where it should be."""
-    return build_report(meta={"project": settings.project, "kind": prepared.kind, "strategy": prepared.strategy,
-                              "size": prepared.size, "mode": settings.mode, "from_version": prepared.source,
-                              "to_version": prepared.target, "outcome": "completed", "duration_s": 0.0,
-                              "peak_instances": len(prepared.instances), "load": False,
-                              "seed": prepared.seed, "pick_order": [],
-                              "mixed_checks": mixed.not_run(settings.mixed_checks,
-                                                            "not run: nothing to roll, the fleet was already there")},
-                        measured=measure([], []), steps=[], limits=Limits.from_settings(settings))
+    """The report of a fleet already where it should be: nothing moved (from and to are the
+    target) and ``rehearsed`` is False."""
+    meta = {"project": settings.project, "kind": prepared.kind, "strategy": prepared.strategy,
+            "size": prepared.size, "mode": settings.mode, "from_version": prepared.target,
+            "to_version": prepared.target, "outcome": "completed", "duration_s": 0.0,
+            "peak_instances": len(prepared.instances), "load": False, "seed": prepared.seed, "pick_order": [],
+            "mixed_checks": mixed.not_run(settings.mixed_checks,
+                                          "not run: nothing to roll, the fleet was already there")}
+    report = build_report(meta=meta, measured=measure([], []), steps=[], limits=Limits.from_settings(settings))
+    report["rehearsed"] = False
+    return report
+
+
+def unchanged_text(report: Mapping[str, Any]) -> str:
+    """The summary of a run that had nothing to do, for people: it says that nothing was judged."""
+    return (f"rolling-sandbox: {report.get('strategy')}, {report.get('size')} servers, "
+            f"already on {report.get('to_version')}\n"
+            "NOT RUN: nothing was rehearsed: no step ran, no traffic was measured, no check was judged "
+            "(the report says \"rehearsed\": false)")
 
 
 def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: Collected) -> dict[str, Any]:

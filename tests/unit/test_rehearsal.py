@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import signal
 import time
@@ -29,6 +30,7 @@ from sandbox.rollout.rehearsal import (
     error_ratio_problem,
     rehearse,
     rollout_record,
+    unchanged_text,
 )
 from sandbox.ui.progress import Progress
 from tests.unit.fakes import IMAGES, FakeBalancer, FakeLoad, FakeProbe, FakeRuntime, row
@@ -205,12 +207,19 @@ async def test_no_fleet_is_not_found() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_converged_fleet_has_nothing_to_do() -> None:
+async def test_a_converged_fleet_has_nothing_to_do(tmp_path: Path) -> None:
     world = World(version="v2")
-    result = await world.rehearse(settings())
-    assert (result.exit_code, result.message) == (0, "already on v2: nothing to do")
+    world.balancer.state.rollout = {"kind": "roll", "from": "v1", "to": "v2", "status": "completed"}
+    result = await world.rehearse(settings(), report_dir=tmp_path)
+    assert (result.exit_code, result.message, result.rehearsed) == (0, "already on v2: nothing to do", False)
     assert result.report["outcome"] == "completed" and result.report["peak_instances"] == 3
     assert world.runtime.log == []
+    # what is shown and written says nothing was rehearsed, not "v1 -> v2 completed, PASS"
+    assert (result.report["from_version"], result.report["to_version"], result.report["rehearsed"]) == (
+        "v2", "v2", False)
+    assert json.loads((tmp_path / "report.json").read_text())["rehearsed"] is False
+    text = unchanged_text(result.report)
+    assert "already on v2" in text and "NOT RUN: nothing was rehearsed" in text and "v1" not in text
 
 
 @pytest.mark.asyncio
