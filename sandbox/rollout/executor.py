@@ -105,7 +105,7 @@ class Executor:
         self._on_event = on_event
         self._probe = probe
         self.timing = timing or Timing()
-        self.stop_requested = asyncio.Event()  # first Ctrl-C: finish the current step, then stop
+        self.stop_requested = asyncio.Event()  # first Ctrl-C or SIGTERM: finish the batch under way, then stop
         # awaited before each step (the live views show it; `demo --narrate` pauses there)
         self.before_step: Callable[[planner.Step], Awaitable[None]] | None = None
         # awaited after each step, the load balancer as the step left it (the mixed checks run there)

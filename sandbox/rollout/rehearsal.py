@@ -11,9 +11,9 @@
 
 ``rehearse`` runs them in that order; ``commands.roll`` (and through it
 ``rollback``, ``demo`` and ``compare``) calls it. Ctrl-C is handled in one
-place, :class:`Interrupts`: the first finishes the current step and stops, the
-second cuts the current step short. SIGTERM (a cancelled CI job) counts as a Ctrl-C, and the
-report is written before the process ends.
+place, :class:`Interrupts`: the first finishes the batch under way (every server ends
+attached) and stops, the second cuts the current step short. SIGTERM (a cancelled CI job)
+counts as a Ctrl-C, and the report is written before the process ends.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ log = logging.getLogger("sandbox.rollout.rehearsal")
 
 Kind = Literal["roll", "rollback"]
 MIN_SAMPLE_FOR_ERROR_RATIO = 30  # requests in the rollout before the error ratio can stop it
-FIRST_CTRL_C = "Ctrl-C: finishing the current step, then stopping (Ctrl-C again to cut it short)"
-FIRST_SIGTERM = "SIGTERM: finishing the current step, then stopping, as after a Ctrl-C (a second signal cuts it short)"
+FIRST_CTRL_C = "Ctrl-C: finishing the batch under way, then stopping (Ctrl-C again to cut the current step short)"
+FIRST_SIGTERM = "SIGTERM: finishing the batch under way, then stopping, like a Ctrl-C (a second signal cuts it short)"
 
 
 async def _ensure_images(runtime: Runtime) -> ImageSet:
@@ -187,7 +187,7 @@ class RolloutResult:
 class Interrupts:
     """Ctrl-C (and SIGTERM, which counts as one) during a rehearsal, in one place.
 
-    The first asks the executor to stop after the current step (``stop`` is set) and says so;
+    The first asks the executor to stop once the batch under way is done (``stop`` is set) and says so;
     a second one, while a step runs (inside ``cutting()``), cancels the task running it.
     """
 
