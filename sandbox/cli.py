@@ -24,12 +24,13 @@ from typing import Any, NoReturn
 from sandbox import __version__, commands
 from sandbox.commands import parse_strategy_spec
 from sandbox.config import GROUPS, SETTINGS, Group, Settings, check_batch, check_port_free, load_settings, renamed
-from sandbox.errors import EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, exit_code_for
+from sandbox.errors import DEFAULT_PROJECT, EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, exit_code_for
 from sandbox.fleet import engines
 from sandbox.fleet.runtime import Runtime
 from sandbox.results.junit import write_compare_junit, write_junit
 from sandbox.results.model import Report
 from sandbox.results.text import compare_text, summary_text
+from sandbox.rollout.rehearsal import unchanged_text
 from sandbox.ui.dashboard import LiveView
 
 log = logging.getLogger("sandbox")
@@ -66,6 +67,7 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
 
 
+DEMO_PROJECT = "sandbox-demo"  # demo's own default, so it never touches the fleet of `sandbox up`
 _COMMON = ("project", "engine")  # every command's setting flags
 _ROLL_ONLY = ("to_version", "max_error_ratio", "auto_rollback", "set_env")
 
@@ -77,13 +79,16 @@ def setting_flags(command: str) -> dict[str, str]:
             if s.flags and (s.name in _COMMON or (s.spec.group in takes.groups and s.name not in takes.without))}
 
 
-def _add_settings(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
-    """A flag for each setting in ``names``, under a heading per group, from the settings' definitions."""
+def _add_settings(p: argparse.ArgumentParser, names: Sequence[str], project: str) -> None:
+    """A flag for each setting in ``names``, under a heading per group, from the settings' definitions;
+    ``project`` is the command's default project, which ``--project``'s help names."""
     sections = {group: p.add_argument_group(f"{group} settings") for group in GROUPS
                 if any(SETTINGS[name].spec.group == group for name in names)}
     for name in names:
         one = SETTINGS[name]
         spec, section = one.spec, sections[one.spec.group]
+        if name == "project":
+            spec = replace(spec, help=f"{spec.help} (default: {project})")
         if one.kind is bool and spec.metavar is None:
             if spec.flag:
                 section.add_argument(spec.flag, dest=name, action="store_true", default=None, help=spec.help)
@@ -110,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=command.help)
         if command.own_flags is not None:
             command.own_flags(p)
-        _add_settings(p, list(setting_flags(name)))
+        _add_settings(p, list(setting_flags(name)), command.project)
         p.set_defaults(**command.defaults)
     return parser
 
@@ -176,6 +181,7 @@ class _Command:
     without: tuple[str, ...] = ()
     own_flags: Callable[[argparse.ArgumentParser], None] | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    project: str = DEFAULT_PROJECT  # when neither flag, environment nor file names one
 
 
 _SUBCOMMANDS: dict[str, _Command] = {
@@ -190,7 +196,7 @@ _SUBCOMMANDS: dict[str, _Command] = {
     "demo": _Command("workshop demo: up 9, roll to v2 under load, report, down",
                      ("fleet", "app", "rollout", "load", "limits"),
                      without=("lb_retry", "version", "app_env", "mode", *_ROLL_ONLY),
-                     own_flags=_add_demo_flags, defaults={"size": 9}),
+                     own_flags=_add_demo_flags, defaults={"size": 9}, project=DEMO_PROJECT),
     "compare": _Command("run several strategies on fresh fleets under the same load; one table",
                         ("fleet", "swarm", "rollout", "load", "limits"),
                         without=("lb_retry", "strategy", "batch", "mode", *_ROLL_ONLY),
@@ -225,8 +231,9 @@ def _say(text: str) -> None:
 def checked_settings(args: argparse.Namespace) -> Settings:
     """The settings of this command line; every bad value raises UsageError here, before Docker is touched."""
     settings = settings_from_args(args)
-    if args.command == "demo" and args.project is None and settings.project == "sandbox":
-        settings = replace(settings, project="sandbox-demo")
+    project = _SUBCOMMANDS[args.command].project
+    if args.project is None and settings.project == DEFAULT_PROJECT != project:
+        settings = replace(settings, project=project)
     try:
         _check_command(args, settings)
     except UsageError as exc:
@@ -325,7 +332,7 @@ def _print_rollout(args: argparse.Namespace, settings: Settings, result: command
     if args.json:
         print(json.dumps(result.report, indent=2, default=str))
     else:
-        print(summary_text(report))
+        print(summary_text(report) if result.rehearsed else unchanged_text(result.report))
     if result.message:
         print(result.message, file=sys.stderr)
     if getattr(args, "junit", None) is not None:

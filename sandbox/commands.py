@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.config import STRATEGIES, Settings, check_port_free
-from sandbox.errors import SandboxError, UsageError
+from sandbox.errors import SandboxError, UsageError, hint
 from sandbox.fleet import labels as L
 from sandbox.fleet import versions
 from sandbox.fleet.balancer import Balancer
@@ -57,7 +57,8 @@ async def up(settings: Settings, *, runtime: Runtime, say: Callable[[str], None]
     """
     project = settings.project
     if await runtime.has_project(project):
-        raise UsageError(f"project: {project!r} is already up; `sandbox status` shows it, `sandbox down` removes it")
+        raise UsageError(f"project: {project!r} is already up; {hint('status', project)} shows it, "
+                         f"{hint('down', project)} removes it")
     check_port_free(settings.port)
     image_set = await fleet_images(settings, runtime=runtime, say=say)
     version = versions.pick(image_set.app, settings.version, default_last=False, what="version")

@@ -27,7 +27,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from sandbox.errors import PortInUseError, UsageError
+from sandbox.errors import DEFAULT_PROJECT, PortInUseError, UsageError
 from sandbox.fleet.versions import TOY_VERSIONS, AppSpec, check_declared, check_name, check_spec, parse_pairs
 from sandbox.load.rows import DEFAULT_THINK_MS, V2Mode, parse_think_ms
 from sandbox.rollout import strategies
@@ -137,8 +137,8 @@ class Settings:
     variable or a file (``--client-timeout``), so that errors name it so.
     """
 
-    project: str = setting("sandbox", group="fleet", flag="--project", check=_project_name,
-                           help="project name: letters, digits, dashes (default: sandbox)")
+    project: str = setting(DEFAULT_PROJECT, group="fleet", flag="--project", check=_project_name,
+                           help="project name: letters, digits, dashes")
     engine: Engine = setting("docker", group="fleet", flag="--engine",
                              help="docker: plain containers (default); swarm: Swarm services (see README); "
                                   "status, roll, rollback, down use the engine the fleet was started with")

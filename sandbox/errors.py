@@ -26,6 +26,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
+DEFAULT_PROJECT = "sandbox"
 
 
 class SandboxError(Exception):
@@ -86,6 +87,13 @@ class NotFoundError(SandboxError):
 
 class Interrupted(SandboxError):
     """The user asked the rollout to stop (Ctrl-C); the fleet was left consistent."""
+
+
+def hint(command: str, project: str) -> str:
+    """```sandbox COMMAND```, with ``--project PROJECT`` unless it is the default: a command a
+    message suggests, which acts on the same project when typed as shown."""
+    where = "" if project == DEFAULT_PROJECT else f" --project {project}"
+    return f"`sandbox {command}{where}`"
 
 
 def exit_code_for(exc: BaseException) -> int:

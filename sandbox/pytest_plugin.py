@@ -214,7 +214,9 @@ class FleetFactory:
             taken = proc.returncode == 2 and "is already in use" in proc.stderr  # config.check_port_free
             if port is not None or not taken or attempt == PORT_ATTEMPTS:
                 raise FleetCommandError(["up", *args, "--project", fleet.project], proc)
-            fleet.port = free_port()  # taken between our pick and `up`: nothing was created, pick again
+            tried = fleet.port  # taken between our pick and `up`: nothing was created, pick another
+            while fleet.port == tried:  # the kernel may hand out the same free port twice in a row
+                fleet.port = free_port()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> list[str]:

@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 import jinja2
 
-from sandbox.errors import BalancerError
+from sandbox.errors import BalancerError, hint
 from sandbox.fleet import labels as L
 from sandbox.fleet import sources
 from sandbox.fleet.runtime import Runtime
@@ -347,7 +347,7 @@ class Balancer:
             token = lb.labels.get(L.LABEL_ADMIN_TOKEN, "")
             if not ip or not token:
                 raise BalancerError(f"the load balancer of {self.project!r} has no admin address or token "
-                                    "(made by an older version? `sandbox down`, then `up`)")
+                                    f"(made by an older version? {hint('down', self.project)}, then `up`)")
             self._admin = (f"http://{ip}:{ADMIN_PORT}", token)
         return self._admin
 

@@ -26,7 +26,7 @@ import requests
 from docker.models.containers import Container
 from docker.types import Mount
 
-from sandbox.errors import EngineError, GoneError, NotFoundError, PortInUseError
+from sandbox.errors import EngineError, GoneError, NotFoundError, PortInUseError, hint
 from sandbox.fleet import labels as L
 from sandbox.fleet import tarball
 from sandbox.fleet.versions import TOY_VERSIONS, AppSpec
@@ -438,7 +438,7 @@ class Runtime:
         """The load balancer and instances; NotFoundError when the project has no fleet."""
         lb = await self.lb(project)
         if lb is None:
-            raise NotFoundError(f"project {project!r} has no fleet; start one with `sandbox up`")
+            raise NotFoundError(f"project {project!r} has no fleet; start one with {hint('up', project)}")
         return lb, await self.instances(project)
 
 

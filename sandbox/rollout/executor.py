@@ -105,7 +105,7 @@ class Executor:
         self._on_event = on_event
         self._probe = probe
         self.timing = timing or Timing()
-        self.stop_requested = asyncio.Event()  # first Ctrl-C: finish the current step, then stop
+        self.stop_requested = asyncio.Event()  # first Ctrl-C or SIGTERM: finish the batch under way, then stop
         # awaited before each step (the live views show it; `demo --narrate` pauses there)
         self.before_step: Callable[[planner.Step], Awaitable[None]] | None = None
         # awaited after each step, the load balancer as the step left it (the mixed checks run there)
@@ -208,17 +208,22 @@ class Executor:
     ) -> None:
         """Run ``steps`` (planned from ``instances``, read afresh when not given) in order.
 
-        Before each step: Interrupted after a Ctrl-C, ErrorRatioExceeded when ``health`` says so.
+        After a stop request (Ctrl-C, SIGTERM) the batch under way finishes (``planner.wind_down``),
+        then Interrupted; before each step, ErrorRatioExceeded when ``health`` says so.
         The steps raise ReadinessError, BalancerError or EngineError."""
         if instances is None:
             instances, _ = await self.fleet()
         self.live = len(instances)
         self.peak = max(self.peak, self.live)
+        todo, winding_down = list(steps), False
         async with self._probe() as probe:
             run = _Run(to_version, from_version, env, probe, {i.id: i for i in instances})
-            for step in steps:
-                if self.stop_requested.is_set():
-                    raise Interrupted("interrupted")
+            for done in range(len(steps) + 1):
+                if self.stop_requested.is_set() and not winding_down and done < len(todo):
+                    todo, winding_down = todo[:done] + planner.wind_down(todo, done), True
+                if done == len(todo):
+                    break
+                step = todo[done]
                 if health is not None and (reason := health()):
                     raise ErrorRatioExceeded(reason)
                 if self.before_step is not None:
@@ -227,6 +232,8 @@ class Executor:
                 await self._handlers[step.action](run, step)
                 if self.after_step is not None:
                     await self.after_step(step)
+        if winding_down:
+            raise Interrupted("interrupted")
 
     # -- one handler per action ---------------------------------------------------------------
     async def _start(self, run: _Run, step: planner.Step) -> None:

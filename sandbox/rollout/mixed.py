@@ -6,8 +6,10 @@ holds servers of two versions (see :func:`is_mixed`), while the rollout waits, s
 the fleet stays mixed until the last one ends. Each runs through the shell (it is
 the user's command line) with ``SANDBOX_URL`` (the load balancer), ``SANDBOX_PROJECT``
 and ``SANDBOX_VERSIONS`` (the versions attached, comma-separated) added to the
-environment, in a session of its own (a timeout kills the whole process group),
-and is bounded by ``mixed_check_timeout_s``. Only the tail of its output is kept.
+environment, in a session of its own, and is bounded by ``mixed_check_timeout_s``.
+Its whole process group is killed when it ends, times out or is cancelled (Ctrl-C and
+SIGTERM reach the controller, never the check), so nothing a check started outlives it.
+Only the tail of its output is kept.
 
 A record, one per command (JSON-able, in the report's ``mixed_checks``)::
 
@@ -71,20 +73,22 @@ async def run_check(command: str, *, index: int, env: Mapping[str, str], timeout
     readers = asyncio.gather(_tail(proc.stdout, tail), _tail(proc.stderr, tail))
     timed_out = False
     try:
-        await asyncio.wait_for(proc.wait(), timeout=timeout_s)
-    except TimeoutError:
-        timed_out = True
-        _kill_group(proc)  # nothing the check started outlives it
-    except BaseException:  # cancelled (a second Ctrl-C): the same, and no record
-        _kill_group(proc)
-        with contextlib.suppress(BaseException):  # reap it and close its pipes, briefly
-            await asyncio.wait_for(asyncio.gather(proc.wait(), readers), timeout=2)
-        raise
-    try:
-        out, err = await asyncio.wait_for(readers, timeout=5)  # a grandchild may hold the pipes open
-    except TimeoutError:
-        _kill_group(proc)
-        out, err = "", "(output not read: the pipes stayed open 5 s after the check ended)"
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=timeout_s)
+        except TimeoutError:
+            timed_out = True
+            _kill_group(proc)
+        except BaseException:  # cancelled (a second Ctrl-C): the same, and no record
+            _kill_group(proc)
+            with contextlib.suppress(BaseException):  # reap it and close its pipes, briefly
+                await asyncio.wait_for(asyncio.gather(proc.wait(), readers), timeout=2)
+            raise
+        try:
+            out, err = await asyncio.wait_for(readers, timeout=5)  # a grandchild may hold the pipes open
+        except TimeoutError:
+            out, err = "", "(output not read: the pipes stayed open 5 s after the check ended)"
+    finally:
+        _kill_group(proc)  # what the check left running in the background ends with it
     code = proc.returncode if proc.returncode is not None else await proc.wait()
     status = "timed_out" if timed_out else "passed" if code == 0 else "failed"
     if timed_out:

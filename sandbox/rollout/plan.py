@@ -231,6 +231,26 @@ def merge_reloads(steps: Sequence[Step]) -> list[Step]:
     return merged
 
 
+def wind_down(steps: Sequence[Step], done: int) -> list[Step]:
+    """What to run after ``steps[:done]`` when the rollout is asked to stop (Ctrl-C, SIGTERM):
+    the rest of the batch under way, so that every slot ends with its one server attached. A
+    'reattach' that ends the batch becomes a plain 'attach' (the next batch does not start).
+    Empty at a batch boundary."""
+    if done == 0:
+        return []
+    last = steps[done - 1]
+    current = last.detach_batch if last.action == "reattach" else last.batch_no
+    rest: list[Step] = []
+    for step in steps[done:]:
+        if step.batch_no != current:
+            break
+        if step.action == "reattach":
+            rest.append(Step("attach", step.targets, step.batch_no))
+            break
+        rest.append(step)
+    return rest
+
+
 # --------------------------------------------------------------------------- checking
 
 

@@ -11,8 +11,9 @@
 
 ``rehearse`` runs them in that order; ``commands.roll`` (and through it
 ``rollback``, ``demo`` and ``compare``) calls it. Ctrl-C is handled in one
-place, :class:`Interrupts`: the first finishes the current step and stops, the
-second cuts the current step short.
+place, :class:`Interrupts`: the first finishes the batch under way (every server ends
+attached) and stops, the second cuts the current step short. SIGTERM (a cancelled CI job)
+counts as a Ctrl-C, and the report is written before the process ends.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sandbox.config import Settings, check_batch
-from sandbox.errors import BalancerError, NotFoundError, RolloutError, SandboxError, UsageError
+from sandbox.errors import BalancerError, NotFoundError, RolloutError, SandboxError, UsageError, hint
 from sandbox.fleet import labels as L
 from sandbox.fleet import versions
 from sandbox.fleet.balancer import Balancer, LbState
@@ -63,7 +64,8 @@ log = logging.getLogger("sandbox.rollout.rehearsal")
 
 Kind = Literal["roll", "rollback"]
 MIN_SAMPLE_FOR_ERROR_RATIO = 30  # requests in the rollout before the error ratio can stop it
-FIRST_CTRL_C = "Ctrl-C: finishing the current step, then stopping (Ctrl-C again to cut it short)"
+FIRST_CTRL_C = "Ctrl-C: finishing the batch under way, then stopping (Ctrl-C again to cut the current step short)"
+FIRST_SIGTERM = "SIGTERM: finishing the batch under way, then stopping, like a Ctrl-C (a second signal cuts it short)"
 
 
 async def _ensure_images(runtime: Runtime) -> ImageSet:
@@ -180,12 +182,13 @@ class RolloutResult:
     report: dict[str, Any]
     exit_code: int
     message: str
+    rehearsed: bool = True  # False: the fleet was already there, nothing ran (``unchanged_text`` says so)
 
 
 class Interrupts:
-    """Ctrl-C during a rehearsal, in one place.
+    """Ctrl-C (and SIGTERM, which counts as one) during a rehearsal, in one place.
 
-    The first asks the executor to stop after the current step (``stop`` is set) and says so;
+    The first asks the executor to stop once the batch under way is done (``stop`` is set) and says so;
     a second one, while a step runs (inside ``cutting()``), cancels the task running it.
     """
 
@@ -196,28 +199,21 @@ class Interrupts:
         self._task: asyncio.Task[Any] | None = None
         self._cuttable = False
 
-    def __call__(self) -> None:
-        """The SIGINT handler (tests call it directly)."""
+    def __call__(self, signum: int = signal.SIGINT) -> None:
+        """The SIGINT and SIGTERM handler (tests call it directly)."""
         self.count += 1
         if self.count == 1:
             self.stop.set()
-            self.say(FIRST_CTRL_C)
+            self.say(FIRST_SIGTERM if signum == signal.SIGTERM else FIRST_CTRL_C)
         elif self._task is not None and self._cuttable:
             self._task.cancel()  # a second Ctrl-C cuts the current step short
 
     @contextmanager
     def installed(self, on_sigint: bool = True) -> Iterator[Interrupts]:
-        """Handle SIGINT (when ``on_sigint``) for the current task, until the block ends."""
+        """Handle SIGINT and SIGTERM (when ``on_sigint``) for the current task, until the block ends."""
         self._task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        if on_sigint:
-            loop.add_signal_handler(signal.SIGINT, self)
-        try:
+        with _handling(on_sigint, self):
             yield self
-        finally:
-            if on_sigint:
-                with suppress(Exception):
-                    loop.remove_signal_handler(signal.SIGINT)
 
     @contextmanager
     def cutting(self) -> Iterator[None]:
@@ -232,6 +228,22 @@ class Interrupts:
         """Forget the cancellation a second Ctrl-C made, so the rehearsal can still report."""
         if self._task is not None:
             self._task.uncancel()
+
+
+@contextmanager
+def _handling(install: bool, handler: Callable[[int], None]) -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM call ``handler(signum)`` (when ``install``);
+    afterwards both are back to their defaults."""
+    loop = asyncio.get_running_loop()
+    signums = (signal.SIGINT, signal.SIGTERM) if install else ()
+    for signum in signums:
+        loop.add_signal_handler(signum, handler, signum)
+    try:
+        yield
+    finally:
+        for signum in signums:
+            with suppress(Exception):
+                loop.remove_signal_handler(signum)
 
 
 class Rehearsal:
@@ -422,6 +434,8 @@ class Rehearsal:
 
     def _seed_progress(self) -> None:
         if hasattr(self.progress, "seed"):
+            self.progress.fleet_mode(lb_apply=self.balancer.state.lb_apply,
+                                     ready_successes=self.settings.ready_successes)
             attached = {u.name for u in self.balancer.state.upstreams}
             for inst in self.prepared.instances:
                 self.progress.seed(inst.name, inst.slot, inst.version, inst.name in attached)
@@ -471,8 +485,8 @@ class Rehearsal:
             interrupts.uncancel()
             self.executor.emit("interrupted", None)
             outcome, message = "interrupted", (
-                "interrupted: every attached server is healthy and the load balancer is consistent. "
-                f"`sandbox roll --to {p.target}` resumes, `sandbox rollback` reverts.")
+                "interrupted: every server is attached and healthy and the load balancer is consistent. "
+                f"{self._hint(f'roll --to {p.target}')} resumes, {self._hint('rollback')} reverts.")
         self.executor.emit("rollout-end", None, detail={"outcome": outcome})
         await self._record({**rollout_record(p.kind, p.source, p.target, outcome), "strategy": p.strategy})
         return outcome, message
@@ -491,9 +505,12 @@ class Rehearsal:
             self.progress.line(f"rollout failed: {exc}")
             if self.settings.auto_rollback and p.kind == "roll":
                 return await self._roll_back(exc)
-            return "failed", (f"rollout failed: {exc}. The fleet is consistent; `sandbox rollback` reverts it, "
-                              f"`sandbox roll --to {p.target}` tries again.")
+            return "failed", (f"rollout failed: {exc}. The fleet is consistent; {self._hint('rollback')} reverts "
+                              f"it, {self._hint(f'roll --to {p.target}')} tries again.")
         return "completed", ""
+
+    def _hint(self, command: str) -> str:
+        return hint(command, self.settings.project)
 
     def _health(self) -> str | None:
         total, failed = self.monitor.since_mark()
@@ -518,7 +535,7 @@ class Rehearsal:
         except SandboxError as exc:
             executor.emit("failed", None, detail={"reason": f"rollback: {exc}"})
             return "failed", (f"rollout failed ({cause}) and so did the rollback ({exc}); "
-                              "`sandbox status` shows the fleet")
+                              f"{self._hint('status')} shows the fleet")
         executor.emit("rollback-end", None, version=source)
         return "rolled_back", f"rolled back to {source}: {cause}"
 
@@ -574,13 +591,22 @@ async def rehearse(settings: Settings, *, runtime: Runtime, kind: Kind = "roll",
                           report_dir=report_dir, install_sigint=install_sigint, deps=deps)
     prepared = await rehearsal.prepare()
     if not prepared.steps:
-        return RolloutResult(report=unchanged_report(settings, prepared).to_json(), exit_code=0,
-                             message=f"already on {prepared.target}: nothing to do")
+        unchanged = unchanged_report(settings, prepared)
+        out = unchanged.to_json()
+        if report_dir is not None:
+            out["files"] = {k: str(v) for k, v in write_report_dir(unchanged, report_dir).items()}
+        return RolloutResult(report=out, exit_code=0, message=f"already on {prepared.target}: nothing to do",
+                             rehearsed=False)
     ran = await rehearsal.run()
-    report = rollout_report(settings, prepared, ran, await rehearsal.collect())
-    out = report.to_json()
-    if report_dir is not None:
-        out["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
+
+    def later(signum: int) -> None:  # the rollout has ended: a signal now waits for the report
+        rehearsal.progress.line(f"{'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}: writing the report first")
+
+    with _handling(install_sigint, later):
+        report = rollout_report(settings, prepared, ran, await rehearsal.collect())
+        out = report.to_json()
+        if report_dir is not None:
+            out["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
     return RolloutResult(report=out, exit_code=exit_code(report), message=ran.message)
 
 
@@ -607,15 +633,24 @@ def batch_of(settings: Settings, size: int) -> int:
 
 
 def unchanged_report(settings: Settings, prepared: Prepared) -> Report:
-    """The report of a fleet already where it should be."""
-    return build_report(meta={"project": settings.project, "kind": prepared.kind, "strategy": prepared.strategy,
-                              "size": prepared.size, "mode": settings.mode, "from_version": prepared.source,
-                              "to_version": prepared.target, "outcome": "completed", "duration_s": 0.0,
-                              "peak_instances": len(prepared.instances), "load": False,
-                              "seed": prepared.seed, "pick_order": [],
-                              "mixed_checks": mixed.not_run(settings.mixed_checks,
-                                                            "not run: nothing to roll, the fleet was already there")},
-                        measured=measure([], []), steps=[], limits=Limits.from_settings(settings))
+    """The report of a fleet already where it should be: nothing moved (from and to are the
+    target) and ``rehearsed`` is False."""
+    meta = {"project": settings.project, "kind": prepared.kind, "strategy": prepared.strategy,
+            "size": prepared.size, "mode": settings.mode, "from_version": prepared.target,
+            "to_version": prepared.target, "outcome": "completed", "duration_s": 0.0,
+            "peak_instances": len(prepared.instances), "load": False, "seed": prepared.seed, "pick_order": [],
+            "mixed_checks": mixed.not_run(settings.mixed_checks,
+                                          "not run: nothing to roll, the fleet was already there")}
+    report = build_report(meta=meta, measured=measure([], []), steps=[], limits=Limits.from_settings(settings))
+    return dataclasses.replace(report, extra={**report.extra, "rehearsed": False})
+
+
+def unchanged_text(report: Mapping[str, Any]) -> str:
+    """The summary of a run that had nothing to do, for people: it says that nothing was judged."""
+    return (f"rolling-sandbox: {report.get('strategy')}, {report.get('size')} servers, "
+            f"already on {report.get('to_version')}\n"
+            "NOT RUN: nothing was rehearsed: no step ran, no traffic was measured, no check was judged "
+            "(the report says \"rehearsed\": false)")
 
 
 def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: Collected) -> Report:

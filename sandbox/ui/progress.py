@@ -129,6 +129,9 @@ class Progress:
     def seed(self, name: str, slot: int, version: str, attached: bool) -> None:
         self.state.seed(name, slot, version, attached)
 
+    def fleet_mode(self, *, lb_apply: str, ready_successes: int) -> None:
+        self.state.fleet_mode(lb_apply=lb_apply, ready_successes=ready_successes)
+
     def event(self, event: Event) -> None:
         self.state.event(event)
         detail = event.get("detail") or {}
@@ -147,20 +150,21 @@ class Progress:
 
     async def before_step(self, step: Step) -> None:
         """The executor is about to run ``step``; with ``narrate``, explain the first batch's steps."""
-        slots = [r.slot for r in (*step.targets, *step.detach)]
-        self.state.step_started(step.action, step.batch_no, slots, time.time())
+        targets, detached = [r.slot for r in step.targets], [r.slot for r in step.detach]
+        self.state.step_started(step.action, step.batch_no, targets + detached, time.time())
         if self._first_batch is None:
             self._first_batch = step.batch_no
         if not self.narrate or step.batch_no != self._first_batch:
             return
-        promise = self.state.promise or {}
+        promise, run = self.state.promise or {}, self.state.run
         size = self.state.size
-        words = {"size": size, "batch": size - int(promise.get("floor", size - 1)),
-                 "floor": int(promise.get("floor", size - 1)), "to": self.state.run.get("to", "v2")}
+        floor = int(promise.get("floor", size - 1))
+        words = {"size": size, "batch": size - floor, "floor": floor, "to": run.get("to", "v2"),
+                 "lb_apply": run.get("lb_apply", "dynamic"), "ready_successes": run.get("ready_successes", 1)}
         if not self._narrated_pick:
             self._narrated_pick = True
-            await self._say(narrate("pick", slots, **words))
-        await self._say(narrate(step.action, slots, **words))
+            await self._say(narrate("pick", targets + detached, **words))
+        await self._say(narrate(step.action, targets, detach=detached, **words))
 
     async def _say(self, text: str) -> None:
         self.state.say(text, time.time())

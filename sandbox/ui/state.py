@@ -27,7 +27,7 @@ SEED_STEPS = (
 )
 STEP_OF_ACTION = {
     "detach": "detach", "drain": "drain", "stop": "replace", "kill": "replace", "start": "replace",
-    "swap": "replace", "ready": "ready", "attach": "attach", "switch": "attach",
+    "swap": "replace", "ready": "ready", "attach": "attach", "switch": "attach", "reattach": "attach",
 }
 # what a server is doing after each per-server event
 STATE_OF_PHASE = {
@@ -37,13 +37,14 @@ STATE_OF_PHASE = {
 REMOVED_LINGER_S = 3.0  # a removed server stays (faded) this long, then leaves the grid
 SERIES_MAX = 600  # points kept in the share-over-time series
 
+# One sentence per planner action (and "pick"); {lb_out}, {lb_in}, {one_change} and {passes} say what
+# the fleet's load balancer mode and readiness setting really do (LB_WORDS, narrate).
 NARRATION = {
     "pick": "Batch 1: the plan picks {slots}. Only {leave} at a time, so at least "
             "{floor} of {size} keep serving users.",
     "pick-surge": "Batch 1: the plan picks {slots}. New servers start beside the old ones, so all {size} "
                   "keep serving users until the new ones are ready.",
-    "detach": "Detach: NGINX gets a new config without {slots} and reloads gracefully; new requests "
-              "stop going there, the ones already running carry on.",
+    "detach": "Detach: {lb_out}; new requests stop going there, the ones already running carry on.",
     "drain": "Drain: we wait until no request is in flight on {slots}. Stopping earlier would drop those "
              "requests.",
     "stop": "Replace: with nothing in flight and out of the load balancer, {slots} can stop without costing "
@@ -51,10 +52,20 @@ NARRATION = {
     "kill": "Naive: killing {slots} while it still gets traffic. Watch the dropped counter.",
     "start": "Replace: {to} starts in {slots}. No traffic goes there until it is ready.",
     "swap": "Reload: the {to} code is copied into {slots} and the app process reloads, out of traffic.",
-    "ready": "Readiness: we poll /healthz on {slots} until every new server passes twice in a row. Attaching "
-             "earlier would send users to a server that cannot answer yet.",
-    "attach": "Re-attach: NGINX reloads with {slots} back in. Users now get {to} answers from there.",
-    "switch": "Switch: one reload moves traffic to the new servers in {slots} at once.",
+    "ready": "Readiness: we poll the readiness check of {slots} until every new server passes {passes}. "
+             "Attaching earlier would send users to a server that cannot answer yet.",
+    "attach": "Re-attach: {lb_in}. Users now get {to} answers from there.",
+    "switch": "Switch: {one_change} moves traffic to the new servers in {slots} at once.",
+    "reattach": "Re-attach and detach: {one_change} puts {slots} back in, answering with {to}, and takes "
+                "{next} out for the next batch; the new servers serve before the old ones leave.",
+}
+LB_WORDS = {  # how a change of the attached set reaches NGINX, per lb_apply mode (README, "What a rollout does")
+    "dynamic": {"lb_out": "one change to the load balancer's server set takes {slots} out, with no reload",
+                "lb_in": "one change to the load balancer's server set puts {slots} back in, with no reload",
+                "one_change": "one change to the load balancer's server set, with no reload,"},
+    "reload": {"lb_out": "NGINX gets a new config without {slots} and reloads gracefully",
+               "lb_in": "NGINX reloads gracefully with {slots} back in",
+               "one_change": "one graceful reload of NGINX"},
 }
 
 
@@ -85,14 +96,26 @@ def promise(size: int, strategy: str, batch: int = 1, mode: str = "replace", to_
     return Promise(floor=size - max_unavailable, peak=sim.peak_containers, batches=sim.batches)
 
 
-def narrate(key: str, slots: Sequence[int], *, size: int, batch: int, floor: int, to: str) -> str:
-    """One sentence on what a step of the first batch does and why."""
-    numbers = sorted(set(slots))
-    names = ("slot " if len(numbers) == 1 else "slots ") + (", ".join(map(str, numbers)) or "?")
+def narrate(key: str, slots: Sequence[int], *, size: int, batch: int, floor: int, to: str,
+            lb_apply: str = "dynamic", ready_successes: int = 1, detach: Sequence[int] = ()) -> str:
+    """One sentence on what a step of the first batch does and why, as the fleet's ``lb_apply`` mode
+    and ``ready_successes`` make it happen; ``detach``: the slots a 'reattach' takes out."""
     if key == "pick" and batch == 0:  # surge, double-half, blue-green: nobody leaves before the new ones serve
         key = "pick-surge"
+    if key == "switch" and not slots:  # a resumed fleet's switch that only takes servers out
+        key, slots = "detach", detach
+    names = _slot_names(slots)
+    words = {k: v.format(slots=names) for k, v in LB_WORDS[lb_apply].items()}
+    passes = "once" if ready_successes == 1 else f"{ready_successes} times in a row"
     leave = "1 server leaves" if batch == 1 else f"{batch} servers leave"
-    return NARRATION[key].format(slots=names, size=size, leave=leave, floor=floor, to=to)
+    return NARRATION[key].format(slots=names, size=size, leave=leave, floor=floor, to=to, passes=passes,
+                                 next=_slot_names(detach), **words)
+
+
+def _slot_names(slots: Sequence[int]) -> str:
+    """"slot 2" or "slots 1, 3"."""
+    numbers = sorted(set(slots))
+    return ("slot " if len(numbers) == 1 else "slots ") + (", ".join(map(str, numbers)) or "?")
 
 
 @dataclass
@@ -137,6 +160,11 @@ class RolloutState:
             self.promise = None
         if (p := self.promise) is not None:
             p["text"] = strategies.of(self.run["strategy"]).promise(p["floor"], p["peak"], self.size)
+
+    def fleet_mode(self, *, lb_apply: str, ready_successes: int) -> None:
+        """How this fleet's load balancer takes changes and how many passes readiness needs (the narration says it)."""
+        self.run.update(lb_apply=lb_apply, ready_successes=ready_successes)
+        self._changed()
 
     def seed(self, name: str, slot: int, version: str, attached: bool) -> None:
         self.servers[name] = {"name": name, "slot": slot, "version": version,

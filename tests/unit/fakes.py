@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sandbox.errors import BalancerError, EngineError, NotFoundError
+from sandbox.errors import BalancerError, EngineError, NotFoundError, hint
 from sandbox.fleet.balancer import LbState, Upstream
 from sandbox.fleet.images import ImageSet
 from sandbox.fleet.runtime import Instance
@@ -108,7 +108,7 @@ class FakeRuntime:
     async def require_fleet(self, project: str) -> tuple[FakeLb, list[Instance]]:
         lb = self.lbs.get(project)
         if lb is None:
-            raise NotFoundError(f"project {project!r} has no fleet; start one with `sandbox up`")
+            raise NotFoundError(f"project {project!r} has no fleet; start one with {hint('up', project)}")
         return lb, await self.instances(project)
 
     async def has_project(self, project: str) -> bool:

@@ -190,3 +190,11 @@ def test_demo_and_compare_start_nine_servers_unless_told() -> None:
         assert settings_from_args(build_parser().parse_args([command])).size == 9
         assert settings_from_args(build_parser().parse_args([command, "--size", "4"])).size == 4
     assert settings_from_args(build_parser().parse_args(["up"])).size == 3
+
+
+@pytest.mark.parametrize("command, project", [("demo", "sandbox-demo"), ("roll", "sandbox"), ("up", "sandbox")])
+def test_help_names_the_default_project_the_command_uses(command: str, project: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    assert f"(default: {project})" in " ".join(capsys.readouterr().out.split())

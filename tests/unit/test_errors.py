@@ -24,3 +24,21 @@ def test_every_error_of_the_tree_is_a_sandbox_error_and_documented() -> None:
     for t in tree:
         assert issubclass(t, E.SandboxError) and t.__doc__, t
         assert t.__name__ in (E.__doc__ or ""), f"{t.__name__} is missing from the tree in the module docstring"
+
+
+def test_a_hint_names_the_project_unless_it_is_the_default() -> None:
+    assert E.hint("down", E.DEFAULT_PROJECT) == "`sandbox down`"
+    assert E.hint("roll --to v2", "shop") == "`sandbox roll --to v2 --project shop`"
+
+
+@pytest.mark.asyncio
+async def test_already_up_says_which_project_to_act_on() -> None:
+    from sandbox import commands
+    from sandbox.config import Settings
+    from tests.unit.fakes import FakeRuntime
+
+    runtime = FakeRuntime()
+    runtime.lbs["shop"] = object()  # type: ignore[assignment]
+    with pytest.raises(E.UsageError, match=r"`sandbox status --project shop` shows it, "
+                                           r"`sandbox down --project shop` removes it"):
+        await commands.up(Settings(project="shop"), runtime=runtime)  # type: ignore[arg-type]

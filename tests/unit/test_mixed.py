@@ -123,6 +123,13 @@ def test_a_cancelled_check_is_killed(tmp_path: Path) -> None:
     assert _gone(int(pid_file.read_text()))
 
 
+def test_what_a_finished_check_left_in_the_background_ends_with_it(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child"
+    record = _run(f"sleep 30 >/dev/null 2>&1 & echo $! > {pid_file}", timeout_s=10)
+    assert record["status"] == "passed"
+    assert _gone(int(pid_file.read_text()))
+
+
 def _gone(pid: int) -> bool:
     """The process ended within 2 s (exited, or a zombie its new parent has not reaped yet)."""
     for _ in range(100):

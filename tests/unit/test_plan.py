@@ -20,6 +20,7 @@ from sandbox.rollout.plan import (
     plan,
     simulate,
     validate,
+    wind_down,
 )
 from sandbox.rollout.strategies import REGISTRY
 
@@ -304,6 +305,21 @@ def test_interrupted_anywhere_resumes_and_rolls_back(strategy, mode, n, batch):
             left = simulate(fleet, forward, run[:cut]).fleet
             for settings in (forward, PlanSettings(n, "v1", strategy, batch, mode)):
                 validate(left, settings, merge_reloads(plan(left, settings)))
+
+
+@pytest.mark.parametrize(("strategy", "mode", "n", "batch"), PREFIX_CASES)
+def test_a_stop_anywhere_winds_down_to_every_slot_attached(strategy, mode, n, batch):
+    """Ctrl-C or SIGTERM after any step: the rest of the batch under way leaves one attached,
+    ready server in every slot, within the plan's limits, and never starts the next batch."""
+    fleet = fleet_of(n)
+    settings = PlanSettings(n, "v2", strategy, batch, mode)
+    for run in (plan(fleet, settings), merge_reloads(plan(fleet, settings))):
+        for cut in range(len(run) + 1):
+            rest = wind_down(run, cut)
+            end = simulate(fleet, settings, run[:cut] + rest)
+            assert sorted(s.slot for s in end.fleet) == list(range(1, n + 1)), (cut, render(run[:cut] + rest))
+            assert all(s.attached for s in end.fleet) and not end.unready and not end.ghosts
+            assert len({s.batch_no for s in rest}) <= 1 and all(s.action != "reattach" for s in rest)
 
 
 # --------------------------------------------------------------------------- rollback

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import signal
 import time
+from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +22,7 @@ from sandbox.fleet.images import ImageSet
 from sandbox.fleet.runtime import Runtime
 from sandbox.rollout.rehearsal import (
     FIRST_CTRL_C,
+    FIRST_SIGTERM,
     Deps,
     Interrupts,
     Rehearsal,
@@ -26,6 +30,7 @@ from sandbox.rollout.rehearsal import (
     error_ratio_problem,
     rehearse,
     rollout_record,
+    unchanged_text,
 )
 from sandbox.ui.progress import Progress
 from tests.unit.fakes import IMAGES, FakeBalancer, FakeLoad, FakeProbe, FakeRuntime, row
@@ -91,7 +96,7 @@ OUTCOMES = [
      {"kind": "rollback", "from": "v2", "to": "v1", "strategy": "one-at-a-time", "status": "completed"}, {"v1"},
      "rolled back to v1: "),
     ("never ready, no auto rollback: stops", {"auto_rollback": False}, {"v2"}, False, "failed", 1,
-     {**RUNNING, "status": "failed"}, {"v1"}, "`sandbox rollback` reverts it"),
+     {**RUNNING, "status": "failed"}, {"v1"}, "`sandbox rollback --project p` reverts it"),
     ("config rejected: rolls back", {}, set(), True, "rolled_back", 1,
      {"kind": "rollback", "from": "v2", "to": "v1", "strategy": "one-at-a-time", "status": "completed"}, {"v1"},
      "nginx -t rejected"),
@@ -202,12 +207,19 @@ async def test_no_fleet_is_not_found() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_converged_fleet_has_nothing_to_do() -> None:
+async def test_a_converged_fleet_has_nothing_to_do(tmp_path: Path) -> None:
     world = World(version="v2")
-    result = await world.rehearse(settings())
-    assert (result.exit_code, result.message) == (0, "already on v2: nothing to do")
+    world.balancer.state.rollout = {"kind": "roll", "from": "v1", "to": "v2", "status": "completed"}
+    result = await world.rehearse(settings(), report_dir=tmp_path)
+    assert (result.exit_code, result.message, result.rehearsed) == (0, "already on v2: nothing to do", False)
     assert result.report["outcome"] == "completed" and result.report["peak_instances"] == 3
     assert world.runtime.log == []
+    # what is shown and written says nothing was rehearsed, not "v1 -> v2 completed, PASS"
+    assert (result.report["from_version"], result.report["to_version"], result.report["rehearsed"]) == (
+        "v2", "v2", False)
+    assert json.loads((tmp_path / "report.json").read_text())["rehearsed"] is False
+    text = unchanged_text(result.report)
+    assert "already on v2" in text and "NOT RUN: nothing was rehearsed" in text and "v1" not in text
 
 
 @pytest.mark.asyncio
@@ -282,24 +294,37 @@ def _sigint(times: int) -> Any:
     return send
 
 
-@pytest.mark.parametrize(("at", "times", "last_call", "phases_absent"), [
-    ("stop", 1, "stop a1", {"start"}),  # first Ctrl-C: the current step (stop) finishes, nothing after it
-    ("start", 2, "start 1 v2", {"start", "ready"}),  # second: the current step (start) is cut short
-], ids=["first-finishes-the-step", "second-cuts-it-short"])
+@pytest.mark.parametrize(("at", "times", "last_call", "drains", "attached"), [
+    ("stop", 1, "start 1 v2", 1, {"v1": 2, "v2": 1}),  # first Ctrl-C: batch 1 finishes, batch 2 never starts
+    ("start", 2, "start 1 v2", 1, {"v1": 2}),  # second: the current step (start) is cut short
+], ids=["first-finishes-the-batch", "second-cuts-it-short"])
 @pytest.mark.asyncio
-async def test_ctrl_c(at: str, times: int, last_call: str, phases_absent: set[str]) -> None:
+async def test_ctrl_c(at: str, times: int, last_call: str, drains: int, attached: dict[str, int]) -> None:
     world = World()
     world.runtime.before[at] = _sigint(times)
     result = await world.rehearse(settings(), install_sigint=True)
     assert (result.report["outcome"], result.exit_code) == ("interrupted", 130)
-    assert "`sandbox roll --to v2` resumes, `sandbox rollback` reverts" in result.message
+    assert "`sandbox roll --to v2 --project p` resumes, `sandbox rollback --project p` reverts" in result.message
     assert FIRST_CTRL_C in world.stream.getvalue()
     assert [c for c in world.runtime.log if not c.startswith("lb")][-1] == last_call
     assert world.records()[-1] == {**RUNNING, "status": "interrupted"}
     phases = [s["phase"] for s in result.report["steps"]]
-    assert "interrupted" in phases and not phases_absent & set(phases)
-    assert world.attached_versions() == {"v1"} and len(world.balancer.state.upstreams) == 2
+    assert "interrupted" in phases and phases.count("drain") == drains
+    assert dict(Counter(u.version for u in world.balancer.state.upstreams)) == attached
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler removed afterwards
+
+
+@pytest.mark.asyncio
+async def test_sigterm_is_a_first_ctrl_c_the_batch_finishes_and_the_report_is_written(tmp_path: Path) -> None:
+    """A cancelled CI job: the batch under way finishes, every server ends attached, the report is written."""
+    world = World()
+    world.runtime.before["stop"] = lambda *args: os.kill(os.getpid(), signal.SIGTERM)
+    result = await world.rehearse(settings(), install_sigint=True, report_dir=tmp_path)
+    assert (result.report["outcome"], result.exit_code) == ("interrupted", 130)
+    assert FIRST_SIGTERM in world.stream.getvalue()
+    assert dict(Counter(u.version for u in world.balancer.state.upstreams)) == {"v1": 2, "v2": 1}
+    assert (tmp_path / "report.json").exists()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler removed afterwards
 
 
 @pytest.mark.parametrize(("presses", "cuttable", "stopped", "cancelled"), [
