@@ -59,7 +59,10 @@ class LbHandle:
 class Engine(Protocol):
     """Runs a project's app servers, its load balancer and its session store, found by labels."""
 
-    engine: str  # its name, recorded on the load balancer (``--engine``)
+    @property
+    def engine(self) -> str:
+        """Its name (``--engine``), recorded on the load balancer so later commands pick it again."""
+        ...
 
     # -- images -------------------------------------------------------------------------------
     async def ensure_images(self, *, force: bool = False, say: Callable[[str], None] = ...) -> ImageSet:

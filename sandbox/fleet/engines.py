@@ -17,14 +17,14 @@ import docker.errors
 
 from sandbox.errors import EngineError
 from sandbox.fleet import labels as L
-from sandbox.fleet.docker_base import DockerBase, short
+from sandbox.fleet.docker_base import short
 from sandbox.fleet.engine import Engine
 from sandbox.fleet.runtime import DockerEngine
 from sandbox.fleet.swarm import SwarmEngine
 
 log = logging.getLogger("sandbox.fleet.engines")
 
-ENGINES: dict[str, type[DockerBase]] = {"docker": DockerEngine, "swarm": SwarmEngine}
+ENGINES: dict[str, type[DockerEngine] | type[SwarmEngine]] = {"docker": DockerEngine, "swarm": SwarmEngine}
 
 
 def recorded_engine(client: docker.DockerClient, project: str) -> str | None:
