@@ -35,6 +35,7 @@ from sandbox.fleet.images import ImageSet, ensure_images, prune_images
 
 log = logging.getLogger("sandbox.fleet.docker")
 
+APP_USER = "10001:10001"  # the toy app's user (your own images keep their USER)
 LB_CONTAINER_PORT = 80
 REDIS_PORT = 6379
 DOCKER_THREADS = 32  # concurrent Docker API calls (and the client's connection pool)

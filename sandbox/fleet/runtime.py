@@ -19,11 +19,10 @@ from docker.types import Mount
 from sandbox.errors import EngineError
 from sandbox.fleet import labels as L
 from sandbox.fleet import tarball
-from sandbox.fleet.docker_base import DockerBase, app_name, network_name
+from sandbox.fleet.docker_base import APP_USER, DockerBase, app_name, network_name
 from sandbox.fleet.engine import APP_PORT, Instance
 from sandbox.fleet.versions import TOY_VERSIONS, AppSpec
 
-APP_USER = "10001:10001"
 APP_CODE_DIR = "/srv/app"
 
 

@@ -52,9 +52,8 @@ from docker.utils import parse_bytes
 
 from sandbox.errors import EngineError, UsageError
 from sandbox.fleet import labels as L
-from sandbox.fleet.docker_base import DockerBase, app_name, network_name, short
+from sandbox.fleet.docker_base import APP_USER, DockerBase, app_name, network_name, short
 from sandbox.fleet.engine import APP_PORT, Instance, LbHandle
-from sandbox.fleet.runtime import APP_USER
 from sandbox.fleet.versions import AppSpec
 
 log = logging.getLogger("sandbox.fleet.swarm")
