@@ -56,12 +56,12 @@ class World:
             self.loads.append(FakeLoad(url, settings, path, feed=feed))
             return self.loads[-1]
 
-        self.deps = Deps(balancer=lambda runtime, project, port: self.balancer,  # type: ignore[arg-type,return-value]
+        self.deps = Deps(balancer=lambda runtime, project, port: self.balancer,
                          load=load, images=_images, probe=self.probe.factory(), timing=FAST,  # type: ignore[arg-type]
                          tick_s=0.001)
 
     async def rehearse(self, settings: Settings, **kw: Any) -> Any:
-        return await rehearse(settings, runtime=self.runtime, progress=Progress(self.stream),  # type: ignore[arg-type]
+        return await rehearse(settings, runtime=self.runtime, progress=Progress(self.stream),
                               deps=self.deps, install_sigint=kw.pop("install_sigint", False), **kw)
 
     def attached_versions(self) -> set[str]:
@@ -130,7 +130,7 @@ async def test_outcomes(extra: dict[str, Any], unready: set[str], reject: bool, 
 async def test_phases_one_by_one() -> None:
     world = World()
     world.runtime.vanish("a2")  # a crash left its upstream configured
-    rehearsal = Rehearsal(settings(), runtime=world.runtime, progress=Progress(world.stream),  # type: ignore[arg-type]
+    rehearsal = Rehearsal(settings(), runtime=world.runtime, progress=Progress(world.stream),
                           deps=world.deps, install_sigint=False)
     prepared = await rehearsal.prepare()
     assert world.runtime.log == ["lb -a2"]  # only the stale upstream was taken out
