@@ -35,10 +35,10 @@ def sandbox(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 async def apply_latency_ms(project: str, port: int, changes: int) -> list[float]:
     """Time ``changes`` set changes (detach the first server, then attach it again, in turn)."""
-    from sandbox.fleet.balancer import Balancer
-    from sandbox.fleet.runtime import Runtime
+    from sandbox.fleet.balancer import NginxBalancer
+    from sandbox.fleet.runtime import DockerEngine
 
-    balancer = Balancer(Runtime.connect(), project, port)
+    balancer = NginxBalancer(DockerEngine.connect(), project, port)
     full = list((await balancer.load()).upstreams)
     times = []
     for i in range(changes):

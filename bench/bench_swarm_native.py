@@ -26,27 +26,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from docker.types import Healthcheck, UpdateConfig
-
-from sandbox.fleet.balancer import Balancer, Upstream
-from sandbox.fleet.images import ensure_images
-from sandbox.fleet.runtime import APP_PORT
-from sandbox.fleet.swarm import SwarmRuntime
+from sandbox.fleet.balancer import NginxBalancer
+from sandbox.fleet.loadbalancer import Upstream
+from sandbox.fleet.swarm import SwarmEngine, UpdatePolicy
 from sandbox.load.run import LoadRun, LoadSettings
 from sandbox.ports import free_port
 from sandbox.results.measure import measure
 
-NANO = 1_000_000_000
-HEALTHCHECK = Healthcheck(
-    test=["CMD", "python3", "-c",
-          f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{APP_PORT}/healthz', timeout=1)"],
-    # generous: on a loaded 2-core machine one `docker exec` of python3 took 5 s
-    interval=int(1 * NANO), timeout=int(10 * NANO), retries=3, start_period=int(30 * NANO),
-)
 START_TIMEOUT_S = 120.0
 
 
-async def follow(rt: SwarmRuntime, balancer: Balancer, service_id: str,
+async def follow(rt: SwarmEngine, balancer: NginxBalancer, service_id: str,
                  stop: asyncio.Event, events: list[Any]) -> None:
     """Keep the attached set equal to the serving tasks until ``stop``."""
     current: dict[str, str] = {}
@@ -61,8 +51,8 @@ async def follow(rt: SwarmRuntime, balancer: Balancer, service_id: str,
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    rt = SwarmRuntime.connect()
-    images = ensure_images(rt.client)
+    rt = SwarmEngine.connect()
+    images = await rt.ensure_images()
     project, port = f"swn{secrets.token_hex(3)}", free_port()
     events: list[Any] = []
     stop = asyncio.Event()
@@ -70,12 +60,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         await rt.ensure_network(project)
         await rt.start_lb(project, port, images.lb)
-        balancer = Balancer(rt, project, port)
+        balancer = NginxBalancer(rt, project, port)
         await balancer.apply([], rollout=None, size=args.size, sticky=False, retry=False,
                              client_keepalive_s=0, app_env={})
         service_id = await rt.start_replicated(project, "v1", images.app["v1"],
                                                {"APP_STOP_DELAY": f"{args.app_stop_delay:g}"}, args.size,
-                                               HEALTHCHECK if args.healthcheck else None)
+                                               healthcheck=args.healthcheck)
         follower = asyncio.create_task(follow(rt, balancer, service_id, stop, events))
         deadline = time.monotonic() + START_TIMEOUT_S
         while len(balancer.state.upstreams) < args.size:
@@ -88,9 +78,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(args.warmup)
         t0 = time.time()
         events.append({"t": t0, "phase": "rollout-start", "instance": None})
-        update = UpdateConfig(parallelism=args.parallelism, delay=int(args.delay * NANO), order=args.order,
-                              failure_action=args.failure_action)
-        await rt.update_image(service_id, images.app["v2"], update, args.stop_grace_period)
+        await rt.update_image(service_id, images.app["v2"], UpdatePolicy(
+            parallelism=args.parallelism, delay_s=args.delay, order=args.order,
+            failure_action=args.failure_action, stop_grace_s=args.stop_grace_period))
         state = ""
         while state not in ("completed", "paused", "rollback_completed", "rollback_paused"):
             await asyncio.sleep(0.2)

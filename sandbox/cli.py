@@ -26,7 +26,7 @@ from sandbox.commands import parse_strategy_spec
 from sandbox.config import GROUPS, SETTINGS, Group, Settings, check_batch, check_port_free, load_settings, renamed
 from sandbox.errors import DEFAULT_PROJECT, EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, exit_code_for
 from sandbox.fleet import engines
-from sandbox.fleet.runtime import Runtime
+from sandbox.fleet.engine import Engine
 from sandbox.results.junit import write_compare_junit, write_junit
 from sandbox.results.model import Report
 from sandbox.results.text import compare_text, summary_text
@@ -265,19 +265,19 @@ def _specs(args: argparse.Namespace) -> list[str]:
     return [s for s in args.strategies.split(",") if s.strip()] if args.command == "compare" else []
 
 
-async def _images(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say, view: LiveView) -> int:
+async def _images(args: argparse.Namespace, settings: Settings, runtime: Engine, say: Say, view: LiveView) -> int:
     image_set = await commands.images(runtime=runtime, force=args.force, prune=args.prune, say=say)
     for ref in (image_set.base, image_set.lb, *image_set.app.values()):
         print(ref)
     return 0
 
 
-async def _up(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say, view: LiveView) -> int:
+async def _up(args: argparse.Namespace, settings: Settings, runtime: Engine, say: Say, view: LiveView) -> int:
     _print_status(await commands.up(settings, runtime=runtime, say=say))
     return 0
 
 
-async def _status(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say, view: LiveView) -> int:
+async def _status(args: argparse.Namespace, settings: Settings, runtime: Engine, say: Say, view: LiveView) -> int:
     data = await commands.status(settings, runtime=runtime)
     if args.json:
         print(json.dumps(data, indent=2))
@@ -286,7 +286,7 @@ async def _status(args: argparse.Namespace, settings: Settings, runtime: Runtime
     return 0
 
 
-async def _down(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say, view: LiveView) -> int:
+async def _down(args: argparse.Namespace, settings: Settings, runtime: Engine, say: Say, view: LiveView) -> int:
     removed = await commands.down(settings, runtime=runtime)
     services = f"{removed['services']} services, " if "services" in removed else ""
     print(f"removed {services}{removed['containers']} containers, {removed['volumes']} volumes, "
@@ -294,7 +294,7 @@ async def _down(args: argparse.Namespace, settings: Settings, runtime: Runtime, 
     return 0
 
 
-async def _roll(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say, view: LiveView) -> int:
+async def _roll(args: argparse.Namespace, settings: Settings, runtime: Engine, say: Say, view: LiveView) -> int:
     if getattr(args, "dry_run", False):
         prepared = await commands.plan_only(settings, runtime=runtime, kind=args.command)
         print(json.dumps(prepared.as_json(), indent=2) if args.json else prepared.describe())
@@ -306,7 +306,7 @@ async def _roll(args: argparse.Namespace, settings: Settings, runtime: Runtime, 
     return result.exit_code
 
 
-async def _demo(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say, view: LiveView) -> int:
+async def _demo(args: argparse.Namespace, settings: Settings, runtime: Engine, say: Say, view: LiveView) -> int:
     started = time.monotonic()
     result = await commands.demo(settings, runtime=runtime, keep=args.keep, report_dir=args.report, say=say,
                                  progress=view.progress(settings))
@@ -317,7 +317,7 @@ async def _demo(args: argparse.Namespace, settings: Settings, runtime: Runtime, 
     return result.exit_code
 
 
-async def _compare(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say, view: LiveView) -> int:
+async def _compare(args: argparse.Namespace, settings: Settings, runtime: Engine, say: Say, view: LiveView) -> int:
     compared = await commands.compare(settings, runtime=runtime, strategies=_specs(args), report_dir=args.report,
                                       say=say, progress_for=view.progress)
     print(json.dumps(compared.table, indent=2, default=str) if args.json else compare_text(compared.reports))
@@ -339,7 +339,7 @@ def _print_rollout(args: argparse.Namespace, settings: Settings, result: command
         write_junit(report, args.junit)
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Runtime, Say, LiveView], Awaitable[int]]] = {
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Engine, Say, LiveView], Awaitable[int]]] = {
     "images": _images, "up": _up, "status": _status, "down": _down, "roll": _roll, "rollback": _roll,
     "demo": _demo, "compare": _compare,
 }

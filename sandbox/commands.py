@@ -20,9 +20,10 @@ from sandbox.config import STRATEGIES, Settings, check_port_free
 from sandbox.errors import SandboxError, UsageError, hint
 from sandbox.fleet import labels as L
 from sandbox.fleet import versions
-from sandbox.fleet.balancer import Balancer
-from sandbox.fleet.images import ImageSet, ensure_images, prune_images
-from sandbox.fleet.runtime import Runtime
+from sandbox.fleet.balancer import NginxBalancer
+from sandbox.fleet.engine import Engine
+from sandbox.fleet.images import ImageSet
+from sandbox.fleet.loadbalancer import LoadBalancer
 from sandbox.results.compare import compare_json
 from sandbox.results.markdown import compare_table
 from sandbox.results.model import Report
@@ -37,19 +38,19 @@ log = logging.getLogger("sandbox.commands")
 
 
 # -- images ---------------------------------------------------------------------------------------
-async def images(*, runtime: Runtime, force: bool = False, prune: bool = False,
+async def images(*, runtime: Engine, force: bool = False, prune: bool = False,
                  say: Callable[[str], None] = log.info) -> ImageSet:
     """Build the images that are missing (all of them with ``force``); with ``prune``, then remove
     older rolling-sandbox images no container uses."""
-    image_set = await asyncio.to_thread(ensure_images, runtime.client, log=say, force=force)
+    image_set = await runtime.ensure_images(say=say, force=force)
     if prune:
-        removed = await asyncio.to_thread(prune_images, runtime.client)
+        removed = await runtime.prune_images()
         say(f"removed {len(removed)} older images" + (f": {', '.join(removed)}" if removed else ""))
     return image_set
 
 
 # -- up / status / down ---------------------------------------------------------------------------
-async def up(settings: Settings, *, runtime: Runtime, say: Callable[[str], None] = log.info) -> dict[str, Any]:
+async def up(settings: Settings, *, runtime: Engine, say: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Start ``settings.size`` servers on ``settings.version`` behind NGINX on 127.0.0.1:``port``.
 
     Bad input (a taken port, an existing fleet) raises UsageError before anything is created.
@@ -68,7 +69,7 @@ async def up(settings: Settings, *, runtime: Runtime, say: Callable[[str], None]
         app_env = dict(settings.app_env)
         if settings.sessions == "shared":  # every server of the fleet, and of every rollout, keeps carts there
             app_env["APP_REDIS"] = await runtime.start_redis(project, image_set.base)
-        balancer = Balancer(runtime, project, settings.port)
+        balancer = NginxBalancer(runtime, project, settings.port)
         executor = Executor(runtime, balancer, settings, image_set)
         # the load balancer starts while the app containers do; the first attach waits for it
         lb_ready = asyncio.ensure_future(_start_lb(settings, runtime, balancer, image_set.lb, app_env, label))
@@ -93,7 +94,7 @@ async def up(settings: Settings, *, runtime: Runtime, say: Callable[[str], None]
     return await status(settings, runtime=runtime)
 
 
-async def _start_lb(settings: Settings, runtime: Runtime, balancer: Balancer, image: str,
+async def _start_lb(settings: Settings, runtime: Engine, balancer: LoadBalancer, image: str,
                     app_env: dict[str, str], labels: dict[str, str]) -> None:
     await runtime.start_lb(settings.project, settings.port, image, extra_labels=labels)
     await balancer.apply([], rollout=None, sticky=settings.sticky, size=settings.size,
@@ -101,7 +102,7 @@ async def _start_lb(settings: Settings, runtime: Runtime, balancer: Balancer, im
                          app_env=app_env, lb_apply=settings.lb_apply)
 
 
-async def fleet_images(settings: Settings, *, runtime: Runtime,
+async def fleet_images(settings: Settings, *, runtime: Engine,
                        say: Callable[[str], None] = log.info) -> ImageSet:
     """The images a new fleet runs: the toy app's, or the user's ``--image``/``--build`` versions
     (each checked to exist, each directory built) with the sandbox's own load balancer.
@@ -109,20 +110,19 @@ async def fleet_images(settings: Settings, *, runtime: Runtime,
     Raises UsageError for a missing image before anything is built or created.
     """
     if settings.images:  # a missing image fails before anything is built
-        await asyncio.to_thread(versions.resolve, runtime.client, settings.project, settings.images, {})
-    image_set = await asyncio.to_thread(ensure_images, runtime.client, log=say)
+        await runtime.resolve_versions(settings.project, settings.images, {})
+    image_set = await runtime.ensure_images(say=say)
     if not (settings.images or settings.builds):
         return dataclasses.replace(image_set, spec=settings.app_spec())
-    app = await asyncio.to_thread(versions.resolve, runtime.client, settings.project,
-                                  settings.images, settings.builds, say)
+    app = await runtime.resolve_versions(settings.project, settings.images, settings.builds, say)
     return dataclasses.replace(image_set, app=app, toy=False, spec=settings.app_spec())
 
 
-async def status(settings: Settings, *, runtime: Runtime) -> dict[str, Any]:
+async def status(settings: Settings, *, runtime: Engine) -> dict[str, Any]:
     """The fleet as Docker and the load balancer's live config see it."""
     lb, instances = await runtime.require_fleet(settings.project)
     port = await runtime.lb_port(settings.project)
-    balancer = Balancer(runtime, settings.project, port or 0)
+    balancer = NginxBalancer(runtime, settings.project, port or 0)
     try:
         state = await balancer.load()
         upstreams = state.upstreams
@@ -133,7 +133,7 @@ async def status(settings: Settings, *, runtime: Runtime) -> dict[str, Any]:
         "project": settings.project,
         "lb": {
             "url": f"http://127.0.0.1:{port}",
-            "state": lb.status,
+            "state": lb.state,
             "upstreams": [u.address for u in upstreams],
             "size": state.size if state else None,
             "sticky": state.sticky if state else None,
@@ -152,7 +152,7 @@ async def status(settings: Settings, *, runtime: Runtime) -> dict[str, Any]:
     }
 
 
-async def down(settings: Settings, *, runtime: Runtime) -> dict[str, int]:
+async def down(settings: Settings, *, runtime: Engine) -> dict[str, int]:
     """Remove this project's containers, volumes and network; nothing else."""
     return await runtime.down(settings.project)
 
@@ -161,7 +161,7 @@ async def down(settings: Settings, *, runtime: Runtime) -> dict[str, int]:
 async def roll(
     settings: Settings,
     *,
-    runtime: Runtime,
+    runtime: Engine,
     to_version: str | None = None,
     kind: Kind = "roll",
     progress: Progress | None = None,
@@ -178,7 +178,7 @@ async def roll(
                           report_dir=report_dir, install_sigint=install_sigint)
 
 
-async def plan_only(settings: Settings, *, runtime: Runtime, kind: Kind = "roll") -> Prepared:
+async def plan_only(settings: Settings, *, runtime: Engine, kind: Kind = "roll") -> Prepared:
     """The plan of a roll (or rollback) of the fleet as it is now; reads Docker and the load
     balancer, changes nothing (no stale upstream taken out, no image built)."""
     return await Rehearsal(settings, runtime=runtime, kind=kind, install_sigint=False).prepare(dry_run=True)
@@ -188,7 +188,7 @@ async def plan_only(settings: Settings, *, runtime: Runtime, kind: Kind = "roll"
 async def demo(
     settings: Settings,
     *,
-    runtime: Runtime,
+    runtime: Engine,
     keep: bool = False,
     report_dir: Path | None = None,
     progress: Progress | None = None,
@@ -220,7 +220,7 @@ class CompareResult:
 async def compare(
     settings: Settings,
     *,
-    runtime: Runtime,
+    runtime: Engine,
     strategies: list[str],
     report_dir: Path | None = None,
     say: Callable[[str], None] = log.info,
@@ -232,7 +232,7 @@ async def compare(
     Each fleet is its own project (``<project>-<n>``) and is removed afterwards, whatever happened.
     The exit code judges every strategy but the baselines (naive drops by design).
     """
-    reports: list[dict[str, Any]] = []
+    reports: list[Report] = []
     for n, spec in enumerate(strategies, start=1):
         strategy, batch = parse_strategy_spec(spec, settings.batch)
         mode = settings.mode if registry.of(strategy).in_place else "replace"
@@ -244,7 +244,7 @@ async def compare(
             await runtime.down(one.project)
         if strategy == "swarm-native":  # Swarm rolls, not the controller: a path of its own
             from sandbox.rollout import swarm_native
-            image_set = await asyncio.to_thread(ensure_images, runtime.client, log=say)
+            image_set = await runtime.ensure_images(say=say)
             reports.append(Report.from_json(await swarm_native.rehearse(
                 one, runtime=runtime, images=image_set, order=swarm_native.parse_order(spec),  # type: ignore[arg-type]
                 report_dir=(report_dir / spec.replace(":", "-")) if report_dir else None, say=say)))

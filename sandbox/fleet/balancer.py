@@ -20,7 +20,11 @@ config (its state line: the settings that shape it) is installed and reloaded as
 when its text changes (at ``up``); a change of the attached set or of the rollout record is one
 ``PUT /servers`` (see :func:`admin_body`), with no reload, so no idle client connection is
 closed. ``GET /servers`` gives the state back to a fresh process, ``GET /inflight`` the requests
-the LB has in flight per server (:meth:`Balancer.in_flight`), an app-independent drain signal.
+the LB has in flight per server (:meth:`NginxBalancer.in_flight`), an app-independent drain signal.
+
+:class:`NginxBalancer` implements :class:`~sandbox.fleet.loadbalancer.LoadBalancer` in both modes
+(the mode is part of its state: ``apply(lb_apply=...)``); it reaches its container through the
+:class:`~sandbox.fleet.engine.Engine` (exec, files, admin address), so it runs on any engine.
 """
 
 from __future__ import annotations
@@ -28,11 +32,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +44,9 @@ import jinja2
 
 from sandbox.errors import BalancerError, hint
 from sandbox.fleet import labels as L
-from sandbox.fleet import sources
-from sandbox.fleet.runtime import Runtime
+from sandbox.fleet import nginx_log, sources
+from sandbox.fleet.engine import Engine, Instance, LbHandle
+from sandbox.fleet.loadbalancer import LbRow, LbState, Upstream
 
 log = logging.getLogger("sandbox.fleet.balancer")
 
@@ -58,39 +62,6 @@ CONFIG_ID_MARK = "# rolling-sandbox-config-id: "
 ADMIN_PORT = 8081
 ADMIN_TIMEOUT_S = 5.0
 APPLY_MODES = ("reload", "dynamic")
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """One attached server."""
-
-    name: str
-    address: str  # ip:port
-    version: str
-
-
-@dataclass
-class LbState:
-    """What the live config says: the attached servers and the rollout in progress, if any."""
-
-    generation: int = 0
-    size: int = 0  # the fleet's declared size (number of slots)
-    upstreams: list[Upstream] = field(default_factory=list)
-    rollout: dict[str, Any] | None = None  # {"from": "v1", "to": "v2", "strategy": ...}
-    sticky: bool = False
-    client_keepalive_s: int = 0
-    retry: bool = False  # proxy_next_upstream on (NGINX's default) or off
-    app_env: dict[str, str] = field(default_factory=dict)  # `up --env`: every server of this fleet gets it
-    lb_apply: str = "reload"  # "reload" or "dynamic" (a config without the field is a reload one)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> LbState:
-        data = json.loads(text)
-        data["upstreams"] = [Upstream(**u) for u in data.get("upstreams", [])]
-        return cls(**data)
 
 
 _env = jinja2.Environment(
@@ -220,10 +191,10 @@ def parse_state(config_text: str) -> LbState:
     return LbState()
 
 
-class Balancer:
-    """The project's NGINX container, driven through the runtime."""
+class NginxBalancer:
+    """The project's NGINX container, driven through the engine."""
 
-    def __init__(self, runtime: Runtime, project: str, port: int) -> None:
+    def __init__(self, runtime: Engine, project: str, port: int) -> None:
         self.runtime = runtime
         self.project = project
         self.port = port
@@ -243,7 +214,7 @@ class Balancer:
     def dynamic(self) -> bool:
         return self.state.lb_apply == "dynamic"
 
-    async def _container(self) -> Any:
+    async def _container(self) -> LbHandle:
         lb = await self.runtime.lb(self.project)
         if lb is None:
             raise BalancerError(f"project {self.project!r} has no load balancer container")
@@ -274,14 +245,14 @@ class Balancer:
         """
         return await asyncio.shield(self._apply(upstreams, changes))
 
-    async def repair_lost_set(self, instances: list[Any], size: int) -> list[Upstream]:
+    async def repair_lost_set(self, instances: list[Instance], size: int) -> list[Upstream]:
         """After :meth:`load` found the set lost: attach, per slot, the oldest running container of
         ``instances`` (the one that served before; Docker's labels are the truth), in one PUT."""
-        chosen: dict[int, Any] = {}
+        chosen: dict[int, Instance] = {}
         for inst in instances:  # in (slot, created) order
             if inst.state == "running" and inst.address and inst.slot not in chosen:
                 chosen[inst.slot] = inst
-        upstreams = [Upstream(name=i.name, address=i.address, version=i.version) for i in chosen.values()]
+        upstreams = [Upstream(name=i.name, address=i.address or "", version=i.version) for i in chosen.values()]
         await self.apply(upstreams, size=size)
         self.lost = False
         log.warning("the load balancer had no attached set (restarted?): re-attached %d servers", len(upstreams))
@@ -339,7 +310,7 @@ class Balancer:
             raise BalancerError("in-flight counts need --lb-apply dynamic")
         return parse_in_flight(await self._admin_call("GET", "inflight"))
 
-    async def _admin_target(self, container: Any = None) -> tuple[str, str]:
+    async def _admin_target(self, container: LbHandle | None = None) -> tuple[str, str]:
         """(admin url, token) of this project's LB, resolved once."""
         if self._admin is None:
             lb = container if container is not None else await self._container()
@@ -352,7 +323,7 @@ class Balancer:
         return self._admin
 
     async def _admin_call(self, method: str, what: str, *, body: str | None = None,
-                          container: Any = None) -> str:
+                          container: LbHandle | None = None) -> str:
         """One request to the admin listener; BalancerError on no answer or a refusal."""
         url, token = await self._admin_target(container)
         try:
@@ -403,17 +374,10 @@ class Balancer:
             f"(last answer: {last})"
         )
 
-    async def access_log(self) -> list[dict[str, Any]]:
-        """The JSON access log rows written so far (unparseable lines are skipped)."""
+    async def access_log(self) -> list[LbRow]:
+        """The JSON access log's rows written so far (unparseable lines are skipped)."""
         lb = await self._container()
-        raw = (await self.runtime.read_file(lb, ACCESS_LOG)).decode(errors="replace")
-        rows = []
-        for line in raw.splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-        return rows
+        return nginx_log.parse((await self.runtime.read_file(lb, ACCESS_LOG)).decode(errors="replace"))
 
 
 def _last_line(text: str) -> str:

@@ -1,4 +1,4 @@
-"""The one place that picks the runtime: plain Docker containers, or Swarm services.
+"""The one place that picks the engine: plain Docker containers, or Swarm services.
 
 ``up``, ``demo``, ``compare`` and ``images`` use the engine from the settings
 (``--engine``, ``engine`` in sandbox.toml, ``SANDBOX_ENGINE``). Commands that act on
@@ -17,12 +17,14 @@ import docker.errors
 
 from sandbox.errors import EngineError
 from sandbox.fleet import labels as L
-from sandbox.fleet.runtime import Runtime, _short
-from sandbox.fleet.swarm import SwarmRuntime
+from sandbox.fleet.docker_base import short
+from sandbox.fleet.engine import Engine
+from sandbox.fleet.runtime import DockerEngine
+from sandbox.fleet.swarm import SwarmEngine
 
 log = logging.getLogger("sandbox.fleet.engines")
 
-RUNTIMES: dict[str, type[Runtime]] = {"docker": Runtime, "swarm": SwarmRuntime}
+ENGINES: dict[str, type[DockerEngine] | type[SwarmEngine]] = {"docker": DockerEngine, "swarm": SwarmEngine}
 
 
 def recorded_engine(client: docker.DockerClient, project: str) -> str | None:
@@ -30,7 +32,7 @@ def recorded_engine(client: docker.DockerClient, project: str) -> str | None:
     services carrying the project's labels), or None when nothing says."""
     lbs = client.containers.list(all=True, filters=L.project_filter(project, L.ROLE_LB))
     engine = lbs[0].labels.get(L.LABEL_ENGINE) if lbs else None
-    if engine in RUNTIMES:
+    if engine in ENGINES:
         return engine
     try:
         if client.services.list(filters=L.project_filter(project)):
@@ -40,19 +42,19 @@ def recorded_engine(client: docker.DockerClient, project: str) -> str | None:
     return None
 
 
-def connect(engine: str, project: str | None = None) -> Runtime:
-    """Connect the runtime for ``engine``, or, given ``project`` (a command on an existing fleet),
+def connect(engine: str, project: str | None = None) -> Engine:
+    """Connect the engine for ``engine``, or, given ``project`` (a command on an existing fleet),
     for the engine recorded on that fleet. Raises EngineError (no engine answers) or UsageError
     (Swarm asked for on an engine that is not a swarm manager); neither creates anything."""
     if project is not None:
-        base = Runtime.connect()
+        base = DockerEngine.connect()
         try:
             found = recorded_engine(base.client, project)
         except docker.errors.DockerException as exc:
-            raise EngineError(f"docker: {_short(exc)}") from exc
+            raise EngineError(f"docker: {short(exc)}") from exc
         if found is not None and found != engine:
             log.info("project %s runs on %s (recorded on its load balancer): using that", project, found)
             engine = found
         if engine == "docker":
             return base
-    return RUNTIMES[engine].connect()
+    return ENGINES[engine].connect()

@@ -1,12 +1,12 @@
 """The same fleet on Docker Swarm: every app server is a one-replica Swarm service.
 
-:class:`SwarmRuntime` subclasses :class:`~sandbox.fleet.runtime.Runtime` and keeps its
-public coroutines and return types, so the controller, the plan and the measurement do
-not know which engine runs. What changes:
+:class:`SwarmEngine` implements :class:`~sandbox.fleet.engine.Engine` beside the plain Docker
+engine (both build on :class:`~sandbox.fleet.docker_base.DockerBase`), so the controller, the
+plan and the measurement do not know which engine runs. What changes:
 
 - the project's network is an attachable overlay (labelled with the project), so the
   servers may run on any node and the load balancer, a plain container on the manager
-  (inherited ``start_lb``: published on 127.0.0.1, no routing mesh), reaches them;
+  (``DockerBase.start_lb``: published on 127.0.0.1, no routing mesh), reaches them;
 - an app server is a service named ``<project>-app-<slot>-<hex>`` with one replica, in
   ``dnsrr`` endpoint mode (no virtual IP, no ingress: IPVS is not needed), restart
   policy ``none`` (a server that fails to boot stays failed, as a plain container does),
@@ -31,7 +31,8 @@ import logging
 import time
 from collections.abc import Mapping
 from contextlib import suppress
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
 
 import docker
 import docker.errors
@@ -51,7 +52,8 @@ from docker.utils import parse_bytes
 
 from sandbox.errors import EngineError, UsageError
 from sandbox.fleet import labels as L
-from sandbox.fleet.runtime import APP_PORT, APP_USER, Instance, Runtime, _short, app_name, network_name
+from sandbox.fleet.docker_base import APP_USER, DockerBase, app_name, network_name, short
+from sandbox.fleet.engine import APP_PORT, Instance, LbHandle
 from sandbox.fleet.versions import AppSpec
 
 log = logging.getLogger("sandbox.fleet.swarm")
@@ -67,6 +69,17 @@ _STARTING = {"new", "pending", "assigned", "accepted", "ready", "preparing", "st
 _ENDED = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove"}
 NOT_A_MANAGER = ("engine: --engine swarm needs a swarm manager, and this Docker engine is not one; "
                  "run `docker swarm init` (or use --engine docker)")
+
+
+@dataclass(frozen=True)
+class UpdatePolicy:
+    """How Swarm's own rolling update replaces the tasks (``docker service update`` flags)."""
+
+    parallelism: int
+    delay_s: float
+    order: str  # stop-first or start-first
+    failure_action: str  # pause, continue or rollback
+    stop_grace_s: float
 
 
 # -- pure parts -----------------------------------------------------------------------------------
@@ -201,23 +214,40 @@ def app_service_spec(project: str, slot: int, version: str, image_id: str, env: 
     }
 
 
-# -- the runtime ----------------------------------------------------------------------------------
-class SwarmRuntime(Runtime):
-    """The app servers as Swarm services; the load balancer, exec and files as in Runtime."""
+def app_healthcheck(port: int = APP_PORT) -> Healthcheck:
+    """The app's /healthz as a task HEALTHCHECK: Swarm calls a task running only once it passes
+    (and only then routes to it). Generous, because one `docker exec` of python3 took 5 s on a
+    2-core machine under load."""
+    return Healthcheck(
+        test=["CMD", "python3", "-c",
+              f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=1)"],
+        interval=1 * NANO, timeout=10 * NANO, retries=3, start_period=30 * NANO,
+    )
+
+
+def update_config(policy: UpdatePolicy) -> UpdateConfig:
+    """The SDK's UpdateConfig for ``policy`` (its stop grace period goes on the service itself)."""
+    return UpdateConfig(parallelism=policy.parallelism, delay=int(policy.delay_s * NANO),
+                        order=policy.order, failure_action=policy.failure_action)
+
+
+# -- the engine -----------------------------------------------------------------------------------
+class SwarmEngine(DockerBase):
+    """The app servers as Swarm services; the load balancer, exec and files as DockerBase has them."""
 
     engine = "swarm"
-    network_driver: dict[str, Any] = {"driver": "overlay", "attachable": True}  # noqa: RUF012
+    network_driver: ClassVar[dict[str, Any]] = {"driver": "overlay", "attachable": True}
 
     @classmethod
-    def connect(cls) -> SwarmRuntime:
-        """Connect as Runtime does, then require a swarm manager (UsageError naming `docker swarm init`)."""
-        runtime = super().connect()
+    def connect(cls) -> Self:
+        """Connect as DockerBase does, then require a swarm manager (UsageError naming `docker swarm init`)."""
+        engine = super().connect()
         try:
-            info = runtime.client.info()
+            info = engine.client.info()
         except docker.errors.DockerException as exc:
-            raise EngineError(f"docker: {_short(exc)}") from exc
+            raise EngineError(f"docker: {short(exc)}") from exc
         check_manager(info)
-        return cls(runtime.client)
+        return engine
 
     # -- discovery ----------------------------------------------------------------------------
     def _network_id(self, project: str) -> str:
@@ -226,9 +256,9 @@ class SwarmRuntime(Runtime):
         except docker.errors.NotFound:
             return ""
 
-    async def admin_ip(self, container: Any, project: str) -> str | None:
+    async def admin_ip(self, lb: LbHandle, project: str) -> str | None:
         """The host cannot route to the overlay: the LB's address on docker_gwbridge instead."""
-        return (await self._call(self._gateway_ips)).get(container.id or "")
+        return (await self._call(self._gateway_ips)).get(lb.id)
 
     def _gateway_ips(self) -> dict[str, str]:
         try:
@@ -246,6 +276,10 @@ class SwarmRuntime(Runtime):
         """Service name -> its task's state (a service is not a container name)."""
         return {i.name: i.state for i in await self.instances(project)}
 
+    async def instances(self, project: str) -> list[Instance]:
+        """This project's app services, in (slot, created) order, whatever their tasks' state."""
+        return await self._call(self._instances, project)
+
     def _instances(self, project: str) -> list[Instance]:
         services = self._app_services(project)
         network_id, gw = self._network_id(project), self._gateway_ips()
@@ -253,11 +287,18 @@ class SwarmRuntime(Runtime):
         return sorted(out, key=lambda i: (i.slot, i.created))
 
     # -- app services -------------------------------------------------------------------------
+    async def start_app(
+        self, project: str, slot: int, version: str, image: str, env: dict[str, str], from_version: str = "",
+        *, spec: AppSpec | None = None, toy: bool = True,
+    ) -> Instance:
+        """A one-replica service from the local ``image`` with the app's contract ``spec``, once
+        its task runs with an address (or has ended)."""
+        return await self._call(self._start_app, project, slot, version, image, env, from_version, spec, toy)
+
     def _start_app(
         self, project: str, slot: int, version: str, image: str, env: dict[str, str], from_version: str,
-        spec: AppSpec | None = None, toy: bool = True,
+        spec: AppSpec | None, toy: bool,
     ) -> Instance:
-        """A one-replica service from the local ``image`` with the app's contract ``spec``."""
         image_id = self.client.images.get(image).id or image  # by id: Swarm then does not try to pull
         kwargs = app_service_spec(project, slot, version, image_id, env, from_version, spec=spec, toy=toy)
         created = self.client.api.create_service(**kwargs)
@@ -374,14 +415,15 @@ class SwarmRuntime(Runtime):
 
     # -- one service with N replicas (Swarm's own rolling update) --------------------------------
     async def start_replicated(self, project: str, version: str, image: str, env: dict[str, str],
-                               replicas: int, healthcheck: Healthcheck | None = None) -> str:
-        """Create one app service with ``replicas`` tasks (not waited for); return its id."""
+                               replicas: int, healthcheck: bool = False) -> str:
+        """Create one app service with ``replicas`` tasks (not waited for), with the app's
+        :func:`app_healthcheck` if asked; return its id."""
         def create() -> str:
             image_id = self.client.images.get(image).id or image
             spec = app_service_spec(project, 0, version, image_id, env, replicas=replicas,
                                     name=f"{project}-app")
-            if healthcheck is not None:
-                spec["task_template"]["ContainerSpec"]["Healthcheck"] = healthcheck
+            if healthcheck:
+                spec["task_template"]["ContainerSpec"]["Healthcheck"] = app_healthcheck()
             return str(self.client.api.create_service(**spec)["ID"])
         return await self._call(create)
 
@@ -394,12 +436,12 @@ class SwarmRuntime(Runtime):
             return serving_addresses(tasks, self._network_id(project)), running
         return await self._call(read)
 
-    async def update_image(self, service_id: str, image: str, update: UpdateConfig, stop_grace_s: float) -> None:
-        """``service update --image`` with ``update`` (parallelism, delay, order, failure action)."""
+    async def update_image(self, service_id: str, image: str, policy: UpdatePolicy) -> None:
+        """``service update --image`` with ``policy`` (parallelism, delay, order, failure action, grace)."""
         def run() -> None:
             image_id = self.client.images.get(image).id or image
             self.client.services.get(service_id).update(
-                image=image_id, update_config=update, stop_grace_period=int(stop_grace_s * NANO))
+                image=image_id, update_config=update_config(policy), stop_grace_period=int(policy.stop_grace_s * NANO))
         await self._call(run)
 
     async def update_state(self, service_id: str) -> str:
@@ -411,7 +453,7 @@ class SwarmRuntime(Runtime):
 
     # -- teardown -----------------------------------------------------------------------------
     async def down(self, project: str) -> dict[str, int]:
-        """Remove this project's services, then (as Runtime does) its containers, volumes, network."""
+        """Remove this project's services, then (as DockerBase does) its containers, volumes, network."""
         def remove_services() -> int:
             services = self.client.services.list(filters=L.project_filter(project))
             for s in services:
@@ -422,7 +464,7 @@ class SwarmRuntime(Runtime):
         return {"services": count, **removed}
 
     def _down_retrying(self, project: str) -> dict[str, int]:
-        """Runtime.down, retried while Swarm still detaches removed tasks from the overlay, then
+        """DockerBase.down, retried while Swarm still detaches removed tasks from the overlay, then
         until the overlay is really gone (Swarm removes it from the node a moment after the call)."""
         deadline = time.monotonic() + DOWN_TIMEOUT_S
         removed: dict[str, int] | None = None
@@ -432,7 +474,7 @@ class SwarmRuntime(Runtime):
                 removed = removed or part
             except docker.errors.APIError as exc:
                 if time.monotonic() > deadline:
-                    raise EngineError(f"docker: {_short(exc)}") from exc
+                    raise EngineError(f"docker: {short(exc)}") from exc
             if removed is not None and not self.client.networks.list(filters=L.project_filter(project)):
                 return removed
             if time.monotonic() > deadline:

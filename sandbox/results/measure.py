@@ -2,7 +2,8 @@
 
 Inputs are the records of :mod:`sandbox.results.records`: one ``RequestRow`` per request
 the load generator started, the controller's ``Event`` list and, optionally, the
-NGINX access log rows. :func:`measure` turns them into one JSON-able dict (see
+load balancer's access-log rows (:class:`~sandbox.fleet.loadbalancer.LbRow`: each names the
+servers tried, the last one answered). :func:`measure` turns them into one JSON-able dict (see
 its docstring for every key); :mod:`sandbox.results.report` presents it.
 
 Conventions used throughout (DESIGN.md, "What is measured"):
@@ -31,13 +32,13 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.results.records import Event, NginxRow, RequestRow
+from sandbox.fleet.loadbalancer import LbRow
+from sandbox.results.records import Event, RequestRow
 
 HistoryEntry = tuple[str, str, float, float | None]
 """``(address, version, t_from, t_to)``: ``version`` held ``address`` in that span."""
@@ -47,9 +48,6 @@ VANISH_PHASES = frozenset({"stop", "kill", "swap"})
 """Event phases after which the server's in-memory state is gone."""
 
 KNOWN_VERSIONS = ("v1", "v2")
-
-_UPSTREAM_SPLIT = re.compile(r"\s*,\s*|\s+:\s+")
-"""NGINX separates retried servers with ", " and upstream groups with " : "."""
 
 
 @dataclass(frozen=True)
@@ -129,14 +127,6 @@ def _end(row: Mapping[str, Any]) -> float:
     """When the answer arrived (``t_end``), or when it was sent if unknown."""
     t_end = row.get("t_end")
     return float(t_end if t_end is not None else row.get("t") or 0.0)
-
-
-def upstream_addresses(upstream_addr: str | None) -> list[str]:
-    """The servers NGINX tried for one request, in order ("-" and "" dropped)."""
-    if not upstream_addr:
-        return []
-    parts = _UPSTREAM_SPLIT.split(upstream_addr.strip())
-    return [p for p in (part.strip() for part in parts) if p and p != "-"]
 
 
 def _latency_summary(rows: Iterable[Mapping[str, Any]], *, with_max: bool) -> dict[str, Any]:
@@ -223,7 +213,7 @@ def request_counts(
         "errors_4xx": sum(1 for r in rows if is_4xx(r)),
         "unanswered": sum(1 for r in rows if is_unanswered(r)),
         "slow": sum(1 for r in rows if _is_slow(r, budget_ms)),
-        "retried": sum(1 for n in nginx if len(upstream_addresses(n.get("upstream_addr"))) > 1),
+        "retried": sum(1 for n in nginx if len(n.get("servers") or ()) > 1),
         "by_version": by_version,
     }
 
@@ -706,7 +696,7 @@ def _log_version(
     entry = by_rid.get(str(row.get("rid")))
     if entry is None:
         return None
-    addresses = upstream_addresses(entry.get("upstream_addr"))
+    addresses = entry.get("servers") or []
     if not addresses:
         return None
     when = entry.get("time")
@@ -716,7 +706,7 @@ def _log_version(
 
 def attribute_versions(
     rows: Sequence[RequestRow],
-    nginx: Sequence[NginxRow],
+    nginx: Sequence[LbRow],
     address_history: Sequence[HistoryEntry],
 ) -> list[RequestRow]:
     """Copies of ``rows`` with ``version`` filled from the NGINX log where it was None.
@@ -738,7 +728,7 @@ def attribute_versions(
 
 def agreement(
     rows: Sequence[RequestRow],
-    nginx: Sequence[NginxRow],
+    nginx: Sequence[LbRow],
     address_history: Sequence[HistoryEntry],
 ) -> float:
     """Share of rows whose header version equals the NGINX-derived one.
@@ -765,7 +755,7 @@ def measure(
     rows: Sequence[RequestRow],
     events: Sequence[Event],
     *,
-    nginx: Sequence[NginxRow] = (),
+    nginx: Sequence[LbRow] = (),
     address_history: AddressHistory | None = None,
     settings: MeasureSettings = MeasureSettings(),
 ) -> dict[str, Any]:

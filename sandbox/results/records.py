@@ -5,7 +5,8 @@
 * ``Event``: one per controller step (``sandbox/rollout/executor.py``), in the report's
   ``steps`` and used by ``measure`` to split phases and to know when a server
   vanished.
-* ``NginxRow``: one per line of the load balancer's JSON access log.
+The load balancer's access-log rows are :class:`~sandbox.fleet.loadbalancer.LbRow`: the
+load balancer reads its own log format (``sandbox/fleet/nginx_log.py``).
 
 They are plain dicts (JSON in, JSON out) described by TypedDicts, so the Locust
 process needs nothing from the controller's side to write them.
@@ -53,14 +54,3 @@ class Event(TypedDict):
     batch: NotRequired[int | None]
     detail: NotRequired[dict[str, object]]  # e.g. {"duration_s": .., "in_flight": ..} for drain
 
-
-class NginxRow(TypedDict):
-    time: float  # unix time (msec precision) the request finished
-    rid: str  # request id ($http_x_request_id, or generated)
-    method: str
-    uri: str
-    status: int
-    upstream_addr: str  # "10.1.0.5:8000", or "a:8000, b:8000" when NGINX retried, or "" / "-"
-    upstream_status: str  # "200", or "502, 200" on retry
-    request_time: float
-    upstream_response_time: str

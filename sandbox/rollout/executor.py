@@ -22,10 +22,10 @@ from typing import Any, Protocol
 
 from sandbox.config import Settings
 from sandbox.errors import ErrorRatioExceeded, Interrupted, ReadinessError, RolloutError
-from sandbox.fleet.balancer import Balancer, Upstream
+from sandbox.fleet.engine import Engine, Instance
 from sandbox.fleet.images import ImageSet, app_code_tar
+from sandbox.fleet.loadbalancer import LoadBalancer, Upstream
 from sandbox.fleet.probes import Probe
-from sandbox.fleet.runtime import Instance, Runtime
 from sandbox.poll import poll
 from sandbox.results.records import Event
 from sandbox.rollout import plan as planner
@@ -86,8 +86,8 @@ class Executor:
 
     def __init__(
         self,
-        runtime: Runtime,
-        balancer: Balancer,
+        runtime: Engine,
+        balancer: LoadBalancer,
         settings: Settings,
         images: ImageSet,
         *,

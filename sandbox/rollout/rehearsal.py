@@ -36,11 +36,12 @@ from sandbox.config import Settings, check_batch
 from sandbox.errors import BalancerError, NotFoundError, RolloutError, SandboxError, UsageError, hint
 from sandbox.fleet import labels as L
 from sandbox.fleet import versions
-from sandbox.fleet.balancer import Balancer, LbState
-from sandbox.fleet.images import ImageSet, ensure_images
+from sandbox.fleet.balancer import NginxBalancer
+from sandbox.fleet.engine import Engine, Instance, LbHandle
+from sandbox.fleet.images import ImageSet
 from sandbox.fleet.images import image_set as current_image_set
+from sandbox.fleet.loadbalancer import LbRow, LbState, LoadBalancer
 from sandbox.fleet.probes import Probe
-from sandbox.fleet.runtime import Instance, Runtime
 from sandbox.load.rows import parse_think_ms
 from sandbox.load.run import LoadRun, LoadSettings
 from sandbox.poll import poll
@@ -52,7 +53,7 @@ from sandbox.results.measure import (
     measure,
 )
 from sandbox.results.model import Report
-from sandbox.results.records import Event, NginxRow, RequestRow
+from sandbox.results.records import Event, RequestRow
 from sandbox.results.report import build_report, write_report_dir
 from sandbox.results.verdict import Limits, exit_code
 from sandbox.rollout import mixed, strategies
@@ -68,17 +69,17 @@ FIRST_CTRL_C = "Ctrl-C: finishing the batch under way, then stopping (Ctrl-C aga
 FIRST_SIGTERM = "SIGTERM: finishing the batch under way, then stopping, like a Ctrl-C (a second signal cuts it short)"
 
 
-async def _ensure_images(runtime: Runtime) -> ImageSet:
-    return await asyncio.to_thread(ensure_images, runtime.client)
+async def _ensure_images(runtime: Engine) -> ImageSet:
+    return await runtime.ensure_images()
 
 
 @dataclass(frozen=True)
 class Deps:
     """What a rehearsal reaches the world through, and how often it looks (tests pass fakes)."""
 
-    balancer: Callable[[Runtime, str, int], Balancer] = Balancer
+    balancer: Callable[[Engine, str, int], LoadBalancer] = NginxBalancer
     load: Callable[[str, LoadSettings, Path], LoadRun] = LoadRun
-    images: Callable[[Runtime], Awaitable[ImageSet]] = _ensure_images
+    images: Callable[[Engine], Awaitable[ImageSet]] = _ensure_images
     probe: ProbeFactory = Probe
     timing: Timing = field(default_factory=Timing)
     tick_s: float = 0.5  # how often the load's new rows are counted and shown
@@ -170,7 +171,7 @@ class Collected:
     """The outcome of ``collect``: what the users and the load balancer saw."""
 
     rows: list[RequestRow]
-    nginx_rows: list[NginxRow]
+    nginx_rows: list[LbRow]
     events: list[Event]
     history: AddressHistory
     lb: LbState  # the load balancer's settings at the end (sticky, lb_apply, client keep-alive)
@@ -249,7 +250,7 @@ def _handling(install: bool, handler: Callable[[int], None]) -> Iterator[None]:
 class Rehearsal:
     """One roll or rollback of a project's fleet under live traffic, phase by phase."""
 
-    def __init__(self, settings: Settings, *, runtime: Runtime, kind: Kind = "roll", to_version: str | None = None,
+    def __init__(self, settings: Settings, *, runtime: Engine, kind: Kind = "roll", to_version: str | None = None,
                  progress: Progress | None = None, report_dir: Path | None = None, install_sigint: bool = True,
                  deps: Deps | None = None) -> None:
         self.settings = settings
@@ -266,14 +267,14 @@ class Rehearsal:
         self._ticker: asyncio.Task[None] | None = None
         self._load_died_at: float | None = None  # when the load generator was seen dead mid-run
         self._workdir: Path | None = None
-        self._balancer: Balancer | None = None
+        self._balancer: LoadBalancer | None = None
         self._executor: Executor | None = None
         self._prepared: Prepared | None = None
         self._ran: Ran | None = None
         self._mixed_ran: list[dict[str, Any]] | None = None  # the mixed checks' records, once the fleet mixed
 
     @property
-    def balancer(self) -> Balancer:
+    def balancer(self) -> LoadBalancer:
         if self._balancer is None:
             raise RuntimeError("prepare() first")
         return self._balancer
@@ -304,7 +305,7 @@ class Rehearsal:
             raise NotFoundError(f"project {project!r}: the load balancer has no port label")
         self._balancer = self.deps.balancer(self.runtime, project, port)
         listed = await self.runtime.instances(project)
-        if getattr(lb, "status", "running") != "running":  # refuse a bad batch before starting it again
+        if lb.state != "running":  # refuse a bad batch before starting it again
             check_batch(self.settings.strategy, self.settings.batch, len({i.slot for i in listed}))
         state = await (self._balancer.load() if dry_run else self._load_balancer(lb))
         size = state.size or len({i.slot for i in listed})
@@ -313,7 +314,7 @@ class Rehearsal:
         target = self._target(state, image_set.app)
         if not image_set.toy and self.settings.mode == "in-place":
             raise UsageError("mode: in-place swaps the toy app's code; your own images roll with --mode replace")
-        if getattr(self._balancer, "lost", False) and not dry_run:
+        if self._balancer.lost and not dry_run:
             await self._balancer.repair_lost_set(listed, size)
             self.progress.line("the load balancer had lost its attached set (restarted?): "
                                f"re-attached {len(self._balancer.state.upstreams)} servers from Docker's labels")
@@ -346,11 +347,11 @@ class Rehearsal:
                                   mixed_checks=self.settings.mixed_checks)
         return self._prepared
 
-    async def _load_balancer(self, lb: Any) -> LbState:
+    async def _load_balancer(self, lb: LbHandle) -> LbState:
         """The load balancer's live state; a stopped LB container is started again first."""
-        if getattr(lb, "status", "running") == "running":
+        if lb.state == "running":
             return await self.balancer.load()
-        self.progress.line(f"the load balancer was {lb.status}: starting it again")
+        self.progress.line(f"the load balancer was {lb.state}: starting it again")
         await self.runtime.start_again(lb)
         last: list[BalancerError] = []
 
@@ -563,11 +564,11 @@ class Rehearsal:
         rows = self.load.all_rows() if self.load is not None else []
         if not self.executor.images.toy:  # your app's versions are your names: read from NGINX's log
             rows = [{**r, "version": None} for r in rows]  # (upstream address -> container -> version)
-        nginx_rows: list[Any] = []
+        nginx_rows: list[LbRow] = []
         if self.load is not None:
             with suppress(SandboxError):
                 t_load = self.events[0]["t"] if self.events else (self._ran.started if self._ran else 0.0)
-                nginx_rows = [r for r in await self.balancer.access_log() if float(r.get("time", 0)) >= t_load - 1]
+                nginx_rows = [r for r in await self.balancer.access_log() if r["time"] >= t_load - 1]
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
         return Collected(rows=rows, nginx_rows=nginx_rows, events=list(self.events),
@@ -579,7 +580,7 @@ class Rehearsal:
         return {**end.to_dict(), "workers": self.load.settings.workers} if end is not None and self.load else None
 
 
-async def rehearse(settings: Settings, *, runtime: Runtime, kind: Kind = "roll", to_version: str | None = None,
+async def rehearse(settings: Settings, *, runtime: Engine, kind: Kind = "roll", to_version: str | None = None,
                    progress: Progress | None = None, report_dir: Path | None = None, install_sigint: bool = True,
                    deps: Deps | None = None) -> RolloutResult:
     """Prepare, run, collect, report: one roll (or ``kind="rollback"``) of a fleet under live traffic.
@@ -677,9 +678,9 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
     return dataclasses.replace(report, extra=extra)
 
 
-def died_servers(events: Sequence[Event], nginx_rows: Sequence[Any]) -> list[dict[str, Any]]:
+def died_servers(events: Sequence[Event], nginx_rows: Sequence[LbRow]) -> list[dict[str, Any]]:
     """The servers that died while attached (``died`` events), each with the requests lost to it:
-    the NGINX log rows to its address answered 5xx from 30 s before it was noticed on (a kill cuts
+    the load balancer's log rows that tried its address and answered 5xx from 30 s before it was noticed on (a kill cuts
     what it held and refuses what comes until the controller takes it out)."""
     out = []
     for e in events:
@@ -687,8 +688,8 @@ def died_servers(events: Sequence[Event], nginx_rows: Sequence[Any]) -> list[dic
             continue
         address = str(e.get("address") or "")
         lost = sum(1 for r in nginx_rows
-                   if address and address in str(r.get("upstream_addr", ""))
-                   and int(r.get("status") or 0) >= 500 and float(r.get("time") or 0) >= float(e["t"]) - 30)
+                   if address and address in r["servers"]
+                   and r["status"] >= 500 and r["time"] >= float(e["t"]) - 30)
         out.append({"fault": "died", "instance": e.get("instance"), "address": address, "t": e["t"],
                     "exit": (e.get("detail") or {}).get("exit"), "lost_requests": lost})
     return out
@@ -703,7 +704,7 @@ def fleet_history(initial: list[Instance], events: list[Event]) -> AddressHistor
     return address_history_from_events([*present, *events])
 
 
-def attribution(rows: list[Any], nginx_rows: list[Any], history: AddressHistory) -> dict[str, Any]:
+def attribution(rows: list[Any], nginx_rows: list[LbRow], history: AddressHistory) -> dict[str, Any]:
     """Where the version served came from, and how well the two sources agree.
 
     ``header``: rows whose answer carried X-App-Version; ``compared``: rows that also

@@ -21,14 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from docker.types import Healthcheck, UpdateConfig
-
 from sandbox.config import Settings
 from sandbox.errors import RolloutError, UsageError
-from sandbox.fleet.balancer import Balancer, Upstream
+from sandbox.fleet.balancer import NginxBalancer
 from sandbox.fleet.images import ImageSet
-from sandbox.fleet.runtime import APP_PORT
-from sandbox.fleet.swarm import SwarmRuntime
+from sandbox.fleet.loadbalancer import LoadBalancer, Upstream
+from sandbox.fleet.swarm import SwarmEngine, UpdatePolicy
 from sandbox.load.rows import parse_think_ms
 from sandbox.load.run import LoadRun, LoadSettings
 from sandbox.results.measure import MeasureSettings, measure
@@ -42,19 +40,11 @@ log = logging.getLogger("sandbox.rollout.swarm_native")
 
 NATIVE = "swarm-native"
 ORDERS = ("stop-first", "start-first")
-NANO = 1_000_000_000
 FOLLOW_S = 0.2
 START_TIMEOUT_S = 120.0
 UPDATE_TIMEOUT_S = 1800.0
 DONE_STATES = ("completed", "paused", "rollback_completed", "rollback_paused")
 APP_ENV_DEFAULTS = {"APP_STOP_DELAY": "0"}  # as the controller's: the user's `app_env` wins
-# Swarm calls a task running only once this passes (and only then routes to it); generous,
-# because one `docker exec` of python3 took 5 s on this 2-core machine under load
-HEALTHCHECK = Healthcheck(
-    test=["CMD", "python3", "-c",
-          f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{APP_PORT}/healthz', timeout=1)"],
-    interval=1 * NANO, timeout=10 * NANO, retries=3, start_period=30 * NANO,
-)
 
 
 def parse_order(spec: str) -> str:
@@ -66,12 +56,13 @@ def parse_order(spec: str) -> str:
     return order
 
 
-def update_config(settings: Settings, order: str) -> UpdateConfig:
-    return UpdateConfig(parallelism=settings.update_parallelism, delay=int(settings.update_delay * NANO),
-                        order=order, failure_action=settings.update_failure_action)
+def update_policy(settings: Settings, order: str) -> UpdatePolicy:
+    """The settings' update config for Swarm's ``service update``, in ``order``."""
+    return UpdatePolicy(parallelism=settings.update_parallelism, delay_s=settings.update_delay, order=order,
+                        failure_action=settings.update_failure_action, stop_grace_s=settings.stop_grace_period)
 
 
-async def _follow(runtime: SwarmRuntime, balancer: Balancer, service_id: str, stop: asyncio.Event,
+async def _follow(runtime: SwarmEngine, balancer: LoadBalancer, service_id: str, stop: asyncio.Event,
                   events: list[Event], versions: dict[str, str], peak: list[int]) -> None:
     """Keep the attached set equal to the serving tasks until ``stop``; an event per change."""
     current: dict[str, str] = {}
@@ -89,7 +80,7 @@ async def _follow(runtime: SwarmRuntime, balancer: Balancer, service_id: str, st
         await asyncio.sleep(FOLLOW_S)
 
 
-async def rehearse(settings: Settings, *, runtime: SwarmRuntime, images: ImageSet, order: str,
+async def rehearse(settings: Settings, *, runtime: SwarmEngine, images: ImageSet, order: str,
                    report_dir: Path | None = None, say: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Start a fleet of ``settings.size`` replicas on v1, let Swarm update it to v2 under load,
     report; remove the fleet whatever happened. ``settings.project`` must not exist yet."""
@@ -106,13 +97,13 @@ async def rehearse(settings: Settings, *, runtime: SwarmRuntime, images: ImageSe
     try:
         await runtime.ensure_network(project)
         await runtime.start_lb(project, settings.port, images.lb)
-        balancer = Balancer(runtime, project, settings.port)
+        balancer = NginxBalancer(runtime, project, settings.port)
         await balancer.apply([], rollout=None, sticky=settings.sticky, size=size, retry=settings.lb_retry,
                              client_keepalive_s=65 if settings.client_keepalive else 0, app_env=dict(settings.app_env),
                              lb_apply=settings.lb_apply)
         env = {**APP_ENV_DEFAULTS, **settings.app_env}
         service_id = await runtime.start_replicated(project, "v1", images.app["v1"], env, size,
-                                                    HEALTHCHECK if settings.swarm_healthcheck else None)
+                                                    healthcheck=settings.swarm_healthcheck)
         follower = asyncio.create_task(_follow(runtime, balancer, service_id, stop, events, {}, peak))
         await _until(lambda: len(balancer.state.upstreams) >= size, START_TIMEOUT_S,
                      f"{size} replicas did not all serve within {START_TIMEOUT_S:g} s")
@@ -126,8 +117,7 @@ async def rehearse(settings: Settings, *, runtime: SwarmRuntime, images: ImageSe
         say(f"{project}: service update to v2, {order}, parallelism {settings.update_parallelism}")
         t0 = time.time()
         events.append({"t": t0, "phase": "rollout-start", "instance": None})
-        await runtime.update_image(service_id, images.app["v2"], update_config(settings, order),
-                                   settings.stop_grace_period)
+        await runtime.update_image(service_id, images.app["v2"], update_policy(settings, order))
         state = await _update_done(runtime, service_id)
         t1 = time.time()
         events.append({"t": t1, "phase": "rollout-end", "instance": None, "detail": {"outcome": state}})
@@ -164,7 +154,7 @@ def _native_report(settings: Settings, order: str, rows: list[Any], events: list
     return build_report(meta=meta, measured=measured, steps=events, limits=Limits.from_settings(settings))
 
 
-async def _update_done(runtime: SwarmRuntime, service_id: str) -> str:
+async def _update_done(runtime: SwarmEngine, service_id: str) -> str:
     """Poll Swarm's update state until it completes, pauses or rolls back; return it."""
     state = ""
     deadline = time.monotonic() + UPDATE_TIMEOUT_S

@@ -15,8 +15,9 @@ import pytest
 
 from sandbox.errors import BalancerError
 from sandbox.fleet import labels as L
-from sandbox.fleet.balancer import ADMIN_PORT, LIVE_CONF, Balancer
-from sandbox.fleet.runtime import Runtime, network_name
+from sandbox.fleet.balancer import ADMIN_PORT, LIVE_CONF, NginxBalancer
+from sandbox.fleet.docker_base import network_name
+from sandbox.fleet.runtime import DockerEngine
 from tests.e2e.conftest import Cli, assert_passes
 
 pytestmark = pytest.mark.e2e
@@ -95,8 +96,8 @@ def test_rejected_config_changes_nothing(cli: Cli, client: docker.DockerClient) 
     pids = worker_pids(client, cli.project)
 
     async def bad_apply() -> Any:
-        runtime = Runtime(client)
-        balancer = Balancer(runtime, cli.project, cli.port)
+        runtime = DockerEngine(client)
+        balancer = NginxBalancer(runtime, cli.project, cli.port)
         state = await balancer.load()
         assert len(state.upstreams) == 2
         # a setting that shapes the config and that NGINX rejects: the set (one server) must not go live

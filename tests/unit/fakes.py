@@ -1,7 +1,9 @@
 """In-memory stand-ins for Docker, NGINX, the app servers' HTTP probes and Locust.
 
-They have the async methods the executor and the rehearsal call, record every
-call in ``log`` (one short string each, in order) and can be told to fail:
+``FakeRuntime`` implements :class:`~sandbox.fleet.engine.Engine` and ``FakeBalancer``
+:class:`~sandbox.fleet.loadbalancer.LoadBalancer` (``tests/unit/test_protocols.py`` has a type
+checker hold them to it). They record every call in ``log`` (one short string each, in order)
+and can be told to fail:
 
 * ``FakeRuntime(boot_fail=True)``-style knobs: a container whose environment
   has ``APP_BOOT_FAIL=1`` exits at once (as the real toy app does);
@@ -16,51 +18,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from sandbox.errors import BalancerError, EngineError, NotFoundError, hint
-from sandbox.fleet.balancer import LbState, Upstream
+from sandbox.fleet.engine import Instance, LbHandle
 from sandbox.fleet.images import ImageSet
-from sandbox.fleet.runtime import Instance
+from sandbox.fleet.loadbalancer import LbRow, LbState, Upstream
+from sandbox.fleet.versions import AppSpec
 from sandbox.results.records import RequestRow
 
 IMAGES = ImageSet(base="base:test", app={"v1": "app:v1", "v2": "app:v2"}, lb="lb:test")
 
 
-@dataclass
-class FakeLb:
-    """What ``Runtime.lb`` returns: only its labels are read."""
-
-    name: str
-    status: str = "running"
-    labels: dict[str, str] = field(default_factory=dict)
-
-
 class FakeRuntime:
     """Docker for one or more projects, as a dict of containers."""
+
+    engine = "fake"
 
     def __init__(self, project: str = "p", port: int = 18080) -> None:
         self.project = project
         self.port = port
-        self.client = None  # nothing may reach a real engine
         self.containers: dict[str, Instance] = {}
         self.env: dict[str, dict[str, str]] = {}  # container id -> its environment
-        self.lbs: dict[str, FakeLb] = {}
+        self.lbs: dict[str, LbHandle] = {}
+        self.files: dict[tuple[str, str], bytes] = {}  # (LB name, path) -> content (put_file, read_file)
         self.log: list[str] = []
         self.before: dict[str, Callable[..., None]] = {}
         self.latency_s = 0.001  # the engine takes a moment: a signal sent during a call lands during it
         self._ips = 0
         self.app_images: dict[str, str] = dict(IMAGES.app)  # version -> the image its servers must run
-        self.specs: list[tuple[Any, bool]] = []  # (spec, toy) of each start_app
+        self.specs: list[tuple[AppSpec | None, bool]] = []  # (spec, toy) of each start_app
         self.healths: dict[str, str] = {}  # version -> Docker health status (absent: no HEALTHCHECK)
 
     # -- set-up helpers for tests -------------------------------------------------------------
     def up(self, size: int, version: str = "v1") -> list[Instance]:
         """A fleet of ``size`` running containers a1..aN and a load balancer, outside the log."""
-        self.lbs[self.project] = FakeLb(f"{self.project}-lb", labels={"port": str(self.port)})
+        self.lbs[self.project] = LbHandle(f"{self.project}-lb", f"{self.project}-lb", "running",
+                                          labels={"port": str(self.port)})
         return [self._add(f"a{slot}", slot, version, {}) for slot in range(1, size + 1)]
 
     def vanish(self, name: str) -> None:
@@ -92,20 +89,64 @@ class FakeRuntime:
         if hook is not None:
             hook(*args)
 
-    # -- the Runtime interface ----------------------------------------------------------------
-    async def lb(self, project: str) -> FakeLb | None:
+    # -- the Engine interface -----------------------------------------------------------------
+    async def ensure_images(self, *, force: bool = False, say: Callable[[str], None] = print) -> ImageSet:
+        return IMAGES
+
+    async def prune_images(self) -> list[str]:
+        return []
+
+    async def resolve_versions(self, project: str, images: Mapping[str, str], builds: Mapping[str, str],
+                               say: Callable[[str], None] = print) -> dict[str, str]:
+        missing = [name for name, ref in images.items() if ref not in self.app_images.values()]
+        if missing or builds:
+            raise EngineError(f"the fake engine holds no image for {', '.join([*missing, *builds])}")
+        return dict(images)
+
+    async def ensure_network(self, project: str) -> str:
+        self._record("network", project)
+        return f"{project}-net"
+
+    async def start_lb(self, project: str, port: int, image: str,
+                       extra_labels: dict[str, str] | None = None) -> LbHandle:
+        self._record("start_lb", project, port)
+        lb = LbHandle(f"{project}-lb", f"{project}-lb", "running", labels={"port": str(port), **(extra_labels or {})})
+        self.lbs[project] = lb
+        return lb
+
+    async def start_redis(self, project: str, image: str) -> str:
+        self._record("start_redis", project)
+        return f"{project}-redis:6379"
+
+    async def admin_ip(self, lb: LbHandle, project: str) -> str | None:
+        return "10.0.0.254"
+
+    async def exec(self, lb: LbHandle, cmd: list[str]) -> tuple[int, str]:
+        self._record("exec", lb.name, *cmd)
+        return 0, ""
+
+    async def put_file(self, lb: LbHandle, path: str, data: bytes) -> None:
+        self.files[(lb.name, path)] = data
+
+    async def read_file(self, lb: LbHandle, path: str) -> bytes:
+        if (lb.name, path) not in self.files:
+            raise EngineError(f"{path} not found in {lb.name}")
+        return self.files[(lb.name, path)]
+
+    async def lb(self, project: str) -> LbHandle | None:
         return self.lbs.get(project)
 
-    async def start_again(self, container: FakeLb) -> FakeLb:
-        self.log.append(f"start_again {container.name}")
-        container.status = "running"
-        return container
+    async def start_again(self, lb: LbHandle) -> LbHandle:
+        self.log.append(f"start_again {lb.name}")
+        project = next(p for p, found in self.lbs.items() if found.id == lb.id)
+        self.lbs[project] = replace(lb, state="running")
+        return self.lbs[project]
 
     async def lb_port(self, project: str) -> int | None:
         lb = self.lbs.get(project)
         return int(lb.labels["port"]) if lb else None
 
-    async def require_fleet(self, project: str) -> tuple[FakeLb, list[Instance]]:
+    async def require_fleet(self, project: str) -> tuple[LbHandle, list[Instance]]:
         lb = self.lbs.get(project)
         if lb is None:
             raise NotFoundError(f"project {project!r} has no fleet; start one with {hint('up', project)}")
@@ -121,7 +162,7 @@ class FakeRuntime:
         return {i.name: i.state for i in self.containers.values()}
 
     async def start_app(self, project: str, slot: int, version: str, image: str, env: dict[str, str],
-                        from_version: str = "", *, spec: Any = None, toy: bool = True) -> Instance:
+                        from_version: str = "", *, spec: AppSpec | None = None, toy: bool = True) -> Instance:
         self.specs.append((spec, toy))
         self._record("start", slot, version)
         await asyncio.sleep(self.latency_s)
@@ -217,7 +258,8 @@ class FakeBalancer:
         self.port = port
         self.state = state or LbState()
         self.applied: list[LbState] = []
-        self.nginx_rows: list[dict[str, Any]] = []
+        self.lost = False
+        self.nginx_rows: list[LbRow] = []
         self.reject: Callable[[list[Upstream], dict[str, Any]], str | None] = lambda upstreams, changes: None
         self.counts: dict[str, int] = {}  # address -> requests in flight, as the dynamic LB reports them
 
@@ -257,7 +299,13 @@ class FakeBalancer:
         self.applied.append(self.state)
         return self.state
 
-    async def access_log(self) -> list[dict[str, Any]]:
+    async def repair_lost_set(self, instances: list[Instance], size: int) -> list[Upstream]:
+        upstreams = [Upstream(i.name, i.address or "", i.version) for i in instances if i.state == "running"]
+        await self.apply(upstreams, size=size)
+        self.lost = False
+        return upstreams
+
+    async def access_log(self) -> list[LbRow]:
         return list(self.nginx_rows)
 
 

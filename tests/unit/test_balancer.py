@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from sandbox.errors import BalancerError
+from sandbox.fleet import nginx_log
 from sandbox.fleet.balancer import (
-    LbState,
-    Upstream,
+    ACCESS_LOG,
+    NginxBalancer,
     _last_line,
     admin_body,
     compose_config,
@@ -19,6 +20,8 @@ from sandbox.fleet.balancer import (
     parse_state,
     render,
 )
+from sandbox.fleet.loadbalancer import LbState, Upstream
+from tests.unit.fakes import FakeRuntime
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,10 +68,45 @@ def test_retry_on_another_server_is_off_unless_asked() -> None:
 
 def test_json_access_log_fields() -> None:
     text = render("p", LbState(upstreams=servers(1)))
-    for field in ("time", "rid", "status", "upstream_addr", "upstream_status", "request_time",
-                  "upstream_response_time"):
+    for field in nginx_log.NginxRow.__annotations__:  # the format nginx_log reads is the one NGINX writes
         assert f'"{field}":' in text
     assert "proxy_set_header X-Request-ID $req_id;" in text
+
+
+def test_upstream_addresses() -> None:
+    assert nginx_log.upstream_addresses("10.0.0.1:8000, 10.0.0.2:8000") == ["10.0.0.1:8000", "10.0.0.2:8000"]
+    assert nginx_log.upstream_addresses("a:1 : b:2") == ["a:1", "b:2"]
+    assert nginx_log.upstream_addresses("-") == nginx_log.upstream_addresses("") == []
+    assert nginx_log.upstream_addresses(None) == []
+
+
+LOG = (
+    '{"time":1700000000.123,"rid":"r1","method":"GET","uri":"/","status":200,"upstream_addr":"10.9.0.1:8000",'
+    '"upstream_status":"200","request_time":0.004,"upstream_response_time":"0.004"}\n'
+    "not json\n"
+    '{"time":1700000000.5,"rid":"r2","method":"GET","uri":"/","status":502,'
+    '"upstream_addr":"10.9.0.1:8000, 10.9.0.2:8000","upstream_status":"502, 502","request_time":1.0,'
+    '"upstream_response_time":"0.5, 0.5"}\n'
+    '{"time":1700000001.0,"rid":"","method":"GET","uri":"/x","status":499,"upstream_addr":"-",'
+    '"upstream_status":"-","request_time":0.1,"upstream_response_time":"-"}\n'
+)
+
+
+def test_the_access_log_is_read_into_neutral_rows() -> None:
+    assert nginx_log.parse(LOG) == [
+        {"time": 1700000000.123, "rid": "r1", "status": 200, "servers": ["10.9.0.1:8000"]},
+        {"time": 1700000000.5, "rid": "r2", "status": 502, "servers": ["10.9.0.1:8000", "10.9.0.2:8000"]},
+        {"time": 1700000001.0, "rid": "", "status": 499, "servers": []},
+    ]
+
+
+@pytest.mark.asyncio
+async def test_the_balancer_reads_its_log_through_the_engine() -> None:
+    runtime = FakeRuntime()
+    runtime.up(1)
+    runtime.files[("p-lb", ACCESS_LOG)] = LOG.encode()
+    rows = await NginxBalancer(runtime, "p", 18080).access_log()
+    assert [r["rid"] for r in rows] == ["r1", "r2", ""] and rows[1]["servers"][-1] == "10.9.0.2:8000"
 
 
 def test_state_round_trips_through_the_rendered_text() -> None:
@@ -185,7 +223,7 @@ def test_parse_in_flight() -> None:
 
 
 def test_state_of_60_servers_spans_lines_under_nginx_limit() -> None:
-    from sandbox.fleet.balancer import STATE_MORE, LbState, Upstream, parse_state, render
+    from sandbox.fleet.balancer import STATE_MORE
     ups = [Upstream(name=f"proj-app-{i}-abcdef", address=f"192.168.100.{i}:8000", version="v1") for i in range(1, 61)]
     state = LbState(generation=3, size=60, upstreams=ups, rollout={"from": "v1", "to": "v2"}, lb_apply="reload")
     text = render("proj", state)

@@ -29,7 +29,7 @@ def fleet_and_executor(n: int, settings: Settings, unready: frozenset[str] = fro
     runtime.up(n)
     balancer = FakeBalancer(runtime)
     balancer.attach_all()
-    executor = Executor(runtime, balancer, settings, IMAGES,  # type: ignore[arg-type]
+    executor = Executor(runtime, balancer, settings, IMAGES,
                         probe=FakeProbe(runtime, unready).factory(), timing=FAST)
     return runtime, balancer, executor
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from sandbox.fleet import nginx_log
+from sandbox.fleet.loadbalancer import LbRow
 from sandbox.results.measure import (
     MeasureSettings,
     address_history_from_events,
@@ -16,9 +18,8 @@ from sandbox.results.measure import (
     measure,
     mixed_fleet_window,
     percentile,
-    upstream_addresses,
 )
-from sandbox.results.records import Event, NginxRow, RequestRow
+from sandbox.results.records import Event, RequestRow
 
 T0 = 1_700_000_000.0
 
@@ -63,8 +64,9 @@ def event(t: float, phase: str, instance: str | None = None, **extra: Any) -> Ev
     return {"t": T0 + t, "phase": phase, "instance": instance, **extra}  # type: ignore[typeddict-item]
 
 
-def nginx(rid: str, t: float, upstream: str, status: int = 200) -> NginxRow:
-    return {
+def nginx(rid: str, t: float, upstream: str, status: int = 200) -> LbRow:
+    """The neutral row of one NGINX access-log line, read as the load balancer reads it."""
+    return nginx_log.to_row({
         "time": T0 + t,
         "rid": rid,
         "method": "GET",
@@ -74,7 +76,7 @@ def nginx(rid: str, t: float, upstream: str, status: int = 200) -> NginxRow:
         "upstream_status": str(status),
         "request_time": 0.01,
         "upstream_response_time": "0.010",
-    }
+    })
 
 
 ROLLOUT = [event(2.0, "rollout-start", version="v2"), event(6.0, "rollout-end")]
@@ -198,7 +200,7 @@ def test_failed_answers_do_not_count_as_versions() -> None:
     assert exp["users_saw_both"] == 0
 
 
-def _shuffled_case() -> tuple[list[RequestRow], list[Event], list[NginxRow]]:
+def _shuffled_case() -> tuple[list[RequestRow], list[Event], list[LbRow]]:
     rnd = random.Random(7)
     rows = []
     for i in range(200):
@@ -317,12 +319,6 @@ def test_nginx_retried_rows() -> None:
         nginx("f", 0.6, ""),
     ]
     assert measure([row(0.0)], [], nginx=logs)["requests"]["retried"] == 3
-
-
-def test_upstream_addresses() -> None:
-    assert upstream_addresses("10.0.0.1:8000, 10.0.0.2:8000") == ["10.0.0.1:8000", "10.0.0.2:8000"]
-    assert upstream_addresses("a:1 : b:2") == ["a:1", "b:2"]
-    assert upstream_addresses("-") == upstream_addresses("") == upstream_addresses(None) == []
 
 
 def test_contract_violations() -> None:
@@ -513,7 +509,7 @@ def test_address_history_from_events() -> None:
     )
 
 
-def _header_and_log_case() -> tuple[list[RequestRow], list[NginxRow]]:
+def _header_and_log_case() -> tuple[list[RequestRow], list[LbRow]]:
     rows = [
         row(1.0, version="v1", rid="a"),
         row(2.0, version="v1", rid="b"),

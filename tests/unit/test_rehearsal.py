@@ -18,8 +18,9 @@ import pytest
 
 from sandbox.config import Settings
 from sandbox.errors import NotFoundError, UsageError
+from sandbox.fleet.engine import Engine
 from sandbox.fleet.images import ImageSet
-from sandbox.fleet.runtime import Runtime
+from sandbox.fleet.nginx_log import to_row
 from sandbox.rollout.rehearsal import (
     FIRST_CTRL_C,
     FIRST_SIGTERM,
@@ -37,7 +38,7 @@ from tests.unit.fakes import IMAGES, FakeBalancer, FakeLoad, FakeProbe, FakeRunt
 from tests.unit.test_executor import FAST
 
 
-async def _images(runtime: Runtime) -> ImageSet:
+async def _images(runtime: Engine) -> ImageSet:
     return IMAGES
 
 
@@ -60,12 +61,12 @@ class World:
             self.loads.append(FakeLoad(url, settings, path, feed=feed))
             return self.loads[-1]
 
-        self.deps = Deps(balancer=lambda runtime, project, port: self.balancer,  # type: ignore[arg-type,return-value]
+        self.deps = Deps(balancer=lambda runtime, project, port: self.balancer,
                          load=load, images=_images, probe=self.probe.factory(), timing=FAST,  # type: ignore[arg-type]
                          tick_s=0.001)
 
     async def rehearse(self, settings: Settings, **kw: Any) -> Any:
-        return await rehearse(settings, runtime=self.runtime, progress=Progress(self.stream),  # type: ignore[arg-type]
+        return await rehearse(settings, runtime=self.runtime, progress=Progress(self.stream),
                               deps=self.deps, install_sigint=kw.pop("install_sigint", False), **kw)
 
     def attached_versions(self) -> set[str]:
@@ -134,7 +135,7 @@ async def test_outcomes(extra: dict[str, Any], unready: set[str], reject: bool, 
 async def test_phases_one_by_one() -> None:
     world = World()
     world.runtime.vanish("a2")  # a crash left its upstream configured
-    rehearsal = Rehearsal(settings(), runtime=world.runtime, progress=Progress(world.stream),  # type: ignore[arg-type]
+    rehearsal = Rehearsal(settings(), runtime=world.runtime, progress=Progress(world.stream),
                           deps=world.deps, install_sigint=False)
     prepared = await rehearsal.prepare()
     assert world.runtime.log == ["lb -a2"]  # only the stale upstream was taken out
@@ -178,10 +179,10 @@ async def test_a_roll_gives_the_new_servers_the_fleet_env_and_set_env() -> None:
 @pytest.mark.asyncio
 async def test_a_bad_batch_is_refused_before_a_stopped_lb_is_started_again() -> None:
     world = World(n=2)
-    world.runtime.lbs["p"].status = "exited"
+    world.runtime.lbs["p"] = replace(world.runtime.lbs["p"], state="exited")
     with pytest.raises(UsageError, match=r"^batch: 5 must be smaller than the fleet \(2 servers\)"):
         await world.rehearse(settings(strategy="rolling", batch=5))
-    assert world.runtime.lbs["p"].status == "exited" and world.runtime.log == []
+    assert world.runtime.lbs["p"].state == "exited" and world.runtime.log == []
     await world.rehearse(settings(strategy="rolling", batch=1))  # a good batch: started again, then rolled
     assert world.runtime.log[0] == "start_again p-lb" and world.attached_versions() == {"v2"}
 
@@ -383,11 +384,11 @@ def test_requests_lost_to_a_dead_server_are_counted_against_it() -> None:
     events = [{"t": 100.0, "phase": "died", "instance": "app-3", "address": "10.0.0.3:8000",
                "detail": {"exit": "state exited, exit code 137"}},
               {"t": 101.0, "phase": "attach", "instance": "app-1", "address": "10.0.0.9:8000"}]
-    nginx = [{"time": 99.0, "status": 502, "upstream_addr": "10.0.0.3:8000"},  # lost to the kill
-             {"time": 99.5, "status": 504, "upstream_addr": "10.0.0.3:8000"},  # lost too
-             {"time": 99.6, "status": 200, "upstream_addr": "10.0.0.3:8000"},  # answered before it died
-             {"time": 99.7, "status": 502, "upstream_addr": "10.0.0.4:8000"},  # another server's
-             {"time": 10.0, "status": 502, "upstream_addr": "10.0.0.3:8000"}]  # long before: not this fault
+    nginx = [to_row({"time": 99.0, "status": 502, "upstream_addr": "10.0.0.3:8000"}),  # lost to the kill
+             to_row({"time": 99.5, "status": 504, "upstream_addr": "10.0.0.9:8000, 10.0.0.3:8000"}),  # lost too
+             to_row({"time": 99.6, "status": 200, "upstream_addr": "10.0.0.3:8000"}),  # answered before it died
+             to_row({"time": 99.7, "status": 502, "upstream_addr": "10.0.0.4:8000"}),  # another server's
+             to_row({"time": 10.0, "status": 502, "upstream_addr": "10.0.0.3:8000"})]  # long before: not this fault
     faults = died_servers(events, nginx)  # type: ignore[arg-type]
     assert faults == [{"fault": "died", "instance": "app-3", "address": "10.0.0.3:8000", "t": 100.0,
                        "exit": "state exited, exit code 137", "lost_requests": 2}]

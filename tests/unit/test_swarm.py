@@ -16,7 +16,7 @@ from sandbox.config import load_settings
 from sandbox.errors import UsageError, exit_code_for
 from sandbox.fleet import engines, swarm
 from sandbox.fleet import labels as L
-from sandbox.fleet.runtime import APP_PORT, Instance
+from sandbox.fleet.engine import APP_PORT, Instance
 from sandbox.fleet.versions import AppSpec
 from tests.conftest import free_port
 
@@ -336,7 +336,7 @@ def _instance() -> Instance:
 @pytest.mark.asyncio
 async def test_stop_scales_to_zero_reads_the_exit_code_then_removes_the_service() -> None:
     log: list[str] = []
-    rt = swarm.SwarmRuntime(FakeSwarmClient(FakeService(log, [task("running")])))  # type: ignore[arg-type]
+    rt = swarm.SwarmEngine(FakeSwarmClient(FakeService(log, [task("running")])))  # type: ignore[arg-type]
     assert await rt.stop_app(_instance(), 20) == 0
     assert log == ["scale 0", "remove service"]
 
@@ -344,7 +344,7 @@ async def test_stop_scales_to_zero_reads_the_exit_code_then_removes_the_service(
 @pytest.mark.asyncio
 async def test_kill_removes_the_task_container_at_once_then_the_service() -> None:
     log: list[str] = []
-    rt = swarm.SwarmRuntime(FakeSwarmClient(FakeService(log, [task("running", cid="c9")])))  # type: ignore[arg-type]
+    rt = swarm.SwarmEngine(FakeSwarmClient(FakeService(log, [task("running", cid="c9")])))  # type: ignore[arg-type]
     await rt.kill_app(_instance())
     assert log == ["get container c9", "remove container force=True", "remove service"]
 
@@ -353,20 +353,20 @@ async def test_kill_removes_the_task_container_at_once_then_the_service() -> Non
 @pytest.mark.parametrize("health", ["starting", "healthy", None])
 async def test_health_is_the_task_containers_healthcheck_status(health: str | None) -> None:
     log: list[str] = []
-    rt = swarm.SwarmRuntime(FakeSwarmClient(FakeService(log, [task("running", cid="c9")]), health))  # type: ignore[arg-type]
+    rt = swarm.SwarmEngine(FakeSwarmClient(FakeService(log, [task("running", cid="c9")]), health))  # type: ignore[arg-type]
     assert await rt.health(_instance()) == health
     assert log == ["get container c9"]  # the task's container, not the service id
 
 
 @pytest.mark.asyncio
 async def test_a_task_without_a_container_has_no_health_yet() -> None:
-    rt = swarm.SwarmRuntime(FakeSwarmClient(FakeService([], [task("pending", cid=None)]), "healthy"))  # type: ignore[arg-type]
+    rt = swarm.SwarmEngine(FakeSwarmClient(FakeService([], [task("pending", cid=None)]), "healthy"))  # type: ignore[arg-type]
     assert await rt.health(_instance()) is None
 
 
 @pytest.mark.asyncio
 async def test_swap_code_is_refused_on_swarm() -> None:
-    rt = swarm.SwarmRuntime(FakeSwarmClient(FakeService([], [])))  # type: ignore[arg-type]
+    rt = swarm.SwarmEngine(FakeSwarmClient(FakeService([], [])))  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="in-place cannot run on Swarm"):
         await rt.swap_code("p", _instance(), b"")
 
@@ -409,10 +409,12 @@ def test_native_bad_input_is_one_line_exit_2(capsys: pytest.CaptureFixture[str],
 
 
 def test_native_update_config_carries_the_settings() -> None:
-    from sandbox.rollout.swarm_native import update_config
+    from sandbox.rollout.swarm_native import update_policy
     s = load_settings({"engine": "swarm", "update_parallelism": 3, "update_delay": 1.5,
-                       "update_failure_action": "rollback"}, environ={})
-    cfg = update_config(s, "start-first")
+                       "update_failure_action": "rollback", "stop_grace_period": 12}, environ={})
+    policy = update_policy(s, "start-first")
+    assert policy.stop_grace_s == 12
+    cfg = swarm.update_config(policy)
     assert cfg == {"Parallelism": 3, "Delay": 1_500_000_000, "FailureAction": "rollback", "Order": "start-first"}
 
 

@@ -195,7 +195,7 @@ async def test_dry_run_plans_and_touches_nothing() -> None:
 
     world = World()
     world.runtime.vanish("a2")  # a stale upstream: a real prepare() would take it out
-    rehearsal = Rehearsal(settings(), runtime=world.runtime, progress=Progress(world.stream),  # type: ignore[arg-type]
+    rehearsal = Rehearsal(settings(), runtime=world.runtime, progress=Progress(world.stream),
                           deps=world.deps, install_sigint=False)
     prepared = await rehearsal.prepare(dry_run=True)
     assert world.runtime.log == [] and world.balancer.applied == []  # nothing touched, nothing built
@@ -203,7 +203,7 @@ async def test_dry_run_plans_and_touches_nothing() -> None:
     assert (plan["from"], plan["to"], plan["size"]) == ("v1", "v2", 3)
     assert plan["steps"][0]["action"] == "start" and all("batch" in st for st in plan["steps"])
     world = World()
-    prepared = await Rehearsal(settings(strategy="surge", batch=1), runtime=world.runtime,  # type: ignore[arg-type]
+    prepared = await Rehearsal(settings(strategy="surge", batch=1), runtime=world.runtime,
                                progress=Progress(world.stream), deps=world.deps,
                                install_sigint=False).prepare(dry_run=True)
     assert (prepared.batches, prepared.peak, prepared.floor) == (3, 4, 3)

@@ -1,0 +1,286 @@
+"""What the Docker engine and the Swarm engine share: the client, its thread pool, the images,
+the project's network, the load balancer and session-store containers, exec and files, teardown.
+
+The Docker SDK blocks, so every public method is a coroutine that runs the SDK call in a
+worker thread. Docker labels (``sandbox.fleet.labels``) are the only state: a fresh process
+finds the fleet, the load balancer and the network by label. Errors from the SDK are
+converted where they enter, to :class:`~sandbox.errors.EngineError`. How the app servers run
+(containers or services) is each engine's own: :mod:`sandbox.fleet.runtime`,
+:mod:`sandbox.fleet.swarm`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from typing import Any, ClassVar, Self, TypeVar
+
+import docker
+import docker.errors
+import requests
+from docker.models.containers import Container
+
+from sandbox.errors import EngineError, GoneError, NotFoundError, PortInUseError, hint
+from sandbox.fleet import labels as L
+from sandbox.fleet import tarball, versions
+from sandbox.fleet.engine import Instance, LbHandle
+from sandbox.fleet.images import ImageSet, ensure_images, prune_images
+
+log = logging.getLogger("sandbox.fleet.docker")
+
+APP_USER = "10001:10001"  # the toy app's user (your own images keep their USER)
+LB_CONTAINER_PORT = 80
+REDIS_PORT = 6379
+DOCKER_THREADS = 32  # concurrent Docker API calls (and the client's connection pool)
+T = TypeVar("T")
+
+
+def network_name(project: str) -> str:
+    return f"{project}-net"
+
+
+def lb_name(project: str) -> str:
+    return f"{project}-lb"
+
+
+def app_name(project: str, slot: int) -> str:
+    return f"{project}-app-{slot}-{secrets.token_hex(3)}"
+
+
+def handle(container: Container) -> LbHandle:
+    """The engine-neutral snapshot of a container."""
+    return LbHandle(id=container.id or "", name=container.name or "", state=container.status,
+                    labels=dict(container.labels))
+
+
+class DockerBase(ABC):
+    """A Docker client seen through this project's labels; each engine adds its app servers."""
+
+    engine: ClassVar[str]  # recorded on the load balancer (LABEL_ENGINE): later commands pick the same engine
+    network_driver: ClassVar[dict[str, Any]]
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+        # Docker calls block; asyncio's default pool has cpu+4 threads, which serialises starting
+        # a fleet of 9 or 60 on a small machine. The engine does the work; threads only wait.
+        self._pool = ThreadPoolExecutor(max_workers=DOCKER_THREADS, thread_name_prefix="docker")
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def connect(cls) -> Self:
+        """Connect to the engine from the environment (DOCKER_HOST or the default socket).
+
+        Raises EngineError with one line when no engine answers.
+        """
+        try:
+            client = docker.from_env(timeout=120, max_pool_size=DOCKER_THREADS)
+            client.ping()
+        except docker.errors.DockerException as exc:
+            raise EngineError(
+                f"no Docker engine answers ({short(exc)}); run the set-up command from the README"
+            ) from exc
+        return cls(client)
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        except docker.errors.NotFound as exc:
+            raise GoneError(f"docker: {short(exc)} (removed while the sandbox was using it?)") from exc
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"docker: {short(exc)}") from exc
+        except requests.exceptions.RequestException as exc:  # the engine went away mid-call
+            raise EngineError(f"the Docker engine stopped answering: {short(exc)}") from exc
+
+    # -- images (built by the engine that runs them) ------------------------------------------
+    async def ensure_images(self, *, force: bool = False, say: Callable[[str], None] = log.info) -> ImageSet:
+        """Build the images of the set that are missing (all of them with ``force``)."""
+        return await asyncio.to_thread(ensure_images, self.client, log=say, force=force)
+
+    async def prune_images(self) -> list[str]:
+        """Remove older rolling-sandbox images no container uses; the tags removed."""
+        return await asyncio.to_thread(prune_images, self.client)
+
+    async def resolve_versions(self, project: str, images: Mapping[str, str], builds: Mapping[str, str],
+                               say: Callable[[str], None] = log.info) -> dict[str, str]:
+        """Check each ``--image`` exists locally, then build each ``--build`` directory; ``{name: ref}``."""
+        return await asyncio.to_thread(versions.resolve, self.client, project, images, builds, say)
+
+    # -- discovery ----------------------------------------------------------------------------
+    async def lb(self, project: str) -> LbHandle | None:
+        """The project's load balancer container, or None."""
+        return await self._call(self._lb, project)
+
+    def _lb(self, project: str) -> LbHandle | None:
+        found = self.client.containers.list(all=True, filters=L.project_filter(project, L.ROLE_LB))
+        return handle(found[0]) if found else None
+
+    async def admin_ip(self, lb: LbHandle, project: str) -> str | None:
+        """Where the controller reaches the LB's admin listener: its address in the project
+        network, or None."""
+        def ip() -> str | None:
+            nets = self.client.containers.get(lb.id).attrs.get("NetworkSettings", {}).get("Networks", {})
+            return nets.get(network_name(project), {}).get("IPAddress") or None
+        return await self._call(ip)
+
+    async def lb_port(self, project: str) -> int | None:
+        lb = await self.lb(project)
+        return int(lb.labels[L.LABEL_PORT]) if lb and L.LABEL_PORT in lb.labels else None
+
+    async def require_fleet(self, project: str) -> tuple[LbHandle, list[Instance]]:
+        """The load balancer and instances; NotFoundError when the project has no fleet."""
+        lb = await self.lb(project)
+        if lb is None:
+            raise NotFoundError(f"project {project!r} has no fleet; start one with {hint('up', project)}")
+        return lb, await self.instances(project)
+
+    @abstractmethod
+    async def instances(self, project: str) -> list[Instance]:
+        """This project's app servers, in (slot, created) order, whatever their state."""
+
+    async def has_project(self, project: str) -> bool:
+        def has() -> bool:
+            return bool(
+                self.client.containers.list(all=True, filters=L.project_filter(project))
+                or self.client.networks.list(filters=L.project_filter(project))
+            )
+        return await self._call(has)
+
+    # -- network ------------------------------------------------------------------------------
+    async def ensure_network(self, project: str) -> str:
+        """Create the project's network (``network_driver``) if missing; return its name."""
+        return await self._call(self._ensure_network, project)
+
+    def _ensure_network(self, project: str) -> str:
+        name = network_name(project)
+        existing = self.client.networks.list(filters=L.project_filter(project, L.ROLE_NETWORK))
+        if existing:
+            return existing[0].name or name
+        try:
+            self.client.networks.get(name)
+        except docker.errors.NotFound:
+            pass
+        else:
+            raise EngineError(f"network {name} exists but does not belong to project {project}")
+        self.client.networks.create(
+            name, labels=L.project_labels(project, L.ROLE_NETWORK), **self.network_driver
+        )
+        return name
+
+    # -- load balancer and session store ------------------------------------------------------
+    async def start_lb(self, project: str, port: int, image: str,
+                       extra_labels: dict[str, str] | None = None) -> LbHandle:
+        """Start the NGINX container, published on 127.0.0.1:``port`` only; ``extra_labels`` (keyed)
+        record what the fleet was started with (its versions map)."""
+        def start() -> LbHandle:
+            try:
+                return handle(self.client.containers.run(
+                    image,
+                    name=lb_name(project),
+                    hostname=lb_name(project),
+                    detach=True,
+                    labels=L.project_labels(project, L.ROLE_LB, **{L.LABEL_PORT: str(port), L.LABEL_ENGINE: self.engine,
+                                                                   L.LABEL_ADMIN_TOKEN: secrets.token_hex(16),
+                                                                   **(extra_labels or {})}),
+                    network=network_name(project),
+                    ports={f"{LB_CONTAINER_PORT}/tcp": ("127.0.0.1", port)},
+                    cap_drop=["ALL"],
+                    cap_add=["CHOWN", "DAC_OVERRIDE", "SETGID", "SETUID", "NET_BIND_SERVICE", "KILL"],
+                    security_opt=["no-new-privileges"],
+                    mem_limit="256m",
+                    pids_limit=256,
+                ))
+            except docker.errors.APIError as exc:
+                if "address already in use" in str(exc) or "port is already allocated" in str(exc):
+                    self._remove_by_name(lb_name(project))
+                    raise PortInUseError(f"port: 127.0.0.1:{port} is already in use") from exc
+                raise
+        return await self._call(start)
+
+    async def start_redis(self, project: str, image: str) -> str:
+        """Start the project's session store (redis-server of the base image, nothing persisted);
+        return its ``host:port`` on the project network."""
+        name = f"{project}-redis"
+        def start() -> None:
+            self.client.containers.run(
+                image, ["redis-server", "--port", str(REDIS_PORT), "--bind", "0.0.0.0", "--protected-mode", "no",
+                        "--save", "", "--appendonly", "no", "--dir", "/tmp"],
+                name=name, hostname=name, detach=True, labels=L.project_labels(project, L.ROLE_REDIS),
+                network=network_name(project), read_only=True, tmpfs={"/tmp": "size=64m"}, user="redis",
+                cap_drop=["ALL"], security_opt=["no-new-privileges"], mem_limit="128m", pids_limit=64,
+            )
+        await self._call(start)
+        return f"{name}:{REDIS_PORT}"
+
+    async def start_again(self, lb: LbHandle) -> LbHandle:
+        """Start a stopped container of the project (the load balancer after `docker stop`), as it was."""
+        def start() -> LbHandle:
+            container = self.client.containers.get(lb.id)
+            container.start()
+            container.reload()
+            return handle(container)
+        return await self._call(start)
+
+    def _remove_by_name(self, name: str) -> None:
+        with suppress(docker.errors.NotFound):
+            self.client.containers.get(name).remove(force=True, v=True)
+
+    async def exec(self, lb: LbHandle, cmd: list[str]) -> tuple[int, str]:
+        """Run ``cmd`` in ``lb``; return (exit code, combined output)."""
+        def run() -> tuple[int, str]:
+            result = self.client.containers.get(lb.id).exec_run(cmd, stdout=True, stderr=True)
+            return int(result.exit_code or 0), (result.output or b"").decode(errors="replace")
+        return await self._call(run)
+
+    async def put_file(self, lb: LbHandle, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` (its directory must exist) in ``lb``."""
+        directory, _, filename = path.rpartition("/")
+        def put() -> None:
+            if not self.client.containers.get(lb.id).put_archive(directory or "/", tarball.pack({filename: data})):
+                raise EngineError(f"could not write {path} in {lb.name}")
+        await self._call(put)
+
+    async def read_file(self, lb: LbHandle, path: str) -> bytes:
+        """The content of ``path`` in ``lb``; raises EngineError when it is missing."""
+        def read() -> bytes:
+            container = self.client.containers.get(lb.id)
+            try:
+                bits, _ = container.get_archive(path)
+            except docker.errors.NotFound as exc:
+                raise EngineError(f"{path} not found in {lb.name}") from exc
+            return tarball.first_file(bits)
+        return await self._call(read)
+
+    # -- teardown -----------------------------------------------------------------------------
+    async def down(self, project: str) -> dict[str, int]:
+        """Remove this project's containers, volumes and network, and nothing else."""
+        return await self._call(self._down, project)
+
+    def _down(self, project: str) -> dict[str, int]:
+        removed = {"containers": 0, "volumes": 0, "networks": 0}
+        for c in self.client.containers.list(all=True, filters=L.project_filter(project)):
+            c.remove(force=True, v=True)
+            removed["containers"] += 1
+        for v in self.client.volumes.list(filters=L.project_filter(project)):
+            try:
+                v.remove(force=True)
+                removed["volumes"] += 1
+            except docker.errors.NotFound:
+                pass
+        for n in self.client.networks.list(filters=L.project_filter(project)):
+            n.remove()
+            removed["networks"] += 1
+        return removed
+
+
+def short(exc: BaseException) -> str:
+    """The first line of an SDK error."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
