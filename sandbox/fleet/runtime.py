@@ -37,6 +37,17 @@ APP_PORT = 8000
 APP_USER = "10001:10001"
 APP_CODE_DIR = "/srv/app"
 LB_CONTAINER_PORT = 80
+# NGINX as www-data (the image's USER), master and workers, with no capability and a read-only
+# root: it writes its pid and temporary files to tmpfs, and the config the controller installs
+# and the access log it reads to volumes (Docker's archive calls cannot reach into a tmpfs).
+LB_VOLUMES = ("/etc/nginx", "/var/log/nginx")
+LB_HARDENING: dict[str, Any] = {
+    "read_only": True,
+    "tmpfs": {"/run": "size=1m", "/var/lib/nginx": "size=64m", "/tmp": "size=16m"},
+    "cap_drop": ["ALL"],
+    "security_opt": ["no-new-privileges"],
+    "sysctls": {"net.ipv4.ip_unprivileged_port_start": "0"},  # port 80 without NET_BIND_SERVICE
+}
 DOCKER_THREADS = 32  # concurrent Docker API calls (and the client's connection pool)
 T = TypeVar("T")
 
@@ -340,9 +351,9 @@ class Runtime:
                                                                    **(extra_labels or {})}),
                     network=network_name(project),
                     ports={f"{LB_CONTAINER_PORT}/tcp": ("127.0.0.1", port)},
-                    cap_drop=["ALL"],
-                    cap_add=["CHOWN", "DAC_OVERRIDE", "SETGID", "SETUID", "NET_BIND_SERVICE", "KILL"],
-                    security_opt=["no-new-privileges"],
+                    **LB_HARDENING,
+                    mounts=[Mount(path, None, type="volume", labels=L.project_labels(project, L.ROLE_VOLUME))
+                            for path in LB_VOLUMES],
                     mem_limit="256m",
                     pids_limit=256,
                 )
@@ -353,14 +364,15 @@ class Runtime:
                 raise
         return await self._call(start)
 
-    async def start_redis(self, project: str, image: str) -> str:
-        """Start the project's session store (redis-server of the base image, nothing persisted);
-        return its ``host:port`` on the project network."""
+    async def start_redis(self, project: str, image: str, password: str) -> str:
+        """Start the project's session store (redis-server of the base image, nothing persisted),
+        which answers only clients that AUTH with ``password``; return its ``host:port`` on the
+        project network."""
         name = f"{project}-redis"
         def start() -> None:
             self.client.containers.run(
                 image, ["redis-server", "--port", str(REDIS_PORT), "--bind", "0.0.0.0", "--protected-mode", "no",
-                        "--save", "", "--appendonly", "no", "--dir", "/tmp"],
+                        "--requirepass", password, "--save", "", "--appendonly", "no", "--dir", "/tmp"],
                 name=name, hostname=name, detach=True, labels=L.project_labels(project, L.ROLE_REDIS),
                 network=network_name(project), read_only=True, tmpfs={"/tmp": "size=64m"}, user="redis",
                 cap_drop=["ALL"], security_opt=["no-new-privileges"], mem_limit="128m", pids_limit=64,
