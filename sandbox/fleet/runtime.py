@@ -41,9 +41,11 @@ LB_CONTAINER_PORT = 80
 # root: it writes its pid and temporary files to tmpfs, and the config the controller installs
 # and the access log it reads to volumes (Docker's archive calls cannot reach into a tmpfs).
 LB_VOLUMES = ("/etc/nginx", "/var/log/nginx")
+LB_TMPFS_OWNER = "uid=33,gid=33"  # www-data in Debian's image: a tmpfs is root's unless told
 LB_HARDENING: dict[str, Any] = {
     "read_only": True,
-    "tmpfs": {"/run": "size=1m", "/var/lib/nginx": "size=64m", "/tmp": "size=16m"},
+    "tmpfs": {"/run": f"size=1m,{LB_TMPFS_OWNER}", "/var/lib/nginx": f"size=64m,{LB_TMPFS_OWNER}",
+              "/tmp": f"size=16m,{LB_TMPFS_OWNER}"},
     "cap_drop": ["ALL"],
     "security_opt": ["no-new-privileges"],
     "sysctls": {"net.ipv4.ip_unprivileged_port_start": "0"},  # port 80 without NET_BIND_SERVICE
