@@ -18,8 +18,8 @@ from typing import Any
 
 from sandbox.config import STRATEGIES, Settings, check_port_free
 from sandbox.errors import SandboxError, UsageError, hint
+from sandbox.fleet import access, versions
 from sandbox.fleet import labels as L
-from sandbox.fleet import versions
 from sandbox.fleet.balancer import NginxBalancer
 from sandbox.fleet.engine import Engine
 from sandbox.fleet.images import ImageSet
@@ -68,7 +68,9 @@ async def up(settings: Settings, *, runtime: Engine, say: Callable[[str], None] 
         await runtime.ensure_network(project)
         app_env = dict(settings.app_env)
         if settings.sessions == "shared":  # every server of the fleet, and of every rollout, keeps carts there
-            app_env["APP_REDIS"] = await runtime.start_redis(project, image_set.base)
+            password = access.new_secret()  # recorded with the app env: every later server gets it
+            app_env["APP_REDIS"] = await runtime.start_redis(project, image_set.base, password)
+            app_env[access.SESSION_PASSWORD_ENV] = password
         balancer = NginxBalancer(runtime, project, settings.port)
         executor = Executor(runtime, balancer, settings, image_set)
         # the load balancer starts while the app containers do; the first attach waits for it

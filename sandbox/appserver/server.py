@@ -92,6 +92,7 @@ class Settings:
     keepalive_timeout: float = 75.0
     app_dir: str = "/srv/app"
     redis: str = ""  # APP_REDIS=host:port: carts live in that Redis (shared by every server), else in memory
+    redis_password: str = ""  # APP_REDIS_PASSWORD: sent with AUTH on every new connection to that Redis
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -108,6 +109,7 @@ class Settings:
             shutdown_grace=_number(env, "APP_SHUTDOWN_GRACE", 15.0, 0, 3600),
             app_dir=env.get("APP_DIR", "/srv/app"),
             redis=env.get("APP_REDIS", "").strip(),
+            redis_password=env.get("APP_REDIS_PASSWORD", ""),
         )
 
 
@@ -138,22 +140,23 @@ class RedisSessions:
     """Carts in a Redis every server shares (RESP over one asyncio connection: bookworm's
     python3 has no Redis client). A session is the key ``s:<sid>``, its cart the list ``c:<sid>``."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, password: str = "") -> None:
         host, _, port = address.rpartition(":")
         self.host, self.port = host or address, int(port or 6379)
+        self.password = password
         self._lock = asyncio.Lock()
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def _call(self, *args: str) -> Any:
         async with self._lock:
-            if self._conn is None:
+            fresh = self._conn is None
+            if fresh:
                 self._conn = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT_S)
             reader, writer = self._conn
-            parts = [f"*{len(args)}\r\n"] + [f"${len(a.encode())}\r\n{a}\r\n" for a in args]
             try:
-                writer.write("".join(parts).encode())
-                await writer.drain()
-                return await _read_resp(reader)
+                if fresh and self.password:  # the store answers nothing else before AUTH
+                    await _send(reader, writer, "AUTH", self.password)
+                return await _send(reader, writer, *args)
             except BaseException:  # failed or cancelled half-way: a reply may be pending, start afresh
                 self._conn = None
                 writer.close()
@@ -184,6 +187,14 @@ class RedisSessions:
 
     async def add(self, sid: str, item: int) -> None:
         await self._call("RPUSH", f"c:{sid}", str(item))
+
+
+async def _send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *args: str) -> Any:
+    """One command over RESP, and its reply."""
+    parts = [f"*{len(args)}\r\n"] + [f"${len(a.encode())}\r\n{a}\r\n" for a in args]
+    writer.write("".join(parts).encode())
+    await writer.drain()
+    return await _read_resp(reader)
 
 
 async def _read_resp(reader: asyncio.StreamReader) -> Any:
@@ -219,7 +230,7 @@ class Shop:
         self._item = version.item
         self.instance = instance or f"{socket.gethostname()}/{secrets.token_hex(3)}"
         self.store: MemorySessions | RedisSessions = (
-            RedisSessions(settings.redis) if settings.redis else MemorySessions())
+            RedisSessions(settings.redis, settings.redis_password) if settings.redis else MemorySessions())
         self.requests_total = 0
         self.in_flight = 0
         self.responses: dict[int, int] = {}

@@ -15,7 +15,8 @@ balancer serves by reading the file back: no state file on the host.
 **dynamic**. The rendered config (``lb/dynamic.conf.j2`` included) holds a Lua balancer that
 picks a server per request from a shared dictionary, and an admin listener on port
 ``ADMIN_PORT`` of the container, published nowhere: the controller reaches it on the
-container's address in the project network with the token of the container's label. The
+container's address in the project network with the token of the container's label, and it
+accepts that one source address only (:mod:`sandbox.fleet.access`). The
 config (its state line: the settings that shape it) is installed and reloaded as above only
 when its text changes (at ``up``); a change of the attached set or of the rollout record is one
 ``PUT /servers`` (see :func:`admin_body`), with no reload, so no idle client connection is
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import itertools
 import logging
 import os
@@ -38,13 +40,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import jinja2
 
 from sandbox.errors import BalancerError, hint
+from sandbox.fleet import access, nginx_log, sources
 from sandbox.fleet import labels as L
-from sandbox.fleet import nginx_log, sources
 from sandbox.fleet.engine import Engine, Instance, LbHandle
 from sandbox.fleet.loadbalancer import LbRow, LbState, Upstream
 
@@ -94,16 +97,22 @@ def config_state(state: LbState) -> LbState:
     return LbState(**{name: getattr(state, name) for name in CONFIG_FIELDS})
 
 
-def render(project: str, state: LbState, *, admin_token: str = "", worker_processes: str = "auto",
-           connect_timeout_s: int = 1) -> str:
+def render(project: str, state: LbState, *, admin_token: str = "", admin_from: str = "",
+           worker_processes: str = "auto", connect_timeout_s: int = 1) -> str:
     """The NGINX config for ``state`` (pure: no I/O besides reading the template).
 
-    Dynamic mode renders :func:`config_state` only, with the admin listener's token and an id
-    of the text itself that ``GET /config`` answers (how the controller sees a reload land).
+    Dynamic mode renders :func:`config_state` only, with the admin listener's token, the one
+    address it accepts (``admin_from``, the controller's; none without it) and an id of the
+    text itself that ``GET /config`` answers (how the controller sees a reload land).
     """
     dynamic = state.lb_apply == "dynamic"
     if dynamic and not admin_token:
         raise BalancerError("dynamic mode needs the admin token of the load balancer container")
+    if admin_from:
+        try:
+            ipaddress.ip_address(admin_from)
+        except ValueError as exc:
+            raise BalancerError(f"the admin listener's allowed address {admin_from!r} is no IP address") from exc
     shown = config_state(state) if dynamic else state
 
     def text(config_id: str) -> str:
@@ -120,6 +129,7 @@ def render(project: str, state: LbState, *, admin_token: str = "", worker_proces
             dynamic=dynamic,
             admin_port=ADMIN_PORT,
             admin_token=admin_token,
+            admin_from=admin_from,
             config_id=config_id,
         )
     return text(hashlib.sha256(text("").encode()).hexdigest()[:16]) if dynamic else text("")
@@ -279,8 +289,9 @@ class NginxBalancer:
         lb = None
         if self._admin is None:
             lb = await self._container()
-        _, token = await self._admin_target(lb)
-        text = render(self.project, new, admin_token=token)
+        url, token = await self._admin_target(lb)
+        text = render(self.project, new, admin_token=token,
+                      admin_from=access.controller_address(urlsplit(url).hostname or ""))
         if text != self._installed:
             await self._install(text)
             await self._wait_config(config_id(text) or "")

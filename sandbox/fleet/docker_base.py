@@ -26,6 +26,7 @@ import docker
 import docker.errors
 import requests
 from docker.models.containers import Container
+from docker.types import Mount
 
 from sandbox.errors import EngineError, GoneError, NotFoundError, PortInUseError, hint
 from sandbox.fleet import labels as L
@@ -37,6 +38,19 @@ log = logging.getLogger("sandbox.fleet.docker")
 
 APP_USER = "10001:10001"  # the toy app's user (your own images keep their USER)
 LB_CONTAINER_PORT = 80
+# NGINX as www-data (the image's USER), master and workers, with no capability and a read-only
+# root: it writes its pid and temporary files to tmpfs, and the config the controller installs
+# and the access log it reads to volumes (Docker's archive calls cannot reach into a tmpfs).
+LB_VOLUMES = ("/etc/nginx", "/var/log/nginx")
+LB_TMPFS_OWNER = "uid=33,gid=33"  # www-data in Debian's image: a tmpfs is root's unless told
+LB_HARDENING: dict[str, Any] = {
+    "read_only": True,
+    "tmpfs": {"/run": f"size=1m,{LB_TMPFS_OWNER}", "/var/lib/nginx": f"size=64m,{LB_TMPFS_OWNER}",
+              "/tmp": f"size=16m,{LB_TMPFS_OWNER}"},
+    "cap_drop": ["ALL"],
+    "security_opt": ["no-new-privileges"],
+    "sysctls": {"net.ipv4.ip_unprivileged_port_start": "0"},  # port 80 without NET_BIND_SERVICE
+}
 REDIS_PORT = 6379
 DOCKER_THREADS = 32  # concurrent Docker API calls (and the client's connection pool)
 T = TypeVar("T")
@@ -191,9 +205,9 @@ class DockerBase(ABC):
                                                                    **(extra_labels or {})}),
                     network=network_name(project),
                     ports={f"{LB_CONTAINER_PORT}/tcp": ("127.0.0.1", port)},
-                    cap_drop=["ALL"],
-                    cap_add=["CHOWN", "DAC_OVERRIDE", "SETGID", "SETUID", "NET_BIND_SERVICE", "KILL"],
-                    security_opt=["no-new-privileges"],
+                    **LB_HARDENING,
+                    mounts=[Mount(path, None, type="volume", labels=L.project_labels(project, L.ROLE_VOLUME))
+                            for path in LB_VOLUMES],
                     mem_limit="256m",
                     pids_limit=256,
                 ))
@@ -204,14 +218,15 @@ class DockerBase(ABC):
                 raise
         return await self._call(start)
 
-    async def start_redis(self, project: str, image: str) -> str:
-        """Start the project's session store (redis-server of the base image, nothing persisted);
-        return its ``host:port`` on the project network."""
+    async def start_redis(self, project: str, image: str, password: str) -> str:
+        """Start the project's session store (redis-server of the base image, nothing persisted),
+        which answers only clients that AUTH with ``password``; return its ``host:port`` on the
+        project network."""
         name = f"{project}-redis"
         def start() -> None:
             self.client.containers.run(
                 image, ["redis-server", "--port", str(REDIS_PORT), "--bind", "0.0.0.0", "--protected-mode", "no",
-                        "--save", "", "--appendonly", "no", "--dir", "/tmp"],
+                        "--requirepass", password, "--save", "", "--appendonly", "no", "--dir", "/tmp"],
                 name=name, hostname=name, detach=True, labels=L.project_labels(project, L.ROLE_REDIS),
                 network=network_name(project), read_only=True, tmpfs={"/tmp": "size=64m"}, user="redis",
                 cap_drop=["ALL"], security_opt=["no-new-privileges"], mem_limit="128m", pids_limit=64,

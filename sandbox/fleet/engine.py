@@ -147,8 +147,9 @@ class Engine(Protocol):
         """Start a stopped load balancer again, as it was."""
         ...
 
-    async def start_redis(self, project: str, image: str) -> str:
-        """Start the session store; its ``host:port`` on the project network."""
+    async def start_redis(self, project: str, image: str, password: str) -> str:
+        """Start the session store, answering only clients that AUTH with ``password``; its ``host:port``
+        on the project network."""
         ...
 
     async def admin_ip(self, lb: LbHandle, project: str) -> str | None:

@@ -4,7 +4,9 @@
 ``sandbox/ui/static``; nothing is fetched from elsewhere), ``GET /events`` pushes the
 :class:`~sandbox.ui.state.RolloutState` as server-sent events (at least twice a second),
 ``GET /api/state`` returns the same JSON, ``GET /files/{key}`` a file of the finished
-report. Read-only: nothing here changes the fleet.
+report. Read-only: nothing here changes the fleet. A request whose ``Host`` is not
+``127.0.0.1:<port>`` or ``localhost:<port>`` gets 421 (:func:`host_allowed`): a page on another
+site that rebinds its name to 127.0.0.1 cannot read the dashboard through the browser.
 
 :class:`LiveView` bundles what one command shows: the terminal progress and, with
 ``--dashboard``, this page, both reading the same state.
@@ -25,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sandbox.errors import PortInUseError
+from sandbox.errors import PortInUseError, UsageError
 from sandbox.results.model import Report
 from sandbox.ui.progress import Progress, make_progress
 from sandbox.ui.state import RolloutState
@@ -37,6 +39,22 @@ PUSH_INTERVAL_S = 0.25  # a changed state goes out within this
 HEARTBEAT_S = 0.4  # and goes out anyway after this (so at least every 0.5 s, on the 0.25 s ticks)
 FINAL_LINGER_S = 3.0  # at close, how long to wait for each page to receive the final state
 DEFAULT_PORT = 8089
+LOCAL_NAMES = ("127.0.0.1", "localhost")
+
+
+def host_allowed(host: str | None, port: int) -> bool:
+    """Whether a request's ``Host`` header names this dashboard: ``127.0.0.1`` or ``localhost``
+    with its port (without one only on port 80, as browsers send it). A DNS-rebinding page sends
+    its own name, so it is refused."""
+    wanted = {f"{name}:{port}" for name in LOCAL_NAMES} | (set(LOCAL_NAMES) if port == 80 else set())
+    return (host or "").strip().lower() in wanted
+
+
+def check_port(port: int) -> int:
+    """``port`` when it is a port the dashboard can serve on; UsageError (exit 2) naming the flag otherwise."""
+    if not 1 <= port <= 65535:
+        raise UsageError(f"dashboard-port: {port} is not a port (1-65535)")
+    return port
 
 
 class Dashboard:
@@ -55,7 +73,7 @@ class Dashboard:
         return f"http://{self.host}:{self.port}/"
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._only_local_host])
         app.router.add_get("/", self._page)
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/api/state", self._api_state)
@@ -88,6 +106,12 @@ class Dashboard:
             self._runner = None
 
     # -- handlers ------------------------------------------------------------------------------
+    @web.middleware
+    async def _only_local_host(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if not host_allowed(request.headers.get("Host"), self.port):
+            return web.Response(status=421, text=f"this is the dashboard of 127.0.0.1:{self.port} only\n")
+        return await handler(request)
+
     def _body(self) -> bytes:
         seq, body = self._cache
         if seq != self.state.seq:
@@ -151,7 +175,7 @@ class LiveView:
                    say: Callable[[str], None] = log.info) -> LiveView:
         """Bind the dashboard's port first (PortInUseError when taken) and print its URL."""
         state = RolloutState()
-        board = Dashboard(state, port or DEFAULT_PORT) if dashboard else None
+        board = Dashboard(state, DEFAULT_PORT if port is None else check_port(port)) if dashboard else None
         if board is not None:
             await board.start()
             say(f"dashboard: {board.url} (read-only; Ctrl-C stops the run, not just the page)")

@@ -114,7 +114,7 @@ class FakeRuntime:
         self.lbs[project] = lb
         return lb
 
-    async def start_redis(self, project: str, image: str) -> str:
+    async def start_redis(self, project: str, image: str, password: str) -> str:
         self._record("start_redis", project)
         return f"{project}-redis:6379"
 

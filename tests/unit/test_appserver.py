@@ -313,8 +313,10 @@ def test_supervisor_reloads_new_code_on_sighup_and_stops_on_sigterm(tmp_path: Pa
 
 
 async def _fake_redis(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      data: dict[str, object]) -> None:
-    """EXISTS, SET, RPUSH, LRANGE over RESP: what RedisSessions sends, as Redis answers it."""
+                      data: dict[str, object], password: str = "") -> None:
+    """AUTH, EXISTS, SET, RPUSH, LRANGE over RESP: what RedisSessions sends, as Redis answers it
+    (with ``password``, as ``requirepass`` makes it: NOAUTH for anything before AUTH)."""
+    authed = not password
     while True:
         try:
             head = await reader.readuntil(b"\r\n")
@@ -327,7 +329,12 @@ async def _fake_redis(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
             size = int((await reader.readuntil(b"\r\n"))[1:-2])
             args.append((await reader.readexactly(size + 2))[:-2].decode())
         cmd, key = args[0], (args[1:] or [""])[0]
-        if cmd == "PING":
+        if cmd == "AUTH":
+            authed = key == password
+            writer.write(b"+OK\r\n" if authed else b"-WRONGPASS invalid username-password pair\r\n")
+        elif not authed:
+            writer.write(b"-NOAUTH Authentication required.\r\n")
+        elif cmd == "PING":
             writer.write(b"+PONG\r\n")
         elif cmd == "EXISTS":
             writer.write(f":{int(key in data)}\r\n".encode())
@@ -382,6 +389,31 @@ async def test_redis_ping_says_whether_the_store_answers() -> None:
         server.close()
         await server.wait_closed()
     assert not await RedisSessions(f"127.0.0.1:{port}").ping(1.0)  # nobody listens now
+
+
+@pytest.mark.asyncio
+async def test_redis_sessions_authenticate_with_the_password() -> None:
+    data: dict[str, object] = {}
+    server = await asyncio.start_server(lambda r, w: _fake_redis(r, w, data, "s3cret"), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store, stranger = RedisSessions(f"127.0.0.1:{port}", "s3cret"), RedisSessions(f"127.0.0.1:{port}")
+    try:
+        await store.create("u1")
+        assert await store.exists("u1") and await store.ping(1.0)
+        with pytest.raises(OSError, match="NOAUTH"):
+            await stranger.exists("u1")
+        assert not await stranger.ping(1.0)  # not ready without the password
+    finally:
+        await store.close()
+        await stranger.close()
+        server.close()
+        await server.wait_closed()
+
+
+def test_the_password_comes_from_the_environment() -> None:
+    settings = Settings.from_env({"APP_REDIS": "r:6379", "APP_REDIS_PASSWORD": "pw"})
+    assert (settings.redis, settings.redis_password) == ("r:6379", "pw")
+    assert Settings.from_env({}).redis_password == ""
 
 
 @pytest.mark.asyncio

@@ -177,6 +177,35 @@ def test_dynamic_needs_a_token() -> None:
         render("p", dynamic())
 
 
+def admin_server_block(text: str) -> str:
+    start = text.index("listen 8081;")
+    return text[start:text.index("}", text.index("location = /config", start))]
+
+
+def test_the_admin_listener_allows_the_controller_only() -> None:
+    block = admin_server_block(render("p", dynamic(), admin_token="t", admin_from="172.18.0.1"))
+    assert [ln.strip() for ln in block.splitlines() if ln.strip().startswith(("allow", "deny"))] == [
+        "allow 172.18.0.1;", "deny all;"]
+    assert block.index("allow 172.18.0.1;") < block.index("deny all;") < block.index("location")
+    # without the controller's address nobody is allowed (fail closed), never everybody
+    block = admin_server_block(render("p", dynamic(), admin_token="t"))
+    assert "allow" not in block and "deny all;" in block
+    assert render("p", dynamic(), admin_token="t", admin_from="172.18.0.1") != render(
+        "p", dynamic(), admin_token="t", admin_from="172.18.0.9")
+
+
+def test_the_admin_allowed_address_must_be_an_address() -> None:
+    with pytest.raises(BalancerError, match="no IP address"):
+        render("p", dynamic(), admin_token="t", admin_from="all; allow 0.0.0.0/0")
+
+
+def test_the_admin_token_is_compared_in_constant_time() -> None:
+    text = render("p", dynamic(), admin_token="t0k", admin_from="10.0.0.1")
+    assert "~= TOKEN" not in text and "== TOKEN" not in text  # no early-exit string compare
+    assert "if not token_ok(ngx.var.http_x_sandbox_token) then return reject(403" in text
+    assert "for i = 1, #TOKEN do" in text and "bit.bxor(given:byte(i) or 0, TOKEN:byte(i))" in text
+
+
 def test_dynamic_config_lines_stay_short_at_the_largest_fleet() -> None:
     big = dynamic(size=64, upstreams=servers(64), app_env={f"K{i}": "v" * 50 for i in range(40)})
     assert max(len(line) for line in render("p", big, admin_token="t").splitlines()) < 4096

@@ -16,9 +16,9 @@ import pytest
 import pytest_asyncio
 
 from sandbox.cli import main
-from sandbox.errors import PortInUseError
+from sandbox.errors import PortInUseError, UsageError
 from sandbox.results.model import Report
-from sandbox.ui.dashboard import STATIC, Dashboard
+from sandbox.ui.dashboard import STATIC, Dashboard, LiveView, host_allowed
 from sandbox.ui.state import RolloutState
 from tests.conftest import free_port
 from tests.unit.test_ui_state import PASSED
@@ -177,3 +177,34 @@ async def test_elsewhere_the_command_does_not_wait(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     view = await LiveView.open(dashboard=True, port=free_port(), say=lambda _text: None)
     await asyncio.wait_for(view.close(report=Report.from_json({"outcome": "completed", "requests": {"dropped": 0}})), 1)
+
+
+@pytest.mark.parametrize(("host", "allowed"), [
+    ("127.0.0.1:8089", True), ("localhost:8089", True), ("LOCALHOST:8089", True),
+    ("127.0.0.1", False), ("localhost:8090", False), ("attacker.example:8089", False),
+    ("127.0.0.1.nip.io:8089", False), ("127.0.0.1:8089@evil", False), ("", False), (None, False),
+])
+def test_only_local_hosts_name_the_dashboard(host: str | None, allowed: bool) -> None:
+    assert host_allowed(host, 8089) is allowed
+
+
+def test_on_port_80_a_bare_local_name_is_the_dashboard() -> None:
+    assert host_allowed("localhost", 80) and host_allowed("127.0.0.1:80", 80) and not host_allowed("evil", 80)
+
+
+@pytest.mark.asyncio
+async def test_a_rebinding_host_gets_421_on_every_path(board: Dashboard) -> None:
+    async with aiohttp.ClientSession() as session:
+        for path in ("/", "/api/state", "/events", "/static/page.js", "/files/markdown"):
+            rebound = {"Host": f"evil.example:{board.port}"}
+            async with session.get(f"{board.url.rstrip('/')}{path}", headers=rebound) as r:
+                assert r.status == 421, path
+        async with session.get(f"{board.url}api/state", headers={"Host": f"localhost:{board.port}"}) as r:
+            assert r.status == 200
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("port", [0, -1, 65536])
+async def test_a_dashboard_port_that_is_no_port_is_bad_input(port: int) -> None:
+    with pytest.raises(UsageError, match=rf"^dashboard-port: {port} is not a port"):
+        await LiveView.open(dashboard=True, port=port)
