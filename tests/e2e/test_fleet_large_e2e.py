@@ -7,6 +7,8 @@ import pytest
 
 from tests.e2e.conftest import Cli
 
+pytestmark = pytest.mark.e2e
+
 
 def test_twenty_servers_roll_with_nothing_dropped(cli: Cli) -> None:
     cli.run("up", "--size", "20", "--port", str(cli.port), check=True)

@@ -18,6 +18,8 @@ import pytest
 
 from tests.e2e.conftest import REPO, Cli
 
+pytestmark = pytest.mark.e2e
+
 IMAGES = ["--image", "0.10.1=rolling-sandbox-example/httpbin:0.10.1",
           "--image", "0.10.2=rolling-sandbox-example/httpbin:0.10.2"]
 LOAD = ["--users", "20", "--path", "/delay/1", "--path", "/delay/2", "--path", "/get",

@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 
 import docker
+import pytest
 
 from sandbox.fleet.images import ImageSet
 from tests.e2e.conftest import Cli, assert_passes, project_objects
+
+pytestmark = pytest.mark.e2e
 
 
 def _images(image_set: ImageSet) -> list[str]:

@@ -24,6 +24,8 @@ from sandbox.fleet.images import ImageSet
 from tests.conftest import free_port
 from tests.e2e.conftest import LOAD_SENSITIVE_CHECKS, REPO, Cli, assert_passes, project_objects
 
+pytestmark = pytest.mark.e2e
+
 LOAD = ["--users", "20", "--warmup", "2", "--cooldown", "2", "--json"]
 
 
