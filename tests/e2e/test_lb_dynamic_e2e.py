@@ -68,8 +68,15 @@ def test_rollout_with_client_keepalive_drops_nothing_and_never_reloads(cli: Cli,
     assert code == 200 and set(inflight.split()[::2]) <= set(data["lb"]["upstreams"])
 
 
-def test_admin_listener_refuses_bad_input_and_strangers(cli: Cli, client: docker.DockerClient) -> None:
-    cli.run("up", "--size", "2", "--port", str(cli.port), check=True)
+@pytest.fixture(scope="module")
+def pair(module_cli: Cli) -> Cli:
+    """Two servers for the tests that try changes the LB must refuse (each leaves the fleet as it found it)."""
+    module_cli.run("up", "--size", "2", "--port", str(module_cli.port), check=True)
+    return module_cli
+
+
+def test_admin_listener_refuses_bad_input_and_strangers(pair: Cli, client: docker.DockerClient) -> None:
+    cli = pair
     lb = client.containers.get(f"{cli.project}-lb")
     assert list(lb.attrs["HostConfig"]["PortBindings"]) == ["80/tcp"]  # the admin port is published nowhere
     code, live = admin(client, cli.project, "/servers")
@@ -87,8 +94,8 @@ def test_admin_listener_refuses_bad_input_and_strangers(cli: Cli, client: docker
     assert len(answered) == 2
 
 
-def test_rejected_config_changes_nothing(cli: Cli, client: docker.DockerClient) -> None:
-    cli.run("up", "--size", "2", "--port", str(cli.port), check=True)
+def test_rejected_config_changes_nothing(pair: Cli, client: docker.DockerClient) -> None:
+    cli = pair
     lb = client.containers.get(f"{cli.project}-lb")
     conf_before = lb.exec_run(["cat", LIVE_CONF]).output
     set_before = admin(client, cli.project, "/servers")[1]
