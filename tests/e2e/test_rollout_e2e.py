@@ -43,9 +43,10 @@ def assert_clean(report: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def shared(module_cli: Cli) -> Cli:
-    """One fleet of SIZE for the rolls below: each leaves it consistent on one version and rolls
-    to the other, so a roll starts from a fleet as `up` leaves it, but only one `up` is paid."""
-    module_cli.run("up", "--size", SIZE, "--port", str(module_cli.port), check=True)
+    """One fleet of SIZE for the rolls below: each starts from it consistent on one version, rolls to
+    the other and leaves it consistent, so only one `up` is paid. Its environment (APP_LATENCY_MS=1,
+    1 ms per answer) is what a roll must give every new server."""
+    module_cli.run("up", "--size", SIZE, "--port", str(module_cli.port), "--env", "APP_LATENCY_MS=1", check=True)
     return module_cli
 
 
@@ -112,27 +113,29 @@ def env_of(client: docker.DockerClient, name: str) -> dict[str, str]:
     return dict(p.split("=", 1) for p in pairs)
 
 
-def test_rollback_after_a_completed_roll(cli: Cli, client: docker.DockerClient) -> None:
-    cli.run("up", "--size", SIZE, "--port", str(cli.port), "--env", "APP_LATENCY_MS=1", check=True)
-    first = cli.json("roll", "--to", "v2", "--strategy", "rolling", "--batch", "2", "--no-load",
+def test_rollback_after_a_completed_roll(shared: Cli, client: docker.DockerClient) -> None:
+    cli = shared
+    source, target = versions(cli)
+    first = cli.json("roll", "--to", target, "--strategy", "rolling", "--batch", "2", "--no-load",
                      "--set-env", "APP_MARK=new", "--json")
     assert first["outcome"] == "completed"
-    v2_env = env_of(client, fleet(cli)[0]["name"])
-    assert v2_env["APP_LATENCY_MS"] == "1" and v2_env["APP_MARK"] == "new"  # fleet env kept, new env added
+    new_env = env_of(client, fleet(cli)[0]["name"])
+    assert new_env["APP_LATENCY_MS"] == "1" and new_env["APP_MARK"] == "new"  # fleet env kept, new env added
     back = assert_passes(cli.run("rollback", *LOAD, "--json"))
     assert back["outcome"] == "completed"
-    assert back["from_version"] == "v2" and back["to_version"] == "v1"
+    assert back["from_version"] == target and back["to_version"] == source
     assert_clean(back)
-    assert_fleet_on(cli, "v1")
-    v1_env = env_of(client, fleet(cli)[0]["name"])
-    assert v1_env["APP_LATENCY_MS"] == "1" and "APP_MARK" not in v1_env
+    assert_fleet_on(cli, source)
+    old_env = env_of(client, fleet(cli)[0]["name"])
+    assert old_env["APP_LATENCY_MS"] == "1" and "APP_MARK" not in old_env
     again = cli.run("rollback", "--no-load")
     assert again.returncode == 2 and "nothing to roll back" in again.stderr
 
 
-def test_ctrl_c_leaves_a_consistent_serving_fleet(cli: Cli) -> None:
-    cli.run("up", "--size", SIZE, "--port", str(cli.port), check=True)
-    cmd = [sys.executable, "-m", "sandbox", "roll", "--to", "v2", "--project", cli.project, "--users", "5",
+def test_ctrl_c_leaves_a_consistent_serving_fleet(shared: Cli) -> None:
+    cli = shared
+    source, target = versions(cli)
+    cmd = [sys.executable, "-m", "sandbox", "roll", "--to", target, "--project", cli.project, "--users", "5",
            "--warmup", "1", "--cooldown", "1", "--json"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -154,13 +157,13 @@ def test_ctrl_c_leaves_a_consistent_serving_fleet(cli: Cli) -> None:
     instances = fleet(cli)
     attached = [i for i in instances if i["attached"]]
     assert len(attached) >= int(SIZE) - 1  # one-at-a-time: at most one server out
-    assert {i["version"] for i in attached} == {"v1", "v2"}  # stopped part-way
+    assert {i["version"] for i in attached} == {source, target}  # stopped part-way
     for _ in range(20):
         assert cli.get("/api/items/2")[0] == 200
     # `roll` again resumes from the labels and finishes
-    resumed = cli.json("roll", "--to", "v2", "--no-load", "--json")
+    resumed = cli.json("roll", "--to", target, "--no-load", "--json")
     assert resumed["outcome"] == "completed"
-    assert_fleet_on(cli, "v2")
+    assert_fleet_on(cli, target)
 
 
 def test_error_ratio_above_the_limit_rolls_back(shared: Cli) -> None:
@@ -174,14 +177,15 @@ def test_error_ratio_above_the_limit_rolls_back(shared: Cli) -> None:
     assert_fleet_on(shared, source)
 
 
-def test_a_container_that_vanished_is_taken_out_before_rolling(cli: Cli, client: docker.DockerClient) -> None:
+def test_a_container_that_vanished_is_taken_out_before_rolling(shared: Cli, client: docker.DockerClient) -> None:
     """A crash left the config naming a container that is gone: roll repairs it first."""
-    cli.run("up", "--size", "3", "--port", str(cli.port), check=True)
+    cli = shared
+    _, target = versions(cli)
     victim = fleet(cli)[1]["name"]
     client.containers.get(victim).remove(force=True, v=True)
-    assert len(cli.json("status", "--json")["lb"]["upstreams"]) == 3  # stale entry still configured
-    proc = cli.run("roll", "--to", "v2", "--users", "5", "--warmup", "1", "--cooldown", "1", "--json")
+    assert len(cli.json("status", "--json")["lb"]["upstreams"]) == int(SIZE)  # stale entry still configured
+    proc = cli.run("roll", "--to", target, "--users", "5", "--warmup", "1", "--cooldown", "1", "--json")
     report = assert_passes(proc)
     assert f"took {victim} out of the load balancer" in proc.stderr
     assert report["outcome"] == "completed" and report["requests"]["dropped"] == 0
-    assert_fleet_on(cli, "v2", size=3)
+    assert_fleet_on(cli, target)
