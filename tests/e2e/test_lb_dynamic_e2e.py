@@ -134,9 +134,17 @@ def test_sticky_and_retry_in_dynamic_mode(cli: Cli) -> None:
     assert data["lb"]["sticky"] is True and data["lb"]["retry"] is True
 
 
-def test_reload_mode_still_rolls_cleanly(cli: Cli, client: docker.DockerClient) -> None:
+def test_reload_mode_still_rolls_cleanly_and_keeps_a_state_longer_than_one_config_line(
+        cli: Cli, client: docker.DockerClient) -> None:
+    # The state reload mode keeps in its config grows with the servers and with `up --env`: 40 variables
+    # of 200 characters make it about 9 KiB, more than one 4 KiB line of NGINX's config can hold, as 50
+    # servers would (proved before by booting 50 Python apps on 2 cores for over a minute).
+    env = {f"APP_PAD_{i:02}": "x" * 200 for i in range(40)}
     cli.run("up", "--size", "3", "--port", str(cli.port), "--lb-apply", "reload", "--no-client-keepalive",
-            check=True)
+            *(f"--env={k}={v}" for k, v in env.items()), check=True)
+    data = cli.json("status", "--json")  # read back from the live config's state lines
+    assert data["lb"]["lb_apply"] == "reload" and len(data["lb"]["upstreams"]) == 3
+    assert sum(1 for s in data["instances"] if s["attached"]) == 3
     before = worker_pids(client, cli.project)
     report = assert_passes(cli.run("roll", "--to", "v2", *LOAD, "--json"))
     assert report["outcome"] == "completed" and report["requests"]["dropped"] == 0
@@ -145,6 +153,9 @@ def test_reload_mode_still_rolls_cleanly(cli: Cli, client: docker.DockerClient) 
     data = cli.json("status", "--json")
     assert data["lb"]["lb_apply"] == "reload" and data["lb"]["client_keepalive_s"] == 0
     assert all(i["version"] == "v2" and i["attached"] for i in data["instances"])
+    # the roll read the fleet's environment back from those lines and gave it whole to each new server
+    pairs = client.containers.get(data["instances"][0]["name"]).attrs["Config"]["Env"]
+    assert dict(p.split("=", 1) for p in pairs).items() >= env.items()
 
 
 def test_the_lb_counts_requests_in_flight_per_server(cli: Cli, client: docker.DockerClient) -> None:
