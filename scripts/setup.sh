@@ -26,8 +26,15 @@ if [ ! -x .venv/bin/python ]; then
     say "creating .venv"
     "$PY" -m venv .venv || die "could not create .venv (on Debian: apt-get install python3-venv)"
 fi
-say "installing the package and its dependencies into .venv"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+# The install is editable, so only a changed pyproject.toml (dependencies, entry points) needs it again.
+stamp=.venv/.installed-pyproject.sha256
+if [ "$(cat "$stamp" 2>/dev/null)" = "$(sha256sum pyproject.toml)" ]; then
+    say "the package and its dependencies are installed in .venv"
+else
+    say "installing the package and its dependencies into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+    sha256sum pyproject.toml >"$stamp"
+fi
 
 # -- 2. A Docker engine ---------------------------------------------------------------------------
 engine_answers() { command -v docker >/dev/null && timeout 10 docker info >/dev/null 2>&1; }

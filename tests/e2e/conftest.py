@@ -7,6 +7,7 @@ removed in teardown by its labels, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -99,8 +100,8 @@ def project_objects(client: docker.DockerClient, project: str) -> list[str]:
             + [v.name or "" for v in client.volumes.list(filters=f)])
 
 
-@pytest.fixture
-def cli(client: docker.DockerClient, image_set: ImageSet) -> Iterator[Cli]:
+@contextlib.contextmanager
+def new_project(client: docker.DockerClient) -> Iterator[Cli]:
     """A unique project; everything it created is removed afterwards."""
     project = f"t{secrets.token_hex(4)}"
     c = Cli(project=project, port=free_port())
@@ -110,3 +111,17 @@ def cli(client: docker.DockerClient, image_set: ImageSet) -> Iterator[Cli]:
         subprocess.run([sys.executable, "-m", "sandbox", "down", "--project", project],
                        cwd=REPO, capture_output=True, timeout=300)
         assert project_objects(client, project) == []
+
+
+@pytest.fixture
+def cli(client: docker.DockerClient, image_set: ImageSet) -> Iterator[Cli]:
+    """A project of this test's own."""
+    with new_project(client) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def module_cli(client: docker.DockerClient, image_set: ImageSet) -> Iterator[Cli]:
+    """A project shared by the tests of one module, for fleets that each test leaves consistent."""
+    with new_project(client) as c:
+        yield c

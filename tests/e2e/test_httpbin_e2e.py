@@ -18,6 +18,8 @@ import pytest
 
 from tests.e2e.conftest import REPO, Cli
 
+pytestmark = pytest.mark.e2e
+
 IMAGES = ["--image", "0.10.1=rolling-sandbox-example/httpbin:0.10.1",
           "--image", "0.10.2=rolling-sandbox-example/httpbin:0.10.2"]
 LOAD = ["--users", "20", "--path", "/delay/1", "--path", "/delay/2", "--path", "/get",
@@ -35,18 +37,8 @@ def _up(cli: Cli, *extra: str) -> None:
     cli.run("up", "--size", "3", "--port", str(cli.port), *IMAGES, "--stop-signal", "SIGQUIT", *extra, check=True)
 
 
-def test_httpbin_rolls_with_nothing_dropped(cli: Cli, httpbin: None) -> None:
-    _up(cli, "--health-path", "/status/200")
-    report = cli.json("roll", *LOAD, "--slow-ms", "5000", expect=None, timeout=600)
-    assert (report["from_version"], report["to_version"], report["outcome"]) == ("0.10.1", "0.10.2", "completed")
-    assert report["requests"]["dropped"] == 0, report["requests"]
-    drains = report["drains"]
-    assert len(drains) == 3 and all(d["in_flight"] > 0 and not d["timed_out"] for d in drains), drains
-    by_version = report["requests"]["by_version"]
-    assert by_version["0.10.1"] > 0 and by_version["0.10.2"] > 0 and by_version["unknown"] == 0, by_version
-
-
-def test_a_version_that_never_turns_healthy_is_rolled_back(cli: Cli, httpbin: None, tmp_path: Path) -> None:
+def test_a_version_that_never_turns_healthy_is_rolled_back_then_httpbin_rolls_with_nothing_dropped(
+        cli: Cli, httpbin: None, tmp_path: Path) -> None:
     _up(cli, "--health-path", "/status/200")
     # gunicorn reads GUNICORN_CMD_ARGS: the new version cannot start (a bad command, in effect)
     proc = cli.run("roll", *LOAD, "--ready-timeout", "8", "--set-env", "GUNICORN_CMD_ARGS=--chdir=/nonexistent",
@@ -58,3 +50,12 @@ def test_a_version_that_never_turns_healthy_is_rolled_back(cli: Cli, httpbin: No
     assert suite is not None
     failed = {c.get("name") for c in suite.findall("testcase") if c.find("failure") is not None}
     assert "outcome" in failed and "dropped" not in failed
+
+    # the rollback left the fleet on 0.10.1: the same fleet now rolls for real
+    report = cli.json("roll", *LOAD, "--slow-ms", "5000", expect=None, timeout=600)
+    assert (report["from_version"], report["to_version"], report["outcome"]) == ("0.10.1", "0.10.2", "completed")
+    assert report["requests"]["dropped"] == 0, report["requests"]
+    drains = report["drains"]
+    assert len(drains) == 3 and all(d["in_flight"] > 0 and not d["timed_out"] for d in drains), drains
+    by_version = report["requests"]["by_version"]
+    assert by_version["0.10.1"] > 0 and by_version["0.10.2"] > 0 and by_version["unknown"] == 0, by_version

@@ -26,7 +26,7 @@ import pytest
 from docker.models.containers import Container
 from docker.types import Mount
 
-from sandbox.fleet.images import ImageSet, app_code_tar, ensure_images, prune_images
+from sandbox.fleet.images import ImageSet, app_code_tar, prune_images
 from sandbox.fleet.labels import (
     LABEL_MANAGED,
     LABEL_ROLE,
@@ -76,22 +76,6 @@ class Project:
             environment={"APP_STOP_DELAY": "0.2", **environment},
             ports={"8000/tcp": ("127.0.0.1", None)},
         )
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[docker.DockerClient]:
-    try:
-        engine = docker.from_env()
-        engine.ping()
-    except docker.errors.DockerException as exc:
-        pytest.skip(f"no Docker engine: {exc}")
-    yield engine
-    engine.close()
-
-
-@pytest.fixture(scope="module")
-def image_set(client: docker.DockerClient) -> ImageSet:
-    return ensure_images(client)
 
 
 @pytest.fixture
@@ -198,9 +182,8 @@ def test_lb_placeholder_answers_503(project: Project) -> None:
 
 
 
-def test_prune_removes_only_older_sandbox_images(image_set: ImageSet) -> None:
+def test_prune_removes_only_older_sandbox_images(client: docker.DockerClient, image_set: ImageSet) -> None:
     """An outdated rolling-sandbox image goes; the current set and a foreign image stay."""
-    client = docker.from_env()
     tag = f"test-prune-{secrets.token_hex(3)}"
     ours = f"FROM {image_set.base}\nLABEL {LABEL_MANAGED}=true {LABEL_ROLE}={ROLE_IMAGE} x={tag}\n"
     theirs = f"FROM {image_set.base}\nLABEL x={tag}\n"

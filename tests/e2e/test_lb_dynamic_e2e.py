@@ -69,8 +69,15 @@ def test_rollout_with_client_keepalive_drops_nothing_and_never_reloads(cli: Cli,
     assert code == 200 and set(inflight.split()[::2]) <= set(data["lb"]["upstreams"])
 
 
-def test_admin_listener_refuses_bad_input_and_strangers(cli: Cli, client: docker.DockerClient) -> None:
-    cli.run("up", "--size", "2", "--port", str(cli.port), check=True)
+@pytest.fixture(scope="module")
+def pair(module_cli: Cli) -> Cli:
+    """Two servers for the tests that try changes the LB must refuse (each leaves the fleet as it found it)."""
+    module_cli.run("up", "--size", "2", "--port", str(module_cli.port), check=True)
+    return module_cli
+
+
+def test_admin_listener_refuses_bad_input_and_strangers(pair: Cli, client: docker.DockerClient) -> None:
+    cli = pair
     lb = client.containers.get(f"{cli.project}-lb")
     assert list(lb.attrs["HostConfig"]["PortBindings"]) == ["80/tcp"]  # the admin port is published nowhere
     code, live = admin(client, cli.project, "/servers")
@@ -88,8 +95,8 @@ def test_admin_listener_refuses_bad_input_and_strangers(cli: Cli, client: docker
     assert len(answered) == 2
 
 
-def test_rejected_config_changes_nothing(cli: Cli, client: docker.DockerClient) -> None:
-    cli.run("up", "--size", "2", "--port", str(cli.port), check=True)
+def test_rejected_config_changes_nothing(pair: Cli, client: docker.DockerClient) -> None:
+    cli = pair
     lb = client.containers.get(f"{cli.project}-lb")
     conf_before = lb.exec_run(["cat", LIVE_CONF]).output
     set_before = admin(client, cli.project, "/servers")[1]
@@ -128,9 +135,17 @@ def test_sticky_and_retry_in_dynamic_mode(cli: Cli) -> None:
     assert data["lb"]["sticky"] is True and data["lb"]["retry"] is True
 
 
-def test_reload_mode_still_rolls_cleanly(cli: Cli, client: docker.DockerClient) -> None:
+def test_reload_mode_still_rolls_cleanly_and_keeps_a_state_longer_than_one_config_line(
+        cli: Cli, client: docker.DockerClient) -> None:
+    # The state reload mode keeps in its config grows with the servers and with `up --env`: 40 variables
+    # of 200 characters make it about 9 KiB, more than one 4 KiB line of NGINX's config can hold, as 50
+    # servers would (proved before by booting 50 Python apps on 2 cores for over a minute).
+    env = {f"APP_PAD_{i:02}": "x" * 200 for i in range(40)}
     cli.run("up", "--size", "3", "--port", str(cli.port), "--lb-apply", "reload", "--no-client-keepalive",
-            check=True)
+            *(f"--env={k}={v}" for k, v in env.items()), check=True)
+    data = cli.json("status", "--json")  # read back from the live config's state lines
+    assert data["lb"]["lb_apply"] == "reload" and len(data["lb"]["upstreams"]) == 3
+    assert sum(1 for s in data["instances"] if s["attached"]) == 3
     before = worker_pids(client, cli.project)
     report = assert_passes(cli.run("roll", "--to", "v2", *LOAD, "--json"))
     assert report["outcome"] == "completed" and report["requests"]["dropped"] == 0
@@ -139,6 +154,9 @@ def test_reload_mode_still_rolls_cleanly(cli: Cli, client: docker.DockerClient) 
     data = cli.json("status", "--json")
     assert data["lb"]["lb_apply"] == "reload" and data["lb"]["client_keepalive_s"] == 0
     assert all(i["version"] == "v2" and i["attached"] for i in data["instances"])
+    # the roll read the fleet's environment back from those lines and gave it whole to each new server
+    pairs = client.containers.get(data["instances"][0]["name"]).attrs["Config"]["Env"]
+    assert dict(p.split("=", 1) for p in pairs).items() >= env.items()
 
 
 def test_the_lb_counts_requests_in_flight_per_server(cli: Cli, client: docker.DockerClient) -> None:

@@ -54,30 +54,9 @@ def test_a_mixed_check_runs_while_both_versions_answer_and_passes(cli: Cli, tmp_
     assert_fleet_on(cli, "v2", size=3)
 
 
-def test_a_failing_mixed_check_fails_the_run_names_the_check_and_leaves_a_consistent_fleet(cli: Cli) -> None:
-    cli.run("up", "--size", "3", "--port", str(cli.port), check=True)
-    command = _python("import sys; print('contract broken', file=sys.stderr); sys.exit(3)")
-    proc = cli.run("roll", "--to", "v2", "--no-load", "--mixed-check", command)
-    assert proc.returncode == 1, (proc.stdout, proc.stderr)
-    verdict_line = proc.stdout.strip().splitlines()[-1]
-    assert verdict_line.startswith("FAIL: mixed_check_1 exit 3 (must exit 0): ran "), verdict_line
-    assert verdict_line.endswith(command)
-    assert "    contract broken" in proc.stdout  # the last line of its stderr, under the check
-    assert "outcome          completed" in proc.stdout  # the rollout itself went on to the end
-    assert_fleet_on(cli, "v2", size=3)
-
-
-def test_blue_green_never_mixes_so_the_check_is_skipped_and_said(cli: Cli) -> None:
-    cli.run("up", "--size", "2", "--port", str(cli.port), check=True)
-    report = cli.json("roll", "--to", "v2", "--strategy", "blue-green", "--no-load", "--mixed-check", "exit 3",
-                      "--json")
-    [record] = report["mixed_checks"]
-    assert record["status"] == "not_run" and "never had both versions attached" in record["reason"]
-    check = next(c for c in report["verdict"]["checks"] if c["name"] == "mixed_check_1")
-    assert check["skipped"] is True and report["verdict"]["pass"] is True
-
-
-def test_a_seed_gives_the_same_pick_order_in_the_plan_and_the_run(cli: Cli) -> None:
+def test_a_seed_gives_the_same_pick_order_and_a_failing_mixed_check_fails_the_run(cli: Cli, tmp_path: Path) -> None:
+    """The seeded plan is the order the run stops servers in; a mixed check that fails during that run
+    fails it, is named with its output, and the rollout itself still goes to the end, leaving a consistent fleet."""
     cli.run("up", "--size", "5", "--port", str(cli.port), check=True)
     plans = [cli.json("roll", "--to", "v2", "--dry-run", "--seed", "42", "--json") for _ in range(2)]
     order = plans[0]["pick_order"]
@@ -85,7 +64,18 @@ def test_a_seed_gives_the_same_pick_order_in_the_plan_and_the_run(cli: Cli) -> N
     assert sorted(s for batch in order for s in batch) == [1, 2, 3, 4, 5] and order != [[1], [2], [3], [4], [5]]
     text = cli.run("roll", "--to", "v2", "--dry-run", "--seed", "42", check=True).stdout
     assert "pick order (seed 42): " + " ".join(f"[{b[0]}]" for b in order) in text
-    report = json.loads(cli.run("roll", "--to", "v2", "--no-load", "--seed", "42", "--json", check=True).stdout)
+
+    command = _python("import sys; print('contract broken', file=sys.stderr); sys.exit(3)")
+    proc = cli.run("roll", "--to", "v2", "--no-load", "--seed", "42", "--mixed-check", command,
+                   "--report", str(tmp_path))
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    verdict_line = proc.stdout.strip().splitlines()[-1]
+    assert verdict_line.startswith("FAIL: mixed_check_1 exit 3 (must exit 0): ran "), verdict_line
+    assert verdict_line.endswith(command)
+    assert "    contract broken" in proc.stdout  # the last line of its stderr, under the check
+    assert "outcome          completed" in proc.stdout  # the rollout itself went on to the end
+
+    report = json.loads((tmp_path / "report.json").read_text())
     assert (report["seed"], report["pick_order"]) == (42, order)
     stopped = [s["slot"] for s in report["steps"] if s["phase"] == "stop"]
     assert [[s] for s in stopped] == order  # the servers really went in that order

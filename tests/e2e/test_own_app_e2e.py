@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 
 import docker
+import pytest
 
 from sandbox.fleet.images import ImageSet
 from tests.e2e.conftest import Cli, assert_passes, project_objects
+
+pytestmark = pytest.mark.e2e
 
 
 def _images(image_set: ImageSet) -> list[str]:
@@ -37,6 +40,7 @@ def test_bad_versions_are_usage_errors_that_create_nothing(cli: Cli, image_set: 
 def test_roll_and_rollback_between_named_versions(cli: Cli, image_set: ImageSet) -> None:
     cli.run("up", "--size", "2", "--port", str(cli.port), *_images(image_set), "--env", "APP_VERSION_HEADER=0",
             check=True)
+    assert "X-App-Version" not in cli.get("/api/items/1")[1]
     status = cli.json("status", "--json")
     assert status["lb"]["versions"] == {"green": image_set.app["v1"], "blue": image_set.app["v2"]}
     assert {i["version"] for i in status["instances"]} == {"green"}  # --version defaults to the first
@@ -51,6 +55,7 @@ def test_roll_and_rollback_between_named_versions(cli: Cli, image_set: ImageSet)
     by_version = report["requests"]["by_version"]
     assert by_version["green"] > 0 and by_version["blue"] > 0 and by_version.get("unknown", 0) == 0, by_version
     assert by_version.get("v1", 0) == 0 and by_version.get("v2", 0) == 0  # names, not the app's own
+    assert report["attribution"]["header"] == 0 and report["attribution"]["from_log"] > 0
     assert {i["version"] for i in cli.json("status", "--json")["instances"]} == {"blue"}
     bad = cli.run("roll", "--to", "v2", "--no-load")
     assert bad.returncode == 2 and "unknown version 'v2'; this fleet has green, blue" in bad.stderr

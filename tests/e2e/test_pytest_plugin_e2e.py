@@ -12,6 +12,8 @@ import pytest
 from sandbox.fleet.images import ImageSet
 from tests.e2e.conftest import REPO, project_objects
 
+pytestmark = pytest.mark.e2e
+
 USER_ROLL = """
 import json
 import urllib.request

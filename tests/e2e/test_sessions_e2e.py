@@ -15,37 +15,28 @@ from tests.e2e.conftest import Cli, project_objects
 pytestmark = pytest.mark.e2e
 
 
-def roll_with(cli: Cli, sessions: str) -> dict[str, int]:
-    cli.run("up", "--size", "3", "--port", str(cli.port), "--sessions", sessions, check=True)
+def test_memory_sessions_are_lost_in_a_roll_and_compare_keeps_shared_ones(
+        cli: Cli, client: docker.DockerClient, tmp_path: Path) -> None:
+    """One server at a time loses in-memory sessions (`roll`) and none kept in Redis (`compare`'s table).
+
+    `compare` is `up`, `roll` and `down` per strategy, so each store is rolled once, by one of the two."""
+    cli.run("up", "--size", "3", "--port", str(cli.port), "--sessions", "memory", check=True)
+    assert client.containers.list(filters=L.project_filter(cli.project, L.ROLE_REDIS)) == []
     report = cli.json("roll", "--to", "v2", "--users", "10", "--warmup", "2", "--cooldown", "1", "--json",
                       expect=None)
     assert report["outcome"] == "completed", report["outcome"]
     assert report["requests"]["total"] > 50
-    return report["exposure"]
-
-
-def test_shared_sessions_survive_a_replace_rollout_memory_ones_do_not(
-        cli: Cli, client: docker.DockerClient) -> None:
-    shared = roll_with(cli, "shared")
-    redis = client.containers.list(filters=L.project_filter(cli.project, L.ROLE_REDIS))
-    assert [c.status for c in redis] == ["running"]
-    cli.run("down", check=True)
-    memory = roll_with(cli, "memory")
-    assert client.containers.list(filters=L.project_filter(cli.project, L.ROLE_REDIS)) == []
-    assert shared["sessions_lost"] == 0, shared
+    memory = report["exposure"]
     assert memory["sessions_lost"] > 0, memory
+    cli.run("down", check=True)
 
-
-def test_compare_shows_sessions_lost_apart_by_session_store(
-        cli: Cli, client: docker.DockerClient, tmp_path: Path) -> None:
-    """compare's table: one server at a time loses in-memory sessions and none kept in Redis."""
-    lost = {}
-    for sessions in ("memory", "shared"):
-        proc = cli.run("compare", "--size", "3", "--port", str(cli.port), "--strategies", "one-at-a-time",
-                       "--sessions", sessions, "--users", "10", "--warmup", "2", "--cooldown", "1",
-                       "--report", str(tmp_path / sessions), "--json")
-        rows = json.loads(proc.stdout)["rows"]
-        assert [r["outcome"] for r in rows] == ["completed"], proc.stderr
-        lost[sessions] = rows[0]["sessions_lost"]
-        assert project_objects(client, f"{cli.project}-1") == []  # compare's fleet, its Redis included, is gone
-    assert lost["shared"] == 0 < lost["memory"], lost
+    proc = cli.run("compare", "--size", "3", "--port", str(cli.port), "--strategies", "one-at-a-time",
+                   "--sessions", "shared", "--users", "10", "--warmup", "2", "--cooldown", "1",
+                   "--report", str(tmp_path / "shared"), "--json")
+    rows = json.loads(proc.stdout)["rows"]
+    assert [r["outcome"] for r in rows] == ["completed"], proc.stderr
+    shared = json.loads((tmp_path / "shared" / "one-at-a-time" / "report.json").read_text())
+    assert shared["requests"]["total"] > 50
+    assert rows[0]["sessions_lost"] == shared["exposure"]["sessions_lost"] == 0, rows[0]
+    # compare's fleet, its Redis included, is gone
+    assert project_objects(client, f"{cli.project}-1") == []

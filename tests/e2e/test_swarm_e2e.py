@@ -24,6 +24,8 @@ from sandbox.fleet.images import ImageSet
 from tests.conftest import free_port
 from tests.e2e.conftest import LOAD_SENSITIVE_CHECKS, REPO, Cli, assert_passes, project_objects
 
+pytestmark = pytest.mark.e2e
+
 LOAD = ["--users", "20", "--warmup", "2", "--cooldown", "2", "--json"]
 
 
@@ -106,8 +108,10 @@ def test_swarm_up_status_roll_rollback_down(swarm: None, client: docker.DockerCl
     assert client.networks.list(filters=L.project_filter(cli.project)) == []
 
 
-def test_swarm_surge_double_half_blue_green(swarm: None, client: docker.DockerClient, cli: Cli) -> None:
-    """The strategies that start new servers before stopping old ones, each with 0 dropped."""
+def test_swarm_surge_double_half_blue_green_and_boot_failure(swarm: None, client: docker.DockerClient,
+                                                             cli: Cli) -> None:
+    """The strategies that start new servers before stopping old ones, each with 0 dropped; then a
+    version that never boots is rolled back on the same fleet."""
     cli.run("up", "--engine", "swarm", "--size", "2", "--port", str(cli.port), check=True)
     # (strategy, target, the most app servers alive at once: surge 1 adds one, the others a fleet)
     for strategy, to, peak in (("surge", "v2", 3), ("double-half", "v1", 4), ("blue-green", "v2", 4)):
@@ -117,6 +121,13 @@ def test_swarm_surge_double_half_blue_green(swarm: None, client: docker.DockerCl
         assert {i["version"] for i in cli.json("status", "--json")["instances"]} == {to}, strategy
         assert cli.get("/api/items/1")[1]["X-App-Version"] == to, strategy
         assert len(services(client, cli.project)) == 2, strategy  # the old fleet's services are removed
+
+    report = cli.json("roll", "--to", "v1", "--set-env", "APP_BOOT_FAIL=1", "--ready-timeout", "15",
+                      *LOAD, expect=1)
+    assert report["outcome"] == "rolled_back"
+    assert report["requests"]["dropped"] == 0
+    assert {i["version"] for i in cli.json("status", "--json")["instances"]} == {"v2"}
+    assert len(services(client, cli.project)) == 2  # the failed service was removed
     cli.run("down", check=True)
     assert services(client, cli.project) == []
     assert project_objects(client, cli.project) == []
@@ -139,16 +150,6 @@ def test_swarm_your_own_images(swarm: None, client: docker.DockerClient, cli: Cl
     assert {i["version"] for i in cli.json("status", "--json")["instances"]} == {"blue"}
     cli.run("down", check=True)
     assert services(client, cli.project) == [] and project_objects(client, cli.project) == []
-
-
-def test_swarm_boot_failure_rolls_back(swarm: None, client: docker.DockerClient, cli: Cli) -> None:
-    cli.run("up", "--engine", "swarm", "--size", "2", "--port", str(cli.port), check=True)
-    report = cli.json("roll", "--to", "v2", "--set-env", "APP_BOOT_FAIL=1", "--ready-timeout", "15",
-                      *LOAD, expect=1)
-    assert report["outcome"] == "rolled_back"
-    assert report["requests"]["dropped"] == 0
-    assert {i["version"] for i in cli.json("status", "--json")["instances"]} == {"v1"}
-    assert len(services(client, cli.project)) == 2  # the failed v2 service was removed
 
 
 def test_swarm_native_stop_first_and_start_first_in_compare(swarm: None, client: docker.DockerClient,

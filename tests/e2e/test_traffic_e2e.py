@@ -572,29 +572,35 @@ def _roll(cli: Cli, report: Path, *args: str,
     return data, rows
 
 
-def _rate(rows: list[RequestRow]) -> float:
-    ts = sorted(r["t"] for r in rows)
-    return len(ts) / max(ts[-1] - ts[0], 1e-9)
+@pytest.fixture(scope="module")
+def fleet(module_cli: Cli) -> Cli:
+    """Two servers shared by the rolls below; each roll leaves them consistent on one version."""
+    module_cli.run("up", "--size", "2", "--port", str(module_cli.port), check=True)
+    return module_cli
 
 
-def test_plain_and_fast_locustfiles_through_a_fleet(cli: Cli, tmp_path: Path) -> None:
-    cli.run("up", "--size", "2", "--port", str(cli.port), check=True)
+def test_plain_and_fast_locustfiles_through_a_fleet_with_many_workers_and_one(fleet: Cli, tmp_path: Path) -> None:
+    """A plain HttpUser spread over the default workers, then a FastHttpUser in one worker; 40 users each."""
     plain = tmp_path / "plain.py"
     plain.write_text(FLEET_PLAIN_LOCUSTFILE)
-    data, rows = _roll(cli, tmp_path / "plain", "--to", "v2", "--locustfile", str(plain), "--users", "8")
+    data, rows = _roll(fleet, tmp_path / "plain", "--to", "v2", "--locustfile", str(plain), "--users", "40")
     assert data["requests"]["by_version"]["v1"] > 0 and data["requests"]["by_version"]["v2"] > 0
     assert {r["version"] for r in rows} == {"v1", "v2"}  # the app's X-App-Version header
+    assert len({r["user"] for r in rows}) == 40
     assert {r["user"].split("-")[0] for r in rows} == {f"w{i}" for i in range(_default_workers())}
 
     fast = tmp_path / "fast.py"
     fast.write_text(FLEET_FAST_LOCUSTFILE)
-    data, rows = _roll(cli, tmp_path / "fast", "--to", "v1", "--locustfile", str(fast), "--users", "8",
+    data, rows = _roll(fleet, tmp_path / "fast", "--to", "v1", "--locustfile", str(fast), "--users", "40",
+                       "--load-workers", "1",
                        failing=frozenset({"contract_violations"}))  # this locustfile cannot read v2: by design
     assert {r["name"] for r in rows} == {"/api/items/4"}
     # v2 answers carry a currency, which this locustfile marks failed: violations, attributed to v2
     assert {r["version"] for r in rows if r["contract"] == "violation"} == {"v2"}
     assert all(r["contract"] is None for r in rows if r["version"] == "v1")
     assert (tmp_path / "fast" / "report.json").is_file()
+    # one worker: user names carry no worker prefix
+    assert {r["user"].split("-")[0] for r in rows} == {r["user"] for r in rows} and len({r["user"] for r in rows}) == 40
 
 
 def _default_workers() -> int:
@@ -603,22 +609,11 @@ def _default_workers() -> int:
     return Settings().load_workers
 
 
-def test_default_workers_and_one_worker_through_a_fleet(cli: Cli, tmp_path: Path) -> None:
-    cli.run("up", "--size", "2", "--port", str(cli.port), check=True)
-    common = ("--users", "40", "--think-ms", "0")
-    _, one = _roll(cli, tmp_path / "one", "--to", "v2", "--load-workers", "1", *common)
-    _, many = _roll(cli, tmp_path / "many", "--to", "v1", *common)
-    assert {r["user"].split("-")[0] for r in one} == {r["user"] for r in one} and len({r["user"] for r in one}) == 40
-    assert len({r["user"] for r in many}) == 40
-    assert {r["user"].split("-")[0] for r in many} == {f"w{i}" for i in range(_default_workers())}
-    print(f"\nrequest rate: 1 worker {_rate(one):.0f}/s, {_default_workers()} workers {_rate(many):.0f}/s")
-
-
-def test_sigkilled_locust_during_a_roll_keeps_its_rows(cli: Cli, tmp_path: Path) -> None:
-    cli.run("up", "--size", "2", "--port", str(cli.port), check=True)
+def test_sigkilled_locust_during_a_roll_keeps_its_rows(fleet: Cli, tmp_path: Path) -> None:
+    target = "v2" if fleet.json("status", "--json")["instances"][0]["version"] == "v1" else "v1"
     report = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "sandbox", "roll", "--project", cli.project, "--json", "--report", str(report),
-           "--warmup", "4", "--cooldown", "1"]
+    cmd = [sys.executable, "-m", "sandbox", "roll", "--project", fleet.project, "--to", target, "--json",
+           "--report", str(report), "--warmup", "4", "--cooldown", "1"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         rows_path = report / "requests.jsonl"
