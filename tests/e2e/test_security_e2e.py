@@ -28,8 +28,8 @@ import pytest
 from sandbox.fleet import labels as L
 from sandbox.fleet.access import controller_address
 from sandbox.fleet.balancer import ADMIN_PORT
+from sandbox.fleet.docker_base import REDIS_PORT, network_name
 from sandbox.fleet.images import ImageSet
-from sandbox.fleet.runtime import REDIS_PORT, network_name
 from sandbox.ui.dashboard import Dashboard
 from sandbox.ui.state import RolloutState
 from tests.e2e.conftest import REPO, Cli, free_port
