@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 timeout 10 docker info >/dev/null 2>&1 \
     || { echo "test: error: no Docker engine answers; run scripts/setup.sh first" >&2; exit 1; }
 .venv/bin/ruff check sandbox tests bench
+.venv/bin/mypy; .venv/bin/mypy --strict tests/unit/test_protocols.py tests/unit/fakes.py  # and the fakes held to the protocols
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
