@@ -30,7 +30,7 @@ from sandbox.fleet.engine import Engine
 from sandbox.results.junit import write_compare_junit, write_junit
 from sandbox.results.model import Report
 from sandbox.results.text import compare_text, summary_text
-from sandbox.rollout.rehearsal import unchanged_text
+from sandbox.rollout.rehearsal import RolloutResult, unchanged_text
 from sandbox.ui.dashboard import LiveView
 
 log = logging.getLogger("sandbox")
@@ -67,6 +67,8 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
 
 
+# a flag's text as its setting's kind; str (and a Literal's) as given
+_CONVERT: dict[type, Callable[[str], Any]] = {bool: _boolean, int: _integer, float: _number, Path: Path}
 DEMO_PROJECT = "sandbox-demo"  # demo's own default, so it never touches the fleet of `sandbox up`
 _COMMON = ("project", "engine")  # every command's setting flags
 _ROLL_ONLY = ("to_version", "max_error_ratio", "auto_rollback", "set_env")
@@ -79,12 +81,12 @@ def setting_flags(command: str) -> dict[str, str]:
             if s.flags and (s.name in _COMMON or (s.spec.group in takes.groups and s.name not in takes.without))}
 
 
-def _add_settings(p: argparse.ArgumentParser, names: Sequence[str], project: str) -> None:
-    """A flag for each setting in ``names``, under a heading per group, from the settings' definitions;
-    ``project`` is the command's default project, which ``--project``'s help names."""
+def _add_settings(p: argparse.ArgumentParser, flags: Mapping[str, str], project: str) -> None:
+    """A flag for each setting in ``flags`` (name: its first flag), under a heading per group, from the
+    settings' definitions; ``project`` is the command's default project, which ``--project``'s help names."""
     sections = {group: p.add_argument_group(f"{group} settings") for group in GROUPS
-                if any(SETTINGS[name].spec.group == group for name in names)}
-    for name in names:
+                if any(SETTINGS[name].spec.group == group for name in flags)}
+    for name, flag in flags.items():
         one = SETTINGS[name]
         spec, section = one.spec, sections[one.spec.group]
         if name == "project":
@@ -96,10 +98,9 @@ def _add_settings(p: argparse.ArgumentParser, names: Sequence[str], project: str
                 section.add_argument(spec.off_flag, dest=name, action="store_false", default=None,
                                      help=spec.off_help or spec.help)
         elif one.kind in (tuple, dict):
-            section.add_argument(spec.flag, dest=name, action="append", metavar=spec.metavar, help=spec.help)
+            section.add_argument(flag, dest=name, action="append", metavar=spec.metavar, help=spec.help)
         else:
-            convert = {bool: _boolean, int: _integer, float: _number, Path: Path}.get(one.kind)
-            section.add_argument(spec.flag, dest=name, type=convert, choices=one.choices or None,
+            section.add_argument(flag, dest=name, type=_CONVERT.get(one.kind, str), choices=one.choices or None,
                                  metavar=spec.metavar, help=spec.help)
 
 
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=command.help)
         if command.own_flags is not None:
             command.own_flags(p)
-        _add_settings(p, list(setting_flags(name)), command.project)
+        _add_settings(p, setting_flags(name), command.project)
         p.set_defaults(**command.defaults)
     return parser
 
@@ -327,7 +328,7 @@ async def _compare(args: argparse.Namespace, settings: Settings, runtime: Engine
     return compared.exit_code
 
 
-def _print_rollout(args: argparse.Namespace, settings: Settings, result: commands.RolloutResult) -> None:
+def _print_rollout(args: argparse.Namespace, settings: Settings, result: RolloutResult) -> None:
     report = Report.from_json(result.report)
     if args.json:
         print(json.dumps(result.report, indent=2, default=str))

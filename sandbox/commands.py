@@ -245,10 +245,13 @@ async def compare(
         if await runtime.has_project(one.project):
             await runtime.down(one.project)
         if strategy == "swarm-native":  # Swarm rolls, not the controller: a path of its own
+            from sandbox.fleet.swarm import SwarmEngine
             from sandbox.rollout import swarm_native
+            if not isinstance(runtime, SwarmEngine):
+                raise UsageError(f"strategies: {spec.strip()!r} needs --engine swarm")
             image_set = await runtime.ensure_images(say=say)
             reports.append(Report.from_json(await swarm_native.rehearse(
-                one, runtime=runtime, images=image_set, order=swarm_native.parse_order(spec),  # type: ignore[arg-type]
+                one, runtime=runtime, images=image_set, order=swarm_native.parse_order(spec),
                 report_dir=(report_dir / spec.replace(":", "-")) if report_dir else None, say=say)))
             continue
         await up(one, runtime=runtime, say=say)

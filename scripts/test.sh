@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check sandbox tests bench
+.venv/bin/mypy; .venv/bin/mypy --strict tests/unit/test_protocols.py tests/unit/fakes.py  # and the fakes held to the protocols
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

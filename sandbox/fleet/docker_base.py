@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar, cast
 
 import docker
 import docker.errors
@@ -251,7 +251,8 @@ class DockerBase(ABC):
         """Run ``cmd`` in ``lb``; return (exit code, combined output)."""
         def run() -> tuple[int, str]:
             result = self.client.containers.get(lb.id).exec_run(cmd, stdout=True, stderr=True)
-            return int(result.exit_code or 0), (result.output or b"").decode(errors="replace")
+            output = cast(bytes | None, result.output)  # bytes: neither stream nor socket was asked for
+            return int(result.exit_code or 0), (output or b"").decode(errors="replace")
         return await self._call(run)
 
     async def put_file(self, lb: LbHandle, path: str, data: bytes) -> None:

@@ -37,7 +37,10 @@ def project_labels(project: str, role: str, **extra: str) -> dict[str, str]:
     return labels
 
 
-def project_filter(project: str, role: str | None = None) -> dict[str, list[str]]:
+Filters = dict[str, str | list[str] | bool]  # the Docker SDK's type for a ``filters`` argument
+
+
+def project_filter(project: str, role: str | None = None) -> Filters:
     """A Docker SDK ``filters`` dict that selects exactly this project's objects."""
     wanted = [f"{LABEL_MANAGED}=true", f"{LABEL_PROJECT}={project}"]
     if role is not None:

@@ -32,7 +32,7 @@ import time
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import docker
 import docker.errors
@@ -56,7 +56,12 @@ from sandbox.fleet.docker_base import APP_USER, DockerBase, app_name, network_na
 from sandbox.fleet.engine import APP_PORT, Instance, LbHandle
 from sandbox.fleet.versions import AppSpec
 
+if TYPE_CHECKING:
+    from sandbox.config import FailureAction
+
 log = logging.getLogger("sandbox.fleet.swarm")
+
+UpdateOrder = Literal["stop-first", "start-first"]  # `docker service update --update-order`
 
 GWBRIDGE = "docker_gwbridge"
 STOP_GRACE_S = 20.0  # stop_grace_period of every app service (the app bounds its own drain at 15 s)
@@ -77,8 +82,8 @@ class UpdatePolicy:
 
     parallelism: int
     delay_s: float
-    order: str  # stop-first or start-first
-    failure_action: str  # pause, continue or rollback
+    order: UpdateOrder
+    failure_action: FailureAction
     stop_grace_s: float
 
 
@@ -184,7 +189,7 @@ def app_service_spec(project: str, slot: int, version: str, image_id: str, env: 
         extra[L.LABEL_FROM] = from_version
     labels = L.project_labels(project, L.ROLE_APP, **extra)
     name = name or app_name(project, slot)
-    resources = Resources(mem_limit=parse_bytes(spec.memory))
+    resources = Resources(mem_limit=int(parse_bytes(spec.memory)))
     resources["Limits"]["Pids"] = 128
     container = ContainerSpec(
         image_id,
@@ -324,7 +329,8 @@ class SwarmEngine(DockerBase):
 
     def _service(self, instance: Instance) -> Service | None:
         try:
-            return self.client.services.get(instance.id)
+            service: Service = self.client.services.get(instance.id)  # types-docker leaves get() bare
+            return service
         except docker.errors.NotFound:
             return None
 
@@ -407,7 +413,7 @@ class SwarmEngine(DockerBase):
             if status.get("Err"):
                 text += f", {status['Err']}"
             with suppress(docker.errors.DockerException, StopIteration):
-                lines = b"".join(service.logs(stdout=True, stderr=True, tail=5)).decode(errors="replace")
+                lines = b"".join(service.logs(stdout=True, stderr=True, tail="5")).decode(errors="replace")
                 last = lines.strip().splitlines()[-1:] if lines.strip() else []
                 text += f": {last[0]}" if last else ""
             return text

@@ -247,8 +247,8 @@ def install() -> None:
     """Wrap the HTTP clients' ``request`` (once per process; idempotent)."""
     for cls, timeout_kw in ((HttpSession, True), (FastHttpSession, False)):
         if not getattr(cls.request, "_sandbox_recording", False):
-            # patching Locust's clients is the point (setattr with a constant name is ruff's B010)
-            cls.request = _wrap(cls.request, timeout_kw=timeout_kw)  # type: ignore[method-assign]
+            # the wrap is the point (setattr with a constant name instead is ruff's B010)
+            cls.request = _wrap(cls.request, timeout_kw=timeout_kw)  # type: ignore[method-assign]  # patching Locust
 
 
 install()

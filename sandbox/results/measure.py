@@ -35,7 +35,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sandbox.fleet.loadbalancer import LbRow
 from sandbox.results.records import Event, RequestRow
@@ -73,11 +73,14 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def _sorted_rows(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+R = TypeVar("R", bound=Mapping[str, Any])  # a request row or an event, kept as its own type by the sorts
+
+
+def _sorted_rows(rows: Iterable[R]) -> list[R]:
     return sorted(rows, key=lambda r: (float(r.get("t") or 0.0), str(r.get("rid") or "")))
 
 
-def _sorted_events(events: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def _sorted_events(events: Iterable[R]) -> list[R]:
     # stable sort: events with equal t keep the controller's order
     return sorted(events, key=lambda e: float(e.get("t") or 0.0))
 
@@ -719,7 +722,7 @@ def attribute_versions(
     by_rid = _nginx_by_rid(nginx)
     out: list[RequestRow] = []
     for row in rows:
-        copy: RequestRow = dict(row)  # type: ignore[assignment]
+        copy: RequestRow = {**row}
         if copy.get("version") is None:
             copy["version"] = _log_version(row, by_rid, address_history)
         out.append(copy)
@@ -777,11 +780,11 @@ def measure(
     from ``events``).
     """
     ordered_events = _sorted_events(events)
-    ordered: list[Mapping[str, Any]] = _sorted_rows(rows)
+    ordered = _sorted_rows(rows)
     if nginx and any(r.get("version") is None for r in ordered):
         history = (address_history if address_history is not None
-                   else address_history_from_events(ordered_events))  # type: ignore[arg-type]
-        ordered = list(attribute_versions(ordered, nginx, history))  # type: ignore[arg-type]
+                   else address_history_from_events(ordered_events))
+        ordered = list(attribute_versions(ordered, nginx, history))
     window = load_window(ordered, ordered_events)
     stall = longest_stall(ordered, window)
     return {

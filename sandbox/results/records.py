@@ -44,13 +44,18 @@ Phase = Literal[
 ]
 
 
-class Event(TypedDict):
+class EventFields(TypedDict, total=False):
+    """An event's optional fields (the keywords of ``Executor.emit``)."""
+
+    version: str | None
+    address: str | None  # container IP:port the balancer uses, for start/attach/stop
+    slot: int | None
+    batch: int | None
+    detail: dict[str, object]  # e.g. {"duration_s": .., "in_flight": ..} for drain
+
+
+class Event(EventFields):
     t: float  # unix time
     phase: str  # one of Phase
     instance: str | None  # container name (== its hostname), None for whole-run markers
-    version: NotRequired[str | None]
-    address: NotRequired[str | None]  # container IP:port the balancer uses, for start/attach/stop
-    slot: NotRequired[int | None]
-    batch: NotRequired[int | None]
-    detail: NotRequired[dict[str, object]]  # e.g. {"duration_s": .., "in_flight": ..} for drain
 

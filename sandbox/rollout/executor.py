@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 from sandbox.config import Settings
 from sandbox.errors import ErrorRatioExceeded, Interrupted, ReadinessError, RolloutError
@@ -27,7 +27,7 @@ from sandbox.fleet.images import ImageSet, app_code_tar
 from sandbox.fleet.loadbalancer import LoadBalancer, Upstream
 from sandbox.fleet.probes import Probe
 from sandbox.poll import poll
-from sandbox.results.records import Event
+from sandbox.results.records import Event, EventFields
 from sandbox.rollout import plan as planner
 
 log = logging.getLogger("sandbox.rollout.executor")
@@ -126,14 +126,13 @@ class Executor:
         return frozenset(self._handlers)
 
     # -- events -------------------------------------------------------------------------------
-    def emit(self, phase: str, instance: Instance | None = None, **extra: Any) -> Event:
+    def emit(self, phase: str, instance: Instance | None = None, **extra: Unpack[EventFields]) -> Event:
         event: Event = {"t": time.time(), "phase": phase, "instance": instance.name if instance else None}
         if instance is not None:
             event["slot"] = instance.slot
             event["version"] = instance.version
             event["address"] = instance.address
-        for key, value in extra.items():
-            event[key] = value  # type: ignore[literal-required]
+        event = {**event, **extra}
         self.events.append(event)
         if self._on_event is not None:
             self._on_event(event)
@@ -147,7 +146,7 @@ class Executor:
             instances = await self.runtime.instances(self.project)
         attached = {u.name for u in self.balancer.state.upstreams}
         servers = [
-            planner.Server(id=i.id, slot=i.slot, version=i.version, attached=i.name in attached)  # type: ignore[arg-type]
+            planner.Server(id=i.id, slot=i.slot, version=i.version, attached=i.name in attached)
             for i in instances
         ]
         return instances, servers
@@ -299,7 +298,8 @@ class Executor:
               detail: dict[str, Any] | None = None) -> None:
         for inst in insts:
             self.live -= 1  # kept in by_id: a naive 'switch' still names it to detach
-            self.emit(phase, inst, batch=batch, **({"detail": detail} if detail else {}))
+            fields: EventFields = {"batch": batch, "detail": detail} if detail else {"batch": batch}
+            self.emit(phase, inst, **fields)
 
     async def _swap(self, run: _Run, step: planner.Step) -> None:
         insts = run.targets(step.targets)

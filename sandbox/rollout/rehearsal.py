@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sandbox.config import Settings, check_batch
-from sandbox.errors import BalancerError, NotFoundError, RolloutError, SandboxError, UsageError, hint
+from sandbox.errors import BalancerError, Interrupted, NotFoundError, RolloutError, SandboxError, UsageError, hint
 from sandbox.fleet import labels as L
 from sandbox.fleet import versions
 from sandbox.fleet.balancer import NginxBalancer
@@ -58,7 +58,7 @@ from sandbox.results.report import build_report, write_report_dir
 from sandbox.results.verdict import Limits, exit_code
 from sandbox.rollout import mixed, strategies
 from sandbox.rollout import plan as planner
-from sandbox.rollout.executor import Executor, Interrupted, ProbeFactory, Timing
+from sandbox.rollout.executor import Executor, ProbeFactory, Timing
 from sandbox.ui.progress import Progress, TrafficMonitor, make_progress
 
 log = logging.getLogger("sandbox.rollout.rehearsal")
@@ -327,7 +327,7 @@ class Rehearsal:
         for name in [] if dry_run else await self._executor.reconcile(listed):
             self.progress.line(f"took {name} out of the load balancer: its container is gone or not running")
         instances, servers = await self._executor.fleet(listed)
-        plan_settings = planner.PlanSettings(size=size, to_version=target, strategy=self.settings.strategy,  # type: ignore[arg-type]
+        plan_settings = planner.PlanSettings(size=size, to_version=target, strategy=self.settings.strategy,
                                              batch=self.settings.batch, mode=self.settings.mode,
                                              seed=self.settings.seed)
         steps = planner.merge_reloads(planner.plan(servers, plan_settings))
@@ -527,7 +527,7 @@ class Rehearsal:
         listed, servers = await executor.fleet(listed)
         strategy = strategies.of(self.settings.strategy).rollback_strategy
         back = planner.merge_reloads(planner.plan(servers, planner.PlanSettings(
-            size=self.prepared.size, to_version=source, strategy=strategy,  # type: ignore[arg-type]
+            size=self.prepared.size, to_version=source, strategy=strategy,
             batch=min(self.settings.batch, max(1, self.prepared.size - 1)), mode=self.settings.mode,
             seed=self.settings.seed)))
         try:
@@ -704,7 +704,7 @@ def fleet_history(initial: list[Instance], events: list[Event]) -> AddressHistor
     return address_history_from_events([*present, *events])
 
 
-def attribution(rows: list[Any], nginx_rows: list[LbRow], history: AddressHistory) -> dict[str, Any]:
+def attribution(rows: Sequence[RequestRow], nginx_rows: Sequence[LbRow], history: AddressHistory) -> dict[str, Any]:
     """Where the version served came from, and how well the two sources agree.
 
     ``header``: rows whose answer carried X-App-Version; ``compared``: rows that also

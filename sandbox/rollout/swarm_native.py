@@ -26,7 +26,7 @@ from sandbox.errors import RolloutError, UsageError
 from sandbox.fleet.balancer import NginxBalancer
 from sandbox.fleet.images import ImageSet
 from sandbox.fleet.loadbalancer import LoadBalancer, Upstream
-from sandbox.fleet.swarm import SwarmEngine, UpdatePolicy
+from sandbox.fleet.swarm import SwarmEngine, UpdateOrder, UpdatePolicy
 from sandbox.load.rows import parse_think_ms
 from sandbox.load.run import LoadRun, LoadSettings
 from sandbox.results.measure import MeasureSettings, measure
@@ -39,7 +39,7 @@ from sandbox.rollout.mixed import not_run
 log = logging.getLogger("sandbox.rollout.swarm_native")
 
 NATIVE = "swarm-native"
-ORDERS = ("stop-first", "start-first")
+ORDERS: tuple[UpdateOrder, ...] = ("stop-first", "start-first")
 FOLLOW_S = 0.2
 START_TIMEOUT_S = 120.0
 UPDATE_TIMEOUT_S = 1800.0
@@ -47,7 +47,7 @@ DONE_STATES = ("completed", "paused", "rollback_completed", "rollback_paused")
 APP_ENV_DEFAULTS = {"APP_STOP_DELAY": "0"}  # as the controller's: the user's `app_env` wins
 
 
-def parse_order(spec: str) -> str:
+def parse_order(spec: str) -> UpdateOrder:
     """``"swarm-native:start-first"`` -> "start-first" (default stop-first); UsageError if bad."""
     _, _, order = spec.strip().partition(":")
     order = order or "stop-first"
@@ -56,7 +56,7 @@ def parse_order(spec: str) -> str:
     return order
 
 
-def update_policy(settings: Settings, order: str) -> UpdatePolicy:
+def update_policy(settings: Settings, order: UpdateOrder) -> UpdatePolicy:
     """The settings' update config for Swarm's ``service update``, in ``order``."""
     return UpdatePolicy(parallelism=settings.update_parallelism, delay_s=settings.update_delay, order=order,
                         failure_action=settings.update_failure_action, stop_grace_s=settings.stop_grace_period)
@@ -80,7 +80,7 @@ async def _follow(runtime: SwarmEngine, balancer: LoadBalancer, service_id: str,
         await asyncio.sleep(FOLLOW_S)
 
 
-async def rehearse(settings: Settings, *, runtime: SwarmEngine, images: ImageSet, order: str,
+async def rehearse(settings: Settings, *, runtime: SwarmEngine, images: ImageSet, order: UpdateOrder,
                    report_dir: Path | None = None, say: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Start a fleet of ``settings.size`` replicas on v1, let Swarm update it to v2 under load,
     report; remove the fleet whatever happened. ``settings.project`` must not exist yet."""

@@ -15,6 +15,7 @@ from typing import Any
 from sandbox.results.model import Report
 from sandbox.results.records import Event
 from sandbox.rollout import strategies
+from sandbox.rollout.steps import Mode
 
 # The seed's six steps (DESIGN.md, README "What a rollout does"), in order.
 SEED_STEPS = (
@@ -81,14 +82,14 @@ class Promise:
         return {"floor": self.floor, "peak": self.peak, "batches": self.batches, "size": size}
 
 
-def promise(size: int, strategy: str, batch: int = 1, mode: str = "replace", to_version: str = "v2") -> Promise:
+def promise(size: int, strategy: str, batch: int = 1, mode: Mode = "replace", to_version: str = "v2") -> Promise:
     """The plan's promise for a fresh fleet of ``size`` on the other version (pure)."""
     from sandbox.rollout import plan as planner
 
     source = "v1" if to_version == "v2" else "v2"
     settings = planner.PlanSettings(size=size, to_version=to_version, strategy=strategy,
-                                    batch=batch, mode=mode)  # type: ignore[arg-type]
-    fleet = [planner.Server(id=f"s{n}", slot=n, version=source, attached=True)  # type: ignore[arg-type]
+                                    batch=batch, mode=mode)
+    fleet = [planner.Server(id=f"s{n}", slot=n, version=source, attached=True)
              for n in range(1, size + 1)]
     steps = planner.plan(fleet, settings)
     sim = planner.simulate(fleet, settings, steps)
@@ -141,7 +142,7 @@ class RolloutState:
     seq: int = 0
 
     # -- inputs --------------------------------------------------------------------------------
-    def configure(self, *, strategy: str, batch: int = 1, mode: str = "replace", to_version: str = "v2",
+    def configure(self, *, strategy: str, batch: int = 1, mode: Mode = "replace", to_version: str = "v2",
                   size: int = 0, title: str = "") -> None:
         """What this run is (before any event); the promise follows once the size is known."""
         self.size = size or self.size
@@ -176,8 +177,8 @@ class RolloutState:
         phase, t = event["phase"], float(event.get("t") or 0.0)
         if self.t0 is None:
             self.t0 = t
-        if event.get("batch"):
-            self.batch = int(event["batch"])  # type: ignore[arg-type]
+        if batch := event.get("batch"):
+            self.batch = int(batch)
         name = event.get("instance")
         if name and phase in STATE_OF_PHASE:
             self._server_event(name, phase, t, event)
@@ -308,7 +309,7 @@ class RolloutState:
             s["version"] = event.get("version")
         if event.get("slot") is not None:
             s["slot"] = event.get("slot")
-            self.size = max(self.size, int(event["slot"] or 0))  # type: ignore[arg-type]
+            self.size = max(self.size, int(event["slot"] or 0))
         detail = event.get("detail") or {}
         s["in_flight"] = detail.get("in_flight") if phase == "detach" else None
         s["since"] = t
