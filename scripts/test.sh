@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up whatever is missing (scripts/setup.sh: a no-op in about a second once done), lint (ruff), then run the
+# Set up whatever is missing (scripts/setup.sh: a no-op in about a second once done), lint (ruff), type-check
+# (mypy --strict over sandbox/, and the test fakes against the Engine and LoadBalancer protocols), then run the
 # whole test suite: fast unit tests, then the end-to-end tests against the real Docker engine, NGINX and Locust.
 # Extra arguments go to pytest.
 set -euo pipefail

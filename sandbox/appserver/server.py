@@ -150,7 +150,7 @@ class RedisSessions:
     async def _call(self, *args: str) -> Any:
         async with self._lock:
             fresh = self._conn is None
-            if fresh:
+            if self._conn is None:
                 self._conn = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT_S)
             reader, writer = self._conn
             try:

@@ -20,7 +20,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -107,7 +107,8 @@ class Dashboard:
 
     # -- handlers ------------------------------------------------------------------------------
     @web.middleware
-    async def _only_local_host(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _only_local_host(self, request: web.Request,
+                               handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         if not host_allowed(request.headers.get("Host"), self.port):
             return web.Response(status=421, text=f"this is the dashboard of 127.0.0.1:{self.port} only\n")
         return await handler(request)
