@@ -81,16 +81,14 @@ def test_compare_tells_strategies_apart_and_exits_on_their_verdicts(cli: Cli, tm
     table = {line["strategy"]: line for line in json.loads(proc.stdout)["rows"]}
     assert set(table) == {"one-at-a-time", "blue-green"}, proc.stderr
     graceful = [table["one-at-a-time"], table["blue-green"]]
-    assert all(line["verdict"] in ("PASS", "FAIL: p99_ratio") for line in graceful), table  # see LOAD_SENSITIVE_CHECKS
-    # the exit code follows the strategies' verdicts
-    assert proc.returncode == (0 if all(line["pass"] for line in graceful) else 1), (proc.returncode, table)
+    assert [line["verdict"] for line in graceful] == ["PASS", "PASS"], table
+    assert all(line["pass"] for line in graceful) and proc.returncode == 0, (proc.returncode, table, proc.stderr)
     # one at a time, every user gets both versions while the fleet is mixed; one switch: (nearly) none
     one, switch = table["one-at-a-time"], table["blue-green"]
     assert one["users_saw_both"] == one["users_total"] == 10
     assert switch["users_saw_both"] <= 2 < one["users_saw_both"], (one, switch)
     assert "verdict" in (tmp_path / "compare.md").read_text().splitlines()[0]
-    # --junit: a suite per strategy, failing where its verdict failed
+    # --junit: a suite per strategy, with no failure where every check held
     suites = {s.get("name", "").split()[2]: s for s in ET.parse(tmp_path / "compare.xml").getroot()}
     assert list(suites) == ["one-at-a-time", "blue-green"]
-    assert [int(suites[n].get("failures") or 0) == 0 for n in ("one-at-a-time", "blue-green")] == \
-        [line["pass"] for line in graceful]
+    assert [int(suites[n].get("failures") or 0) for n in ("one-at-a-time", "blue-green")] == [0, 0]
