@@ -82,7 +82,9 @@ def assert_passes(proc: subprocess.CompletedProcess[str], *, expected: frozenset
     except ValueError as exc:
         raise AssertionError(f"not JSON (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from exc
     failed = {c["name"] for c in report["verdict"]["checks"] if not c["pass"]}
-    assert failed == expected, (failed, report["verdict"], report.get("like_for_like"), proc.stderr)
+    said = [c for c in report["verdict"]["checks"] if c["name"] in failed ^ expected]
+    assert failed == expected, (f"failed {sorted(failed)}, expected {sorted(expected)}: {said}; "
+                                f"like_for_like {report.get('like_for_like')}\n{proc.stderr[-3000:]}")
     assert proc.returncode == (1 if expected else 0), (proc.returncode, report["verdict"])
     return report
 
