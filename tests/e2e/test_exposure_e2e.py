@@ -16,21 +16,22 @@ pytestmark = pytest.mark.e2e
 LOAD = ("--users", "10", "--warmup", "2", "--cooldown", "2")
 
 
-def roll(cli: Cli, *args: str, expect: int = 0) -> dict[str, Any]:
-    if expect == 0:
-        return assert_passes(cli.run("roll", "--to", "v2", *LOAD, *args, "--json"))
-    return cli.json("roll", "--to", "v2", *LOAD, *args, "--json", expect=expect)
+VIOLATIONS = frozenset({"contract_violations"})
+
+
+def roll(cli: Cli, *args: str, expected: frozenset[str] = frozenset()) -> dict[str, Any]:
+    return assert_passes(cli.run("roll", "--to", "v2", *LOAD, *args, "--json"), expected=expected)
 
 
 def test_breaking_v2_violates_the_contract_compatible_does_not_and_sticky_lowers_downgrades(
         cli: Cli, tmp_path: Path) -> None:
     cli.run("up", "--size", "4", "--port", str(cli.port), check=True)
-    breaking = roll(cli, "--v2-mode", "breaking", "--report", str(tmp_path / "breaking"), expect=1)
+    breaking = roll(cli, "--v2-mode", "breaking", "--report", str(tmp_path / "breaking"), expected=VIOLATIONS)
     assert breaking["requests"]["dropped"] == 0
     assert breaking["exposure"]["contract_violations"] > 0
     # a breaking v2 fails its verdict, and the verdict says why
     violations = next(c for c in breaking["verdict"]["checks"] if c["name"] == "contract_violations")
-    assert violations == {"name": "contract_violations", "pass": False,
+    assert violations == {"name": "contract_violations", "kind": "at_most", "status": "FAIL", "pass": False,
                           "value": breaking["exposure"]["contract_violations"], "limit": 0}
     assert breaking["exposure"]["users_saw_both"] > 0 and breaking["exposure"]["mixed_window_s"] > 0
     # reports on disk: JSON, a real PNG chart, a Markdown page that embeds it
@@ -46,10 +47,9 @@ def test_breaking_v2_violates_the_contract_compatible_does_not_and_sticky_lowers
     assert attribution["compared"] > 100 and attribution["agreement"] >= 0.99
 
     # back, then forward compatibly; going back, the breaking v2 still serves for a while: it fails too
-    compatible = cli.json("roll", "--to", "v1", *LOAD, "--json", expect=1)
+    compatible = assert_passes(cli.run("roll", "--to", "v1", *LOAD, "--json"), expected=VIOLATIONS)
     assert compatible["requests"]["dropped"] == 0
     assert compatible["exposure"]["contract_violations"] > 0
-    assert "contract_violations" in [c["name"] for c in compatible["verdict"]["checks"] if not c["pass"]]
     forward = roll(cli)
     assert forward["exposure"]["contract_violations"] == 0
     assert forward["exposure"]["downgrades"] > 0  # round-robin: users do go back to v1 mid-rollout
@@ -81,16 +81,14 @@ def test_compare_tells_strategies_apart_and_exits_on_their_verdicts(cli: Cli, tm
     table = {line["strategy"]: line for line in json.loads(proc.stdout)["rows"]}
     assert set(table) == {"one-at-a-time", "blue-green"}, proc.stderr
     graceful = [table["one-at-a-time"], table["blue-green"]]
-    assert all(line["verdict"] in ("PASS", "FAIL: p99_ratio") for line in graceful), table  # see LOAD_SENSITIVE_CHECKS
-    # the exit code follows the strategies' verdicts
-    assert proc.returncode == (0 if all(line["pass"] for line in graceful) else 1), (proc.returncode, table)
+    assert [line["verdict"] for line in graceful] == ["PASS", "PASS"], table
+    assert all(line["pass"] for line in graceful) and proc.returncode == 0, (proc.returncode, table, proc.stderr)
     # one at a time, every user gets both versions while the fleet is mixed; one switch: (nearly) none
     one, switch = table["one-at-a-time"], table["blue-green"]
     assert one["users_saw_both"] == one["users_total"] == 10
     assert switch["users_saw_both"] <= 2 < one["users_saw_both"], (one, switch)
     assert "verdict" in (tmp_path / "compare.md").read_text().splitlines()[0]
-    # --junit: a suite per strategy, failing where its verdict failed
+    # --junit: a suite per strategy, with no failure where every check held
     suites = {s.get("name", "").split()[2]: s for s in ET.parse(tmp_path / "compare.xml").getroot()}
     assert list(suites) == ["one-at-a-time", "blue-green"]
-    assert [int(suites[n].get("failures") or 0) == 0 for n in ("one-at-a-time", "blue-green")] == \
-        [line["pass"] for line in graceful]
+    assert [int(suites[n].get("failures") or 0) for n in ("one-at-a-time", "blue-green")] == [0, 0]

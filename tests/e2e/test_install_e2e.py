@@ -83,7 +83,7 @@ def test_wheel_install_builds_rolls_and_removes_from_outside_the_checkout(
     run(installed, tmp_path, "up", "--project", project, "--size", "2", "--port", port)
     rolled = run(installed, tmp_path, "roll", "--project", project, "--to", "v2", "--users", "5",
                  "--warmup", "1", "--cooldown", "1", "--json", check=False)
-    report = assert_passes(rolled)  # a busy machine's p99 may fail its check, and then the exit code says 1
+    report = assert_passes(rolled)
     assert report["outcome"] == "completed", report
     assert report["requests"]["total"] > 0 and report["requests"]["dropped"] == 0, report["requests"]
     status = json.loads(run(installed, tmp_path, "status", "--project", project, "--json").stdout)

@@ -30,8 +30,8 @@ def test_rollout_drops_nothing(sandbox_fleet):
     report, code = roll
     Path("report.json").write_text(json.dumps(report))
     assert roll.dropped == 0, roll.failed_checks
-    assert {c["name"] for c in roll.failed_checks} <= {"p99_ratio"}, roll.failed_checks  # a busy 2-core machine
-    assert code == (0 if roll.passed else 1)
+    assert roll.failed_checks == [] and roll.passed, roll.failed_checks
+    assert code == 0
     assert sorted(i["version"] for i in fleet.status()["instances"]) == ["new", "new"]
     back, code = fleet.rollback(no_load=True)
     assert (back["to_version"], code) == ("old", 0), back.get("verdict")

@@ -22,7 +22,7 @@ import pytest
 from sandbox.fleet import labels as L
 from sandbox.fleet.images import ImageSet
 from tests.conftest import free_port
-from tests.e2e.conftest import LOAD_SENSITIVE_CHECKS, REPO, Cli, assert_passes, project_objects
+from tests.e2e.conftest import REPO, Cli, assert_passes, project_objects
 
 pytestmark = pytest.mark.e2e
 
@@ -122,8 +122,8 @@ def test_swarm_surge_double_half_blue_green_and_boot_failure(swarm: None, client
         assert cli.get("/api/items/1")[1]["X-App-Version"] == to, strategy
         assert len(services(client, cli.project)) == 2, strategy  # the old fleet's services are removed
 
-    report = cli.json("roll", "--to", "v1", "--set-env", "APP_BOOT_FAIL=1", "--ready-timeout", "15",
-                      *LOAD, expect=1)
+    report = assert_passes(cli.run("roll", "--to", "v1", "--set-env", "APP_BOOT_FAIL=1", "--ready-timeout", "15",
+                                   *LOAD), expected=frozenset({"outcome"}))
     assert report["outcome"] == "rolled_back"
     assert report["requests"]["dropped"] == 0
     assert {i["version"] for i in cli.json("status", "--json")["instances"]} == {"v2"}
@@ -162,14 +162,12 @@ def test_swarm_native_stop_first_and_start_first_in_compare(swarm: None, client:
     assert set(rows) == {"swarm-native:stop-first", "swarm-native:start-first"}
     for spec, row in rows.items():
         assert row["outcome"] == "completed"
-        assert isinstance(row["dropped"], int) and row["dropped"] >= 0  # reported, whatever Swarm drops
+        assert row["dropped"] == 0, (spec, row)
         assert row["duration_s"] > 0
         checks = json.loads((tmp_path / spec.replace(":", "-") / "report.json").read_text())["verdict"]["checks"]
         failed = {c["name"] for c in checks if not c["pass"]}
-        # what Swarm drops may fail its verdict (so may a busy machine's p99), nothing else
-        assert failed <= LOAD_SENSITIVE_CHECKS | {"dropped", "stall_s", "slow"}, (spec, failed)
-        assert row["pass"] == (not failed)
-    assert proc.returncode == (0 if all(r["pass"] for r in rows.values()) else 1), proc.stderr[-2000:]
+        assert failed == set() and row["pass"], (spec, failed)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     # start-first runs the new task beside the old one (and the old one lingers through Swarm's
     # 2 s before SIGTERM, while the next new one may start); stop-first never exceeds the size
     assert 3 <= rows["swarm-native:start-first"]["peak_instances"] <= 4
