@@ -469,6 +469,9 @@ class Rehearsal:
 
     def _seed_progress(self) -> None:
         if hasattr(self.progress, "seed"):
+            p = self.prepared
+            self.progress.planned(strategy=p.strategy, source=p.source, target=p.target, size=p.size,
+                                  versions=p.versions, floor=p.floor, peak=p.peak, batches=p.batches)
             self.progress.fleet_mode(lb_apply=self.balancer.state.lb_apply,
                                      ready_successes=self.settings.ready_successes)
             attached = {u.name for u in self.balancer.state.upstreams}
