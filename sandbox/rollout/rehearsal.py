@@ -3,8 +3,9 @@
 ::
 
     rehearsal = Rehearsal(settings, runtime=runtime, kind="roll", to_version="v2")
-    prepared = await rehearsal.prepare()  # fleet, target, plan: print(prepared.describe())
-    ran = await rehearsal.run()           # warmup, execute (rollback on failure), cooldown
+    await rehearsal.repair()              # writes: stopped LB, images, lost set, stale upstreams
+    prepared = await rehearsal.prepare()  # reads: fleet, target, plan: print(prepared.describe())
+    ran = await rehearsal.run()           # warmup, execute (rollback on failure), cooldown (LoadPhases)
     collected = await rehearsal.collect() # client rows, NGINX log, events
     report = rollout_report(settings, prepared, ran, collected)   # pure
     code = exit_code([report], max_dropped=settings.max_dropped)  # pure
