@@ -183,7 +183,7 @@ async def roll(
 async def plan_only(settings: Settings, *, runtime: Engine, kind: Kind = "roll") -> Prepared:
     """The plan of a roll (or rollback) of the fleet as it is now; reads Docker and the load
     balancer, changes nothing (no stale upstream taken out, no image built)."""
-    return await Rehearsal(settings, runtime=runtime, kind=kind, install_sigint=False).prepare(dry_run=True)
+    return await Rehearsal(settings, runtime=runtime, kind=kind, install_sigint=False).prepare()
 
 
 # -- demo / compare -------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ async def demo(
 ) -> RolloutResult:
     """One command for a workshop: build what is missing, start the fleet, roll to v2 under
     load, report, and tear down unless ``keep``."""
-    declared = list({**settings.images, **settings.builds}) or ["v1", "v2"]
+    declared = list({**settings.images, **settings.builds}) or list(versions.TOY_VERSIONS)
     say(f"demo: {settings.size} servers on {settings.version or declared[0]}, {settings.users} users, "
         f"rolling to {settings.to_version or declared[-1]} with {settings.strategy}")
     await up(settings, runtime=runtime, say=say)

@@ -50,6 +50,7 @@ from sandbox.fleet import access, nginx_log, sources
 from sandbox.fleet import labels as L
 from sandbox.fleet.engine import Engine, Instance, LbHandle
 from sandbox.fleet.loadbalancer import LbRow, LbState, Upstream
+from sandbox.fleet.versions import TOY_VERSIONS
 
 log = logging.getLogger("sandbox.fleet.balancer")
 
@@ -407,5 +408,5 @@ def compose_config(size: int = 3) -> str:
     regenerate it with ``python -c 'from sandbox.fleet.balancer import compose_config; print(compose_config(), end="")'
     > compose/nginx.conf``.
     """
-    upstreams = [Upstream(name=f"app{i}", address=f"app{i}:8000", version="v1") for i in range(1, size + 1)]
+    upstreams = [Upstream(name=f"app{i}", address=f"app{i}:8000", version=TOY_VERSIONS[0]) for i in range(1, size + 1)]
     return render("compose", LbState(generation=1, size=size, upstreams=upstreams))

@@ -41,7 +41,7 @@ import requests
 from sandbox.errors import EngineError, ImageBuildError, UsageError
 from sandbox.fleet import sources, tarball
 from sandbox.fleet.labels import LABEL_INPUTS, LABEL_MANAGED, LABEL_ROLE, LABEL_VERSION, ROLE_IMAGE
-from sandbox.fleet.versions import AppSpec
+from sandbox.fleet.versions import TOY_VERSIONS, AppSpec
 
 logger = logging.getLogger("sandbox.fleet.images")
 
@@ -59,7 +59,7 @@ SOURCES = Sources(harness=sources.harness_folder(),
                   app={"v1": sources.folder("app_v1"), "v2": sources.folder("app_v2")},
                   lb=sources.folder("lb"))
 
-VERSIONS: tuple[str, ...] = ("v1", "v2")
+VERSIONS = TOY_VERSIONS  # the toy app's, defined once in sandbox.fleet.versions
 APP_UID = 10001
 APP_DIR = "/srv/app"
 HARNESS_DIR = "/opt/rolling-sandbox"

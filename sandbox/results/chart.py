@@ -54,8 +54,8 @@ def write_chart(report: Report, path: Path) -> Path:
 
     exp = report.figures.exposure
     buckets = list(exp.timeline)
-    from_v = str(report.run.from_version or "v1")
-    to_v = str(report.run.to_version or "v2")
+    from_v = str(report.run.from_version or "")
+    to_v = str(report.run.to_version or "")
     colors = _version_colors(from_v, to_v)
 
     fig = Figure(figsize=(11, 7.5), dpi=100, layout="constrained")

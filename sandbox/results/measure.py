@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sandbox.fleet.loadbalancer import LbRow
+from sandbox.fleet.versions import TOY_VERSIONS
 from sandbox.results.records import Event, RequestRow
 
 HistoryEntry = tuple[str, str, float, float | None]
@@ -46,9 +47,6 @@ AddressHistory = list[HistoryEntry]
 
 VANISH_PHASES = frozenset({"stop", "kill", "swap"})
 """Event phases after which the server's in-memory state is gone."""
-
-KNOWN_VERSIONS = ("v1", "v2")
-
 
 @dataclass(frozen=True)
 class MeasureSettings:
@@ -200,10 +198,12 @@ def request_counts(
     rows: Sequence[Mapping[str, Any]],
     nginx: Sequence[Mapping[str, Any]],
     settings: MeasureSettings,
+    versions: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The ``requests`` block of :func:`measure`."""
+    """The ``requests`` block of :func:`measure`; ``by_version`` names each of ``versions`` (the
+    rollout's), even at 0."""
     budget_ms = settings.slow_ms
-    by_version: dict[str, int] = {v: 0 for v in KNOWN_VERSIONS}
+    by_version: dict[str, int] = {v: 0 for v in versions}
     by_version["unknown"] = 0
     for row in rows:
         if is_ok(row):
@@ -235,16 +235,16 @@ def rollout_direction(events: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
     """``(from, to)`` versions of the rollout.
 
     Taken from the ``rollout-start`` event: ``detail["from"]``/``detail["to"]``
-    when given, else its ``version`` field is the target and the other of
-    v1/v2 the origin. Without such an event: ``("v1", "v2")``.
+    when given, else its ``version`` field is the target and the other of the
+    toy app's versions the origin. Without such an event: the toy app's.
     """
+    old, new = TOY_VERSIONS
     start = _first_event(events, "rollout-start")
     if start is None:
-        return "v1", "v2"
+        return old, new
     detail = start.get("detail") or {}
-    to = detail.get("to") or start.get("version") or "v2"
-    default_from = "v2" if to == "v1" else "v1"
-    return str(detail.get("from") or default_from), str(to)
+    to = detail.get("to") or start.get("version") or new
+    return str(detail.get("from") or (new if to == old else old)), str(to)
 
 
 def mixed_window_s(rows: Sequence[Mapping[str, Any]], from_v: str, to_v: str) -> float:
@@ -402,11 +402,12 @@ def _share(part: int, whole: int) -> float:
 
 
 def timeline(
-    rows: Sequence[Mapping[str, Any]], window: tuple[float, float]
+    rows: Sequence[Mapping[str, Any]], window: tuple[float, float], versions: Sequence[str] = ()
 ) -> list[dict[str, Any]]:
     """One bucket per whole second of ``window``: answers per version, drops, p99.
 
-    ``v1``/``v2`` count successful answers finishing in the second, ``dropped``
+    Each version (``versions`` even at 0, any other once it answers) counts the
+    successful answers finishing in the second, ``dropped``
     the dropped requests *sent* in it, ``p99_ms`` the p99 latency of answers
     finishing in it (None when there are none).
     """
@@ -415,7 +416,7 @@ def timeline(
         return []
     n = math.floor(end - start) + 1
     buckets: list[dict[str, Any]] = [
-        {"t": i, "v1": 0, "v2": 0, "dropped": 0, "p99_ms": None} for i in range(n)
+        {"t": i, **{v: 0 for v in versions}, "dropped": 0, "p99_ms": None} for i in range(n)
     ]
     latencies: list[list[float]] = [[] for _ in range(n)]
 
@@ -430,7 +431,7 @@ def timeline(
         i = index(_end(row))
         version = row.get("version")
         if is_ok(row) and version:
-            buckets[i][version] = buckets[i].get(version, 0) + 1  # v1/v2, or the user's names
+            buckets[i][version] = buckets[i].get(version, 0) + 1
         value = latency_ms(row)
         if is_answered(row) and value is not None:
             latencies[i].append(value)
@@ -483,7 +484,7 @@ def exposure(
         "version_flips": version_flips(inside, from_v, to_v),
         "contract_violations": sum(1 for r in rows if r.get("contract") == "violation"),
         "sessions_lost": sessions_lost(rows, events),
-        "timeline": timeline(rows, window),
+        "timeline": timeline(rows, window, (from_v, to_v)),
     }
 
 
@@ -788,7 +789,7 @@ def measure(
     window = load_window(ordered, ordered_events)
     stall = longest_stall(ordered, window)
     return {
-        "requests": request_counts(ordered, nginx, settings),
+        "requests": request_counts(ordered, nginx, settings, rollout_direction(ordered_events)),
         "latency_ms": _latency_summary(ordered, with_max=True),
         "stall_s": round(stall[1], 3),
         "stall_at_s": round(stall[0] - window[0], 3),

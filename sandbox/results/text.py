@@ -21,9 +21,8 @@ def share_pct(share: float | None) -> str:
 
 
 def versions_line(by_version: Mapping[str, int]) -> str:
-    """"v1 120, v2 80": successful answers by version (the toy's v1 and v2 shown even at 0)."""
-    toy = not any(n for v, n in by_version.items() if v not in ("v1", "v2", "unknown"))
-    shown = [f"{v} {n}" for v, n in by_version.items() if n or (toy and v in ("v1", "v2"))]
+    """"v1 120, v2 80": successful answers by version (the rollout's own shown even at 0)."""
+    shown = [f"{v} {n}" for v, n in by_version.items() if n or v != "unknown"]
     return ", ".join(shown) or "-"
 
 
@@ -51,7 +50,7 @@ def _drains_line(drains: Sequence[Drain]) -> str | None:
 
 def _exposure_lines(report: Report) -> list[str]:
     exp = report.figures.exposure
-    old, new = report.run.from_version or "v1", report.run.to_version or "v2"
+    old, new = report.run.from_version or "?", report.run.to_version or "?"
     window = exp.rollout_window
     return [
         f"versions served  {versions_line(report.figures.requests.by_version)}",

@@ -3,8 +3,9 @@
 ::
 
     rehearsal = Rehearsal(settings, runtime=runtime, kind="roll", to_version="v2")
-    prepared = await rehearsal.prepare()  # fleet, target, plan: print(prepared.describe())
-    ran = await rehearsal.run()           # warmup, execute (rollback on failure), cooldown
+    await rehearsal.repair()              # writes: stopped LB, images, lost set, stale upstreams
+    prepared = await rehearsal.prepare()  # reads: fleet, target, plan: print(prepared.describe())
+    ran = await rehearsal.run()           # warmup, execute (rollback on failure), cooldown (LoadPhases)
     collected = await rehearsal.collect() # client rows, NGINX log, events
     report = rollout_report(settings, prepared, ran, collected)   # pure
     code = exit_code([report], max_dropped=settings.max_dropped)  # pure
@@ -42,7 +43,6 @@ from sandbox.fleet.images import ImageSet
 from sandbox.fleet.images import image_set as current_image_set
 from sandbox.fleet.loadbalancer import LbRow, LbState, LoadBalancer
 from sandbox.fleet.probes import Probe
-from sandbox.load.rows import parse_think_ms
 from sandbox.load.run import LoadRun, LoadSettings
 from sandbox.poll import poll
 from sandbox.results.measure import (
@@ -59,7 +59,8 @@ from sandbox.results.verdict import Limits, exit_code
 from sandbox.rollout import mixed, strategies
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import Executor, ProbeFactory, Timing
-from sandbox.ui.progress import Progress, TrafficMonitor, make_progress
+from sandbox.rollout.load_phases import LoadPhases
+from sandbox.ui.progress import Progress, make_progress
 
 log = logging.getLogger("sandbox.rollout.rehearsal")
 
@@ -95,8 +96,11 @@ class Prepared:
     strategy: str
     size: int
     env: dict[str, str]  # of the new servers
-    instances: list[Instance]  # the app containers at the start (after stale upstreams were taken out)
+    instances: list[Instance]  # the app containers at the start (after ``repair``, if it ran)
     steps: list[planner.Step]  # exactly what ``run`` executes
+    batch: int = 1  # servers one batch takes, as the report gives it
+    mode: str = "replace"
+    versions: tuple[str, ...] = ()  # the fleet's declared versions, in order
     peak: int | None = None  # most app containers alive at once (simulated)
     floor: int | None = None  # fewest slots serving at once: the expected capacity
     batches: int | None = None
@@ -262,10 +266,8 @@ class Rehearsal:
         self.install_sigint = install_sigint
         self.deps = deps or Deps()
         self.events: list[Event] = []
-        self.monitor = TrafficMonitor()
-        self.load: LoadRun | None = None
-        self._ticker: asyncio.Task[None] | None = None
-        self._load_died_at: float | None = None  # when the load generator was seen dead mid-run
+        self.load = LoadPhases(settings, events=self.events, make_load=self.deps.load, say=self.progress.line,
+                               show=self.progress.traffic, tick_s=self.deps.tick_s)
         self._workdir: Path | None = None
         self._balancer: LoadBalancer | None = None
         self._executor: Executor | None = None
@@ -291,41 +293,38 @@ class Rehearsal:
             raise RuntimeError("prepare() first")
         return self._prepared
 
-    # -- prepare ------------------------------------------------------------------------------
-    async def prepare(self, *, dry_run: bool = False) -> Prepared:
-        """Read the fleet and the load balancer, take stale upstreams out, pick the target, plan.
+    # -- repair, prepare ----------------------------------------------------------------------
+    async def repair(self) -> None:
+        """Bring the fleet to where a plan can be made from it, saying each change: start a stopped
+        load balancer again, build the images, re-attach a set the load balancer lost (from Docker's
+        labels), take stale upstreams out. A bad batch, target or mode is refused before any of it.
 
-        ``dry_run``: only read (no stale upstream taken out, no image built). Raises NotFoundError
-        (no fleet), UsageError (nothing to roll back).
+        Raises NotFoundError (no fleet), UsageError (a bad batch, target or mode, nothing to roll
+        back), BalancerError (a restarted load balancer that does not answer).
         """
-        project = self.settings.project
-        lb, _ = await self.runtime.require_fleet(project)
-        port = await self.runtime.lb_port(project)
-        if port is None:
-            raise NotFoundError(f"project {project!r}: the load balancer has no port label")
-        self._balancer = self.deps.balancer(self.runtime, project, port)
-        listed = await self.runtime.instances(project)
-        if lb.state != "running":  # refuse a bad batch before starting it again
-            check_batch(self.settings.strategy, self.settings.batch, len({i.slot for i in listed}))
-        state = await (self._balancer.load() if dry_run else self._load_balancer(lb))
-        size = state.size or len({i.slot for i in listed})
-        check_batch(self.settings.strategy, self.settings.batch, size)  # before anything is built or touched
-        image_set = await self._fleet_images(build=not dry_run)
-        target = self._target(state, image_set.app)
-        if not image_set.toy and self.settings.mode == "in-place":
-            raise UsageError("mode: in-place swaps the toy app's code; your own images roll with --mode replace")
-        if self._balancer.lost and not dry_run:
-            await self._balancer.repair_lost_set(listed, size)
+        lb, listed = await self._read_fleet()
+        state = await self._start_balancer(lb)
+        size, _ = self._checked(state, listed, await self._fleet_images(build=False))  # before anything is built
+        image_set = await self._fleet_images(build=True)
+        if self.balancer.lost:
+            await self.balancer.repair_lost_set(listed, size)
             self.progress.line("the load balancer had lost its attached set (restarted?): "
-                               f"re-attached {len(self._balancer.state.upstreams)} servers from Docker's labels")
-        self._executor = Executor(self.runtime, self._balancer, self.settings, image_set,
-                                  on_event=self.progress.event, events=self.events,
-                                  probe=self.deps.probe, timing=self.deps.timing)
-        self._executor.before_step = getattr(self.progress, "before_step", None)
-        if self.settings.mixed_checks and not dry_run:
-            self._executor.after_step = self._after_step
-        for name in [] if dry_run else await self._executor.reconcile(listed):
+                               f"re-attached {len(self.balancer.state.upstreams)} servers from Docker's labels")
+        self._executor = self._new_executor(image_set)
+        for name in await self._executor.reconcile(listed):
             self.progress.line(f"took {name} out of the load balancer: its container is gone or not running")
+
+    async def prepare(self) -> Prepared:
+        """Read the fleet and the load balancer, pick the target, plan; changes nothing (``--dry-run``
+        prints this). After ``repair`` it plans the repaired fleet with the images built there.
+
+        Raises NotFoundError (no fleet), UsageError (a bad batch, target or mode, nothing to roll back).
+        """
+        _, listed = await self._read_fleet()
+        state = await self.balancer.load()
+        if self._executor is None:
+            self._executor = self._new_executor(await self._fleet_images(build=False))
+        size, target = self._checked(state, listed, self._executor.images)
         instances, servers = await self._executor.fleet(listed)
         plan_settings = planner.PlanSettings(size=size, to_version=target, strategy=self.settings.strategy,
                                              batch=self.settings.batch, mode=self.settings.mode,
@@ -333,7 +332,7 @@ class Rehearsal:
         steps = planner.merge_reloads(planner.plan(servers, plan_settings))
         try:
             sim: planner.Simulation | None = planner.simulate(servers, plan_settings, steps)
-        except planner.PlanError:  # a fleet with stale upstreams (dry run): no figures
+        except planner.PlanError:  # a fleet with stale upstreams (not repaired): no figures
             sim = None
         # the fleet's own environment (from `up --env`) always; --set-env only for the new version
         env = dict(state.app_env) if self.kind == "rollback" else {
@@ -341,13 +340,44 @@ class Rehearsal:
         source = versions.source_version([i.version for i in listed], target, (state.rollout or {}).get("from"))
         self._prepared = Prepared(kind=self.kind, source=source, target=target,
                                   strategy=self.settings.strategy, size=size, env=env,
-                                  instances=instances, steps=steps,
+                                  instances=instances, steps=steps, batch=batch_of(self.settings, size),
+                                  mode=self.settings.mode, versions=tuple(self._executor.images.app),
                                   peak=sim.peak_containers if sim else None, floor=sim.min_serving if sim else None,
                                   batches=sim.batches if sim else None, seed=self.settings.seed,
                                   mixed_checks=self.settings.mixed_checks)
         return self._prepared
 
-    async def _load_balancer(self, lb: LbHandle) -> LbState:
+    async def _read_fleet(self) -> tuple[LbHandle, list[Instance]]:
+        """The load balancer's container and the app containers; the balancer is reached once."""
+        project = self.settings.project
+        lb, _ = await self.runtime.require_fleet(project)
+        if self._balancer is None:
+            port = await self.runtime.lb_port(project)
+            if port is None:
+                raise NotFoundError(f"project {project!r}: the load balancer has no port label")
+            self._balancer = self.deps.balancer(self.runtime, project, port)
+        listed = await self.runtime.instances(project)
+        if lb.state != "running":  # refuse a bad batch before starting it again
+            check_batch(self.settings.strategy, self.settings.batch, len({i.slot for i in listed}))
+        return lb, listed
+
+    def _checked(self, state: LbState, listed: list[Instance], image_set: ImageSet) -> tuple[int, str]:
+        """The fleet's size and the target version, once the batch, the target and the mode hold."""
+        size = state.size or len({i.slot for i in listed})
+        check_batch(self.settings.strategy, self.settings.batch, size)
+        target = self._target(state, image_set.app)
+        if not image_set.toy and self.settings.mode == "in-place":
+            raise UsageError("mode: in-place swaps the toy app's code; your own images roll with --mode replace")
+        return size, target
+
+    def _new_executor(self, image_set: ImageSet) -> Executor:
+        executor = Executor(self.runtime, self.balancer, self.settings, image_set,
+                            on_event=self.progress.event, events=self.events,
+                            probe=self.deps.probe, timing=self.deps.timing)
+        executor.before_step = getattr(self.progress, "before_step", None)
+        return executor
+
+    async def _start_balancer(self, lb: LbHandle) -> LbState:
         """The load balancer's live state; a stopped LB container is started again first."""
         if lb.state == "running":
             return await self.balancer.load()
@@ -395,18 +425,23 @@ class Rehearsal:
         if self.report_dir is not None:
             self.report_dir.mkdir(parents=True, exist_ok=True)
         self._seed_progress()
+        if self.settings.mixed_checks:
+            self.executor.after_step = self._after_step
         interrupts = Interrupts(self.executor.stop_requested, self.progress.line)
         try:
             with self.progress, interrupts.installed(self.install_sigint):
-                await self._warmup()
+                if self.settings.load:
+                    await self.load.warmup(self.balancer.url, self._rows_path(), until=self.executor.stop_requested,
+                                           paths=tuple(self.settings.paths) if self.settings.paths
+                                           or self.executor.images.toy else ("/",))
                 t_start = time.time()
                 outcome, message = await self._execute(interrupts)
                 t_end = time.time()
-                await self._cooldown()
+                await self.load.cooldown()
         finally:
-            await self._stop_load()
+            await self.load.stop()
         self._ran = Ran(outcome=outcome, message=message, started=started, t_start=t_start, t_end=t_end,
-                        peak=self.executor.peak, load=self.load is not None, load_alive=self._load_died_at is None,
+                        peak=self.executor.peak, load=self.load.ran, load_alive=self.load.alive,
                         mixed_checks=mixed.finish(self.settings.mixed_checks, self._mixed_ran, outcome))
         return self._ran
 
@@ -435,45 +470,22 @@ class Rehearsal:
 
     def _seed_progress(self) -> None:
         if hasattr(self.progress, "seed"):
+            p = self.prepared
+            self.progress.planned(strategy=p.strategy, source=p.source, target=p.target, size=p.size,
+                                  versions=p.versions, floor=p.floor, peak=p.peak, batches=p.batches)
             self.progress.fleet_mode(lb_apply=self.balancer.state.lb_apply,
                                      ready_successes=self.settings.ready_successes)
             attached = {u.name for u in self.balancer.state.upstreams}
             for inst in self.prepared.instances:
                 self.progress.seed(inst.name, inst.slot, inst.version, inst.name in attached)
 
-    async def _warmup(self) -> None:
-        if not self.settings.load:
-            return
-        s = self.settings
-        rows_path = (self.report_dir or self._workdir or Path(".")) / "requests.jsonl"
-        self.load = self.deps.load(self.balancer.url, LoadSettings(
-            users=s.users, spawn_rate=s.spawn_rate, locustfile=s.locustfile, v2_mode=s.v2_mode,
-            workers=s.load_workers, think_s=parse_think_ms(s.think_ms), timeout_s=s.client_timeout_s,
-            paths=tuple(s.paths) if s.paths or self.executor.images.toy else ("/",)), rows_path)
-        await self.load.start()
-        self.events.append({"t": time.time(), "phase": "load-start", "instance": None})
-        self._ticker = asyncio.create_task(self._tick(self.load))
-        with suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.executor.stop_requested.wait(), timeout=s.warmup_s)
-
-    async def _tick(self, load: LoadRun) -> None:
-        while True:
-            self.monitor.add(load.new_rows())
-            self.progress.traffic(self.monitor)
-            self._check_load_alive(load)
-            await asyncio.sleep(self.deps.tick_s)
-
-    def _check_load_alive(self, load: LoadRun) -> None:
-        """A load generator that died mid-run is said at once; the rollout goes on safely, the verdict fails."""
-        if self._load_died_at is None and not load.alive():
-            self._load_died_at = time.time()
-            self.events.append({"t": self._load_died_at, "phase": "load-died", "instance": None})
-            self.progress.line("the load generator died: the rollout goes on, but this run cannot PASS")
+    def _rows_path(self) -> Path:
+        return (self.report_dir or self._workdir or Path(".")) / "requests.jsonl"
 
     async def _execute(self, interrupts: Interrupts) -> tuple[str, str]:
         """The rollout itself, between two load balancer records of it; (outcome, message)."""
         p = self.prepared
-        self.monitor.mark()
+        self.load.monitor.mark()
         self.executor.emit("rollout-start", None, version=p.target,
                            detail={"from": p.source, "to": p.target, "instances": len(p.instances),
                                    "strategy": p.strategy, "kind": p.kind})
@@ -514,7 +526,7 @@ class Rehearsal:
         return hint(command, self.settings.project)
 
     def _health(self) -> str | None:
-        total, failed = self.monitor.since_mark()
+        total, failed = self.load.monitor.since_mark()
         return error_ratio_problem(total, failed, self.settings.max_error_ratio)
 
     async def _roll_back(self, cause: BaseException) -> tuple[str, str]:
@@ -540,32 +552,14 @@ class Rehearsal:
         executor.emit("rollback-end", None, version=source)
         return "rolled_back", f"rolled back to {source}: {cause}"
 
-    async def _cooldown(self) -> None:
-        if self.load is None:
-            return
-        await asyncio.sleep(self.settings.cooldown_s)
-        self._check_load_alive(self.load)
-        # stamped when asked: the second Locust takes to exit is not a stall of the fleet
-        self.events.append({"t": time.time(), "phase": "load-stop", "instance": None})
-        if self._ticker is not None:  # or it sees Locust's processes exit as asked and calls it a death
-            self._ticker.cancel()
-        await self.load.stop()
-        self.monitor.add(self.load.new_rows())
-
-    async def _stop_load(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-        if self.load is not None:
-            await self.load.stop()
-
     # -- collect ------------------------------------------------------------------------------
     async def collect(self) -> Collected:
         """The client rows, the NGINX log rows of this run and the events; cleans up the work dir."""
-        rows = self.load.all_rows() if self.load is not None else []
+        rows = self.load.rows()
         if not self.executor.images.toy:  # your app's versions are your names: read from NGINX's log
             rows = [{**r, "version": None} for r in rows]  # (upstream address -> container -> version)
         nginx_rows: list[LbRow] = []
-        if self.load is not None:
+        if self.load.ran:
             with suppress(SandboxError):
                 t_load = self.events[0]["t"] if self.events else (self._ran.started if self._ran else 0.0)
                 nginx_rows = [r for r in await self.balancer.access_log() if r["time"] >= t_load - 1]
@@ -573,11 +567,7 @@ class Rehearsal:
             shutil.rmtree(self._workdir, ignore_errors=True)
         return Collected(rows=rows, nginx_rows=nginx_rows, events=list(self.events),
                          history=fleet_history(self.prepared.instances, self.events),
-                         lb=self.balancer.state, load_end=self._load_end())
-
-    def _load_end(self) -> dict[str, Any] | None:
-        end = getattr(self.load, "end", None)
-        return {**end.to_dict(), "workers": self.load.settings.workers} if end is not None and self.load else None
+                         lb=self.balancer.state, load_end=self.load.end())
 
 
 async def rehearse(settings: Settings, *, runtime: Engine, kind: Kind = "roll", to_version: str | None = None,
@@ -590,6 +580,7 @@ async def rehearse(settings: Settings, *, runtime: Engine, kind: Kind = "roll", 
     """
     rehearsal = Rehearsal(settings, runtime=runtime, kind=kind, to_version=to_version, progress=progress,
                           report_dir=report_dir, install_sigint=install_sigint, deps=deps)
+    await rehearsal.repair()
     prepared = await rehearsal.prepare()
     if not prepared.steps:
         unchanged = unchanged_report(settings, prepared)
@@ -662,7 +653,7 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
     died = bool(collected.load_end and collected.load_end.get("died_early"))
     meta = {
         "project": settings.project, "kind": prepared.kind, "strategy": prepared.strategy, "size": prepared.size,
-        "batch": batch_of(settings, prepared.size), "mode": settings.mode,
+        "batch": prepared.batch, "mode": prepared.mode,
         "from_version": prepared.source, "to_version": prepared.target, "outcome": ran.outcome,
         "duration_s": round((ran.t_end or time.time()) - (ran.t_start or ran.started), 3),
         "peak_instances": ran.peak, "sticky": collected.lb.sticky, "lb_apply": collected.lb.lb_apply,

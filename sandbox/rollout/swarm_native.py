@@ -1,7 +1,8 @@
 """``swarm-native``: hand the rollout to Swarm itself, and measure what users saw.
 
-A separate path from the plan/controller: one service with N replicas behind the same
-NGINX, the same Locust load and the same measurement and report. Swarm runs
+Swarm rolls instead of the plan/controller: one service with N replicas behind the same
+NGINX, the same load phases (``LoadPhases``) and the same report (``rollout_report``) as
+every rehearsal, rolling the fleet's declared versions. Swarm runs
 ``service update`` with the user's update config; the sandbox only keeps the load
 balancer's attached set equal to the tasks that run and are meant to run (polled every
 0.2 s). It answers "with this update config, does my service drop requests?".
@@ -23,18 +24,15 @@ from typing import Any
 
 from sandbox.config import Settings
 from sandbox.errors import RolloutError, UsageError
-from sandbox.fleet.balancer import NginxBalancer
+from sandbox.fleet import versions
 from sandbox.fleet.images import ImageSet
 from sandbox.fleet.loadbalancer import LoadBalancer, Upstream
 from sandbox.fleet.swarm import SwarmEngine, UpdateOrder, UpdatePolicy
-from sandbox.load.rows import parse_think_ms
-from sandbox.load.run import LoadRun, LoadSettings
-from sandbox.results.measure import MeasureSettings, measure
-from sandbox.results.model import Report
 from sandbox.results.records import Event
-from sandbox.results.report import build_report, write_report_dir
-from sandbox.results.verdict import Limits
+from sandbox.results.report import write_report_dir
+from sandbox.rollout.load_phases import LoadPhases
 from sandbox.rollout.mixed import not_run
+from sandbox.rollout.rehearsal import Collected, Deps, Prepared, Ran, fleet_history, rollout_report
 
 log = logging.getLogger("sandbox.rollout.swarm_native")
 
@@ -81,58 +79,61 @@ async def _follow(runtime: SwarmEngine, balancer: LoadBalancer, service_id: str,
 
 
 async def rehearse(settings: Settings, *, runtime: SwarmEngine, images: ImageSet, order: UpdateOrder,
-                   report_dir: Path | None = None, say: Callable[[str], None] = log.info) -> dict[str, Any]:
-    """Start a fleet of ``settings.size`` replicas on v1, let Swarm update it to v2 under load,
-    report; remove the fleet whatever happened. ``settings.project`` must not exist yet."""
+                   report_dir: Path | None = None, say: Callable[[str], None] = log.info,
+                   deps: Deps | None = None) -> dict[str, Any]:
+    """Start a fleet of ``settings.size`` replicas on the first declared version (``settings.version``),
+    let Swarm update it to the last (``settings.to_version``) under load, report like every rehearsal;
+    remove the fleet whatever happened. ``settings.project`` must not exist yet. ``deps``: the
+    balancer, the load and its tick (tests pass fakes)."""
+    deps = deps or Deps()
+    prepared = native_plan(settings, images, order)
     project, size = settings.project, settings.size
     events: list[Event] = []
     stop = asyncio.Event()
     peak = [0]
     workdir = Path(tempfile.mkdtemp(prefix=f"rolling-sandbox-{project}-"))
-    rows_path = (report_dir or workdir) / "requests.jsonl"
     if report_dir is not None:
         report_dir.mkdir(parents=True, exist_ok=True)
     follower: asyncio.Task[None] | None = None
-    load: LoadRun | None = None
+    load = LoadPhases(settings, events=events, make_load=deps.load, say=say, tick_s=deps.tick_s)
+    started = time.time()
     try:
         await runtime.ensure_network(project)
         await runtime.start_lb(project, settings.port, images.lb)
-        balancer = NginxBalancer(runtime, project, settings.port)
+        balancer = deps.balancer(runtime, project, settings.port)
         await balancer.apply([], rollout=None, sticky=settings.sticky, size=size, retry=settings.lb_retry,
                              client_keepalive_s=65 if settings.client_keepalive else 0, app_env=dict(settings.app_env),
                              lb_apply=settings.lb_apply)
-        env = {**APP_ENV_DEFAULTS, **settings.app_env}
-        service_id = await runtime.start_replicated(project, "v1", images.app["v1"], env, size,
-                                                    healthcheck=settings.swarm_healthcheck)
+        service_id = await runtime.start_replicated(project, prepared.source, images.app[prepared.source],
+                                                    prepared.env, size, healthcheck=settings.swarm_healthcheck)
         follower = asyncio.create_task(_follow(runtime, balancer, service_id, stop, events, {}, peak))
         await _until(lambda: len(balancer.state.upstreams) >= size, START_TIMEOUT_S,
                      f"{size} replicas did not all serve within {START_TIMEOUT_S:g} s")
-        load = LoadRun(balancer.url, LoadSettings(
-            users=settings.users, spawn_rate=settings.spawn_rate, locustfile=settings.locustfile,
-            v2_mode=settings.v2_mode, workers=settings.load_workers, think_s=parse_think_ms(settings.think_ms),
-            timeout_s=settings.client_timeout_s), rows_path)
-        await load.start()
-        events.append({"t": time.time(), "phase": "load-start", "instance": None})
-        await asyncio.sleep(settings.warmup_s)
-        say(f"{project}: service update to v2, {order}, parallelism {settings.update_parallelism}")
+        await load.warmup(balancer.url, (report_dir or workdir) / "requests.jsonl")
+        say(f"{project}: service update to {prepared.target}, {order}, parallelism {settings.update_parallelism}")
         t0 = time.time()
-        events.append({"t": t0, "phase": "rollout-start", "instance": None})
-        await runtime.update_image(service_id, images.app["v2"], update_policy(settings, order))
+        events.append({"t": t0, "phase": "rollout-start", "instance": None, "version": prepared.target,
+                       "detail": {"from": prepared.source, "to": prepared.target, "strategy": prepared.strategy,
+                                  "kind": prepared.kind}})
+        await runtime.update_image(service_id, images.app[prepared.target], update_policy(settings, order))
         state = await _update_done(runtime, service_id)
         t1 = time.time()
         events.append({"t": t1, "phase": "rollout-end", "instance": None, "detail": {"outcome": state}})
-        await asyncio.sleep(settings.cooldown_s)
-        # stamped when asked: the second Locust takes to exit is not a stall of the fleet
-        events.append({"t": time.time(), "phase": "load-stop", "instance": None})
-        await load.stop()
+        await load.cooldown()
+        lb = balancer.state
     finally:
         stop.set()
         if follower is not None:
             follower.cancel()
-        if load is not None:
-            await load.stop()
+        await load.stop()
         await runtime.down(project)
-    report = _native_report(settings, order, load.all_rows(), events, state, t1 - t0, peak[0])
+    ran = Ran(outcome="completed" if state == "completed" else f"swarm: {state}", message="", started=started,
+              t_start=t0, t_end=t1, peak=peak[0], load=load.ran, load_alive=load.alive,
+              # Swarm rolls its tasks itself: no step of ours to run a check after, so each one is said not run
+              mixed_checks=not_run(settings.mixed_checks, "not run: Swarm's own update has no step to run it at"))
+    collected = Collected(rows=load.rows(), nginx_rows=[], events=events, history=fleet_history([], events), lb=lb,
+                          load_end=load.end())
+    report = rollout_report(settings, prepared, ran, collected)
     out = report.to_json()
     if report_dir is not None:
         out["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
@@ -140,18 +141,14 @@ async def rehearse(settings: Settings, *, runtime: SwarmEngine, images: ImageSet
     return out
 
 
-def _native_report(settings: Settings, order: str, rows: list[Any], events: list[Event], state: str,
-                   duration_s: float, peak: int) -> Report:
-    """The report of one swarm-native update, like every other rehearsal's (pure)."""
-    measured = measure(rows, events, settings=MeasureSettings(slow_ms=settings.slow_ms))
-    meta = {"project": settings.project, "kind": "roll", "strategy": f"{NATIVE}:{order}", "size": settings.size,
-            "batch": settings.update_parallelism, "mode": "replace", "from_version": "v1", "to_version": "v2",
-            "outcome": "completed" if state == "completed" else f"swarm: {state}",
-            "duration_s": round(duration_s, 3), "peak_instances": peak, "sticky": settings.sticky,
-            "lb_apply": settings.lb_apply, "users": settings.users, "load": True,
-            # Swarm rolls its tasks itself: no step of ours to run a check after, so each one is said not run
-            "mixed_checks": not_run(settings.mixed_checks, "not run: Swarm's own update has no step to run it at")}
-    return build_report(meta=meta, measured=measured, steps=events, limits=Limits.from_settings(settings))
+def native_plan(settings: Settings, images: ImageSet, order: str) -> Prepared:
+    """What a swarm-native run rolls (pure): the fleet's declared versions, from ``settings.version``
+    (default the first) to ``settings.to_version`` (default the last), Swarm's parallelism as the batch."""
+    source = versions.pick(images.app, settings.version, default_last=False, what="version")
+    target = versions.pick(images.app, settings.to_version, default_last=True, what="to")
+    return Prepared(kind="roll", source=source, target=target, strategy=f"{NATIVE}:{order}", size=settings.size,
+                    env={**APP_ENV_DEFAULTS, **settings.app_env}, instances=[], steps=[],
+                    batch=settings.update_parallelism, mode="replace", versions=tuple(images.app))
 
 
 async def _update_done(runtime: SwarmEngine, service_id: str) -> str:

@@ -17,7 +17,7 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TextIO, TypedDict
 
@@ -132,6 +132,12 @@ class Progress:
     def fleet_mode(self, *, lb_apply: str, ready_successes: int) -> None:
         self.state.fleet_mode(lb_apply=lb_apply, ready_successes=ready_successes)
 
+    def planned(self, *, strategy: str, source: str, target: str, size: int, versions: Sequence[str],
+                floor: int | None, peak: int | None, batches: int | None) -> None:
+        """The plan about to run (``RolloutState.planned``)."""
+        self.state.planned(strategy=strategy, source=source, target=target, size=size, versions=versions,
+                           floor=floor, peak=peak, batches=batches)
+
     def event(self, event: Event) -> None:
         self.state.event(event)
         detail = event.get("detail") or {}
@@ -159,7 +165,7 @@ class Progress:
         promise, run = self.state.promise or {}, self.state.run
         size = self.state.size
         floor = int(promise.get("floor", size - 1))
-        words = {"size": size, "batch": size - floor, "floor": floor, "to": run.get("to", "v2"),
+        words = {"size": size, "batch": size - floor, "floor": floor, "to": run.get("to") or "",
                  "lb_apply": run.get("lb_apply", "dynamic"), "ready_successes": run.get("ready_successes", 1)}
         if not self._narrated_pick:
             self._narrated_pick = True

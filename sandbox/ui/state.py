@@ -70,33 +70,6 @@ LB_WORDS = {  # how a change of the attached set reaches NGINX, per lb_apply mod
 }
 
 
-@dataclass
-class Promise:
-    """What the strategy guarantees: capacity never below ``floor``, at most ``peak`` containers."""
-
-    floor: int
-    peak: int
-    batches: int
-
-    def as_dict(self, size: int) -> dict[str, Any]:
-        return {"floor": self.floor, "peak": self.peak, "batches": self.batches, "size": size}
-
-
-def promise(size: int, strategy: str, batch: int = 1, mode: Mode = "replace", to_version: str = "v2") -> Promise:
-    """The plan's promise for a fresh fleet of ``size`` on the other version (pure)."""
-    from sandbox.rollout import plan as planner
-
-    source = "v1" if to_version == "v2" else "v2"
-    settings = planner.PlanSettings(size=size, to_version=to_version, strategy=strategy,
-                                    batch=batch, mode=mode)
-    fleet = [planner.Server(id=f"s{n}", slot=n, version=source, attached=True)
-             for n in range(1, size + 1)]
-    steps = planner.plan(fleet, settings)
-    sim = planner.simulate(fleet, settings, steps)
-    max_unavailable, _ = planner.limits(settings)
-    return Promise(floor=size - max_unavailable, peak=sim.peak_containers, batches=sim.batches)
-
-
 def narrate(key: str, slots: Sequence[int], *, size: int, batch: int, floor: int, to: str,
             lb_apply: str = "dynamic", ready_successes: int = 1, detach: Sequence[int] = ()) -> str:
     """One sentence on what a step of the first batch does and why, as the fleet's ``lb_apply`` mode
@@ -142,25 +115,27 @@ class RolloutState:
     seq: int = 0
 
     # -- inputs --------------------------------------------------------------------------------
-    def configure(self, *, strategy: str, batch: int = 1, mode: Mode = "replace", to_version: str = "v2",
+    def configure(self, *, strategy: str, batch: int = 1, mode: Mode = "replace", to_version: str = "",
                   size: int = 0, title: str = "") -> None:
-        """What this run is (before any event); the promise follows once the size is known."""
+        """What this run is (before any event); where from, the versions and the promise come with
+        its plan (``planned``). ``to_version`` "": the fleet's last declared version, not known yet."""
         self.size = size or self.size
-        self.run = {"strategy": strategy, "batch": batch, "mode": mode, "to": to_version,
-                    "from": "v1" if to_version == "v2" else "v2", "title": title}
-        self._update_promise()
+        self.run = {"strategy": strategy, "batch": batch, "mode": mode, "to": to_version or None, "from": None,
+                    "title": title}
+        self.promise = None
         self._changed()
 
-    def _update_promise(self) -> None:
-        if not self.size or not self.run.get("strategy"):
-            return
-        try:
-            self.promise = promise(self.size, self.run["strategy"], int(self.run.get("batch") or 1),
-                                   self.run.get("mode") or "replace", self.run.get("to") or "v2").as_dict(self.size)
-        except ValueError:  # a combination the planner refuses: the run says so itself
-            self.promise = None
-        if (p := self.promise) is not None:
-            p["text"] = strategies.of(self.run["strategy"]).promise(p["floor"], p["peak"], self.size)
+    def planned(self, *, strategy: str, source: str, target: str, size: int, versions: Sequence[str],
+                floor: int | None, peak: int | None, batches: int | None) -> None:
+        """The plan about to run: its versions and its own figures, which make the promise
+        (none for a plan without figures)."""
+        self.size = size
+        self.run.setdefault("strategy", strategy)
+        self.run.update({"from": source, "to": target, "versions": list(versions)})
+        self.promise = None if floor is None or peak is None else {
+            "floor": floor, "peak": peak, "batches": batches or 0, "size": size,
+            "text": strategies.of(strategy).promise(floor, peak, size)}
+        self._changed()
 
     def fleet_mode(self, *, lb_apply: str, ready_successes: int) -> None:
         """How this fleet's load balancer takes changes and how many passes readiness needs (the narration says it)."""
@@ -324,7 +299,6 @@ class RolloutState:
             self.phase = "rolling"
             self.run.setdefault("strategy", detail.get("strategy"))
             self.run.update({k: detail[k] for k in ("from", "to", "kind") if k in detail})
-            self._update_promise()
         elif phase == "rollout-end":
             self.phase = "finishing"
             self.step = None

@@ -314,14 +314,6 @@ async def test_a_seeded_roll_reports_its_seed_and_order_and_the_same_seed_picks_
     assert orders[0] == orders[1] and orders[0] != [[i] for i in range(1, 6)]
 
 
-def test_swarms_own_update_says_its_checks_did_not_run() -> None:
-    from sandbox.rollout.swarm_native import _native_report
-
-    report = _native_report(Settings(mixed_checks=("./a.sh",)), "stop-first", [], [], "completed", 1.0, 3).to_json()
-    assert report["mixed_checks"][0]["status"] == "not_run" and "Swarm" in report["mixed_checks"][0]["reason"]
-    assert next(c for c in report["verdict"]["checks"] if c["name"] == "mixed_check_1")["skipped"] is True
-
-
 def test_a_timed_out_check_fails_and_a_pipe_in_its_command_keeps_the_markdown_table_whole() -> None:
     record = {"name": "mixed_check_1", "command": "curl -s $SANDBOX_URL | jq .", "status": "timed_out",
               "exit_code": -9, "duration_s": 60.0, "stdout_tail": "", "stderr_tail": "(killed after 60 s)"}

@@ -137,9 +137,13 @@ async def test_phases_one_by_one() -> None:
     world.runtime.vanish("a2")  # a crash left its upstream configured
     rehearsal = Rehearsal(settings(), runtime=world.runtime, progress=Progress(world.stream),
                           deps=world.deps, install_sigint=False)
-    prepared = await rehearsal.prepare()
+    await rehearsal.prepare()  # only reads: the stale upstream stays
+    assert world.runtime.log == [] and world.stream.getvalue() == ""
+    await rehearsal.repair()
     assert world.runtime.log == ["lb -a2"]  # only the stale upstream was taken out
     assert "took a2 out of the load balancer" in world.stream.getvalue()
+    prepared = await rehearsal.prepare()  # the repaired fleet's plan
+    assert world.runtime.log == ["lb -a2"]
     assert (prepared.source, prepared.target, prepared.size) == ("v1", "v2", 3)
     plan_text = prepared.describe()  # printable before anything runs
     assert plan_text.splitlines()[:4] == [

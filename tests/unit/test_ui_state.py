@@ -9,7 +9,8 @@ import pytest
 
 from sandbox.results.model import Report
 from sandbox.results.records import Event
-from sandbox.ui.state import REMOVED_LINGER_S, SEED_STEPS, RolloutState, narrate, promise
+from sandbox.rollout import plan as planner
+from sandbox.ui.state import REMOVED_LINGER_S, SEED_STEPS, RolloutState, narrate
 
 T0 = 1000.0
 
@@ -28,9 +29,20 @@ def ev(phase: str, instance: str | None = None, *, slot: int | None = None, vers
     return event
 
 
+def planned(state: RolloutState, strategy: str, batch: int, size: int, source: str = "old",
+            target: str = "new") -> None:
+    """Give ``state`` the plan of ``size`` servers on ``source`` to ``target``, with the plan's own figures."""
+    settings = planner.PlanSettings(size=size, to_version=target, strategy=strategy, batch=batch)  # type: ignore[arg-type]
+    servers = [planner.Server(id=f"s{n}", slot=n, version=source, attached=True) for n in range(1, size + 1)]
+    sim = planner.simulate(servers, settings, planner.plan(servers, settings))
+    state.planned(strategy=strategy, source=source, target=target, size=size, versions=(source, target),
+                  floor=sim.min_serving, peak=sim.peak_containers, batches=sim.batches)
+
+
 def fleet(size: int = 3) -> RolloutState:
     state = RolloutState()
     state.configure(strategy="one-at-a-time", batch=1, mode="replace", to_version="v2", size=size)
+    planned(state, "one-at-a-time", 1, size, "v1", "v2")
     for n in range(1, size + 1):
         state.seed(f"app-{n}-a", n, "v1", attached=True)
     return state
@@ -152,21 +164,28 @@ def test_stopping_marks_the_drained_server_of_that_slot_only() -> None:
 ])
 def test_the_promise_comes_from_the_plan(strategy: str, batch: int, size: int, floor: int, peak: int,
                                          batches: int) -> None:
-    p = promise(size, strategy, batch)
-    assert (p.floor, p.peak, p.batches) == (floor, peak, batches)
     state = RolloutState()
     state.configure(strategy=strategy, batch=batch, size=size)
-    assert state.snapshot()["promise"]["text"] == f"capacity never below {floor} of {size}, at most {peak} containers"
+    assert state.snapshot()["promise"] is None  # no plan yet, no promise
+    planned(state, strategy, batch, size)
+    snap = state.snapshot()
+    assert {k: snap["promise"][k] for k in ("floor", "peak", "batches")} == {
+        "floor": floor, "peak": peak, "batches": batches}
+    assert snap["promise"]["text"] == f"capacity never below {floor} of {size}, at most {peak} containers"
+    assert (snap["run"]["from"], snap["run"]["to"], snap["run"]["versions"]) == ("old", "new", ["old", "new"])
 
 
-def test_a_roll_learns_its_size_from_the_seeded_fleet() -> None:
+def test_a_roll_learns_its_size_and_versions_from_its_plan() -> None:
     state = RolloutState()
-    state.configure(strategy="rolling", batch=2)  # roll: the fleet's size is not known yet
+    state.configure(strategy="rolling", batch=2)  # roll: the fleet's size and versions are not known yet
     assert state.snapshot()["promise"] is None
+    assert (state.snapshot()["run"]["from"], state.snapshot()["run"]["to"]) == (None, None)  # never guessed
+    planned(state, "rolling", 2, 4)
     for n in range(1, 5):
-        state.seed(f"app-{n}-a", n, "v1", attached=True)
-    state.event(ev("rollout-start", **{"from": "v1", "to": "v2", "strategy": "rolling"}))
+        state.seed(f"app-{n}-a", n, "old", attached=True)
+    state.event(ev("rollout-start", **{"from": "old", "to": "new", "strategy": "rolling"}))
     assert state.snapshot()["promise"]["batches"] == 2
+    assert (state.snapshot()["run"]["from"], state.snapshot()["run"]["to"]) == ("old", "new")
     assert len(state.snapshot()["slots"]) == 4
 
 
@@ -250,6 +269,7 @@ def test_the_snapshot_is_json_and_a_copy() -> None:
 def test_naive_promises_nothing() -> None:
     state = RolloutState()
     state.configure(strategy="naive", batch=1, size=3)
+    planned(state, "naive", 1, 3)
     assert state.snapshot()["promise"]["text"] == "none: naive kills servers while they still get traffic"
 
 

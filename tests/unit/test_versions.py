@@ -197,7 +197,7 @@ async def test_dry_run_plans_and_touches_nothing() -> None:
     world.runtime.vanish("a2")  # a stale upstream: a real prepare() would take it out
     rehearsal = Rehearsal(settings(), runtime=world.runtime, progress=Progress(world.stream),
                           deps=world.deps, install_sigint=False)
-    prepared = await rehearsal.prepare(dry_run=True)
+    prepared = await rehearsal.prepare()
     assert world.runtime.log == [] and world.balancer.applied == []  # nothing touched, nothing built
     plan = prepared.as_json()
     assert (plan["from"], plan["to"], plan["size"]) == ("v1", "v2", 3)
@@ -205,7 +205,7 @@ async def test_dry_run_plans_and_touches_nothing() -> None:
     world = World()
     prepared = await Rehearsal(settings(strategy="surge", batch=1), runtime=world.runtime,
                                progress=Progress(world.stream), deps=world.deps,
-                               install_sigint=False).prepare(dry_run=True)
+                               install_sigint=False).prepare()
     assert (prepared.batches, prepared.peak, prepared.floor) == (3, 4, 3)
     assert "in 3 batches; at most 4 containers, at least 3 of 3 servers serving" in prepared.describe()
     assert world.runtime.log == []
