@@ -35,6 +35,7 @@ log = logging.getLogger("sandbox.rollout.executor")
 # The executor detaches and drains a server before it stops it, so the app need not keep
 # answering "stopping" on /healthz for a load balancer to notice (the user's env still wins).
 APP_ENV_DEFAULTS = {"APP_STOP_DELAY": "0"}
+DEAD_STATES = ("exited", "dead")  # a container in one of these never serves again: the plan replaces it
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ class Executor:
             instances = await self.runtime.instances(self.project)
         attached = {u.name for u in self.balancer.state.upstreams}
         servers = [
-            planner.Server(id=i.id, slot=i.slot, version=i.version, attached=i.name in attached)  # type: ignore[arg-type]
+            planner.Server(id=i.id, slot=i.slot, version=i.version, attached=i.name in attached,  # type: ignore[arg-type]
+                           alive=i.state not in DEAD_STATES)
             for i in instances
         ]
         return instances, servers
@@ -383,7 +385,7 @@ class Executor:
 
     async def _check_running(self, inst: Instance, version: str) -> None:
         fresh = await self.runtime.refresh(self.project, inst)
-        if fresh is None or fresh.state in ("exited", "dead"):
+        if fresh is None or fresh.state in DEAD_STATES:
             raise ReadinessError(f"{inst.name} ({version}) stopped before it was ready: "
                                  f"{await self.runtime.exit_info(inst)}")
     async def _ready_once(self, probe: Prober, inst: Instance, version: str) -> bool:

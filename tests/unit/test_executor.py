@@ -236,3 +236,32 @@ async def test_a_new_server_that_died_after_ready_is_never_attached() -> None:
         await roll(runtime, executor, settings)
     assert "n1" not in {u.name for u in balancer.state.upstreams}
     assert [e["instance"] for e in executor.events if e["phase"] == "died"] == ["n1"]
+
+
+@pytest.mark.asyncio
+async def test_a_rollback_replaces_an_old_server_that_died_with_a_fresh_one() -> None:
+    """An old server killed mid-roll, the roll stopped (error ratio): the rollback planned from
+    the fleet as it is starts a fresh v1 in the dead server's slot and removes the dead one;
+    every slot ends attached on v1 and nothing waits on the dead container."""
+    settings = settings_for(3)
+    runtime, balancer, executor = fleet_and_executor(3, settings)
+    a3 = runtime.containers["a3"]
+    runtime.before["start"] = lambda *_: runtime.containers.update(a3=dataclasses.replace(a3, state="exited", ip=None))
+    steps = 0
+
+    def unhealthy() -> str | None:
+        nonlocal steps
+        steps += 1
+        return "error ratio" if steps > 4 else None  # after slot 1's start: its ready and attach still run
+    with pytest.raises(ErrorRatioExceeded):
+        await roll(runtime, executor, settings, health=unhealthy)
+    del runtime.before["start"]
+    instances, servers = await executor.fleet()
+    assert [(s.id, s.alive) for s in servers if s.slot == 3] == [("a3", False)]
+    back = planner.merge_reloads(planner.plan(servers, planner.PlanSettings(3, "v1")))
+    planner.validate(servers, planner.PlanSettings(3, "v1"), back)
+    await executor.execute(back, "v1", env={}, from_version="v2", instances=instances)
+    assert "stop a3" in runtime.log and "start 3 v1" in runtime.log
+    assert sorted((i.slot, i.version, i.state) for i in runtime.containers.values()) == [
+        (1, "v1", "running"), (2, "v1", "running"), (3, "v1", "running")]
+    assert sorted(u.name for u in balancer.state.upstreams) == sorted(runtime.containers)
