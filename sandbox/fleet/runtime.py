@@ -345,6 +345,7 @@ class Runtime:
                     security_opt=["no-new-privileges"],
                     mem_limit="256m",
                     pids_limit=256,
+                    restart_policy={"Name": "on-failure"},  # crashed: the engine starts it again, controller or not
                 )
             except docker.errors.APIError as exc:
                 if "address already in use" in str(exc) or "port is already allocated" in str(exc):

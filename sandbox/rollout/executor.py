@@ -18,10 +18,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sandbox.config import Settings
-from sandbox.errors import ErrorRatioExceeded, Interrupted, ReadinessError, RolloutError
+from sandbox.errors import BalancerError, ErrorRatioExceeded, Interrupted, ReadinessError, RolloutError
 from sandbox.fleet.balancer import Balancer, Upstream
 from sandbox.fleet.images import ImageSet, app_code_tar
 from sandbox.fleet.probes import Probe
@@ -47,6 +48,7 @@ class Timing:
     stop_grace_s: float = 20.0  # SIGTERM, then SIGKILL after this long (the app bounds itself at 15 s)
     state_check_s: float = 1.0  # while waiting for readiness, ask Docker whether it still runs this often
     lb_poll_s: float = 0.02  # --lb-apply dynamic: the LB's in-flight count is one local HTTP call
+    lb_restart_s: float = 15.0  # a load balancer started again must answer its admin listener within this
 
 
 class Prober(Protocol):
@@ -197,6 +199,38 @@ class Executor:
             self.emit("died", inst, address=attached[inst.name], detail={"exit": info})
         return [i.name for i in dead]
 
+    async def restore_lb(self) -> bool:
+        """When the load balancer container exited (killed, crashed), say so, start it again and
+        give it the fleet's state as this controller holds it (the attached set and settings),
+        with ``lb-exited`` and ``lb-restored`` events spanning the outage. Returns False when it
+        is running (the problem is elsewhere)."""
+        lb = await self.runtime.lb(self.project)
+        if lb is None or getattr(lb, "status", "running") == "running":
+            return False
+        died_at = _finished_at(lb) or time.time()
+        code = (getattr(lb, "attrs", {}).get("State") or {}).get("ExitCode")
+        log.warning("the load balancer exited (exit code %s): starting it again with the fleet's state", code)
+        self.emit("lb-exited", None, detail={"exit_code": code, "down_since": round(died_at, 3)})
+        await self.runtime.start_again(lb)
+        self.balancer.forget_container()  # a restarted container may have a new admin address
+        attached = list(self.balancer.state.upstreams)
+        last: list[BalancerError] = []
+
+        async def pushed() -> bool | None:
+            try:
+                await self.balancer.apply(attached)
+            except BalancerError as exc:
+                last[:] = [exc]
+                return None
+            return True
+
+        if not await poll(pushed, timeout=self.timing.lb_restart_s, interval=0.2):  # NGINX takes a moment
+            raise BalancerError(f"the load balancer exited and, started again, does not answer: "
+                                f"{last[0] if last else '?'}")
+        now = time.time()
+        self.emit("lb-restored", None, detail={"outage_s": round(now - died_at, 3), "attached": len(attached)})
+        return True
+
     # -- executing a plan ---------------------------------------------------------------------
     async def execute(
         self,
@@ -226,7 +260,12 @@ class Executor:
                 if self.before_step is not None:
                     await self.before_step(step)
                 await self.notice_dead(run)
-                await self._handlers[step.action](run, step)
+                try:
+                    await self._handlers[step.action](run, step)
+                except BalancerError:
+                    if not await self.restore_lb():
+                        raise
+                    await self._handlers[step.action](run, step)  # the step again, on the restored LB
                 if self.after_step is not None:
                     await self.after_step(step)
 
@@ -469,6 +508,18 @@ class Executor:
             "duration_s": round(end - t0, 3), "in_flight": counts[0], "timed_out": timed_out,
             "idle_s": round(end - detached_at, 3), "signal": "lb", "app_in_flight": app_in_flight,
         })
+
+
+def _finished_at(container: Any) -> float | None:
+    """When Docker says ``container`` stopped (unix time), or None."""
+    text = str((getattr(container, "attrs", {}).get("State") or {}).get("FinishedAt") or "")
+    if not text or text.startswith("0001"):
+        return None
+    stamp, _, fraction = text.rstrip("Z").partition(".")
+    try:
+        return datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp() + float(f"0.{fraction or 0}")
+    except ValueError:
+        return None
 
 
 async def _gather(coros: Iterable[Awaitable[Any]]) -> list[Any]:

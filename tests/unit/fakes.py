@@ -228,6 +228,9 @@ class FakeBalancer:
     async def in_flight(self) -> dict[str, int]:
         return dict(self.counts)
 
+    def forget_container(self) -> None:
+        self.runtime.log.append("lb forget")
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"

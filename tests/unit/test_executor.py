@@ -265,3 +265,33 @@ async def test_a_rollback_replaces_an_old_server_that_died_with_a_fresh_one() ->
     assert sorted((i.slot, i.version, i.state) for i in runtime.containers.values()) == [
         (1, "v1", "running"), (2, "v1", "running"), (3, "v1", "running")]
     assert sorted(u.name for u in balancer.state.upstreams) == sorted(runtime.containers)
+
+
+@pytest.mark.asyncio
+async def test_a_load_balancer_that_exited_is_started_again_with_the_fleets_state() -> None:
+    """The LB container killed mid-roll: the step that found it gone says so, starts it again,
+    pushes the attached set it had, runs again, and the roll completes; the events span the outage."""
+    settings = settings_for(2)
+    runtime, balancer, executor = fleet_and_executor(2, settings)
+    lb = runtime.lbs["p"]
+    runtime.before["stop"] = lambda *_: None if "start_again p-lb" in runtime.log else setattr(lb, "status", "exited")
+    balancer.reject = lambda upstreams, changes: "admin listener did not answer" if lb.status != "running" else None
+    await roll(runtime, executor, settings)
+    assert lb.status == "running" and runtime.log.count("start_again p-lb") == 1
+    at = runtime.log.index("start_again p-lb")
+    assert runtime.log[at + 1:at + 3] == ["lb forget", "lb"]  # the set it had, pushed as it was
+    assert sorted(u.name for u in balancer.state.upstreams) == ["n1", "n2"]
+    phases = [e["phase"] for e in executor.events]
+    assert phases.index("lb-exited") < phases.index("lb-restored")
+    (restored,) = [e for e in executor.events if e["phase"] == "lb-restored"]
+    assert restored["detail"]["outage_s"] >= 0 and restored["detail"]["attached"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_balancer_error_with_the_lb_running_is_not_retried() -> None:
+    settings = settings_for(2)
+    runtime, balancer, executor = fleet_and_executor(2, settings)
+    balancer.reject = lambda upstreams, changes: "no_such_directive"
+    with pytest.raises(BalancerError, match="no_such_directive"):
+        await roll(runtime, executor, settings)
+    assert "start_again p-lb" not in runtime.log and not [e for e in executor.events if e["phase"] == "lb-exited"]
