@@ -23,6 +23,7 @@ from sandbox.fleet import versions
 from sandbox.fleet.balancer import Balancer
 from sandbox.fleet.images import ImageSet, ensure_images, prune_images
 from sandbox.fleet.runtime import Runtime
+from sandbox.lock import locked
 from sandbox.results.report import compare_json, compare_table
 from sandbox.results.verdict import compare_exit_code
 from sandbox.rollout import plan as planner
@@ -46,6 +47,7 @@ async def images(*, runtime: Runtime, force: bool = False, prune: bool = False,
 
 
 # -- up / status / down ---------------------------------------------------------------------------
+@locked("up")
 async def up(settings: Settings, *, runtime: Runtime, say: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Start ``settings.size`` servers on ``settings.version`` behind NGINX on 127.0.0.1:``port``.
 
@@ -148,12 +150,14 @@ async def status(settings: Settings, *, runtime: Runtime) -> dict[str, Any]:
     }
 
 
+@locked("down")
 async def down(settings: Settings, *, runtime: Runtime) -> dict[str, int]:
     """Remove this project's containers, volumes and network; nothing else."""
     return await runtime.down(settings.project)
 
 
 # -- roll / rollback ------------------------------------------------------------------------------
+@locked("roll")
 async def roll(
     settings: Settings,
     *,
@@ -181,6 +185,7 @@ async def plan_only(settings: Settings, *, runtime: Runtime, kind: Kind = "roll"
 
 
 # -- demo / compare -------------------------------------------------------------------------------
+@locked("demo")
 async def demo(
     settings: Settings,
     *,

@@ -49,8 +49,9 @@ _STARTED: list[subprocess.Popen[str]] = []
 
 
 @pytest.fixture(autouse=True)
-def _no_controller_left() -> Iterator[None]:
-    """A test that fails half-way leaves no controller running and no pipe open."""
+def _no_controller_left(cli: Cli) -> Iterator[None]:
+    """A test that fails half-way leaves no controller running and no pipe open (ended before
+    ``cli`` removes the project: a running controller holds its lock)."""
     yield
     while _STARTED:
         proc = _STARTED.pop()
@@ -146,6 +147,20 @@ def test_load_balancer_killed_mid_rollout(cli: Cli, client: docker.DockerClient)
     assert "dropped" in failed and not report["verdict"]["pass"], report["verdict"]
     assert proc.returncode == 1, err
     assert client.containers.get(f"{cli.project}-lb").attrs["HostConfig"]["RestartPolicy"]["Name"] == "on-failure"
+
+
+def test_a_second_command_on_a_busy_project_exits_2_naming_the_holder(cli: Cli, client: docker.DockerClient) -> None:
+    cli.run("up", "--size", str(SIZE), "--port", str(cli.port), check=True)
+    proc = start_roll(cli, "--no-load", "--set-env", "APP_STARTUP_DELAY=2")
+    wait_for_line(proc, " attach")
+    for command in ("down", "rollback", "up"):
+        busy = cli.run(command)
+        assert busy.returncode == 2, (command, busy.stderr)
+        assert f"is busy: `sandbox roll --to v2 --project {cli.project}" in busy.stderr, busy.stderr
+        assert f"(roll, pid {proc.pid}) since" in busy.stderr, busy.stderr
+    out, err = proc.communicate(timeout=300)
+    assert json.loads(out)["outcome"] == "completed", err
+    assert_consistent(cli, client, "v2")  # the refused `down` touched nothing
 
 
 def test_nginx_rejects_the_rendered_config(cli: Cli, client: docker.DockerClient, tmp_path: Path) -> None:
