@@ -252,6 +252,8 @@ def _add_compare_command(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--strategies", default="one-at-a-time,rolling:3,double-half,blue-green,naive",
                    help="comma-separated, NAME or NAME:BATCH (default one-at-a-time,rolling:3,double-half,"
                         "blue-green,naive)")
+    p.add_argument("--replace", action="store_true", help="remove existing fleets named PROJECT-N first "
+                                                          "(default: refuse them, exit 2)")
     p.add_argument("--sticky", action="store_true", default=None, help="route each user to one server")
     p.add_argument("--update-parallelism", type=_integer, help="swarm-native: tasks updated at once (default 1)")
     p.add_argument("--update-delay", type=_number, help="swarm-native: seconds between batches (default 0)")
@@ -399,7 +401,7 @@ async def _demo(args: argparse.Namespace, settings: Settings, runtime: Runtime, 
 
 async def _compare(args: argparse.Namespace, settings: Settings, runtime: Runtime, say: Say, view: LiveView) -> int:
     compared = await commands.compare(settings, runtime=runtime, strategies=_specs(args), report_dir=args.report,
-                                      say=say, progress_for=view.progress)
+                                      say=say, progress_for=view.progress, replace=args.replace)
     print(json.dumps(compared.table, indent=2, default=str) if args.json else compare_text(compared.reports))
     if args.junit is not None:
         write_compare_junit(compared.reports, args.junit)

@@ -226,13 +226,20 @@ async def compare(
     report_dir: Path | None = None,
     say: Callable[[str], None] = log.info,
     progress_for: Callable[[Settings], Progress] = lambda _settings: Progress(),
+    replace: bool = False,
 ) -> CompareResult:
     """Run each strategy on a fresh fleet of ``settings.size`` under the same load; one report each,
     and ``compare.json``/``compare.md`` beside them in ``report_dir``.
 
     Each fleet is its own project (``<project>-<n>``) and is removed afterwards, whatever happened.
+    One that exists already is not compare's: UsageError before anything runs, unless ``replace``.
     The exit code judges every strategy but the baselines (naive drops by design).
     """
+    taken = [f"{settings.project}-{n}" for n in range(1, len(strategies) + 1)
+             if await runtime.has_project(f"{settings.project}-{n}")]
+    if taken and not replace:
+        raise UsageError(f"project: {', '.join(taken)} already exist{'s' if len(taken) == 1 else ''}; compare "
+                         "runs each strategy on its own new fleet (--replace removes them first)")
     reports: list[dict[str, Any]] = []
     for n, spec in enumerate(strategies, start=1):
         strategy, batch = parse_strategy_spec(spec, settings.batch)
@@ -241,8 +248,8 @@ async def compare(
                                   strategy=settings.strategy if strategy == "swarm-native" else strategy,  # type: ignore[arg-type]
                                   mode=mode, batch=batch)
         say(f"compare: {spec} ({n}/{len(strategies)})")
-        if await runtime.has_project(one.project):
-            await runtime.down(one.project)
+        if one.project in taken:
+            await down(one, runtime=runtime)
         if strategy == "swarm-native":  # Swarm rolls, not the controller: a path of its own
             from sandbox.rollout import swarm_native
             image_set = await asyncio.to_thread(ensure_images, runtime.client, log=say)
