@@ -298,6 +298,10 @@ class Rehearsal:
         check_batch(self.settings.strategy, self.settings.batch, size)  # before anything is built or touched
         image_set = await self._fleet_images(build=not dry_run)
         target = self._target(state, image_set.app)
+        source = versions.source_version([i.version for i in listed], target, (state.rollout or {}).get("from"))
+        if not dry_run and not image_set.toy:  # both ways of the roll run from local images, never a registry
+            await asyncio.to_thread(versions.resolve, self.runtime.client, project,
+                                    {v: image_set.app[v] for v in (target, source) if v in image_set.app}, {})
         if not image_set.toy and self.settings.mode == "in-place":
             raise UsageError("mode: in-place swaps the toy app's code; your own images roll with --mode replace")
         if getattr(self._balancer, "lost", False) and not dry_run:
@@ -323,7 +327,6 @@ class Rehearsal:
             sim = None
         # the fleet's own environment (from `up --env`) always; --set-env only for the new version
         env = dict(state.app_env) if self.kind == "rollback" else {**state.app_env, **self.settings.set_env}
-        source = versions.source_version([i.version for i in listed], target, (state.rollout or {}).get("from"))
         self._prepared = Prepared(kind=self.kind, source=source, target=target,
                                   strategy=self.settings.strategy, size=size, env=env,
                                   instances=instances, steps=steps,

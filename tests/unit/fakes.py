@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import docker.errors
+
 from sandbox.errors import BalancerError, EngineError, NotFoundError
 from sandbox.fleet.balancer import LbState, Upstream
 from sandbox.fleet.images import ImageSet
@@ -39,13 +41,26 @@ class FakeLb:
     labels: dict[str, str] = field(default_factory=dict)
 
 
+class FakeClient:
+    """The Docker client as far as local images go: the runtime's ``app_images`` are present."""
+
+    def __init__(self, runtime: FakeRuntime) -> None:
+        self.images = self
+        self._runtime = runtime
+
+    def get(self, ref: str) -> str:
+        if ref not in self._runtime.app_images.values():
+            raise docker.errors.ImageNotFound(f"No such image: {ref}")
+        return ref
+
+
 class FakeRuntime:
     """Docker for one or more projects, as a dict of containers."""
 
     def __init__(self, project: str = "p", port: int = 18080) -> None:
         self.project = project
         self.port = port
-        self.client = None  # nothing may reach a real engine
+        self.client = FakeClient(self)  # only what is asked of the engine's images; nothing else reaches one
         self.containers: dict[str, Instance] = {}
         self.env: dict[str, dict[str, str]] = {}  # container id -> its environment
         self.lbs: dict[str, FakeLb] = {}
