@@ -255,11 +255,11 @@ class Executor:
             for step in steps:
                 if self.stop_requested.is_set():
                     raise Interrupted("interrupted")
+                await self.notice_dead(run)  # first: a server that died is named, whatever stops the rollout
                 if health is not None and (reason := health()):
                     raise ErrorRatioExceeded(reason)
                 if self.before_step is not None:
                     await self.before_step(step)
-                await self.notice_dead(run)
                 try:
                     await self._handlers[step.action](run, step)
                 except BalancerError:

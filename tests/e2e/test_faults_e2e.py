@@ -98,12 +98,15 @@ def test_controller_sigkilled_then_roll_resumes(cli: Cli, client: docker.DockerC
     assert_consistent(cli, client, "v2")
 
 
-def test_old_server_killed_mid_rollout(cli: Cli, client: docker.DockerClient) -> None:
-    """With the default error ratio: the kill's drops may stop the roll (rolled back) or not
-    (completed); either way the same command leaves every slot attached on one version."""
+@pytest.mark.parametrize(("max_error_ratio", "outcome"), [("1", "completed"), ("0", "rolled_back")])
+def test_old_server_killed_mid_rollout(cli: Cli, client: docker.DockerClient, max_error_ratio: str,
+                                       outcome: str) -> None:
+    """The kill's drops stop the roll (--max-error-ratio 0: rolled back, the dead server replaced by
+    a fresh one) or not (1: completed); either way the same command leaves every slot attached on
+    one version."""
     cli.run("up", "--size", str(SIZE), "--port", str(cli.port), check=True)
     # new servers boot in 3 s: an old one is still serving when the test looks (the controller is fast)
-    proc = start_roll(cli, *LOAD, "--set-env", "APP_STARTUP_DELAY=3")
+    proc = start_roll(cli, *LOAD, "--max-error-ratio", max_error_ratio, "--set-env", "APP_STARTUP_DELAY=3")
     wait_for_line(proc, " attach")
     old = [i for i in cli.json("status", "--json")["instances"] if i["version"] == "v1" and i["attached"]]
     assert old, "no old server left to kill"
@@ -111,8 +114,8 @@ def test_old_server_killed_mid_rollout(cli: Cli, client: docker.DockerClient) ->
     client.containers.get(victim).kill()
     out, err = proc.communicate(timeout=300)
     report = json.loads(out)
-    assert report["outcome"] in ("completed", "rolled_back"), (report["outcome"], err)
-    assert_consistent(cli, client, "v2" if report["outcome"] == "completed" else "v1")  # right after, no repair
+    assert report["outcome"] == outcome, (report["outcome"], err)
+    assert_consistent(cli, client, "v2" if outcome == "completed" else "v1")  # right after, no repair
     died = [f for f in report["faults"] if f["fault"] == "died"]
     assert [f["instance"] for f in died] == [victim], (report["faults"], err)
     # what the kill cost is counted against it: every request lost to it was seen dropped by a user

@@ -255,6 +255,7 @@ async def test_a_rollback_replaces_an_old_server_that_died_with_a_fresh_one() ->
         return "error ratio" if steps > 4 else None  # after slot 1's start: its ready and attach still run
     with pytest.raises(ErrorRatioExceeded):
         await roll(runtime, executor, settings, health=unhealthy)
+    assert [e["instance"] for e in executor.events if e["phase"] == "died"] == ["a3"]  # named before it stopped
     del runtime.before["start"]
     instances, servers = await executor.fleet()
     assert [(s.id, s.alive) for s in servers if s.slot == 3] == [("a3", False)]
