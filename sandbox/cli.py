@@ -167,6 +167,8 @@ def _add_compare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategies", default="one-at-a-time,rolling:3,double-half,blue-green,naive",
                    help="comma-separated, NAME or NAME:BATCH (default one-at-a-time,rolling:3,double-half,"
                         "blue-green,naive)")
+    p.add_argument("--replace", action="store_true", help="remove existing fleets named PROJECT-N first "
+                                                          "(default: refuse them, exit 2)")
     _add_report_flags(p)
     _add_dashboard_flags(p)
     p.set_defaults(report=Path("reports") / "compare")
@@ -320,7 +322,7 @@ async def _demo(args: argparse.Namespace, settings: Settings, runtime: Engine, s
 
 async def _compare(args: argparse.Namespace, settings: Settings, runtime: Engine, say: Say, view: LiveView) -> int:
     compared = await commands.compare(settings, runtime=runtime, strategies=_specs(args), report_dir=args.report,
-                                      say=say, progress_for=view.progress)
+                                      say=say, progress_for=view.progress, replace=args.replace)
     print(json.dumps(compared.table, indent=2, default=str) if args.json else compare_text(compared.reports))
     if args.junit is not None:
         write_compare_junit(compared.reports, args.junit)

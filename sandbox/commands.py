@@ -24,6 +24,7 @@ from sandbox.fleet.balancer import NginxBalancer
 from sandbox.fleet.engine import Engine
 from sandbox.fleet.images import ImageSet
 from sandbox.fleet.loadbalancer import LoadBalancer
+from sandbox.lock import locked
 from sandbox.results.compare import compare_json
 from sandbox.results.markdown import compare_table
 from sandbox.results.model import Report
@@ -50,6 +51,7 @@ async def images(*, runtime: Engine, force: bool = False, prune: bool = False,
 
 
 # -- up / status / down ---------------------------------------------------------------------------
+@locked("up")
 async def up(settings: Settings, *, runtime: Engine, say: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Start ``settings.size`` servers on ``settings.version`` behind NGINX on 127.0.0.1:``port``.
 
@@ -154,12 +156,14 @@ async def status(settings: Settings, *, runtime: Engine) -> dict[str, Any]:
     }
 
 
+@locked("down")
 async def down(settings: Settings, *, runtime: Engine) -> dict[str, int]:
     """Remove this project's containers, volumes and network; nothing else."""
     return await runtime.down(settings.project)
 
 
 # -- roll / rollback ------------------------------------------------------------------------------
+@locked("roll")
 async def roll(
     settings: Settings,
     *,
@@ -187,6 +191,7 @@ async def plan_only(settings: Settings, *, runtime: Engine, kind: Kind = "roll")
 
 
 # -- demo / compare -------------------------------------------------------------------------------
+@locked("demo")
 async def demo(
     settings: Settings,
     *,
@@ -227,13 +232,20 @@ async def compare(
     report_dir: Path | None = None,
     say: Callable[[str], None] = log.info,
     progress_for: Callable[[Settings], Progress] = lambda _settings: Progress(),
+    replace: bool = False,
 ) -> CompareResult:
     """Run each strategy on a fresh fleet of ``settings.size`` under the same load; one report each,
     and ``compare.json``/``compare.md`` beside them in ``report_dir``.
 
     Each fleet is its own project (``<project>-<n>``) and is removed afterwards, whatever happened.
+    One that exists already is not compare's: UsageError before anything runs, unless ``replace``.
     The exit code judges every strategy but the baselines (naive drops by design).
     """
+    taken = [f"{settings.project}-{n}" for n in range(1, len(strategies) + 1)
+             if await runtime.has_project(f"{settings.project}-{n}")]
+    if taken and not replace:
+        raise UsageError(f"project: {', '.join(taken)} already exist{'s' if len(taken) == 1 else ''}; compare "
+                         "runs each strategy on its own new fleet (--replace removes them first)")
     reports: list[Report] = []
     for n, spec in enumerate(strategies, start=1):
         strategy, batch = parse_strategy_spec(spec, settings.batch)
@@ -242,8 +254,8 @@ async def compare(
                                   strategy=settings.strategy if strategy == "swarm-native" else strategy,
                                   mode=mode, batch=batch)
         say(f"compare: {spec} ({n}/{len(strategies)})")
-        if await runtime.has_project(one.project):
-            await runtime.down(one.project)
+        if one.project in taken:
+            await down(one, runtime=runtime)
         if strategy == "swarm-native":  # Swarm rolls, not the controller: a path of its own
             from sandbox.fleet.swarm import SwarmEngine
             from sandbox.rollout import swarm_native

@@ -322,6 +322,10 @@ class NginxBalancer:
             raise BalancerError("in-flight counts need --lb-apply dynamic")
         return parse_in_flight(await self._admin_call("GET", "inflight"))
 
+    def forget_container(self) -> None:
+        """Look the admin address up again on the next call (the container was started again)."""
+        self._admin = None
+
     async def _admin_target(self, container: LbHandle | None = None) -> tuple[str, str]:
         """(admin url, token) of this project's LB, resolved once."""
         if self._admin is None:

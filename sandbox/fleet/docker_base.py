@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Self, TypeVar, cast
 
 import docker
@@ -70,8 +71,22 @@ def app_name(project: str, slot: int) -> str:
 
 def handle(container: Container) -> LbHandle:
     """The engine-neutral snapshot of a container."""
+    state = container.attrs.get("State") or {}
+    code = state.get("ExitCode") if container.status != "running" else None
     return LbHandle(id=container.id or "", name=container.name or "", state=container.status,
-                    labels=dict(container.labels))
+                    labels=dict(container.labels), exit_code=code if isinstance(code, int) else None,
+                    finished_at=_finished_at(str(state.get("FinishedAt") or "")))
+
+
+def _finished_at(text: str) -> float | None:
+    """Docker's ``FinishedAt`` (RFC 3339, nanoseconds) as unix time; None when it never finished."""
+    if not text or text.startswith("0001"):
+        return None
+    stamp, _, fraction = text.rstrip("Z").partition(".")
+    try:
+        return datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp() + float(f"0.{fraction or 0}")
+    except ValueError:
+        return None
 
 
 class DockerBase(ABC):
@@ -210,6 +225,7 @@ class DockerBase(ABC):
                             for path in LB_VOLUMES],
                     mem_limit="256m",
                     pids_limit=256,
+                    restart_policy={"Name": "on-failure"},  # crashed: the engine starts it again, controller or not
                 ))
             except docker.errors.APIError as exc:
                 if "address already in use" in str(exc) or "port is already allocated" in str(exc):

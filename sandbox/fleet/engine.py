@@ -54,6 +54,8 @@ class LbHandle:
     name: str
     state: str  # running, exited, ...
     labels: Mapping[str, str] = field(default_factory=dict)
+    exit_code: int | None = None  # once it exited
+    finished_at: float | None = None  # when it exited (unix time), if it has
 
 
 class Engine(Protocol):

@@ -93,6 +93,10 @@ class LoadBalancer(Protocol):
         """Requests in flight now per server address (``dynamic`` only)."""
         ...
 
+    def forget_container(self) -> None:
+        """Find the load balancer afresh on the next call: it was started again (it may have a new address)."""
+        ...
+
     async def access_log(self) -> list[LbRow]:
         """Every request answered so far, oldest first."""
         ...

@@ -109,7 +109,7 @@ class DockerEngine(DockerBase):
             options["stop_signal"] = spec.stop_signal
         if spec.command:
             options["command"] = list(spec.command)
-        container = self.client.containers.run(
+        container = self.client.containers.create(  # never `run`: it pulls an image that is not here
             image,
             name=name,
             hostname=name,
@@ -125,6 +125,7 @@ class DockerEngine(DockerBase):
             pids_limit=128,
             **options,
         )
+        container.start()
         container.reload()
         return self._describe(container, project)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Unpack
 
 from sandbox.config import Settings
-from sandbox.errors import ErrorRatioExceeded, Interrupted, ReadinessError, RolloutError
+from sandbox.errors import BalancerError, ErrorRatioExceeded, Interrupted, ReadinessError, RolloutError
 from sandbox.fleet.engine import Engine, Instance
 from sandbox.fleet.images import ImageSet, app_code_tar
 from sandbox.fleet.loadbalancer import LoadBalancer, Upstream
@@ -35,6 +35,7 @@ log = logging.getLogger("sandbox.rollout.executor")
 # The executor detaches and drains a server before it stops it, so the app need not keep
 # answering "stopping" on /healthz for a load balancer to notice (the user's env still wins).
 APP_ENV_DEFAULTS = {"APP_STOP_DELAY": "0"}
+DEAD_STATES = ("exited", "dead")  # a container in one of these never serves again: the plan replaces it
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Timing:
     stop_grace_s: float = 20.0  # SIGTERM, then SIGKILL after this long (the app bounds itself at 15 s)
     state_check_s: float = 1.0  # while waiting for readiness, ask Docker whether it still runs this often
     lb_poll_s: float = 0.02  # --lb-apply dynamic: the LB's in-flight count is one local HTTP call
+    lb_restart_s: float = 15.0  # a load balancer started again must answer its admin listener within this
 
 
 class Prober(Protocol):
@@ -146,7 +148,8 @@ class Executor:
             instances = await self.runtime.instances(self.project)
         attached = {u.name for u in self.balancer.state.upstreams}
         servers = [
-            planner.Server(id=i.id, slot=i.slot, version=i.version, attached=i.name in attached)
+            planner.Server(id=i.id, slot=i.slot, version=i.version, attached=i.name in attached,
+                           alive=i.state not in DEAD_STATES)
             for i in instances
         ]
         return instances, servers
@@ -194,6 +197,38 @@ class Executor:
             self.emit("died", inst, address=attached[inst.name], detail={"exit": info})
         return [i.name for i in dead]
 
+    async def restore_lb(self) -> bool:
+        """When the load balancer container exited (killed, crashed), say so, start it again and
+        give it the fleet's state as this controller holds it (the attached set and settings),
+        with ``lb-exited`` and ``lb-restored`` events spanning the outage. Returns False when it
+        is running (the problem is elsewhere)."""
+        lb = await self.runtime.lb(self.project)
+        if lb is None or lb.state == "running":
+            return False
+        died_at = lb.finished_at or time.time()
+        code = lb.exit_code
+        log.warning("the load balancer exited (exit code %s): starting it again with the fleet's state", code)
+        self.emit("lb-exited", None, detail={"exit_code": code, "down_since": round(died_at, 3)})
+        await self.runtime.start_again(lb)
+        self.balancer.forget_container()  # a restarted container may have a new admin address
+        attached = list(self.balancer.state.upstreams)
+        last: list[BalancerError] = []
+
+        async def pushed() -> bool | None:
+            try:
+                await self.balancer.apply(attached)
+            except BalancerError as exc:
+                last[:] = [exc]
+                return None
+            return True
+
+        if not await poll(pushed, timeout=self.timing.lb_restart_s, interval=0.2):  # NGINX takes a moment
+            raise BalancerError(f"the load balancer exited and, started again, does not answer: "
+                                f"{last[0] if last else '?'}")
+        now = time.time()
+        self.emit("lb-restored", None, detail={"outage_s": round(now - died_at, 3), "attached": len(attached)})
+        return True
+
     # -- executing a plan ---------------------------------------------------------------------
     async def execute(
         self,
@@ -223,12 +258,17 @@ class Executor:
                 if done == len(todo):
                     break
                 step = todo[done]
+                await self.notice_dead(run)  # first: a server that died is named, whatever stops the rollout
                 if health is not None and (reason := health()):
                     raise ErrorRatioExceeded(reason)
                 if self.before_step is not None:
                     await self.before_step(step)
-                await self.notice_dead(run)
-                await self._handlers[step.action](run, step)
+                try:
+                    await self._handlers[step.action](run, step)
+                except BalancerError:
+                    if not await self.restore_lb():
+                        raise
+                    await self._handlers[step.action](run, step)  # the step again, on the restored LB
                 if self.after_step is not None:
                     await self.after_step(step)
         if winding_down:
@@ -390,7 +430,7 @@ class Executor:
 
     async def _check_running(self, inst: Instance, version: str) -> None:
         fresh = await self.runtime.refresh(self.project, inst)
-        if fresh is None or fresh.state in ("exited", "dead"):
+        if fresh is None or fresh.state in DEAD_STATES:
             raise ReadinessError(f"{inst.name} ({version}) stopped before it was ready: "
                                  f"{await self.runtime.exit_info(inst)}")
     async def _ready_once(self, probe: Prober, inst: Instance, version: str) -> bool:

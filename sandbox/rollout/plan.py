@@ -137,9 +137,10 @@ class _Triage:
 def _triage(fleet: Sequence[Server], settings: PlanSettings) -> _Triage:
     """Decide, slot by slot, what stays, what goes and what is rebuilt.
 
-    In each slot the server to keep is one on ``to_version`` (attached preferred);
-    without one, the old server to rebuild is the attached one if any. Every other
-    container of the slot, and every container beyond ``size``, is surplus.
+    In each slot the server to keep is a live one on ``to_version`` (attached preferred);
+    without one, the old server to rebuild is the live attached one if any. Every other
+    container of the slot, every dead one (never kept: a fresh one replaces it), and every
+    container beyond ``size``, is surplus.
     """
     by_slot: dict[int, list[Server]] = {}
     for server in fleet:
@@ -154,8 +155,9 @@ def _triage(fleet: Sequence[Server], settings: PlanSettings) -> _Triage:
         if not 1 <= slot <= settings.size:
             to_remove.extend(servers)
             continue
-        current = [s for s in servers if s.version == settings.to_version]
-        old = [s for s in servers if s.version != settings.to_version]
+        to_remove.extend(s for s in servers if not s.alive)
+        current = [s for s in servers if s.alive and s.version == settings.to_version]
+        old = [s for s in servers if s.alive and s.version != settings.to_version]
         if current:
             keeper, *spare = current
             to_remove.extend(spare + old)
@@ -265,6 +267,7 @@ class _Box:
     ready: bool  # passed readiness since its start/swap
     drained: bool = False  # no in-flight requests since its last detach
     alive: bool = True
+    dead: bool = False  # exited under us: never ready again, only removed
 
 
 class _Sim:
@@ -273,8 +276,10 @@ class _Sim:
     def __init__(self, fleet: Sequence[Server], settings: PlanSettings) -> None:
         self.settings = settings
         self.strategy = _strategy(settings)
-        # Attached servers are taken as healthy; detached ones must pass readiness again.
-        self.boxes = {s.id: _Box(s.id, s.slot, s.version, s.attached, ready=s.attached) for s in fleet}
+        # Attached live servers are taken as healthy; detached ones must pass readiness again, and
+        # a dead one never does (its container still exists until it is stopped: removed)
+        self.boxes = {s.id: _Box(s.id, s.slot, s.version, s.attached, ready=s.attached and s.alive, dead=not s.alive)
+                      for s in fleet}
         self.new_in_slot: dict[int, str] = {}  # slot -> id of the container a 'start' created there
 
     def new_id(self, slot: int) -> str:
@@ -348,6 +353,8 @@ class _Sim:
 
     def _ready(self, box: _Box) -> None:
         self._need_alive(box)
+        if box.dead:
+            raise ValueError(f"{box.id} exited: it is never ready again")
         box.ready = True
 
     def _attach(self, box: _Box) -> None:

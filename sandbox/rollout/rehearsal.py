@@ -304,7 +304,12 @@ class Rehearsal:
         """
         lb, listed = await self._read_fleet()
         state = await self._start_balancer(lb)
-        size, _ = self._checked(state, listed, await self._fleet_images(build=False))  # before anything is built
+        names = await self._fleet_images(build=False)
+        size, target = self._checked(state, listed, names)  # before anything is built
+        if not names.toy:  # both ways of the roll run from local images, never pulled from a registry
+            source = versions.source_version([i.version for i in listed], target, (state.rollout or {}).get("from"))
+            await self.runtime.resolve_versions(self.settings.project,
+                                                {v: names.app[v] for v in (target, source) if v in names.app}, {})
         image_set = await self._fleet_images(build=True)
         if self.balancer.lost:
             await self.balancer.repair_lost_set(listed, size)
@@ -534,6 +539,7 @@ class Rehearsal:
         source, executor = self.prepared.source, self.executor
         executor.emit("rollback-start", None, version=source)
         self.progress.line(f"rolling back to {source}")
+        await executor.restore_lb()  # a load balancer that exited (the cause, maybe) is started again first
         listed = await self.runtime.instances(self.settings.project)
         await executor.reconcile(listed)
         listed, servers = await executor.fleet(listed)
@@ -663,7 +669,8 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
     }
     report = build_report(meta=meta, measured=measured, steps=collected.events, limits=Limits.from_settings(settings))
     extra = {"attribution": attribution(collected.rows, collected.nginx_rows, collected.history),
-             "faults": died_servers(collected.events, collected.nginx_rows)}
+             "faults": died_servers(collected.events, collected.nginx_rows) + lb_outages(collected.events,
+                                                                                         collected.rows)}
     if collected.load_end is not None:
         extra["load_generator"] = collected.load_end
     return dataclasses.replace(report, extra=extra)
@@ -683,6 +690,25 @@ def died_servers(events: Sequence[Event], nginx_rows: Sequence[LbRow]) -> list[d
                    and r["status"] >= 500 and r["time"] >= float(e["t"]) - 30)
         out.append({"fault": "died", "instance": e.get("instance"), "address": address, "t": e["t"],
                     "exit": (e.get("detail") or {}).get("exit"), "lost_requests": lost})
+    return out
+
+
+def lb_outages(events: Sequence[Event], rows: Sequence[RequestRow]) -> list[dict[str, Any]]:
+    """Each time the load balancer exited and was started again (``lb-exited``, ``lb-restored``):
+    the outage window and the requests it cost (the users' requests that failed in it)."""
+    out = []
+    exited: Event | None = None
+    for e in events:
+        if e.get("phase") == "lb-exited":
+            exited = e
+        elif e.get("phase") == "lb-restored" and exited is not None:
+            down = float(str((exited.get("detail") or {}).get("down_since") or exited["t"]))
+            up = float(e["t"])
+            lost = sum(1 for r in rows if down <= float(r.get("t_end") or r["t"]) and float(r["t"]) <= up
+                       and (not r.get("status") or int(r.get("status") or 0) >= 500))
+            out.append({"fault": "lb_exited", "t": down, "restored_t": up, "outage_s": round(up - down, 3),
+                        "exit": (exited.get("detail") or {}).get("exit_code"), "lost_requests": lost})
+            exited = None
     return out
 
 

@@ -23,6 +23,7 @@ class Server:
     slot: int  # 1..size
     version: Version
     attached: bool  # in the load balancer config now
+    alive: bool = True  # False: the container exited (killed, crashed); it is removed and its slot rebuilt
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sandbox.errors import BalancerError, EngineError, NotFoundError, hint
+from sandbox.errors import BalancerError, EngineError, NotFoundError, UsageError, hint
 from sandbox.fleet.engine import Instance, LbHandle
 from sandbox.fleet.images import ImageSet
 from sandbox.fleet.loadbalancer import LbRow, LbState, Upstream
@@ -98,9 +98,11 @@ class FakeRuntime:
 
     async def resolve_versions(self, project: str, images: Mapping[str, str], builds: Mapping[str, str],
                                say: Callable[[str], None] = print) -> dict[str, str]:
-        missing = [name for name, ref in images.items() if ref not in self.app_images.values()]
-        if missing or builds:
-            raise EngineError(f"the fake engine holds no image for {', '.join([*missing, *builds])}")
+        for name, ref in images.items():  # as versions.resolve: a missing image is bad input, never pulled
+            if ref not in self.app_images.values():
+                raise UsageError(f"image: {name}={ref}: no such local image (build or load it first)")
+        if builds:
+            raise EngineError(f"the fake engine builds nothing: {', '.join(builds)}")
         return dict(images)
 
     async def ensure_network(self, project: str) -> str:
@@ -269,6 +271,9 @@ class FakeBalancer:
 
     async def in_flight(self) -> dict[str, int]:
         return dict(self.counts)
+
+    def forget_container(self) -> None:
+        self.runtime.log.append("lb forget")
 
     @property
     def url(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 from typing import get_args
 
 import pytest
@@ -234,3 +235,69 @@ async def test_a_new_server_that_died_after_ready_is_never_attached() -> None:
         await roll(runtime, executor, settings)
     assert "n1" not in {u.name for u in balancer.state.upstreams}
     assert [e["instance"] for e in executor.events if e["phase"] == "died"] == ["n1"]
+
+
+@pytest.mark.asyncio
+async def test_a_rollback_replaces_an_old_server_that_died_with_a_fresh_one() -> None:
+    """An old server killed mid-roll, the roll stopped (error ratio): the rollback planned from
+    the fleet as it is starts a fresh v1 in the dead server's slot and removes the dead one;
+    every slot ends attached on v1 and nothing waits on the dead container."""
+    settings = settings_for(3)
+    runtime, balancer, executor = fleet_and_executor(3, settings)
+    a3 = runtime.containers["a3"]
+    runtime.before["start"] = lambda *_: runtime.containers.update(a3=dataclasses.replace(a3, state="exited", ip=None))
+    steps = 0
+
+    def unhealthy() -> str | None:
+        nonlocal steps
+        steps += 1
+        return "error ratio" if steps > 4 else None  # after slot 1's start: its ready and attach still run
+    with pytest.raises(ErrorRatioExceeded):
+        await roll(runtime, executor, settings, health=unhealthy)
+    assert [e["instance"] for e in executor.events if e["phase"] == "died"] == ["a3"]  # named before it stopped
+    del runtime.before["start"]
+    instances, servers = await executor.fleet()
+    assert [(s.id, s.alive) for s in servers if s.slot == 3] == [("a3", False)]
+    back = planner.merge_reloads(planner.plan(servers, planner.PlanSettings(3, "v1")))
+    planner.validate(servers, planner.PlanSettings(3, "v1"), back)
+    await executor.execute(back, "v1", env={}, from_version="v2", instances=instances)
+    assert "stop a3" in runtime.log and "start 3 v1" in runtime.log
+    assert sorted((i.slot, i.version, i.state) for i in runtime.containers.values()) == [
+        (1, "v1", "running"), (2, "v1", "running"), (3, "v1", "running")]
+    assert sorted(u.name for u in balancer.state.upstreams) == sorted(runtime.containers)
+
+
+@pytest.mark.asyncio
+async def test_a_load_balancer_that_exited_is_started_again_with_the_fleets_state() -> None:
+    """The LB container killed mid-roll: the step that found it gone says so, starts it again,
+    pushes the attached set it had, runs again, and the roll completes; the events span the outage."""
+    settings = settings_for(2)
+    runtime, balancer, executor = fleet_and_executor(2, settings)
+    def kill_lb(*_: object) -> None:  # once: the engine's snapshot of it says it exited
+        if "start_again p-lb" not in runtime.log:
+            runtime.lbs["p"] = replace(runtime.lbs["p"], state="exited", exit_code=137)
+
+    runtime.before["stop"] = kill_lb
+    balancer.reject = lambda upstreams, changes: ("admin listener did not answer"
+                                                  if runtime.lbs["p"].state != "running" else None)
+    await roll(runtime, executor, settings)
+    assert runtime.lbs["p"].state == "running" and runtime.log.count("start_again p-lb") == 1
+    at = runtime.log.index("start_again p-lb")
+    assert runtime.log[at + 1:at + 3] == ["lb forget", "lb"]  # the set it had, pushed as it was
+    assert sorted(u.name for u in balancer.state.upstreams) == ["n1", "n2"]
+    phases = [e["phase"] for e in executor.events]
+    assert phases.index("lb-exited") < phases.index("lb-restored")
+    (exited,) = [e for e in executor.events if e["phase"] == "lb-exited"]
+    assert exited["detail"]["exit_code"] == 137
+    (restored,) = [e for e in executor.events if e["phase"] == "lb-restored"]
+    assert restored["detail"]["outage_s"] >= 0 and restored["detail"]["attached"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_balancer_error_with_the_lb_running_is_not_retried() -> None:
+    settings = settings_for(2)
+    runtime, balancer, executor = fleet_and_executor(2, settings)
+    balancer.reject = lambda upstreams, changes: "no_such_directive"
+    with pytest.raises(BalancerError, match="no_such_directive"):
+        await roll(runtime, executor, settings)
+    assert "start_again p-lb" not in runtime.log and not [e for e in executor.events if e["phase"] == "lb-exited"]

@@ -273,6 +273,16 @@ RESUME_CASES = [
         "2 start new1", "2 ready new1", "2 attach new1", "2 detach a1", "2 drain a1", "2 stop a1",
         "3 start new2", "3 ready new2", "3 attach new2", "3 detach a2", "3 drain a2", "3 stop a2",
     ]),
+    ("dead old server: removed, its slot rebuilt fresh (a rollback never waits on it)",
+     [v2("b1", 1), Server("a2", 2, "v1", False, alive=False), v1("a3", 3)], PlanSettings(3, "v1"), [
+        "1 drain a2", "1 stop a2",
+        "2 start new2", "2 ready new2", "2 attach new2",
+        "3 detach b1", "3 drain b1", "3 stop b1", "3 start new1", "3 ready new1", "3 attach new1",
+    ]),
+    ("dead server still attached, in-place: taken out, removed, a fresh one started",
+     [Server("a1", 1, "v1", True, alive=False), v1("a2", 2)], PlanSettings(2, "v1", mode="in-place"), [
+        "1 detach a1", "1 drain a1", "1 stop a1", "2 start new1", "2 ready new1", "2 attach new1",
+    ]),
     ("empty fleet", [], PlanSettings(2, "v2", "rolling", 2), [
         "1 start new1,new2", "1 ready new1,new2", "1 attach new1,new2",
     ]),
@@ -457,12 +467,13 @@ def test_validate_catches_broken_plan(settings, breaker, fragment):
 
 @pytest.mark.parametrize("seed", range(20))
 def test_any_fleet_converges(seed):
-    """Random fleets (duplicates in a slot, gaps, over-size, mixed versions and attachment): plans validate."""
+    """Random fleets (duplicates in a slot, gaps, over-size, mixed versions, attachment and dead
+    containers): plans validate."""
     rng = random.Random(seed)
     for _ in range(100):
         n = rng.randint(1, 7)
         fleet = [
-            Server(f"c{i}", rng.randint(1, n + 2), rng.choice(["v1", "v2"]), rng.random() < 0.6)
+            Server(f"c{i}", rng.randint(1, n + 2), rng.choice(["v1", "v2"]), rng.random() < 0.6, rng.random() < 0.8)
             for i in range(rng.randint(0, 2 * n + 2))
         ]
         strategy, mode = rng.choice(STRATEGY_MODES)

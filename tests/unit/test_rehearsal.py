@@ -29,6 +29,7 @@ from sandbox.rollout.rehearsal import (
     Rehearsal,
     died_servers,
     error_ratio_problem,
+    lb_outages,
     rehearse,
     rollout_record,
     unchanged_text,
@@ -418,3 +419,14 @@ async def test_a_load_generator_that_exits_when_asked_is_no_death() -> None:
     result = await world.rehearse(settings(load=True, max_p99_ratio=1000))
     assert "load-died" not in [s["phase"] for s in result.report["steps"]]
     assert "load_alive" not in [c["name"] for c in result.report["verdict"]["checks"] if not c["pass"]]
+
+
+def test_a_load_balancer_outage_is_a_fault_with_its_window_and_the_requests_it_cost() -> None:
+    events: list[Any] = [{"t": 12.0, "phase": "lb-exited", "instance": None,
+                          "detail": {"exit_code": 137, "down_since": 10.0}},
+                         {"t": 13.5, "phase": "lb-restored", "instance": None, "detail": {"outage_s": 3.5}}]
+    # cut in flight when it died, refused while it was down, answered 5xx: counted; before, after, 200: not
+    rows = [row(9.0), row(9.95, status=0), row(9.995, status=0), row(11.0, status=0), row(13.0, status=502),
+            row(12.0), row(14.0, status=0)]
+    assert lb_outages(events, rows) == [{"fault": "lb_exited", "t": 10.0, "restored_t": 13.5, "outage_s": 3.5,
+                                         "exit": 137, "lost_requests": 3}]

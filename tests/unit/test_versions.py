@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.config import Settings, load_settings
-from sandbox.errors import UsageError
+from sandbox.errors import EXIT_USAGE, UsageError, exit_code_for
 from sandbox.fleet import labels as L
 from sandbox.fleet import versions
 from tests.unit.test_rehearsal import World, settings
@@ -209,3 +209,16 @@ async def test_dry_run_plans_and_touches_nothing() -> None:
     assert (prepared.batches, prepared.peak, prepared.floor) == (3, 4, 3)
     assert "in 3 batches; at most 4 containers, at least 3 of 3 servers serving" in prepared.describe()
     assert world.runtime.log == []
+
+
+@pytest.mark.asyncio
+async def test_a_version_whose_local_image_is_gone_is_refused_before_anything_changes() -> None:
+    """Never a pull from a registry behind the user's back: the target's (or the source's) image
+    must be here, or the roll is bad input and touches nothing."""
+    for gone in ("blue", "green"):
+        world = _user_world()
+        del world.runtime.app_images[gone]
+        with pytest.raises(UsageError, match=rf"^image: {gone}=.*: no such local image") as err:
+            await world.rehearse(settings())
+        assert exit_code_for(err.value) == EXIT_USAGE
+        assert world.runtime.log == [] and world.balancer.applied == []
