@@ -90,9 +90,9 @@ function renderServers(box, servers) {
       row.append(el("div", "ver"), el("div", "st"));
       box.append(row);
     }
-    row.className = "server " + sv.state + " " + (sv.version || "");
+    row.className = "server " + sv.state + " " + colour(sv.version);
     row.querySelector(".ver").textContent = sv.version || "?";
-    row.querySelector(".ver").className = "ver " + (sv.version || "");
+    row.querySelector(".ver").className = "ver " + colour(sv.version);
     row.querySelector(".st").textContent = serverText(sv);
   });
 }
@@ -100,10 +100,10 @@ function renderServers(box, servers) {
 function renderFigures(s) {
   const live = s.live || {};
   const rps = live.rps || {};
-  $("count-v1").textContent = (s.versions || {}).v1 || 0;
-  $("count-v2").textContent = (s.versions || {}).v2 || 0;
-  $("rps-v1").textContent = fmt(rps.v1 || 0);
-  $("rps-v2").textContent = fmt(rps.v2 || 0);
+  $("count-v1").textContent = (s.versions || {})[names[0]] || 0;
+  $("count-v2").textContent = (s.versions || {})[names[1]] || 0;
+  $("rps-v1").textContent = fmt(rps[names[0]] || 0);
+  $("rps-v2").textContent = fmt(rps[names[1]] || 0);
   $("p99").textContent = live.p99_ms === null || live.p99_ms === undefined ? "–" : fmt(live.p99_ms) + " ms";
   $("dropped").textContent = live.dropped || 0;
   $("dropped").parentElement.classList.toggle("bad", (live.dropped || 0) > 0);
@@ -119,7 +119,7 @@ function area(points, x, y0, y1) {
 function renderChart(s) {
   const svg = $("share");
   const pts = ((s.live || {}).share || []).map((p) => {
-    const v1 = p[1].v1 || 0, v2 = p[1].v2 || 0, sum = v1 + v2 || 1;
+    const v1 = p[1][names[0]] || 0, v2 = p[1][names[1]] || 0, sum = v1 + v2 || 1;
     return [p[0], v1 / sum, v2 / sum];
   });
   const ns = "http://www.w3.org/2000/svg";
@@ -139,7 +139,8 @@ function renderChart(s) {
     .forEach(([k, v]) => mid.setAttribute(k, v));
   svg.append(v1, v2, mid);
   const last = pts[pts.length - 1];
-  $("share-now").textContent = "now: v1 " + fmt(100 * last[1]) + "% · v2 " + fmt(100 * last[2]) + "%";
+  $("share-now").textContent = "now: " + names[0] + " " + fmt(100 * last[1]) + "% · " + names[1] + " "
+    + fmt(100 * last[2]) + "%";
   $("chart-sub").textContent = "(last " + fmt(last[0] - t0) + " s)";
 }
 
@@ -155,7 +156,7 @@ function renderResult(s) {
   const items = [
     ["requests", f.total], ["dropped", f.dropped], ["rollout took", fmt(f.duration_s, 1) + " s"],
     ["peak containers", f.peak_instances], ["p99", fmt(f.p99_ms) + " ms"],
-    ["v1 / v2 answers", (by.v1 || 0) + " / " + (by.v2 || 0)], ["mixed window", fmt(f.mixed_window_s, 1) + " s"],
+    [names[0] + " / " + names[1] + " answers", (by[names[0]] || 0) + " / " + (by[names[1]] || 0)], ["mixed window", fmt(f.mixed_window_s, 1) + " s"],
   ];
   $("result-figures").replaceChildren(...items.map(([k, v]) => {
     const span = el("span", "", k + " ");
@@ -202,8 +203,28 @@ function renderCompare(s) {
   }));
 }
 
+// The rollout's two versions, old then new, as the plan names them (v1/v2, blue/green, old/new...);
+// before a plan, the versions the fleet serves. The page colours the old one as "v1", the new one as "v2".
+let names = ["", ""];
+
+function versionsOf(s) {
+  const run = s.run || {};
+  if (run.from && run.to) return [run.from, run.to];
+  const seen = Object.keys(s.versions || {}).sort();
+  return [seen[0] || "", seen[1] || ""];
+}
+
+function colour(version) {
+  return version === names[0] ? "v1" : version === names[1] ? "v2" : "";
+}
+
 function render(s) {
   lastState = s;
+  names = versionsOf(s);
+  ["v1", "v2"].forEach((k, i) => {
+    $("name-" + k).textContent = names[i] || "–";
+    $("legend-" + k).textContent = "■ " + (names[i] || "–");
+  });
   updates += 1;
   document.body.dataset.phase = s.phase;
   document.body.classList.toggle("compare-only", Boolean(s.table));
