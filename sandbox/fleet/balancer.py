@@ -33,6 +33,7 @@ import asyncio
 import hashlib
 import itertools
 import logging
+import math
 import os
 import time
 from dataclasses import replace
@@ -85,7 +86,13 @@ def _template() -> jinja2.Template:
     return _env.get_template(TEMPLATE_NAME)
 
 
-CONFIG_FIELDS = ("lb_apply", "sticky", "retry", "client_keepalive_s")
+CONFIG_FIELDS = ("lb_apply", "sticky", "retry", "client_keepalive_s", "read_timeout_s")
+
+
+def lb_read_timeout_s(client_timeout_s: float) -> int:
+    """NGINX's ``proxy_read_timeout`` for a load whose client waits ``client_timeout_s``: a whole
+    second longer, so NGINX never cuts an answer the client still waits for (the client gives up first)."""
+    return math.ceil(client_timeout_s) + 1
 
 
 def config_state(state: LbState) -> LbState:
@@ -115,6 +122,7 @@ def render(project: str, state: LbState, *, admin_token: str = "", worker_proces
             sticky=shown.sticky,
             retry=shown.retry,
             client_keepalive_s=shown.client_keepalive_s,
+            read_timeout_s=shown.read_timeout_s,
             worker_processes=worker_processes,
             connect_timeout_s=connect_timeout_s,
             dynamic=dynamic,

@@ -23,7 +23,7 @@ from typing import Any
 
 from sandbox.config import Settings
 from sandbox.errors import RolloutError, UsageError
-from sandbox.fleet.balancer import NginxBalancer
+from sandbox.fleet.balancer import NginxBalancer, lb_read_timeout_s
 from sandbox.fleet.images import ImageSet
 from sandbox.fleet.loadbalancer import LoadBalancer, Upstream
 from sandbox.fleet.swarm import SwarmEngine, UpdatePolicy
@@ -100,7 +100,7 @@ async def rehearse(settings: Settings, *, runtime: SwarmEngine, images: ImageSet
         balancer = NginxBalancer(runtime, project, settings.port)
         await balancer.apply([], rollout=None, sticky=settings.sticky, size=size, retry=settings.lb_retry,
                              client_keepalive_s=65 if settings.client_keepalive else 0, app_env=dict(settings.app_env),
-                             lb_apply=settings.lb_apply)
+                             read_timeout_s=lb_read_timeout_s(settings.client_timeout_s), lb_apply=settings.lb_apply)
         env = {**APP_ENV_DEFAULTS, **settings.app_env}
         service_id = await runtime.start_replicated(project, "v1", images.app["v1"], env, size,
                                                     healthcheck=settings.swarm_healthcheck)
