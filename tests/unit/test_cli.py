@@ -43,7 +43,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     (["roll", "--warmup", "601"], "--warmup: 601.0 must be in [0, 600] seconds"),
     (["frobnicate"], "invalid choice"),
     (["up", "--lb-apply", "hot"], "invalid choice: 'hot'"),
-    (["roll", "--max-stall-s", "-1"], "--max-stall-s: -1.0 must be in [0, 3600] seconds"),
+    (["roll", "--max-stall-s", "-1"], "--max-stall-s: -1.0 must be in (0, 3600] seconds"),
     (["roll", "--max-stall-s", "12"], "--client-timeout: 10.0 must be larger than --max-stall-s (12.0)"),
     (["roll", "--slow-ms", "0"], "--slow-ms: 0.0 must be in (0, 3600000] ms"),
     (["roll", "--max-slow", "-1"], "--max-slow: -1 must be 0 or more"),
@@ -62,6 +62,9 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     (["compare", "--size", "3", "--strategies", "one-at-a-time,rolling:5"],
      "batch: 5 must be smaller than the fleet (3 servers) for rolling"),
     (["compare", "--strategies", ","], "strategies: name at least one strategy"),
+    (["compare", "--strategies", "naive"], "strategies: naive alone judges nothing (a baseline that drops by design)"),
+    (["roll", "--max-stall-s", "0"], "--max-stall-s: 0.0 must be in (0, 3600] seconds"),
+    (["roll", "--min-requests", "0"], "--min-requests: 0 with the load on would pass a run that measured nothing"),
     (["roll", "--dashboard-port", "0"], "sandbox: error: --dashboard-port: 0 must be between 1 and 65535"),
     (["demo", "--dashboard", "--dashboard-port", "70000"], "--dashboard-port: 70000 must be between 1 and 65535"),
 ])

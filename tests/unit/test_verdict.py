@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from sandbox.config import Settings
+from sandbox.fleet.loadbalancer import LbRow
 from sandbox.results.compare import compare_json
 from sandbox.results.measure import measure
 from sandbox.results.model import P99, LatencySample, LikeForLike, Report, Status
-from sandbox.fleet.loadbalancer import LbRow
 from sandbox.results.records import Event, RequestRow, new_load_rid
 from sandbox.results.report import build_report
 from sandbox.results.text import compare_text, summary_text
