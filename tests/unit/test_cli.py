@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import pytest
 
 from sandbox.cli import build_parser, main, setting_flags, settings_from_args
 from sandbox.commands import parse_strategy_spec
-from sandbox.config import SETTINGS
+from sandbox.config import SETTINGS, Settings
 from sandbox.errors import UsageError
 from sandbox.fleet import versions
 
@@ -201,3 +204,23 @@ def test_help_names_the_default_project_the_command_uses(command: str, project: 
     with pytest.raises(SystemExit):
         build_parser().parse_args([command, "--help"])
     assert f"(default: {project})" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_report_that_cannot_be_written_is_one_line_and_the_summary_still_prints(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sandbox import cli
+    from sandbox.rollout.rehearsal import RolloutResult
+    report = {"strategy": "one-at-a-time", "outcome": "completed", "load": False, "from_version": "v1",
+              "to_version": "v2", "verdict": {"pass": True, "checks": [
+                  {"name": "outcome", "pass": True, "value": "completed", "limit": "completed", "kind": "equals"}]}}
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    args = argparse.Namespace(json=False, junit=blocker / "rollout.xml")
+    result = RolloutResult(report=report, exit_code=0, message="", write_error="could not write the report files to "
+                           "out: No space left on device")
+    code = cli._print_rollout(args, Settings(), result)
+    out, err = capsys.readouterr()
+    assert code == 1  # a CI must not read a missing report as a pass
+    assert out.splitlines()[-1] == "PASS: all 1 checks held"
+    assert err.splitlines() == ["rolling-sandbox: could not write the report files to out: No space left on device",
+                                f"rolling-sandbox: could not write {blocker}: File exists"]

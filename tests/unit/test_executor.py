@@ -9,6 +9,8 @@ import pytest
 
 from sandbox.config import Settings
 from sandbox.errors import BalancerError, ReadinessError
+from sandbox.results.measure import measure
+from sandbox.results.model import Figures
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import ErrorRatioExceeded, Executor, Interrupted, Timing
 from tests.unit.fakes import IMAGES, FakeBalancer, FakeProbe, FakeRuntime
@@ -234,3 +236,23 @@ async def test_a_new_server_that_died_after_ready_is_never_attached() -> None:
         await roll(runtime, executor, settings)
     assert "n1" not in {u.name for u in balancer.state.upstreams}
     assert [e["instance"] for e in executor.events if e["phase"] == "died"] == ["n1"]
+
+
+@pytest.mark.asyncio
+async def test_a_reload_mode_drain_with_no_metrics_says_so_and_counts_as_not_drained() -> None:
+    runtime, balancer, _ = fleet_and_executor(2, settings_for(2))
+    assert not balancer.dynamic
+
+    async def no_metrics(address: str) -> None:
+        return None  # an app without /metrics
+
+    probe = FakeProbe(runtime)
+    probe.metrics = no_metrics  # type: ignore[method-assign,assignment]
+    executor = Executor(runtime, balancer, settings_for(2), IMAGES, probe=probe.factory(), timing=FAST)
+    await roll(runtime, executor, settings_for(2))
+    drains = [e for e in executor.events if e["phase"] == "drain"]
+    assert len(drains) == 2
+    assert all(e["detail"]["timed_out"] is True and e["detail"]["reason"] ==  # type: ignore[index]
+               "skipped: the app has no /metrics to drain by" for e in drains)
+    figures = Figures.from_measured(measure([], executor.events))
+    assert figures.drains_timed_out == 2
