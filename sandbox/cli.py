@@ -342,7 +342,7 @@ def _print_rollout(args: argparse.Namespace, settings: Settings, result: command
         print(summary_text(report) if result.rehearsed else unchanged_text(result.report))
     if result.message:
         print(result.message, file=sys.stderr)
-    code = result.exit_code
+    code: int = result.exit_code
     if result.write_error:
         print(f"rolling-sandbox: {result.write_error}", file=sys.stderr)
         code = code or EXIT_FAILURE

@@ -247,12 +247,12 @@ async def test_a_reload_mode_drain_with_no_metrics_says_so_and_counts_as_not_dra
         return None  # an app without /metrics
 
     probe = FakeProbe(runtime)
-    probe.metrics = no_metrics  # type: ignore[method-assign,assignment]
+    probe.metrics = no_metrics  # type: ignore[method-assign]
     executor = Executor(runtime, balancer, settings_for(2), IMAGES, probe=probe.factory(), timing=FAST)
     await roll(runtime, executor, settings_for(2))
     drains = [e for e in executor.events if e["phase"] == "drain"]
     assert len(drains) == 2
-    assert all(e["detail"]["timed_out"] is True and e["detail"]["reason"] ==  # type: ignore[index]
+    assert all(e["detail"]["timed_out"] is True and e["detail"]["reason"] ==
                "skipped: the app has no /metrics to drain by" for e in drains)
     figures = Figures.from_measured(measure([], executor.events))
     assert figures.drains_timed_out == 2

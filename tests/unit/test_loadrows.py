@@ -395,7 +395,7 @@ def test_the_recorder_counts_what_it_sent_and_wrote_and_the_controller_reads_the
     def full(fd: int, data: bytes) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(loadrows.os, "write", full)
+    monkeypatch.setattr(os, "write", full)
     rec.finish(rec.begin(user="u", rid="lost", method="GET", name="/"), status=200)  # logged, not raised
     monkeypatch.undo()
     rec.write_count()

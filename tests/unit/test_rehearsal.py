@@ -310,11 +310,10 @@ async def test_every_request_is_accounted_for(how: str, failed: list[str]) -> No
         now = time.time()
         return [row(now, user=f"u{i}", rid=new_load_rid()) for i in range(60)]
 
-    world = World(feed=feed)
-    original = world.deps.load
+    world = World()
 
     def load(url: str, s: Any, path: Any) -> FakeLoad:
-        made = original(url, s, path)
+        made = FakeLoad(url, s, path, feed=feed)
 
         async def stop(grace_s: float = 10) -> None:
             made.stopping = True
