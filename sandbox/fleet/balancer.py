@@ -89,10 +89,14 @@ def _template() -> jinja2.Template:
 CONFIG_FIELDS = ("lb_apply", "sticky", "retry", "client_keepalive_s", "read_timeout_s")
 
 
+DEFAULT_READ_TIMEOUT_S = 30  # NGINX's proxy_read_timeout when the client waits less
+
+
 def lb_read_timeout_s(client_timeout_s: float) -> int:
-    """NGINX's ``proxy_read_timeout`` for a load whose client waits ``client_timeout_s``: a whole
-    second longer, so NGINX never cuts an answer the client still waits for (the client gives up first)."""
-    return math.ceil(client_timeout_s) + 1
+    """NGINX's ``proxy_read_timeout`` for a load whose client waits ``client_timeout_s``: 30 s, or a
+    whole second longer than the client when it waits longer, so NGINX never cuts an answer the client
+    still waits for (the client gives up first)."""
+    return max(DEFAULT_READ_TIMEOUT_S, math.ceil(client_timeout_s) + 1)
 
 
 def config_state(state: LbState) -> LbState:

@@ -36,7 +36,7 @@ from sandbox.config import Settings, check_batch
 from sandbox.errors import BalancerError, NotFoundError, RolloutError, SandboxError, UsageError, hint
 from sandbox.fleet import labels as L
 from sandbox.fleet import versions
-from sandbox.fleet.balancer import NginxBalancer
+from sandbox.fleet.balancer import NginxBalancer, lb_read_timeout_s
 from sandbox.fleet.engine import Engine, Instance, LbHandle
 from sandbox.fleet.images import ImageSet
 from sandbox.fleet.images import image_set as current_image_set
@@ -448,6 +448,11 @@ class Rehearsal:
         if not self.settings.load:
             return
         s = self.settings
+        wait = lb_read_timeout_s(s.client_timeout_s)
+        if self.balancer.state.read_timeout_s != wait:  # before any request: NGINX waits as long as the client
+            self.progress.line(f"the load balancer now waits {wait} s for an answer (--client-timeout "
+                               f"{s.client_timeout_s:g})")
+            await self.balancer.apply(list(self.balancer.state.upstreams), read_timeout_s=wait)
         rows_path = (self.report_dir or self._workdir or Path(".")) / "requests.jsonl"
         self.load = self.deps.load(self.balancer.url, LoadSettings(
             users=s.users, spawn_rate=s.spawn_rate, locustfile=s.locustfile, v2_mode=s.v2_mode,

@@ -234,7 +234,8 @@ def test_state_of_60_servers_spans_lines_under_nginx_limit() -> None:
 
 
 def test_proxy_read_timeout_follows_the_client_timeout() -> None:
-    assert lb_read_timeout_s(10.0) == 11 and lb_read_timeout_s(90.5) == 92  # NGINX waits longer than the client
+    assert lb_read_timeout_s(10.0) == 30 and lb_read_timeout_s(29.5) == 31  # as before, unless the client waits longer
+    assert lb_read_timeout_s(90.5) == 92  # NGINX waits longer than the client
     assert "proxy_read_timeout 92s;" in render("p", LbState(upstreams=servers(1), read_timeout_s=92))
     assert "proxy_read_timeout 30s;" in render("p", LbState(upstreams=servers(1)))  # a state from before: as it was
     dynamic_text = render("p", LbState(lb_apply="dynamic", read_timeout_s=61), admin_token="t")
