@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.config import Settings
-from sandbox.errors import RolloutError, UsageError
+from sandbox.errors import RolloutError, SandboxError, UsageError
 from sandbox.fleet.balancer import NginxBalancer, lb_read_timeout_s
 from sandbox.fleet.images import ImageSet
-from sandbox.fleet.loadbalancer import LoadBalancer, Upstream
+from sandbox.fleet.loadbalancer import LbRow, LoadBalancer, Upstream
 from sandbox.fleet.swarm import SwarmEngine, UpdatePolicy
 from sandbox.load.rows import parse_think_ms
-from sandbox.load.run import LoadRun, LoadSettings
+from sandbox.load.run import LoadEnd, LoadRun, LoadSettings
 from sandbox.results.measure import MeasureSettings, measure
 from sandbox.results.model import Report
 from sandbox.results.records import Event
@@ -125,6 +125,10 @@ async def rehearse(settings: Settings, *, runtime: SwarmEngine, images: ImageSet
         # stamped when asked: the second Locust takes to exit is not a stall of the fleet
         events.append({"t": time.time(), "phase": "load-stop", "instance": None})
         await load.stop()
+        try:
+            nginx_rows: list[LbRow] | None = await balancer.access_log()
+        except SandboxError:
+            nginx_rows = None
     finally:
         stop.set()
         if follower is not None:
@@ -132,7 +136,8 @@ async def rehearse(settings: Settings, *, runtime: SwarmEngine, images: ImageSet
         if load is not None:
             await load.stop()
         await runtime.down(project)
-    report = _native_report(settings, order, load.all_rows(), events, state, t1 - t0, peak[0])
+    report = _native_report(settings, order, load.all_rows(), events, state, t1 - t0, peak[0],
+                            load_end=load.end, nginx=nginx_rows)
     out = report.to_json()
     if report_dir is not None:
         out["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
@@ -141,14 +146,19 @@ async def rehearse(settings: Settings, *, runtime: SwarmEngine, images: ImageSet
 
 
 def _native_report(settings: Settings, order: str, rows: list[Any], events: list[Event], state: str,
-                   duration_s: float, peak: int) -> Report:
-    """The report of one swarm-native update, like every other rehearsal's (pure)."""
-    measured = measure(rows, events, settings=MeasureSettings(slow_ms=settings.slow_ms))
+                   duration_s: float, peak: int, *, load_end: LoadEnd | None = None,
+                   nginx: list[LbRow] | None = None) -> Report:
+    """The report of one swarm-native update, like every other rehearsal's (pure): ``load_end`` says
+    whether the load generator ran whole (None: unknown, which fails ``load_alive``), ``nginx`` is the
+    LB's log (None: not read)."""
+    measured = measure(rows, events, nginx=nginx, settings=MeasureSettings(slow_ms=settings.slow_ms),
+                       sent=load_end.sent if load_end else None)
     meta = {"project": settings.project, "kind": "roll", "strategy": f"{NATIVE}:{order}", "size": settings.size,
             "batch": settings.update_parallelism, "mode": "replace", "from_version": "v1", "to_version": "v2",
             "outcome": "completed" if state == "completed" else f"swarm: {state}",
             "duration_s": round(duration_s, 3), "peak_instances": peak, "sticky": settings.sticky,
             "lb_apply": settings.lb_apply, "users": settings.users, "load": True,
+            "load_alive": None if load_end is None else not (load_end.died_early or load_end.killed),
             # Swarm rolls its tasks itself: no step of ours to run a check after, so each one is said not run
             "mixed_checks": not_run(settings.mixed_checks, "not run: Swarm's own update has no step to run it at")}
     return build_report(meta=meta, measured=measured, steps=events, limits=Limits.from_settings(settings))

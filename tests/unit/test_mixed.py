@@ -340,3 +340,17 @@ async def test_a_fleet_already_on_the_target_says_its_checks_did_not_run() -> No
     assert result.exit_code == 0 and result.report["seed"] == 5 and result.report["pick_order"] == []
     [record] = result.report["mixed_checks"]
     assert record["status"] == "not_run" and "nothing to roll" in record["reason"]
+
+
+def test_swarms_own_update_reports_whether_the_load_ran_whole() -> None:
+    from sandbox.load.run import LoadEnd
+    from sandbox.rollout.swarm_native import _native_report
+
+    def alive(end: LoadEnd | None) -> Any:
+        report = _native_report(Settings(), "stop-first", [], [], "completed", 1.0, 3, load_end=end, nginx=[])
+        return next(c for c in report.verdict.checks if c.name == "load_alive")
+
+    assert alive(LoadEnd(0, False, None, False, False, sent=0, written=0)).status == "PASS"
+    assert alive(LoadEnd(-9, True, 1.0, False, False)).status == "FAIL"  # died mid-run
+    assert alive(LoadEnd(-9, False, None, True, True)).status == "FAIL"  # SIGKILLed at its stop
+    assert alive(None).reason == "unknown whether the load generator ran for the whole run"
