@@ -30,6 +30,7 @@ from sandbox.fleet.engine import Engine
 from sandbox.results.junit import write_compare_junit, write_junit
 from sandbox.results.model import Report
 from sandbox.results.text import compare_text, summary_text
+from sandbox.rollout import strategies as registry
 from sandbox.rollout.rehearsal import RolloutResult, unchanged_text
 from sandbox.ui.dashboard import LiveView
 
@@ -256,6 +257,9 @@ def _check_command(args: argparse.Namespace, settings: Settings) -> None:
             raise UsageError(f"strategies: {spec.strip()!r} rehearses the toy app only; drop it or --image/--build")
     if args.command == "compare" and not specs:
         raise UsageError("strategies: name at least one strategy")
+    if specs and not any(registry.of(parse_strategy_spec(s, settings.batch)[0]).judged_in_compare for s in specs):
+        raise UsageError(f"strategies: {', '.join(s.strip() for s in specs)} alone judges nothing (a baseline that "
+                         "drops by design); add a strategy compare judges, e.g. one-at-a-time")
     if args.command == "demo":
         check_batch(settings.strategy, settings.batch, settings.size)
     if hasattr(args, "dashboard_port"):
@@ -304,33 +308,36 @@ async def _roll(args: argparse.Namespace, settings: Settings, runtime: Engine, s
         return 0
     result = await commands.roll(settings, runtime=runtime, kind=args.command, report_dir=args.report,
                                  progress=view.progress(settings, sized=False))
-    _print_rollout(args, settings, result)
+    code = _print_rollout(args, settings, result)
     await view.close(report=Report.from_json(result.report))
-    return result.exit_code
+    return code
 
 
 async def _demo(args: argparse.Namespace, settings: Settings, runtime: Engine, say: Say, view: LiveView) -> int:
     started = time.monotonic()
     result = await commands.demo(settings, runtime=runtime, keep=args.keep, report_dir=args.report, say=say,
                                  progress=view.progress(settings))
-    _print_rollout(args, settings, result)
+    code = _print_rollout(args, settings, result)
     say(f"report: {args.report / 'report.md'} (chart: {args.report / 'chart.png'})")
     say(f"demo took {time.monotonic() - started:.0f} s")
     await view.close(report=Report.from_json(result.report))
-    return result.exit_code
+    return code
 
 
 async def _compare(args: argparse.Namespace, settings: Settings, runtime: Engine, say: Say, view: LiveView) -> int:
     compared = await commands.compare(settings, runtime=runtime, strategies=_specs(args), report_dir=args.report,
                                       say=say, progress_for=view.progress, replace=args.replace)
     print(json.dumps(compared.table, indent=2, default=str) if args.json else compare_text(compared.reports))
+    code = compared.exit_code
     if args.junit is not None:
-        write_compare_junit(compared.reports, args.junit)
+        code = _written(lambda: write_compare_junit(compared.reports, args.junit), code)
     await view.close(table=compared.table["rows"])
-    return compared.exit_code
+    return code
 
 
-def _print_rollout(args: argparse.Namespace, settings: Settings, result: RolloutResult) -> None:
+def _print_rollout(args: argparse.Namespace, settings: Settings, result: RolloutResult) -> int:
+    """Print the summary, write the JUnit file; the exit code (1 when a report file could not be
+    written: a CI must not read a missing report as a pass)."""
     report = Report.from_json(result.report)
     if args.json:
         print(json.dumps(result.report, indent=2, default=str))
@@ -338,8 +345,24 @@ def _print_rollout(args: argparse.Namespace, settings: Settings, result: Rollout
         print(summary_text(report) if result.rehearsed else unchanged_text(result.report))
     if result.message:
         print(result.message, file=sys.stderr)
+    code: int = result.exit_code
+    if result.write_error:
+        print(f"rolling-sandbox: {result.write_error}", file=sys.stderr)
+        code = code or EXIT_FAILURE
     if getattr(args, "junit", None) is not None:
-        write_junit(report, args.junit)
+        code = _written(lambda: write_junit(report, args.junit), code)
+    return code
+
+
+def _written(write: Callable[[], Path], code: int) -> int:
+    """Run ``write``; on OSError (a full disk) say so in one line and make an exit 0 a 1."""
+    try:
+        write()
+    except OSError as exc:
+        print(f"rolling-sandbox: could not write {exc.filename or 'the JUnit file'}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return code or EXIT_FAILURE
+    return code
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Engine, Say, LiveView], Awaitable[int]]] = {

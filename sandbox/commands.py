@@ -20,7 +20,7 @@ from sandbox.config import STRATEGIES, Settings, check_port_free
 from sandbox.errors import SandboxError, UsageError, hint
 from sandbox.fleet import access, versions
 from sandbox.fleet import labels as L
-from sandbox.fleet.balancer import NginxBalancer
+from sandbox.fleet.balancer import NginxBalancer, lb_read_timeout_s
 from sandbox.fleet.engine import Engine
 from sandbox.fleet.images import ImageSet
 from sandbox.fleet.loadbalancer import LoadBalancer
@@ -103,7 +103,9 @@ async def _start_lb(settings: Settings, runtime: Engine, balancer: LoadBalancer,
     await runtime.start_lb(settings.project, settings.port, image, extra_labels=labels)
     await balancer.apply([], rollout=None, sticky=settings.sticky, size=settings.size,
                          retry=settings.lb_retry, client_keepalive_s=65 if settings.client_keepalive else 0,
-                         app_env=app_env, lb_apply=settings.lb_apply)
+                         read_timeout_s=lb_read_timeout_s(settings.client_timeout_s), app_env=app_env,
+                         lb_apply=settings.lb_apply)
+
 
 
 async def fleet_images(settings: Settings, *, runtime: Engine,

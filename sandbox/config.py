@@ -263,7 +263,7 @@ class Settings:
     # the verdict (sandbox.results.verdict.Limits has the same names)
     max_dropped: int = setting(0, group="limits", flag="--max-dropped", at_least=0,
                                help="verdict: at most this many dropped (default 0)")
-    max_stall_s: float = setting(1.0, group="limits", flag="--max-stall-s", at_least=0, at_most=3600,
+    max_stall_s: float = setting(1.0, group="limits", flag="--max-stall-s", above=0, at_most=3600,
                                  unit="seconds", help="verdict: longest stretch with no answer (default 1 s)")
     slow_ms: float = setting(2000.0, group="limits", flag="--slow-ms", above=0, at_most=3_600_000, unit="ms",
                              help="a request slower than this is slow (default 2000)")
@@ -279,6 +279,9 @@ class Settings:
                                                        "else they are skipped (default 200)")
     max_violations: int = setting(0, group="limits", flag="--max-violations", at_least=0,
                                   help="verdict: at most this many contract violations (default 0)")
+    max_not_found: int = setting(0, group="limits", flag="--max-not-found", at_least=0,
+                                 help="verdict: at most this many 404/410 answers from the rollout's start on, "
+                                      "an endpoint one version lacks (default 0)")
     min_requests: int = setting(100, group="limits", flag="--min-requests", at_least=0,
                                 help="verdict: at least this many requests measured (default 100)")
 
@@ -458,6 +461,8 @@ def validate(s: Settings) -> None:
     _check_mode(s)
     _check_client_timeout(s)
     _check_warmup(s)
+    _check(not s.load or s.min_requests > 0, "min_requests",
+           "0 with the load on would pass a run that measured nothing: give 1 or more, or --no-load")
 
 
 def _check(cond: bool, name: str, message: str) -> None:

@@ -35,6 +35,7 @@ import hashlib
 import ipaddress
 import itertools
 import logging
+import math
 import os
 import time
 from dataclasses import replace
@@ -89,7 +90,17 @@ def _template() -> jinja2.Template:
     return _env.get_template(TEMPLATE_NAME)
 
 
-CONFIG_FIELDS = ("lb_apply", "sticky", "retry", "client_keepalive_s")
+CONFIG_FIELDS = ("lb_apply", "sticky", "retry", "client_keepalive_s", "read_timeout_s")
+
+
+DEFAULT_READ_TIMEOUT_S = 30  # NGINX's proxy_read_timeout when the client waits less
+
+
+def lb_read_timeout_s(client_timeout_s: float) -> int:
+    """NGINX's ``proxy_read_timeout`` for a load whose client waits ``client_timeout_s``: 30 s, or a
+    whole second longer than the client when it waits longer, so NGINX never cuts an answer the client
+    still waits for (the client gives up first)."""
+    return max(DEFAULT_READ_TIMEOUT_S, math.ceil(client_timeout_s) + 1)
 
 
 def config_state(state: LbState) -> LbState:
@@ -125,6 +136,7 @@ def render(project: str, state: LbState, *, admin_token: str = "", admin_from: s
             sticky=shown.sticky,
             retry=shown.retry,
             client_keepalive_s=shown.client_keepalive_s,
+            read_timeout_s=shown.read_timeout_s,
             worker_processes=worker_processes,
             connect_timeout_s=connect_timeout_s,
             dynamic=dynamic,

@@ -36,6 +36,7 @@ class LbState:
     rollout: dict[str, Any] | None = None  # {"from": "v1", "to": "v2", "strategy": ...}
     sticky: bool = False
     client_keepalive_s: int = 0
+    read_timeout_s: int = 30  # NGINX's proxy_read_timeout: longer than the load's client timeout (up and roll set it)
     retry: bool = False  # retry a failed request on the next server (NGINX's default) or not
     app_env: dict[str, str] = field(default_factory=dict)  # `up --env`: every server of this fleet gets it
     lb_apply: str = "reload"  # "reload" or "dynamic" (a state without the field is a reload one)

@@ -11,7 +11,7 @@ How a request becomes exactly one row
 * Locust's two HTTP clients, ``HttpSession`` (``HttpUser``) and
   ``FastHttpSession`` (``FastHttpUser``), and every subclass of them, get their
   ``request`` method wrapped once at import: the wrapper sends an
-  ``X-Request-ID`` (uuid4 hex) unless the caller set one (NGINX logs it, so a
+  ``X-Request-ID`` (``ls-`` and uuid4 hex) unless the caller set one (NGINX logs it, so a
   row joins NGINX's log line), gives ``HttpSession`` requests the client
   timeout unless the caller set one, registers the request as in flight
   (:class:`~sandbox.load.rows.Recorder`) and puts its token into the request's
@@ -29,7 +29,8 @@ How a request becomes exactly one row
   alone (rid from the answer's ``X-Request-ID``; it is never "in flight", so a
   stop cannot record it as unanswered).
 * When the load stops, every request still registered is written: answered
-  (held) or ``unanswered``.
+  (held) or ``unanswered``; then the process writes its count (requests sent, rows
+  written) beside the rows, so the controller can tell rows that never reached the file.
 
 With several Locust worker processes each process has its own registry and
 appends to the same rows file (one ``write`` per row); user ids carry the
@@ -60,7 +61,6 @@ import logging
 import os
 import signal
 import time
-import uuid
 from collections.abc import Callable
 from http.client import HTTPException
 from pathlib import Path
@@ -89,6 +89,7 @@ from sandbox.load.rows import (
     event_contract,
     untracked_row,
 )
+from sandbox.results.records import new_load_rid
 
 __all__ = ["RECORDER", "THINK_S", "TIMEOUT_S", "user_id"]
 
@@ -201,7 +202,7 @@ def _set_request_id(call: _Call) -> str:
     headers = dict(call.get("headers") or {})
     rid = next((str(v) for k, v in headers.items() if k.lower() == "x-request-id"), None)
     if rid is None:
-        rid = uuid.uuid4().hex
+        rid = new_load_rid()
         headers["X-Request-ID"] = rid
     call.set("headers", headers)
     return rid
@@ -318,6 +319,7 @@ def _flush_and_exit(_signum: int, _frame: Any) -> None:
     _state["stopping"] = _state["quitting"] = True
     RECORDER.flush_unanswered()
     RECORDER.writer.close()
+    RECORDER.write_count()
     os._exit(FLUSH_EXIT_CODE)
 
 
@@ -383,6 +385,7 @@ def _on_quitting(environment: Environment, **_kwargs: Any) -> None:
             log.exception("stopping the users failed")
     RECORDER.flush_unanswered()
     RECORDER.writer.close()
+    RECORDER.write_count()
 
 
 class RecordedHttpUser(HttpUser):

@@ -382,6 +382,33 @@ def parse_rows(lines: Iterable[bytes | str]) -> list[RequestRow]:
     return rows
 
 
+# --------------------------------------------------------------------------- counts
+
+
+def count_path(rows_path: Path, pid: int) -> Path:
+    """Where the Locust process ``pid`` writes its count of ``rows_path``'s rows."""
+    return rows_path.with_name(f"{rows_path.name}.count.{pid}")
+
+
+def read_counts(rows_path: Path) -> dict[str, int] | None:
+    """The Locust processes' counts summed (``sent``, ``written``), removing their files; None when
+    no process left one (it was killed before it could)."""
+    total = {"sent": 0, "written": 0}
+    found = False
+    for path in sorted(rows_path.parent.glob(f"{rows_path.name}.count.*")):
+        if path.name.endswith(".tmp"):
+            path.unlink(missing_ok=True)
+            continue
+        try:
+            data = json.loads(path.read_text())
+            total = {k: total[k] + int(data[k]) for k in total}
+            found = True
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("unreadable request count %s", path)
+        path.unlink(missing_ok=True)
+    return total if found else None
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -445,6 +472,7 @@ class Recorder:
     writer: RowWriter
     clock: Callable[[], float] = time.time
     perf: Callable[[], float] = time.perf_counter
+    sent: int = 0  # requests begun or recorded: each owes the file one row
     _in_flight: dict[int, _Entry] = field(default_factory=dict)
     _next: int = 0
 
@@ -456,6 +484,7 @@ class Recorder:
     def begin(self, *, user: str, rid: str, method: str, name: str) -> int:
         """Register a request about to be sent; returns its token."""
         self._next += 1
+        self.sent += 1
         token = self._next
         row = new_row(t=self.clock(), user=user, rid=rid, method=method, name=name)
         self._in_flight[token] = _Entry(row, self.perf())
@@ -516,8 +545,22 @@ class Recorder:
 
     def record(self, row: RequestRow) -> RequestRow:
         """Write a complete row of a request the registry never saw (a custom client)."""
+        self.sent += 1
         self._write(row)
         return row
+
+    def write_count(self) -> None:
+        """Write this process's count (requests sent, rows written) beside the rows file, for
+        :func:`read_counts`; at exit, once every row is written."""
+        if self.writer.path is None:
+            return
+        path = count_path(self.writer.path, os.getpid())
+        temporary = path.with_name(path.name + ".tmp")
+        try:
+            temporary.write_text(json.dumps({"sent": self.sent, "written": self.writer.written}))
+            os.replace(temporary, path)
+        except OSError:
+            log.exception("could not write the request count to %s", path)
 
     def flush_unanswered(self) -> list[RequestRow]:
         """Write every request still registered; empties the registry.

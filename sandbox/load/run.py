@@ -27,8 +27,9 @@ are between requests at once, gives the users waiting for an answer up to
 kills them; the recorder writes an ``unanswered`` row for each request still
 waiting, and the process exits. A group still alive ``stop_timeout_s + grace_s``
 after the SIGTERM gets SIGUSR1 (each process writes its in-flight rows and exits
-at once) and only ``FLUSH_GRACE_S`` later SIGKILL. :attr:`LoadRun.end` tells
-how it went; :meth:`LoadRun.alive` tells whether Locust still runs.
+at once) and only ``FLUSH_GRACE_S`` later SIGKILL. Each process that exits by
+itself writes its count (requests sent, rows written; ``rows.read_counts``).
+:attr:`LoadRun.end` tells how it went; :meth:`LoadRun.alive` tells whether Locust still runs.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from sandbox.load.rows import (
     ENV_WAIT_MIN,
     V2Mode,
     parse_rows,
+    read_counts,
 )
 from sandbox.poll import poll
 from sandbox.ports import free_port
@@ -103,11 +105,14 @@ class LoadEnd:
     died_at: float | None  # unix time the controller first saw it gone (when it died early)
     flushed_by_signal: bool  # it did not stop in time and was told to write its rows and exit
     killed: bool  # it ignored that too and was SIGKILLed (rows of requests in flight may be lost)
+    sent: int | None = None  # requests its processes sent (each owes one row); None: no process said
+    written: int | None = None  # rows its processes wrote
 
     def to_dict(self) -> dict[str, object]:
         return {
             "exit_code": self.exit_code, "died_early": self.died_early, "died_at": self.died_at,
             "flushed_by_signal": self.flushed_by_signal, "killed": self.killed,
+            "sent": self.sent, "written": self.written,
         }  # fmt: skip
 
 
@@ -240,6 +245,7 @@ class LoadRun:
         self._check_settings()
         self.rows_path.parent.mkdir(parents=True, exist_ok=True)
         self.rows_path.write_bytes(b"")  # a fresh file: rows of this run only
+        read_counts(self.rows_path)  # and no earlier run's counts
         self._ready_path.unlink(missing_ok=True)
         self._offset = 0
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -343,8 +349,10 @@ class LoadRun:
             await proc.wait()
             log.info("locust exited with code %s", proc.returncode)
         finally:
+            counts = read_counts(self.rows_path) or {}
             self._end = LoadEnd(exit_code=proc.returncode, died_early=died_early, died_at=self._died_at,
-                                flushed_by_signal=flushed, killed=killed)
+                                flushed_by_signal=flushed, killed=killed, sent=counts.get("sent"),
+                                written=counts.get("written"))
             self._stopped = True
             self._close_log()
             self._ready_path.unlink(missing_ok=True)

@@ -7,10 +7,12 @@ so the XML agrees with compare's exit code.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
+from sandbox.results.files import write_text_atomic
 from sandbox.results.model import Report, Rollout
 from sandbox.results.verdict import judged_in_compare
 from sandbox.rollout import strategies
@@ -52,7 +54,21 @@ def _document(suites: Sequence[tuple[str, str, Report, bool]]) -> str:
     root.set("failures", str(totals[1]))
     if totals[2]:
         root.set("skipped", str(totals[2]))
+    for element in root.iter():
+        element.text = xml_text(element.text) if element.text is not None else None
+        for key, value in element.attrib.items():
+            element.set(key, xml_text(value))
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(text: str) -> str:
+    """``text`` without ANSI escapes (colours, cursor moves) and without the characters XML 1.0
+    forbids (other control characters, lone surrogates), whatever a mixed check printed."""
+    return _NOT_XML.sub("", _ANSI.sub("", text))
 
 
 def _suite(root: ET.Element, name: str, classname: str, report: Report, *,
@@ -99,6 +115,4 @@ def write_compare_junit(reports: Sequence[Report], path: Path) -> Path:
 
 
 def _write(text: str, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    return write_text_atomic(path, text)

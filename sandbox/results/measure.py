@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from sandbox.fleet.loadbalancer import LbRow
 from sandbox.fleet.versions import TOY_VERSIONS
-from sandbox.results.records import Event, RequestRow
+from sandbox.results.records import Event, RequestRow, is_load_rid
 
 HistoryEntry = tuple[str, str, float, float | None]
 """``(address, version, t_from, t_to)``: ``version`` held ``address`` in that span."""
@@ -194,11 +194,35 @@ def stall_seconds(rows: Sequence[Mapping[str, Any]], window: tuple[float, float]
 # --------------------------------------------------------------------------- requests
 
 
+GONE_STATUSES = frozenset({404, 410})
+"""What a removed endpoint answers. Only these count in ``not_found``: the default users never get a
+4xx by design (valid items, well-formed carts, a fresh session for an unknown cookie), while your own
+users may get 400, 401, 403, 409 or 429 on purpose; a 404 or 410 during a rollout is one version
+lacking what the other serves."""
+
+
+def not_found(rows: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]]) -> int:
+    """404 and 410 answers to requests sent from the rollout's start on (every row without one)."""
+    began = _first_event(events, "rollout-start")
+    since = float(began["t"]) if began is not None else -math.inf
+    return sum(1 for r in rows if _status(r) in GONE_STATUSES and not is_unanswered(r)
+               and float(r.get("t") or 0.0) >= since)
+
+
+def unrecorded(rows: Sequence[Mapping[str, Any]], nginx: Sequence[LbRow], window: tuple[float, float]) -> int:
+    """Requests of the load generator (its request id format) that NGINX answered within the load
+    window (a second either side) and that have no row: answers the count would otherwise miss."""
+    seen = {str(r.get("rid")) for r in rows}
+    start, end = window
+    return sum(1 for n in nginx if is_load_rid(n["rid"]) and n["rid"] not in seen and start - 1 <= n["time"] <= end + 1)
+
+
 def request_counts(
     rows: Sequence[Mapping[str, Any]],
     nginx: Sequence[Mapping[str, Any]],
     settings: MeasureSettings,
     versions: Sequence[str] = (),
+    events: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The ``requests`` block of :func:`measure`; ``by_version`` names each of ``versions`` (the
     rollout's), even at 0."""
@@ -217,6 +241,7 @@ def request_counts(
         "unanswered": sum(1 for r in rows if is_unanswered(r)),
         "slow": sum(1 for r in rows if _is_slow(r, budget_ms)),
         "retried": sum(1 for n in nginx if len(n.get("servers") or ()) > 1),
+        "not_found": not_found(rows, events),
         "by_version": by_version,
     }
 
@@ -616,7 +641,7 @@ def rollout_summary(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def drains(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One entry per ``drain`` event: instance, drain duration, in-flight count at its
-    start and whether it gave up at the drain timeout (``timed_out``)."""
+    start, whether it gave up at the drain timeout or could not tell (``timed_out``) and why (``reason``)."""
     out = []
     for event in events:
         if event.get("phase") != "drain":
@@ -628,6 +653,7 @@ def drains(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "duration_s": detail.get("duration_s"),
                 "in_flight": detail.get("in_flight"),
                 "timed_out": bool(detail.get("timed_out")),
+                "reason": detail.get("reason"),
             }
         )
     return out
@@ -759,9 +785,10 @@ def measure(
     rows: Sequence[RequestRow],
     events: Sequence[Event],
     *,
-    nginx: Sequence[LbRow] = (),
+    nginx: Sequence[LbRow] | None = None,
     address_history: AddressHistory | None = None,
     settings: MeasureSettings = MeasureSettings(),
+    sent: int | None = None,
 ) -> dict[str, Any]:
     """Every number of the report, as a JSON-able dict.
 
@@ -774,22 +801,25 @@ def measure(
     ``rollout`` (duration_s, peak_instances), ``drains``, and
     ``window`` (absolute ``start``/``end`` unix times of the load and its
     ``duration_s``, so the timeline can be aligned with the events) and
-    ``settings`` (the slow threshold used, ``slow_ms``).
+    ``settings`` (the slow threshold used, ``slow_ms``), ``rows_lost`` (``sent``, the requests the
+    load generator counted, less the rows; None when it gave no count) and ``unrecorded`` (see
+    :func:`unrecorded`; None when ``nginx``, the LB's log, was not read).
 
     Rows without a version header get one from the NGINX log when ``nginx``
     is given (see :func:`attribute_versions`, with the address history built
     from ``events``).
     """
+    lb_log = list(nginx) if nginx is not None else []
     ordered_events = _sorted_events(events)
     ordered = _sorted_rows(rows)
-    if nginx and any(r.get("version") is None for r in ordered):
+    if lb_log and any(r.get("version") is None for r in ordered):
         history = (address_history if address_history is not None
                    else address_history_from_events(ordered_events))
-        ordered = list(attribute_versions(ordered, nginx, history))
+        ordered = list(attribute_versions(ordered, lb_log, history))
     window = load_window(ordered, ordered_events)
     stall = longest_stall(ordered, window)
     return {
-        "requests": request_counts(ordered, nginx, settings, rollout_direction(ordered_events)),
+        "requests": request_counts(ordered, lb_log, settings, rollout_direction(ordered_events), ordered_events),
         "latency_ms": _latency_summary(ordered, with_max=True),
         "stall_s": round(stall[1], 3),
         "stall_at_s": round(stall[0] - window[0], 3),
@@ -804,4 +834,6 @@ def measure(
             "duration_s": round(window[1] - window[0], 3),
         },
         "settings": {"slow_ms": settings.slow_ms},
+        "rows_lost": None if sent is None else max(0, sent - len(rows)),
+        "unrecorded": None if nginx is None else unrecorded(ordered, lb_log, window),
     }

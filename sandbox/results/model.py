@@ -50,6 +50,7 @@ class Requests:
     unanswered: int = 0
     slow: int = 0
     retried: int = 0
+    not_found: int = 0  # 404 and 410 answers from the rollout's start on: an endpoint one version lacks
     by_version: Mapping[str, int] = field(default_factory=dict)
 
     def to_json(self) -> Json:
@@ -220,12 +221,14 @@ class Exposure:
 
 @dataclass(frozen=True)
 class Drain:
-    """One drain: the server, how long it took, what was in flight, whether it gave up."""
+    """One drain: the server, how long it took, what was in flight, whether it gave up (or could
+    not tell: ``reason`` says why)."""
 
     instance: str | None
     duration_s: float | None = None
     in_flight: int | None = None
     timed_out: bool = False
+    reason: str | None = None
 
     def to_json(self) -> Json:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -233,7 +236,7 @@ class Drain:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Drain:
         return cls(data.get("instance"), _opt_float(data.get("duration_s")), _opt_int(data.get("in_flight")),
-                   bool(data.get("timed_out")))
+                   bool(data.get("timed_out")), data.get("reason"))
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,8 @@ class Figures:
     like_for_like: LikeForLike = LikeForLike()
     drains: tuple[Drain, ...] = ()
     window: Span | None = None
+    rows_lost: int | None = None  # requests the load generator sent but wrote no row for (None: unknown)
+    unrecorded: int | None = None  # load requests in the LB's log with no row (None: the log was not read)
 
     @property
     def drains_timed_out(self) -> int:
@@ -268,6 +273,7 @@ class Figures:
             like_for_like=LikeForLike.from_json(measured.get("like_for_like") or {}),
             drains=tuple(Drain.from_json(d) for d in measured.get("drains") or []),
             window=Span.from_json(measured.get("window")),
+            rows_lost=_opt_int(measured.get("rows_lost")), unrecorded=_opt_int(measured.get("unrecorded")),
         )
 
 
@@ -355,7 +361,7 @@ class Rollout:
     client_keepalive_s: float | None = None
     users: int | None = None
     load: bool | None = None  # None: unknown, counts as on
-    load_alive: bool | None = None  # None: unknown, counts as alive
+    load_alive: bool | None = None  # None: unknown, counts as not alive (no PASS without evidence)
     seed: int | None = None
     pick_order: tuple[tuple[int, ...], ...] = ()
     mixed_checks: tuple[MixedRecord, ...] = ()
@@ -573,8 +579,17 @@ class Verdict:
     def failed_names(self) -> list[str]:
         return [c.name for c in self.failed]
 
+    @property
+    def judged(self) -> bool:
+        """Whether any check was judged (a run that rehearsed nothing has every check NOT_RUN)."""
+        return any(not c.skipped for c in self.checks)
+
     def line(self) -> str:
-        """"PASS: all 9 checks held" (naming those not run) or "FAIL: " and each failed check."""
+        """"PASS: all 9 checks held" (naming those not run), "NOT RUN: ..." when no check was judged,
+        or "FAIL: " and each failed check."""
+        if self.checks and not self.judged:
+            reasons = sorted({c.reason or "not run" for c in self.checks})
+            return f"NOT RUN: none of the {len(self.checks)} checks was judged: {'; '.join(reasons)}"
         if self.passed:
             skipped = [c.name for c in self.checks if c.skipped]
             return f"PASS: all {len(self.checks)} checks held" + (
@@ -630,6 +645,8 @@ class Report:
             "steps": [s.to_json() for s in run.steps],
             "steps_t0": run.steps_t0,
             "window": fig.window.to_json() if fig.window else {},
+            "rows_lost": fig.rows_lost,
+            "unrecorded": fig.unrecorded,
             "unavoidable_s": run.unavoidable_s,
             "overhead_ratio": run.overhead_ratio,
             "verdict": self.verdict.to_json(),
@@ -642,7 +659,7 @@ class Report:
         """A report read back from its JSON (a stored one, or one passed between processes)."""
         known = {*_HEAD, "pick_order", "mixed_checks", "requests", "latency_ms", "stall_s", "stall_at_s", "slow",
                  "slow_ms", "exposure", "phases", "like_for_like", "drains", "steps", "steps_t0", "window",
-                 "unavoidable_s", "overhead_ratio", "verdict"}
+                 "rows_lost", "unrecorded", "unavoidable_s", "overhead_ratio", "verdict"}
         run = Rollout(
             **{k: data.get(k) for k in _HEAD},
             pick_order=tuple(tuple(b) for b in data.get("pick_order") or []),

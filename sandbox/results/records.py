@@ -14,7 +14,25 @@ process needs nothing from the controller's side to write them.
 
 from __future__ import annotations
 
+import re
+import uuid
 from typing import Literal, NotRequired, TypedDict
+
+LOAD_RID_PREFIX = "ls-"
+"""The load generator's request ids are ``ls-`` and 32 hex digits: NGINX's own ids (``$request_id``,
+given to requests that carry none, such as the controller's probes) are bare hex, so the access log
+tells the load's requests from everything else."""
+_LOAD_RID = re.compile(r"ls-[0-9a-f]{32}")
+
+
+def new_load_rid() -> str:
+    """A fresh request id in the load generator's format."""
+    return LOAD_RID_PREFIX + uuid.uuid4().hex
+
+
+def is_load_rid(rid: str) -> bool:
+    """Whether ``rid`` is in the load generator's format (see :data:`LOAD_RID_PREFIX`)."""
+    return _LOAD_RID.fullmatch(rid) is not None
 
 
 class RequestRow(TypedDict):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.results.chart import write_chart
+from sandbox.results.files import write_atomic, write_text_atomic
 from sandbox.results.markdown import markdown_page
 from sandbox.results.model import Figures, MixedRecord, Report, Rollout, Step
 from sandbox.results.overhead import overhead
@@ -89,19 +90,26 @@ def build_report(
     return Report(run, figures, verdict(run, figures, limits))
 
 
+REPORT_FILES = {"json": "report.json", "chart": "chart.png", "markdown": "report.md"}
+
+
 def write_report_dir(report: Report, directory: Path) -> dict[str, Path]:
-    """Write ``report.json``, ``chart.png`` and ``report.md`` into ``directory``.
+    """Write ``report.json``, ``chart.png`` and ``report.md`` into ``directory``, each atomically
+    (OSError on a full disk leaves no half-written file).
 
     Returns their paths under the keys "json", "chart" and "markdown".
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "json": directory / "report.json",
-        "chart": directory / "chart.png",
-        "markdown": directory / "report.md",
-    }
-    paths["json"].write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
-    write_chart(report, paths["chart"])
-    paths["markdown"].write_text(markdown_page(report, chart_name=paths["chart"].name), encoding="utf-8")
+    paths = {key: directory / name for key, name in REPORT_FILES.items()}
+    write_text_atomic(paths["json"], json.dumps(report.to_json(), indent=2) + "\n")
+    write_atomic(paths["chart"], lambda tmp: write_chart(report, tmp))
+    write_text_atomic(paths["markdown"], markdown_page(report, chart_name=paths["chart"].name))
     return paths
+
+
+def clear_report_dir(directory: Path) -> None:
+    """Remove an earlier run's report files from ``directory`` (at the start of a run, so a stale
+    ``report.json`` never sits beside new rows)."""
+    for name in REPORT_FILES.values():
+        (Path(directory) / name).unlink(missing_ok=True)

@@ -12,9 +12,15 @@ measured never passes (no PASS without evidence). The checks:
 - ``p99_ratio``: the rollout's p99 latency against ``max_p99_ms`` and the steady (warmup) p99,
   see :func:`p99_check`;
 - ``contract_violations``: answers that broke the expected API, at most ``max_violations``;
-- ``drains_timed_out``: drains that gave up at the drain timeout, must be 0;
-- ``requests_measured``: requests the load generator recorded, at least ``min_requests``;
-- ``load_alive``: the load generator ran for the whole run (unknown counts as alive);
+- ``not_found``: 404 and 410 answers from the rollout's start on (an endpoint one version lacks),
+  at most ``max_not_found``;
+- ``drains_timed_out``: drains that gave up at the drain timeout, or could not tell (an app with
+  no ``/metrics`` in reload mode), must be 0;
+- ``requests_measured``: requests the load generator recorded, at least ``min_requests`` (and never 0);
+- ``rows_lost``: requests the load generator sent but wrote no row for, must be 0;
+- ``unrecorded``: the load's requests NGINX answered that have no row, must be 0 (``rows_lost`` and
+  ``unrecorded`` are SKIP, saying why, when the count or the LB's log is missing);
+- ``load_alive``: the load generator ran for the whole run (unknown counts as not alive);
 - ``mixed_check_1``, ``mixed_check_2``, ...: one per ``--mixed-check`` command: it must exit 0
   within its timeout. A check that never ran (the fleet never had both versions attached) is
   NOT_RUN, with its reason, so it never passes unseen.
@@ -24,6 +30,7 @@ With the load off the checks on traffic cannot be measured: they hold, saying so
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -62,6 +69,7 @@ class Limits:
     max_p99_ms: float = 250.0
     min_latency_samples: int = 200
     max_violations: int = 0
+    max_not_found: int = 0
     min_requests: int = 100
 
     @classmethod
@@ -134,17 +142,34 @@ def _mixed_check(record: MixedRecord) -> Check:
 def _load_alive(run: Rollout) -> Check:
     if not run.load_on:
         return Alive("load_alive", "PASS", None, True, NO_LOAD)
-    alive = True if run.load_alive is None else bool(run.load_alive)  # unknown: the caller could not tell
+    if run.load_alive is None:  # no PASS without evidence
+        return Alive("load_alive", "FAIL", None, True, "unknown whether the load generator ran for the whole run")
+    alive = bool(run.load_alive)
     return Alive("load_alive", _held(alive), alive, True, None if alive else "the load generator died during the run")
+
+
+def _none_lost(name: str, value: int | None, unknown: str, *, load: bool) -> Check:
+    """A count that must be 0; SKIP, saying why, when it could not be counted."""
+    if not load:
+        return Check(name, "PASS", None, 0, NO_LOAD)
+    if value is None:
+        return Check(name, "SKIP", None, 0, unknown)
+    return Check(name, _held(value == 0), value, 0)
+
+
+def _drains(figures: Figures) -> Check:
+    timed_out = figures.drains_timed_out
+    reasons = sorted({d.reason for d in figures.drains if d.timed_out and d.reason})
+    return Check("drains_timed_out", _held(timed_out == 0), timed_out, 0, "; ".join(reasons) or None)
 
 
 def verdict(run: Rollout, figures: Figures, limits: Limits = DEFAULT_LIMITS) -> Verdict:
     """Every check of one run's record and figures against ``limits``."""
     load = run.load_on
     req = figures.requests
-    total = AtLeast("requests_measured", _held(req.total >= limits.min_requests), req.total, limits.min_requests) \
+    least = max(1, limits.min_requests)  # with the load on, nothing measured never passes
+    total = AtLeast("requests_measured", _held(req.total >= least), req.total, least) \
         if load else AtLeast("requests_measured", "PASS", None, limits.min_requests, NO_LOAD)
-    timed_out = figures.drains_timed_out
     return Verdict((
         Equals("outcome", _held(run.outcome == "completed"), run.outcome, "completed"),
         _at_most(Check, "dropped", req.dropped, limits.max_dropped, load=load),
@@ -153,8 +178,11 @@ def verdict(run: Rollout, figures: Figures, limits: Limits = DEFAULT_LIMITS) -> 
         p99_check(figures.like_for_like, limits, load=load),
         _at_most(Check, "contract_violations", figures.exposure.contract_violations, limits.max_violations,
                  load=load),
-        Check("drains_timed_out", _held(timed_out == 0), timed_out, 0),
+        _at_most(Check, "not_found", req.not_found, limits.max_not_found, load=load, unit=" (404/410)"),
+        _drains(figures),
         total,
+        _none_lost("rows_lost", figures.rows_lost, "the load generator left no count of what it sent", load=load),
+        _none_lost("unrecorded", figures.unrecorded, "the load balancer's log was not read", load=load),
         _load_alive(run),
         *(_mixed_check(r) for r in run.mixed_checks),
     ))
@@ -178,9 +206,15 @@ def judged_in_compare(run: Rollout) -> bool:
 
 def compare_exit_code(reports: Sequence[Report]) -> int:
     """``compare``: 130 when a run was interrupted; 1 when any strategy other than naive
-    failed its verdict (or nothing was run); else 0. Naive is there to show drops."""
+    failed its verdict, or none was judged (nothing run, or naive alone); else 0. Naive is
+    there to show drops."""
     if any(r.run.outcome == "interrupted" for r in reports):
         return EXIT_INTERRUPTED
-    if not reports:
-        return EXIT_FAILURE
-    return EXIT_OK if all(r.passed for r in reports if judged_in_compare(r.run)) else EXIT_FAILURE
+    judged = [r for r in reports if judged_in_compare(r.run)]
+    return EXIT_OK if judged and all(r.passed for r in judged) else EXIT_FAILURE
+
+
+def not_run(judged: Verdict, reason: str) -> Verdict:
+    """``judged``'s checks, each NOT_RUN with ``reason`` (a run that rehearsed nothing)."""
+    return Verdict(tuple(dataclasses.replace(c, status="NOT_RUN", value=None, reason=reason)
+                         for c in judged.checks))

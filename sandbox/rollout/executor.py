@@ -461,7 +461,10 @@ class Executor:
         last_total = first.get("app_requests_total") if first else None
         quiet_since = time.monotonic()
         idle_at: float | None = None if in_flight_start else time.monotonic()
-        timed_out = False
+        # it answers but has no /metrics: nothing tells when it is drained, so it counts as not drained
+        timed_out = first is None and inst.probe_address is not None and await probe.accepts(inst.probe_address)
+        if timed_out:
+            log.warning("%s: no /metrics to drain by: the drain was skipped", inst.name)
         while first is not None:
             await asyncio.sleep(self.timing.poll_s)
             m = await probe.metrics(inst.probe_address) if inst.probe_address else None
@@ -486,6 +489,7 @@ class Executor:
             "duration_s": round(end - t0, 3), "in_flight": in_flight_start, "timed_out": timed_out,
             # from detach until nothing was in flight any more: the part no controller can avoid
             "idle_s": round((idle_at or end) - detached_at, 3),
+            **({"reason": "skipped: the app has no /metrics to drain by"} if first is None and timed_out else {}),
         })
 
     async def _drain_by_lb(self, probe: Prober, inst: Instance, batch: int) -> None:

@@ -37,7 +37,7 @@ from sandbox.config import Settings, check_batch
 from sandbox.errors import BalancerError, Interrupted, NotFoundError, RolloutError, SandboxError, UsageError, hint
 from sandbox.fleet import labels as L
 from sandbox.fleet import versions
-from sandbox.fleet.balancer import NginxBalancer
+from sandbox.fleet.balancer import NginxBalancer, lb_read_timeout_s
 from sandbox.fleet.engine import Engine, Instance, LbHandle
 from sandbox.fleet.images import ImageSet
 from sandbox.fleet.images import image_set as current_image_set
@@ -54,8 +54,8 @@ from sandbox.results.measure import (
 )
 from sandbox.results.model import Report
 from sandbox.results.records import Event, RequestRow
-from sandbox.results.report import build_report, write_report_dir
-from sandbox.results.verdict import Limits, exit_code
+from sandbox.results.report import build_report, clear_report_dir, write_report_dir
+from sandbox.results.verdict import Limits, exit_code, not_run
 from sandbox.rollout import mixed, strategies
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import Executor, ProbeFactory, Timing
@@ -179,7 +179,8 @@ class Collected:
     events: list[Event]
     history: AddressHistory
     lb: LbState  # the load balancer's settings at the end (sticky, lb_apply, client keep-alive)
-    load_end: dict[str, Any] | None = None  # how the load generator ended: exit code, died early, killed
+    load_end: dict[str, Any] | None = None  # how the load generator ended: exit code, died early, killed, sent
+    lb_log_read: bool = True  # False: the load balancer's log could not be read (``unrecorded`` is unknown)
 
 
 @dataclass
@@ -188,6 +189,7 @@ class RolloutResult:
     exit_code: int
     message: str
     rehearsed: bool = True  # False: the fleet was already there, nothing ran (``unchanged_text`` says so)
+    write_error: str | None = None  # why the report files could not be written (one line), if so
 
 
 class Interrupts:
@@ -429,6 +431,7 @@ class Rehearsal:
         self._workdir = Path(tempfile.mkdtemp(prefix=f"rolling-sandbox-{self.settings.project}-"))
         if self.report_dir is not None:
             self.report_dir.mkdir(parents=True, exist_ok=True)
+            clear_report_dir(self.report_dir)  # no earlier run's report beside this run's rows
         self._seed_progress()
         if self.settings.mixed_checks:
             self.executor.after_step = self._after_step
@@ -436,6 +439,7 @@ class Rehearsal:
         try:
             with self.progress, interrupts.installed(self.install_sigint):
                 if self.settings.load:
+                    await self._follow_client_timeout()
                     await self.load.warmup(self.balancer.url, self._rows_path(), until=self.executor.stop_requested,
                                            paths=tuple(self.settings.paths) if self.settings.paths
                                            or self.executor.images.toy else ("/",))
@@ -486,6 +490,14 @@ class Rehearsal:
 
     def _rows_path(self) -> Path:
         return (self.report_dir or self._workdir or Path(".")) / "requests.jsonl"
+
+    async def _follow_client_timeout(self) -> None:
+        """Before any request: NGINX waits for an answer as long as the load generator does."""
+        wait = lb_read_timeout_s(self.settings.client_timeout_s)
+        if self.balancer.state.read_timeout_s != wait:
+            self.progress.line(f"the load balancer now waits {wait} s for an answer (--client-timeout "
+                               f"{self.settings.client_timeout_s:g})")
+            await self.balancer.apply(list(self.balancer.state.upstreams), read_timeout_s=wait)
 
     async def _execute(self, interrupts: Interrupts) -> tuple[str, str]:
         """The rollout itself, between two load balancer records of it; (outcome, message)."""
@@ -565,15 +577,19 @@ class Rehearsal:
         if not self.executor.images.toy:  # your app's versions are your names: read from NGINX's log
             rows = [{**r, "version": None} for r in rows]  # (upstream address -> container -> version)
         nginx_rows: list[LbRow] = []
+        read = True
         if self.load.ran:
-            with suppress(SandboxError):
+            try:
                 t_load = self.events[0]["t"] if self.events else (self._ran.started if self._ran else 0.0)
                 nginx_rows = [r for r in await self.balancer.access_log() if r["time"] >= t_load - 1]
+            except SandboxError as exc:
+                read = False
+                self.progress.line(f"could not read the load balancer's log ({exc}): unrecorded requests unknown")
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
         return Collected(rows=rows, nginx_rows=nginx_rows, events=list(self.events),
                          history=fleet_history(self.prepared.instances, self.events),
-                         lb=self.balancer.state, load_end=self.load.end())
+                         lb=self.balancer.state, load_end=self.load.end(), lb_log_read=read)
 
 
 async def rehearse(settings: Settings, *, runtime: Engine, kind: Kind = "roll", to_version: str | None = None,
@@ -591,10 +607,9 @@ async def rehearse(settings: Settings, *, runtime: Engine, kind: Kind = "roll", 
     if not prepared.steps:
         unchanged = unchanged_report(settings, prepared)
         out = unchanged.to_json()
-        if report_dir is not None:
-            out["files"] = {k: str(v) for k, v in write_report_dir(unchanged, report_dir).items()}
+        problem = _write_files(unchanged, report_dir, out)
         return RolloutResult(report=out, exit_code=0, message=f"already on {prepared.target}: nothing to do",
-                             rehearsed=False)
+                             rehearsed=False, write_error=problem)
     ran = await rehearsal.run()
 
     def later(signum: int) -> None:  # the rollout has ended: a signal now waits for the report
@@ -603,9 +618,20 @@ async def rehearse(settings: Settings, *, runtime: Engine, kind: Kind = "roll", 
     with _handling(install_sigint, later):
         report = rollout_report(settings, prepared, ran, await rehearsal.collect())
         out = report.to_json()
-        if report_dir is not None:
-            out["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
-    return RolloutResult(report=out, exit_code=exit_code(report), message=ran.message)
+        problem = _write_files(report, report_dir, out)
+    return RolloutResult(report=out, exit_code=exit_code(report), message=ran.message, write_error=problem)
+
+
+def _write_files(report: Report, report_dir: Path | None, out: dict[str, Any]) -> str | None:
+    """Write the report's files into ``report_dir`` (their paths go in ``out["files"]``); the error
+    in one line when they could not be written (a full disk), so the summary still prints."""
+    if report_dir is None:
+        return None
+    try:
+        out["files"] = {k: str(v) for k, v in write_report_dir(report, report_dir).items()}
+    except OSError as exc:
+        return f"could not write the report files to {report_dir}: {exc.strerror or exc}"
+    return None
 
 
 # -- pure: records, report, exit code -------------------------------------------------------------
@@ -630,9 +656,12 @@ def batch_of(settings: Settings, size: int) -> int:
     return strategies.of(settings.strategy).report_batch(settings.batch, size)
 
 
+NOTHING_REHEARSED = "nothing was rehearsed"
+
+
 def unchanged_report(settings: Settings, prepared: Prepared) -> Report:
     """The report of a fleet already where it should be: nothing moved (from and to are the
-    target) and ``rehearsed`` is False."""
+    target), ``rehearsed`` is False and every check is NOT_RUN: nothing was rehearsed."""
     meta = {"project": settings.project, "kind": prepared.kind, "strategy": prepared.strategy,
             "size": prepared.size, "mode": settings.mode, "from_version": prepared.target,
             "to_version": prepared.target, "outcome": "completed", "duration_s": 0.0,
@@ -640,7 +669,8 @@ def unchanged_report(settings: Settings, prepared: Prepared) -> Report:
             "mixed_checks": mixed.not_run(settings.mixed_checks,
                                           "not run: nothing to roll, the fleet was already there")}
     report = build_report(meta=meta, measured=measure([], []), steps=[], limits=Limits.from_settings(settings))
-    return dataclasses.replace(report, extra={**report.extra, "rehearsed": False})
+    return dataclasses.replace(report, verdict=not_run(report.verdict, NOTHING_REHEARSED),
+                               extra={**report.extra, "rehearsed": False})
 
 
 def unchanged_text(report: Mapping[str, Any]) -> str:
@@ -653,10 +683,12 @@ def unchanged_text(report: Mapping[str, Any]) -> str:
 
 def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: Collected) -> Report:
     """The report of one rehearsal, from what each phase returned."""
-    measured = measure(collected.rows, collected.events, nginx=collected.nginx_rows,
+    end = collected.load_end or {}
+    measured = measure(collected.rows, collected.events,
+                       nginx=collected.nginx_rows if collected.lb_log_read else None,
                        address_history=collected.history,
-                       settings=MeasureSettings(slow_ms=settings.slow_ms))
-    died = bool(collected.load_end and collected.load_end.get("died_early"))
+                       settings=MeasureSettings(slow_ms=settings.slow_ms), sent=end.get("sent"))
+    died = bool(end.get("died_early") or end.get("killed"))  # a SIGKILLed Locust may have lost rows
     meta = {
         "project": settings.project, "kind": prepared.kind, "strategy": prepared.strategy, "size": prepared.size,
         "batch": prepared.batch, "mode": prepared.mode,

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.config import Settings
-from sandbox.errors import RolloutError, UsageError
+from sandbox.errors import RolloutError, SandboxError, UsageError
 from sandbox.fleet import versions
+from sandbox.fleet.balancer import lb_read_timeout_s
 from sandbox.fleet.images import ImageSet
-from sandbox.fleet.loadbalancer import LoadBalancer, Upstream
+from sandbox.fleet.loadbalancer import LbRow, LoadBalancer, Upstream
 from sandbox.fleet.swarm import SwarmEngine, UpdateOrder, UpdatePolicy
 from sandbox.results.records import Event
 from sandbox.results.report import write_report_dir
@@ -103,7 +104,7 @@ async def rehearse(settings: Settings, *, runtime: SwarmEngine, images: ImageSet
         balancer = deps.balancer(runtime, project, settings.port)
         await balancer.apply([], rollout=None, sticky=settings.sticky, size=size, retry=settings.lb_retry,
                              client_keepalive_s=65 if settings.client_keepalive else 0, app_env=dict(settings.app_env),
-                             lb_apply=settings.lb_apply)
+                             read_timeout_s=lb_read_timeout_s(settings.client_timeout_s), lb_apply=settings.lb_apply)
         service_id = await runtime.start_replicated(project, prepared.source, images.app[prepared.source],
                                                     prepared.env, size, healthcheck=settings.swarm_healthcheck)
         follower = asyncio.create_task(_follow(runtime, balancer, service_id, stop, events, {}, peak))
@@ -121,6 +122,10 @@ async def rehearse(settings: Settings, *, runtime: SwarmEngine, images: ImageSet
         events.append({"t": t1, "phase": "rollout-end", "instance": None, "detail": {"outcome": state}})
         await load.cooldown()
         lb = balancer.state
+        try:
+            nginx_rows: list[LbRow] | None = await balancer.access_log()
+        except SandboxError:  # not read: the report says ``unrecorded`` is unknown
+            nginx_rows = None
     finally:
         stop.set()
         if follower is not None:
@@ -131,8 +136,9 @@ async def rehearse(settings: Settings, *, runtime: SwarmEngine, images: ImageSet
               t_start=t0, t_end=t1, peak=peak[0], load=load.ran, load_alive=load.alive,
               # Swarm rolls its tasks itself: no step of ours to run a check after, so each one is said not run
               mixed_checks=not_run(settings.mixed_checks, "not run: Swarm's own update has no step to run it at"))
-    collected = Collected(rows=load.rows(), nginx_rows=[], events=events, history=fleet_history([], events), lb=lb,
-                          load_end=load.end())
+    collected = Collected(rows=load.rows(), nginx_rows=nginx_rows or [], events=events,
+                          history=fleet_history([], events), lb=lb, load_end=load.end(),
+                          lb_log_read=nginx_rows is not None)
     report = rollout_report(settings, prepared, ran, collected)
     out = report.to_json()
     if report_dir is not None:

@@ -181,3 +181,22 @@ def test_the_lb_counts_requests_in_flight_per_server(cli: Cli, client: docker.Do
     while set(after := counts().values()) != {0} and time.monotonic() < deadline:
         time.sleep(0.05)
     assert set(after) == {0}
+
+
+@pytest.mark.parametrize("lb_apply", ["dynamic", "reload"])
+def test_nginx_waits_longer_than_the_client(cli: Cli, client: docker.DockerClient, lb_apply: str) -> None:
+    """``roll --client-timeout 45``: NGINX's proxy_read_timeout is 46 s from before the load starts,
+    never a silent 30 (``up`` keeps 30 s for the default 10 s client)."""
+    cli.run("up", "--size", "2", "--port", str(cli.port), "--lb-apply", lb_apply, check=True)
+    lb = client.containers.get(f"{cli.project}-lb")
+
+    def live_config() -> str:
+        output = lb.exec_run(["cat", LIVE_CONF]).output
+        assert isinstance(output, bytes)
+        return output.decode()
+
+    assert "proxy_read_timeout 30s;" in live_config()
+    report = assert_passes(cli.run("roll", "--to", "v2", "--client-timeout", "45", *LOAD, "--json"))
+    assert (report["rows_lost"], report["unrecorded"]) == (0, 0)
+    config = live_config()
+    assert "proxy_read_timeout 46s;" in config and "proxy_read_timeout 30s;" not in config

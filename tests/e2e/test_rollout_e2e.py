@@ -39,6 +39,10 @@ def assert_clean(report: dict[str, Any]) -> None:
     assert req["total"] > 50, req  # the load really ran through the rollout
     assert req["dropped"] == 0, (req, report["stall_s"])
     assert report["phases"]["rollout"]["requests"] > 0
+    # every request the load sent is a row, and every load request NGINX answered is one of them
+    assert (report["rows_lost"], report["unrecorded"], report["load_generator"]["sent"]) == (0, 0, req["total"])
+    judged = {c["name"]: c["status"] for c in report["verdict"]["checks"]}
+    assert (judged["rows_lost"], judged["unrecorded"], judged["not_found"]) == ("PASS", "PASS", "PASS")
 
 
 @pytest.fixture(scope="module")

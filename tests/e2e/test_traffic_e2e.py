@@ -569,6 +569,7 @@ def _roll(cli: Cli, report: Path, *args: str,
     assert data["attribution"]["from_log"] == len(rows)
     ended = data["load_generator"]
     assert not ended["died_early"] and not ended["killed"] and not ended["flushed_by_signal"]
+    assert (ended["sent"], ended["written"], data["rows_lost"], data["unrecorded"]) == (len(rows), len(rows), 0, 0)
     return data, rows
 
 

@@ -328,6 +328,7 @@ class FakeLoad:
         self.dies = False  # set it and the next liveness check finds Locust gone
         self.stopping = False
         self.stop_s = 0.0  # how long stop() takes; meanwhile Locust's processes are exiting (not alive)
+        self.end: Any = None  # how it ended (a LoadEnd), as LoadRun.end says after stop()
 
     def alive(self) -> bool:
         return not self.dies and not self.stopping

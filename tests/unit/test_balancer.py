@@ -15,6 +15,7 @@ from sandbox.fleet.balancer import (
     admin_body,
     compose_config,
     config_id,
+    lb_read_timeout_s,
     parse_admin_body,
     parse_in_flight,
     parse_state,
@@ -259,3 +260,12 @@ def test_state_of_60_servers_spans_lines_under_nginx_limit() -> None:
     assert max(len(line) for line in text.splitlines()) < 4096
     assert STATE_MORE in text
     assert parse_state(text) == state
+
+
+def test_proxy_read_timeout_follows_the_client_timeout() -> None:
+    assert lb_read_timeout_s(10.0) == 30 and lb_read_timeout_s(29.5) == 31  # as before, unless the client waits longer
+    assert lb_read_timeout_s(90.5) == 92  # NGINX waits longer than the client
+    assert "proxy_read_timeout 92s;" in render("p", LbState(upstreams=servers(1), read_timeout_s=92))
+    assert "proxy_read_timeout 30s;" in render("p", LbState(upstreams=servers(1)))  # a state from before: as it was
+    dynamic_text = render("p", LbState(lb_apply="dynamic", read_timeout_s=61), admin_token="t")
+    assert "proxy_read_timeout 61s;" in dynamic_text

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import pytest
 
 from sandbox.cli import build_parser, main, setting_flags, settings_from_args
 from sandbox.commands import parse_strategy_spec
-from sandbox.config import SETTINGS
+from sandbox.config import SETTINGS, Settings
 from sandbox.errors import UsageError
 from sandbox.fleet import versions
 
@@ -43,7 +46,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     (["roll", "--warmup", "601"], "--warmup: 601.0 must be in [0, 600] seconds"),
     (["frobnicate"], "invalid choice"),
     (["up", "--lb-apply", "hot"], "invalid choice: 'hot'"),
-    (["roll", "--max-stall-s", "-1"], "--max-stall-s: -1.0 must be in [0, 3600] seconds"),
+    (["roll", "--max-stall-s", "-1"], "--max-stall-s: -1.0 must be in (0, 3600] seconds"),
     (["roll", "--max-stall-s", "12"], "--client-timeout: 10.0 must be larger than --max-stall-s (12.0)"),
     (["roll", "--slow-ms", "0"], "--slow-ms: 0.0 must be in (0, 3600000] ms"),
     (["roll", "--max-slow", "-1"], "--max-slow: -1 must be 0 or more"),
@@ -62,6 +65,9 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     (["compare", "--size", "3", "--strategies", "one-at-a-time,rolling:5"],
      "batch: 5 must be smaller than the fleet (3 servers) for rolling"),
     (["compare", "--strategies", ","], "strategies: name at least one strategy"),
+    (["compare", "--strategies", "naive"], "strategies: naive alone judges nothing (a baseline that drops by design)"),
+    (["roll", "--max-stall-s", "0"], "--max-stall-s: 0.0 must be in (0, 3600] seconds"),
+    (["roll", "--min-requests", "0"], "--min-requests: 0 with the load on would pass a run that measured nothing"),
     (["roll", "--dashboard-port", "0"], "sandbox: error: --dashboard-port: 0 must be between 1 and 65535"),
     (["demo", "--dashboard", "--dashboard-port", "70000"], "--dashboard-port: 70000 must be between 1 and 65535"),
 ])
@@ -198,3 +204,23 @@ def test_help_names_the_default_project_the_command_uses(command: str, project: 
     with pytest.raises(SystemExit):
         build_parser().parse_args([command, "--help"])
     assert f"(default: {project})" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_report_that_cannot_be_written_is_one_line_and_the_summary_still_prints(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sandbox import cli
+    from sandbox.rollout.rehearsal import RolloutResult
+    report = {"strategy": "one-at-a-time", "outcome": "completed", "load": False, "from_version": "v1",
+              "to_version": "v2", "verdict": {"pass": True, "checks": [
+                  {"name": "outcome", "pass": True, "value": "completed", "limit": "completed", "kind": "equals"}]}}
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    args = argparse.Namespace(json=False, junit=blocker / "rollout.xml")
+    result = RolloutResult(report=report, exit_code=0, message="", write_error="could not write the report files to "
+                           "out: No space left on device")
+    code = cli._print_rollout(args, Settings(), result)
+    out, err = capsys.readouterr()
+    assert code == 1  # a CI must not read a missing report as a pass
+    assert out.splitlines()[-1] == "PASS: all 1 checks held"
+    assert err.splitlines() == ["rolling-sandbox: could not write the report files to out: No space left on device",
+                                f"rolling-sandbox: could not write {blocker}: File exists"]

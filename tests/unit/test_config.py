@@ -138,7 +138,8 @@ def test_each_setting_is_defined_once_with_its_group_help_and_variable() -> None
             assert getattr(load_settings(environ={one.env: text}), one.name) == getattr(defaults, one.name)
     assert defaults.group("limits") == {
         "max_dropped": 0, "max_stall_s": 1.0, "slow_ms": 2000.0, "max_slow": 0, "max_p99_ratio": 3.0,
-        "max_p99_ms": 250.0, "min_latency_samples": 200, "max_violations": 0, "min_requests": 100}
+        "max_p99_ms": 250.0, "min_latency_samples": 200, "max_violations": 0, "max_not_found": 0,
+        "min_requests": 100}
     assert sum(len(defaults.group(g)) for g in GROUPS) == len(SETTINGS)
     names = [alias for one in SETTINGS.values()  # what an error may call each setting: never two at once
              for alias in {one.name, one.spec.item, *(f.removeprefix("--") for f in one.flags)} - {""}]
@@ -166,7 +167,7 @@ def test_errors_name_the_flag_the_variable_or_the_key() -> None:
     flags = {"client_timeout_s": "--client-timeout", "max_stall_s": "--max-stall-s"}
     with pytest.raises(UsageError, match=r"^--client-timeout: 10.0 must be larger than SANDBOX_MAX_STALL_S \(11.0\)"):
         load_settings(environ={"SANDBOX_MAX_STALL_S": "11"}, flags=flags)
-    with pytest.raises(UsageError, match=r"^--max-stall-s: -1.0 must be in \[0, 3600\] seconds$"):
+    with pytest.raises(UsageError, match=r"^--max-stall-s: -1.0 must be in \(0, 3600\] seconds$"):
         load_settings({"max_stall_s": -1}, environ={}, flags=flags)
     with pytest.raises(UsageError, match=r"^max_stall_s: -1.0 must be"):  # no flag: the setting's own name
         load_settings({"max_stall_s": -1}, environ={})

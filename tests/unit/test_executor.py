@@ -10,6 +10,8 @@ import pytest
 
 from sandbox.config import Settings
 from sandbox.errors import BalancerError, ReadinessError
+from sandbox.results.measure import measure
+from sandbox.results.model import Figures
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import ErrorRatioExceeded, Executor, Interrupted, Timing
 from tests.unit.fakes import IMAGES, FakeBalancer, FakeProbe, FakeRuntime
@@ -301,3 +303,43 @@ async def test_a_balancer_error_with_the_lb_running_is_not_retried() -> None:
     with pytest.raises(BalancerError, match="no_such_directive"):
         await roll(runtime, executor, settings)
     assert "start_again p-lb" not in runtime.log and not [e for e in executor.events if e["phase"] == "lb-exited"]
+
+
+@pytest.mark.asyncio
+async def test_a_reload_mode_drain_with_no_metrics_says_so_and_counts_as_not_drained() -> None:
+    runtime, balancer, _ = fleet_and_executor(2, settings_for(2))
+    assert not balancer.dynamic
+
+    async def no_metrics(address: str) -> None:
+        return None  # an app without /metrics
+
+    probe = FakeProbe(runtime)
+    probe.metrics = no_metrics  # type: ignore[method-assign]
+    executor = Executor(runtime, balancer, settings_for(2), IMAGES, probe=probe.factory(), timing=FAST)
+    await roll(runtime, executor, settings_for(2))
+    drains = [e for e in executor.events if e["phase"] == "drain"]
+    assert len(drains) == 2
+    assert all(e["detail"]["timed_out"] is True and e["detail"]["reason"] ==
+               "skipped: the app has no /metrics to drain by" for e in drains)
+    figures = Figures.from_measured(measure([], executor.events))
+    assert figures.drains_timed_out == 2
+
+
+@pytest.mark.asyncio
+async def test_a_reload_mode_drain_of_a_server_that_no_longer_answers_is_drained() -> None:
+    runtime, balancer, _ = fleet_and_executor(2, settings_for(2))
+    probe = FakeProbe(runtime)
+
+    async def gone(address: str) -> bool:
+        return False  # it is dead: nothing can be in flight there
+
+    async def no_metrics(address: str) -> None:
+        return None
+
+    probe.accepts = gone  # type: ignore[method-assign]
+    probe.metrics = no_metrics  # type: ignore[method-assign]
+    executor = Executor(runtime, balancer, settings_for(2), IMAGES, probe=probe.factory(), timing=FAST)
+    await roll(runtime, executor, settings_for(2))
+    drains = [e for e in executor.events if e["phase"] == "drain"]
+    assert [e["detail"]["timed_out"] for e in drains] == [False, False]
+    assert all("reason" not in e["detail"] for e in drains)

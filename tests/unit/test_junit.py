@@ -87,3 +87,20 @@ def test_compare_junit_flag_writes_the_strategies_it_ran(tmp_path: Path, monkeyp
     assert code == 1 and seen["strategies"] == ["one-at-a-time", "rolling:3", "naive"]
     assert [s.get("name") for s in ET.parse(out).getroot().findall("testsuite")][1] == \
         "rolling-sandbox compare rolling:3 v1 -> v2"
+
+
+def test_whatever_a_mixed_check_printed_the_xml_is_valid(tmp_path: Path) -> None:
+    noisy = "\x1b[31mFAIL\x1b[0m: \x00bad\x07 byte\x1b]0;title\x07 \ud800 \x0c end é"
+    record = {"name": "mixed_check_1", "command": "./check.sh", "status": "failed", "exit_code": 1,
+              "duration_s": 0.2, "stdout_tail": noisy, "stderr_tail": noisy}
+    report = {**REPORT, "mixed_checks": [record], "verdict": {"pass": False, "checks": [
+        {"name": "mixed_check_1", "pass": False, "value": 1, "limit": 0, "note": f"ran 0.2 s: {noisy}",
+         "kind": "exit"}]}}
+    path = write_junit(Report.from_json(report), tmp_path / "r.xml")
+    root = ET.parse(path).getroot()  # parses: no character XML 1.0 forbids
+    case = root.find("testsuite/testcase")
+    assert case is not None
+    assert case.findtext("system-out") == case.findtext("system-err") == "FAIL: bad byte   end é"
+    failure = case.find("failure")
+    assert failure is not None and "\x1b" not in (failure.get("message") or "")
+    assert [p.name for p in tmp_path.iterdir()] == ["r.xml"]  # written atomically: no temporary file left

@@ -31,9 +31,10 @@ from sandbox.load.rows import (
     new_row,
     parse_json,
     parse_rows,
+    read_counts,
     v2_mode_from_env,
 )
-from sandbox.results.records import RequestRow
+from sandbox.results.records import RequestRow, is_load_rid, new_load_rid
 
 V1_BODY = {"id": 7, "name": "lamp", "price": 12.5}
 V2_COMPAT_BODY = {"id": 7, "name": "lamp", "price": 12.5, "currency": "EUR"}
@@ -382,3 +383,30 @@ def test_multi_process_locust_gets_its_own_master_port() -> None:
     bind, connect = cmd[cmd.index("--master-bind-port") + 1], cmd[cmd.index("--master-port") + 1]
     assert bind == connect and bind != "5557"
     assert "--master-port" not in LoadRun("http://127.0.0.1:1", LoadSettings(workers=1), Path("/tmp/r")).command()
+
+
+def test_the_recorder_counts_what_it_sent_and_wrote_and_the_controller_reads_the_counts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "requests.jsonl"
+    rec = Recorder(RowWriter(path))
+    for i in range(3):
+        rec.finish(rec.begin(user="u", rid=f"r{i}", method="GET", name="/"), status=200)
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    rec.finish(rec.begin(user="u", rid="lost", method="GET", name="/"), status=200)  # logged, not raised
+    monkeypatch.undo()
+    rec.write_count()
+    assert (rec.sent, rec.writer.written) == (4, 3)
+    assert read_counts(path) == {"sent": 4, "written": 3}
+    assert read_counts(path) is None  # read once: the files are gone, a killed process leaves none
+    assert len(parse_rows(path.read_bytes().splitlines())) == 3
+
+
+def test_the_load_generators_request_ids_are_told_from_nginx_own() -> None:
+    rid = new_load_rid()
+    assert is_load_rid(rid) and rid.startswith("ls-") and len(rid) == 35
+    assert not is_load_rid(os.urandom(16).hex())  # NGINX's $request_id for a request without one (probes)
+    assert not is_load_rid("nginx-rid") and not is_load_rid(rid + "0")

@@ -378,9 +378,9 @@ def test_drains_from_events() -> None:
         event(3.0, "drain", "app-3", detail={"duration_s": 30.0, "in_flight": 4, "timed_out": True}),
     ]
     assert measure([], events)["drains"] == [
-        {"instance": "app-1", "duration_s": 0.4, "in_flight": 2, "timed_out": False},
-        {"instance": "app-2", "duration_s": None, "in_flight": None, "timed_out": False},
-        {"instance": "app-3", "duration_s": 30.0, "in_flight": 4, "timed_out": True},
+        {"instance": "app-1", "duration_s": 0.4, "in_flight": 2, "timed_out": False, "reason": None},
+        {"instance": "app-2", "duration_s": None, "in_flight": None, "timed_out": False, "reason": None},
+        {"instance": "app-3", "duration_s": 30.0, "in_flight": 4, "timed_out": True, "reason": None},
     ]
 
 

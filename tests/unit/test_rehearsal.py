@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,10 @@ from sandbox.errors import NotFoundError, UsageError
 from sandbox.fleet.engine import Engine
 from sandbox.fleet.images import ImageSet
 from sandbox.fleet.nginx_log import to_row
+from sandbox.load.run import LoadEnd
+from sandbox.results.junit import junit_xml
+from sandbox.results.model import Report
+from sandbox.results.records import new_load_rid
 from sandbox.rollout.rehearsal import (
     FIRST_CTRL_C,
     FIRST_SIGTERM,
@@ -226,6 +231,14 @@ async def test_a_converged_fleet_has_nothing_to_do(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "report.json").read_text())["rehearsed"] is False
     text = unchanged_text(result.report)
     assert "already on v2" in text and "NOT RUN: nothing was rehearsed" in text and "v1" not in text
+    # and its verdict judged nothing: every check NOT_RUN, saying so; a JUnit case per check, each skipped
+    report = Report.from_json(result.report)
+    assert {(c.status, c.reason) for c in report.verdict.checks} == {("NOT_RUN", "nothing was rehearsed")}
+    assert report.verdict.line().startswith("NOT RUN: none of the 12 checks was judged")
+    xml = ET.fromstring(junit_xml(report))
+    cases = xml.findall(".//testcase")
+    assert len(cases) == 12 and all(c.find("skipped") is not None for c in cases)
+    assert (xml.get("failures"), xml.get("skipped")) == ("0", "12")
 
 
 @pytest.mark.asyncio
@@ -288,6 +301,61 @@ async def test_a_load_generator_that_dies_mid_rollout_is_said_and_fails_the_verd
     assert result.exit_code == (1 if dies else 0)
     assert ("load-died" in [s["phase"] for s in result.report["steps"]]) is dies
     assert ("the load generator died" in world.stream.getvalue()) is dies
+
+
+@pytest.mark.parametrize(("how", "failed"), [
+    ("whole", []),
+    ("killed", ["load_alive"]),  # SIGKILLed at stop: rows in flight may be lost
+    ("rows lost", ["rows_lost"]),  # sent 5 more than reached the file
+    ("unrecorded", ["unrecorded"]),  # NGINX answered a load request that has no row
+])
+@pytest.mark.asyncio
+async def test_every_request_is_accounted_for(how: str, failed: list[str]) -> None:
+    def feed() -> list[Any]:
+        now = time.time()
+        return [row(now, user=f"u{i}", rid=new_load_rid()) for i in range(60)]
+
+    world = World()
+
+    def load(url: str, s: Any, path: Any) -> FakeLoad:
+        made = FakeLoad(url, s, path, feed=feed)
+
+        async def stop(grace_s: float = 10) -> None:
+            made.stopping = True
+            sent = len(made.rows) + (5 if how == "rows lost" else 0)
+            made.end = LoadEnd(0, False, None, how == "killed", how == "killed", sent=sent, written=sent)
+            if how == "unrecorded":
+                world.balancer.nginx_rows = [{"time": time.time(), "rid": new_load_rid(), "status": 200,
+                                              "servers": []}]
+
+        made.stop = stop  # type: ignore[method-assign]
+        return made
+
+    world.deps = replace(world.deps, load=load)  # type: ignore[arg-type]
+    result = await world.rehearse(settings(load=True, max_p99_ratio=1000))
+    assert [c["name"] for c in result.report["verdict"]["checks"] if not c["pass"]] == failed
+    assert result.report["rows_lost"] == (5 if how == "rows lost" else 0)
+    assert result.report["unrecorded"] == (1 if how == "unrecorded" else 0)
+    assert result.report["load_generator"]["sent"] >= 60
+
+
+@pytest.mark.asyncio
+async def test_a_stale_report_is_removed_when_a_run_starts_and_a_full_disk_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "report.json").write_text('{"stale": true}')
+    world = World()
+    seen: list[bool] = []
+    import sandbox.rollout.rehearsal as rehearsal_module
+
+    def full(report: Any, directory: Path) -> Any:
+        seen.append((directory / "report.json").exists())
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rehearsal_module, "write_report_dir", full)
+    result = await world.rehearse(settings(), report_dir=tmp_path)
+    assert seen == [False]  # gone before the new run's files were written
+    assert result.write_error == f"could not write the report files to {tmp_path}: No space left on device"
+    assert result.report["outcome"] == "completed" and "files" not in result.report  # the summary still has it
 
 
 # --------------------------------------------------------------------------- Ctrl-C

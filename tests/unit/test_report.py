@@ -41,6 +41,7 @@ REQUIRED_KEYS = {
 }
 
 META = {
+    "load_alive": True,
     "strategy": "one-at-a-time",
     "size": 3,
     "batch": 1,
@@ -130,7 +131,8 @@ LIMITS = dataclasses.replace(DEFAULT_LIMITS, min_latency_samples=10)
 
 def _report(dropped: int = 0, limits: Limits = LIMITS, **meta: Any) -> Report:
     events = _events()
-    measured = measure(_rows(dropped), events)
+    rows = _rows(dropped)
+    measured = measure(rows, events, nginx=[], sent=len(rows))
     return build_report(meta={**META, **meta}, measured=measured, steps=events, limits=limits)
 
 
@@ -165,8 +167,8 @@ def test_build_report_meta_wins_and_falls_back() -> None:
     assert (bare["from_version"], bare["to_version"]) == ("v1", "v2")
 
 
-CHECK_NAMES = ["outcome", "dropped", "stall_s", "slow", "p99_ratio", "contract_violations",
-               "drains_timed_out", "requests_measured", "load_alive"]
+CHECK_NAMES = ["outcome", "dropped", "stall_s", "slow", "p99_ratio", "contract_violations", "not_found",
+               "drains_timed_out", "requests_measured", "rows_lost", "unrecorded", "load_alive"]
 
 
 def test_summary_text_pass() -> None:
@@ -178,7 +180,7 @@ def test_summary_text_pass() -> None:
     assert "downgrades" in text
     assert "sessions lost" in text
     assert "Target: 0" not in text
-    assert text.splitlines()[-1] == "PASS: all 9 checks held"
+    assert text.splitlines()[-1] == "PASS: all 12 checks held"
     assert report.to_json()["verdict"]["pass"] is True
     assert [c["name"] for c in report.to_json()["verdict"]["checks"]] == CHECK_NAMES
     # every check is listed with its figure and its limit
@@ -199,7 +201,7 @@ def test_summary_text_fail_and_allowance() -> None:
     assert text.splitlines()[-1] == "FAIL: dropped 3 (max 0)"
     assert "  FAIL dropped              3 (max 0)" in text
     allowed = _report(dropped=3, limits=dataclasses.replace(LIMITS, max_dropped=3))
-    assert summary_text(allowed).splitlines()[-1] == "PASS: all 9 checks held"
+    assert summary_text(allowed).splitlines()[-1] == "PASS: all 12 checks held"
     assert _report(dropped=3, limits=dataclasses.replace(LIMITS, max_dropped=2)).passed is False
 
 
@@ -207,7 +209,7 @@ def test_an_empty_run_with_load_on_fails() -> None:
     report = build_report(meta={}, measured=measure([], []), steps=[])
     text = summary_text(report)
     assert report.passed is False
-    assert text.splitlines()[-1] == "FAIL: requests_measured 0 (min 100)"
+    assert text.splitlines()[-1] == "FAIL: requests_measured 0 (min 100); load_alive - (must be yes)"
     assert "no requests were measured" in text and "p50" not in text
 
 
@@ -215,7 +217,7 @@ def test_a_run_without_load_passes_on_what_it_can_measure() -> None:
     report = build_report(meta={"load": False, "outcome": "completed"}, measured=measure([], []), steps=[])
     text = summary_text(report)
     assert "none (--no-load)" in text
-    assert text.splitlines()[-1] == "PASS: all 9 checks held"
+    assert text.splitlines()[-1] == "PASS: all 12 checks held"
     assert "  PASS requests_measured    - (min 100): not measured: no load" in text
 
 
@@ -229,7 +231,8 @@ def test_a_timed_out_drain_is_kept_and_fails_the_run() -> None:
     events = _events()
     drain = next(e for e in events if e["phase"] == "drain")
     drain["detail"] = {"duration_s": 30.0, "in_flight": 2, "timed_out": True}
-    report = build_report(meta=META, measured=measure(_rows(), events), steps=events, limits=LIMITS)
+    report = build_report(meta=META, measured=measure(_rows(), events, nginx=[], sent=len(_rows())), steps=events,
+                          limits=LIMITS)
     assert [d["timed_out"] for d in report.to_json()["drains"]] == [True, False, False]
     assert summary_text(report).splitlines()[-1] == "FAIL: drains_timed_out 1 (max 0)"
     assert "1 timed out" in summary_text(report)
@@ -316,3 +319,28 @@ def test_compare_text(two_reports: list[Report]) -> None:
     assert lines[0].startswith("strategy")
     assert lines[2].startswith("naive")
     assert "|" not in lines[1]
+
+
+def test_write_report_dir_is_atomic_and_a_full_disk_leaves_the_old_files(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = tmp_path / "run"
+    first = write_report_dir(_report(), directory)
+    before = first["json"].read_text()
+
+    def full(self: Path, *args: Any, **kwargs: Any) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match="No space left"):
+        write_report_dir(_report(dropped=2), directory)
+    monkeypatch.undo()
+    assert first["json"].read_text() == before  # whole, never half-written
+    assert sorted(p.name for p in directory.iterdir()) == ["chart.png", "report.json", "report.md"]  # no temp left
+
+
+def test_clear_report_dir_removes_only_the_report_files(tmp_path: Path) -> None:
+    from sandbox.results.report import clear_report_dir
+    write_report_dir(_report(), tmp_path)
+    (tmp_path / "requests.jsonl").write_text("")
+    clear_report_dir(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["requests.jsonl"]

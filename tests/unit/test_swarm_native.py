@@ -11,6 +11,7 @@ import pytest
 from sandbox.config import Settings
 from sandbox.fleet.images import ImageSet
 from sandbox.fleet.swarm import UpdatePolicy
+from sandbox.load.run import LoadEnd
 from sandbox.results.records import RequestRow
 from sandbox.rollout.rehearsal import Deps
 from sandbox.rollout.swarm_native import rehearse
@@ -109,3 +110,25 @@ async def test_swarms_own_update_says_its_checks_did_not_run() -> None:
     _, report = await native(settings(mixed_checks=("./a.sh",)))
     assert report["mixed_checks"][0]["status"] == "not_run" and "Swarm" in report["mixed_checks"][0]["reason"]
     assert next(c for c in report["verdict"]["checks"] if c["name"] == "mixed_check_1")["skipped"] is True
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("end", "status"), [
+    (LoadEnd(0, False, None, False, False, sent=2, written=2), "PASS"),
+    (LoadEnd(-9, True, 1.0, False, False), "FAIL"),  # died mid-run
+    (LoadEnd(-9, False, None, True, True), "FAIL"),  # SIGKILLed at its stop: rows may be lost
+])
+async def test_swarms_own_update_reports_whether_the_load_ran_whole(end: LoadEnd, status: str) -> None:
+    """The controller's report judges swarm-native's load as any other run's, and its LB log is read."""
+    swarm = FakeSwarm()
+
+    def load(url: str, load_settings: Any, path: Path) -> FakeLoad:
+        fake = FakeLoad(url, load_settings, path)
+        fake.end = end
+        return fake
+
+    deps = Deps(balancer=lambda runtime, project, port: FakeBalancer(runtime, project, port),  # type: ignore[arg-type]
+                load=load, tick_s=0.001)  # type: ignore[arg-type]
+    report = await rehearse(settings(), runtime=swarm, images=NAMED, order="stop-first", deps=deps)  # type: ignore[arg-type]
+    assert next(c for c in report["verdict"]["checks"] if c["name"] == "load_alive")["status"] == status
+    assert report["unrecorded"] == 0  # read from the LB's log, not unknown

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from sandbox.config import Settings
+from sandbox.fleet.loadbalancer import LbRow
 from sandbox.results.compare import compare_json
 from sandbox.results.measure import measure
 from sandbox.results.model import P99, LatencySample, LikeForLike, Report, Status
-from sandbox.results.records import Event, RequestRow
+from sandbox.results.records import Event, RequestRow, new_load_rid
 from sandbox.results.report import build_report
 from sandbox.results.text import compare_text, summary_text
 from sandbox.results.verdict import (
@@ -73,10 +74,13 @@ def limits(**changes: Any) -> Limits:
 
 
 def report_of(rows: list[RequestRow], *, limits: Limits = LIMITS, timed_out: bool = False,
-              **meta: Any) -> Report:
+              sent: int | None = -1, nginx: list[LbRow] | None = None, **meta: Any) -> Report:
+    """A run of ``rows``: the load generator alive, its count ``sent`` (all the rows by default),
+    the LB's log ``nginx`` (read and empty by default)."""
     evs = events(timed_out=timed_out)
-    meta = {"strategy": "one-at-a-time", "outcome": "completed", "load": True, **meta}
-    return build_report(meta=meta, measured=measure(rows, evs), steps=evs, limits=limits)
+    meta = {"strategy": "one-at-a-time", "outcome": "completed", "load": True, "load_alive": True, **meta}
+    measured = measure(rows, evs, nginx=[] if nginx is None else nginx, sent=len(rows) if sent == -1 else sent)
+    return build_report(meta=meta, measured=measured, steps=evs, limits=limits)
 
 
 def check(report: Report, name: str) -> dict[str, Any]:
@@ -128,16 +132,18 @@ def test_load_on_and_nothing_measured_is_never_a_pass() -> None:
     report = build_report(meta={"outcome": "completed"}, measured=measure([], []), steps=[])
     assert report.passed is False
     assert "requests_measured" in failed_names(report)
-    # only because nothing was asked; the p99 check, with no answers, says it did not run
+    # not even when nothing was asked: with the load on, 0 requests never pass
     lenient = verdict(report.run, report.figures, Limits(min_requests=0))
-    assert lenient.passed is True and lenient.line() == "PASS: all 9 checks held (1 not run: p99_ratio)"
+    assert lenient.failed_names == ["requests_measured", "load_alive"] and lenient.checks[8].limit == 1
 
 
 def test_a_load_generator_that_died_fails() -> None:
     report = report_of(steady(), load_alive=False)
     assert failed_names(report) == ["load_alive"]
     assert check(report, "load_alive")["note"] == "the load generator died during the run"
-    assert report_of(steady(), load_alive=None).passed is True  # unknown: alive
+    unknown = report_of(steady(), load_alive=None)  # no PASS without evidence: unknown is not alive
+    assert failed_names(unknown) == ["load_alive"]
+    assert check(unknown, "load_alive")["note"] == "unknown whether the load generator ran for the whole run"
 
 
 def test_a_timed_out_drain_fails() -> None:
@@ -189,7 +195,7 @@ def test_p99_without_a_warmup_is_skipped_not_passed() -> None:
     assert (ratio["status"], ratio["pass"], ratio["skipped"], ratio["value"]) == ("SKIP", True, True, None)
     assert ratio["note"] == ("too few answers to compare: 0 steady, 0 rollout of the same requests "
                              "(min 50, --min-latency-samples)")
-    assert summary_text(report_of(rows)).splitlines()[-1] == "PASS: all 9 checks held (1 not run: p99_ratio)"
+    assert summary_text(report_of(rows)).splitlines()[-1] == "PASS: all 12 checks held (1 not run: p99_ratio)"
 
 
 def like(steady_ms: float | None, rollout_ms: float | None, steady_n: int = 1000, rollout_n: int = 1000) -> LikeForLike:
@@ -261,6 +267,7 @@ def test_compare_exit_code_ignores_only_naive() -> None:
 
     naive_bad = strategy(bad, "naive")
     assert compare_exit_code([good, naive_bad]) == 0
+    assert compare_exit_code([naive_bad]) == compare_exit_code([strategy(good, "naive")]) == 1  # nothing judged
     assert compare_exit_code([good, strategy(bad, "blue-green"), naive_bad]) == 1
     assert compare_exit_code([]) == 1  # nothing ran: nothing shown to pass
     interrupted = dataclasses.replace(good, run=dataclasses.replace(good.run, outcome="interrupted"))
@@ -278,3 +285,55 @@ def test_compare_table_shows_each_verdict() -> None:
     text = compare_text([good, bad]).splitlines()
     assert text[0].rstrip().endswith("verdict")
     assert text[1].rstrip().endswith("PASS") and text[2].rstrip().endswith("FAIL: dropped")
+
+
+def test_a_404_or_410_from_the_rollout_on_fails_not_found() -> None:
+    warmup_404 = [*steady(), row(1.0, status=404)]  # before the rollout: not a version's break
+    assert failed_names(report_of(warmup_404)) == []
+    removed = [*steady(), row(9.0, status=404), row(14.0, status=410), row(10.0, status=400)]
+    report = report_of(removed)
+    assert failed_names(report) == ["not_found"]
+    assert check(report, "not_found").items() >= {"value": 2, "limit": 0, "status": "FAIL"}.items()
+    assert report.figures.requests.errors_4xx == 3  # every 4xx still counted apart (the 400 too)
+    assert report_of(removed, limits=limits(max_not_found=2)).passed is True
+
+
+def test_rows_the_load_generator_sent_but_never_wrote_fail_rows_lost() -> None:
+    rows = steady()
+    report = report_of(rows, sent=len(rows) + 3)  # three rows never reached the file (full disk, SIGKILL)
+    assert failed_names(report) == ["rows_lost"]
+    assert (report.figures.rows_lost, report.to_json()["rows_lost"]) == (3, 3)
+    unknown = check(report_of(rows, sent=None), "rows_lost")  # no count: said, never a silent PASS
+    assert (unknown["status"], unknown["note"]) == ("SKIP", "the load generator left no count of what it sent")
+
+
+def test_load_requests_nginx_answered_without_a_row_fail_unrecorded() -> None:
+    rows = steady()
+    logged = [{"time": T0 + 5.0, "rid": r["rid"], "status": 200, "servers": []} for r in rows[:3]]
+    lost = {"time": T0 + 6.0, "rid": new_load_rid(), "status": 200, "servers": []}
+    probe = {"time": T0 + 6.0, "rid": "a" * 32, "status": 200, "servers": []}  # NGINX's own id: not the load's
+    earlier = {"time": T0 - 30.0, "rid": new_load_rid(), "status": 200, "servers": []}  # before this load
+    report = report_of(rows, nginx=[*logged, lost, probe, earlier])  # type: ignore[list-item]
+    assert failed_names(report) == ["unrecorded"]
+    assert (report.figures.unrecorded, check(report, "unrecorded")["value"]) == (1, 1)
+    assert report_of(rows, nginx=[*logged, probe]).to_json()["unrecorded"] == 0  # type: ignore[list-item]
+    unread = measure(rows, events(), sent=len(rows))  # the LB's log not read: unknown, said
+    assert unread["unrecorded"] is None
+
+
+def test_a_drain_that_could_not_tell_counts_as_timed_out_and_says_why() -> None:
+    evs = events()
+    evs[3]["detail"] = {"duration_s": 0.0, "in_flight": 0, "timed_out": True,
+                        "reason": "skipped: the app has no /metrics to drain by"}
+    report = build_report(meta={"outcome": "completed", "load": True, "load_alive": True},
+                          measured=measure(steady(), evs, nginx=[], sent=len(steady())), steps=evs, limits=LIMITS)
+    assert failed_names(report) == ["drains_timed_out"]
+    assert check(report, "drains_timed_out")["note"] == "skipped: the app has no /metrics to drain by"
+
+
+def test_every_check_not_run_passes_nothing_and_says_so() -> None:
+    from sandbox.results.verdict import not_run
+    judged = report_of(steady()).verdict
+    skipped = not_run(judged, "nothing was rehearsed")
+    assert {c.status for c in skipped.checks} == {"NOT_RUN"} and skipped.judged is False
+    assert skipped.line() == "NOT RUN: none of the 12 checks was judged: nothing was rehearsed"
