@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from sandbox.config import Settings
 from sandbox.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
 from sandbox.results.model import (
     P99,
@@ -57,24 +58,27 @@ from sandbox.rollout import strategies
 NO_LOAD = "not measured: no load"
 
 
+_DEFAULT: dict[str, Any] = {f.name: f.default for f in fields(Settings)}  # each limit's default: its setting's
+
+
 @dataclass(frozen=True)
 class Limits:
-    """What a run must stay within to PASS (the settings of the same names)."""
+    """What a run must stay within to PASS (the settings of the same names, and their defaults)."""
 
-    max_dropped: int = 0
-    max_stall_s: float = 1.0
-    slow_ms: float = 2000.0  # what "slow" means; measure counts them, the limit is max_slow
-    max_slow: int = 0
-    max_p99_ratio: float = 3.0
-    max_p99_ms: float = 250.0
-    min_latency_samples: int = 200
-    max_violations: int = 0
-    max_not_found: int = 0
-    min_requests: int = 100
+    max_dropped: int = _DEFAULT["max_dropped"]
+    max_stall_s: float = _DEFAULT["max_stall_s"]
+    slow_ms: float = _DEFAULT["slow_ms"]  # what "slow" means; measure counts them, the limit is max_slow
+    max_slow: int = _DEFAULT["max_slow"]
+    max_p99_ratio: float = _DEFAULT["max_p99_ratio"]
+    max_p99_ms: float = _DEFAULT["max_p99_ms"]
+    min_latency_samples: int = _DEFAULT["min_latency_samples"]
+    max_violations: int = _DEFAULT["max_violations"]
+    max_not_found: int = _DEFAULT["max_not_found"]
+    min_requests: int = _DEFAULT["min_requests"]
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Limits:
-        """The limits of a :class:`sandbox.config.Settings` (any object with these attributes)."""
+    def from_settings(cls, settings: Settings) -> Limits:
+        """The limits of these settings."""
         return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
