@@ -90,7 +90,7 @@ def test_the_page_follows_a_rollout(cli: Cli, browser: webdriver.Chrome, tmp_pat
     assert len(browser.find_elements(By.CSS_SELECTOR, "#slots .slot")) == SIZE
     assert browser.find_element(By.ID, "dropped").text == "0"
     # the page says what the report says: every check held
-    assert browser.find_element(By.ID, "verdict").text.startswith("PASS: all 9")
+    assert browser.find_element(By.ID, "verdict").text.startswith("PASS: all 12")
     assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-phase") == "ended"
     updates = int(browser.find_element(By.TAG_NAME, "body").get_attribute("data-updates") or 0)
     rate = (updates - first_updates) / (time.monotonic() - started)

@@ -28,7 +28,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from sandbox.load.run import LoadRun, LoadSettings, TrafficError, group_members
-from sandbox.results.records import RequestRow
+from sandbox.results.records import RequestRow, is_load_rid
 from tests.conftest import free_port
 from tests.e2e.conftest import REPO, Cli, assert_passes
 
@@ -159,7 +159,7 @@ async def test_live_traffic_rows(fake_app: FakeApp, tmp_path: Path) -> None:
     assert sorted(r["rid"] for r in seen) == sorted(r["rid"] for r in rows)
     rids = [r["rid"] for r in rows]
     assert len(set(rids)) == len(rids)
-    assert all(len(r) == 32 for r in rids)
+    assert all(is_load_rid(r) for r in rids)  # "ls-" and 32 hex digits: NGINX logs it, the report cross-checks
     # every request the app received was recorded, with the rid it carried
     assert set(fake_app.rids) <= set(rids)
 
@@ -406,7 +406,7 @@ async def test_plain_httpuser_records(fake_app: FakeApp, tmp_path: Path, workers
     rows = run.all_rows()
     assert len(rows) > 20
     _check_once_each(rows, fake_app)
-    assert all(set(r) == ROW_KEYS and len(r["rid"]) == 32 for r in rows)
+    assert all(set(r) == ROW_KEYS and is_load_rid(r["rid"]) for r in rows)
     assert {r["name"] for r in rows} == {"/api/cart", "/"}
     answered = [r for r in rows if not r["unanswered"]]
     assert {r["version"] for r in answered} == {"v1", "v2"}  # from X-App-Version
