@@ -33,24 +33,23 @@ def _methods(protocol: type) -> dict[str, inspect.Signature]:
             if not name.startswith("_") and inspect.isfunction(member)}
 
 
-@pytest.mark.parametrize("cls", [DockerEngine, SwarmEngine, FakeRuntime])
-def test_every_engine_has_every_method_with_its_parameters(cls: type) -> None:
-    protocol = Engine
+def _assert_implements(cls: type, protocol: type) -> None:
+    """Every method of ``protocol`` on ``cls``, async where the protocol's is, with the same parameters."""
     for name, wanted in _methods(protocol).items():
         method = getattr(cls, name, None)
-        is_async = inspect.iscoroutinefunction(getattr(protocol, name))  # as the protocol says: async or not
+        is_async = inspect.iscoroutinefunction(getattr(protocol, name))
         assert method is not None and inspect.iscoroutinefunction(method) == is_async, f"{cls.__name__}.{name}"
         assert list(inspect.signature(method).parameters) == list(wanted.parameters), f"{cls.__name__}.{name}"
+
+
+@pytest.mark.parametrize("cls", [DockerEngine, SwarmEngine, FakeRuntime])
+def test_every_engine_has_every_method_with_its_parameters(cls: type) -> None:
+    _assert_implements(cls, Engine)
 
 
 @pytest.mark.parametrize("cls", [NginxBalancer, FakeBalancer])
 def test_every_balancer_has_every_method_with_its_parameters(cls: type) -> None:
-    protocol = LoadBalancer
-    for name, wanted in _methods(protocol).items():
-        method = getattr(cls, name, None)
-        is_async = inspect.iscoroutinefunction(getattr(protocol, name))  # as the protocol says: async or not
-        assert method is not None and inspect.iscoroutinefunction(method) == is_async, f"{cls.__name__}.{name}"
-        assert list(inspect.signature(method).parameters) == list(wanted.parameters), f"{cls.__name__}.{name}"
+    _assert_implements(cls, LoadBalancer)
     assert isinstance(getattr(cls, "url", None), property) and isinstance(getattr(cls, "dynamic", None), property)
 
 
