@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sandbox.results.model import Figures, Rollout
 from sandbox.results.overhead import overhead, overhead_ratio, unavoidable_s
 from sandbox.results.report import build_report
 from sandbox.results.text import summary_text
@@ -46,8 +47,8 @@ def test_garbage_detail_counts_as_zero() -> None:
 
 
 def test_report_carries_and_shows_it() -> None:
-    report = build_report(meta={"strategy": "one-at-a-time", "duration_s": 5.0, "load": False},
-                          measured={}, steps=EVENTS)  # type: ignore[arg-type]
+    report = build_report(run=Rollout(strategy="one-at-a-time", duration_s=5.0, load=False),
+                          figures=Figures(), steps=EVENTS)  # type: ignore[arg-type]
     assert report.to_json()["unavoidable_s"] == 2.0
     assert report.to_json()["overhead_ratio"] == 2.5
     text = summary_text(report)
