@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from sandbox.config import Settings, check_batch
 from sandbox.errors import BalancerError, Interrupted, NotFoundError, RolloutError, SandboxError, UsageError, hint
@@ -59,7 +59,7 @@ from sandbox.results.verdict import Limits, exit_code, not_run
 from sandbox.rollout import mixed, strategies
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import Executor, ProbeFactory, Timing
-from sandbox.rollout.load_phases import LoadPhases
+from sandbox.rollout.load_phases import LoadGenerator, LoadPhases
 from sandbox.ui.progress import Progress, make_progress
 
 log = logging.getLogger("sandbox.rollout.rehearsal")
@@ -179,7 +179,7 @@ class Collected:
     events: list[Event]
     history: AddressHistory
     lb: LbState  # the load balancer's settings at the end (sticky, lb_apply, client keep-alive)
-    load_end: dict[str, Any] | None = None  # how the load generator ended: exit code, died early, killed, sent
+    load_end: LoadGenerator | None = None  # how the load generator ended: exit code, died early, killed, sent
     lb_log_read: bool = True  # False: the load balancer's log could not be read (``unrecorded`` is unknown)
 
 
@@ -683,12 +683,12 @@ def unchanged_text(report: Mapping[str, Any]) -> str:
 
 def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: Collected) -> Report:
     """The report of one rehearsal, from what each phase returned."""
-    end = collected.load_end or {}
+    end = collected.load_end.end if collected.load_end is not None else None
     figures = measure(collected.rows, collected.events,
-                       nginx=collected.nginx_rows if collected.lb_log_read else None,
-                       address_history=collected.history,
-                       settings=MeasureSettings(slow_ms=settings.slow_ms), sent=end.get("sent"))
-    died = bool(end.get("died_early") or end.get("killed"))  # a SIGKILLed Locust may have lost rows
+                      nginx=collected.nginx_rows if collected.lb_log_read else None,
+                      address_history=collected.history,
+                      settings=MeasureSettings(slow_ms=settings.slow_ms), sent=end.sent if end else None)
+    died = end is not None and (end.died_early or end.killed)  # a SIGKILLed Locust may have lost rows
     run = Rollout(
         project=settings.project, strategy=prepared.strategy, size=prepared.size, batch=prepared.batch,
         mode=prepared.mode, from_version=prepared.source, to_version=prepared.target, outcome=ran.outcome,
@@ -699,19 +699,51 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
         seed=prepared.seed, pick_order=tuple(map(tuple, prepared.pick_order)), mixed_checks=ran.mixed_checks,
     )
     report = build_report(run=run, figures=figures, steps=collected.events, limits=Limits.from_settings(settings))
-    extra = {"attribution": attribution(collected.rows, collected.nginx_rows, collected.history),
-             "faults": died_servers(collected.events, collected.nginx_rows) + lb_outages(collected.events,
-                                                                                         collected.rows)}
+    faults: list[DiedServer | LbOutage] = [*died_servers(collected.events, collected.nginx_rows),
+                                            *lb_outages(collected.events, collected.rows)]
+    extra: dict[str, object] = {"attribution": attribution(collected.rows, collected.nginx_rows, collected.history),
+                                "faults": faults}
     if collected.load_end is not None:
-        extra["load_generator"] = collected.load_end
+        extra["load_generator"] = collected.load_end.to_json()
     return dataclasses.replace(report, extra=extra)
 
 
-def died_servers(events: Sequence[Event], nginx_rows: Sequence[LbRow]) -> list[dict[str, Any]]:
+class DiedServer(TypedDict):
+    """A server that died while attached, in ``report.json``'s ``faults``."""
+
+    fault: Literal["died"]
+    instance: str | None
+    address: str
+    t: float
+    exit: object  # how it exited, as the engine told it (``Engine.exit_info``)
+    lost_requests: int
+
+
+class LbOutage(TypedDict):
+    """The load balancer exited and was started again, in ``report.json``'s ``faults``."""
+
+    fault: Literal["lb_exited"]
+    t: float  # down since
+    restored_t: float
+    outage_s: float
+    exit: object  # its exit code, as the engine told it
+    lost_requests: int
+
+
+class Attribution(TypedDict):
+    """Where the versions served were read from (``report.json``'s ``attribution``)."""
+
+    header: int
+    from_log: int
+    compared: int
+    agreement: float | None
+
+
+def died_servers(events: Sequence[Event], nginx_rows: Sequence[LbRow]) -> list[DiedServer]:
     """The servers that died while attached (``died`` events), each with the requests lost to it:
     the load balancer's log rows that tried its address and answered 5xx from 30 s before it was noticed on (a kill cuts
     what it held and refuses what comes until the controller takes it out)."""
-    out = []
+    out: list[DiedServer] = []
     for e in events:
         if e.get("phase") != "died":
             continue
@@ -724,10 +756,10 @@ def died_servers(events: Sequence[Event], nginx_rows: Sequence[LbRow]) -> list[d
     return out
 
 
-def lb_outages(events: Sequence[Event], rows: Sequence[RequestRow]) -> list[dict[str, Any]]:
+def lb_outages(events: Sequence[Event], rows: Sequence[RequestRow]) -> list[LbOutage]:
     """Each time the load balancer exited and was started again (``lb-exited``, ``lb-restored``):
     the outage window and the requests it cost (the users' requests that failed in it)."""
-    out = []
+    out: list[LbOutage] = []
     exited: Event | None = None
     for e in events:
         if e.get("phase") == "lb-exited":
@@ -752,7 +784,7 @@ def fleet_history(initial: list[Instance], events: list[Event]) -> AddressHistor
     return address_history_from_events([*present, *events])
 
 
-def attribution(rows: Sequence[RequestRow], nginx_rows: Sequence[LbRow], history: AddressHistory) -> dict[str, Any]:
+def attribution(rows: Sequence[RequestRow], nginx_rows: Sequence[LbRow], history: AddressHistory) -> Attribution:
     """Where the version served came from, and how well the two sources agree.
 
     ``header``: rows whose answer carried X-App-Version; ``compared``: rows that also
