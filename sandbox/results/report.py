@@ -21,7 +21,7 @@ from sandbox.results.files import write_atomic, write_text_atomic
 from sandbox.results.markdown import markdown_page
 from sandbox.results.measure import rollout_summary
 from sandbox.results.model import Figures, Report, Rollout, Step
-from sandbox.results.overhead import overhead
+from sandbox.results.overhead import overhead_ratio, unavoidable_s
 from sandbox.results.records import Event
 from sandbox.results.verdict import DEFAULT_LIMITS, Limits, verdict
 
@@ -72,7 +72,7 @@ def build_report(
     summary = rollout_summary(steps)
     t0, entries = _steps(steps)
     duration = _given(run.duration_s, summary.duration_s)
-    waits = overhead(duration, steps)
+    floor = unavoidable_s(steps)
     run = dataclasses.replace(
         run,
         from_version=_given(run.from_version, figures.exposure.from_version),
@@ -82,8 +82,8 @@ def build_report(
         peak_instances=_given(run.peak_instances, summary.peak_instances),
         steps=entries,
         steps_t0=t0,
-        unavoidable_s=waits["unavoidable_s"],
-        overhead_ratio=waits["overhead_ratio"],
+        unavoidable_s=floor,
+        overhead_ratio=overhead_ratio(duration, floor),
     )
     return Report(run, figures, verdict(run, figures, limits))
 
