@@ -96,8 +96,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "healthcheck": args.healthcheck, "app_stop_delay_s": args.app_stop_delay,
                 "size": args.size, "users": args.users,
                 "update_state": state, "duration_s": round(t1 - t0, 1),
-                "requests": {k: measured["requests"][k] for k in ("total", "dropped", "by_version")},
-                "stall_s": measured.get("stall_s"), "lb_syncs": sum(e["phase"] == "lb-sync" for e in events)}
+                "requests": {"total": measured.requests.total, "dropped": measured.requests.dropped,
+                             "by_version": dict(measured.requests.by_version)},
+                "stall_s": measured.stall_s, "lb_syncs": sum(e["phase"] == "lb-sync" for e in events)}
     finally:
         stop.set()
         await rt.down(project)

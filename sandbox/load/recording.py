@@ -62,6 +62,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 from typing import Any
@@ -108,10 +109,21 @@ CONTEXT_KEY = "sandbox_request"
 FLUSH_EXIT_CODE = 3
 
 _user_ids = itertools.count(1)
-# stopping: the test is stopping (reset when a new test starts); quitting: this
-# process is shutting down (never reset: Locust's master may still hand a
-# stopping worker the users of another one, and they must not start requests).
-_state: dict[str, Any] = {"stopping": False, "quitting": False, "prefix": None, "environment": None}
+
+
+@dataclass
+class _State:
+    """This process's part in the load test."""
+
+    stopping: bool = False  # the test is stopping (reset when a new test starts)
+    # this process is shutting down (never reset: Locust's master may still hand a stopping
+    # worker the users of another one, and they must not start requests)
+    quitting: bool = False
+    prefix: str | None = None  # of its request ids, once known (see _prefix)
+    environment: Environment | None = None
+
+
+_state = _State()
 
 
 # --------------------------------------------------------------------------- users
@@ -119,15 +131,15 @@ _state: dict[str, Any] = {"stopping": False, "quitting": False, "prefix": None, 
 
 def _prefix() -> str:
     """``w<index>-`` in a worker process, "" in a standalone one."""
-    if _state["prefix"] is None:
-        env = _state["environment"]
+    if _state.prefix is None:
+        env = _state.environment
         runner = env.runner if env is not None else None
         if isinstance(runner, WorkerRunner):
             index = getattr(runner, "worker_index", -1)
-            _state["prefix"] = f"w{index}-" if index >= 0 else f"p{os.getpid()}-"
+            _state.prefix = f"w{index}-" if index >= 0 else f"p{os.getpid()}-"
         else:
             return ""  # not known yet in a worker that has no index: don't cache
-    return str(_state["prefix"])
+    return _state.prefix
 
 
 def user_id(user: Any) -> str:
@@ -212,7 +224,7 @@ def _wrap(orig: Callable[..., Any], *, timeout_kw: bool) -> Callable[..., Any]:
     sig = inspect.signature(orig)
 
     def request(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if _state["stopping"] or _state["quitting"]:
+        if _state.stopping or _state.quitting:
             raise StopUser()
         call = _Call(sig, (self, *args), kwargs)
         rid = _set_request_id(call)
@@ -316,7 +328,7 @@ def _watch_parent(expected_ppid: int) -> None:
 
 def _flush_and_exit(_signum: int, _frame: Any) -> None:
     """SIGUSR1: write every request still in flight, then exit at once."""
-    _state["stopping"] = _state["quitting"] = True
+    _state.stopping = _state.quitting = True
     RECORDER.flush_unanswered()
     RECORDER.writer.close()
     RECORDER.write_count()
@@ -336,7 +348,7 @@ def _apply_client_timeout(environment: Environment) -> None:
 
 @events.init.add_listener
 def _on_init(environment: Environment, **_kwargs: Any) -> None:
-    _state["environment"] = environment
+    _state.environment = environment
     if RECORDER.writer.path is None:
         log.warning("%s is not set: no request rows will be written", ENV_ROWS)
     _apply_client_timeout(environment)
@@ -348,7 +360,7 @@ def _on_init(environment: Environment, **_kwargs: Any) -> None:
 
 @events.test_start.add_listener
 def _on_test_start(environment: Environment, **_kwargs: Any) -> None:
-    _state["stopping"] = False
+    _state.stopping = False
     ready = os.environ.get(ENV_READY, "").strip()
     if ready:
         try:
@@ -363,7 +375,7 @@ def _on_test_stopping(environment: Environment, **_kwargs: Any) -> None:
     # (between tasks) at once; a user whose think time has just ended is still
     # marked waiting and would be killed right after sending its next request,
     # which would then look unanswered. With the flag set, it sends nothing.
-    _state["stopping"] = True
+    _state.stopping = True
 
 
 @events.test_stop.add_listener
@@ -376,7 +388,7 @@ def _on_test_stop(environment: Environment, **_kwargs: Any) -> None:
 def _on_quitting(environment: Environment, **_kwargs: Any) -> None:
     # On SIGTERM Locust fires `quitting` *before* stopping the users; stop them
     # first so a request that is answered meanwhile is not called unanswered.
-    _state["stopping"] = _state["quitting"] = True
+    _state.stopping = _state.quitting = True
     runner = environment.runner
     if runner is not None and runner.state != STATE_STOPPED:
         try:

@@ -3,8 +3,8 @@
 Inputs are the records of :mod:`sandbox.results.records`: one ``RequestRow`` per request
 the load generator started, the controller's ``Event`` list and, optionally, the
 load balancer's access-log rows (:class:`~sandbox.fleet.loadbalancer.LbRow`: each names the
-servers tried, the last one answered). :func:`measure` turns them into one JSON-able dict (see
-its docstring for every key); :mod:`sandbox.results.report` presents it.
+servers tried, the last one answered). :func:`measure` turns them into the typed
+:class:`~sandbox.results.model.Figures` that the verdict judges and every output renders.
 
 Conventions used throughout (DESIGN.md, "What is measured"):
 
@@ -39,6 +39,20 @@ from typing import Any, TypeVar
 
 from sandbox.fleet.loadbalancer import LbRow
 from sandbox.fleet.versions import TOY_VERSIONS
+from sandbox.results.model import (
+    Drain,
+    Exposure,
+    Figures,
+    Latency,
+    LatencySample,
+    LikeForLike,
+    Phase,
+    Requests,
+    Second,
+    Span,
+    opt_float,
+    opt_int,
+)
 from sandbox.results.records import Event, RequestRow, is_load_rid
 
 HistoryEntry = tuple[str, str, float, float | None]
@@ -130,16 +144,10 @@ def _end(row: Mapping[str, Any]) -> float:
     return float(t_end if t_end is not None else row.get("t") or 0.0)
 
 
-def _latency_summary(rows: Iterable[Mapping[str, Any]], *, with_max: bool) -> dict[str, Any]:
+def _latency_summary(rows: Iterable[Mapping[str, Any]], *, with_max: bool) -> Latency:
     values = [v for r in rows if is_answered(r) and (v := latency_ms(r)) is not None]
-    out: dict[str, Any] = {
-        "p50": _round(percentile(values, 50), 1),
-        "p95": _round(percentile(values, 95), 1),
-        "p99": _round(percentile(values, 99), 1),
-    }
-    if with_max:
-        out["max"] = _round(max(values), 1) if values else None
-    return out
+    return Latency(p50=_round(percentile(values, 50), 1), p95=_round(percentile(values, 95), 1),
+                   p99=_round(percentile(values, 99), 1), max=_round(max(values), 1) if values and with_max else None)
 
 
 def _first_event(events: Sequence[Mapping[str, Any]], phase: str) -> Mapping[str, Any] | None:
@@ -223,9 +231,9 @@ def request_counts(
     settings: MeasureSettings,
     versions: Sequence[str] = (),
     events: Sequence[Mapping[str, Any]] = (),
-) -> dict[str, Any]:
-    """The ``requests`` block of :func:`measure`; ``by_version`` names each of ``versions`` (the
-    rollout's), even at 0."""
+) -> Requests:
+    """The requests of :func:`measure`, by how they ended; ``by_version`` names each of ``versions``
+    (the rollout's), even at 0."""
     budget_ms = settings.slow_ms
     by_version: dict[str, int] = {v: 0 for v in versions}
     by_version["unknown"] = 0
@@ -233,17 +241,17 @@ def request_counts(
         if is_ok(row):
             key = row.get("version") or "unknown"
             by_version[key] = by_version.get(key, 0) + 1
-    return {
-        "total": len(rows),
-        "ok": sum(1 for r in rows if is_ok(r)),
-        "dropped": sum(1 for r in rows if is_dropped(r)),
-        "errors_4xx": sum(1 for r in rows if is_4xx(r)),
-        "unanswered": sum(1 for r in rows if is_unanswered(r)),
-        "slow": sum(1 for r in rows if _is_slow(r, budget_ms)),
-        "retried": sum(1 for n in nginx if len(n.get("servers") or ()) > 1),
-        "not_found": not_found(rows, events),
-        "by_version": by_version,
-    }
+    return Requests(
+        total=len(rows),
+        ok=sum(1 for r in rows if is_ok(r)),
+        dropped=sum(1 for r in rows if is_dropped(r)),
+        errors_4xx=sum(1 for r in rows if is_4xx(r)),
+        unanswered=sum(1 for r in rows if is_unanswered(r)),
+        slow=sum(1 for r in rows if _is_slow(r, budget_ms)),
+        retried=sum(1 for n in nginx if len(n.get("servers") or ()) > 1),
+        not_found=not_found(rows, events),
+        by_version=by_version,
+    )
 
 
 def _is_slow(row: Mapping[str, Any], budget_ms: float) -> bool:
@@ -428,8 +436,8 @@ def _share(part: int, whole: int) -> float:
 
 def timeline(
     rows: Sequence[Mapping[str, Any]], window: tuple[float, float], versions: Sequence[str] = ()
-) -> list[dict[str, Any]]:
-    """One bucket per whole second of ``window``: answers per version, drops, p99.
+) -> tuple[Second, ...]:
+    """One :class:`Second` per whole second of ``window``: answers per version, drops, p99.
 
     Each version (``versions`` even at 0, any other once it answers) counts the
     successful answers finishing in the second, ``dropped``
@@ -438,11 +446,10 @@ def timeline(
     """
     start, end = window
     if end <= start and not rows:
-        return []
+        return ()
     n = math.floor(end - start) + 1
-    buckets: list[dict[str, Any]] = [
-        {"t": i, **{v: 0 for v in versions}, "dropped": 0, "p99_ms": None} for i in range(n)
-    ]
+    answers: list[dict[str, int]] = [dict.fromkeys(versions, 0) for _ in range(n)]
+    dropped = [0] * n
     latencies: list[list[float]] = [[] for _ in range(n)]
 
     def index(t: float) -> int:
@@ -450,27 +457,25 @@ def timeline(
 
     for row in rows:
         if is_dropped(row):
-            buckets[index(float(row.get("t") or start))]["dropped"] += 1
+            dropped[index(float(row.get("t") or start))] += 1
         if is_unanswered(row):
             continue
         i = index(_end(row))
         version = row.get("version")
         if is_ok(row) and version:
-            buckets[i][version] = buckets[i].get(version, 0) + 1
+            answers[i][version] = answers[i].get(version, 0) + 1
         value = latency_ms(row)
         if is_answered(row) and value is not None:
             latencies[i].append(value)
-    for bucket, values in zip(buckets, latencies, strict=True):
-        bucket["p99_ms"] = _round(percentile(values, 99), 1)
-    return buckets
+    return tuple(Second(i, answers[i], dropped[i], _round(percentile(latencies[i], 99), 1)) for i in range(n))
 
 
 def exposure(
     rows: Sequence[Mapping[str, Any]],
     events: Sequence[Mapping[str, Any]],
     window: tuple[float, float],
-) -> dict[str, Any]:
-    """The ``exposure`` block of :func:`measure`.
+) -> Exposure:
+    """What the mixed fleet reached, for :func:`measure`.
 
     ``users_saw_both`` (with its ``_share`` of all users), ``downgrades``, ``users_downgraded``
     and ``version_flips`` count only requests sent within the rollout window (``rollout_window``:
@@ -488,29 +493,33 @@ def exposure(
     users_total = len({str(r.get("user")) for r in rows})
     users_exposed = len({str(r.get("user")) for r in exposed})
     saw_both = _users_saw_both(inside, from_v, to_v)
-    return {
-        "from_version": from_v,
-        "to_version": to_v,
-        "mixed_window_s": round(mixed_window_s(rows, from_v, to_v), 3),
-        "rollout_window": None if r_window is None else {
-            "start": r_window[0], "end": r_window[1], "duration_s": round(r_window[1] - r_window[0], 3)},
-        "users_total": users_total,
-        "users_saw_both": saw_both,
-        "users_saw_both_share": _share(saw_both, users_total),
-        "mixed_fleet_s": 0.0 if m_window is None else round(m_window[1] - m_window[0], 3),
-        "users_exposed": users_exposed,
-        "users_exposed_share": _share(users_exposed, users_total),
-        "requests_exposed": len(exposed),
-        "requests_exposed_share": _share(len(exposed), len(rows)),
+    return Exposure(
+        from_version=from_v,
+        to_version=to_v,
+        mixed_window_s=round(mixed_window_s(rows, from_v, to_v), 3),
+        rollout_window=None if r_window is None else _span(r_window),
+        users_total=users_total,
+        users_saw_both=saw_both,
+        users_saw_both_share=_share(saw_both, users_total),
+        mixed_fleet_s=0.0 if m_window is None else round(m_window[1] - m_window[0], 3),
+        users_exposed=users_exposed,
+        users_exposed_share=_share(users_exposed, users_total),
+        requests_exposed=len(exposed),
+        requests_exposed_share=_share(len(exposed), len(rows)),
         # how far a problem reached: users with at least one dropped request
-        "users_hit": len({str(r.get("user")) for r in rows if is_dropped(r)}),
-        "downgrades": sum(downgrades.values()),
-        "users_downgraded": len(downgrades),
-        "version_flips": version_flips(inside, from_v, to_v),
-        "contract_violations": sum(1 for r in rows if r.get("contract") == "violation"),
-        "sessions_lost": sessions_lost(rows, events),
-        "timeline": timeline(rows, window, (from_v, to_v)),
-    }
+        users_hit=len({str(r.get("user")) for r in rows if is_dropped(r)}),
+        downgrades=sum(downgrades.values()),
+        users_downgraded=len(downgrades),
+        version_flips=version_flips(inside, from_v, to_v),
+        contract_violations=sum(1 for r in rows if r.get("contract") == "violation"),
+        sessions_lost=sessions_lost(rows, events),
+        timeline=timeline(rows, window, (from_v, to_v)),
+    )
+
+
+def _span(bounds: tuple[float, float]) -> Span:
+    start, end = bounds
+    return Span(start, end, round(end - start, 3))
 
 
 # --------------------------------------------------------------------------- phases
@@ -543,20 +552,20 @@ def phases(
     rows: Sequence[Mapping[str, Any]],
     events: Sequence[Mapping[str, Any]],
     window: tuple[float, float],
-) -> dict[str, dict[str, Any]]:
-    """The ``phases`` block: requests are assigned to a phase by when they were sent."""
+) -> dict[str, Phase]:
+    """Each phase's figures by its name: requests are assigned to a phase by when they were sent."""
     bounds = phase_bounds(events, window)
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, Phase] = {}
     for (name, p_start, p_end), inside in zip(bounds, _phase_members(rows, bounds), strict=True):
         duration = max(0.0, p_end - p_start)
-        out[name] = {
-            "duration_s": round(duration, 3),
-            "requests": len(inside),
-            "rps": round(len(inside) / duration, 2) if duration > 0 else 0.0,
-            "dropped": sum(1 for r in inside if is_dropped(r)),
-            "errors_4xx": sum(1 for r in inside if is_4xx(r)),
-            "latency_ms": _latency_summary(inside, with_max=False),
-        }
+        out[name] = Phase(
+            duration_s=round(duration, 3),
+            requests=len(inside),
+            rps=round(len(inside) / duration, 2) if duration > 0 else 0.0,
+            dropped=sum(1 for r in inside if is_dropped(r)),
+            errors_4xx=sum(1 for r in inside if is_4xx(r)),
+            latency=_latency_summary(inside, with_max=False),
+        )
     return out
 
 
@@ -575,8 +584,8 @@ def like_for_like(
     rows: Sequence[Mapping[str, Any]],
     events: Sequence[Mapping[str, Any]],
     window: tuple[float, float],
-) -> dict[str, Any]:
-    """The ``like_for_like`` block: the p99 of the warmup ("steady") and of the rollout over the
+) -> LikeForLike:
+    """The p99 of the warmup ("steady") and of the rollout over the
     same requests only (their method and name, and their user, seen answered in both phases),
     with the number of answers each rests on and the number of request classes compared."""
     bounds = phase_bounds(events, window)
@@ -591,11 +600,11 @@ def like_for_like(
     classes = {kind(r) for r, _ in steady} & {kind(r) for r, _ in rolling}
     users = {r.get("user") for r, _ in steady} & {r.get("user") for r, _ in rolling}
 
-    def sample(answers: list[tuple[Mapping[str, Any], float]]) -> dict[str, Any]:
+    def sample(answers: list[tuple[Mapping[str, Any], float]]) -> LatencySample:
         values = [v for r, v in answers if kind(r) in classes and r.get("user") in users]
-        return {"p99_ms": _round(percentile(values, 99), 1), "samples": len(values)}
+        return LatencySample(_round(percentile(values, 99), 1), len(values))
 
-    return {"steady": sample(steady), "rollout": sample(rolling), "classes": len(classes)}
+    return LikeForLike(sample(steady), sample(rolling), len(classes))
 
 
 # --------------------------------------------------------------------------- rollout
@@ -629,34 +638,36 @@ def peak_instances(events: Sequence[Mapping[str, Any]]) -> int:
     return peak
 
 
-def rollout_summary(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The ``rollout`` block: duration (start to end, or None) and peak instances."""
-    began = _first_event(events, "rollout-start")
-    ended = _last_event(events, "rollout-end")
+@dataclass(frozen=True)
+class RolloutSummary:
+    """What the events say of the rollout itself: how long it took (None when it never ended)
+    and the most app containers alive at once."""
+
+    duration_s: float | None
+    peak_instances: int
+
+
+def rollout_summary(events: Sequence[Mapping[str, Any]]) -> RolloutSummary:
+    """The rollout's duration (start to end, or None) and peak instances, from its events in time order."""
+    ordered = _sorted_events(events)
+    began = _first_event(ordered, "rollout-start")
+    ended = _last_event(ordered, "rollout-end")
     duration = None
     if began is not None and ended is not None:
         duration = round(max(0.0, float(ended["t"]) - float(began["t"])), 3)
-    return {"duration_s": duration, "peak_instances": peak_instances(events)}
+    return RolloutSummary(duration, peak_instances(ordered))
 
 
-def drains(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per ``drain`` event: instance, drain duration, in-flight count at its
+def drains(events: Sequence[Mapping[str, Any]]) -> tuple[Drain, ...]:
+    """One :class:`Drain` per ``drain`` event: instance, drain duration, in-flight count at its
     start, whether it gave up at the drain timeout or could not tell (``timed_out``) and why (``reason``)."""
-    out = []
-    for event in events:
-        if event.get("phase") != "drain":
-            continue
-        detail = event.get("detail") or {}
-        out.append(
-            {
-                "instance": event.get("instance"),
-                "duration_s": detail.get("duration_s"),
-                "in_flight": detail.get("in_flight"),
-                "timed_out": bool(detail.get("timed_out")),
-                "reason": detail.get("reason"),
-            }
-        )
-    return out
+    return tuple(_drain(e) for e in events if e.get("phase") == "drain")
+
+
+def _drain(event: Mapping[str, Any]) -> Drain:
+    detail = event.get("detail") or {}
+    return Drain(event.get("instance"), opt_float(detail.get("duration_s")), opt_int(detail.get("in_flight")),
+                 bool(detail.get("timed_out")), detail.get("reason"))
 
 
 # ------------------------------------------------------------- versions from the NGINX log
@@ -789,21 +800,15 @@ def measure(
     address_history: AddressHistory | None = None,
     settings: MeasureSettings = MeasureSettings(),
     sent: int | None = None,
-) -> dict[str, Any]:
-    """Every number of the report, as a JSON-able dict.
+) -> Figures:
+    """Every figure of the report (see :class:`~sandbox.results.model.Figures`).
 
-    Keys: ``requests`` (total, ok, dropped, errors_4xx, unanswered, slow,
-    retried, by_version), ``latency_ms`` (p50/p95/p99/max of answered
-    requests, nearest-rank), ``stall_s`` (and ``stall_at_s``, when it began, in
-    seconds since the load started), ``exposure`` (mixed window, users,
-    downgrades, contract violations, sessions lost, per-second timeline),
-    ``phases``, ``like_for_like`` (steady and rollout p99 over the same requests, for the verdict),
-    ``rollout`` (duration_s, peak_instances), ``drains``, and
-    ``window`` (absolute ``start``/``end`` unix times of the load and its
-    ``duration_s``, so the timeline can be aligned with the events) and
-    ``settings`` (the slow threshold used, ``slow_ms``), ``rows_lost`` (``sent``, the requests the
-    load generator counted, less the rows; None when it gave no count) and ``unrecorded`` (see
-    :func:`unrecorded`; None when ``nginx``, the LB's log, was not read).
+    ``stall_at_s`` is when the longest stall began, in seconds since the load started; ``window``
+    the load's absolute unix ``start``/``end`` (so the timeline can be aligned with the events);
+    ``slow_ms`` the slow threshold used; ``rows_lost`` is ``sent`` (the requests the load generator
+    counted) less the rows, None when it gave no count; ``unrecorded`` (see :func:`unrecorded`) is
+    None when ``nginx``, the LB's log, was not read. The rollout's own duration and peak are
+    :func:`rollout_summary`'s.
 
     Rows without a version header get one from the NGINX log when ``nginx``
     is given (see :func:`attribute_versions`, with the address history built
@@ -818,22 +823,17 @@ def measure(
         ordered = list(attribute_versions(ordered, lb_log, history))
     window = load_window(ordered, ordered_events)
     stall = longest_stall(ordered, window)
-    return {
-        "requests": request_counts(ordered, lb_log, settings, rollout_direction(ordered_events), ordered_events),
-        "latency_ms": _latency_summary(ordered, with_max=True),
-        "stall_s": round(stall[1], 3),
-        "stall_at_s": round(stall[0] - window[0], 3),
-        "exposure": exposure(ordered, ordered_events, window),
-        "phases": phases(ordered, ordered_events, window),
-        "like_for_like": like_for_like(ordered, ordered_events, window),
-        "rollout": rollout_summary(ordered_events),
-        "drains": drains(ordered_events),
-        "window": {
-            "start": window[0],
-            "end": window[1],
-            "duration_s": round(window[1] - window[0], 3),
-        },
-        "settings": {"slow_ms": settings.slow_ms},
-        "rows_lost": None if sent is None else max(0, sent - len(rows)),
-        "unrecorded": None if nginx is None else unrecorded(ordered, lb_log, window),
-    }
+    return Figures(
+        requests=request_counts(ordered, lb_log, settings, rollout_direction(ordered_events), ordered_events),
+        latency=_latency_summary(ordered, with_max=True),
+        stall_s=round(stall[1], 3),
+        stall_at_s=round(stall[0] - window[0], 3),
+        slow_ms=settings.slow_ms,
+        exposure=exposure(ordered, ordered_events, window),
+        phases=phases(ordered, ordered_events, window),
+        like_for_like=like_for_like(ordered, ordered_events, window),
+        drains=drains(ordered_events),
+        window=_span(window),
+        rows_lost=None if sent is None else max(0, sent - len(rows)),
+        unrecorded=None if nginx is None else unrecorded(ordered, lb_log, window),
+    )

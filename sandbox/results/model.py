@@ -28,11 +28,13 @@ def num(value: Any, unit: str = "", digits: int = 1) -> str:
     return f"{text}{unit}"
 
 
-def _opt_float(value: Any) -> float | None:
+def opt_float(value: Any) -> float | None:
+    """``value`` as a float, None staying None."""
     return None if value is None else float(value)
 
 
-def _opt_int(value: Any) -> int | None:
+def opt_int(value: Any) -> int | None:
+    """``value`` as an int, None staying None."""
     return None if value is None else int(value)
 
 
@@ -77,7 +79,7 @@ class Latency:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Latency:
-        return cls(*(_opt_float(data.get(k)) for k in ("p50", "p95", "p99", "max")))
+        return cls(*(opt_float(data.get(k)) for k in ("p50", "p95", "p99", "max")))
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ class LatencySample:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LatencySample:
-        return cls(_opt_float(data.get("p99_ms")), int(data.get("samples") or 0))
+        return cls(opt_float(data.get("p99_ms")), int(data.get("samples") or 0))
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ class Second:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Second:
         answers = {str(k): int(v) for k, v in data.items() if k not in ("t", "dropped", "p99_ms")}
-        return cls(int(data["t"]), answers, int(data.get("dropped") or 0), _opt_float(data.get("p99_ms")))
+        return cls(int(data["t"]), answers, int(data.get("dropped") or 0), opt_float(data.get("p99_ms")))
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,7 @@ class Exposure:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Exposure:
         figures: Json = {k: int(data.get(k) or 0) for k in _EXPOSURE_INTS}
-        figures.update({k: _opt_float(data.get(k)) for k in _EXPOSURE_FLOATS})
+        figures.update({k: opt_float(data.get(k)) for k in _EXPOSURE_FLOATS})
         return cls(
             from_version=data.get("from_version"), to_version=data.get("to_version"),
             rollout_window=Span.from_json(data.get("rollout_window")),
@@ -235,7 +237,7 @@ class Drain:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Drain:
-        return cls(data.get("instance"), _opt_float(data.get("duration_s")), _opt_int(data.get("in_flight")),
+        return cls(data.get("instance"), opt_float(data.get("duration_s")), opt_int(data.get("in_flight")),
                    bool(data.get("timed_out")), data.get("reason"))
 
 
@@ -260,21 +262,42 @@ class Figures:
     def drains_timed_out(self) -> int:
         return sum(1 for d in self.drains if d.timed_out)
 
+    def to_json(self) -> Json:
+        """The figures' part of ``report.json``."""
+        return {
+            "requests": self.requests.to_json(),
+            "latency_ms": self.latency.to_json(),
+            "stall_s": self.stall_s,
+            "stall_at_s": self.stall_at_s,
+            "slow": self.requests.slow,
+            "slow_ms": self.slow_ms,
+            "exposure": self.exposure.to_json(),
+            "phases": {k: p.to_json() for k, p in self.phases.items()},
+            "like_for_like": self.like_for_like.to_json(),
+            "drains": [d.to_json() for d in self.drains],
+            "window": self.window.to_json() if self.window else {},
+            "rows_lost": self.rows_lost,
+            "unrecorded": self.unrecorded,
+        }
+
     @classmethod
-    def from_measured(cls, measured: Mapping[str, Any]) -> Figures:
-        """The figures of a :func:`sandbox.results.measure.measure` dict (empty: nothing measured)."""
+    def from_json(cls, data: Mapping[str, Any]) -> Figures:
+        """The figures of a ``report.json`` (missing blocks: nothing measured)."""
         return cls(
-            requests=Requests.from_json(measured.get("requests") or {}),
-            latency=Latency.from_json(measured.get("latency_ms") or {}),
-            stall_s=_opt_float(measured.get("stall_s")), stall_at_s=_opt_float(measured.get("stall_at_s")),
-            slow_ms=_opt_float((measured.get("settings") or {}).get("slow_ms")),
-            exposure=Exposure.from_json(measured.get("exposure") or {}),
-            phases={str(k): Phase.from_json(v) for k, v in (measured.get("phases") or {}).items()},
-            like_for_like=LikeForLike.from_json(measured.get("like_for_like") or {}),
-            drains=tuple(Drain.from_json(d) for d in measured.get("drains") or []),
-            window=Span.from_json(measured.get("window")),
-            rows_lost=_opt_int(measured.get("rows_lost")), unrecorded=_opt_int(measured.get("unrecorded")),
+            requests=Requests.from_json(data.get("requests") or {}),
+            latency=Latency.from_json(data.get("latency_ms") or {}),
+            stall_s=opt_float(data.get("stall_s")), stall_at_s=opt_float(data.get("stall_at_s")),
+            slow_ms=opt_float(data.get("slow_ms")),
+            exposure=Exposure.from_json(data.get("exposure") or {}),
+            phases={str(k): Phase.from_json(v) for k, v in (data.get("phases") or {}).items()},
+            like_for_like=LikeForLike.from_json(data.get("like_for_like") or {}),
+            drains=tuple(Drain.from_json(d) for d in data.get("drains") or []),
+            window=Span.from_json(data.get("window")),
+            rows_lost=opt_int(data.get("rows_lost")), unrecorded=opt_int(data.get("unrecorded")),
         )
+
+
+_FIGURE_KEYS = frozenset(Figures().to_json())
 
 
 # --------------------------------------------------------------------------- the rollout record
@@ -330,9 +353,9 @@ class MixedRecord:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> MixedRecord:
         return cls(str(data.get("name")), str(data.get("command")), str(data.get("status")),
-                   _opt_int(data.get("exit_code")), _opt_float(data.get("duration_s")),
+                   opt_int(data.get("exit_code")), opt_float(data.get("duration_s")),
                    str(data.get("stdout_tail") or ""), str(data.get("stderr_tail") or ""), data.get("reason"),
-                   data.get("attached"), _opt_int(data.get("batch")))
+                   data.get("attached"), opt_int(data.get("batch")))
 
     def summary(self) -> str:
         """One line for people: "FAIL exit 3 in 0.2 s: CMD" or "NOT RUN CMD (why)"."""
@@ -627,26 +650,14 @@ class Report:
 
     def to_json(self) -> Json:
         """The ``report.json`` shape."""
-        run, fig = self.run, self.figures
+        run = self.run
         out: Json = {k: getattr(run, k) for k in _HEAD}
         out.update({
             "pick_order": [list(b) for b in run.pick_order],
             "mixed_checks": [r.to_json() for r in run.mixed_checks],
-            "requests": fig.requests.to_json(),
-            "latency_ms": fig.latency.to_json(),
-            "stall_s": fig.stall_s,
-            "stall_at_s": fig.stall_at_s,
-            "slow": fig.requests.slow,
-            "slow_ms": fig.slow_ms,
-            "exposure": fig.exposure.to_json(),
-            "phases": {k: p.to_json() for k, p in fig.phases.items()},
-            "like_for_like": fig.like_for_like.to_json(),
-            "drains": [d.to_json() for d in fig.drains],
+            **self.figures.to_json(),
             "steps": [s.to_json() for s in run.steps],
             "steps_t0": run.steps_t0,
-            "window": fig.window.to_json() if fig.window else {},
-            "rows_lost": fig.rows_lost,
-            "unrecorded": fig.unrecorded,
             "unavoidable_s": run.unavoidable_s,
             "overhead_ratio": run.overhead_ratio,
             "verdict": self.verdict.to_json(),
@@ -657,19 +668,17 @@ class Report:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Report:
         """A report read back from its JSON (a stored one, or one passed between processes)."""
-        known = {*_HEAD, "pick_order", "mixed_checks", "requests", "latency_ms", "stall_s", "stall_at_s", "slow",
-                 "slow_ms", "exposure", "phases", "like_for_like", "drains", "steps", "steps_t0", "window",
-                 "rows_lost", "unrecorded", "unavoidable_s", "overhead_ratio", "verdict"}
+        known = {*_HEAD, *_FIGURE_KEYS, "pick_order", "mixed_checks", "steps", "steps_t0", "unavoidable_s",
+                 "overhead_ratio", "verdict"}
         run = Rollout(
             **{k: data.get(k) for k in _HEAD},
             pick_order=tuple(tuple(b) for b in data.get("pick_order") or []),
             mixed_checks=tuple(MixedRecord.from_json(r) for r in data.get("mixed_checks") or []),
             steps=tuple(Step.from_json(s) for s in data.get("steps") or []),
-            steps_t0=_opt_float(data.get("steps_t0")),
-            unavoidable_s=_opt_float(data.get("unavoidable_s")),
-            overhead_ratio=_opt_float(data.get("overhead_ratio")),
+            steps_t0=opt_float(data.get("steps_t0")),
+            unavoidable_s=opt_float(data.get("unavoidable_s")),
+            overhead_ratio=opt_float(data.get("overhead_ratio")),
         )
-        figures = Figures.from_measured({**data, "settings": {"slow_ms": data.get("slow_ms")}})
-        return cls(run, figures, Verdict.from_json(data.get("verdict") or {}),
+        return cls(run, Figures.from_json(data), Verdict.from_json(data.get("verdict") or {}),
                    {k: v for k, v in data.items() if k not in known})
 

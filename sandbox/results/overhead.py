@@ -47,9 +47,3 @@ def overhead_ratio(duration_s: Any, unavoidable: float | None) -> float | None:
     if unavoidable is None or unavoidable <= 0 or duration_s is None:
         return None
     return round(_seconds(duration_s) / unavoidable, 2)
-
-
-def overhead(duration_s: Any, events: Iterable[Mapping[str, Any]]) -> dict[str, float | None]:
-    """``{"unavoidable_s": ..., "overhead_ratio": ...}`` for a report."""
-    floor = unavoidable_s(events)
-    return {"unavoidable_s": floor, "overhead_ratio": overhead_ratio(duration_s, floor)}

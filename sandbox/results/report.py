@@ -1,7 +1,7 @@
 """Build one run's :class:`~sandbox.results.model.Report`, write its files, compare several.
 
-:func:`build_report` joins the run's metadata (strategy, fleet size, outcome...) with the
-numbers of :func:`sandbox.results.measure.measure` and the controller's steps, and judges
+:func:`build_report` joins the run's record (strategy, fleet size, outcome...) with the
+figures of :func:`sandbox.results.measure.measure` and the controller's steps, and judges
 them (:func:`sandbox.results.verdict.verdict`). The renderers read the object:
 :mod:`~sandbox.results.text` (terminal), :mod:`~sandbox.results.markdown` (``report.md``),
 :mod:`~sandbox.results.chart` (``chart.png``), :mod:`~sandbox.results.junit`; ``report.json``
@@ -10,18 +10,22 @@ is :meth:`Report.to_json`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from sandbox.results.chart import write_chart
 from sandbox.results.files import write_atomic, write_text_atomic
 from sandbox.results.markdown import markdown_page
-from sandbox.results.model import Figures, MixedRecord, Report, Rollout, Step
-from sandbox.results.overhead import overhead
+from sandbox.results.measure import rollout_summary
+from sandbox.results.model import Figures, Report, Rollout, Step
+from sandbox.results.overhead import overhead_ratio, unavoidable_s
 from sandbox.results.records import Event
 from sandbox.results.verdict import DEFAULT_LIMITS, Limits, verdict
+
+T = TypeVar("T")
 
 
 def _outcome_from_steps(steps: Sequence[Event]) -> str:
@@ -44,48 +48,42 @@ def _steps(events: Sequence[Event]) -> tuple[float | None, tuple[Step, ...]]:
     return t0, tuple(Step.from_json({**e, "t": round(float(e["t"]) - t0, 3)}) for e in ordered)
 
 
+def _given(value: T | None, fallback: T) -> T:
+    return fallback if value is None else value
+
+
 def build_report(
     *,
-    meta: Mapping[str, Any],
-    measured: Mapping[str, Any],
+    run: Rollout,
+    figures: Figures,
     steps: Sequence[Event],
     limits: Limits = DEFAULT_LIMITS,
 ) -> Report:
     """The report of one run, judged against ``limits``.
 
-    ``meta`` brings strategy, size, batch, mode, from_version, to_version,
-    outcome, duration_s, project, sticky, users and, if known,
-    peak_instances; missing ones fall back to what ``measured`` (from
-    :func:`sandbox.results.measure.measure`) and ``steps`` imply. ``steps_t0``
-    keeps the first step's unix time and the figures' ``window`` the load's, so the chart can
-    line them up. ``meta["load"]`` (False when no load ran; unknown counts as on) and
-    ``meta["load_alive"]`` (False when the load generator died; unknown counts as alive) feed
-    the verdict.
+    ``run`` is the rollout's record as the caller knows it; where it leaves from_version,
+    to_version, outcome, duration_s or peak_instances None, ``figures`` (from
+    :func:`sandbox.results.measure.measure`) and ``steps`` say. Its steps (and ``steps_t0``,
+    the first step's unix time, so the chart can line them up with the figures' ``window``),
+    ``unavoidable_s`` and ``overhead_ratio`` come from ``steps``. ``run.load`` (False when no
+    load ran; unknown counts as on) and ``run.load_alive`` (False when the load generator died)
+    feed the verdict.
     """
-    figures = Figures.from_measured(measured)
-    rollout = measured.get("rollout") or {}
+    summary = rollout_summary(steps)
     t0, entries = _steps(steps)
-
-    def pick(key: str, fallback: Any) -> Any:
-        value = meta.get(key)
-        return fallback if value is None else value
-
-    duration = pick("duration_s", rollout.get("duration_s"))
-    waits = overhead(duration, steps)
-    run = Rollout(
-        **{key: meta.get(key) for key in ("strategy", "size", "batch", "mode", "project", "sticky", "lb_apply",
-                                          "client_keepalive_s", "users", "load", "load_alive", "seed")},
-        from_version=pick("from_version", figures.exposure.from_version),
-        to_version=pick("to_version", figures.exposure.to_version),
-        outcome=pick("outcome", _outcome_from_steps(steps)),
+    duration = _given(run.duration_s, summary.duration_s)
+    floor = unavoidable_s(steps)
+    run = dataclasses.replace(
+        run,
+        from_version=_given(run.from_version, figures.exposure.from_version),
+        to_version=_given(run.to_version, figures.exposure.to_version),
+        outcome=_given(run.outcome, _outcome_from_steps(steps)),
         duration_s=duration,
-        peak_instances=pick("peak_instances", rollout.get("peak_instances")),
-        pick_order=tuple(tuple(b) for b in meta.get("pick_order") or []),
-        mixed_checks=tuple(MixedRecord.from_json(r) for r in meta.get("mixed_checks") or []),
+        peak_instances=_given(run.peak_instances, summary.peak_instances),
         steps=entries,
         steps_t0=t0,
-        unavoidable_s=waits["unavoidable_s"],
-        overhead_ratio=waits["overhead_ratio"],
+        unavoidable_s=floor,
+        overhead_ratio=overhead_ratio(duration, floor),
     )
     return Report(run, figures, verdict(run, figures, limits))
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any
 
 from sandbox.config import Settings
 from sandbox.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
@@ -58,23 +57,23 @@ from sandbox.rollout import strategies
 NO_LOAD = "not measured: no load"
 
 
-_DEFAULT: dict[str, Any] = {f.name: f.default for f in fields(Settings)}  # each limit's default: its setting's
+_DEFAULT = Settings()  # each limit's default: its setting's
 
 
 @dataclass(frozen=True)
 class Limits:
     """What a run must stay within to PASS (the settings of the same names, and their defaults)."""
 
-    max_dropped: int = _DEFAULT["max_dropped"]
-    max_stall_s: float = _DEFAULT["max_stall_s"]
-    slow_ms: float = _DEFAULT["slow_ms"]  # what "slow" means; measure counts them, the limit is max_slow
-    max_slow: int = _DEFAULT["max_slow"]
-    max_p99_ratio: float = _DEFAULT["max_p99_ratio"]
-    max_p99_ms: float = _DEFAULT["max_p99_ms"]
-    min_latency_samples: int = _DEFAULT["min_latency_samples"]
-    max_violations: int = _DEFAULT["max_violations"]
-    max_not_found: int = _DEFAULT["max_not_found"]
-    min_requests: int = _DEFAULT["min_requests"]
+    max_dropped: int = _DEFAULT.max_dropped
+    max_stall_s: float = _DEFAULT.max_stall_s
+    slow_ms: float = _DEFAULT.slow_ms  # what "slow" means; measure counts them, the limit is max_slow
+    max_slow: int = _DEFAULT.max_slow
+    max_p99_ratio: float = _DEFAULT.max_p99_ratio
+    max_p99_ms: float = _DEFAULT.max_p99_ms
+    min_latency_samples: int = _DEFAULT.min_latency_samples
+    max_violations: int = _DEFAULT.max_violations
+    max_not_found: int = _DEFAULT.max_not_found
+    min_requests: int = _DEFAULT.min_requests
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:

@@ -16,14 +16,26 @@ import asyncio
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sandbox.config import Settings
 from sandbox.load.rows import parse_think_ms
-from sandbox.load.run import LoadRun, LoadSettings
+from sandbox.load.run import LoadEnd, LoadRun, LoadSettings
 from sandbox.results.records import Event, RequestRow
 from sandbox.ui.progress import TrafficMonitor
+
+
+@dataclass(frozen=True)
+class LoadGenerator:
+    """How the load generator ended, and with how many worker processes (``load_generator`` in
+    ``report.json``)."""
+
+    end: LoadEnd
+    workers: int
+
+    def to_json(self) -> dict[str, object]:
+        return {**self.end.to_dict(), "workers": self.workers}
 
 
 class LoadPhases:
@@ -107,7 +119,8 @@ class LoadPhases:
         """Every request the load generator recorded."""
         return self.load.all_rows() if self.load is not None else []
 
-    def end(self) -> dict[str, Any] | None:
-        """How the load generator ended (exit code, died early, killed) and its worker count."""
-        end = getattr(self.load, "end", None)
-        return {**end.to_dict(), "workers": self.load.settings.workers} if end is not None and self.load else None
+    def end(self) -> LoadGenerator | None:
+        """How the load generator ended (exit code, died early, killed, requests sent) and its worker
+        count; None when no load ran or it has not stopped."""
+        end = getattr(self.load, "end", None)  # a test's fake load may have none
+        return LoadGenerator(end, self.load.settings.workers) if end is not None and self.load else None

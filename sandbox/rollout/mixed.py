@@ -11,11 +11,9 @@ Its whole process group is killed when it ends, times out or is cancelled (Ctrl-
 SIGTERM reach the controller, never the check), so nothing a check started outlives it.
 Only the tail of its output is kept.
 
-A record, one per command (JSON-able, in the report's ``mixed_checks``)::
-
-    {"name": "mixed_check_1", "command": "...", "status": "passed" | "failed" | "timed_out" | "not_run",
-     "exit_code": 0, "duration_s": 0.31, "stdout_tail": "...", "stderr_tail": "...",
-     "attached": {"v1": 2, "v2": 1}, "batch": 1, "reason": None}
+A record, one per command, is a :class:`~sandbox.results.model.MixedRecord` (in the report's
+``mixed_checks``): its name, command, status (passed, failed, timed_out, not_run), exit code,
+duration, the tails of its output, the servers attached by version and the batch when it ran.
 
 ``not_run`` comes with a ``reason``: the fleet was never mixed (blue-green, or naive
 over the whole fleet, switch all at once), or the rollout ended first.
@@ -29,7 +27,8 @@ import os
 import signal
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+
+from sandbox.results.model import MixedRecord
 
 TAIL_CHARS = 2000  # of stdout and of stderr, each, kept in the report
 NEVER_MIXED = "not run: the fleet never had both versions attached at once"
@@ -61,7 +60,7 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 
 async def run_check(command: str, *, index: int, env: Mapping[str, str], timeout_s: float,
-                    tail: int = TAIL_CHARS) -> dict[str, Any]:
+                    tail: int = TAIL_CHARS) -> MixedRecord:
     """Run one check through the shell with ``env`` added to this process's environment.
 
     Returns its record (status passed, failed or timed_out). Cancelled, it kills the check first.
@@ -93,18 +92,16 @@ async def run_check(command: str, *, index: int, env: Mapping[str, str], timeout
     status = "timed_out" if timed_out else "passed" if code == 0 else "failed"
     if timed_out:
         err = (err + f"\n(killed after {timeout_s:g} s)").lstrip("\n")
-    return {"name": name_of(index), "command": command, "status": status, "exit_code": code,
-            "duration_s": round(time.monotonic() - t0, 3), "stdout_tail": out, "stderr_tail": err}
+    return MixedRecord(name_of(index), command, status, exit_code=code, duration_s=round(time.monotonic() - t0, 3),
+                       stdout_tail=out, stderr_tail=err)
 
 
-def not_run(commands: Sequence[str], reason: str, *, start: int = 1) -> list[dict[str, Any]]:
+def not_run(commands: Sequence[str], reason: str, *, start: int = 1) -> tuple[MixedRecord, ...]:
     """Records for ``commands`` that did not run, and why (numbered from ``start``)."""
-    return [{"name": name_of(i), "command": c, "status": "not_run", "exit_code": None, "duration_s": None,
-             "stdout_tail": "", "stderr_tail": "", "reason": reason}
-            for i, c in enumerate(commands, start)]
+    return tuple(MixedRecord(name_of(i), c, "not_run", reason=reason) for i, c in enumerate(commands, start))
 
 
-def finish(commands: Sequence[str], ran: Sequence[Mapping[str, Any]] | None, outcome: str) -> list[dict[str, Any]]:
+def finish(commands: Sequence[str], ran: Sequence[MixedRecord] | None, outcome: str) -> tuple[MixedRecord, ...]:
     """Every command's record at the end of a run: those that ran, then the rest as not run.
 
     ``ran`` is None when the fleet was never mixed while checks could run.
@@ -115,7 +112,7 @@ def finish(commands: Sequence[str], ran: Sequence[Mapping[str, Any]] | None, out
         return not_run(commands, reason)
     rest = not_run(commands[len(ran):], "not run: the rollout was interrupted while the checks ran",
                    start=len(ran) + 1)
-    return [dict(r) for r in ran] + rest
+    return (*ran, *rest)
 
 
 def last_line(text: str) -> str:

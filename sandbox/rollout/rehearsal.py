@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from sandbox.config import Settings, check_batch
 from sandbox.errors import BalancerError, Interrupted, NotFoundError, RolloutError, SandboxError, UsageError, hint
@@ -52,14 +52,14 @@ from sandbox.results.measure import (
     attribute_versions,
     measure,
 )
-from sandbox.results.model import Report
+from sandbox.results.model import MixedRecord, Report, Rollout
 from sandbox.results.records import Event, RequestRow
 from sandbox.results.report import build_report, clear_report_dir, write_report_dir
 from sandbox.results.verdict import Limits, exit_code, not_run
 from sandbox.rollout import mixed, strategies
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import Executor, ProbeFactory, Timing
-from sandbox.rollout.load_phases import LoadPhases
+from sandbox.rollout.load_phases import LoadGenerator, LoadPhases
 from sandbox.ui.progress import Progress, make_progress
 
 log = logging.getLogger("sandbox.rollout.rehearsal")
@@ -167,7 +167,7 @@ class Ran:
     peak: int  # most app containers alive at once
     load: bool  # traffic ran
     load_alive: bool = True  # the load generator ran until it was asked to stop
-    mixed_checks: list[dict[str, Any]] = field(default_factory=list)  # one record per --mixed-check (mixed.py)
+    mixed_checks: tuple[MixedRecord, ...] = ()  # one record per --mixed-check (mixed.py)
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ class Collected:
     events: list[Event]
     history: AddressHistory
     lb: LbState  # the load balancer's settings at the end (sticky, lb_apply, client keep-alive)
-    load_end: dict[str, Any] | None = None  # how the load generator ended: exit code, died early, killed, sent
+    load_end: LoadGenerator | None = None  # how the load generator ended: exit code, died early, killed, sent
     lb_log_read: bool = True  # False: the load balancer's log could not be read (``unrecorded`` is unknown)
 
 
@@ -275,7 +275,7 @@ class Rehearsal:
         self._executor: Executor | None = None
         self._prepared: Prepared | None = None
         self._ran: Ran | None = None
-        self._mixed_ran: list[dict[str, Any]] | None = None  # the mixed checks' records, once the fleet mixed
+        self._mixed_ran: list[MixedRecord] | None = None  # the mixed checks' records, once the fleet mixed
 
     @property
     def balancer(self) -> LoadBalancer:
@@ -467,15 +467,16 @@ class Rehearsal:
         env = {"SANDBOX_URL": self.balancer.url, "SANDBOX_PROJECT": self.settings.project,
                "SANDBOX_VERSIONS": ",".join(sorted(attached))}
         for index, command in enumerate(self.settings.mixed_checks, 1):
-            record = await mixed.run_check(command, index=index, env=env,
-                                           timeout_s=self.settings.mixed_check_timeout_s)
-            record.update(attached=dict(attached), batch=step.batch_no)
+            record = dataclasses.replace(
+                await mixed.run_check(command, index=index, env=env, timeout_s=self.settings.mixed_check_timeout_s),
+                attached=dict(attached), batch=step.batch_no)
             self._mixed_ran.append(record)
             self.executor.emit("mixed-check", None, batch=step.batch_no, detail={
-                k: record[k] for k in ("name", "status", "exit_code", "duration_s")})
-            hint = mixed.last_line(record["stderr_tail"] or record["stdout_tail"])
-            if record["status"] != "passed":
-                self.progress.line(f"{record['name']} FAILED: {command}" + (f": {hint}" if hint else ""))
+                "name": record.name, "status": record.status, "exit_code": record.exit_code,
+                "duration_s": record.duration_s})
+            hint = mixed.last_line(record.stderr_tail or record.stdout_tail)
+            if record.status != "passed":
+                self.progress.line(f"{record.name} FAILED: {command}" + (f": {hint}" if hint else ""))
 
     def _seed_progress(self) -> None:
         if hasattr(self.progress, "seed"):
@@ -662,13 +663,12 @@ NOTHING_REHEARSED = "nothing was rehearsed"
 def unchanged_report(settings: Settings, prepared: Prepared) -> Report:
     """The report of a fleet already where it should be: nothing moved (from and to are the
     target), ``rehearsed`` is False and every check is NOT_RUN: nothing was rehearsed."""
-    meta = {"project": settings.project, "kind": prepared.kind, "strategy": prepared.strategy,
-            "size": prepared.size, "mode": settings.mode, "from_version": prepared.target,
-            "to_version": prepared.target, "outcome": "completed", "duration_s": 0.0,
-            "peak_instances": len(prepared.instances), "load": False, "seed": prepared.seed, "pick_order": [],
-            "mixed_checks": mixed.not_run(settings.mixed_checks,
-                                          "not run: nothing to roll, the fleet was already there")}
-    report = build_report(meta=meta, measured=measure([], []), steps=[], limits=Limits.from_settings(settings))
+    run = Rollout(project=settings.project, strategy=prepared.strategy, size=prepared.size, mode=settings.mode,
+                  from_version=prepared.target, to_version=prepared.target, outcome="completed", duration_s=0.0,
+                  peak_instances=len(prepared.instances), load=False, seed=prepared.seed,
+                  mixed_checks=mixed.not_run(settings.mixed_checks,
+                                             "not run: nothing to roll, the fleet was already there"))
+    report = build_report(run=run, figures=measure([], []), steps=[], limits=Limits.from_settings(settings))
     return dataclasses.replace(report, verdict=not_run(report.verdict, NOTHING_REHEARSED),
                                extra={**report.extra, "rehearsed": False})
 
@@ -683,36 +683,67 @@ def unchanged_text(report: Mapping[str, Any]) -> str:
 
 def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: Collected) -> Report:
     """The report of one rehearsal, from what each phase returned."""
-    end = collected.load_end or {}
-    measured = measure(collected.rows, collected.events,
-                       nginx=collected.nginx_rows if collected.lb_log_read else None,
-                       address_history=collected.history,
-                       settings=MeasureSettings(slow_ms=settings.slow_ms), sent=end.get("sent"))
-    died = bool(end.get("died_early") or end.get("killed"))  # a SIGKILLed Locust may have lost rows
-    meta = {
-        "project": settings.project, "kind": prepared.kind, "strategy": prepared.strategy, "size": prepared.size,
-        "batch": prepared.batch, "mode": prepared.mode,
-        "from_version": prepared.source, "to_version": prepared.target, "outcome": ran.outcome,
-        "duration_s": round((ran.t_end or time.time()) - (ran.t_start or ran.started), 3),
-        "peak_instances": ran.peak, "sticky": collected.lb.sticky, "lb_apply": collected.lb.lb_apply,
-        "client_keepalive_s": collected.lb.client_keepalive_s, "users": settings.users if ran.load else 0,
-        "load": ran.load, "load_alive": ran.load_alive and not died if ran.load else None,
-        "seed": prepared.seed, "pick_order": prepared.pick_order, "mixed_checks": ran.mixed_checks,
-    }
-    report = build_report(meta=meta, measured=measured, steps=collected.events, limits=Limits.from_settings(settings))
-    extra = {"attribution": attribution(collected.rows, collected.nginx_rows, collected.history),
-             "faults": died_servers(collected.events, collected.nginx_rows) + lb_outages(collected.events,
-                                                                                         collected.rows)}
+    end = collected.load_end.end if collected.load_end is not None else None
+    figures = measure(collected.rows, collected.events,
+                      nginx=collected.nginx_rows if collected.lb_log_read else None,
+                      address_history=collected.history,
+                      settings=MeasureSettings(slow_ms=settings.slow_ms), sent=end.sent if end else None)
+    died = end is not None and (end.died_early or end.killed)  # a SIGKILLed Locust may have lost rows
+    run = Rollout(
+        project=settings.project, strategy=prepared.strategy, size=prepared.size, batch=prepared.batch,
+        mode=prepared.mode, from_version=prepared.source, to_version=prepared.target, outcome=ran.outcome,
+        duration_s=round((ran.t_end or time.time()) - (ran.t_start or ran.started), 3),
+        peak_instances=ran.peak, sticky=collected.lb.sticky, lb_apply=collected.lb.lb_apply,
+        client_keepalive_s=collected.lb.client_keepalive_s, users=settings.users if ran.load else 0,
+        load=ran.load, load_alive=ran.load_alive and not died if ran.load else None,
+        seed=prepared.seed, pick_order=tuple(map(tuple, prepared.pick_order)), mixed_checks=ran.mixed_checks,
+    )
+    report = build_report(run=run, figures=figures, steps=collected.events, limits=Limits.from_settings(settings))
+    faults: list[DiedServer | LbOutage] = [*died_servers(collected.events, collected.nginx_rows),
+                                            *lb_outages(collected.events, collected.rows)]
+    extra: dict[str, object] = {"attribution": attribution(collected.rows, collected.nginx_rows, collected.history),
+                                "faults": faults}
     if collected.load_end is not None:
-        extra["load_generator"] = collected.load_end
+        extra["load_generator"] = collected.load_end.to_json()
     return dataclasses.replace(report, extra=extra)
 
 
-def died_servers(events: Sequence[Event], nginx_rows: Sequence[LbRow]) -> list[dict[str, Any]]:
+class DiedServer(TypedDict):
+    """A server that died while attached, in ``report.json``'s ``faults``."""
+
+    fault: Literal["died"]
+    instance: str | None
+    address: str
+    t: float
+    exit: object  # how it exited, as the engine told it (``Engine.exit_info``)
+    lost_requests: int
+
+
+class LbOutage(TypedDict):
+    """The load balancer exited and was started again, in ``report.json``'s ``faults``."""
+
+    fault: Literal["lb_exited"]
+    t: float  # down since
+    restored_t: float
+    outage_s: float
+    exit: object  # its exit code, as the engine told it
+    lost_requests: int
+
+
+class Attribution(TypedDict):
+    """Where the versions served were read from (``report.json``'s ``attribution``)."""
+
+    header: int
+    from_log: int
+    compared: int
+    agreement: float | None
+
+
+def died_servers(events: Sequence[Event], nginx_rows: Sequence[LbRow]) -> list[DiedServer]:
     """The servers that died while attached (``died`` events), each with the requests lost to it:
     the load balancer's log rows that tried its address and answered 5xx from 30 s before it was noticed on (a kill cuts
     what it held and refuses what comes until the controller takes it out)."""
-    out = []
+    out: list[DiedServer] = []
     for e in events:
         if e.get("phase") != "died":
             continue
@@ -725,10 +756,10 @@ def died_servers(events: Sequence[Event], nginx_rows: Sequence[LbRow]) -> list[d
     return out
 
 
-def lb_outages(events: Sequence[Event], rows: Sequence[RequestRow]) -> list[dict[str, Any]]:
+def lb_outages(events: Sequence[Event], rows: Sequence[RequestRow]) -> list[LbOutage]:
     """Each time the load balancer exited and was started again (``lb-exited``, ``lb-restored``):
     the outage window and the requests it cost (the users' requests that failed in it)."""
-    out = []
+    out: list[LbOutage] = []
     exited: Event | None = None
     for e in events:
         if e.get("phase") == "lb-exited":
@@ -753,7 +784,7 @@ def fleet_history(initial: list[Instance], events: list[Event]) -> AddressHistor
     return address_history_from_events([*present, *events])
 
 
-def attribution(rows: Sequence[RequestRow], nginx_rows: Sequence[LbRow], history: AddressHistory) -> dict[str, Any]:
+def attribution(rows: Sequence[RequestRow], nginx_rows: Sequence[LbRow], history: AddressHistory) -> Attribution:
     """Where the version served came from, and how well the two sources agree.
 
     ``header``: rows whose answer carried X-App-Version; ``compared``: rows that also

@@ -146,7 +146,7 @@ class Progress:
         version = event.get("version") or ""
         self._print(f"{event['phase']:<14} {who} {version} {extra}".rstrip())
 
-    def traffic(self, monitor: TrafficMonitor, instances: dict[str, dict[str, Any]] | None = None) -> None:
+    def traffic(self, monitor: TrafficMonitor) -> None:
         now = time.time()
         self.state.traffic(monitor.figures(now), now)
         if now - self._last_traffic < 5:
@@ -237,7 +237,7 @@ class LiveProgress(Progress):
     def _print(self, text: str) -> None:
         self.live.update(self._render())  # the log lines are part of the view
 
-    def traffic(self, monitor: TrafficMonitor, instances: dict[str, dict[str, Any]] | None = None) -> None:
+    def traffic(self, monitor: TrafficMonitor) -> None:
         now = time.time()
         self.state.traffic(monitor.figures(now), now)
         self.live.update(self._render())

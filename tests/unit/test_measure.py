@@ -12,16 +12,23 @@ from sandbox.fleet import nginx_log
 from sandbox.fleet.loadbalancer import LbRow
 from sandbox.results.measure import (
     MeasureSettings,
+    RolloutSummary,
     address_history_from_events,
     agreement,
     attribute_versions,
     measure,
     mixed_fleet_window,
     percentile,
+    rollout_summary,
 )
 from sandbox.results.records import Event, RequestRow
 
 T0 = 1_700_000_000.0
+
+
+def measured(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """:func:`measure`'s figures as ``report.json`` holds them."""
+    return measure(*args, **kwargs).to_json()
 
 
 def row(
@@ -90,7 +97,7 @@ MIXED = [event(0.0, "rollout-start", version="v2"), event(0.0, "detach", "app-1"
 
 def test_v1_only_run() -> None:
     rows = [row(float(i), user=f"u{i % 3}", latency=10.0 + i) for i in range(10)]
-    m = measure(rows, [])
+    m = measured(rows, [])
     req = m["requests"]
     assert req["total"] == 10
     assert req["ok"] == 10
@@ -103,14 +110,14 @@ def test_v1_only_run() -> None:
     assert exp["users_saw_both"] == exp["downgrades"] == exp["users_downgraded"] == 0
     assert list(m["phases"]) == ["all"]
     assert m["phases"]["all"]["requests"] == 10
-    assert m["rollout"] == {"duration_s": None, "peak_instances": 0}
+    assert rollout_summary([]) == RolloutSummary(duration_s=None, peak_instances=0)
     # answers every second, each 10-19 ms after the send: longest gap just over 1 s
     assert m["stall_s"] == pytest.approx(1.001, abs=1e-3)
     json.dumps(m)  # JSON-able
 
 
 def test_empty_inputs() -> None:
-    m = measure([], [])
+    m = measured([], [])
     assert m["requests"]["total"] == 0
     assert m["latency_ms"] == {"p50": None, "p95": None, "p99": None, "max": None}
     assert m["stall_s"] == 0
@@ -125,7 +132,7 @@ def test_rows_missing_optional_fields_are_tolerated() -> None:
         {"t": T0, "t_end": T0 + 0.01, "user": "u", "rid": "a", "status": 200},
         {"t": T0 + 1, "user": "u", "rid": "b", "status": 0},
     ]
-    m = measure(bare, [])  # type: ignore[arg-type]
+    m = measured(bare, [])  # type: ignore[arg-type]
     assert m["requests"]["total"] == 2
     assert m["requests"]["by_version"]["unknown"] == 1
     assert m["requests"]["unanswered"] == 1  # no t_end: still waiting at stop
@@ -150,7 +157,7 @@ def test_percentile_of_nothing_is_none() -> None:
 def test_clean_switch_has_no_mixed_window() -> None:
     rows = [row(float(i), user=f"u{i % 2}", version="v1") for i in range(5)]
     rows += [row(5.0 + i, user=f"u{i % 2}", version="v2") for i in range(5)]
-    m = measure(rows, MIXED)
+    m = measured(rows, MIXED)
     exp = m["exposure"]
     assert exp["mixed_window_s"] == 0
     assert exp["users_saw_both"] == 2  # both users crossed over, never back
@@ -172,7 +179,7 @@ def test_interleaved_versions() -> None:
         row(6.0, user="d", version="v1"),  # only v1 before: not a downgrade
     ]
     # d's v1 answer at 6.01 is the last v1 answer
-    exp = measure(rows, MIXED)["exposure"]
+    exp = measured(rows, MIXED)["exposure"]
     assert exp["mixed_window_s"] == pytest.approx(5.0, abs=1e-3)
     assert exp["users_total"] == 4
     assert exp["users_saw_both"] == 3
@@ -187,7 +194,7 @@ def test_downgrades_follow_answer_order_not_send_order() -> None:
         row(0.0, user="a", version="v2", latency=500.0),
         row(0.1, user="a", version="v1", latency=10.0),
     ]
-    assert measure(rows, MIXED)["exposure"]["downgrades"] == 0
+    assert measured(rows, MIXED)["exposure"]["downgrades"] == 0
 
 
 def test_failed_answers_do_not_count_as_versions() -> None:
@@ -195,7 +202,7 @@ def test_failed_answers_do_not_count_as_versions() -> None:
         row(0.0, user="a", version="v2"),
         row(1.0, user="a", version="v1", status=503),
     ]
-    exp = measure(rows, MIXED)["exposure"]
+    exp = measured(rows, MIXED)["exposure"]
     assert exp["downgrades"] == 0
     assert exp["users_saw_both"] == 0
 
@@ -242,7 +249,7 @@ def test_out_of_order_rows_give_the_same_result() -> None:
 def test_no_v2_answer_at_all() -> None:
     rows = [row(float(i), version="v1") for i in range(4)]
     rows.append(row(4.0, version="v2", status=502))  # v2 only failed
-    m = measure(rows, MIXED)
+    m = measured(rows, MIXED)
     assert m["exposure"]["mixed_window_s"] == 0
     assert m["exposure"]["users_saw_both"] == 0
     assert m["requests"]["by_version"]["v2"] == 0
@@ -253,7 +260,7 @@ def test_every_request_failed() -> None:
     rows = [row(float(i), status=0, latency=5.0) for i in range(5)]
     rows.append(row(5.0, unanswered=True))
     events = [event(8.0, "load-stop")]
-    m = measure(rows, events)
+    m = measured(rows, events)
     assert m["requests"]["dropped"] == m["requests"]["total"] == 6
     assert m["requests"]["ok"] == 0
     assert m["stall_s"] == pytest.approx(8.0)  # the whole window: first send to load-stop
@@ -263,9 +270,9 @@ def test_every_request_failed() -> None:
 
 def test_stall_finds_the_longest_gap_and_the_edges() -> None:
     rows = [row(0.0), row(1.0), row(1.5), row(9.0)]  # answers at .01, 1.01, 1.51, 9.01
-    m = measure(rows, [event(10.0, "load-stop")])
+    m = measured(rows, [event(10.0, "load-stop")])
     assert m["stall_s"] == pytest.approx(7.5)
-    m = measure(rows[:3], [event(10.0, "load-stop")])
+    m = measured(rows[:3], [event(10.0, "load-stop")])
     assert m["stall_s"] == pytest.approx(10.0 - 1.51)  # tail edge: nothing after 1.51
 
 
@@ -275,14 +282,14 @@ def test_single_user() -> None:
         row(1.0, user="solo", version="v2"),
         row(2.0, user="solo", version="v1"),
     ]
-    exp = measure(rows, MIXED)["exposure"]
+    exp = measured(rows, MIXED)["exposure"]
     assert (exp["users_total"], exp["users_saw_both"]) == (1, 1)
     assert (exp["downgrades"], exp["users_downgraded"]) == (1, 1)
 
 
 def test_unanswered_rows_are_dropped_and_slow() -> None:
     rows = [row(0.0), row(1.0, unanswered=True), row(2.0, unanswered=True)]
-    req = measure(rows, [])["requests"]
+    req = measured(rows, [])["requests"]
     assert req["dropped"] == 2
     assert req["unanswered"] == 2
     assert req["slow"] == 2
@@ -295,14 +302,14 @@ def test_slow_uses_the_budget() -> None:
         row(2.0, latency=900.0),
         row(3.0, status=0, latency=30_000.0),
     ]  # a client timeout after 30 s
-    assert measure(rows, [])["requests"]["slow"] == 2
+    assert measured(rows, [])["requests"]["slow"] == 2
     settings = MeasureSettings(slow_ms=1000.0)
-    assert measure(rows, [], settings=settings)["requests"]["slow"] == 3
+    assert measured(rows, [], settings=settings)["requests"]["slow"] == 3
 
 
 def test_4xx_counted_apart() -> None:
     rows = [row(0.0), row(1.0, status=404), row(2.0, status=429), row(3.0, status=500)]
-    req = measure(rows, [])["requests"]
+    req = measured(rows, [])["requests"]
     assert req["errors_4xx"] == 2
     assert req["dropped"] == 1
     assert req["ok"] == 1
@@ -318,7 +325,7 @@ def test_nginx_retried_rows() -> None:
         nginx("e", 0.5, "-"),
         nginx("f", 0.6, ""),
     ]
-    assert measure([row(0.0)], [], nginx=logs)["requests"]["retried"] == 3
+    assert measured([row(0.0)], [], nginx=logs)["requests"]["retried"] == 3
 
 
 def test_contract_violations() -> None:
@@ -328,7 +335,7 @@ def test_contract_violations() -> None:
         row(2.0, contract="violation", version="v2"),
         row(3.0),
     ]
-    assert measure(rows, [])["exposure"]["contract_violations"] == 2
+    assert measured(rows, [])["exposure"]["contract_violations"] == 2
 
 
 def test_sessions_lost_on_stop_kill_and_swap() -> None:
@@ -347,7 +354,7 @@ def test_sessions_lost_on_stop_kill_and_swap() -> None:
         event(5.0, "swap", "app-3"),
         event(5.5, "detach", "app-10"),
     ]
-    assert measure(rows, events)["exposure"]["sessions_lost"] == 3
+    assert measured(rows, events)["exposure"]["sessions_lost"] == 3
 
 
 def test_peak_instances_from_events() -> None:
@@ -362,13 +369,12 @@ def test_peak_instances_from_events() -> None:
         event(5.0, "stop", "o3"),
         event(6.0, "rollout-end"),
     ]
-    rollout = measure([], events)["rollout"]
-    assert rollout == {"duration_s": 5.0, "peak_instances": 5}
+    assert rollout_summary(events) == RolloutSummary(duration_s=5.0, peak_instances=5)
 
 
 def test_peak_instances_without_instances_detail() -> None:
     events = [event(0.0, "rollout-start"), event(1.0, "stop", "a"), event(2.0, "start", "b")]
-    assert measure([], events)["rollout"]["peak_instances"] == 0
+    assert rollout_summary(events).peak_instances == 0
 
 
 def test_drains_from_events() -> None:
@@ -377,7 +383,7 @@ def test_drains_from_events() -> None:
         event(2.0, "drain", "app-2"),
         event(3.0, "drain", "app-3", detail={"duration_s": 30.0, "in_flight": 4, "timed_out": True}),
     ]
-    assert measure([], events)["drains"] == [
+    assert measured([], events)["drains"] == [
         {"instance": "app-1", "duration_s": 0.4, "in_flight": 2, "timed_out": False, "reason": None},
         {"instance": "app-2", "duration_s": None, "in_flight": None, "timed_out": False, "reason": None},
         {"instance": "app-3", "duration_s": 30.0, "in_flight": 4, "timed_out": True, "reason": None},
@@ -393,7 +399,7 @@ def test_timeline_buckets() -> None:
         row(2.2, unanswered=True),  # dropped, sent in second 2
         row(2.5, status=404, latency=30.0),  # answered, not ok
     ]
-    tl = measure(rows, [event(3.5, "load-stop")])["exposure"]["timeline"]
+    tl = measured(rows, [event(3.5, "load-stop")])["exposure"]["timeline"]
     assert [b["t"] for b in tl] == [0, 1, 2, 3]
     assert tl[0] == {"t": 0, "v1": 2, "v2": 0, "dropped": 0, "p99_ms": 20.0}
     assert tl[1] == {"t": 1, "v1": 0, "v2": 1, "dropped": 1, "p99_ms": 100.0}
@@ -411,8 +417,7 @@ def test_phases_split_at_rollout_events() -> None:
         row(7.0),
         row(8.0, latency=30.0),
     ]
-    m = measure(rows, [*ROLLOUT, event(10.0, "load-stop")])
-    ph = m["phases"]
+    ph = measured(rows, [*ROLLOUT, event(10.0, "load-stop")])["phases"]
     assert list(ph) == ["warmup", "rollout", "cooldown"]
     assert ph["warmup"]["duration_s"] == 2.0
     assert ph["warmup"]["requests"] == 2
@@ -423,7 +428,7 @@ def test_phases_split_at_rollout_events() -> None:
     assert ph["cooldown"]["duration_s"] == 4.0
     assert ph["cooldown"]["requests"] == 2
     assert ph["cooldown"]["latency_ms"] == {"p50": 10.0, "p95": 30.0, "p99": 30.0}
-    assert m["rollout"]["duration_s"] == 4.0
+    assert rollout_summary([*ROLLOUT, event(10.0, "load-stop")]).duration_s == 4.0
 
 
 def test_like_for_like_compares_only_requests_and_users_seen_in_both_phases() -> None:
@@ -434,17 +439,17 @@ def test_like_for_like_compares_only_requests_and_users_seen_in_both_phases() ->
         row(5.0, user="u3", latency=700.0),  # a user the warmup never had
         row(5.5, status=0, unanswered=True),  # no answer: no latency
     ]
-    m = measure(rows, [*ROLLOUT, event(8.0, "load-stop")])  # type: ignore[list-item]
+    m = measured(rows, [*ROLLOUT, event(8.0, "load-stop")])  # type: ignore[list-item]
     assert m["like_for_like"] == {"steady": {"p99_ms": 4.0, "samples": 2},
                                   "rollout": {"p99_ms": 20.0, "samples": 2}, "classes": 1}
     assert m["phases"]["rollout"]["latency_ms"]["p99"] == 900.0  # the phase itself counts them all
-    no_rollout = measure(rows, [event(8.0, "load-stop")])["like_for_like"]
+    no_rollout = measured(rows, [event(8.0, "load-stop")])["like_for_like"]
     assert no_rollout["steady"]["samples"] == no_rollout["rollout"]["samples"] == 0
 
 
 def test_rollout_without_end_runs_to_the_end_of_the_load() -> None:
     rows = [row(0.0), row(3.0), row(5.0)]
-    ph = measure(rows, [event(2.0, "rollout-start"), event(9.0, "load-stop")])["phases"]
+    ph = measured(rows, [event(2.0, "rollout-start"), event(9.0, "load-stop")])["phases"]
     assert ph["rollout"]["duration_s"] == 7.0
     assert ph["rollout"]["requests"] == 2
     assert ph["cooldown"]["duration_s"] == 0.0
@@ -463,21 +468,21 @@ def test_rollback_direction_v2_to_v1() -> None:
         row(3.0, user="b", version="v2"),  # last "from" (v2) answer at 3.01
         row(4.0, user="b", version="v1"),
     ]
-    exp = measure(rows, events)["exposure"]
+    exp = measured(rows, events)["exposure"]
     assert (exp["from_version"], exp["to_version"]) == ("v2", "v1")
     assert exp["mixed_window_s"] == pytest.approx(2.0, abs=1e-3)
     assert exp["downgrades"] == 1
     assert exp["users_downgraded"] == 1
     assert exp["users_saw_both"] == 2
     # the same rows read as a v1 -> v2 rollout give other numbers
-    forward = measure(rows, MIXED)["exposure"]
+    forward = measured(rows, MIXED)["exposure"]
     assert forward["mixed_window_s"] == pytest.approx(4.0, abs=1e-3)  # 0.01 .. 4.01
     assert forward["downgrades"] == 2  # a: v1 at 1 after v2 at 0; b: v1 at 4 after v2 at 3
 
 
 def test_rollout_direction_from_detail() -> None:
     events = [event(0.0, "rollout-start", detail={"from": "v2", "to": "v1"})]
-    exp = measure([row(0.0)], events)["exposure"]
+    exp = measured([row(0.0)], events)["exposure"]
     assert (exp["from_version"], exp["to_version"]) == ("v2", "v1")
 
 
@@ -550,7 +555,7 @@ def test_header_and_log_versions_agree() -> None:
 def test_measure_uses_the_log_when_the_header_is_missing() -> None:
     rows, logs = _header_and_log_case()
     stripped = [{**r, "version": None} for r in rows]
-    req = measure(stripped, HISTORY_EVENTS, nginx=logs)["requests"]  # type: ignore[arg-type]
+    req = measured(stripped, HISTORY_EVENTS, nginx=logs)["requests"]  # type: ignore[arg-type]
     assert req["by_version"] == {"v1": 2, "v2": 2, "unknown": 1}
 
 
@@ -565,7 +570,7 @@ def test_users_hit_counts_users_with_a_dropped_request() -> None:
         {**base, "t": 1.5, "t_end": 1.6, "user": "u3", "rid": "r4", "status": 404},
         {**base, "t": 1.7, "t_end": 1.8, "user": "u4", "rid": "r5", "status": 200},
     ]
-    exp = measure(rows, [])["exposure"]  # type: ignore[arg-type]
+    exp = measured(rows, [])["exposure"]  # type: ignore[arg-type]
     assert exp["users_hit"] == 2 and exp["users_total"] == 4  # a 4xx is not a drop
 
 
@@ -625,8 +630,8 @@ def routed_rows(fleet: Fleet, *, sessions: str) -> list[RequestRow]:
 
 
 def test_one_at_a_time_and_blue_green_expose_users_differently() -> None:
-    rolling = measure(routed_rows(ONE_AT_A_TIME_FLEET, sessions="memory"), ONE_AT_A_TIME_EVENTS)["exposure"]
-    switch = measure(routed_rows(BLUE_GREEN_FLEET, sessions="memory"), BLUE_GREEN_EVENTS)["exposure"]
+    rolling = measured(routed_rows(ONE_AT_A_TIME_FLEET, sessions="memory"), ONE_AT_A_TIME_EVENTS)["exposure"]
+    switch = measured(routed_rows(BLUE_GREEN_FLEET, sessions="memory"), BLUE_GREEN_EVENTS)["exposure"]
     assert rolling["rollout_window"]["duration_s"] == 6.0  # first detach (3) to last attach (9)
     assert switch["rollout_window"]["duration_s"] == 0.0  # one switch
     assert (rolling["users_total"], switch["users_total"]) == (4, 4)
@@ -645,8 +650,8 @@ def test_one_at_a_time_and_blue_green_expose_users_differently() -> None:
 
 def test_sessions_lost_only_without_a_shared_store() -> None:
     for fleet, events in ((ONE_AT_A_TIME_FLEET, ONE_AT_A_TIME_EVENTS), (BLUE_GREEN_FLEET, BLUE_GREEN_EVENTS)):
-        memory = measure(routed_rows(fleet, sessions="memory"), events)["exposure"]
-        shared = measure(routed_rows(fleet, sessions="shared"), events)["exposure"]
+        memory = measured(routed_rows(fleet, sessions="memory"), events)["exposure"]
+        shared = measured(routed_rows(fleet, sessions="shared"), events)["exposure"]
         assert (memory["sessions_lost"], shared["sessions_lost"]) == (4, 0)
 
 
@@ -666,12 +671,12 @@ def test_a_session_counts_only_if_used_during_the_rollout_and_then_restarted() -
         answer(2.6, "gone", "a1/x", "new"),  # never came back
     ]
     events = [event(2.0, "rollout-start", version="v2"), event(3.5, "stop", "a1")]
-    assert measure(rows, events)["exposure"]["sessions_lost"] == 1
+    assert measured(rows, events)["exposure"]["sessions_lost"] == 1
 
 
 def test_exposure_without_a_fleet_change_counts_nothing() -> None:
     rows = [row(float(i), user="a", version="v1" if i % 2 else "v2") for i in range(6)]
-    exp = measure(rows, [event(0.0, "rollout-start", version="v2"), event(6.0, "rollout-end")])["exposure"]
+    exp = measured(rows, [event(0.0, "rollout-start", version="v2"), event(6.0, "rollout-end")])["exposure"]
     assert exp["rollout_window"] is None
     assert exp["users_saw_both"] == exp["downgrades"] == exp["version_flips"] == exp["requests_exposed"] == 0
     assert exp["mixed_window_s"] > 0  # the answers themselves still show both versions
@@ -679,9 +684,9 @@ def test_exposure_without_a_fleet_change_counts_nothing() -> None:
 
 def test_the_stall_says_when_it_began() -> None:
     rows = [row(0.0), row(1.0), row(1.5), row(9.0)]  # answers at .01, 1.01, 1.51, 9.01
-    m = measure(rows, [event(10.0, "load-stop")])
+    m = measured(rows, [event(10.0, "load-stop")])
     assert (m["stall_s"], m["stall_at_s"]) == (pytest.approx(7.5), pytest.approx(1.51))
-    assert measure([], [])["stall_at_s"] == 0.0
+    assert measured([], [])["stall_at_s"] == 0.0
 
 
 @pytest.mark.parametrize(("events", "expected"), [

@@ -16,7 +16,7 @@ from sandbox.config import Settings, load_settings
 from sandbox.errors import EXIT_USAGE, PlanError, UsageError
 from sandbox.results.junit import junit_xml
 from sandbox.results.markdown import markdown_page
-from sandbox.results.model import Report
+from sandbox.results.model import Figures, MixedRecord, Report, Rollout
 from sandbox.results.report import build_report
 from sandbox.results.text import summary_text
 from sandbox.results.verdict import exit_code
@@ -79,22 +79,22 @@ def test_a_bad_seed_names_the_field(seed: Any) -> None:
 # --------------------------------------------------------------------------- running one check
 
 
-def _run(command: str, timeout_s: float = 5, **kw: Any) -> dict[str, Any]:
+def _run(command: str, timeout_s: float = 5, **kw: Any) -> MixedRecord:
     return asyncio.run(mixed.run_check(command, index=2, env={"SANDBOX_URL": "http://127.0.0.1:9"},
                                        timeout_s=timeout_s, **kw))
 
 
 def test_a_passing_check_sees_sandbox_url_and_its_output_is_kept() -> None:
     record = _run('echo "url=$SANDBOX_URL"; echo note >&2')
-    assert record["name"] == "mixed_check_2" and record["status"] == "passed" and record["exit_code"] == 0
-    assert record["stdout_tail"] == "url=http://127.0.0.1:9\n" and record["stderr_tail"] == "note\n"
-    assert 0 <= record["duration_s"] < 5
+    assert record.name == "mixed_check_2" and record.status == "passed" and record.exit_code == 0
+    assert record.stdout_tail == "url=http://127.0.0.1:9\n" and record.stderr_tail == "note\n"
+    assert record.duration_s is not None and 0 <= record.duration_s < 5
 
 
 def test_a_failing_check_keeps_its_exit_code_and_only_the_tail_of_its_output() -> None:
     record = _run("python3 -c 'print(\"a\" * 50000 + \"END\")'; exit 3", tail=100)
-    assert (record["status"], record["exit_code"]) == ("failed", 3)
-    assert len(record["stdout_tail"]) == 100 and record["stdout_tail"].endswith("END\n")
+    assert (record.status, record.exit_code) == ("failed", 3)
+    assert len(record.stdout_tail) == 100 and record.stdout_tail.endswith("END\n")
 
 
 def test_a_check_past_its_timeout_is_killed_with_what_it_started(tmp_path: Path) -> None:
@@ -102,8 +102,8 @@ def test_a_check_past_its_timeout_is_killed_with_what_it_started(tmp_path: Path)
     t0 = time.monotonic()
     record = _run(f"sleep 30 & echo $! > {pid_file}; wait", timeout_s=0.5)
     assert time.monotonic() - t0 < 5
-    assert record["status"] == "timed_out" and record["exit_code"] != 0
-    assert "killed after 0.5 s" in record["stderr_tail"]
+    assert record.status == "timed_out" and record.exit_code != 0
+    assert "killed after 0.5 s" in record.stderr_tail
     assert _gone(int(pid_file.read_text()))  # the background sleep went with the group
 
 
@@ -126,7 +126,7 @@ def test_a_cancelled_check_is_killed(tmp_path: Path) -> None:
 def test_what_a_finished_check_left_in_the_background_ends_with_it(tmp_path: Path) -> None:
     pid_file = tmp_path / "child"
     record = _run(f"sleep 30 >/dev/null 2>&1 & echo $! > {pid_file}", timeout_s=10)
-    assert record["status"] == "passed"
+    assert record.status == "passed"
     assert _gone(int(pid_file.read_text()))
 
 
@@ -144,21 +144,21 @@ def _gone(pid: int) -> bool:
 
 def test_finish_says_why_a_check_did_not_run() -> None:
     never = mixed.finish(("a", "b"), None, "completed")
-    assert [(r["name"], r["status"]) for r in never] == [("mixed_check_1", "not_run"), ("mixed_check_2", "not_run")]
-    assert never[0]["reason"] == mixed.NEVER_MIXED
-    assert "rolled_back" in mixed.finish(("a",), None, "rolled_back")[0]["reason"]
-    ran = [{"name": "mixed_check_1", "command": "a", "status": "passed", "exit_code": 0, "duration_s": 0.1}]
+    assert [(r.name, r.status) for r in never] == [("mixed_check_1", "not_run"), ("mixed_check_2", "not_run")]
+    assert never[0].reason == mixed.NEVER_MIXED
+    assert "rolled_back" in str(mixed.finish(("a",), None, "rolled_back")[0].reason)
+    ran = [MixedRecord("mixed_check_1", "a", "passed", exit_code=0, duration_s=0.1)]
     cut = mixed.finish(("a", "b"), ran, "interrupted")
-    assert cut[0]["status"] == "passed" and cut[1]["name"] == "mixed_check_2" and "interrupted" in cut[1]["reason"]
+    assert cut[0] == ran[0] and cut[1].name == "mixed_check_2" and "interrupted" in str(cut[1].reason)
     assert mixed.is_mixed(["v1", "v2", "v2"]) and not mixed.is_mixed(["v2", "v2"]) and not mixed.is_mixed([])
 
 
 # --------------------------------------------------------------------------- verdict, report, JUnit
 
-PASSED = {"name": "mixed_check_1", "command": "curl -fs $SANDBOX_URL/", "status": "passed", "exit_code": 0,
-          "duration_s": 0.2, "stdout_tail": "ok\n", "stderr_tail": ""}
-FAILED = {"name": "mixed_check_2", "command": "./contract-test.sh", "status": "failed", "exit_code": 3,
-          "duration_s": 1.5, "stdout_tail": "", "stderr_tail": "field 'name' missing\n"}
+PASSED = MixedRecord("mixed_check_1", "curl -fs $SANDBOX_URL/", "passed", exit_code=0, duration_s=0.2,
+                     stdout_tail="ok\n")
+FAILED = MixedRecord("mixed_check_2", "./contract-test.sh", "failed", exit_code=3, duration_s=1.5,
+                     stderr_tail="field 'name' missing\n")
 NOT_RUN = mixed.not_run(["./never.sh"], mixed.NEVER_MIXED, start=3)[0]
 
 
@@ -167,10 +167,10 @@ def failed_names(report: Report | dict[str, Any]) -> list[str]:
     return (report if isinstance(report, Report) else Report.from_json(report)).verdict.failed_names
 
 
-def _report(*records: dict[str, Any], seed: int | None = None) -> Report:
-    meta = {"strategy": "one-at-a-time", "size": 3, "outcome": "completed", "load": False, "from_version": "v1",
-            "to_version": "v2", "seed": seed, "pick_order": [[2], [3], [1]], "mixed_checks": list(records)}
-    return build_report(meta=meta, measured={}, steps=[])
+def _report(*records: MixedRecord, seed: int | None = None) -> Report:
+    run = Rollout(strategy="one-at-a-time", size=3, outcome="completed", load=False, from_version="v1",
+                  to_version="v2", seed=seed, pick_order=((2,), (3,), (1,)), mixed_checks=records)
+    return build_report(run=run, figures=Figures(), steps=[])
 
 
 def test_a_passing_check_passes_a_failing_one_fails_and_is_named_with_its_command() -> None:
@@ -315,8 +315,8 @@ async def test_a_seeded_roll_reports_its_seed_and_order_and_the_same_seed_picks_
 
 
 def test_a_timed_out_check_fails_and_a_pipe_in_its_command_keeps_the_markdown_table_whole() -> None:
-    record = {"name": "mixed_check_1", "command": "curl -s $SANDBOX_URL | jq .", "status": "timed_out",
-              "exit_code": -9, "duration_s": 60.0, "stdout_tail": "", "stderr_tail": "(killed after 60 s)"}
+    record = MixedRecord("mixed_check_1", "curl -s $SANDBOX_URL | jq .", "timed_out", exit_code=-9,
+                         duration_s=60.0, stderr_tail="(killed after 60 s)")
     report = _report(record)
     assert failed_names(report) == ["mixed_check_1"]
     assert report.verdict.checks[-1].reason == "killed at the timeout after 60.0 s: curl -s $SANDBOX_URL | jq ."

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sandbox.results.overhead import overhead, overhead_ratio, unavoidable_s
+from sandbox.results.model import Figures, Rollout
+from sandbox.results.overhead import overhead_ratio, unavoidable_s
 from sandbox.results.report import build_report
 from sandbox.results.text import summary_text
 
@@ -30,14 +31,14 @@ def test_stops_count_longest_per_batch() -> None:
 
 def test_no_waits_is_unknown() -> None:
     assert unavoidable_s([_ev("start", 1), {"t": 2.0, "phase": "ready", "detail": {"first_ok_s": None}}]) is None
-    assert overhead(5.0, []) == {"unavoidable_s": None, "overhead_ratio": None}
+    assert unavoidable_s([]) is None and overhead_ratio(5.0, None) is None
 
 
 def test_ratio() -> None:
     assert overhead_ratio(4.0, 2.0) == 2.0
     assert overhead_ratio(None, 2.0) is None
     assert overhead_ratio(4.0, 0.0) is None
-    assert overhead(4.0, EVENTS) == {"unavoidable_s": 2.0, "overhead_ratio": 2.0}
+    assert (unavoidable_s(EVENTS), overhead_ratio(4.0, unavoidable_s(EVENTS))) == (2.0, 2.0)
 
 
 def test_garbage_detail_counts_as_zero() -> None:
@@ -46,8 +47,8 @@ def test_garbage_detail_counts_as_zero() -> None:
 
 
 def test_report_carries_and_shows_it() -> None:
-    report = build_report(meta={"strategy": "one-at-a-time", "duration_s": 5.0, "load": False},
-                          measured={}, steps=EVENTS)  # type: ignore[arg-type]
+    report = build_report(run=Rollout(strategy="one-at-a-time", duration_s=5.0, load=False),
+                          figures=Figures(), steps=EVENTS)  # type: ignore[arg-type]
     assert report.to_json()["unavoidable_s"] == 2.0
     assert report.to_json()["overhead_ratio"] == 2.5
     text = summary_text(report)

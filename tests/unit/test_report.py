@@ -12,7 +12,7 @@ import pytest
 from sandbox.results.compare import compare_json
 from sandbox.results.markdown import compare_table
 from sandbox.results.measure import measure
-from sandbox.results.model import Report
+from sandbox.results.model import Report, Rollout
 from sandbox.results.records import Event, RequestRow
 from sandbox.results.report import build_report, write_report_dir
 from sandbox.results.text import compare_text, summary_text
@@ -132,8 +132,8 @@ LIMITS = dataclasses.replace(DEFAULT_LIMITS, min_latency_samples=10)
 def _report(dropped: int = 0, limits: Limits = LIMITS, **meta: Any) -> Report:
     events = _events()
     rows = _rows(dropped)
-    measured = measure(rows, events, nginx=[], sent=len(rows))
-    return build_report(meta={**META, **meta}, measured=measured, steps=events, limits=limits)
+    figures = measure(rows, events, nginx=[], sent=len(rows))
+    return build_report(run=Rollout(**{**META, **meta}), figures=figures, steps=events, limits=limits)
 
 
 def test_build_report_has_every_required_key() -> None:
@@ -158,10 +158,10 @@ def test_build_report_steps_are_relative_to_the_first_event() -> None:
     assert [s["t"] for s in steps] == sorted(s["t"] for s in steps)
 
 
-def test_build_report_meta_wins_and_falls_back() -> None:
+def test_build_report_the_record_wins_and_falls_back() -> None:
     assert _report(peak_instances=6).run.peak_instances == 6
     events = [*_events(), {"t": T0 + 9.0, "phase": "rollback-end", "instance": None}]
-    bare = build_report(meta={}, measured=measure(_rows(), events), steps=events).to_json()  # type: ignore[arg-type]
+    bare = build_report(run=Rollout(), figures=measure(_rows(), events), steps=events).to_json()  # type: ignore[arg-type]
     assert bare["outcome"] == "rolled_back"
     assert bare["duration_s"] == 6.0
     assert (bare["from_version"], bare["to_version"]) == ("v1", "v2")
@@ -206,7 +206,7 @@ def test_summary_text_fail_and_allowance() -> None:
 
 
 def test_an_empty_run_with_load_on_fails() -> None:
-    report = build_report(meta={}, measured=measure([], []), steps=[])
+    report = build_report(run=Rollout(), figures=measure([], []), steps=[])
     text = summary_text(report)
     assert report.passed is False
     assert text.splitlines()[-1] == "FAIL: requests_measured 0 (min 100); load_alive - (must be yes)"
@@ -214,7 +214,7 @@ def test_an_empty_run_with_load_on_fails() -> None:
 
 
 def test_a_run_without_load_passes_on_what_it_can_measure() -> None:
-    report = build_report(meta={"load": False, "outcome": "completed"}, measured=measure([], []), steps=[])
+    report = build_report(run=Rollout(load=False, outcome="completed"), figures=measure([], []), steps=[])
     text = summary_text(report)
     assert "none (--no-load)" in text
     assert text.splitlines()[-1] == "PASS: all 12 checks held"
@@ -231,8 +231,8 @@ def test_a_timed_out_drain_is_kept_and_fails_the_run() -> None:
     events = _events()
     drain = next(e for e in events if e["phase"] == "drain")
     drain["detail"] = {"duration_s": 30.0, "in_flight": 2, "timed_out": True}
-    report = build_report(meta=META, measured=measure(_rows(), events, nginx=[], sent=len(_rows())), steps=events,
-                          limits=LIMITS)
+    report = build_report(run=Rollout(**META), figures=measure(_rows(), events, nginx=[], sent=len(_rows())),
+                          steps=events, limits=LIMITS)
     assert [d["timed_out"] for d in report.to_json()["drains"]] == [True, False, False]
     assert summary_text(report).splitlines()[-1] == "FAIL: drains_timed_out 1 (max 0)"
     assert "1 timed out" in summary_text(report)
@@ -263,7 +263,7 @@ def test_write_report_dir(tmp_path: Path) -> None:
 
 
 def test_write_report_dir_without_traffic(tmp_path: Path) -> None:
-    report = build_report(meta={"strategy": "naive"}, measured=measure([], []), steps=[])
+    report = build_report(run=Rollout(strategy="naive"), figures=measure([], []), steps=[])
     paths = write_report_dir(report, tmp_path)
     assert paths["chart"].read_bytes()[:8] == PNG_SIGNATURE
     assert "No steps were recorded." in paths["markdown"].read_text()

@@ -12,7 +12,7 @@ from sandbox.config import Settings
 from sandbox.fleet.loadbalancer import LbRow
 from sandbox.results.compare import compare_json
 from sandbox.results.measure import measure
-from sandbox.results.model import P99, LatencySample, LikeForLike, Report, Status
+from sandbox.results.model import P99, LatencySample, LikeForLike, Report, Rollout, Status
 from sandbox.results.records import Event, RequestRow, new_load_rid
 from sandbox.results.report import build_report
 from sandbox.results.text import compare_text, summary_text
@@ -79,8 +79,8 @@ def report_of(rows: list[RequestRow], *, limits: Limits = LIMITS, timed_out: boo
     the LB's log ``nginx`` (read and empty by default)."""
     evs = events(timed_out=timed_out)
     meta = {"strategy": "one-at-a-time", "outcome": "completed", "load": True, "load_alive": True, **meta}
-    measured = measure(rows, evs, nginx=[] if nginx is None else nginx, sent=len(rows) if sent == -1 else sent)
-    return build_report(meta=meta, measured=measured, steps=evs, limits=limits)
+    figures = measure(rows, evs, nginx=[] if nginx is None else nginx, sent=len(rows) if sent == -1 else sent)
+    return build_report(run=Rollout(**meta), figures=figures, steps=evs, limits=limits)
 
 
 def check(report: Report, name: str) -> dict[str, Any]:
@@ -129,7 +129,7 @@ def test_fewer_requests_than_the_minimum_fail() -> None:
 
 
 def test_load_on_and_nothing_measured_is_never_a_pass() -> None:
-    report = build_report(meta={"outcome": "completed"}, measured=measure([], []), steps=[])
+    report = build_report(run=Rollout(outcome="completed"), figures=measure([], []), steps=[])
     assert report.passed is False
     assert "requests_measured" in failed_names(report)
     # not even when nothing was asked: with the load on, 0 requests never pass
@@ -239,7 +239,7 @@ def test_dropped_within_the_limit() -> None:
 
 def test_without_load_only_the_rollout_itself_is_checked() -> None:
     evs = events()
-    report = build_report(meta={"outcome": "completed", "load": False}, measured=measure([], evs), steps=evs)
+    report = build_report(run=Rollout(outcome="completed", load=False), figures=measure([], evs), steps=evs)
     assert (report.figures.stall_s or 0) > 1  # nothing answered: the whole window, but nobody was asking
     assert report.passed is True
     traffic = [c for c in report.to_json()["verdict"]["checks"] if c["name"] not in ("outcome", "drains_timed_out")]
@@ -318,15 +318,15 @@ def test_load_requests_nginx_answered_without_a_row_fail_unrecorded() -> None:
     assert (report.figures.unrecorded, check(report, "unrecorded")["value"]) == (1, 1)
     assert report_of(rows, nginx=[*logged, probe]).to_json()["unrecorded"] == 0  # type: ignore[list-item]
     unread = measure(rows, events(), sent=len(rows))  # the LB's log not read: unknown, said
-    assert unread["unrecorded"] is None
+    assert unread.unrecorded is None
 
 
 def test_a_drain_that_could_not_tell_counts_as_timed_out_and_says_why() -> None:
     evs = events()
     evs[3]["detail"] = {"duration_s": 0.0, "in_flight": 0, "timed_out": True,
                         "reason": "skipped: the app has no /metrics to drain by"}
-    report = build_report(meta={"outcome": "completed", "load": True, "load_alive": True},
-                          measured=measure(steady(), evs, nginx=[], sent=len(steady())), steps=evs, limits=LIMITS)
+    report = build_report(run=Rollout(outcome="completed", load=True, load_alive=True),
+                          figures=measure(steady(), evs, nginx=[], sent=len(steady())), steps=evs, limits=LIMITS)
     assert failed_names(report) == ["drains_timed_out"]
     assert check(report, "drains_timed_out")["note"] == "skipped: the app has no /metrics to drain by"
 
