@@ -46,6 +46,7 @@ class FakeRuntime:
         self.lbs: dict[str, LbHandle] = {}
         self.files: dict[tuple[str, str], bytes] = {}  # (LB name, path) -> content (put_file, read_file)
         self.state_volumes: dict[str, dict[str, str]] = {}  # project -> the labels start_lb recorded
+        self.lb_image_files: dict[str, bytes] = {}  # path -> content: a new LB container's files (its image's)
         self.log: list[str] = []
         self.before: dict[str, Callable[..., None]] = {}
         self.latency_s = 0.001  # the engine takes a moment: a signal sent during a call lands during it
@@ -125,6 +126,7 @@ class FakeRuntime:
             return None
         name = f"{project}-lb"
         self.files = {k: v for k, v in self.files.items() if k[0] != name or k[1].startswith(f"{STATE_DIR}/")}
+        self.files.update({(name, path): data for path, data in self.lb_image_files.items()})
         self.lbs[project] = LbHandle(f"{name}-2", name, "running", labels=self.state_volumes[project])
         return self.lbs[project]
 
