@@ -171,6 +171,9 @@ class DockerBase(ABC):
         """The load balancer and instances; NotFoundError when the project has no fleet."""
         lb = await self.lb(project)
         if lb is None:
+            if await self._call(self.client.volumes.list, filters=L.project_filter(project, L.ROLE_STATE)):
+                raise NotFoundError(f"project {project!r}: its load balancer container is gone; "
+                                    f"{hint('roll', project)} or {hint('rollback', project)} creates it again")
             raise NotFoundError(f"project {project!r} has no fleet; start one with {hint('up', project)}")
         return lb, await self.instances(project)
 

@@ -68,6 +68,8 @@ def test_roll_and_rollback_after_the_lb_restarts_or_is_recreated(cli: Cli, clien
     assert_fleet(cli, client, "v1", {"kind": "rollback", "from": "v2", "to": "v1"})
 
     client.containers.get(f"{cli.project}-lb").remove(force=True)  # its volumes stay; the controller's record too
+    proc = cli.run("status")
+    assert proc.returncode == 1 and "its load balancer container is gone" in proc.stderr, proc.stderr
     proc = cli.run("roll", "--to", "v2", "--no-load", "--json")
     assert "created it again from the fleet's record" in proc.stderr + proc.stdout
     assert assert_passes(proc)["outcome"] == "completed"

@@ -164,6 +164,9 @@ class FakeRuntime:
 
     async def require_fleet(self, project: str) -> tuple[LbHandle, list[Instance]]:
         lb = self.lbs.get(project)
+        if lb is None and project in self.state_volumes:
+            raise NotFoundError(f"project {project!r}: its load balancer container is gone; "
+                                f"{hint('roll', project)} or {hint('rollback', project)} creates it again")
         if lb is None:
             raise NotFoundError(f"project {project!r} has no fleet; start one with {hint('up', project)}")
         return lb, await self.instances(project)

@@ -518,3 +518,15 @@ async def test_a_project_with_neither_load_balancer_nor_state_volume_has_no_flee
     with pytest.raises(NotFoundError, match="has no fleet"):
         await world.rehearse(settings())
     assert not any(line.startswith("recreate_lb") for line in world.runtime.log)
+
+
+@pytest.mark.asyncio
+async def test_a_plan_of_a_fleet_whose_load_balancer_is_gone_says_so_and_creates_nothing() -> None:
+    world = World()
+    world.runtime.state_volumes["p"] = {"port": str(world.runtime.port)}
+    world.runtime.lbs.pop("p")
+    rehearsal = Rehearsal(settings(), runtime=world.runtime, progress=Progress(world.stream),
+                          deps=world.deps, install_sigint=False)
+    with pytest.raises(NotFoundError, match=r"its load balancer container is gone; `sandbox roll --project p`"):
+        await rehearsal.prepare()  # --dry-run reads only
+    assert not any(line.startswith("recreate_lb") for line in world.runtime.log)
