@@ -7,6 +7,7 @@ SandboxError
  |    +-- GoneError        a container or network vanished while the sandbox was using it
  +-- ImageBuildError       an image could not be built
  +-- BalancerError         NGINX rejected a config or could not be reloaded
+ |    +-- BalancerConflict  the load balancer's state changed under this controller (another writer)
  +-- RolloutError          a rollout could not go on (readiness, error ratio, drain)
  |    +-- ReadinessError   a new server did not become ready before its deadline
  |    +-- ErrorRatioExceeded  too many requests failed during the rollout
@@ -55,6 +56,11 @@ class ImageBuildError(SandboxError):
 
 class BalancerError(SandboxError):
     """NGINX rejected a rendered config or failed to reload."""
+
+
+class BalancerConflict(BalancerError):
+    """The load balancer holds a generation this controller did not expect: another writer
+    changed it, and nothing was overwritten."""
 
 
 class RolloutError(SandboxError):

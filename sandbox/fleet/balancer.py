@@ -22,6 +22,14 @@ when its text changes (at ``up``); a change of the attached set or of the rollou
 ``PUT /servers`` (see :func:`admin_body`), with no reload, so no idle client connection is
 closed. ``GET /servers`` gives the state back to a fresh process, ``GET /inflight`` the requests
 the LB has in flight per server (:meth:`NginxBalancer.in_flight`), an app-independent drain signal.
+Every ``PUT`` names the generation the controller last saw (compare-and-set): the LB answers 409
+to any other, so a stale writer never overwrites a newer state silently.
+
+**The record**. What the fleet needs besides its attached set (size, app environment, settings,
+the last rollout record) is also written, whenever it changes, to ``RECORD_FILE`` on the
+project's state volume (mounted in the LB, kept when its container is restarted or removed): a
+restarted LB (empty shared memory) or a recreated one (the image's placeholder config) is given
+that state again, and the attached set from Docker's labels (:meth:`NginxBalancer.repair_lost_set`).
 
 :class:`NginxBalancer` implements :class:`~sandbox.fleet.loadbalancer.LoadBalancer` in both modes
 (the mode is part of its state: ``apply(lb_apply=...)``); it reaches its container through the
@@ -46,10 +54,10 @@ from urllib.parse import urlsplit
 import aiohttp
 import jinja2
 
-from sandbox.errors import BalancerError, hint
+from sandbox.errors import BalancerConflict, BalancerError, EngineError, hint
 from sandbox.fleet import access, nginx_log, sources
 from sandbox.fleet import labels as L
-from sandbox.fleet.engine import Engine, Instance, LbHandle
+from sandbox.fleet.engine import STATE_DIR, Engine, Instance, LbHandle
 from sandbox.fleet.loadbalancer import LbRow, LbState, Upstream
 from sandbox.fleet.versions import TOY_VERSIONS
 
@@ -64,7 +72,9 @@ STATE_MARK = "# rolling-sandbox-state: "
 STATE_MORE = "# rolling-sandbox-state+ "  # continuation lines: NGINX reads a config line in 4 KiB
 STATE_CHUNK = 2048  # characters of state JSON per line (well under NGINX's 4 KiB buffer)
 CONFIG_ID_MARK = "# rolling-sandbox-config-id: "
+RECORD_FILE = f"{STATE_DIR}/fleet.json"  # the controller's record of the fleet (see the module's docstring)
 ADMIN_PORT = 8081
+EXPECT_HEADER = "X-Sandbox-Expect-Generation"  # PUT /servers: the generation the writer last saw
 ADMIN_TIMEOUT_S = 5.0
 APPLY_MODES = ("reload", "dynamic")
 
@@ -101,6 +111,12 @@ def lb_read_timeout_s(client_timeout_s: float) -> int:
     whole second longer than the client when it waits longer, so NGINX never cuts an answer the client
     still waits for (the client gives up first)."""
     return max(DEFAULT_READ_TIMEOUT_S, math.ceil(client_timeout_s) + 1)
+
+
+def record_of(state: LbState) -> LbState:
+    """What the record keeps of ``state``: everything but the attached set (Docker's labels say
+    which servers run) and its generation (the live LB's own count)."""
+    return replace(state, upstreams=[], generation=0)
 
 
 def config_state(state: LbState) -> LbState:
@@ -225,9 +241,11 @@ class NginxBalancer:
         self.state = LbState()
         self._installed: str | None = None  # the live config's text, once read or installed
         self._admin: tuple[str, str] | None = None  # (admin url, token), once resolved
-        # dynamic mode: the admin listener holds no set (NGINX restarted: its shared memory is
-        # empty, so it serves nothing); the caller re-pushes the set (see repair_lost_set)
+        # the LB holds no set: dynamic mode, NGINX restarted (its shared memory is empty, so it
+        # serves nothing); or its container was recreated; the caller re-pushes it (repair_lost_set)
         self.lost = False
+        self._seen = 0  # the generation the admin listener held when last read or written
+        self._recorded: LbState | None = None  # the record as last read or written
 
     @property
     def url(self) -> str:
@@ -245,18 +263,48 @@ class NginxBalancer:
 
     async def load(self) -> LbState:
         """Read the live state back from the container: the config's state line, and in dynamic
-        mode the attached set and rollout record from the admin listener."""
+        mode the attached set and rollout record from the admin listener. When the LB lost them
+        (restarted, or recreated with the image's placeholder config), the fleet's facts come
+        from the record and ``lost`` is set."""
         lb = await self._container()
         text = (await self.runtime.read_file(lb, LIVE_CONF)).decode(errors="replace")
         self._installed = text
         state = parse_state(text)
+        self._recorded = await self._read_record(lb)
         if state.lb_apply == "dynamic":
             live = parse_admin_body(await self._admin_call("GET", "servers", container=lb))
+            self._seen = live.generation if live is not None else 0
             self.lost = live is None
-            if live is not None:  # the config's own settings win: they are what NGINX runs
-                state = replace(live, **{name: getattr(state, name) for name in CONFIG_FIELDS})
+            found = live if live is not None else self._recorded
+            if found is not None:  # the config's own settings win: they are what NGINX runs
+                state = replace(found, **{name: getattr(state, name) for name in CONFIG_FIELDS})
+        elif STATE_MARK not in text and self._recorded is not None:  # recreated: nothing rendered yet
+            state, self.lost = self._recorded, True
         self.state = state
         return state
+
+    async def _read_record(self, lb: LbHandle) -> LbState | None:
+        """The record on the state volume; None when none was written (or the LB has no volume)."""
+        try:
+            text = (await self.runtime.read_file(lb, RECORD_FILE)).decode(errors="replace")
+        except EngineError:
+            return None
+        try:
+            return LbState.from_json(text)
+        except (ValueError, TypeError) as exc:
+            raise BalancerError(f"the fleet's record {RECORD_FILE} is unreadable: {exc}") from exc
+
+    async def _write_record(self, state: LbState) -> None:
+        """Write the record of ``state`` when it differs from the one on the volume."""
+        record = record_of(state)
+        if record == self._recorded:
+            return
+        try:
+            await self.runtime.put_file(await self._container(), RECORD_FILE, record.to_json().encode())
+        except EngineError as exc:
+            raise BalancerError(f"could not write the fleet's record {RECORD_FILE} (made by an older version? "
+                                f"{hint('down', self.project)}, then `up`): {exc}") from exc
+        self._recorded = record
 
     async def apply(self, upstreams: list[Upstream], **changes: Any) -> LbState:
         """Make ``upstreams`` exactly the attached set; ``changes`` set other LbState fields
@@ -288,17 +336,20 @@ class NginxBalancer:
             if new.lb_apply not in APPLY_MODES:
                 raise BalancerError(f"lb_apply: {new.lb_apply!r} must be one of {', '.join(APPLY_MODES)}")
             if new.lb_apply == "dynamic":
-                await self._apply_dynamic(new)
+                new = await self._apply_dynamic(new)
             else:
                 await self._install(render(self.project, new))
                 await self._wait_generation(new.generation)
             self.state = new
+            await self._write_record(new)
             log.debug("balancer generation %d (%s): %s", new.generation, new.lb_apply,
                       [u.name for u in new.upstreams])
             return new
 
-    async def _apply_dynamic(self, new: LbState) -> None:
-        """Install the config only if its text changed, then PUT the set: no reload otherwise."""
+    async def _apply_dynamic(self, new: LbState) -> LbState:
+        """Install the config only if its text changed, then PUT the set: no reload otherwise.
+        Returns the state as it landed (its generation moves on past the live one after a conflict
+        that was safe to retry)."""
         lb = None
         if self._admin is None:
             lb = await self._container()
@@ -308,7 +359,33 @@ class NginxBalancer:
         if text != self._installed:
             await self._install(text)
             await self._wait_config(config_id(text) or "")
-        await self._admin_call("PUT", "servers", body=admin_body(new))
+        try:
+            await self._put(new)
+        except BalancerConflict:
+            new = await self._after_conflict(new)
+            await self._put(new)
+        return new
+
+    async def _put(self, new: LbState) -> None:
+        await self._admin_call("PUT", "servers", body=admin_body(new), expect=self._seen)
+        self._seen = new.generation
+
+    async def _after_conflict(self, new: LbState) -> LbState:
+        """``new`` to PUT again after a 409, when that overwrites nothing: the LB holds no set
+        (restarted), or exactly the state this controller last knew. Raises BalancerConflict, with
+        both generations, when another writer changed it."""
+        expected = self._seen
+        live = parse_admin_body(await self._admin_call("GET", "servers"))
+        if live is None:
+            self._seen = 0
+            return new
+        if replace(live, generation=0) == replace(self.state, generation=0):
+            self._seen = live.generation
+            return replace(new, generation=max(new.generation, live.generation + 1))
+        raise BalancerConflict(
+            f"the load balancer's state changed under this controller: it is at generation {live.generation}, "
+            f"this controller expected {expected} (another controller or process wrote it; nothing was "
+            f"overwritten); {hint('status', self.project)} shows it")
 
     async def _install(self, text: str) -> None:
         """Check ``text`` with ``nginx -t``, rename it over the live config, reload gracefully."""
@@ -350,22 +427,28 @@ class NginxBalancer:
             self._admin = (f"http://{ip}:{ADMIN_PORT}", token)
         return self._admin
 
-    async def _admin_call(self, method: str, what: str, *, body: str | None = None,
+    async def _admin_call(self, method: str, what: str, *, body: str | None = None, expect: int | None = None,
                           container: LbHandle | None = None) -> str:
-        """One request to the admin listener; BalancerError on no answer or a refusal."""
+        """One request to the admin listener (``expect``: the generation a change is made on);
+        BalancerConflict on a 409, BalancerError on no answer or another refusal."""
         url, token = await self._admin_target(container)
+        headers = {"X-Sandbox-Token": token, **({EXPECT_HEADER: str(expect)} if expect is not None else {})}
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ADMIN_TIMEOUT_S)) as session, \
-                    session.request(method, f"{url}/{what}", data=body,
-                                    headers={"X-Sandbox-Token": token}) as resp:
-                text = await resp.text()
-                if resp.status != 200:
-                    raise BalancerError(f"the load balancer refused {method} /{what} "
-                                        f"({resp.status}): {text.strip()[:200]}")
-                return text
+            status, text = await self._http(method, f"{url}/{what}", body, headers)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise BalancerError(f"the load balancer's admin listener did not answer {method} /{what}: "
                                 f"{type(exc).__name__}") from exc
+        if status == 409:
+            raise BalancerConflict(f"the load balancer refused {method} /{what}: {text.strip()[:200]}")
+        if status != 200:
+            raise BalancerError(f"the load balancer refused {method} /{what} ({status}): {text.strip()[:200]}")
+        return text
+
+    async def _http(self, method: str, url: str, body: str | None, headers: dict[str, str]) -> tuple[int, str]:
+        """One HTTP request: (status, text). The one place the admin listener is spoken to."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ADMIN_TIMEOUT_S)) as session, \
+                session.request(method, url, data=body, headers=headers) as resp:
+            return resp.status, await resp.text()
 
     async def _wait_config(self, wanted: str, timeout_s: float = 10.0) -> None:
         """Wait until the admin listener answers with the config id ``wanted`` (a reload landed)."""

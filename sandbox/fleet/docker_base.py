@@ -2,11 +2,11 @@
 the project's network, the load balancer and session-store containers, exec and files, teardown.
 
 The Docker SDK blocks, so every public method is a coroutine that runs the SDK call in a
-worker thread. Docker labels (``sandbox.fleet.labels``) are the only state: a fresh process
-finds the fleet, the load balancer and the network by label. Errors from the SDK are
-converted where they enter, to :class:`~sandbox.errors.EngineError`. How the app servers run
-(containers or services) is each engine's own: :mod:`sandbox.fleet.runtime`,
-:mod:`sandbox.fleet.swarm`.
+worker thread. Docker labels (``sandbox.fleet.labels``) and the record on the project's state
+volume are the state: a fresh process finds the fleet, the load balancer and the network by
+label. Errors from the SDK are converted where they enter, to :class:`~sandbox.errors.EngineError`.
+How the app servers run (containers or services) is each engine's own:
+:mod:`sandbox.fleet.runtime`, :mod:`sandbox.fleet.swarm`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from docker.types import Mount
 from sandbox.errors import EngineError, GoneError, NotFoundError, PortInUseError, hint
 from sandbox.fleet import labels as L
 from sandbox.fleet import tarball, versions
-from sandbox.fleet.engine import Instance, LbHandle
+from sandbox.fleet.engine import STATE_DIR, Instance, LbHandle
 from sandbox.fleet.images import ImageSet, ensure_images, prune_images
 
 log = logging.getLogger("sandbox.fleet.docker")
@@ -63,6 +63,10 @@ def network_name(project: str) -> str:
 
 def lb_name(project: str) -> str:
     return f"{project}-lb"
+
+
+def state_volume_name(project: str) -> str:
+    return f"{project}-state"
 
 
 def app_name(project: str, slot: int) -> str:
@@ -167,6 +171,9 @@ class DockerBase(ABC):
         """The load balancer and instances; NotFoundError when the project has no fleet."""
         lb = await self.lb(project)
         if lb is None:
+            if await self._call(self.client.volumes.list, filters=L.project_filter(project, L.ROLE_STATE)):
+                raise NotFoundError(f"project {project!r}: its load balancer container is gone; "
+                                    f"{hint('roll', project)} or {hint('rollback', project)} creates it again")
             raise NotFoundError(f"project {project!r} has no fleet; start one with {hint('up', project)}")
         return lb, await self.instances(project)
 
@@ -207,32 +214,55 @@ class DockerBase(ABC):
     async def start_lb(self, project: str, port: int, image: str,
                        extra_labels: dict[str, str] | None = None) -> LbHandle:
         """Start the NGINX container, published on 127.0.0.1:``port`` only; ``extra_labels`` (keyed)
-        record what the fleet was started with (its versions map)."""
+        record what the fleet was started with (its versions map). A new state volume
+        (:data:`~sandbox.fleet.engine.STATE_DIR`) carries the same labels, so :meth:`recreate_lb`
+        can start it again after its container was removed."""
+        recorded = L.project_labels(project, L.ROLE_STATE, **{L.LABEL_PORT: str(port), L.LABEL_ENGINE: self.engine,
+                                                              **(extra_labels or {})})
+
         def start() -> LbHandle:
-            try:
-                return handle(self.client.containers.run(
-                    image,
-                    name=lb_name(project),
-                    hostname=lb_name(project),
-                    detach=True,
-                    labels=L.project_labels(project, L.ROLE_LB, **{L.LABEL_PORT: str(port), L.LABEL_ENGINE: self.engine,
-                                                                   L.LABEL_ADMIN_TOKEN: secrets.token_hex(16),
-                                                                   **(extra_labels or {})}),
-                    network=network_name(project),
-                    ports={f"{LB_CONTAINER_PORT}/tcp": ("127.0.0.1", port)},
-                    **LB_HARDENING,
-                    mounts=[Mount(path, None, type="volume", labels=L.project_labels(project, L.ROLE_VOLUME))
-                            for path in LB_VOLUMES],
-                    mem_limit="256m",
-                    pids_limit=256,
-                    restart_policy={"Name": "on-failure"},  # crashed: the engine starts it again, controller or not
-                ))
-            except docker.errors.APIError as exc:
-                if "address already in use" in str(exc) or "port is already allocated" in str(exc):
-                    self._remove_by_name(lb_name(project))
-                    raise PortInUseError(f"port: 127.0.0.1:{port} is already in use") from exc
-                raise
+            with suppress(docker.errors.NotFound):  # a stale one (containers removed by hand, no `down`)
+                self.client.volumes.get(state_volume_name(project)).remove(force=True)
+            self.client.volumes.create(state_volume_name(project), labels=recorded)
+            return self._run_lb(project, port, image, recorded)
         return await self._call(start)
+
+    async def recreate_lb(self, project: str, image: str) -> LbHandle | None:
+        """Start the load balancer again after its container was removed, from the labels on the
+        project's state volume (mounted again: the record on it is kept); None without one."""
+        def start() -> LbHandle | None:
+            found = self.client.volumes.list(filters=L.project_filter(project, L.ROLE_STATE))
+            if not found:
+                return None
+            recorded = dict(found[0].attrs.get("Labels") or {})
+            return self._run_lb(project, int(recorded[L.LABEL_PORT]), image, recorded)
+        return await self._call(start)
+
+    def _run_lb(self, project: str, port: int, image: str, recorded: Mapping[str, str]) -> LbHandle:
+        """Run the NGINX container with the state volume's labels, a new admin token and the volumes."""
+        labels = {**recorded, L.LABEL_ROLE: L.ROLE_LB, L.LABEL_ADMIN_TOKEN: secrets.token_hex(16)}
+        try:
+            return handle(self.client.containers.run(
+                image,
+                name=lb_name(project),
+                hostname=lb_name(project),
+                detach=True,
+                labels=labels,
+                network=network_name(project),
+                ports={f"{LB_CONTAINER_PORT}/tcp": ("127.0.0.1", port)},
+                **LB_HARDENING,
+                mounts=[*(Mount(path, None, type="volume", labels=L.project_labels(project, L.ROLE_VOLUME))
+                          for path in LB_VOLUMES),
+                        Mount(STATE_DIR, state_volume_name(project), type="volume")],
+                mem_limit="256m",
+                pids_limit=256,
+                restart_policy={"Name": "on-failure"},  # crashed: the engine starts it again, controller or not
+            ))
+        except docker.errors.APIError as exc:
+            if "address already in use" in str(exc) or "port is already allocated" in str(exc):
+                self._remove_by_name(lb_name(project))
+                raise PortInUseError(f"port: 127.0.0.1:{port} is already in use") from exc
+            raise
 
     async def start_redis(self, project: str, image: str, password: str) -> str:
         """Start the project's session store (redis-server of the base image, nothing persisted),

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # annotations only: this module stays free of the Docker SDK 
     from sandbox.fleet.versions import AppSpec
 
 APP_PORT = 8000
+STATE_DIR = "/var/lib/rolling-sandbox"  # where the load balancer mounts the project's state volume
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,12 @@ class Engine(Protocol):
 
     async def start_again(self, lb: LbHandle) -> LbHandle:
         """Start a stopped load balancer again, as it was."""
+        ...
+
+    async def recreate_lb(self, project: str, image: str) -> LbHandle | None:
+        """Start the load balancer again after its container was removed: on the port and with the
+        labels ``start_lb`` recorded on the project's state volume (mounted at ``STATE_DIR``, and
+        again in the new one); None when the project has no state volume."""
         ...
 
     async def start_redis(self, project: str, image: str, password: str) -> str:

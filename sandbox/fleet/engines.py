@@ -28,10 +28,16 @@ ENGINES: dict[str, type[DockerEngine] | type[SwarmEngine]] = {"docker": DockerEn
 
 
 def recorded_engine(client: docker.DockerClient, project: str) -> str | None:
-    """The engine that started ``project``'s fleet, from its load balancer's label (or Swarm
-    services carrying the project's labels), or None when nothing says."""
+    """The engine that started ``project``'s fleet, from its load balancer's label (its state
+    volume's when the container was removed, or Swarm services carrying the project's labels),
+    or None when nothing says."""
     lbs = client.containers.list(all=True, filters=L.project_filter(project, L.ROLE_LB))
-    engine = lbs[0].labels.get(L.LABEL_ENGINE) if lbs else None
+    if lbs:
+        labels = lbs[0].labels
+    else:
+        volumes = client.volumes.list(filters=L.project_filter(project, L.ROLE_STATE))
+        labels = (volumes[0].attrs.get("Labels") or {}) if volumes else {}
+    engine = labels.get(L.LABEL_ENGINE)
     if engine in ENGINES:
         return engine
     try:

@@ -1,4 +1,4 @@
-"""Docker label keys: the only state rolling-sandbox keeps.
+"""Docker label keys: the state rolling-sandbox keeps (with the record on the state volume).
 
 Every container, network, volume and image the project creates carries
 ``LABEL_PROJECT`` (the project name) or, for images, ``LABEL_ROLE`` = "image";
@@ -11,7 +11,7 @@ PREFIX = "io.rolling-sandbox"
 
 LABEL_MANAGED = f"{PREFIX}.managed"  # "true" on everything we create
 LABEL_PROJECT = f"{PREFIX}.project"  # project name
-LABEL_ROLE = f"{PREFIX}.role"  # "app", "lb", "network", "image", "volume", "redis"
+LABEL_ROLE = f"{PREFIX}.role"  # "app", "lb", "network", "image", "volume", "redis", "state"
 LABEL_SLOT = f"{PREFIX}.slot"  # "1".."N" for app containers
 LABEL_VERSION = f"{PREFIX}.version"  # "v1", "green", ...: the version the container was created with
 LABEL_FROM = f"{PREFIX}.from-version"  # version the fleet had when a roll created it
@@ -28,6 +28,7 @@ ROLE_NETWORK = "network"
 ROLE_IMAGE = "image"
 ROLE_VOLUME = "volume"
 ROLE_REDIS = "redis"  # the shared session store (`--sessions shared`)
+ROLE_STATE = "state"  # the project's state volume: the controller's record of the fleet, kept when the LB goes
 
 
 def project_labels(project: str, role: str, **extra: str) -> dict[str, str]:

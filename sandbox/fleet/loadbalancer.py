@@ -65,7 +65,7 @@ class LoadBalancer(Protocol):
 
     project: str
     state: LbState  # as last loaded or applied
-    lost: bool  # load() found no attached set (restarted): repair_lost_set before rolling
+    lost: bool  # load() found no attached set (restarted or recreated): repair_lost_set before rolling
 
     @property
     def url(self) -> str:
@@ -78,12 +78,14 @@ class LoadBalancer(Protocol):
         ...
 
     async def load(self) -> LbState:
-        """Read the live state back (a fresh process knows what the LB serves)."""
+        """Read the live state back (a fresh process knows what the LB serves); when the LB lost it,
+        the fleet's facts (size, app environment, settings, last rollout) from the controller's record."""
         ...
 
     async def apply(self, upstreams: list[Upstream], **changes: Any) -> LbState:
         """Make ``upstreams`` exactly the attached set; ``changes`` set other LbState fields.
-        All or nothing: BalancerError leaves the live set as it was."""
+        All or nothing: BalancerError leaves the live set as it was. Compare-and-set: BalancerConflict
+        when another writer changed the LB since this one last read or wrote it."""
         ...
 
     async def repair_lost_set(self, instances: list[Instance], size: int) -> list[Upstream]:

@@ -297,13 +297,15 @@ class Rehearsal:
 
     # -- repair, prepare ----------------------------------------------------------------------
     async def repair(self) -> None:
-        """Bring the fleet to where a plan can be made from it, saying each change: start a stopped
-        load balancer again, build the images, re-attach a set the load balancer lost (from Docker's
-        labels), take stale upstreams out. A bad batch, target or mode is refused before any of it.
+        """Bring the fleet to where a plan can be made from it, saying each change: create a removed
+        load balancer again or start a stopped one, build the images, re-attach a set the load
+        balancer lost (from Docker's labels, the rest from the fleet's record), take stale upstreams
+        out. A bad batch, target or mode is refused before any of it.
 
         Raises NotFoundError (no fleet), UsageError (a bad batch, target or mode, nothing to roll
         back), BalancerError (a restarted load balancer that does not answer).
         """
+        await self._recreate_balancer()
         lb, listed = await self._read_fleet()
         state = await self._start_balancer(lb)
         names = await self._fleet_images(build=False)
@@ -383,6 +385,15 @@ class Rehearsal:
                             probe=self.deps.probe, timing=self.deps.timing)
         executor.before_step = getattr(self.progress, "before_step", None)
         return executor
+
+    async def _recreate_balancer(self) -> None:
+        """A fleet whose load balancer container was removed gets it again, from its state volume."""
+        project = self.settings.project
+        if await self.runtime.lb(project) is not None or not await self.runtime.has_project(project):
+            return
+        image = (await self.deps.images(self.runtime)).lb
+        if await self.runtime.recreate_lb(project, image) is not None:
+            self.progress.line("the load balancer's container was gone: created it again from the fleet's record")
 
     async def _start_balancer(self, lb: LbHandle) -> LbState:
         """The load balancer's live state; a stopped LB container is started again first."""

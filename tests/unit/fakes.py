@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.errors import BalancerError, EngineError, NotFoundError, UsageError, hint
-from sandbox.fleet.engine import Instance, LbHandle
+from sandbox.fleet.engine import STATE_DIR, Instance, LbHandle
 from sandbox.fleet.images import ImageSet
 from sandbox.fleet.loadbalancer import LbRow, LbState, Upstream
 from sandbox.fleet.versions import AppSpec
@@ -45,6 +45,8 @@ class FakeRuntime:
         self.env: dict[str, dict[str, str]] = {}  # container id -> its environment
         self.lbs: dict[str, LbHandle] = {}
         self.files: dict[tuple[str, str], bytes] = {}  # (LB name, path) -> content (put_file, read_file)
+        self.state_volumes: dict[str, dict[str, str]] = {}  # project -> the labels start_lb recorded
+        self.lb_image_files: dict[str, bytes] = {}  # path -> content: a new LB container's files (its image's)
         self.log: list[str] = []
         self.before: dict[str, Callable[..., None]] = {}
         self.latency_s = 0.001  # the engine takes a moment: a signal sent during a call lands during it
@@ -112,9 +114,21 @@ class FakeRuntime:
     async def start_lb(self, project: str, port: int, image: str,
                        extra_labels: dict[str, str] | None = None) -> LbHandle:
         self._record("start_lb", project, port)
-        lb = LbHandle(f"{project}-lb", f"{project}-lb", "running", labels={"port": str(port), **(extra_labels or {})})
+        self.state_volumes[project] = {"port": str(port), **(extra_labels or {})}
+        lb = LbHandle(f"{project}-lb", f"{project}-lb", "running", labels=self.state_volumes[project])
         self.lbs[project] = lb
         return lb
+
+    async def recreate_lb(self, project: str, image: str) -> LbHandle | None:
+        """As Docker: a new container, whose files are the image's but for the state volume's."""
+        self._record("recreate_lb", project)
+        if project not in self.state_volumes:
+            return None
+        name = f"{project}-lb"
+        self.files = {k: v for k, v in self.files.items() if k[0] != name or k[1].startswith(f"{STATE_DIR}/")}
+        self.files.update({(name, path): data for path, data in self.lb_image_files.items()})
+        self.lbs[project] = LbHandle(f"{name}-2", name, "running", labels=self.state_volumes[project])
+        return self.lbs[project]
 
     async def start_redis(self, project: str, image: str, password: str) -> str:
         self._record("start_redis", project)
@@ -150,12 +164,15 @@ class FakeRuntime:
 
     async def require_fleet(self, project: str) -> tuple[LbHandle, list[Instance]]:
         lb = self.lbs.get(project)
+        if lb is None and project in self.state_volumes:
+            raise NotFoundError(f"project {project!r}: its load balancer container is gone; "
+                                f"{hint('roll', project)} or {hint('rollback', project)} creates it again")
         if lb is None:
             raise NotFoundError(f"project {project!r} has no fleet; start one with {hint('up', project)}")
         return lb, await self.instances(project)
 
     async def has_project(self, project: str) -> bool:
-        return project in self.lbs
+        return project in self.lbs or project in self.state_volumes
 
     async def instances(self, project: str) -> list[Instance]:
         return sorted(self.containers.values(), key=lambda i: (i.slot, i.created))
@@ -211,6 +228,7 @@ class FakeRuntime:
     async def down(self, project: str) -> dict[str, int]:
         self._record("down", project)
         removed = len(self.containers) + (1 if self.lbs.pop(project, None) else 0)
+        self.state_volumes.pop(project, None)
         self.containers.clear()
         return {"containers": removed, "volumes": 0, "networks": 1}
 

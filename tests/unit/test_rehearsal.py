@@ -498,3 +498,35 @@ def test_a_load_balancer_outage_is_a_fault_with_its_window_and_the_requests_it_c
             row(12.0), row(14.0, status=0)]
     assert lb_outages(events, rows) == [{"fault": "lb_exited", "t": 10.0, "restored_t": 13.5, "outage_s": 3.5,
                                          "exit": 137, "lost_requests": 3}]
+
+
+@pytest.mark.asyncio
+async def test_a_removed_load_balancer_is_created_again_before_a_rollback() -> None:
+    world = World(version="v2", rollout={**RUNNING, "status": "completed"})
+    world.runtime.state_volumes["p"] = {"port": str(world.runtime.port)}
+    world.runtime.lbs.pop("p")  # docker rm -f: the project's state volume stays
+    result = await world.rehearse(settings(), kind="rollback")
+    assert "recreate_lb p" in world.runtime.log and result.exit_code == 0
+    assert "created it again from the fleet's record" in world.stream.getvalue()
+    assert world.attached_versions() == {"v1"}
+
+
+@pytest.mark.asyncio
+async def test_a_project_with_neither_load_balancer_nor_state_volume_has_no_fleet() -> None:
+    world = World()
+    world.runtime.lbs.pop("p")
+    with pytest.raises(NotFoundError, match="has no fleet"):
+        await world.rehearse(settings())
+    assert not any(line.startswith("recreate_lb") for line in world.runtime.log)
+
+
+@pytest.mark.asyncio
+async def test_a_plan_of_a_fleet_whose_load_balancer_is_gone_says_so_and_creates_nothing() -> None:
+    world = World()
+    world.runtime.state_volumes["p"] = {"port": str(world.runtime.port)}
+    world.runtime.lbs.pop("p")
+    rehearsal = Rehearsal(settings(), runtime=world.runtime, progress=Progress(world.stream),
+                          deps=world.deps, install_sigint=False)
+    with pytest.raises(NotFoundError, match=r"its load balancer container is gone; `sandbox roll --project p`"):
+        await rehearsal.prepare()  # --dry-run reads only
+    assert not any(line.startswith("recreate_lb") for line in world.runtime.log)

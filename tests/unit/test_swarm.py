@@ -189,7 +189,8 @@ class FakeContainer:
 class FakeClient:
     """Just enough of docker.DockerClient for recorded_engine."""
 
-    def __init__(self, lb_labels: dict[str, str] | None, services: list[str] | Exception) -> None:
+    def __init__(self, lb_labels: dict[str, str] | None, services: list[str] | Exception,
+                 volume_labels: dict[str, str] | None = None) -> None:
         self._lb, self._services = lb_labels, services
         outer = self
 
@@ -197,13 +198,22 @@ class FakeClient:
             def list(self, **kw: Any) -> list[FakeContainer]:
                 return [FakeContainer(outer._lb)] if outer._lb is not None else []
 
+        class Volume:
+            def __init__(self) -> None:
+                self.attrs = {"Labels": volume_labels}
+
+        class Volumes:
+            def list(self, **kw: Any) -> list[Volume]:
+                assert f"{L.LABEL_ROLE}={L.ROLE_STATE}" in kw["filters"]["label"]
+                return [Volume()] if volume_labels is not None else []
+
         class Services:
             def list(self, **kw: Any) -> list[str]:
                 if isinstance(outer._services, Exception):
                     raise outer._services
                 return outer._services
 
-        self.containers, self.services = Containers(), Services()
+        self.containers, self.services, self.volumes = Containers(), Services(), Volumes()
 
 
 @pytest.mark.parametrize("lb, services, expected", [
@@ -215,6 +225,11 @@ class FakeClient:
 ])
 def test_recorded_engine(lb: dict[str, str] | None, services: list[str], expected: str | None) -> None:
     assert engines.recorded_engine(FakeClient(lb, services), "p") == expected  # type: ignore[arg-type]
+
+
+def test_recorded_engine_of_a_removed_load_balancer_is_on_its_state_volume() -> None:
+    found = FakeClient(None, [], volume_labels={L.LABEL_ENGINE: "swarm"})
+    assert engines.recorded_engine(found, "p") == "swarm"  # type: ignore[arg-type]
 
 
 def test_recorded_engine_on_an_engine_without_swarm() -> None:
