@@ -116,10 +116,11 @@ class Executor:
         self.peak = 0
         self._born: dict[str, float] = {}  # container id -> monotonic time it was started or swapped
         self._detached_at: dict[str, float] = {}  # container id -> monotonic time it was detached
+        self._signalled_at: dict[str, float] = {}  # container id -> monotonic time of its 'term' (stop signal)
         self._handlers: dict[str, Callable[[_Run, planner.Step], Awaitable[None]]] = {
             "start": self._start, "ready": self._ready, "attach": self._attach, "detach": self._detach,
             "switch": self._switch, "reattach": self._reattach_step, "drain": self._drain_step,
-            "stop": self._stop, "kill": self._kill, "swap": self._swap,
+            "stop": self._stop, "kill": self._kill, "swap": self._swap, "term": self._term,
         }
 
     @property
@@ -321,11 +322,24 @@ class Executor:
     async def _drain_step(self, run: _Run, step: planner.Step) -> None:
         await _gather(self._drain(run.probe, i, step.batch_no) for i in run.targets(step.targets))
 
+    async def _term(self, run: _Run, step: planner.Step) -> None:
+        """The stop signal to servers still attached, then the detach lag: the load balancer
+        keeps routing to them meanwhile, as Kubernetes' endpoints do after SIGTERM."""
+        insts = run.targets(step.targets)
+        await _gather(self.runtime.signal_stop(i) for i in insts)
+        now = time.monotonic()
+        for inst in insts:
+            self._signalled_at[inst.id] = now
+            self.emit("term", inst, batch=step.batch_no, detail={"lag_s": self.settings.detach_lag_s})
+        await asyncio.sleep(self.settings.detach_lag_s)
+
     async def _stop(self, run: _Run, step: planner.Step) -> None:
         insts = run.targets(step.targets)
         grace = self.timing.stop_grace_s if self.images.toy else self.images.spec.stop_timeout
         t_stop = time.monotonic()
-        await _gather(self.runtime.stop_app(i, grace) for i in insts)
+        # a server sent its signal by 'term' has had part of its grace already, as in Kubernetes
+        await _gather(self.runtime.stop_app(i, max(0.0, grace - (t_stop - self._signalled_at.get(i.id, t_stop))))
+                      for i in insts)
         # side by side: the batch's stop took as long as its slowest (an unavoidable wait)
         self._gone("stop", insts, step.batch_no, {"stop_s": round(time.monotonic() - t_stop, 3)})
 
