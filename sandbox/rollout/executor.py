@@ -338,10 +338,14 @@ class Executor:
         grace = self.timing.stop_grace_s if self.images.toy else self.images.spec.stop_timeout
         t_stop = time.monotonic()
         # a server sent its signal by 'term' has had part of its grace already, as in Kubernetes
-        await _gather(self.runtime.stop_app(i, max(0.0, grace - (t_stop - self._signalled_at.get(i.id, t_stop))))
-                      for i in insts)
-        # side by side: the batch's stop took as long as its slowest (an unavoidable wait)
-        self._gone("stop", insts, step.batch_no, {"stop_s": round(time.monotonic() - t_stop, 3)})
+        codes = await _gather(
+            self.runtime.stop_app(i, max(0.0, grace - (t_stop - self._signalled_at.get(i.id, t_stop))))
+            for i in insts)
+        # side by side: the batch's stop took as long as its slowest (an unavoidable wait); the exit
+        # code tells how each ended (0: by itself; 137: killed at the grace; None: it was gone)
+        stop_s = round(time.monotonic() - t_stop, 3)
+        for inst, code in zip(insts, codes, strict=True):
+            self._gone("stop", [inst], step.batch_no, {"stop_s": stop_s, "exit_code": code})
 
     async def _kill(self, run: _Run, step: planner.Step) -> None:
         insts = run.targets(step.targets)

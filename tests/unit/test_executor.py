@@ -98,6 +98,8 @@ async def test_a_detach_lag_signals_before_each_detach(strategy: str, n: int, ba
     assert terms == [(f"a{i}", {"lag_s": 0.05}) for i in range(1, n + 1)]
     # the grace runs from the signal: the stop gets what the lag left of it
     assert all(grace <= FAST.stop_grace_s - 0.05 for grace in runtime.graces.values())
+    stops = [(e["instance"], e["detail"]["exit_code"]) for e in executor.events if e["phase"] == "stop"]
+    assert stops == [(f"a{i}", 0) for i in range(1, n + 1)]  # how each one ended
 
 
 SWEEP = [(strategy, mode, n, batch) for strategy, mode in STRATEGY_MODES for n in (1, 3, 4) for batch in (1, 2)]
