@@ -407,7 +407,8 @@ class Executor:
 
     async def _in_flight(self, probe: Prober, insts: Sequence[Instance]) -> dict[str, int]:
         async def one(inst: Instance) -> int:
-            m = await probe.metrics(inst.probe_address) if inst.probe_address else None
+            address = _reachable(inst)
+            m = await probe.metrics(address) if address else None
             return int(m.get("app_requests_in_flight", 0)) if m else 0
         counts = await asyncio.gather(*(one(i) for i in insts))
         return {i.id: c for i, c in zip(insts, counts, strict=True)}
@@ -474,18 +475,19 @@ class Executor:
         t0 = time.monotonic()
         detached_at = self._detached_at.get(inst.id, t0)
         deadline = t0 + self.settings.drain_timeout
-        first = await probe.metrics(inst.probe_address) if inst.probe_address else None
+        address = _reachable(inst)
+        first = await probe.metrics(address) if address else None
         in_flight_start = int(first.get("app_requests_in_flight", 0)) if first else 0
         last_total = first.get("app_requests_total") if first else None
         quiet_since = time.monotonic()
         idle_at: float | None = None if in_flight_start else time.monotonic()
         # it answers but has no /metrics: nothing tells when it is drained, so it counts as not drained
-        timed_out = first is None and inst.probe_address is not None and await probe.accepts(inst.probe_address)
+        timed_out = first is None and address is not None and await probe.accepts(address)
         if timed_out:
             log.warning("%s: no /metrics to drain by: the drain was skipped", inst.name)
         while first is not None:
             await asyncio.sleep(self.timing.poll_s)
-            m = await probe.metrics(inst.probe_address) if inst.probe_address else None
+            m = await probe.metrics(address) if address else None
             if m is None:
                 break  # it stopped answering: nothing more can be in flight there
             total = m.get("app_requests_total")
@@ -528,7 +530,8 @@ class Executor:
             log.warning("%s: drain timed out after %.1f s (%d in flight at the LB)",
                         inst.name, self.settings.drain_timeout, counts[-1])
         end = time.monotonic()
-        m = await probe.metrics(inst.probe_address) if inst.probe_address else None
+        address = _reachable(inst)
+        m = await probe.metrics(address) if address else None
         app_in_flight = int(m.get("app_requests_in_flight", 0)) if m else None
         if app_in_flight and not timed_out:
             log.warning("%s: the LB has nothing in flight to it but the app reports %d", inst.name, app_in_flight)
@@ -536,6 +539,12 @@ class Executor:
             "duration_s": round(end - t0, 3), "in_flight": counts[0], "timed_out": timed_out,
             "idle_s": round(end - detached_at, 3), "signal": "lb", "app_in_flight": app_in_flight,
         })
+
+
+def _reachable(inst: Instance) -> str | None:
+    """Where to probe ``inst``: None without an address or once its container exited (a gone
+    container's address drops packets, so each probe would wait for its timeout)."""
+    return inst.probe_address if inst.state not in DEAD_STATES else None
 
 
 async def _gather(coros: Iterable[Awaitable[Any]]) -> list[Any]:

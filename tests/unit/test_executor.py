@@ -102,6 +102,31 @@ async def test_a_detach_lag_signals_before_each_detach(strategy: str, n: int, ba
     assert stops == [(f"a{i}", 0) for i in range(1, n + 1)]  # how each one ended
 
 
+@pytest.mark.asyncio
+async def test_a_server_that_exits_at_its_stop_signal_is_taken_out_and_not_probed_again() -> None:
+    """APP_STOP_MODE=exit-now under a lag: it dies while attached; the next step takes it out, and
+    no probe waits on its address (a gone container's address drops packets)."""
+    settings = settings_for(1, detach_lag_s=0.01)
+    runtime = FakeRuntime()
+    (a1,) = runtime.up(1)
+    balancer = FakeBalancer(runtime)
+    balancer.attach_all()
+    probe = FakeProbe(runtime)
+    asked: list[str] = []
+    answer = probe.metrics
+
+    async def metrics(address: str) -> dict[str, float] | None:
+        asked.append(address)
+        return await answer(address)
+    probe.metrics = metrics  # type: ignore[method-assign]
+    runtime.before["term"] = lambda *_: runtime.containers.update(a1=replace(a1, state="exited"))
+    executor = Executor(runtime, balancer, settings, IMAGES, probe=probe.factory(), timing=FAST)
+    await roll(runtime, executor, settings)
+    assert [e["phase"] for e in executor.events if e["instance"] == "a1"] == ["term", "died", "detach", "drain",
+                                                                              "stop"]
+    assert a1.address not in asked
+
+
 SWEEP = [(strategy, mode, n, batch) for strategy, mode in STRATEGY_MODES for n in (1, 3, 4) for batch in (1, 2)]
 
 
