@@ -132,6 +132,20 @@ class DockerBase(ABC):
         except requests.exceptions.RequestException as exc:  # the engine went away mid-call
             raise EngineError(f"the Docker engine stopped answering: {short(exc)}") from exc
 
+    def _send_stop_signal(self, container_id: str | None) -> None:
+        """Send a container its stop signal (its configured one, SIGTERM by default) and return;
+        nothing when it is gone or no longer running."""
+        if not container_id:
+            return
+        try:
+            c = self.client.containers.get(container_id)
+            c.kill(signal=c.attrs.get("Config", {}).get("StopSignal") or "SIGTERM")
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: it is not running (it already exited)
+                raise
+
     # -- images (built by the engine that runs them) ------------------------------------------
     async def ensure_images(self, *, force: bool = False, say: Callable[[str], None] = log.info) -> ImageSet:
         """Build the images of the set that are missing (all of them with ``force``)."""

@@ -160,6 +160,10 @@ class DockerEngine(DockerBase):
             return code
         return await self._call(stop)
 
+    async def signal_stop(self, instance: Instance) -> None:
+        """Send the stop signal and return at once (``--detach-lag``); ``stop_app`` waits for it."""
+        await self._call(self._send_stop_signal, instance.id)
+
     async def kill_app(self, instance: Instance) -> None:
         """SIGKILL and remove at once (the naive strategy), volume included."""
         def kill() -> None:
