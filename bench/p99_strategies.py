@@ -6,7 +6,7 @@ For each checkout given (default: this one), and in each of ``--pairs`` rounds: 
 ``--size`` servers at the default load with one-at-a-time, rolling --batch 3 and double-half,
 each on a fresh fleet; p99 in the warm-up (steady), p99 during the rollout, and their ratio. Then
 ``--wrk-pairs`` rounds of wrk at capacity (``-t2 -c50``): an 8 s window on the steady fleet, then
-an 8 s window inside a one-at-a-time ``--no-load`` rollout; the ratio of their rates.
+an 8 s window from the start of a one-at-a-time ``--no-load`` rollout; the ratio of their rates.
 
 The checkouts take turns run by run (A B, then B A, ...), so other work on a shared machine
 weighs on both alike; the table gives each checkout's median and spread (min-max). Each checkout
@@ -21,7 +21,6 @@ import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,7 +37,6 @@ STRATEGIES = {"one-at-a-time": ["--strategy", "one-at-a-time"],
               "rolling 3": ["--strategy", "rolling", "--batch", "3"],
               "double-half": ["--strategy", "double-half"]}
 WRK_S = 8
-WRK_DELAY_S = 1.5  # from starting `roll` to the wrk window: the controller's own start-up
 
 
 def sandbox(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -100,25 +98,35 @@ def rollout_span(report: dict[str, Any]) -> tuple[float, float]:
 
 
 def wrk_run(repo: Path, tag: str, size: int) -> dict[str, Any]:
-    """wrk's rate in 8 s of steady state, then in 8 s inside a one-at-a-time --no-load rollout."""
+    """wrk's rate in 8 s of steady state, then in 8 s from the start of a one-at-a-time --no-load rollout
+    (its ``rollout-start`` line on stderr)."""
     project = f"bench-wrk-{tag}"
     with fleet(repo, project, size) as port:
         wrk_window(port)  # warm-up: connections, NGINX workers and the apps' first requests
         steady = wrk_window(port)
-        out: dict[str, Any] = {}
-        roller = threading.Thread(target=lambda: out.update(roll(repo, project, "--no-load",
-                                                                  "--strategy", "one-at-a-time")))
-        roller.start()
-        time.sleep(WRK_DELAY_S)
+        roller = subprocess.Popen([sys.executable, "-m", "sandbox", "roll", "--project", project, "--to", "v2",
+                                   "--json", "--no-load", "--strategy", "one-at-a-time"], cwd=repo,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert roller.stderr is not None
+        progress = []
+        for line in roller.stderr:
+            progress.append(line)
+            if "rollout-start" in line:
+                break
         t0 = time.time()
         during = wrk_window(port)
         t1 = time.time()
-        roller.join()
-    first, last = rollout_span(out)
+        out, err = roller.communicate(timeout=900)
+    try:
+        report = json.loads(out)
+    except json.JSONDecodeError as exc:
+        raise RuntimeError(f"roll gave no report: {(''.join(progress) + err)[-300:]}") from exc
+    first, last = rollout_span(report)
     inside = max(0.0, min(t1, last) - max(t0, first)) / (t1 - t0)
     return {"steady": steady["rps"], "rollout": during["rps"],
             "ratio": during["rps"] / steady["rps"] if steady["rps"] and during["rps"] else None,
-            "errors": during["errors"] + during["non_2xx"], "inside": round(inside, 2)}
+            "errors": during["errors"] + during["non_2xx"], "inside": round(inside, 2),
+            "rollout_s": report.get("duration_s")}
 
 
 def summary(values: list[float | None], digits: int = 2) -> str:
@@ -156,8 +164,8 @@ def main() -> int:
         f"{args.size} servers, default load (`sandbox roll --to v2 --json --strategy ...`, 20 users), "
         "a fresh fleet per rollout; steady = the warm-up's p99, rollout = the rollout's p99 (ms)",
         f"wrk: `{' '.join(wrk_args(0, WRK_S)).replace(':0/', ':PORT/')}` on the steady fleet, then the same "
-        f"{WRK_S} s window from {WRK_DELAY_S:g} s after `sandbox roll --to v2 --json --no-load --strategy "
-        "one-at-a-time` started; inside = the part of the window the rollout spanned",
+        f"{WRK_S} s window from the `rollout-start` of `sandbox roll --to v2 --json --no-load --strategy "
+        "one-at-a-time`; inside = the part of the window the rollout's window (first to last LB change) spanned",
         "cells: median (min-max) over the runs; the checkouts took turns run by run"])
     lines += ["| checkout | strategy | runs | p99 steady ms | p99 rollout ms | rollout / steady | dropped |",
               "|---|---|---|---|---|---|---|"]
