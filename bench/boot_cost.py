@@ -1,6 +1,7 @@
 """Where a booting server's latency cost goes (issue 18, section 1), written to bench/BOOT_COST.md.
 
-    .venv/bin/python bench/boot_cost.py [--size 9] [--rate 200] [--window 7] [--repeat 3] [--out bench/BOOT_COST.md]
+    .venv/bin/python bench/boot_cost.py [--size 9] [--rate 200] [--window 7] [--repeat 3] [--reads 45]
+                                        [--out bench/BOOT_COST.md]
 
 A fleet of ``--size`` toy servers serves a fixed request rate (an open-loop aiohttp client in this
 process, so the rate does not fall when answers slow down). Each window measures the p99 of the
@@ -12,7 +13,11 @@ the load balancer never routes to:
 - ``start-net``: they are started on the fleet's network, all at once (network attach + the app's
   own start);
 - ``start-nonet``: the same with ``network_mode=none`` (the app's start without a network attach);
-- ``start-one-by-one``: started on the network one after another (the engine never does two at once).
+- ``start-one-by-one``: started on the network one after another (the engine never does two at once);
+- ``archive``: ``--reads`` exports of one small file (``/srv/app/VERSION``) out of the running ones,
+  8 at a time (how the controller read a toy server's version, 45 times in a one-at-a-time rollout
+  of 9 before issue 18's fix);
+- ``inspect``: as many plain inspections (``docker inspect``) of the same containers.
 
 Every container carries the project's labels and the project is removed at the end.
 """
@@ -43,7 +48,7 @@ from sandbox.fleet.images import image_set  # noqa: E402
 from sandbox.fleet.runtime import network_name  # noqa: E402
 from sandbox.ports import free_port  # noqa: E402
 
-WINDOWS = ("steady", "create", "start-net", "start-nonet", "start-one-by-one")
+WINDOWS = ("steady", "create", "start-net", "start-nonet", "start-one-by-one", "archive", "inspect")
 
 
 def sandbox(*args: str) -> None:
@@ -108,6 +113,12 @@ def start_all(containers: list[Any], at_once: bool) -> None:
             c.start()
 
 
+def read_each(containers: list[Any], reads: int, read: Callable[[Any], Any]) -> None:
+    """``reads`` calls of ``read`` over ``containers`` in turn, 8 at a time (the controller's pool)."""
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: read(containers[i % len(containers)]), range(reads)))
+
+
 def remove(containers: list[Any]) -> None:
     with ThreadPoolExecutor(max(1, len(containers))) as pool:
         list(pool.map(lambda c: c.remove(force=True), containers))
@@ -145,6 +156,11 @@ async def one_round(client: docker.DockerClient, url: str, project: str, image: 
     made.clear()
     made.extend(extra_containers(client, project, image, args.size, net))
     out["start-one-by-one"] = await window(url, args, lambda: start_all(made, at_once=False))
+    await asyncio.sleep(2)  # the apps' own start is over
+    out["archive"] = await window(url, args, lambda: read_each(
+        made, args.reads, lambda c: b"".join(c.get_archive("/srv/app/VERSION")[0])))
+    out["inspect"] = await window(url, args, lambda: read_each(
+        made, args.reads, lambda c: client.api.inspect_container(c.id)))
     remove(made)
     return out
 
@@ -155,6 +171,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second, open loop")
     parser.add_argument("--window", type=float, default=7.0, help="seconds per window")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--reads", type=int, default=45, help="archive exports / inspections per window")
     parser.add_argument("--project", default="bench-boot")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

@@ -91,7 +91,7 @@ class Engine(Protocol):
         ...
 
     async def refresh(self, project: str, instance: Instance) -> Instance | None:
-        """``instance`` as it is now, or None when it is gone."""
+        """``instance`` with its state and address as they are now, or None when it is gone."""
         ...
 
     async def has_project(self, project: str) -> bool:

@@ -55,19 +55,12 @@ class DockerEngine(DockerBase):
             out = [self._describe(c, project) for c in found]
         return sorted(out, key=lambda i: (i.slot, i.created))
 
-    def _describe(self, c: Container, project: str) -> Instance:
+    def _describe(self, c: Container, project: str, version: str | None = None) -> Instance:
+        """The container as an Instance; ``version`` when the caller knows it (no read inside the container)."""
         net = c.attrs.get("NetworkSettings", {}).get("Networks", {}).get(network_name(project), {})
         ip = net.get("IPAddress") or None
-        version = c.labels.get(L.LABEL_VERSION, "?")
-        if version in TOY_VERSIONS and c.status in ("running", "exited", "created", "paused"):
-            # in-place rollouts swap the code under a container (which may then have failed to
-            # boot and exited): the VERSION file in its code volume is the truth, not the label
-            # (only the toy app has one: a version named by the user is the label)
-            try:
-                bits, _ = c.get_archive(f"{APP_CODE_DIR}/VERSION")
-                version = tarball.first_file(bits).decode().strip() or version
-            except docker.errors.DockerException:
-                pass
+        if version is None:
+            version = self._code_version(c)
         return Instance(
             id=c.id or "",
             name=c.name or "",
@@ -78,6 +71,24 @@ class DockerEngine(DockerBase):
             created=c.attrs.get("Created", ""),
             port=int(c.labels.get(L.LABEL_APP_PORT, APP_PORT)),
         )
+
+    def _code_version(self, c: Container) -> str:
+        """The version a container runs: its label, or for the toy app the VERSION file in its code volume.
+
+        Reading the file is an archive export, the dearest inspection the engine does (bench/BOOT_COST.md):
+        only for containers whose version nobody here knows yet.
+        """
+        version: str = c.labels.get(L.LABEL_VERSION, "?")
+        if version in TOY_VERSIONS and c.status in ("running", "exited", "created", "paused"):
+            # in-place rollouts swap the code under a container (which may then have failed to
+            # boot and exited): the VERSION file in its code volume is the truth, not the label
+            # (only the toy app has one: a version named by the user is the label)
+            try:
+                bits, _ = c.get_archive(f"{APP_CODE_DIR}/VERSION")
+                version = tarball.first_file(bits).decode().strip() or version
+            except docker.errors.DockerException:
+                pass
+        return version
 
     # -- app containers -----------------------------------------------------------------------
     async def start_app(
@@ -127,7 +138,7 @@ class DockerEngine(DockerBase):
         )
         container.start()
         container.reload()
-        return self._describe(container, project)
+        return self._describe(container, project, version)  # a fresh code volume holds the image's version
 
     async def health(self, instance: Instance) -> str | None:
         """Docker's health status of the container (``starting``, ``healthy``, ``unhealthy``), or None
@@ -139,10 +150,10 @@ class DockerEngine(DockerBase):
         return await self._call(get)
 
     async def refresh(self, project: str, instance: Instance) -> Instance | None:
-        """The instance as Docker sees it now, or None when it is gone."""
+        """The instance as Docker sees it now (state, address; its version as given), or None when it is gone."""
         def get() -> Instance | None:
             try:
-                return self._describe(self.client.containers.get(instance.id), project)
+                return self._describe(self.client.containers.get(instance.id), project, instance.version)
             except docker.errors.NotFound:
                 return None
         return await self._call(get)

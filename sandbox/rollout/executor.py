@@ -387,10 +387,13 @@ class Executor:
 
     async def _still_running(self, insts: Sequence[Instance]) -> None:
         """ReadinessError when a server about to be attached stopped since it turned ready: the
-        load balancer is never given an address nothing answers on (the rollout fails, and rolls back)."""
+        load balancer is never given an address nothing answers on (the rollout fails, and rolls back).
+        One container listing, however many servers (double-half attaches the whole fleet)."""
+        if not insts:
+            return
+        states = await self.runtime.app_states(self.project)
         for inst in insts:
-            fresh = await self.runtime.refresh(self.project, inst)
-            if fresh is None or fresh.state != "running":
+            if states.get(inst.name) != "running":
                 self.emit("died", inst, detail={"exit": await self.runtime.exit_info(inst), "before": "attach"})
                 raise ReadinessError(f"{inst.name} ({inst.version}) stopped after it was ready, before it was "
                                      f"attached: {await self.runtime.exit_info(inst)}")

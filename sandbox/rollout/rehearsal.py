@@ -363,13 +363,12 @@ class Rehearsal:
     async def _read_fleet(self) -> tuple[LbHandle, list[Instance]]:
         """The load balancer's container and the app containers; the balancer is reached once."""
         project = self.settings.project
-        lb, _ = await self.runtime.require_fleet(project)
+        lb, listed = await self.runtime.require_fleet(project)
         if self._balancer is None:
             port = await self.runtime.lb_port(project)
             if port is None:
                 raise NotFoundError(f"project {project!r}: the load balancer has no port label")
             self._balancer = self.deps.balancer(self.runtime, project, port)
-        listed = await self.runtime.instances(project)
         if lb.state != "running":  # refuse a bad batch before starting it again
             check_batch(self.settings.strategy, self.settings.batch, len({i.slot for i in listed}))
         return lb, listed

@@ -392,3 +392,17 @@ async def test_a_reload_mode_drain_of_a_server_that_no_longer_answers_is_drained
     drains = [e for e in executor.events if e["phase"] == "drain"]
     assert [e["detail"]["timed_out"] for e in drains] == [False, False]
     assert all("reason" not in e["detail"] for e in drains)
+
+
+@pytest.mark.asyncio
+async def test_attaching_servers_that_turned_ready_at_once_inspects_no_container() -> None:
+    """Before an attach the executor lists the containers once (one engine call for a whole batch),
+    and a server ready at its first probe is never inspected: each inspection is work for the
+    engine the serving servers share (bench/BOOT_COST.md)."""
+    settings = settings_for(4, "double-half")
+    runtime, balancer, executor = fleet_and_executor(4, settings)
+    inspected: list[str] = []
+    runtime.before["refresh"] = lambda inst: inspected.append(inst.name)
+    await roll(runtime, executor, settings)
+    assert inspected == []
+    assert {u.version for u in balancer.state.upstreams} == {"v2"}
