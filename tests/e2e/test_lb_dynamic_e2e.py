@@ -71,7 +71,8 @@ def test_rollout_with_client_keepalive_drops_nothing_and_never_reloads(cli: Cli,
 
 @pytest.fixture(scope="module")
 def pair(module_cli: Cli) -> Cli:
-    """Two servers for the tests that try changes the LB must refuse (each leaves the fleet as it found it)."""
+    """Two servers for the tests that try changes the LB must refuse (each leaves the fleet as `up` made it),
+    then for the last, which rolls it."""
     module_cli.run("up", "--size", "2", "--port", str(module_cli.port), check=True)
     return module_cli
 
@@ -183,11 +184,9 @@ def test_the_lb_counts_requests_in_flight_per_server(cli: Cli, client: docker.Do
     assert set(after) == {0}
 
 
-@pytest.mark.parametrize("lb_apply", ["dynamic", "reload"])
-def test_nginx_waits_longer_than_the_client(cli: Cli, client: docker.DockerClient, lb_apply: str) -> None:
+def _nginx_waits_longer_than_the_client(cli: Cli, client: docker.DockerClient) -> None:
     """``roll --client-timeout 45``: NGINX's proxy_read_timeout is 46 s from before the load starts,
     never a silent 30 (``up`` keeps 30 s for the default 10 s client)."""
-    cli.run("up", "--size", "2", "--port", str(cli.port), "--lb-apply", lb_apply, check=True)
     lb = client.containers.get(f"{cli.project}-lb")
 
     def live_config() -> str:
@@ -200,3 +199,13 @@ def test_nginx_waits_longer_than_the_client(cli: Cli, client: docker.DockerClien
     assert (report["rows_lost"], report["unrecorded"]) == (0, 0)
     config = live_config()
     assert "proxy_read_timeout 46s;" in config and "proxy_read_timeout 30s;" not in config
+
+
+def test_nginx_waits_longer_than_the_client_dynamic(pair: Cli, client: docker.DockerClient) -> None:
+    """On the pair the tests above left as `up` made it (dynamic, the default): its last user."""
+    _nginx_waits_longer_than_the_client(pair, client)
+
+
+def test_nginx_waits_longer_than_the_client_reload(cli: Cli, client: docker.DockerClient) -> None:
+    cli.run("up", "--size", "2", "--port", str(cli.port), "--lb-apply", "reload", check=True)
+    _nginx_waits_longer_than_the_client(cli, client)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from sandbox.commands import parse_strategy_spec
 from sandbox.config import SETTINGS, Settings
 from sandbox.errors import UsageError
 from sandbox.fleet import versions
+from tests.conftest import free_port
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -229,3 +231,30 @@ def test_a_report_that_cannot_be_written_is_one_line_and_the_summary_still_print
     assert out.splitlines()[-1] == "PASS: all 1 checks held"
     assert err.splitlines() == ["rolling-sandbox: could not write the report files to out: No space left on device",
                                 f"rolling-sandbox: could not write {blocker}: File exists"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--size", "0"], "size"),
+    (["--size", "2", "--port", "70000"], "port"),
+    (["--size", "2", "--project", "bad_name!"], "project"),
+    (["--size", "two"], "size"),
+    (["--size", "2", "--port", "TAKEN"], "is already in use"),
+])
+def test_up_refuses_bad_input_before_any_engine_call(capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     args: list[str], needle: str) -> None:
+    """`up` with bad input (a taken port among it) exits 2 with one line, and cannot have created anything:
+    the engine it would reach listens nowhere, so any call to it would fail otherwise."""
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{free_port()}")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = str(holder.getsockname()[1])
+        argv = ["up", *(taken if a == "TAKEN" else a for a in args)]
+        if "--port" not in args:
+            argv += ["--port", str(free_port())]
+        code, err = run(capsys, *argv)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err, err
+    if "TAKEN" in args:
+        assert f"127.0.0.1:{taken} is already in use" in err
