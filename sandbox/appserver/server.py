@@ -8,9 +8,26 @@ lives in the version module (``/srv/app/app.py``): ``VERSION`` and
 
 Run as ``python3 -m appserver.server`` (normally by ``appserver.supervisor``).
 Settings come from the environment (see :class:`Settings`). On SIGTERM the
-service reports ``stopping`` on /healthz, closes its listener after
+service reports ``stopping`` on /healthz, ends its long-lived streams (WebSocket
+close 1001, a last SSE event with ``retry:``), closes its listener after
 ``APP_STOP_DELAY`` seconds, waits for in-flight requests (at most
 ``APP_SHUTDOWN_GRACE`` seconds) and exits 0.
+
+Switches that reproduce what real rollouts get wrong:
+
+- ``APP_STOP_MODE``: ``graceful`` (the above), ``exit-now`` (SIGTERM ends the
+  process at once, exit 143: in-flight requests cut, listener gone) or
+  ``ignore`` (SIGTERM is logged and ignored: the engine kills it at the stop timeout).
+- ``APP_READY_EARLY_S=S``: /healthz passes as usual, but ``/`` and ``/api/*``
+  answer 503 for the first S seconds (readiness that passes too early).
+- ``APP_KEEPALIVE_TIMEOUT=S``: idle keep-alive connections are closed after S
+  seconds (default 75); shorter than the proxy's upstream keep-alive, it makes the race.
+- ``APP_LONG_LIVED_CUT=1``: on a graceful stop, WebSocket and SSE connections are
+  aborted (no close frame, no end of stream) instead of closed.
+
+Long requests: ``GET /api/slow?ms=N`` answers after N ms (other paths stay fast).
+Long-lived connections: ``GET /events`` (SSE, one ``tick`` event a second) and
+``GET /ws`` (WebSocket: echoes text, sends a ``tick`` a second).
 """
 
 from __future__ import annotations
@@ -18,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import importlib.util
+import json
 import logging
 import os
 import random
@@ -31,11 +49,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from aiohttp import web
+from aiohttp import WSCloseCode, WSMsgType, web
 
-from .supervisor import exit_now  # the one way both processes leave (standard library only)
+from .supervisor import exit_now, flag  # the one way both processes leave (standard library only)
 
 log = logging.getLogger("appserver")
 
@@ -43,6 +61,12 @@ SERVICE = "toy-shop"
 SESSION_COOKIE = "sid"
 CONNECT_TIMEOUT_S = 2.0  # to the shared session store
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+TICK_S = 1.0  # between two events of a long-lived connection
+RECONNECT_MS = 1000  # the SSE ``retry:`` a graceful stop gives clients
+MAX_SLOW_MS = 600_000  # the longest /api/slow?ms= accepted
+SIGTERM_EXIT = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM ended
+StopMode = Literal["graceful", "exit-now", "ignore"]
+STOP_MODES: tuple[StopMode, ...] = ("graceful", "exit-now", "ignore")
 _SID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _current_sid: contextvars.ContextVar[str] = contextvars.ContextVar("sid")
 
@@ -57,10 +81,6 @@ class VersionModule(Protocol):
     def item(self, item_id: int, breaking: bool) -> dict[str, Any]: ...
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
     """``env[name]`` as a float in [low, high], or ``default``; raises ValueError naming it."""
     raw = env.get(name, "").strip()
@@ -73,6 +93,14 @@ def _number(env: Mapping[str, str], name: str, default: float, low: float, high:
     if not low <= value <= high:
         raise ValueError(f"{name}={raw!r} is outside {low:g}..{high:g}")
     return value
+
+
+def _stop_mode(env: Mapping[str, str]) -> StopMode:
+    """``APP_STOP_MODE`` (default graceful); raises ValueError naming it."""
+    raw = env.get("APP_STOP_MODE", "").strip() or "graceful"
+    if raw not in STOP_MODES:
+        raise ValueError(f"APP_STOP_MODE={raw!r} is not one of {', '.join(STOP_MODES)}")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -90,6 +118,9 @@ class Settings:
     stop_delay: float = 0.5
     shutdown_grace: float = 15.0
     keepalive_timeout: float = 75.0
+    stop_mode: StopMode = "graceful"  # APP_STOP_MODE: what SIGTERM does (see the module docstring)
+    ready_early_s: float = 0.0  # APP_READY_EARLY_S: / and /api/* answer 503 this long after start
+    long_lived_cut: bool = False  # APP_LONG_LIVED_CUT=1: a stop aborts WebSocket/SSE connections
     app_dir: str = "/srv/app"
     redis: str = ""  # APP_REDIS=host:port: carts live in that Redis (shared by every server), else in memory
     redis_password: str = ""  # APP_REDIS_PASSWORD: sent with AUTH on every new connection to that Redis
@@ -101,12 +132,16 @@ class Settings:
             port=int(_number(env, "APP_PORT", 8000, 1, 65535)),
             latency_ms=_number(env, "APP_LATENCY_MS", 0.0, 0, 600_000),
             startup_delay=_number(env, "APP_STARTUP_DELAY", 0.0, 0, 3600),
-            boot_fail=_flag(env, "APP_BOOT_FAIL"),
+            boot_fail=flag(env, "APP_BOOT_FAIL"),
             error_ratio=_number(env, "APP_ERROR_RATIO", 0.0, 0, 1),
-            breaking=_flag(env, "APP_BREAKING"),
+            breaking=flag(env, "APP_BREAKING"),
             version_header=env.get("APP_VERSION_HEADER", "1").strip().lower() not in ("0", "false", "no", "off"),
             stop_delay=_number(env, "APP_STOP_DELAY", 0.5, 0, 3600),
             shutdown_grace=_number(env, "APP_SHUTDOWN_GRACE", 15.0, 0, 3600),
+            keepalive_timeout=_number(env, "APP_KEEPALIVE_TIMEOUT", 75.0, 0, 3600),
+            stop_mode=_stop_mode(env),
+            ready_early_s=_number(env, "APP_READY_EARLY_S", 0.0, 0, 3600),
+            long_lived_cut=flag(env, "APP_LONG_LIVED_CUT"),
             app_dir=env.get("APP_DIR", "/srv/app"),
             redis=env.get("APP_REDIS", "").strip(),
             redis_password=env.get("APP_REDIS_PASSWORD", ""),
@@ -233,8 +268,10 @@ class Shop:
             RedisSessions(settings.redis, settings.redis_password) if settings.redis else MemorySessions())
         self.requests_total = 0
         self.in_flight = 0
+        self.long_lived = 0  # WebSocket and SSE connections open now
         self.responses: dict[int, int] = {}
         self.stopping = False
+        self._stop = asyncio.Event()  # set with ``stopping``: long-lived handlers end on it
         self._started = time.monotonic()
         self._rng = rng or random.Random()
 
@@ -250,15 +287,26 @@ class Shop:
         return "ready"
 
     def begin_stop(self) -> None:
-        """From now on /healthz says ``stopping`` and responses close their connection."""
+        """From now on /healthz says ``stopping``, responses close their connection and
+        long-lived connections end (closed properly, or cut with ``APP_LONG_LIVED_CUT``)."""
         self.stopping = True
+        self._stop.set()
 
     async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no counted request is in flight, at most ``timeout`` s; True if idle."""
+        """Wait until no counted request and no long-lived connection is left, at most
+        ``timeout`` s; True if idle."""
         deadline = time.monotonic() + timeout
-        while self.in_flight and time.monotonic() < deadline:
+        while (self.in_flight or self.long_lived) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        return self.in_flight == 0
+        return not (self.in_flight or self.long_lived)
+
+    async def _stopped_within(self, timeout: float) -> bool:
+        """True once the stop began, False if ``timeout`` s pass first."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def make_app(self) -> web.Application:
         """The aiohttp application serving this shop."""
@@ -268,6 +316,9 @@ class Shop:
         app.router.add_get("/api/items/{item_id}", self._get_item)
         app.router.add_get("/api/cart", self._get_cart)
         app.router.add_post("/api/cart", self._add_to_cart)
+        app.router.add_get("/api/slow", self._slow)
+        app.router.add_get("/events", self._events)
+        app.router.add_get("/ws", self._websocket)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         return app
@@ -303,8 +354,10 @@ class Shop:
             _current_sid.set(sid)
             if api and self.settings.latency_ms:
                 await asyncio.sleep(self.settings.latency_ms / 1000)
-            if api and self._rng.random() < self.settings.error_ratio:
-                response: web.StreamResponse = _json_error(500, "injected failure")
+            if time.monotonic() - self._started < self.settings.ready_early_s:
+                response: web.StreamResponse = _json_error(503, "warming up (APP_READY_EARLY_S)")
+            elif api and self._rng.random() < self.settings.error_ratio:
+                response = _json_error(500, "injected failure")
             else:
                 response = await self._answer(request, handler)
             response.headers["X-Session-State"] = "new" if fresh else "resumed"
@@ -356,6 +409,73 @@ class Shop:
         await self.store.add(_current_sid.get(), item)
         return await self._cart()
 
+    async def _slow(self, request: web.Request) -> web.Response:
+        raw = request.query.get("ms", "0")
+        if not raw.isdigit() or int(raw) > MAX_SLOW_MS:
+            return _json_error(400, f"ms must be a whole number of milliseconds up to {MAX_SLOW_MS}")
+        await asyncio.sleep(int(raw) / 1000)
+        return web.json_response({"slept_ms": int(raw), "version": self.version})
+
+    def _tick(self, n: int) -> str:
+        return json.dumps({"tick": n, "version": self.version, "instance": self.instance})
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        """SSE: a ``tick`` event a second until the stop; then a ``bye`` event with ``retry:``
+        and the end of the stream (or, with ``APP_LONG_LIVED_CUT``, the connection aborted)."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        self.long_lived += 1
+        try:
+            n = 0
+            while not self._stop.is_set():
+                n += 1
+                await response.write(f"id: {n}\nevent: tick\ndata: {self._tick(n)}\n\n".encode())
+                if await self._stopped_within(TICK_S):
+                    break
+            if self.settings.long_lived_cut:
+                _cut(request)
+            else:
+                await response.write(f"event: bye\nretry: {RECONNECT_MS}\ndata: stopping\n\n".encode())
+                await response.write_eof()
+        except ConnectionError:  # the client went away
+            pass
+        finally:
+            self.long_lived -= 1
+        return response
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        """WebSocket: echoes text messages, sends a ``tick`` a second; on a stop, closes with
+        1001 (going away), or, with ``APP_LONG_LIVED_CUT``, aborts the connection."""
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.long_lived += 1
+        ticker = asyncio.ensure_future(self._ws_ticks(request, ws))
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    await ws.send_str(msg.data)
+            if self._stop.is_set():
+                await ticker  # it closes the connection (or cuts it): let it finish
+        finally:
+            ticker.cancel()  # the client left first (a no-op once the ticker is done)
+            self.long_lived -= 1
+        return ws
+
+    async def _ws_ticks(self, request: web.Request, ws: web.WebSocketResponse) -> None:
+        n = 0
+        try:
+            while not await self._stopped_within(TICK_S):
+                if ws.closed:
+                    return
+                n += 1
+                await ws.send_str(self._tick(n))
+            if self.settings.long_lived_cut:
+                _cut(request)
+            else:
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server stopping")
+        except ConnectionError:  # the client went away
+            pass
+
     async def _healthz(self, request: web.Request) -> web.Response:
         state = self.state
         if state == "ready" and isinstance(self.store, RedisSessions) and not await self.store.ping(1.0):
@@ -373,6 +493,9 @@ class Shop:
             "# HELP app_requests_in_flight Requests to / and /api/* being answered now.",
             "# TYPE app_requests_in_flight gauge",
             f"app_requests_in_flight {self.in_flight}",
+            "# HELP app_long_lived_open WebSocket and SSE connections open now.",
+            "# TYPE app_long_lived_open gauge",
+            f"app_long_lived_open {self.long_lived}",
             "# HELP app_ready 1 when /healthz answers ready.",
             "# TYPE app_ready gauge",
             f"app_ready {int(self.state == 'ready')}",
@@ -386,6 +509,12 @@ class Shop:
             lines.append(f'app_responses_total{{code="{code}"}} {count}')
         body = ("\n".join(lines) + "\n").encode()
         return web.Response(body=body, headers={"Content-Type": PROMETHEUS_TYPE})
+
+
+def _cut(request: web.Request) -> None:
+    """Abort ``request``'s connection: no close frame, no end of stream (the peer sees a reset)."""
+    if request.transport is not None:
+        request.transport.abort()
 
 
 def load_version_module(path: str | Path) -> ModuleType:
@@ -408,18 +537,23 @@ async def serve(settings: Settings, version: VersionModule | ModuleType) -> Shop
     assert runner.server is not None
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, {
+        "graceful": stop.set,
+        "exit-now": lambda: _exit_at_once(shop),
+        "ignore": lambda: log.warning("SIGTERM ignored (APP_STOP_MODE=ignore): %d in flight", shop.in_flight),
+    }[settings.stop_mode])
     listener = await loop.create_server(
         runner.server, settings.host, settings.port, reuse_address=True, backlog=1024
     )
     log.info(
-        "started %s %s on port %d (pid %d, startup delay %gs)",
+        "started %s %s on port %d (pid %d, startup delay %gs, stop mode %s)",
         shop.version,
         shop.instance,
         settings.port,
         os.getpid(),
         settings.startup_delay,
+        settings.stop_mode,
     )
     await stop.wait()
     shop.begin_stop()
@@ -437,6 +571,14 @@ async def serve(settings: Settings, version: VersionModule | ModuleType) -> Shop
         drained,
     )
     return shop
+
+
+def _exit_at_once(shop: Shop) -> None:
+    """APP_STOP_MODE=exit-now: leave now, as a process with no SIGTERM handler would (exit 143);
+    the kernel closes the listener and every connection, answered or not."""
+    log.warning("exiting at once on SIGTERM (APP_STOP_MODE=exit-now): %d in flight, %d long-lived cut",
+                shop.in_flight, shop.long_lived)
+    exit_now(SIGTERM_EXIT)
 
 
 def main() -> int:

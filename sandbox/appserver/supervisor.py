@@ -9,6 +9,13 @@
   the child's exit code (128 + signal number if a signal killed it).
 
 As PID 1 it also reaps any orphaned processes. Standard library only.
+
+``APP_SHELL_PID1=1`` reproduces a shell-form ``CMD`` (or an entrypoint script
+without ``exec``): the supervisor replaces itself with
+``/bin/sh -c 'python3 -m appserver.supervisor; exit $?'``, so a shell is PID 1
+and runs the supervisor as its child. The shell forwards no signal (as PID 1 it
+ignores those it has no handler for): a stop never reaches the app, and the
+engine kills the container at the stop timeout; SIGHUP reloads are lost too.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Mapping
@@ -26,6 +34,13 @@ log = logging.getLogger("appserver.supervisor")
 
 WATCHED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 CHILD_ARGV = ("-m", "appserver.server")
+SHELL_PID1 = "APP_SHELL_PID1"
+SHELL = "/bin/sh"
+
+
+def flag(env: Mapping[str, str], name: str) -> bool:
+    """Whether ``env[name]`` says yes (1, true, yes, on)."""
+    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def child_env(app_dir: Path, base: Mapping[str, str]) -> dict[str, str]:
@@ -126,10 +141,22 @@ def main() -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s supervisor: %(message)s"
     )
+    if flag(os.environ, SHELL_PID1):
+        exec_under_shell()
     app_dir = Path(os.environ.get("APP_DIR", "/srv/app"))
     if app_dir.is_dir():
         os.chdir(app_dir)
     return Supervisor(app_dir).run()
+
+
+def exec_under_shell() -> None:
+    """Become ``/bin/sh -c '<this supervisor>; exit $?'`` (``APP_SHELL_PID1``; see the module
+    docstring); raises OSError if the shell cannot be started."""
+    env = {k: v for k, v in os.environ.items() if k != SHELL_PID1}
+    script = f"{shlex.quote(sys.executable)} -m appserver.supervisor; exit $?"
+    log.warning("%s=1: a shell is now PID 1 and forwards no signal: %s -c %r", SHELL_PID1, SHELL, script)
+    logging.shutdown()
+    os.execve(SHELL, [SHELL, "-c", script], env)
 
 
 def exit_now(code: int) -> None:

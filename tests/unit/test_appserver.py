@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import http.client
 import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
@@ -235,6 +241,97 @@ def test_settings_from_env() -> None:
         Settings.from_env({"APP_LATENCY_MS": "fast"})
 
 
+def test_fault_switches_from_env() -> None:
+    s = Settings.from_env({"APP_STOP_MODE": "exit-now", "APP_READY_EARLY_S": "4", "APP_KEEPALIVE_TIMEOUT": "0.5",
+                           "APP_LONG_LIVED_CUT": "1"})
+    assert (s.stop_mode, s.ready_early_s, s.keepalive_timeout, s.long_lived_cut) == ("exit-now", 4, 0.5, True)
+    assert Settings.from_env({"APP_STOP_MODE": "ignore"}).stop_mode == "ignore"
+    assert (Settings().stop_mode, Settings().keepalive_timeout, Settings().long_lived_cut) == ("graceful", 75, False)
+    for name, bad in (("APP_STOP_MODE", "never"), ("APP_READY_EARLY_S", "-1"), ("APP_KEEPALIVE_TIMEOUT", "soon")):
+        with pytest.raises(ValueError, match=f"^{name}=") as caught:
+            Settings.from_env({name: bad})
+        assert "\n" not in str(caught.value)
+
+
+@pytest.mark.asyncio
+async def test_ready_early_answers_503_on_real_routes_while_health_passes(make_client: MakeClient) -> None:
+    client, shop = await make_client(ready_early_s=3600)
+    assert (await client.get("/healthz")).status == 200
+    for path in ("/", "/api/items/1", "/api/cart"):
+        resp = await client.get(path)
+        assert resp.status == 503, path
+        assert "APP_READY_EARLY_S" in (await resp.json())["error"]
+    assert shop.responses == {503: 3}
+    client, _ = await make_client(ready_early_s=0)
+    assert (await client.get("/api/items/1")).status == 200
+
+
+@pytest.mark.asyncio
+async def test_slow_path_is_slow_alone_and_counted_in_flight(make_client: MakeClient) -> None:
+    client, shop = await make_client()
+    slow = asyncio.create_task(client.get("/api/slow", params={"ms": "400"}))
+    while not shop.in_flight:
+        await asyncio.sleep(0.01)
+    assert (await client.get("/api/items/1")).status == 200  # the other paths answer meanwhile
+    assert shop.in_flight == 1
+    resp = await slow
+    assert await resp.json() == {"slept_ms": 400, "version": "v1"}
+    for bad in ("x", "-5", str(10**9)):
+        assert (await client.get("/api/slow", params={"ms": bad})).status == 400, bad
+
+
+async def _sse_events(client: TestClient, shop: Shop) -> tuple[list[str], bool]:
+    """Open /events, read its first event, begin the stop; the events read, and whether the
+    stream ended cleanly (its end came, not a broken connection)."""
+    resp = await client.get("/events")
+    assert resp.headers["Content-Type"] == "text/event-stream"
+    assert metric(await (await client.get("/metrics")).text(), "app_long_lived_open") == 1
+    first = await resp.content.readuntil(b"\n\n")
+    shop.begin_stop()
+    try:
+        rest = await resp.content.read()
+    except aiohttp.ClientPayloadError:
+        return [first.decode()], False
+    return [first.decode(), *rest.decode().split("\n\n")[:-1]], True
+
+
+@pytest.mark.asyncio
+async def test_sse_ticks_then_ends_cleanly_on_a_stop(make_client: MakeClient) -> None:
+    client, shop = await make_client("v2")
+    events, clean = await _sse_events(client, shop)
+    assert events[0].startswith("id: 1\nevent: tick\ndata: ")
+    assert json.loads(events[0].split("data: ", 1)[1])["version"] == "v2"
+    assert clean and events[-1] == "event: bye\nretry: 1000\ndata: stopping"
+    assert await shop.wait_idle(2)
+
+
+@pytest.mark.asyncio
+async def test_sse_is_cut_on_a_stop_with_long_lived_cut(make_client: MakeClient) -> None:
+    client, shop = await make_client(long_lived_cut=True)
+    events, clean = await _sse_events(client, shop)
+    assert not clean and len(events) == 1
+    assert await shop.wait_idle(2)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("cut", "close_code"), [(False, 1001), (True, 1006)])
+async def test_websocket_echoes_ticks_and_closes_on_a_stop(make_client: MakeClient, cut: bool,
+                                                            close_code: int) -> None:
+    client, shop = await make_client(long_lived_cut=cut)
+    ws = await client.ws_connect("/ws")
+    await ws.send_str("hello")
+    got = [await ws.receive_str() for _ in range(2)]  # the echo and the first tick, in either order
+    assert "hello" in got
+    assert json.loads(next(m for m in got if m != "hello"))["tick"] == 1
+    shop.begin_stop()
+    while (msg := await ws.receive()).type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                                   aiohttp.WSMsgType.ERROR):
+        assert msg.type == aiohttp.WSMsgType.TEXT  # ticks sent before the stop
+    await ws.close()
+    assert ws.close_code == close_code
+    assert await shop.wait_idle(2)
+
+
 def test_supervisor_env_merge_and_exit_codes(tmp_path: Path) -> None:
     assert child_env(tmp_path, {"A": "1"}) == {"A": "1"}
     (tmp_path / "env.json").write_text(json.dumps({"APP_BREAKING": "1", "A": 2}))
@@ -245,7 +342,9 @@ def test_supervisor_env_merge_and_exit_codes(tmp_path: Path) -> None:
     assert exit_code(signal.SIGKILL) == 128 + signal.SIGKILL
 
 
-def _start_supervisor(app_dir: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
+def _start_supervisor(app_dir: Path, port: int, *, log: Path | None = None, **env: str) -> subprocess.Popen[bytes]:
+    """The supervisor in a session of its own (``os.killpg`` ends what it started), its stderr
+    to ``log`` if given, else to a pipe."""
     full_env = {
         **os.environ,
         "APP_DIR": str(app_dir),
@@ -254,17 +353,24 @@ def _start_supervisor(app_dir: Path, port: int, **env: str) -> subprocess.Popen[
         "PYTHONPATH": f"{REPO / 'sandbox'}{os.pathsep}{app_dir}",
         **env,
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "appserver.supervisor"],
-        env=full_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    with log.open("wb") if log is not None else contextlib.nullcontext(subprocess.PIPE) as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "appserver.supervisor"],
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+
+
+def _copy_app(app_dir: Path) -> None:
+    app_dir.mkdir(exist_ok=True)
+    for name in ("app.py", "VERSION"):
+        (app_dir / name).write_bytes((REPO / "app_v1" / name).read_bytes())
 
 
 def test_supervisor_exits_with_child_boot_failure(tmp_path: Path) -> None:
-    for name in ("app.py", "VERSION"):
-        (tmp_path / name).write_bytes((REPO / "app_v1" / name).read_bytes())
+    _copy_app(tmp_path)
     proc = _start_supervisor(tmp_path, 1, APP_BOOT_FAIL="1")
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 3
@@ -285,8 +391,7 @@ def _wait_ready(port: int, version: str, timeout: float = 15) -> dict[str, objec
 
 
 def test_supervisor_reloads_new_code_on_sighup_and_stops_on_sigterm(tmp_path: Path) -> None:
-    for name in ("app.py", "VERSION"):
-        (tmp_path / name).write_bytes((REPO / "app_v1" / name).read_bytes())
+    _copy_app(tmp_path)
     port = free_port()
     proc = _start_supervisor(tmp_path, port)
     try:
@@ -422,3 +527,95 @@ async def test_healthz_not_ready_without_its_session_store(make_client: MakeClie
     resp = await client.get("/healthz")
     assert resp.status == 503
     assert (await resp.json())["status"] == "no-session-store"
+
+
+def _wait_log(log: Path, text: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while text.encode() not in log.read_bytes():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not in {log} within {timeout}s: {log.read_text()}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def _supervised(app_dir: Path, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    """A serving supervisor (process, port, log); whatever it started is killed at the end."""
+    _copy_app(app_dir)
+    port, log = free_port(), app_dir / "stderr.log"
+    proc = _start_supervisor(app_dir, port, log=log, **env)
+    try:
+        _wait_ready(port, "v1")
+        yield proc, port, log
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _get(port: int, path: str) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+        return int(r.status)
+
+
+def test_exit_now_cuts_what_is_in_flight_and_exits_143(tmp_path: Path) -> None:
+    with _supervised(tmp_path, APP_STOP_MODE="exit-now") as (proc, port, log), \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(_get, port, "/api/slow?ms=20000")
+        _wait_metric(port, "app_requests_in_flight", 1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+        with pytest.raises((ConnectionError, http.client.HTTPException, urllib.error.URLError)):
+            slow.result(timeout=20)
+        assert b"exiting at once on SIGTERM (APP_STOP_MODE=exit-now): 1 in flight" in log.read_bytes()
+        with pytest.raises(urllib.error.URLError):
+            _get(port, "/healthz")  # the listener went with it
+
+
+def _wait_metric(port: int, name: str, value: float, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            if metric(r.read().decode(), name) == value:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"{name} never {value} within {timeout}s")
+
+
+def test_ignore_keeps_serving_after_sigterm(tmp_path: Path) -> None:
+    with _supervised(tmp_path, APP_STOP_MODE="ignore") as (proc, port, log):
+        proc.send_signal(signal.SIGTERM)
+        _wait_log(log, "SIGTERM ignored (APP_STOP_MODE=ignore)")  # the supervisor forwarded it
+        assert _get(port, "/api/items/1") == 200
+        assert _get(port, "/healthz") == 200  # not even "stopping"
+        assert proc.poll() is None
+
+
+def test_shell_pid1_keeps_sigterm_from_the_app(tmp_path: Path) -> None:
+    with _supervised(tmp_path, APP_SHELL_PID1="1") as (proc, port, log):
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[:2] == [b"/bin/sh", b"-c"] and b"-m appserver.supervisor; exit $?" in cmdline[2]
+        proc.send_signal(signal.SIGTERM)  # here the shell is not PID 1, so it dies of it, forwarding nothing
+        assert proc.wait(timeout=20) == -signal.SIGTERM
+        assert _get(port, "/api/items/1") == 200  # the app never heard of it
+        assert b"stopping" not in log.read_bytes()
+
+
+def _idle_connection_closed(port: int, wait_s: float) -> bool:
+    """One keep-alive request on a raw socket; whether the server closes it within ``wait_s`` idle."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        got = b""
+        while b"\r\n\r\n" not in got or not got.rstrip().endswith(b"}"):
+            got += sock.recv(4096)
+        assert got.startswith(b"HTTP/1.1 200")
+        try:
+            return sock.recv(1) == b""
+        except TimeoutError:
+            return False
+
+
+def test_keepalive_timeout_closes_idle_connections(tmp_path: Path) -> None:
+    with _supervised(tmp_path / "short", APP_KEEPALIVE_TIMEOUT="0.2") as (_, port, _log):
+        assert _idle_connection_closed(port, wait_s=10)
+    with _supervised(tmp_path / "long", APP_KEEPALIVE_TIMEOUT="30") as (_, port, _log):
+        assert not _idle_connection_closed(port, wait_s=1)
