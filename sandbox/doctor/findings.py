@@ -124,9 +124,9 @@ def endpoint_lag(m: Measurements) -> Finding:
     fix = (f"delay the stop signal until the endpoint is gone: Kubernetes lifecycle.preStop sleep {sleep} s, "
            f"Nomad shutdown_delay {sleep}s; or keep serving {MAX_LAG_S:g} s after {m.stop_signal} before closing")
     if tolerated is None or tolerated < MIN_LAG_S:
-        kept = "not at all" if tolerated is None else f"{tolerated:g} s"
+        kept = "no lag at all" if tolerated is None else f"only {tolerated:g} s"
         return Finding("endpoint_lag", "FAIL", f"drops requests when the LB detaches it after {m.stop_signal}: it "
-                       f"kept serving {kept} ({len(worst.failures) if worst else 0} dropped at lag "
+                       f"tolerates {kept} ({len(worst.failures) if worst else 0} dropped at lag "
                        f"{worst.lag_s if worst else 0:g} s)", evidence, fix, failures)
     return Finding("endpoint_lag", "WARN", f"tolerates {tolerated:g} s between {m.stop_signal} and the LB "
                    f"detaching it, not {MAX_LAG_S:g} s", evidence, fix, failures)

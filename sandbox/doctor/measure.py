@@ -14,8 +14,9 @@ from typing import Any, Literal
 #: every proxy within a few seconds of sending SIGTERM; a server that keeps serving this long needs
 #: no preStop sleep.
 MAX_LAG_S = 5.0
-#: Below this lag an app drops requests even where the endpoint goes away almost at once.
+#: An app that survives less lag than this drops requests wherever endpoints take a second to go.
 MIN_LAG_S = 1.0
+LAG_STEP_S = 0.5  # the bisection stops when it knows the lag to this
 SHELLS = frozenset({"sh", "bash", "dash", "ash", "zsh", "busybox"})
 
 
@@ -150,18 +151,19 @@ def tolerated_lag(trials: list[LagTrial]) -> float | None:
 
 
 def next_lag(trials: list[LagTrial]) -> float | None:
-    """The next lag to rehearse, or None when the answer is known to a second: first the longest
-    (nothing dropped: the app needs no delay), then the shortest that matters, then halves between."""
+    """The next lag to rehearse, or None when the answer is known to ``LAG_STEP_S``: first the
+    longest (nothing dropped: the app needs no delay), then none at all (something dropped: it
+    cuts even what is in flight), then halves between the longest clean lag and the shortest that dropped."""
     done = {t.lag_s: bool(t.failures) for t in trials}
-    for lag in (MAX_LAG_S, MIN_LAG_S):
-        if lag not in done:
-            return lag
-        if not done[lag]:
-            break
-        if lag == MIN_LAG_S:
-            return 0.0 if 0.0 not in done else None
-    low = tolerated_lag(trials) or 0.0
-    high = min((lag for lag, failed in done.items() if failed), default=MAX_LAG_S)
-    if high - low <= 1.0:
+    if MAX_LAG_S not in done:
+        return MAX_LAG_S
+    if not done[MAX_LAG_S]:
         return None
-    return float(round((low + high) / 2))
+    if 0.0 not in done:
+        return 0.0
+    if done[0.0]:
+        return None
+    low = tolerated_lag(trials) or 0.0
+    high = min(lag for lag, failed in done.items() if failed)
+    middle = round((low + high) / 2 / LAG_STEP_S) * LAG_STEP_S
+    return middle if high - low > LAG_STEP_S and low < middle < high else None

@@ -55,8 +55,8 @@ def _q(text: str) -> str:
 
 def kubernetes(r: Recommendation) -> str:
     """The Deployment fields (strategy, minReadySeconds, readinessProbe, preStop, grace period)."""
-    probe = (f"          httpGet:\n            path: {_q(r.health_path)}\n            port: {r.port}\n"
-             if r.health_path else f"          tcpSocket:\n            port: {r.port}\n")
+    probe = (f"            httpGet:\n              path: {_q(r.health_path)}\n              port: {r.port}\n"
+             if r.health_path else f"            tcpSocket:\n              port: {r.port}\n")
     pre_stop = (f"          lifecycle:\n            preStop:\n              sleep:\n"
                 f"                seconds: {r.pre_stop_sleep_s}\n" if r.pre_stop_sleep_s else "")
     return ("apiVersion: apps/v1\nkind: Deployment\nspec:\n"
