@@ -32,6 +32,8 @@ HEADROOM = 0.7
 LONG_REQUEST_SHARE = 0.5
 #: How many failed requests a finding lists (the count is always whole).
 SHOWN_FAILURES = 5
+#: An exit code above this is 128 + the number of the signal that ended the process.
+SIGNAL_EXIT = 128
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,11 @@ def sigterm(stop: StopRun, stop_timeout_s: float) -> Finding:
                        f"{stop.signal}{_span(stop.failures)}; exited after {stop.exit_s:.2f} s "
                        f"(code {stop.exit_code})", evidence,
                        f"on {stop.signal}, finish the requests in flight before exiting", _shown(stop.failures))
+    if stop.exit_code is not None and stop.exit_code > SIGNAL_EXIT:
+        return Finding("sigterm", "WARN", f"died of {stop.signal} itself (exit code {stop.exit_code}) "
+                       f"{stop.exit_s:.2f} s after it: no handler, so whatever is in flight is cut; "
+                       f"{stop.finished} of {stop.in_flight} in flight finished this time", evidence,
+                       f"handle {stop.signal}: stop accepting, finish what is in flight, exit 0")
     return Finding("sigterm", "PASS", f"{stop.finished} of {stop.in_flight} requests in flight finished; exited "
                    f"{stop.exit_s:.2f} s after {stop.signal} (code {stop.exit_code}), within the stop timeout "
                    f"({stop_timeout_s:g} s)", evidence)

@@ -96,6 +96,12 @@ def test_in_flight_requests_cut_by_the_signal_fail_with_when() -> None:
     assert f.status == "FAIL" and f.evidence["cut"] == 3 and "+0.01" in f.summary and len(f.failures) == 3
 
 
+def test_an_app_that_dies_of_the_signal_itself_is_a_warning() -> None:
+    m = measurements(stop=StopRun("SIGTERM", 8, 8, [], 0.05, 143))
+    f = finding(m, "sigterm")
+    assert f.status == "WARN" and "143" in f.summary
+
+
 def test_shell_pid1() -> None:
     assert shell_pid1("/bin/sh -c exec app") and shell_pid1("bash -c 'app'")
     assert not shell_pid1("python3 -m app") and not shell_pid1("/bin/sh") and not shell_pid1("")
