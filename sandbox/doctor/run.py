@@ -8,7 +8,6 @@ fleet is removed at the end; no other project is touched.
 from __future__ import annotations
 
 import dataclasses
-import socket
 from collections.abc import Callable, Sequence
 
 from sandbox import commands
@@ -22,6 +21,7 @@ from sandbox.fleet.balancer import NginxBalancer
 from sandbox.fleet.engine import Engine
 from sandbox.fleet.runtime import DockerEngine
 from sandbox.load.rows import parse_think_ms
+from sandbox.ports import free_port
 
 #: The service time assumed per request when the rehearsed load's rate is estimated.
 SERVICE_S = 0.01
@@ -44,12 +44,6 @@ def offered_rps(settings: Settings) -> float:
     return settings.users / ((low + high) / 2 + SERVICE_S)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def doctor(settings: Settings, *, runtime: Engine, long_paths: Sequence[tuple[LongLivedKind, str]] = (),
                  say: Callable[[str], None]) -> Diagnosis:
     """Run every experiment on a fleet of doctor's own for the app ``settings`` declare; the diagnosis.
@@ -60,7 +54,7 @@ async def doctor(settings: Settings, *, runtime: Engine, long_paths: Sequence[tu
     if not isinstance(runtime, DockerEngine):
         raise UsageError("engine: doctor runs plain Docker containers; drop --engine swarm")
     project = doctor_project(settings.project)
-    own = dataclasses.replace(settings, project=project, size=1, port=_free_port())
+    own = dataclasses.replace(settings, project=project, size=1, port=free_port())
     if await runtime.has_project(project):  # a doctor run that was killed left it; it is doctor's own
         await runtime.down(project)
     try:
