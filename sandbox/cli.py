@@ -219,7 +219,7 @@ _SUBCOMMANDS: dict[str, _Command] = {
                      own_flags=_add_demo_flags, defaults={"size": 9}, project=DEMO_PROJECT),
     "compare": _Command("run several strategies on fresh fleets under the same load; one table",
                         ("fleet", "swarm", "rollout", "load", "limits"),
-                        without=("lb_retry", "strategy", "batch", "mode", *_ROLL_ONLY),
+                        without=("lb_retry", "strategy", "batch", "mode", "detach_lag_s", *_ROLL_ONLY),
                         own_flags=_add_compare_flags, defaults={"size": 9}),
     "doctor": _Command("run short real experiments on your image: what loses requests in rollouts, what to set",
                        ("app",), also=("size", "ready_timeout", "paths", "users", "think_ms"),

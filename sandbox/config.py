@@ -201,6 +201,11 @@ class Settings:
                                    unit="seconds", help="seconds for a new server to be ready (default 30)")
     ready_successes: int = setting(1, group="rollout", at_least=1, at_most=20,
                                    help="readiness answers in a row for the version it serves (one pass is exact)")
+    detach_lag_s: float = setting(0.0, group="rollout", flag="--detach-lag", at_least=0, at_most=600,
+                                  unit="seconds",
+                                  help="send each server being removed its stop signal this many seconds before "
+                                       "the load balancer stops routing to it, as Kubernetes' endpoint removal "
+                                       "lags SIGTERM (default 0: detach, drain, then stop)")
     settle_s: float = setting(0.0, group="rollout", at_least=0, at_most=60, unit="seconds",
                               help="seconds to wait after each batch is attached")
     max_error_ratio: float = setting(0.05, group="rollout", flag="--max-error-ratio", at_least=0, at_most=1,
@@ -490,11 +495,16 @@ def _check_versions(s: Settings) -> None:
 
 
 def _check_mode(s: Settings) -> None:
-    """The combinations in-place refuses: Swarm, and strategies that start new containers."""
+    """The combinations in-place refuses (Swarm, and strategies that start new containers), and
+    those a detach lag does not apply to (in place, and strategies that kill)."""
     _check(not (s.engine == "swarm" and s.mode == "in-place"), "mode",
            "in-place cannot run on Swarm (a service has no code volume to swap); use --mode replace")
     _check(not (s.mode == "in-place" and not strategies.of(s.strategy).in_place),
            "mode", f"in-place cannot be used with {s.strategy} (it needs new containers)")
+    _check(not (s.detach_lag_s and s.mode == "in-place"), "detach_lag_s",
+           "applies to --mode replace only (in place, no server is stopped)")
+    _check(not (s.detach_lag_s and not strategies.of(s.strategy).graceful), "detach_lag_s",
+           f"does not apply to {s.strategy}, which kills servers before it detaches them")
 
 
 def _check_client_timeout(s: Settings) -> None:

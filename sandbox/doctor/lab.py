@@ -57,7 +57,7 @@ LONG_LIVED_WATCH_S = 0.5  # after the server exited, how long a long-lived conne
 class DoctorEngine(Engine, Protocol):
     """What doctor asks of the engine beyond running a fleet (DockerEngine has it)."""
 
-    async def signal_app(self, instance: Instance) -> str: ...
+    async def signal_app(self, instance: Instance) -> str | None: ...
 
     async def wait_exit(self, instance: Instance, timeout_s: float) -> int | None: ...
 
@@ -213,7 +213,7 @@ async def stop_run(lab: Lab, long_paths: Sequence[tuple[LongLivedKind, str]]) ->
         await asyncio.sleep(WARM_S)
         traffic.stop()
         t0 = time.monotonic()
-        signal = await lab.runtime.signal_app(inst)
+        signal = await lab.runtime.signal_app(inst) or "the stop signal"
         code = await lab.runtime.wait_exit(inst, lab.stop_timeout_s)
         exit_s = round(time.monotonic() - t0, 3) if code is not None else None
         await lab.runtime.kill_app(inst)  # SIGKILL at the stop timeout, as every engine does

@@ -127,6 +127,10 @@ class Engine(Protocol):
         """Stop gracefully (SIGTERM, ``grace_s``, SIGKILL) and remove; the exit code."""
         ...
 
+    async def signal_stop(self, instance: Instance) -> None:
+        """Send the stop signal and return at once, the server left as it is (``stop_app`` follows)."""
+        ...
+
     async def kill_app(self, instance: Instance) -> None:
         """Kill and remove at once."""
         ...

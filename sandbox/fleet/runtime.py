@@ -161,6 +161,10 @@ class DockerEngine(DockerBase):
             return code
         return await self._call(stop)
 
+    async def signal_stop(self, instance: Instance) -> None:
+        """Send the stop signal and return at once (``--detach-lag``); ``stop_app`` waits for it."""
+        await self._call(self._send_stop_signal, instance.id)
+
     async def kill_app(self, instance: Instance) -> None:
         """SIGKILL and remove at once (the naive strategy), volume included."""
         def kill() -> None:
@@ -186,15 +190,10 @@ class DockerEngine(DockerBase):
         return await self._call(swap)
 
     # -- what `sandbox doctor` reads and does to one server ---------------------------------------
-    async def signal_app(self, instance: Instance) -> str:
-        """Send the container's stop signal (SIGTERM unless its image or ``--stop-signal`` says
-        otherwise) to its PID 1, and nothing more; the signal sent."""
-        def send() -> str:
-            c = self.client.containers.get(instance.id)
-            signal = str((c.attrs.get("Config") or {}).get("StopSignal") or "SIGTERM")
-            c.kill(signal=signal)
-            return signal
-        return await self._call(send)
+    async def signal_app(self, instance: Instance) -> str | None:
+        """``signal_stop`` that says which signal it sent (SIGTERM unless the image or ``--stop-signal``
+        says otherwise), or None when the container no longer runs."""
+        return await self._call(self._send_stop_signal, instance.id)
 
     async def wait_exit(self, instance: Instance, timeout_s: float) -> int | None:
         """The exit code once the container has exited, or None when it still runs after ``timeout_s``."""

@@ -362,6 +362,14 @@ class SwarmEngine(DockerBase):
             return code
         return await self._call(stop)
 
+    async def signal_stop(self, instance: Instance) -> None:
+        """Send the task's container its stop signal and return at once (``--detach-lag``)."""
+        def signal() -> None:
+            service = self._service(instance)
+            if service is not None:
+                self._send_stop_signal(task_container_id(latest_task(service.tasks())))
+        await self._call(signal)
+
     async def kill_app(self, instance: Instance) -> None:
         """Remove the task's container at once (SIGKILL), then the service."""
         def kill() -> None:

@@ -17,6 +17,7 @@ V2_COLOR = "#DD8452"
 DROP_COLOR = "#C44E52"
 P99_COLOR = "#8172B3"
 STEP_COLORS = {
+    "term": "#FF1493",
     "detach": "#E1812C",
     "drain": "#B8860B",
     "stop": "#C44E52",

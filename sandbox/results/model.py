@@ -363,6 +363,7 @@ class Rollout:
     load: bool | None = None  # None: unknown, counts as on
     load_alive: bool | None = None  # None: unknown, counts as not alive (no PASS without evidence)
     seed: int | None = None
+    detach_lag_s: float | None = None  # --detach-lag: the stop signal went out this long before each detach
     pick_order: tuple[tuple[int, ...], ...] = ()
     mixed_checks: tuple[MixedRecord, ...] = ()
     steps: tuple[Step, ...] = ()
@@ -396,7 +397,7 @@ class Rollout:
 
 _HEAD = ("strategy", "size", "batch", "mode", "from_version", "to_version", "outcome", "duration_s",
          "peak_instances", "project", "sticky", "lb_apply", "client_keepalive_s", "users", "load", "load_alive",
-         "seed")
+         "seed", "detach_lag_s")
 
 
 # --------------------------------------------------------------------------- checks and verdict

@@ -5,7 +5,8 @@ the unavoidable waits are the longest time from starting (or swapping) a server 
 passing health check (``ready`` events, ``detail["first_ok_s"]``), plus the longest wait from
 detaching a server until it had nothing in flight (``drain`` events, ``detail["idle_s"]``),
 plus the time its old servers took to stop (``stop`` events, ``detail["stop_s"]``: the app's
-own exit after the stop signal, and the engine removing it). Batches are summed.
+own exit after the stop signal, and the engine removing it), plus the detach lag the user asked
+for (``term`` events, ``detail["lag_s"]``). Batches are summed.
 ``overhead_ratio`` is the rollout's duration over that sum: 1.0 would be a controller that
 spends nothing of its own.
 """
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 # event phase -> the detail key holding that event's unavoidable seconds
-_WAITS = {"ready": "first_ok_s", "drain": "idle_s", "stop": "stop_s"}
+_WAITS = {"ready": "first_ok_s", "drain": "idle_s", "stop": "stop_s", "term": "lag_s"}
 
 
 def _seconds(value: Any) -> float:
@@ -28,7 +29,7 @@ def _seconds(value: Any) -> float:
 
 def unavoidable_s(events: Iterable[Mapping[str, Any]]) -> float | None:
     """Sum over batches of (longest boot-to-first-healthy + longest drain-until-idle + longest
-    stop), in seconds, rounded to the ms; None when no event carries such a wait."""
+    stop + detach lag), in seconds, rounded to the ms; None when no event carries such a wait."""
     longest: dict[tuple[str, Any], float] = {}
     for event in events:
         key = _WAITS.get(str(event.get("phase")))

@@ -55,8 +55,8 @@ class RequestRow(TypedDict):
 Phase = Literal[
     # whole-run markers
     "load-start", "rollout-start", "rollout-end", "load-stop",
-    # per-server steps (DESIGN.md's six steps, plus naive/in-place variants)
-    "start", "ready", "attach", "detach", "drain", "stop", "kill", "swap", "switch",
+    # per-server steps (DESIGN.md's six steps, plus naive/in-place variants and --detach-lag's stop signal)
+    "start", "ready", "attach", "detach", "drain", "stop", "kill", "swap", "switch", "term",
     # outcomes
     "failed", "rollback-start", "rollback-end", "interrupted",
 ]

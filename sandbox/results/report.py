@@ -74,7 +74,8 @@ def build_report(
     waits = overhead(duration, steps)
     run = Rollout(
         **{key: meta.get(key) for key in ("strategy", "size", "batch", "mode", "project", "sticky", "lb_apply",
-                                          "client_keepalive_s", "users", "load", "load_alive", "seed")},
+                                          "client_keepalive_s", "users", "load", "load_alive", "seed",
+                                          "detach_lag_s")},
         from_version=pick("from_version", figures.exposure.from_version),
         to_version=pick("to_version", figures.exposure.to_version),
         outcome=pick("outcome", _outcome_from_steps(steps)),

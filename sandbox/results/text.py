@@ -108,6 +108,8 @@ def summary_text(report: Report) -> str:
         _overhead_line(report),
         *_traffic_lines(report),
     ]
+    if run.detach_lag_s:
+        lines.append(f"detach lag       {num(run.detach_lag_s, ' s')}  (stop signal sent this long before each detach)")
     drains = _drains_line(report.figures.drains)
     if drains:
         lines.append(drains)

@@ -116,10 +116,11 @@ class Executor:
         self.peak = 0
         self._born: dict[str, float] = {}  # container id -> monotonic time it was started or swapped
         self._detached_at: dict[str, float] = {}  # container id -> monotonic time it was detached
+        self._signalled_at: dict[str, float] = {}  # container id -> monotonic time of its 'term' (stop signal)
         self._handlers: dict[str, Callable[[_Run, planner.Step], Awaitable[None]]] = {
             "start": self._start, "ready": self._ready, "attach": self._attach, "detach": self._detach,
             "switch": self._switch, "reattach": self._reattach_step, "drain": self._drain_step,
-            "stop": self._stop, "kill": self._kill, "swap": self._swap,
+            "stop": self._stop, "kill": self._kill, "swap": self._swap, "term": self._term,
         }
 
     @property
@@ -321,13 +322,30 @@ class Executor:
     async def _drain_step(self, run: _Run, step: planner.Step) -> None:
         await _gather(self._drain(run.probe, i, step.batch_no) for i in run.targets(step.targets))
 
+    async def _term(self, run: _Run, step: planner.Step) -> None:
+        """The stop signal to servers still attached, then the detach lag: the load balancer
+        keeps routing to them meanwhile, as Kubernetes' endpoints do after SIGTERM."""
+        insts = run.targets(step.targets)
+        await _gather(self.runtime.signal_stop(i) for i in insts)
+        now = time.monotonic()
+        for inst in insts:
+            self._signalled_at[inst.id] = now
+            self.emit("term", inst, batch=step.batch_no, detail={"lag_s": self.settings.detach_lag_s})
+        await asyncio.sleep(self.settings.detach_lag_s)
+
     async def _stop(self, run: _Run, step: planner.Step) -> None:
         insts = run.targets(step.targets)
         grace = self.timing.stop_grace_s if self.images.toy else self.images.spec.stop_timeout
         t_stop = time.monotonic()
-        await _gather(self.runtime.stop_app(i, grace) for i in insts)
-        # side by side: the batch's stop took as long as its slowest (an unavoidable wait)
-        self._gone("stop", insts, step.batch_no, {"stop_s": round(time.monotonic() - t_stop, 3)})
+        # a server sent its signal by 'term' has had part of its grace already, as in Kubernetes
+        codes = await _gather(
+            self.runtime.stop_app(i, max(0.0, grace - (t_stop - self._signalled_at.get(i.id, t_stop))))
+            for i in insts)
+        # side by side: the batch's stop took as long as its slowest (an unavoidable wait); the exit
+        # code tells how each ended (0: by itself; 137: killed at the grace; None: it was gone)
+        stop_s = round(time.monotonic() - t_stop, 3)
+        for inst, code in zip(insts, codes, strict=True):
+            self._gone("stop", [inst], step.batch_no, {"stop_s": stop_s, "exit_code": code})
 
     async def _kill(self, run: _Run, step: planner.Step) -> None:
         insts = run.targets(step.targets)
@@ -389,7 +407,8 @@ class Executor:
 
     async def _in_flight(self, probe: Prober, insts: Sequence[Instance]) -> dict[str, int]:
         async def one(inst: Instance) -> int:
-            m = await probe.metrics(inst.probe_address) if inst.probe_address else None
+            address = _reachable(inst)
+            m = await probe.metrics(address) if address else None
             return int(m.get("app_requests_in_flight", 0)) if m else 0
         counts = await asyncio.gather(*(one(i) for i in insts))
         return {i.id: c for i, c in zip(insts, counts, strict=True)}
@@ -433,6 +452,7 @@ class Executor:
         if fresh is None or fresh.state in DEAD_STATES:
             raise ReadinessError(f"{inst.name} ({version}) stopped before it was ready: "
                                  f"{await self.runtime.exit_info(inst)}")
+
     async def _ready_once(self, probe: Prober, inst: Instance, version: str) -> bool:
         return await ready_once(probe, self.runtime, self.images, inst, version)
 
@@ -444,18 +464,19 @@ class Executor:
         t0 = time.monotonic()
         detached_at = self._detached_at.get(inst.id, t0)
         deadline = t0 + self.settings.drain_timeout
-        first = await probe.metrics(inst.probe_address) if inst.probe_address else None
+        address = _reachable(inst)
+        first = await probe.metrics(address) if address else None
         in_flight_start = int(first.get("app_requests_in_flight", 0)) if first else 0
         last_total = first.get("app_requests_total") if first else None
         quiet_since = time.monotonic()
         idle_at: float | None = None if in_flight_start else time.monotonic()
         # it answers but has no /metrics: nothing tells when it is drained, so it counts as not drained
-        timed_out = first is None and inst.probe_address is not None and await probe.accepts(inst.probe_address)
+        timed_out = first is None and address is not None and await probe.accepts(address)
         if timed_out:
             log.warning("%s: no /metrics to drain by: the drain was skipped", inst.name)
         while first is not None:
             await asyncio.sleep(self.timing.poll_s)
-            m = await probe.metrics(inst.probe_address) if inst.probe_address else None
+            m = await probe.metrics(address) if address else None
             if m is None:
                 break  # it stopped answering: nothing more can be in flight there
             total = m.get("app_requests_total")
@@ -498,7 +519,8 @@ class Executor:
             log.warning("%s: drain timed out after %.1f s (%d in flight at the LB)",
                         inst.name, self.settings.drain_timeout, counts[-1])
         end = time.monotonic()
-        m = await probe.metrics(inst.probe_address) if inst.probe_address else None
+        address = _reachable(inst)
+        m = await probe.metrics(address) if address else None
         app_in_flight = int(m.get("app_requests_in_flight", 0)) if m else None
         if app_in_flight and not timed_out:
             log.warning("%s: the LB has nothing in flight to it but the app reports %d", inst.name, app_in_flight)
@@ -522,6 +544,12 @@ async def ready_once(probe: Prober, runtime: Engine, images: ImageSet, inst: Ins
     if health is not None:
         return health == "healthy"
     return await probe.accepts(address)
+
+
+def _reachable(inst: Instance) -> str | None:
+    """Where to probe ``inst``: None without an address or once its container exited (a gone
+    container's address drops packets, so each probe would wait for its timeout)."""
+    return inst.probe_address if inst.state not in DEAD_STATES else None
 
 
 async def _gather(coros: Iterable[Awaitable[Any]]) -> list[Any]:

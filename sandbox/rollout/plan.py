@@ -17,6 +17,11 @@ after an interruption; a rollback is ``plan(fleet, to_version=previous)``.
    shuffled by ``random.Random(seed)`` (the same seed, the same order: a run
    that found a problem can be replayed).
 
+With a detach lag (``PlanSettings.detach_lag_s``), ``signal_first`` puts a
+``term`` step (the stop signal, then the lag) before each detach of a server
+the plan stops, as Kubernetes sends SIGTERM while its endpoints are still
+being removed.
+
 ``merge_reloads`` then turns the attach that ends one batch and the detach
 that starts the next into one ``reattach`` step (one load balancer reload
 instead of two). The executor runs exactly the steps it is given, so
@@ -43,7 +48,7 @@ from sandbox.rollout.strategies import DEFAULT_STRATEGY, REGISTRY, RolloutStrate
 
 __all__ = [  # the planner, and the vocabulary it shares with the strategies (steps.py)
     "Action", "Mode", "PlanError", "PlanSettings", "Ref", "Server", "Simulation", "Step", "Strategy", "Version",
-    "check_settings", "limits", "merge_reloads", "pick_order", "plan", "simulate", "validate",
+    "check_settings", "limits", "merge_reloads", "pick_order", "plan", "signal_first", "simulate", "validate",
 ]
 
 
@@ -57,6 +62,7 @@ class PlanSettings:
     batch: int = 1  # where the strategy is batched (see strategies); ignored by the others
     mode: Mode = "replace"
     seed: int | None = None  # None: slots in order; else the pick order is a shuffle seeded with it
+    detach_lag_s: float = 0.0  # > 0: each server is sent its stop signal this long before its detach
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,12 @@ def check_settings(settings: PlanSettings) -> None:
     seed = settings.seed
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise PlanError(f"seed: must be a whole number >= 0, got {seed!r}", field="seed")
+    lag = settings.detach_lag_s
+    if isinstance(lag, bool) or not isinstance(lag, (int, float)) or not lag >= 0:
+        raise PlanError(f"detach_lag_s: must be a number of seconds >= 0, got {lag!r}", field="detach_lag_s")
+    if lag and (settings.mode == "in-place" or not REGISTRY[settings.strategy].graceful):
+        raise PlanError(f"detach_lag_s: applies to mode replace with a strategy that drains, not "
+                        f"{settings.strategy} in {settings.mode}", field="detach_lag_s")
     if settings.mode == "in-place" and not REGISTRY[settings.strategy].in_place:
         raise PlanError(
             f"mode: 'in-place' is not possible with strategy {settings.strategy!r}, which runs "
@@ -198,7 +210,23 @@ def plan(fleet: Sequence[Server], settings: PlanSettings) -> list[Step]:
     for start in range(0, len(triage.to_rebuild), size):
         batch_no += 1
         steps += strategy.rebuild(Batch(triage.to_rebuild[start : start + size]), settings.mode, batch_no)
-    return steps
+    return signal_first(steps) if settings.detach_lag_s else steps
+
+
+def signal_first(steps: Sequence[Step]) -> list[Step]:
+    """``steps`` with a 'term' step (the stop signal, then the detach lag) just before each step
+    that detaches servers the plan stops, for those servers: they get the signal while the load
+    balancer still routes to them, as in Kubernetes. Servers stopped while already detached get
+    no 'term'."""
+    stopped = {r for step in steps if step.action == "stop" for r in step.targets}
+    out: list[Step] = []
+    for step in steps:
+        detached = step.targets if step.action == "detach" else step.detach
+        leaving = tuple(r for r in detached if r in stopped)
+        if leaving:
+            out.append(Step("term", leaving, step.batch_no))
+        out.append(step)
+    return out
 
 
 def pick_order(steps: Sequence[Step]) -> list[list[int]]:
@@ -268,6 +296,7 @@ class _Box:
     drained: bool = False  # no in-flight requests since its last detach
     alive: bool = True
     dead: bool = False  # exited under us: never ready again, only removed
+    signalled: bool = False  # sent its stop signal ('term'): it is going away, never attached again
 
 
 class _Sim:
@@ -351,14 +380,25 @@ class _Sim:
         self.boxes[box_id] = _Box(box_id, ref.slot, self.settings.to_version, attached=False, ready=False)
         self.new_in_slot[ref.slot] = box_id
 
+    def _term(self, box: _Box) -> None:
+        if self.settings.detach_lag_s <= 0:
+            raise ValueError("'term' is only for a plan with a detach lag")
+        self._need_alive(box)
+        self._need_staying(box, "signalled again")
+        if not box.attached:
+            raise ValueError(f"{box.id} is signalled while detached: only attached servers wait the lag")
+        box.signalled = True
+
     def _ready(self, box: _Box) -> None:
         self._need_alive(box)
+        self._need_staying(box, "readied")
         if box.dead:
             raise ValueError(f"{box.id} exited: it is never ready again")
         box.ready = True
 
     def _attach(self, box: _Box) -> None:
         self._need_alive(box)
+        self._need_staying(box, "attached")
         if box.attached:
             raise ValueError(f"{box.id} is already attached")
         if not box.ready:
@@ -391,12 +431,17 @@ class _Sim:
         if self.settings.mode != "in-place":
             raise ValueError("'swap' is only for mode in-place")
         self._need_alive(box)
+        self._need_staying(box, "swapped")
         self._need_out_of_service(box, "swapped")
         box.version, box.ready, box.drained = self.settings.to_version, False, False
 
     def _need_alive(self, box: _Box) -> None:
         if not box.alive:
             raise ValueError(f"{box.id} is already gone")
+
+    def _need_staying(self, box: _Box, verb: str) -> None:
+        if box.signalled:
+            raise ValueError(f"{box.id} is {verb} after its stop signal")
 
     def _need_out_of_service(self, box: _Box, verb: str) -> None:
         """Graceful strategies touch only detached, drained servers."""
@@ -426,7 +471,9 @@ def simulate(fleet: Sequence[Server], settings: PlanSettings, steps: Sequence[St
     Checked after every step: serving slots >= min(N - max_unavailable, serving at
     start); live containers <= max(N + max_surge, containers at start); each
     action's own rules (attach only after 'ready'; stop/swap only detached and
-    drained servers unless naive; 'kill' only in naive; 'swap' only in-place;
+    drained servers unless naive; 'term' only on attached servers, with a detach
+    lag, and nothing but detach, drain and stop after it; 'kill' only in naive;
+    'swap' only in-place;
     'reattach' only from the end of one batch to the start of a later one).
     The end state is not checked here: see ``validate``.
     """

@@ -106,6 +106,7 @@ class Prepared:
     batches: int | None = None
     seed: int | None = None  # --seed: the pick order is a shuffle seeded with it (None: slot order)
     mixed_checks: tuple[str, ...] = ()  # run once both versions are attached
+    detach_lag_s: float = 0.0  # --detach-lag: each 'term' step waits this long before the detach
 
     @property
     def pick_order(self) -> list[list[int]]:
@@ -127,7 +128,7 @@ class Prepared:
         return {"kind": self.kind, "from": self.source, "to": self.target, "strategy": self.strategy,
                 "size": self.size, "batches": self.batches, "peak_containers": self.peak,
                 "min_serving": self.floor, "seed": self.seed, "pick_order": self.pick_order,
-                "mixed_checks": list(self.mixed_checks),
+                "mixed_checks": list(self.mixed_checks), "detach_lag_s": self.detach_lag_s,
                 "steps": [{"batch": st.batch_no, "action": st.action, "targets": who(st.targets),
                            "detach": who(st.detach)} for st in self.steps]}
 
@@ -143,6 +144,9 @@ class Prepared:
                     f"{self.size} servers serving" if self.peak is not None else "")]
         if self.seed is not None:
             lines.append("  " + self.order_line())
+        if self.detach_lag_s:
+            lines.append(f"  detach lag {self.detach_lag_s:g} s: each 'term' sends the stop signal, then waits "
+                         "that long before the detach")
         if self.mixed_checks:
             lines.append(f"  {len(self.mixed_checks)} mixed check(s), run once both versions are attached: "
                          + "; ".join(self.mixed_checks))
@@ -335,7 +339,7 @@ class Rehearsal:
         instances, servers = await self._executor.fleet(listed)
         plan_settings = planner.PlanSettings(size=size, to_version=target, strategy=self.settings.strategy,
                                              batch=self.settings.batch, mode=self.settings.mode,
-                                             seed=self.settings.seed)
+                                             seed=self.settings.seed, detach_lag_s=self.settings.detach_lag_s)
         steps = planner.merge_reloads(planner.plan(servers, plan_settings))
         try:
             sim: planner.Simulation | None = planner.simulate(servers, plan_settings, steps)
@@ -351,7 +355,7 @@ class Rehearsal:
                                   mode=self.settings.mode, versions=tuple(self._executor.images.app),
                                   peak=sim.peak_containers if sim else None, floor=sim.min_serving if sim else None,
                                   batches=sim.batches if sim else None, seed=self.settings.seed,
-                                  mixed_checks=self.settings.mixed_checks)
+                                  mixed_checks=self.settings.mixed_checks, detach_lag_s=self.settings.detach_lag_s)
         return self._prepared
 
     async def _read_fleet(self) -> tuple[LbHandle, list[Instance]]:
@@ -559,7 +563,7 @@ class Rehearsal:
         back = planner.merge_reloads(planner.plan(servers, planner.PlanSettings(
             size=self.prepared.size, to_version=source, strategy=strategy,
             batch=min(self.settings.batch, max(1, self.prepared.size - 1)), mode=self.settings.mode,
-            seed=self.settings.seed)))
+            seed=self.settings.seed, detach_lag_s=self.prepared.detach_lag_s)))
         try:
             await executor.execute(back, source, env=dict(self.balancer.state.app_env),
                                    from_version=self.prepared.target, instances=listed)
@@ -666,6 +670,7 @@ def unchanged_report(settings: Settings, prepared: Prepared) -> Report:
             "size": prepared.size, "mode": settings.mode, "from_version": prepared.target,
             "to_version": prepared.target, "outcome": "completed", "duration_s": 0.0,
             "peak_instances": len(prepared.instances), "load": False, "seed": prepared.seed, "pick_order": [],
+            "detach_lag_s": prepared.detach_lag_s,
             "mixed_checks": mixed.not_run(settings.mixed_checks,
                                           "not run: nothing to roll, the fleet was already there")}
     report = build_report(meta=meta, measured=measure([], []), steps=[], limits=Limits.from_settings(settings))
@@ -698,6 +703,7 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
         "client_keepalive_s": collected.lb.client_keepalive_s, "users": settings.users if ran.load else 0,
         "load": ran.load, "load_alive": ran.load_alive and not died if ran.load else None,
         "seed": prepared.seed, "pick_order": prepared.pick_order, "mixed_checks": ran.mixed_checks,
+        "detach_lag_s": prepared.detach_lag_s,
     }
     report = build_report(meta=meta, measured=measured, steps=collected.events, limits=Limits.from_settings(settings))
     extra = {"attribution": attribution(collected.rows, collected.nginx_rows, collected.history),

@@ -12,7 +12,8 @@ from typing import Literal
 
 Version = str  # the user's name for a version: v1, 1.4.2, green (the toy app has v1 and v2)
 Mode = Literal["replace", "in-place"]
-Action = Literal["start", "ready", "attach", "detach", "drain", "stop", "kill", "swap", "switch", "reattach"]
+# 'term': send the stop signal and wait the detach lag, the server still attached (``plan.signal_first``)
+Action = Literal["start", "ready", "attach", "detach", "drain", "stop", "kill", "swap", "switch", "reattach", "term"]
 
 
 @dataclass(frozen=True)

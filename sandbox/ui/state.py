@@ -29,11 +29,12 @@ SEED_STEPS = (
 STEP_OF_ACTION = {
     "detach": "detach", "drain": "drain", "stop": "replace", "kill": "replace", "start": "replace",
     "swap": "replace", "ready": "ready", "attach": "attach", "switch": "attach", "reattach": "attach",
+    "term": "detach",  # --detach-lag: the stop signal opens the detach, which follows after the lag
 }
 # what a server is doing after each per-server event
 STATE_OF_PHASE = {
     "start": "starting", "ready": "ready", "attach": "attached", "detach": "draining",
-    "drain": "drained", "stop": "removed", "kill": "removed", "swap": "starting",
+    "drain": "drained", "stop": "removed", "kill": "removed", "swap": "starting", "term": "stopping",
 }
 REMOVED_LINGER_S = 3.0  # a removed server stays (faded) this long, then leaves the grid
 SERIES_MAX = 600  # points kept in the share-over-time series
@@ -48,6 +49,8 @@ NARRATION = {
     "detach": "Detach: {lb_out}; new requests stop going there, the ones already running carry on.",
     "drain": "Drain: we wait until no request is in flight on {slots}. Stopping earlier would drop those "
              "requests.",
+    "term": "Stop signal first: {slots} get the stop signal while the load balancer still routes to them, as "
+            "Kubernetes does; the detach follows after the lag. An app that exits at once drops what still arrives.",
     "stop": "Replace: with nothing in flight and out of the load balancer, {slots} can stop without costing "
             "any user a request.",
     "kill": "Naive: killing {slots} while it still gets traffic. Watch the dropped counter.",

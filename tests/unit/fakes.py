@@ -52,6 +52,7 @@ class FakeRuntime:
         self.app_images: dict[str, str] = dict(IMAGES.app)  # version -> the image its servers must run
         self.specs: list[tuple[AppSpec | None, bool]] = []  # (spec, toy) of each start_app
         self.healths: dict[str, str] = {}  # version -> Docker health status (absent: no HEALTHCHECK)
+        self.graces: dict[str, float] = {}  # name -> the grace its stop_app was given
 
     # -- set-up helpers for tests -------------------------------------------------------------
     def up(self, size: int, version: str = "v1") -> list[Instance]:
@@ -179,8 +180,13 @@ class FakeRuntime:
         self._record("refresh", instance, quiet=True)
         return self.containers.get(instance.id)
 
+    async def signal_stop(self, instance: Instance) -> None:
+        self._record("term", instance.name)
+        await asyncio.sleep(self.latency_s)
+
     async def stop_app(self, instance: Instance, grace_s: float) -> int | None:
         self._record("stop", instance.name)
+        self.graces[instance.name] = grace_s
         await asyncio.sleep(self.latency_s)
         return 0 if self.containers.pop(instance.id, None) else None
 

@@ -40,7 +40,7 @@ def fleet_and_executor(n: int, settings: Settings, unready: frozenset[str] = fro
 async def roll(runtime: FakeRuntime, executor: Executor, settings: Settings, **kw: object) -> list[planner.Step]:
     instances, servers = await executor.fleet()
     steps = planner.merge_reloads(planner.plan(servers, planner.PlanSettings(
-        settings.size, "v2", settings.strategy, settings.batch, settings.mode)))
+        settings.size, "v2", settings.strategy, settings.batch, settings.mode, detach_lag_s=settings.detach_lag_s)))
     await executor.execute(steps, "v2", env={}, from_version="v1", instances=instances, **kw)  # type: ignore[arg-type]
     return steps
 
@@ -74,6 +74,57 @@ async def test_calls_in_order(strategy: str, mode: str, n: int, batch: int, call
     runtime, _, executor = fleet_and_executor(n, settings)
     await roll(runtime, executor, settings)
     assert runtime.log == calls
+
+
+LAG_CALLS = [
+    # (strategy, n, batch, the calls made with a detach lag, in order): the stop signal before each detach
+    ("one-at-a-time", 2, 1, ["term a1", "lb -a1", "stop a1", "start 1 v2", "lb +n1", "term a2", "lb -a2", "stop a2",
+                             "start 2 v2", "lb +n2"]),
+    ("surge", 2, 1, ["start 1 v2", "lb +n1", "term a1", "lb -a1", "stop a1", "start 2 v2", "lb +n2", "term a2",
+                     "lb -a2", "stop a2"]),
+    ("blue-green", 2, 1, ["start 1 v2", "start 2 v2", "term a1", "term a2", "lb +n1 +n2 -a1 -a2", "stop a1",
+                          "stop a2"]),
+]
+
+
+@pytest.mark.parametrize(("strategy", "n", "batch", "calls"), LAG_CALLS, ids=[c[0] for c in LAG_CALLS])
+@pytest.mark.asyncio
+async def test_a_detach_lag_signals_before_each_detach(strategy: str, n: int, batch: int, calls: list[str]) -> None:
+    settings = settings_for(n, strategy, batch=batch, detach_lag_s=0.05)
+    runtime, _, executor = fleet_and_executor(n, settings)
+    await roll(runtime, executor, settings)
+    assert runtime.log == calls
+    terms = [(e["instance"], e["detail"]) for e in executor.events if e["phase"] == "term"]
+    assert terms == [(f"a{i}", {"lag_s": 0.05}) for i in range(1, n + 1)]
+    # the grace runs from the signal: the stop gets what the lag left of it
+    assert all(grace <= FAST.stop_grace_s - 0.05 for grace in runtime.graces.values())
+    stops = [(e["instance"], e["detail"]["exit_code"]) for e in executor.events if e["phase"] == "stop"]
+    assert stops == [(f"a{i}", 0) for i in range(1, n + 1)]  # how each one ended
+
+
+@pytest.mark.asyncio
+async def test_a_server_that_exits_at_its_stop_signal_is_taken_out_and_not_probed_again() -> None:
+    """APP_STOP_MODE=exit-now under a lag: it dies while attached; the next step takes it out, and
+    no probe waits on its address (a gone container's address drops packets)."""
+    settings = settings_for(1, detach_lag_s=0.01)
+    runtime = FakeRuntime()
+    (a1,) = runtime.up(1)
+    balancer = FakeBalancer(runtime)
+    balancer.attach_all()
+    probe = FakeProbe(runtime)
+    asked: list[str] = []
+    answer = probe.metrics
+
+    async def metrics(address: str) -> dict[str, float] | None:
+        asked.append(address)
+        return await answer(address)
+    probe.metrics = metrics  # type: ignore[method-assign]
+    runtime.before["term"] = lambda *_: runtime.containers.update(a1=replace(a1, state="exited"))
+    executor = Executor(runtime, balancer, settings, IMAGES, probe=probe.factory(), timing=FAST)
+    await roll(runtime, executor, settings)
+    assert [e["phase"] for e in executor.events if e["instance"] == "a1"] == ["term", "died", "detach", "drain",
+                                                                              "stop"]
+    assert a1.address not in asked
 
 
 SWEEP = [(strategy, mode, n, batch) for strategy, mode in STRATEGY_MODES for n in (1, 3, 4) for batch in (1, 2)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import itertools
 from collections.abc import Iterator
 from typing import get_args
 
@@ -31,16 +32,17 @@ LB_MODES = ("dynamic", "reload")
 
 
 def every_plan() -> Iterator[tuple[PlanSettings, list[Step]]]:
-    """What the controller runs (merged plans) for every strategy and mode: fresh fleets, and
-    fleets stopped after any step, planned on forward and back (resumes, rollbacks, settle batches)."""
+    """What the controller runs (merged plans) for every strategy and mode, with and without a
+    detach lag: fresh fleets, and fleets stopped after any step, planned on forward and back
+    (resumes, rollbacks, settle batches)."""
     for strategy in strategies.NAMES:
-        for mode in get_args(Mode):
+        for mode, lag in itertools.product(get_args(Mode), (0.0, 2.0)):
             for n in (1, 3, 4, 9):
                 for batch in (1, 2, n + 1):
-                    settings = PlanSettings(n, "v2", strategy, batch, mode)
+                    settings = PlanSettings(n, "v2", strategy, batch, mode, detach_lag_s=lag)
                     try:
                         check_settings(settings)
-                    except PlanError:  # in-place beside new servers: refused before any plan
+                    except PlanError:  # in-place beside new servers, a lag where none is stopped: refused
                         continue
                     fleet = [Server(f"a{i}", i, "v1", True) for i in range(1, n + 1)]
                     steps = plan(fleet, settings)

@@ -28,6 +28,11 @@ def test_stops_count_longest_per_batch() -> None:
     assert unavoidable_s(stops) == round(2.0 + 0.3 + 0.25, 3)
 
 
+def test_the_detach_lag_counts_as_a_wait_per_batch() -> None:
+    lagged = [*EVENTS, _ev("term", 1, lag_s=2.0), _ev("term", 1, lag_s=2.0), _ev("term", 2, lag_s=2.0)]
+    assert unavoidable_s(lagged) == round(2.0 + 2.0 + 2.0, 3)
+
+
 def test_no_waits_is_unknown() -> None:
     assert unavoidable_s([_ev("start", 1), {"t": 2.0, "phase": "ready", "detail": {"first_ok_s": None}}]) is None
     assert overhead(5.0, []) == {"unavoidable_s": None, "overhead_ratio": None}

@@ -217,6 +217,51 @@ def test_merged_sequence(fleet, settings, expected):
     validate(fleet, settings, merged)
 
 
+LAG_CASES = [
+    # (name, fleet, settings, expected merged steps): 'term' (the stop signal, then the lag) before each
+    # detach of a server the plan stops; the detach no longer follows an attach, so nothing merges
+    ("one-at-a-time", fleet_of(2), PlanSettings(2, "v2", detach_lag_s=2), [
+        "1 term a1", "1 detach a1", "1 drain a1", "1 stop a1", "1 start new1", "1 ready new1", "1 attach new1",
+        "2 term a2", "2 detach a2", "2 drain a2", "2 stop a2", "2 start new2", "2 ready new2", "2 attach new2",
+    ]),
+    ("surge", fleet_of(1), PlanSettings(1, "v2", "surge", detach_lag_s=2), [
+        "1 start new1", "1 ready new1", "1 attach new1", "1 term a1", "1 detach a1", "1 drain a1", "1 stop a1",
+    ]),
+    ("blue-green", fleet_of(2), PlanSettings(2, "v2", "blue-green", detach_lag_s=2), [
+        "1 start new1,new2", "1 ready new1,new2", "1 term a1,a2", "1 switch new1,new2 -a1,a2",
+        "1 drain a1,a2", "1 stop a1,a2",
+    ]),
+    ("settle: only the attached surplus waits",
+     [Server("b1", 1, "v2", True), Server("a1", 1, "v1", True), Server("a9", 1, "v1", False)],
+     PlanSettings(1, "v2", detach_lag_s=2), ["1 term a1", "1 detach a1", "1 drain a1,a9", "1 stop a1,a9"]),
+]
+
+
+@pytest.mark.parametrize(("fleet", "settings", "expected"), [c[1:] for c in LAG_CASES], ids=[c[0] for c in LAG_CASES])
+def test_a_detach_lag_signals_first(fleet, settings, expected):
+    merged = merge_reloads(plan(fleet, settings))
+    assert render(merged) == expected
+    validate(fleet, settings, merged)
+
+
+@pytest.mark.parametrize(("strategy", "n", "batch"), [
+    (strategy, n, batch) for strategy, mode in STRATEGY_MODES if mode == "replace" and REGISTRY[strategy].graceful
+    for n in (1, 3, 9) for batch in (1, 2, n)])
+def test_a_detach_lag_keeps_the_shape_and_signals_every_removed_server(strategy, n, batch):
+    fleet = fleet_of(n)
+    plain, lagged = PlanSettings(n, "v2", strategy, batch), PlanSettings(n, "v2", strategy, batch, detach_lag_s=2)
+    steps = plan(fleet, lagged)
+    validate(fleet, lagged, steps)
+    validate(fleet, lagged, merge_reloads(steps))
+    without = simulate(fleet, plain, plan(fleet, plain))
+    sim = simulate(fleet, lagged, steps)
+    assert (sim.batches, sim.peak_containers, sim.min_serving) == (
+        without.batches, without.peak_containers, without.min_serving)
+    signalled = [r.id for s in steps if s.action == "term" for r in s.targets]
+    assert sorted(signalled) == sorted(s.id for s in fleet)  # each old server once
+    assert [s for s in steps if s.action != "term"] == plan(fleet, plain)
+
+
 # --------------------------------------------------------------------------- resuming
 
 
@@ -363,6 +408,9 @@ def test_rollback_after_full_roll(strategy, mode, n):
         (PlanSettings(3, "v2", "surge", mode="in-place"), "mode"),
         (PlanSettings(3, "v2", "double-half", mode="in-place"), "mode"),
         (PlanSettings(3, "v2", "blue-green", mode="in-place"), "mode"),
+        (PlanSettings(3, "v2", detach_lag_s=-1), "detach_lag_s"),
+        (PlanSettings(3, "v2", mode="in-place", detach_lag_s=2), "detach_lag_s"),  # nothing is stopped
+        (PlanSettings(3, "v2", "naive", detach_lag_s=2), "detach_lag_s"),  # it kills before it detaches
     ],
 )
 def test_bad_settings_name_the_field(settings, field):
@@ -453,6 +501,18 @@ BROKEN += [
 ]
 
 
+LAGGED = PlanSettings(2, "v2", detach_lag_s=2)
+
+BROKEN += [
+    ("term without a lag", TWO, lambda s: [Step("term", (A1,), 1)] + s, "only for a plan with a detach lag"),
+    ("term on a detached server", LAGGED,
+     lambda s: [Step("detach", (A1,), 1), Step("term", (A1,), 1)] + s[2:], "signalled while detached"),
+    ("attached after its stop signal", LAGGED,
+     lambda s: s[:2] + [Step("attach", (A1,), 1)] + s[2:], "attached after its stop signal"),
+    ("signalled twice", LAGGED, lambda s: s[:1] + s, "signalled again after its stop signal"),
+]
+
+
 @pytest.mark.parametrize(("settings", "breaker", "fragment"), [c[1:] for c in BROKEN], ids=[c[0] for c in BROKEN])
 def test_validate_catches_broken_plan(settings, breaker, fragment):
     fleet = fleet_of(settings.size)
@@ -477,7 +537,8 @@ def test_any_fleet_converges(seed):
             for i in range(rng.randint(0, 2 * n + 2))
         ]
         strategy, mode = rng.choice(STRATEGY_MODES)
-        settings = PlanSettings(n, rng.choice(["v1", "v2"]), strategy, rng.randint(1, n + 2), mode)
+        lag = 2.0 if mode == "replace" and REGISTRY[strategy].graceful and rng.random() < 0.5 else 0.0
+        settings = PlanSettings(n, rng.choice(["v1", "v2"]), strategy, rng.randint(1, n + 2), mode, detach_lag_s=lag)
         steps = plan(fleet, settings)
         validate(fleet, settings, steps)
         validate(fleet, settings, merge_reloads(steps))
