@@ -26,7 +26,7 @@ from sandbox.commands import parse_strategy_spec
 from sandbox.config import GROUPS, SETTINGS, Group, Settings, check_batch, check_port_free, load_settings, renamed
 from sandbox.doctor import output as doctor_output
 from sandbox.doctor.measure import LongLivedKind
-from sandbox.doctor.run import check_long_path
+from sandbox.doctor.run import DOCKER_ONLY, check_long_path
 from sandbox.doctor.run import doctor as run_doctor
 from sandbox.errors import DEFAULT_PROJECT, EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, exit_code_for
 from sandbox.fleet import engines
@@ -282,6 +282,8 @@ def _check_command(args: argparse.Namespace, settings: Settings) -> None:
     if args.command == "demo":
         check_batch(settings.strategy, settings.batch, settings.size)
     if args.command == "doctor":
+        if settings.engine != "docker":
+            raise UsageError(DOCKER_ONLY)
         check_long_path("--ws-path", args.ws_path)
         check_long_path("--sse-path", args.sse_path)
     if hasattr(args, "dashboard_port"):

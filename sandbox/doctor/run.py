@@ -23,6 +23,7 @@ from sandbox.fleet.runtime import DockerEngine
 from sandbox.load.rows import parse_think_ms
 from sandbox.ports import free_port
 
+DOCKER_ONLY = "engine: doctor runs plain Docker containers; drop --engine swarm"
 #: The service time assumed per request when the rehearsed load's rate is estimated.
 SERVICE_S = 0.01
 
@@ -52,7 +53,7 @@ async def doctor(settings: Settings, *, runtime: Engine, long_paths: Sequence[tu
     created, and what the engine raises; the fleet is removed in every case.
     """
     if not isinstance(runtime, DockerEngine):
-        raise UsageError("engine: doctor runs plain Docker containers; drop --engine swarm")
+        raise UsageError(DOCKER_ONLY)
     project = doctor_project(settings.project)
     own = dataclasses.replace(settings, project=project, size=1, port=free_port())
     if await runtime.has_project(project):  # a doctor run that was killed left it; it is doctor's own

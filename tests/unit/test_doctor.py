@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from sandbox import cli
+from sandbox.config import load_settings
 from sandbox.doctor import findings as F
 from sandbox.doctor.lab import memory_limit_bytes
 from sandbox.doctor.measure import (
@@ -30,8 +31,10 @@ from sandbox.doctor.measure import (
     tolerated_lag,
 )
 from sandbox.doctor.output import Diagnosis, junit, markdown, text
+from sandbox.doctor.run import doctor
 from sandbox.doctor.snippets import Recommendation, all_snippets
-from sandbox.errors import EXIT_USAGE
+from sandbox.errors import EXIT_USAGE, UsageError
+from tests.unit.fakes import FakeRuntime
 
 DROP = [Failure(0.3, "GET / -> 502")]
 
@@ -211,6 +214,7 @@ def test_memory_limit_bytes(text_: str, size: int | None) -> None:
     (["doctor", "--stop-timeout", "0"], "--stop-timeout"),
     (["doctor", "--path", "nope"], "--path"),
     (["doctor", "--size", "0"], "--size"),
+    (["doctor", "--engine", "swarm"], "engine"),
 ])
 def test_bad_doctor_input_exits_2_naming_the_flag(argv: list[str], named: str,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
@@ -223,3 +227,11 @@ def test_doctor_takes_the_app_contract_flags_of_up() -> None:
     doctor, up = cli.setting_flags("doctor"), cli.setting_flags("up")
     assert {name for name in up if cli.SETTINGS[name].spec.group == "app"} <= set(doctor)
     assert {"paths", "size", "users", "think_ms"} <= set(doctor)
+
+
+@pytest.mark.asyncio
+async def test_doctor_refuses_an_engine_that_is_not_plain_docker_before_touching_it() -> None:
+    runtime = FakeRuntime()
+    with pytest.raises(UsageError, match=r"^engine: "):
+        await doctor(load_settings({}), runtime=runtime, say=print)
+    assert runtime.log == [] and runtime.containers == {}
