@@ -2,6 +2,6 @@
 
 ``measure`` holds what the experiments measured (plain numbers), ``findings`` judges them (pure:
 one :class:`~sandbox.doctor.findings.Finding` per experiment), ``snippets`` turns them into settings
-for Kubernetes, Compose/Swarm, Nomad and Kamal, ``lab`` runs the experiments on a fleet of doctor's
-own, and ``output`` renders the findings as text, JSON, Markdown and JUnit.
+for Kubernetes, Compose/Swarm, Nomad and Kamal, ``lab`` runs the experiments, ``run`` gives them a
+fleet of doctor's own and removes it, and ``output`` renders the findings as text, JSON, Markdown and JUnit.
 """
