@@ -24,6 +24,10 @@ from typing import Any, NoReturn
 from sandbox import __version__, commands
 from sandbox.commands import parse_strategy_spec
 from sandbox.config import GROUPS, SETTINGS, Group, Settings, check_batch, check_port_free, load_settings, renamed
+from sandbox.doctor import output as doctor_output
+from sandbox.doctor.measure import LongLivedKind
+from sandbox.doctor.run import DOCKER_ONLY, check_long_path
+from sandbox.doctor.run import doctor as run_doctor
 from sandbox.errors import DEFAULT_PROJECT, EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, exit_code_for
 from sandbox.fleet import engines
 from sandbox.fleet.engine import Engine
@@ -79,7 +83,8 @@ def setting_flags(command: str) -> dict[str, str]:
     """The settings ``command`` takes as flags, each with its flag, in definition order."""
     takes = _SUBCOMMANDS[command]
     return {s.name: s.flags[0] for s in SETTINGS.values()
-            if s.flags and (s.name in _COMMON or (s.spec.group in takes.groups and s.name not in takes.without))}
+            if s.flags and (s.name in _COMMON or s.name in takes.also
+                            or (s.spec.group in takes.groups and s.name not in takes.without))}
 
 
 def _add_settings(p: argparse.ArgumentParser, flags: Mapping[str, str], project: str) -> None:
@@ -175,14 +180,25 @@ def _add_compare_flags(p: argparse.ArgumentParser) -> None:
     p.set_defaults(report=Path("reports") / "compare")
 
 
+def _add_doctor_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ws-path", metavar="PATH", help="a WebSocket path of your app: does a stop close it properly?")
+    p.add_argument("--sse-path", metavar="PATH", help="a server-sent events path of your app: does a stop end it?")
+    p.add_argument("--json", action="store_true", help="print the findings, measurements and snippets as JSON")
+    p.add_argument("--report", type=Path, metavar="DIR",
+                   help="write doctor.md (with the evidence) and doctor.json here")
+    p.add_argument("--junit", type=Path, metavar="FILE", help="write the findings as JUnit XML, one test case each")
+
+
 @dataclass(frozen=True)
 class _Command:
-    """A command's help line; the setting groups it takes as flags, less ``without``; its own flags
-    that are not settings; and its own defaults of settings (its flag's, over environment and file)."""
+    """A command's help line; the setting groups it takes as flags, less ``without``, plus the
+    settings ``also``; its own flags that are not settings; and its own defaults of settings (its
+    flag's, over environment and file)."""
 
     help: str
     groups: tuple[Group, ...] = ()
     without: tuple[str, ...] = ()
+    also: tuple[str, ...] = ()
     own_flags: Callable[[argparse.ArgumentParser], None] | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
     project: str = DEFAULT_PROJECT  # when neither flag, environment nor file names one
@@ -205,6 +221,9 @@ _SUBCOMMANDS: dict[str, _Command] = {
                         ("fleet", "swarm", "rollout", "load", "limits"),
                         without=("lb_retry", "strategy", "batch", "mode", "detach_lag_s", *_ROLL_ONLY),
                         own_flags=_add_compare_flags, defaults={"size": 9}),
+    "doctor": _Command("run short real experiments on your image: what loses requests in rollouts, what to set",
+                       ("app",), also=("size", "ready_timeout", "paths", "users", "think_ms"),
+                       own_flags=_add_doctor_flags),
 }
 
 
@@ -262,6 +281,11 @@ def _check_command(args: argparse.Namespace, settings: Settings) -> None:
                          "drops by design); add a strategy compare judges, e.g. one-at-a-time")
     if args.command == "demo":
         check_batch(settings.strategy, settings.batch, settings.size)
+    if args.command == "doctor":
+        if settings.engine != "docker":
+            raise UsageError(DOCKER_ONLY)
+        check_long_path("--ws-path", args.ws_path)
+        check_long_path("--sse-path", args.sse_path)
     if hasattr(args, "dashboard_port"):
         SETTINGS["port"].check_bounds(args.dashboard_port, "--dashboard-port")  # a port, as --port
     if args.command in ("up", "demo", "compare"):
@@ -365,9 +389,25 @@ def _written(write: Callable[[], Path], code: int) -> int:
     return code
 
 
+async def _doctor(args: argparse.Namespace, settings: Settings, runtime: Engine, say: Say, view: LiveView) -> int:
+    started = time.monotonic()
+    long_paths: list[tuple[LongLivedKind, str]] = [("ws", args.ws_path)] if args.ws_path else []
+    long_paths += [("sse", args.sse_path)] if args.sse_path else []
+    diagnosis = await run_doctor(settings, runtime=runtime, long_paths=long_paths, say=say)
+    print(json.dumps(diagnosis.as_json(), indent=2) if args.json else doctor_output.text(diagnosis))
+    code = diagnosis.exit_code
+    if args.report is not None:
+        code = _written(lambda: doctor_output.write_report(diagnosis, args.report)[0], code)
+        say(f"report: {args.report / 'doctor.md'}")
+    if args.junit is not None:
+        code = _written(lambda: doctor_output.write_junit(diagnosis, args.junit), code)
+    say(f"doctor took {time.monotonic() - started:.0f} s")
+    return code
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Engine, Say, LiveView], Awaitable[int]]] = {
     "images": _images, "up": _up, "status": _status, "down": _down, "roll": _roll, "rollback": _roll,
-    "demo": _demo, "compare": _compare,
+    "demo": _demo, "compare": _compare, "doctor": _doctor,
 }
 
 

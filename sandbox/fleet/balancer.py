@@ -100,7 +100,7 @@ def _template() -> jinja2.Template:
     return _env.get_template(TEMPLATE_NAME)
 
 
-CONFIG_FIELDS = ("lb_apply", "sticky", "retry", "client_keepalive_s", "read_timeout_s")
+CONFIG_FIELDS = ("lb_apply", "sticky", "retry", "client_keepalive_s", "read_timeout_s", "upstream_keepalive_s")
 
 
 DEFAULT_READ_TIMEOUT_S = 30  # NGINX's proxy_read_timeout when the client waits less
@@ -153,6 +153,7 @@ def render(project: str, state: LbState, *, admin_token: str = "", admin_from: s
             retry=shown.retry,
             client_keepalive_s=shown.client_keepalive_s,
             read_timeout_s=shown.read_timeout_s,
+            upstream_keepalive_s=shown.upstream_keepalive_s,
             worker_processes=worker_processes,
             connect_timeout_s=connect_timeout_s,
             dynamic=dynamic,

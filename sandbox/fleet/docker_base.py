@@ -132,19 +132,22 @@ class DockerBase(ABC):
         except requests.exceptions.RequestException as exc:  # the engine went away mid-call
             raise EngineError(f"the Docker engine stopped answering: {short(exc)}") from exc
 
-    def _send_stop_signal(self, container_id: str | None) -> None:
-        """Send a container its stop signal (its configured one, SIGTERM by default) and return;
-        nothing when it is gone or no longer running."""
+    def _send_stop_signal(self, container_id: str | None) -> str | None:
+        """Send a container its stop signal (its configured one, SIGTERM by default) and return it;
+        None when it is gone or no longer running."""
         if not container_id:
-            return
+            return None
         try:
             c = self.client.containers.get(container_id)
-            c.kill(signal=c.attrs.get("Config", {}).get("StopSignal") or "SIGTERM")
+            signal = str(c.attrs.get("Config", {}).get("StopSignal") or "SIGTERM")
+            c.kill(signal=signal)
+            return signal
         except docker.errors.NotFound:
-            return
+            return None
         except docker.errors.APIError as exc:
             if exc.status_code != 409:  # 409: it is not running (it already exited)
                 raise
+            return None
 
     # -- images (built by the engine that runs them) ------------------------------------------
     async def ensure_images(self, *, force: bool = False, say: Callable[[str], None] = log.info) -> ImageSet:

@@ -37,6 +37,7 @@ class LbState:
     sticky: bool = False
     client_keepalive_s: int = 0
     read_timeout_s: int = 30  # NGINX's proxy_read_timeout: longer than the load's client timeout (up and roll set it)
+    upstream_keepalive_s: int = 30  # how long NGINX keeps an idle connection to a server (doctor lowers it)
     retry: bool = False  # retry a failed request on the next server (NGINX's default) or not
     app_env: dict[str, str] = field(default_factory=dict)  # `up --env`: every server of this fleet gets it
     lb_apply: str = "reload"  # "reload" or "dynamic" (a state without the field is a reload one)

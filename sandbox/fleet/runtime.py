@@ -13,6 +13,7 @@ from contextlib import suppress
 from typing import Any, ClassVar
 
 import docker.errors
+import requests
 from docker.models.containers import Container
 from docker.types import Mount
 
@@ -198,6 +199,44 @@ class DockerEngine(DockerBase):
                 c.reload()
             return self._describe(c, project)
         return await self._call(swap)
+
+    # -- what `sandbox doctor` reads and does to one server ---------------------------------------
+    async def signal_app(self, instance: Instance) -> str | None:
+        """``signal_stop`` that says which signal it sent (SIGTERM unless the image or ``--stop-signal``
+        says otherwise), or None when the container no longer runs."""
+        return await self._call(self._send_stop_signal, instance.id)
+
+    async def wait_exit(self, instance: Instance, timeout_s: float) -> int | None:
+        """The exit code once the container has exited, or None when it still runs after ``timeout_s``."""
+        def wait() -> int | None:
+            try:
+                return int(self.client.containers.get(instance.id).wait(timeout=timeout_s).get("StatusCode", -1))
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):  # timed out: still running
+                return None
+        return await self._call(wait)
+
+    async def pid1_command(self, instance: Instance) -> str:
+        """PID 1's command line in the container, as ``docker top`` shows it (else its entrypoint
+        and arguments, as the engine recorded them)."""
+        def read() -> str:
+            c = self.client.containers.get(instance.id)
+            top = c.top(ps_args="-o pid,args")
+            rows = sorted((int(p[0]), p[1]) for p in top.get("Processes") or [] if p and str(p[0]).isdigit())
+            if rows:
+                return str(rows[0][1])
+            return " ".join([str(c.attrs.get("Path", "")), *map(str, c.attrs.get("Args") or [])]).strip()
+        return await self._call(read)
+
+    async def memory_bytes(self, instance: Instance) -> int | None:
+        """The container's memory in use now (page cache left out), from the engine's stats."""
+        def read() -> int | None:
+            stats = self.client.containers.get(instance.id).stats(stream=False)
+            mem = (stats.get("memory_stats") if isinstance(stats, dict) else None) or {}
+            if "usage" not in mem:
+                return None
+            cache = (mem.get("stats") or {}).get("inactive_file", 0)
+            return int(mem["usage"]) - int(cache)
+        return await self._call(read)
 
     async def exit_info(self, instance: Instance) -> str:
         """A one-line account of why a container is not running: state, exit code, last log line."""

@@ -455,20 +455,9 @@ class Executor:
         if fresh is None or fresh.state in DEAD_STATES:
             raise ReadinessError(f"{inst.name} ({version}) stopped before it was ready: "
                                  f"{await self.runtime.exit_info(inst)}")
+
     async def _ready_once(self, probe: Prober, inst: Instance, version: str) -> bool:
-        """One readiness check: the toy app's /healthz reporting ``version``; for your own app, any
-        2xx on --health-path, else the image's HEALTHCHECK says healthy, else the port accepts."""
-        address = inst.probe_address
-        assert address is not None
-        spec = self.images.spec
-        if self.images.toy:
-            return await probe.ready(address, version, path=spec.health_path or "/healthz")
-        if spec.health_path:
-            return await probe.ready(address, None, path=spec.health_path)
-        health = await self.runtime.health(inst)
-        if health is not None:
-            return health == "healthy"
-        return await probe.accepts(address)
+        return await ready_once(probe, self.runtime, self.images, inst, version)
 
     async def _drain(self, probe: Prober, inst: Instance, batch: int) -> None:
         """Wait until ``inst`` has nothing in flight and got nothing new for ``drain_quiet_s``
@@ -542,6 +531,22 @@ class Executor:
             "duration_s": round(end - t0, 3), "in_flight": counts[0], "timed_out": timed_out,
             "idle_s": round(end - detached_at, 3), "signal": "lb", "app_in_flight": app_in_flight,
         })
+
+
+async def ready_once(probe: Prober, runtime: Engine, images: ImageSet, inst: Instance, version: str) -> bool:
+    """One readiness check: the toy app's /healthz reporting ``version``; for your own app, any
+    2xx on --health-path, else the image's HEALTHCHECK says healthy, else the port accepts."""
+    address = inst.probe_address
+    assert address is not None
+    spec = images.spec
+    if images.toy:
+        return await probe.ready(address, version, path=spec.health_path or "/healthz")
+    if spec.health_path:
+        return await probe.ready(address, None, path=spec.health_path)
+    health = await runtime.health(inst)
+    if health is not None:
+        return health == "healthy"
+    return await probe.accepts(address)
 
 
 def _reachable(inst: Instance) -> str | None:
