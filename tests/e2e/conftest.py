@@ -31,10 +31,10 @@ PARALLEL_MAX_P99_MS = "1000"
 
 
 @pytest.fixture(scope="package", autouse=True)
-def p99_bound_for_two_fleets_at_once() -> Iterator[None]:
-    """Under two pytest-xdist workers, every rehearsal these tests start allows a p99 up to 1 s.
+def p99_bound_for_fleets_side_by_side() -> Iterator[None]:
+    """Under more than one pytest-xdist worker, every rehearsal these tests start allows a p99 up to 1 s.
 
-    Two fleets and two Locusts then share 2 cores, so one test's rollout p99 carries the other's
+    Several fleets and their Locusts then share 2 cores, so one test's rollout p99 carries the others'
     CPU (270-750 ms seen with 18-70 ms before the rollout, 0 dropped): that is this machine
     oversubscribed, not the app. The default 250 ms bound is proven by ``bench/soak.py`` (100 of
     100 healthy rollouts PASS) and the rule itself in tests/unit; a serial run (``-n 0``) keeps it.
