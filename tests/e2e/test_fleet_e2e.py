@@ -50,9 +50,9 @@ def test_up_status_down(cli: Cli, client: docker.DockerClient, image_set: ImageS
     assert app.labels[L.LABEL_PROJECT] == cli.project and app.labels[L.LABEL_VERSION] == "v1"
 
     # a container of someone else's, without our labels, survives `down`
-    foreign = client.containers.run(image_set.lb, ["sleep", "300"], detach=True,
-                                    name=f"{cli.project}-foreign")
+    foreign = client.containers.create(image_set.lb, ["sleep", "300"], name=f"{cli.project}-foreign")
     try:
+        foreign.start()  # inside the try: a container that fails to start is removed too
         down = cli.run("down", check=True)
         assert "removed 4 containers" in down.stdout
         assert project_objects(client, cli.project) == []
