@@ -38,7 +38,7 @@ from typing import Any
 
 import aiohttp
 import docker
-from provenance import PY
+from provenance import PY, publish
 from provenance import header as provenance_header  # bench/provenance.py (this script's directory)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,10 +201,7 @@ def main() -> int:
         cells = " | ".join("-" if v is None else f"{v:g}" for v in values)
         lines.append(f"| {name} | {cells} | {median} | {median_took} |")
     lines += ["", "Raw rounds:", "", "```json", json.dumps(rounds, indent=1), "```", ""]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish(lines, args.out)
     return 0
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance import header as provenance_header  # bench/provenance.py (this script's directory)
+from provenance import publish
 from run_all import parse_wrk, wrk_args  # bench/run_all.py
 
 from sandbox.ports import free_port
@@ -186,10 +187,7 @@ def main() -> int:
                          f"{sum(r['errors'] for r in rows)} | {summary([r['inside'] for r in rows])} |")
     raw = {names[r]: {"p99": p99s[r], "wrk": wrks[r]} for r in repos}
     lines += ["", "Raw runs:", "", "```json", json.dumps(raw, indent=1), "```", ""]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish(lines, args.out)
     return 0
 
 

@@ -27,6 +27,14 @@ def shown(args: Sequence[str]) -> str:
     return "`" + shlex.join(words) + "`"
 
 
+def publish(lines: Sequence[str], out: Path | None) -> None:
+    """Print a results file's lines, and write them to ``out`` when one is given."""
+    text = "\n".join(lines)
+    print(text)
+    if out:
+        out.write_text(text)
+
+
 def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
