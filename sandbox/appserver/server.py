@@ -181,16 +181,40 @@ class RedisSessions:
         self.password = password
         self._lock = asyncio.Lock()
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._opening: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] | None = None
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT_S)
+        try:
+            if self.password:  # the store answers nothing else before AUTH
+                await asyncio.wait_for(_send(reader, writer, "AUTH", self.password), CONNECT_TIMEOUT_S)
+        except BaseException:
+            writer.close()
+            raise
+        return reader, writer
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The open, authenticated connection. Opening it is shielded from the caller: a request
+        that gives up (a readiness probe's 1 s budget on a busy machine) leaves it opening for the
+        next one, instead of throwing the half-made connection away and starting over each time."""
+        if self._conn is not None:
+            return self._conn
+        opening = self._opening
+        if opening is not None and opening.done():  # finished after its caller gave up
+            self._opening = None
+            if not opening.cancelled() and opening.exception() is None:  # (a failure: retrieved, tried afresh)
+                self._conn = opening.result()
+                return self._conn
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open())
+        self._conn = await asyncio.shield(self._opening)
+        self._opening = None
+        return self._conn
 
     async def _call(self, *args: str) -> Any:
         async with self._lock:
-            fresh = self._conn is None
-            if self._conn is None:
-                self._conn = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT_S)
-            reader, writer = self._conn
+            reader, writer = await self._connection()
             try:
-                if fresh and self.password:  # the store answers nothing else before AUTH
-                    await _send(reader, writer, "AUTH", self.password)
                 return await _send(reader, writer, *args)
             except BaseException:  # failed or cancelled half-way: a reply may be pending, start afresh
                 self._conn = None
@@ -206,6 +230,9 @@ class RedisSessions:
             return False
 
     async def close(self) -> None:
+        if self._opening is not None:
+            self._opening.cancel()
+            self._opening = None
         if self._conn is not None:
             self._conn[1].close()
             await self._conn[1].wait_closed()
@@ -478,8 +505,9 @@ class Shop:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         state = self.state
-        if state == "ready" and isinstance(self.store, RedisSessions) and not await self.store.ping(1.0):
-            # not ready without its shared session store: every request would answer 500
+        if state == "ready" and isinstance(self.store, RedisSessions) and not await self.store.ping(0.8):
+            # not ready without its shared session store: every request would answer 500 (0.8 s:
+            # within the controller's 1 s probe budget, so that its error can say why)
             return web.json_response({"status": "no-session-store"}, status=503)
         if state == "ready":
             return web.json_response({"status": state, "version": self.version})

@@ -37,6 +37,7 @@ class Probe:
     def __init__(self, timeout_s: float = 1.0) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._why: dict[str, str] = {}  # address -> what its last failed check saw
 
     async def __aenter__(self) -> Probe:
         self._session = aiohttp.ClientSession(timeout=self._timeout)
@@ -54,29 +55,45 @@ class Probe:
 
     async def ready(self, address: str, version: str | None = None, path: str = "/healthz") -> bool:
         """True when ``GET path`` answers 2xx (and, when ``version`` is given, the toy app's JSON
-        reports that version)."""
+        reports that version). A failed check's reason is kept for :meth:`last_failure`."""
         try:
             async with self.session.get(f"http://{address}{path}") as resp:
                 if not 200 <= resp.status < 300:
-                    return False
+                    return self._failed(address, f"GET {path} answered {resp.status} {(await resp.text())[:120]!r}")
                 if version is None:
-                    return True
+                    return self._passed(address)
                 body = await resp.json(content_type=None)
-                return isinstance(body, dict) and body.get("version") == version
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
-            return False
+                if isinstance(body, dict) and body.get("version") == version:
+                    return self._passed(address)
+                return self._failed(address, f"GET {path} answered {str(body)[:120]!r}, not version {version}")
+        except TimeoutError:
+            return self._failed(address, f"GET {path} had no answer within {self._timeout.total:g} s")
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return self._failed(address, f"GET {path} failed: {type(exc).__name__}: {exc}")
+
+    def last_failure(self, address: str) -> str | None:
+        """What the last failed readiness check of ``address`` saw, or None when its last one passed."""
+        return self._why.get(address)
+
+    def _failed(self, address: str, why: str) -> bool:
+        self._why[address] = why
+        return False
+
+    def _passed(self, address: str) -> bool:
+        self._why.pop(address, None)
+        return True
 
     async def accepts(self, address: str) -> bool:
         """True when a TCP connection to ``address`` (``ip:port``) is accepted."""
         host, _, port = address.rpartition(":")
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), self._timeout.total)
-        except (TimeoutError, OSError, ValueError):
-            return False
+        except (TimeoutError, OSError, ValueError) as exc:
+            return self._failed(address, f"a TCP connection was not accepted: {type(exc).__name__}: {exc}")
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-        return True
+        return self._passed(address)
 
     async def metrics(self, address: str) -> dict[str, float] | None:
         """The server's counters, or None when it does not answer."""

@@ -59,6 +59,10 @@ class Prober(Protocol):
 
     async def metrics(self, address: str) -> dict[str, float] | None: ...
 
+    def last_failure(self, address: str) -> str | None:
+        """What the last failed readiness check of ``address`` saw (None: it passed, or none ran)."""
+        ...
+
 
 HealthCheck = Callable[[], str | None]
 EventSink = Callable[[Event], None]
@@ -432,9 +436,10 @@ class Executor:
         while True:
             now = time.monotonic()
             if now > deadline:
+                seen = probe.last_failure(inst.probe_address) if inst.probe_address else "it has no address"
                 raise ReadinessError(
                     f"{inst.name} ({version}) was not ready within {self.settings.ready_timeout:g} s"
-                    f" ({await self.runtime.exit_info(inst)})"
+                    f" ({await self.runtime.exit_info(inst)})" + (f"; the last check: {seen}" if seen else "")
                 )
             ok = inst.probe_address is not None and await self._ready_once(probe, inst, version)
             if not ok and now - last_state_check > self.timing.state_check_s:

@@ -266,6 +266,10 @@ class FakeProbe:
             return None
         return {"app_requests_in_flight": 0.0, "app_requests_total": float(self.requests)}
 
+    def last_failure(self, address: str) -> str | None:
+        inst = self.runtime.at(address)
+        return None if inst is not None and inst.version not in self.unready else f"{address}: not ready"
+
     def factory(self) -> Callable[[], contextlib.AbstractAsyncContextManager[FakeProbe]]:
         """What the executor's ``probe=`` takes."""
         @contextlib.asynccontextmanager

@@ -497,6 +497,35 @@ async def test_redis_ping_says_whether_the_store_answers() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_store_slower_to_connect_than_each_ping_allows_still_becomes_ready() -> None:
+    """Each ping gives up after 0.1 s, the store takes 0.25 s to answer AUTH: the connection a
+    ping gave up on goes on opening, so a later ping finds it, instead of each one starting over
+    (the livelock a busy machine made of readiness: never ready, 30 s, rollout failed)."""
+    accepted = 0
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await asyncio.sleep(0.25)
+        await _fake_redis(reader, writer, {}, "pw")
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    store = RedisSessions(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", "pw")
+    try:
+        results = []
+        for _ in range(6):
+            results.append(await store.ping(0.1))
+            if results[-1]:
+                break
+        assert results[-1] and results.count(False) >= 1, results
+        assert accepted == 1  # one connection, opened once
+    finally:
+        await store.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
 async def test_redis_sessions_authenticate_with_the_password() -> None:
     data: dict[str, object] = {}
     server = await asyncio.start_server(lambda r, w: _fake_redis(r, w, data, "s3cret"), "127.0.0.1", 0)

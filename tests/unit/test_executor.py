@@ -162,8 +162,8 @@ async def test_reattach_events_carry_each_side_its_own_batch() -> None:
 
 
 @pytest.mark.parametrize(("mode", "set_env", "unready", "vanish", "message"), [
-    ("replace", {}, {"v2"}, False, "was not ready within 0.05 s"),
-    ("in-place", {}, {"v2"}, False, "was not ready within 0.05 s"),
+    ("replace", {}, {"v2"}, False, r"was not ready within 0.05 s .*; the last check: .*: not ready"),
+    ("in-place", {}, {"v2"}, False, r"was not ready within 0.05 s .*; the last check: .*: not ready"),
     ("replace", {"APP_BOOT_FAIL": "1"}, set(), False, "stopped before it was ready: state exited"),
     ("replace", {}, {"v2"}, True, "stopped before it was ready: container is gone"),
 ], ids=["never-ready", "never-ready-in-place", "boot-fails", "vanishes"])
