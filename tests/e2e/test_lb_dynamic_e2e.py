@@ -207,5 +207,8 @@ def test_nginx_waits_longer_than_the_client_dynamic(pair: Cli, client: docker.Do
 
 
 def test_nginx_waits_longer_than_the_client_reload(cli: Cli, client: docker.DockerClient) -> None:
-    cli.run("up", "--size", "2", "--port", str(cli.port), "--lb-apply", "reload", check=True)
+    # without client keep-alive: with it, each reload's old workers close idle client connections
+    # and a POST sent on one at that instant is lost (not retried: it is not idempotent), the drops
+    # reload mode is kept to show (README); this test is about proxy_read_timeout, and must hold 0
+    cli.run("up", "--size", "2", "--port", str(cli.port), "--lb-apply", "reload", "--no-client-keepalive", check=True)
     _nginx_waits_longer_than_the_client(cli, client)
