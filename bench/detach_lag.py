@@ -12,7 +12,8 @@ the ones the rollout stops:
 - the fix doctor recommends for that app, its `pre_stop_sleep_s` of 5 s (what a Kubernetes
   `preStop: sleep 5` does): the app keeps serving 5 s after SIGTERM (`APP_STOP_DELAY=5`), same lag;
 - the same exit-at-once app without the lag (the sandbox detaches before it signals);
-- the toy app as it ships (it keeps serving 0.5 s after SIGTERM) with the 2 s lag.
+- the toy app as the sandbox's fleets run it (`APP_STOP_DELAY=0`: at SIGTERM it closes its listener
+  and finishes what is in flight, as most servers' graceful shutdown does) with the 2 s lag.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Case:
 CASES = (Case("exits at once on SIGTERM", ("APP_STOP_MODE=exit-now",), 2),
          Case("the fix: keeps serving 5 s after SIGTERM (doctor's pre_stop_sleep_s)", ("APP_STOP_DELAY=5",), 2),
          Case("exits at once on SIGTERM, no lag", ("APP_STOP_MODE=exit-now",), 0),
-         Case("the toy app as it ships (keeps serving 0.5 s after SIGTERM)", (), 2))
+         Case("graceful, closes its listener at SIGTERM (the fleet's default)", (), 2))
 
 
 def run(args: list[str]) -> subprocess.CompletedProcess[str]:
