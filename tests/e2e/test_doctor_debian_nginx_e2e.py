@@ -61,9 +61,10 @@ def test_debian_nginx_is_diagnosed(cli: Cli, client: docker.DockerClient, debian
     assert stop["status"] == "PASS" and stop["evidence"]["signal"] == signal, stop
     assert stop["evidence"]["cut"] == 0 and stop["evidence"]["exit_code"] == 0, stop
     assert stop["evidence"]["exit_s"] is not None and stop["evidence"]["exit_s"] < stop["evidence"]["stop_timeout_s"]
-    # either signal closes the listener: routed to late, it drops; the fix is the full 5 s preStop sleep
+    # either signal closes the listener: routed to late, it drops; the fix is the full 5 s preStop sleep.
+    # At lag 0 (signal and detach at once) it drops a few requests in some runs, none in others.
     lag = found["endpoint_lag"]
-    assert lag["status"] == "FAIL" and lag["evidence"]["tolerated_lag_s"] is None, lag
+    assert lag["status"] == "FAIL" and lag["evidence"]["tolerated_lag_s"] in (None, 0), lag
     assert lag["evidence"]["trials"]["5"]["dropped"] > 0 and lag["evidence"]["pre_stop_sleep_s"] == 5, lag
     assert any("502" in f["what"] for f in lag["failures"]), lag["failures"]  # the LB: upstream refused
     assert found["readiness"]["status"] == "PASS" and found["readiness"]["evidence"]["failed"] == 0
