@@ -251,6 +251,12 @@ class Settings:
     paths: tuple[str, ...] = setting((), group="load", flag="--path", metavar="PATH", item="path", check=_paths,
                                      help="your own app without a locustfile: the default users GET these "
                                           "(repeatable, default /)")
+    ws_users: int = setting(0, group="load", flag="--ws-users", at_least=0, at_most=1000,
+                            help="users holding a WebSocket (GET /ws) open beside the HTTP users, reconnecting "
+                                 "when it closes (default 0)")
+    sse_users: int = setting(0, group="load", flag="--sse-users", at_least=0, at_most=1000,
+                             help="users holding an event stream (GET /events) open beside the HTTP users, "
+                                  "reconnecting when it ends (default 0)")
     warmup_s: float = setting(3.0, group="load", flag="--warmup", at_least=0, at_most=600, unit="seconds",
                               help="seconds of load before (default 3)")
     cooldown_s: float = setting(3.0, group="load", flag="--cooldown", at_least=0, at_most=600, unit="seconds",
