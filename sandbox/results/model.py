@@ -266,6 +266,19 @@ class LongLived:
         """Whether any long-lived connection was attempted."""
         return bool(self.opened or self.failed)
 
+    def rows(self) -> list[tuple[str, str]]:
+        """(what, figure) pairs for people, the terminal's and report.md's alike."""
+        closes = ", ".join(f"{code} {n}" for code, n in self.closes.items()) or "-"
+        return [
+            ("connections", f"{self.opened} opened by {self.users} users, {self.failed} attempts failed"),
+            ("closes", f"{self.clean_closes} clean, {self.abnormal_closes} abnormal, {self.open_at_stop} open at "
+                       f"stop ({closes})"),
+            ("messages", f"{self.messages} received, {self.messages_lost} lost, {self.messages_duplicated} "
+                         "duplicated"),
+            ("reconnects", f"{self.reconnects}, p50 {num(self.reconnect_p50_ms, ' ms')}, p99 "
+                           f"{num(self.reconnect_p99_ms, ' ms')}, peak {self.peak_reconnects_per_s}/s"),
+        ]
+
     def to_json(self) -> Json:
         return {**{f.name: getattr(self, f.name) for f in fields(self)}, "closes": dict(self.closes)}
 
