@@ -590,6 +590,7 @@ class Rehearsal:
     async def collect(self) -> Collected:
         """The client rows, the NGINX log rows of this run and the events; cleans up the work dir."""
         rows = self.load.rows()
+        long_lived_rows = self.load.long_lived_rows()  # both before the work dir that holds them goes
         if not self.executor.images.toy:  # your app's versions are your names: read from NGINX's log
             rows = [{**r, "version": None} for r in rows]  # (upstream address -> container -> version)
         nginx_rows: list[LbRow] = []
@@ -606,7 +607,7 @@ class Rehearsal:
         return Collected(rows=rows, nginx_rows=nginx_rows, events=list(self.events),
                          history=fleet_history(self.prepared.instances, self.events),
                          lb=self.balancer.state, load_end=self.load.end(), lb_log_read=read,
-                         long_lived_rows=self.load.long_lived_rows())
+                         long_lived_rows=long_lived_rows)
 
 
 async def rehearse(settings: Settings, *, runtime: Engine, kind: Kind = "roll", to_version: str | None = None,
