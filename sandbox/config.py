@@ -251,6 +251,12 @@ class Settings:
     paths: tuple[str, ...] = setting((), group="load", flag="--path", metavar="PATH", item="path", check=_paths,
                                      help="your own app without a locustfile: the default users GET these "
                                           "(repeatable, default /)")
+    ws_users: int = setting(0, group="load", flag="--ws-users", at_least=0, at_most=1000,
+                            help="users holding a WebSocket (GET /ws) open beside the HTTP users, reconnecting "
+                                 "when it closes (default 0)")
+    sse_users: int = setting(0, group="load", flag="--sse-users", at_least=0, at_most=1000,
+                             help="users holding an event stream (GET /events) open beside the HTTP users, "
+                                  "reconnecting when it ends (default 0)")
     warmup_s: float = setting(3.0, group="load", flag="--warmup", at_least=0, at_most=600, unit="seconds",
                               help="seconds of load before (default 3)")
     cooldown_s: float = setting(3.0, group="load", flag="--cooldown", at_least=0, at_most=600, unit="seconds",
@@ -287,6 +293,17 @@ class Settings:
     max_not_found: int = setting(0, group="limits", flag="--max-not-found", at_least=0,
                                  help="verdict: at most this many 404/410 answers from the rollout's start on, "
                                       "an endpoint one version lacks (default 0)")
+    max_abnormal_closes: int = setting(0, group="limits", flag="--max-abnormal-closes", at_least=0,
+                                       help="verdict: at most this many long-lived connections closed without the "
+                                            "server's goodbye (WebSocket 1006, a cut event stream) (default 0)")
+    max_messages_lost: int = setting(0, group="limits", flag="--max-messages-lost", at_least=0,
+                                     help="verdict: at most this many numbered messages missing on long-lived "
+                                          "connections (default 0)")
+    max_reconnect_p99_ms: float = setting(2000.0, group="limits", flag="--max-reconnect-p99-ms", above=0,
+                                          at_most=600_000, unit="ms",
+                                          help="verdict: p99 of the time from a long-lived connection's end to "
+                                               "its user's next one open (default 2000: the clients wait up to "
+                                               "the 1000 ms hint on purpose, plus room for the connect)")
     min_requests: int = setting(100, group="limits", flag="--min-requests", at_least=0,
                                 help="verdict: at least this many requests measured (default 100)")
 

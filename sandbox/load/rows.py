@@ -434,12 +434,16 @@ class RowWriter:
         self.written = 0
 
     def write(self, row: RequestRow) -> None:
+        self.write_line(dump_row(row))
+
+    def write_line(self, line: str) -> None:
+        """Append one line (a JSON object without its line end), as :meth:`write` does a row."""
         if self.path is None:
             return
         if self._fd is None or self._pid != os.getpid():
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._pid = os.getpid()
-        data = (dump_row(row) + "\n").encode("utf-8")
+        data = (line + "\n").encode("utf-8")
         written = os.write(self._fd, data)
         while written < len(data):  # only on a full disk or a signal; finish the line
             written += os.write(self._fd, data[written:])

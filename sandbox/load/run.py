@@ -48,6 +48,7 @@ from types import TracebackType
 from typing import IO
 
 from sandbox.errors import TrafficError
+from sandbox.load.longlived import ENV_LONG_LIVED_ROWS, ENV_SSE_USERS, ENV_WS_USERS, parse_long_lived_rows
 from sandbox.load.rows import (
     ENV_PARENT_PID,
     ENV_READY,
@@ -62,7 +63,7 @@ from sandbox.load.rows import (
 )
 from sandbox.poll import poll
 from sandbox.ports import free_port
-from sandbox.results.records import RequestRow
+from sandbox.results.records import LongLivedRow, RequestRow
 
 log = logging.getLogger("sandbox.load.run")
 
@@ -71,6 +72,8 @@ DEFAULT_LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
 PATHS_LOCUSTFILE = Path(__file__).resolve().with_name("paths_locustfile.py")
 #: Loaded ahead of every locustfile: installs the recorder (see recording.py).
 RECORDER_LOCUSTFILE = Path(__file__).resolve().with_name("recorder_locustfile.py")
+#: Loaded after it when ``ws_users`` or ``sse_users`` is above 0.
+LONG_LIVED_LOCUSTFILE = Path(__file__).resolve().with_name("longlived_locustfile.py")
 #: The most Locust worker processes a run may have.
 MAX_WORKERS = 16
 #: Seconds between SIGUSR1 ("write what is in flight and exit") and SIGKILL.
@@ -94,6 +97,13 @@ class LoadSettings:
     # At stop, seconds a user may still wait for the answer it is waiting for
     # (Locust's --stop-timeout, whole seconds); still waiting then = unanswered.
     stop_timeout_s: int = 2
+    # Users holding a WebSocket / an event stream open beside the HTTP users (``longlived_locustfile.py``).
+    ws_users: int = 0
+    sse_users: int = 0
+
+    @property
+    def long_lived_users(self) -> int:
+        return self.ws_users + self.sse_users
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,8 @@ class LoadRun:
         self.rows_path = Path(rows_path).resolve()
         self.log_path = self.rows_path.with_name(self.rows_path.name + ".locust.log")
         self._ready_path = self.rows_path.with_name(self.rows_path.name + ".ready")
+        #: one row per long-lived connection (``LongLivedRow``), apart from the request rows
+        self.long_lived_path = self.rows_path.with_name(self.rows_path.name + ".long-lived")
         self.start_timeout_s = start_timeout_s
         self._proc: asyncio.subprocess.Process | None = None
         self._log_file: IO[bytes] | None = None
@@ -197,12 +209,13 @@ class LoadRun:
         if s.workers > 1:  # the master's port: a free one, not Locust's fixed 5557 (two runs side by side)
             port = str(free_port())
             processes = ["--processes", str(s.workers), "--master-bind-port", port, "--master-port", port]
+        files = [RECORDER_LOCUSTFILE, self.locustfile, *([LONG_LIVED_LOCUSTFILE] if s.long_lived_users else [])]
         return [
             sys.executable, "-m", "locust",
-            "-f", f"{RECORDER_LOCUSTFILE},{self.locustfile}",
+            "-f", ",".join(map(str, files)),
             *processes,
             "--headless",
-            "-u", str(s.users),
+            "-u", str(s.users + s.long_lived_users),
             "-r", f"{s.spawn_rate:g}",
             "--host", self.url,
             "--only-summary",
@@ -227,6 +240,9 @@ class LoadRun:
                 ENV_WAIT_MAX: f"{self.settings.think_s[1]:g}",
                 ENV_PARENT_PID: str(os.getpid()),
                 "ROLLING_SANDBOX_PATHS": json.dumps(list(self.settings.paths)),
+                ENV_WS_USERS: str(self.settings.ws_users),
+                ENV_SSE_USERS: str(self.settings.sse_users),
+                ENV_LONG_LIVED_ROWS: str(self.long_lived_path),
             }
         )
         return env
@@ -245,6 +261,7 @@ class LoadRun:
         self._check_settings()
         self.rows_path.parent.mkdir(parents=True, exist_ok=True)
         self.rows_path.write_bytes(b"")  # a fresh file: rows of this run only
+        self.long_lived_path.write_bytes(b"")
         read_counts(self.rows_path)  # and no earlier run's counts
         self._ready_path.unlink(missing_ok=True)
         self._offset = 0
@@ -286,6 +303,8 @@ class LoadRun:
             raise TrafficError(f"workers must be between 1 and {MAX_WORKERS}, got {s.workers}")
         if not 0 <= s.think_s[0] <= s.think_s[1]:
             raise TrafficError(f"think_s must be 0 <= min <= max, got {s.think_s}")
+        if s.ws_users < 0 or s.sse_users < 0:
+            raise TrafficError(f"ws_users and sse_users must be >= 0, got {s.ws_users} and {s.sse_users}")
         if not self.locustfile.is_file():
             raise TrafficError(f"locustfile not found: {self.locustfile}")
 
@@ -452,6 +471,15 @@ class LoadRun:
             return parse_rows(data.splitlines())
         end = data.rfind(b"\n")
         return parse_rows(data[: end + 1].splitlines()) if end >= 0 else []
+
+    def long_lived_rows(self) -> list[LongLivedRow]:
+        """One row per long-lived connection that has ended (all of them once Locust has stopped)."""
+        try:
+            data = self.long_lived_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n")
+        return parse_long_lived_rows(data[: end + 1].splitlines()) if end >= 0 else []
 
     def last_log_line(self) -> str:
         """The last non-empty line Locust wrote to stdout/stderr (for error messages)."""

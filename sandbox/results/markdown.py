@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sandbox.results.compare import COMPARE_FIELDS, COMPARE_HEADERS, compare_cells
-from sandbox.results.model import MixedRecord, Phase, Report, Step, num
+from sandbox.results.model import LongLived, MixedRecord, Phase, Report, Step, num
 from sandbox.results.text import pct, share_pct, versions_line
 
 MEANINGS = (
@@ -120,6 +120,7 @@ def markdown_page(report: Report, *, chart_name: str = "chart.png") -> str:
         "",
         *_verdict_section(report),
         *_mixed_section(report.run.mixed_checks),
+        *_long_lived_section(report.figures.long_lived),
         *_phases_section(report.figures.phases),
         *_steps_section(report.run.steps),
         "", "## What the numbers mean", "",
@@ -139,6 +140,23 @@ def _mixed_section(records: Sequence[MixedRecord]) -> list[str]:
             if tail:
                 parts += [f"{label} (tail):", "", "```", tail.rstrip(), "```", ""]
     return parts
+
+
+LONG_LIVED_MEANING = (
+    "Users of `--ws-users` / `--sse-users` each hold one connection and reconnect when it ends. "
+    "A **clean** close is the server's goodbye (WebSocket close 1000/1001/1012/1013, an event stream "
+    "ending with `retry:`); **abnormal** is none (1006: the connection dropped; an event stream cut). "
+    "**Lost** messages are numbers missing below the last one a connection received. A **reconnect** "
+    "is timed from the end of a user's connection to its next one open, including the random wait "
+    "below the server's hint that spreads the reconnects; the **peak** is the most within one second."
+)
+
+
+def _long_lived_section(figures: LongLived) -> list[str]:
+    if not figures.ran:
+        return []
+    return ["## Long-lived connections", "", md_table(["measure", "value"], figures.rows()), "",
+            LONG_LIVED_MEANING, ""]
 
 
 def _phases_section(phases: Mapping[str, Phase]) -> list[str]:

@@ -53,7 +53,7 @@ from sandbox.results.model import (
     opt_float,
     opt_int,
 )
-from sandbox.results.records import Event, RequestRow, is_load_rid
+from sandbox.results.records import Event, LongLivedRow, RequestRow, is_load_rid
 
 HistoryEntry = tuple[str, str, float, float | None]
 """``(address, version, t_from, t_to)``: ``version`` held ``address`` in that span."""
@@ -800,6 +800,7 @@ def measure(
     address_history: AddressHistory | None = None,
     settings: MeasureSettings = MeasureSettings(),
     sent: int | None = None,
+    long_lived_rows: Sequence[LongLivedRow] = (),
 ) -> Figures:
     """Every figure of the report (see :class:`~sandbox.results.model.Figures`).
 
@@ -807,13 +808,16 @@ def measure(
     the load's absolute unix ``start``/``end`` (so the timeline can be aligned with the events);
     ``slow_ms`` the slow threshold used; ``rows_lost`` is ``sent`` (the requests the load generator
     counted) less the rows, None when it gave no count; ``unrecorded`` (see :func:`unrecorded`) is
-    None when ``nginx``, the LB's log, was not read. The rollout's own duration and peak are
+    None when ``nginx``, the LB's log, was not read; ``long_lived`` sums ``long_lived_rows``
+    (:mod:`sandbox.results.long_lived`). The rollout's own duration and peak are
     :func:`rollout_summary`'s.
 
     Rows without a version header get one from the NGINX log when ``nginx``
     is given (see :func:`attribute_versions`, with the address history built
     from ``events``).
     """
+    from sandbox.results.long_lived import long_lived  # it uses this module's percentile
+
     lb_log = list(nginx) if nginx is not None else []
     ordered_events = _sorted_events(events)
     ordered = _sorted_rows(rows)
@@ -836,4 +840,5 @@ def measure(
         window=_span(window),
         rows_lost=None if sent is None else max(0, sent - len(rows)),
         unrecorded=None if nginx is None else unrecorded(ordered, lb_log, window),
+        long_lived=long_lived(long_lived_rows),
     )

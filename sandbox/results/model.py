@@ -242,6 +242,56 @@ class Drain:
 
 
 @dataclass(frozen=True)
+class LongLived:
+    """The long-lived connections (WebSocket, event stream) of ``--ws-users`` / ``--sse-users``
+    (:func:`sandbox.results.long_lived.long_lived`): how they ended, what they lost, how they came back."""
+
+    users: int = 0  # simulated users that held one
+    opened: int = 0  # connections opened (handshake answered), reconnections included
+    failed: int = 0  # attempts that never opened (refused, 502...): each is retried after a backoff
+    clean_closes: int = 0  # the server said goodbye: a WebSocket close frame 1000/1001/1012/1013, an SSE ``retry:``
+    abnormal_closes: int = 0  # no goodbye: WebSocket 1006 (or another code), an event stream cut
+    open_at_stop: int = 0  # still open when the load stopped (closed by the client)
+    closes: Mapping[str, int] = field(default_factory=dict)  # "ws 1001", "ws 1006", "sse end", "sse cut", ...
+    messages: int = 0  # numbered messages received
+    messages_lost: int = 0  # numbers missing below the last one a connection received
+    messages_duplicated: int = 0  # numbers a connection received twice
+    reconnects: int = 0  # connections opened after an earlier one of the same user ended
+    reconnect_p50_ms: float | None = None  # from the end of a user's connection to its next one open
+    reconnect_p99_ms: float | None = None
+    peak_reconnects_per_s: int = 0  # the most reconnections opened within one second (the storm)
+
+    @property
+    def ran(self) -> bool:
+        """Whether any long-lived connection was attempted."""
+        return bool(self.opened or self.failed)
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(what, figure) pairs for people, the terminal's and report.md's alike."""
+        closes = ", ".join(f"{code} {n}" for code, n in self.closes.items()) or "-"
+        return [
+            ("connections", f"{self.opened} opened by {self.users} users, {self.failed} attempts failed"),
+            ("closes", f"{self.clean_closes} clean, {self.abnormal_closes} abnormal, {self.open_at_stop} open at "
+                       f"stop ({closes})"),
+            ("messages", f"{self.messages} received, {self.messages_lost} lost, {self.messages_duplicated} "
+                         "duplicated"),
+            ("reconnects", f"{self.reconnects}, p50 {num(self.reconnect_p50_ms, ' ms')}, p99 "
+                           f"{num(self.reconnect_p99_ms, ' ms')}, peak {self.peak_reconnects_per_s}/s"),
+        ]
+
+    def to_json(self) -> Json:
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "closes": dict(self.closes)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LongLived:
+        ints = {f.name: int(data.get(f.name) or 0) for f in fields(cls)
+                if f.name not in ("closes", "reconnect_p50_ms", "reconnect_p99_ms")}
+        return cls(**ints, closes={str(k): int(v) for k, v in (data.get("closes") or {}).items()},
+                   reconnect_p50_ms=opt_float(data.get("reconnect_p50_ms")),
+                   reconnect_p99_ms=opt_float(data.get("reconnect_p99_ms")))
+
+
+@dataclass(frozen=True)
 class Figures:
     """Every number measured in one run (:func:`sandbox.results.measure.measure`)."""
 
@@ -257,6 +307,7 @@ class Figures:
     window: Span | None = None
     rows_lost: int | None = None  # requests the load generator sent but wrote no row for (None: unknown)
     unrecorded: int | None = None  # load requests in the LB's log with no row (None: the log was not read)
+    long_lived: LongLived = LongLived()
 
     @property
     def drains_timed_out(self) -> int:
@@ -278,6 +329,7 @@ class Figures:
             "window": self.window.to_json() if self.window else {},
             "rows_lost": self.rows_lost,
             "unrecorded": self.unrecorded,
+            "long_lived": self.long_lived.to_json(),
         }
 
     @classmethod
@@ -294,6 +346,7 @@ class Figures:
             drains=tuple(Drain.from_json(d) for d in data.get("drains") or []),
             window=Span.from_json(data.get("window")),
             rows_lost=opt_int(data.get("rows_lost")), unrecorded=opt_int(data.get("unrecorded")),
+            long_lived=LongLived.from_json(data.get("long_lived") or {}),
         )
 
 
@@ -383,6 +436,7 @@ class Rollout:
     lb_apply: str | None = None
     client_keepalive_s: float | None = None
     users: int | None = None
+    long_lived_users: int | None = None  # --ws-users plus --sse-users (None or 0: none; no long-lived checks)
     load: bool | None = None  # None: unknown, counts as on
     load_alive: bool | None = None  # None: unknown, counts as not alive (no PASS without evidence)
     seed: int | None = None
@@ -420,7 +474,7 @@ class Rollout:
 
 _HEAD = ("strategy", "size", "batch", "mode", "from_version", "to_version", "outcome", "duration_s",
          "peak_instances", "project", "sticky", "lb_apply", "client_keepalive_s", "users", "load", "load_alive",
-         "seed", "detach_lag_s")
+         "seed", "detach_lag_s", "long_lived_users")
 
 
 # --------------------------------------------------------------------------- checks and verdict

@@ -52,6 +52,31 @@ class RequestRow(TypedDict):
     unanswered: NotRequired[bool]  # still waiting when the load stopped
 
 
+class LongLivedRow(TypedDict):
+    """One long-lived connection (a WebSocket or an event stream) a simulated user opened or tried to,
+    written when it ends by ``sandbox/load/longlived_locustfile.py``; read by ``measure``."""
+
+    kind: str  # "ws" or "sse"
+    user: str  # the simulated user (one connection at a time per user)
+    conn: int  # the user's attempt number, 1 first
+    rid: str  # request id of the handshake (``ll-`` and hex: not one of the load's HTTP requests)
+    t: float  # unix time the attempt started
+    t_open: float | None  # unix time the handshake was answered; None when the attempt failed
+    t_end: float  # unix time it ended
+    status: int  # the handshake's HTTP status (101, 200; 0 when no answer)
+    version: str | None  # X-App-Version of the handshake
+    instance: str | None  # X-Instance of the handshake
+    messages: int  # numbered messages received
+    first: int | None  # the first and last message numbers received
+    last: int | None
+    lost: int  # numbers missing below the last received (a gap in the numbering)
+    duplicated: int  # numbers received more than once
+    close: str  # "clean", "abnormal", "stop" (still open when the load stopped) or "failed" (never opened)
+    code: str  # "1000"/"1001"/"1006"/... (WebSocket), "end"/"cut" (event stream), "stop", or the failure
+    reconnect_ms: float | None  # from the end of the user's previous open connection to this one's open
+    retry_ms: float | None  # the server's reconnect hint this connection ended with (SSE ``retry:``)
+
+
 Phase = Literal[
     # whole-run markers
     "load-start", "rollout-start", "rollout-end", "load-stop",

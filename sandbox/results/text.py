@@ -108,6 +108,9 @@ def summary_text(report: Report) -> str:
         _overhead_line(report),
         *_traffic_lines(report),
     ]
+    if report.figures.long_lived.ran:
+        lines.append("long-lived       WebSocket and event-stream connections (--ws-users, --sse-users)")
+        lines.extend(f"  {what:<14} {figure}" for what, figure in report.figures.long_lived.rows())
     if run.detach_lag_s:
         lines.append(f"detach lag       {num(run.detach_lag_s, ' s')}  (stop signal sent this long before each detach)")
     drains = _drains_line(report.figures.drains)

@@ -21,6 +21,12 @@ measured never passes (no PASS without evidence). The checks:
 - ``unrecorded``: the load's requests NGINX answered that have no row, must be 0 (``rows_lost`` and
   ``unrecorded`` are SKIP, saying why, when the count or the LB's log is missing);
 - ``load_alive``: the load generator ran for the whole run (unknown counts as not alive);
+- ``abnormal_closes``, ``messages_lost``: long-lived connections (``--ws-users``, ``--sse-users``)
+  that ended without the server's goodbye, and numbered messages missing, at most
+  ``max_abnormal_closes`` / ``max_messages_lost`` (0), only in a run with such users;
+- ``reconnect_p99_ms``: the p99 of the time from a long-lived connection's end to the same user's
+  next one open, at most ``max_reconnect_p99_ms``. These three are SKIP when no long-lived
+  connection ran (the reconnect one also when none reconnected);
 - ``mixed_check_1``, ``mixed_check_2``, ...: one per ``--mixed-check`` command: it must exit 0
   within its timeout. A check that never ran (the fleet never had both versions attached) is
   NOT_RUN, with its reason, so it never passes unseen.
@@ -45,6 +51,7 @@ from sandbox.results.model import (
     ExitZero,
     Figures,
     LikeForLike,
+    LongLived,
     MixedRecord,
     Report,
     Rollout,
@@ -74,6 +81,9 @@ class Limits:
     max_violations: int = _DEFAULT.max_violations
     max_not_found: int = _DEFAULT.max_not_found
     min_requests: int = _DEFAULT.min_requests
+    max_abnormal_closes: int = _DEFAULT.max_abnormal_closes
+    max_messages_lost: int = _DEFAULT.max_messages_lost
+    max_reconnect_p99_ms: float = _DEFAULT.max_reconnect_p99_ms
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -166,6 +176,32 @@ def _drains(figures: Figures) -> Check:
     return Check("drains_timed_out", _held(timed_out == 0), timed_out, 0, "; ".join(reasons) or None)
 
 
+NO_LONG_LIVED = "not measured: no long-lived connection ran"
+
+
+def long_lived_checks(run: Rollout, figures: LongLived, limits: Limits) -> tuple[Check, ...]:
+    """``abnormal_closes``, ``messages_lost`` and ``reconnect_p99_ms``, for a run with long-lived users
+    (none for a run without: its verdict is what it always was); each SKIP when no long-lived connection
+    ran (and ``reconnect_p99_ms`` when none reconnected: no figure to judge)."""
+    if not (run.long_lived_users or figures.ran):
+        return ()
+    if not figures.ran:
+        return (Check("abnormal_closes", "SKIP", None, limits.max_abnormal_closes, NO_LONG_LIVED),
+                Check("messages_lost", "SKIP", None, limits.max_messages_lost, NO_LONG_LIVED),
+                Check("reconnect_p99_ms", "SKIP", None, limits.max_reconnect_p99_ms, NO_LONG_LIVED, " ms"))
+    closes = ", ".join(f"{k} {v}" for k, v in figures.closes.items()) or None
+    abnormal = Check("abnormal_closes", _held(figures.abnormal_closes <= limits.max_abnormal_closes),
+                     figures.abnormal_closes, limits.max_abnormal_closes, closes)
+    lost = Check("messages_lost", _held(figures.messages_lost <= limits.max_messages_lost), figures.messages_lost,
+                 limits.max_messages_lost, f"of {figures.messages} received")
+    p99 = figures.reconnect_p99_ms
+    reconnect = (Check("reconnect_p99_ms", "SKIP", None, limits.max_reconnect_p99_ms, "no connection reconnected",
+                       " ms") if p99 is None else
+                 Check("reconnect_p99_ms", _held(p99 <= limits.max_reconnect_p99_ms), p99,
+                       limits.max_reconnect_p99_ms, f"{figures.reconnects} reconnects", " ms"))
+    return abnormal, lost, reconnect
+
+
 def verdict(run: Rollout, figures: Figures, limits: Limits = DEFAULT_LIMITS) -> Verdict:
     """Every check of one run's record and figures against ``limits``."""
     load = run.load_on
@@ -187,6 +223,7 @@ def verdict(run: Rollout, figures: Figures, limits: Limits = DEFAULT_LIMITS) -> 
         _none_lost("rows_lost", figures.rows_lost, "the load generator left no count of what it sent", load=load),
         _none_lost("unrecorded", figures.unrecorded, "the load balancer's log was not read", load=load),
         _load_alive(run),
+        *long_lived_checks(run, figures.long_lived, limits),
         *(_mixed_check(r) for r in run.mixed_checks),
     ))
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from sandbox.config import Settings
 from sandbox.load.rows import parse_think_ms
 from sandbox.load.run import LoadEnd, LoadRun, LoadSettings
-from sandbox.results.records import Event, RequestRow
+from sandbox.results.records import Event, LongLivedRow, RequestRow
 from sandbox.ui.progress import TrafficMonitor
 
 
@@ -73,7 +73,7 @@ class LoadPhases:
         self.load = self.make_load(url, LoadSettings(
             users=s.users, spawn_rate=s.spawn_rate, locustfile=s.locustfile, v2_mode=s.v2_mode,
             workers=s.load_workers, think_s=parse_think_ms(s.think_ms), timeout_s=s.client_timeout_s,
-            paths=paths), rows_path)
+            paths=paths, ws_users=s.ws_users, sse_users=s.sse_users), rows_path)
         await self.load.start()
         self.events.append({"t": time.time(), "phase": "load-start", "instance": None})
         self._ticker = asyncio.create_task(self._tick(self.load))
@@ -118,6 +118,11 @@ class LoadPhases:
     def rows(self) -> list[RequestRow]:
         """Every request the load generator recorded."""
         return self.load.all_rows() if self.load is not None else []
+
+    def long_lived_rows(self) -> list[LongLivedRow]:
+        """Every long-lived connection the load generator recorded (none without ``--ws-users``/``--sse-users``)."""
+        read = getattr(self.load, "long_lived_rows", None)  # a test's fake load may have none
+        return list(read()) if read is not None else []
 
     def end(self) -> LoadGenerator | None:
         """How the load generator ended (exit code, died early, killed, requests sent) and its worker

@@ -53,7 +53,7 @@ from sandbox.results.measure import (
     measure,
 )
 from sandbox.results.model import MixedRecord, Report, Rollout
-from sandbox.results.records import Event, RequestRow
+from sandbox.results.records import Event, LongLivedRow, RequestRow
 from sandbox.results.report import build_report, clear_report_dir, write_report_dir
 from sandbox.results.verdict import Limits, exit_code, not_run
 from sandbox.rollout import mixed, strategies
@@ -185,6 +185,7 @@ class Collected:
     lb: LbState  # the load balancer's settings at the end (sticky, lb_apply, client keep-alive)
     load_end: LoadGenerator | None = None  # how the load generator ended: exit code, died early, killed, sent
     lb_log_read: bool = True  # False: the load balancer's log could not be read (``unrecorded`` is unknown)
+    long_lived_rows: list[LongLivedRow] = field(default_factory=list)  # --ws-users / --sse-users connections
 
 
 @dataclass
@@ -589,6 +590,7 @@ class Rehearsal:
     async def collect(self) -> Collected:
         """The client rows, the NGINX log rows of this run and the events; cleans up the work dir."""
         rows = self.load.rows()
+        long_lived_rows = self.load.long_lived_rows()  # both before the work dir that holds them goes
         if not self.executor.images.toy:  # your app's versions are your names: read from NGINX's log
             rows = [{**r, "version": None} for r in rows]  # (upstream address -> container -> version)
         nginx_rows: list[LbRow] = []
@@ -604,7 +606,8 @@ class Rehearsal:
             shutil.rmtree(self._workdir, ignore_errors=True)
         return Collected(rows=rows, nginx_rows=nginx_rows, events=list(self.events),
                          history=fleet_history(self.prepared.instances, self.events),
-                         lb=self.balancer.state, load_end=self.load.end(), lb_log_read=read)
+                         lb=self.balancer.state, load_end=self.load.end(), lb_log_read=read,
+                         long_lived_rows=long_lived_rows)
 
 
 async def rehearse(settings: Settings, *, runtime: Engine, kind: Kind = "roll", to_version: str | None = None,
@@ -702,7 +705,8 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
     figures = measure(collected.rows, collected.events,
                       nginx=collected.nginx_rows if collected.lb_log_read else None,
                       address_history=collected.history,
-                      settings=MeasureSettings(slow_ms=settings.slow_ms), sent=end.sent if end else None)
+                      settings=MeasureSettings(slow_ms=settings.slow_ms), sent=end.sent if end else None,
+                      long_lived_rows=collected.long_lived_rows)
     died = end is not None and (end.died_early or end.killed)  # a SIGKILLed Locust may have lost rows
     run = Rollout(
         project=settings.project, strategy=prepared.strategy, size=prepared.size, batch=prepared.batch,
@@ -710,6 +714,7 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
         duration_s=round((ran.t_end or time.time()) - (ran.t_start or ran.started), 3),
         peak_instances=ran.peak, sticky=collected.lb.sticky, lb_apply=collected.lb.lb_apply,
         client_keepalive_s=collected.lb.client_keepalive_s, users=settings.users if ran.load else 0,
+        long_lived_users=settings.ws_users + settings.sse_users if ran.load else 0,
         load=ran.load, load_alive=ran.load_alive and not died if ran.load else None,
         seed=prepared.seed, pick_order=tuple(map(tuple, prepared.pick_order)), mixed_checks=ran.mixed_checks,
         detach_lag_s=prepared.detach_lag_s,

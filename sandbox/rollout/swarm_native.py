@@ -138,7 +138,7 @@ async def rehearse(settings: Settings, *, runtime: SwarmEngine, images: ImageSet
               mixed_checks=not_run(settings.mixed_checks, "not run: Swarm's own update has no step to run it at"))
     collected = Collected(rows=load.rows(), nginx_rows=nginx_rows or [], events=events,
                           history=fleet_history([], events), lb=lb, load_end=load.end(),
-                          lb_log_read=nginx_rows is not None)
+                          lb_log_read=nginx_rows is not None, long_lived_rows=load.long_lived_rows())
     report = rollout_report(settings, prepared, ran, collected)
     out = report.to_json()
     if report_dir is not None:
