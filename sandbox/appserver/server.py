@@ -182,6 +182,7 @@ class RedisSessions:
         self._lock = asyncio.Lock()
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._opening: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] | None = None
+        self.last_error = ""  # why the last ping failed
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT_S)
@@ -222,12 +223,18 @@ class RedisSessions:
                 raise
 
     async def ping(self, timeout: float) -> bool:
-        """True when the store answers PING within ``timeout`` seconds (readiness)."""
+        """True when the store answers PING within ``timeout`` seconds (readiness); else
+        ``last_error`` says what went wrong."""
         try:
             reply: object = await asyncio.wait_for(self._call("PING"), timeout)
-            return reply == "PONG"
-        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+        except TimeoutError:
+            self.last_error = f"no answer from {self.host}:{self.port} within {timeout:g} s"
             return False
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            self.last_error = f"{self.host}:{self.port}: {type(exc).__name__}: {exc}"
+            return False
+        self.last_error = "" if reply == "PONG" else f"{self.host}:{self.port} answered {reply!r} to PING"
+        return not self.last_error
 
     async def close(self) -> None:
         if self._opening is not None:
@@ -508,7 +515,7 @@ class Shop:
         if state == "ready" and isinstance(self.store, RedisSessions) and not await self.store.ping(0.8):
             # not ready without its shared session store: every request would answer 500 (0.8 s:
             # within the controller's 1 s probe budget, so that its error can say why)
-            return web.json_response({"status": "no-session-store"}, status=503)
+            return web.json_response({"status": "no-session-store", "error": self.store.last_error}, status=503)
         if state == "ready":
             return web.json_response({"status": state, "version": self.version})
         return web.json_response({"status": state}, status=503)

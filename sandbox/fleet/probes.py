@@ -59,7 +59,7 @@ class Probe:
         try:
             async with self.session.get(f"http://{address}{path}") as resp:
                 if not 200 <= resp.status < 300:
-                    return self._failed(address, f"GET {path} answered {resp.status} {(await resp.text())[:120]!r}")
+                    return self._failed(address, f"GET {path} answered {resp.status} {(await resp.text())[:300]!r}")
                 if version is None:
                     return self._passed(address)
                 body = await resp.json(content_type=None)

@@ -555,7 +555,8 @@ async def test_healthz_not_ready_without_its_session_store(make_client: MakeClie
     client, _ = await make_client(redis=f"127.0.0.1:{free_port()}")  # nobody listens there
     resp = await client.get("/healthz")
     assert resp.status == 503
-    assert (await resp.json())["status"] == "no-session-store"
+    body = await resp.json()
+    assert body["status"] == "no-session-store" and "127.0.0.1:" in body["error"], body  # and why
 
 
 def _wait_log(log: Path, text: str, timeout: float = 15) -> None:
