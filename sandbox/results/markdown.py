@@ -78,6 +78,8 @@ def _key_numbers(report: Report) -> list[tuple[str, str]]:
         ("overhead ratio", num(run.overhead_ratio, "", 2)),
         ("requests", num(req.total)),
         ("dropped", num(req.dropped)),
+        *([("first dropped (seconds since the load started)",
+            "<br>".join(d.describe(run.steps_t0) for d in req.dropped_first[:5]))] if req.dropped_first else []),
         ("4xx", num(req.errors_4xx)),
         ("slow", f"{num(req.slow)} (over {num(fig.slow_ms, ' ms', 0)})"),
         ("unanswered at stop", num(req.unanswered)),

@@ -41,6 +41,7 @@ from sandbox.fleet.loadbalancer import LbRow
 from sandbox.fleet.versions import TOY_VERSIONS
 from sandbox.results.model import (
     Drain,
+    Dropped,
     Exposure,
     Figures,
     Latency,
@@ -251,7 +252,19 @@ def request_counts(
         retried=sum(1 for n in nginx if len(n.get("servers") or ()) > 1),
         not_found=not_found(rows, events),
         by_version=by_version,
+        dropped_first=tuple(_dropped(r) for r in sorted((r for r in rows if is_dropped(r)),
+                                                       key=lambda r: float(r.get("t") or 0.0))[:DROPPED_SHOWN]),
     )
+
+
+DROPPED_SHOWN = 10  # dropped requests kept in the report, the earliest first
+
+
+def _dropped(row: Mapping[str, Any]) -> Dropped:
+    error = str(row.get("error") or ("unanswered when the load stopped" if is_unanswered(row) else ""))
+    return Dropped(t=float(row.get("t") or 0.0), method=str(row.get("method") or ""),
+                   path=str(row.get("name") or ""), status=_status(row), error=error[:200],
+                   instance=str(row["instance"]) if row.get("instance") else None)
 
 
 def _is_slow(row: Mapping[str, Any], budget_ms: float) -> bool:

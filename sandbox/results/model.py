@@ -54,14 +54,51 @@ class Requests:
     retried: int = 0
     not_found: int = 0  # 404 and 410 answers from the rollout's start on: an endpoint one version lacks
     by_version: Mapping[str, int] = field(default_factory=dict)
+    dropped_first: tuple[Dropped, ...] = ()  # the first few dropped requests, as the users saw them
 
     def to_json(self) -> Json:
-        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "by_version": dict(self.by_version)}
+        counts = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _REQUEST_LISTS}
+        return {**counts, "by_version": dict(self.by_version),
+                "dropped_first": [d.to_json() for d in self.dropped_first]}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Requests:
-        counts = {f.name: int(data.get(f.name) or 0) for f in fields(cls) if f.name != "by_version"}
-        return cls(**counts, by_version={str(k): int(v) for k, v in (data.get("by_version") or {}).items()})
+        counts = {f.name: int(data.get(f.name) or 0) for f in fields(cls) if f.name not in _REQUEST_LISTS}
+        return cls(**counts, by_version={str(k): int(v) for k, v in (data.get("by_version") or {}).items()},
+                   dropped_first=tuple(Dropped.from_json(d) for d in data.get("dropped_first") or ()))
+
+
+_REQUEST_LISTS = ("by_version", "dropped_first")
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """One dropped request: when it was sent (unix time), what, and how it ended."""
+
+    t: float
+    method: str
+    path: str
+    status: int  # 0: no HTTP answer
+    error: str
+    instance: str | None  # the server that answered, when one did
+
+    def to_json(self) -> Json:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Dropped:
+        return cls(t=float(data.get("t") or 0.0), method=str(data.get("method") or ""),
+                   path=str(data.get("path") or ""), status=int(data.get("status") or 0),
+                   error=str(data.get("error") or ""),
+                   instance=str(data["instance"]) if data.get("instance") else None)
+
+    def describe(self, t0: float | None) -> str:
+        """``+3.4 s POST /api/cart: HTTPConnectionClosed`` (seconds after ``t0`` when known)."""
+        when = f"+{self.t - t0:.1f} s " if t0 is not None else ""
+        how = self.error or (f"HTTP {self.status}" if self.status else "no answer")
+        if self.status and self.error and str(self.status) not in self.error:
+            how = f"HTTP {self.status} {self.error}"
+        return f"{when}{self.method} {self.path}: {how}" + (f" (from {self.instance})" if self.instance else "")
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,7 @@ def _traffic_lines(report: Report) -> list[str]:
         f"requests         {req.total} sent, {req.ok} ok, "
         f"{req.dropped} dropped ({fig.exposure.users_hit}/{fig.exposure.users_total} users hit), "
         f"{req.errors_4xx} 4xx",
+        *(f"  dropped        {d.describe(report.run.steps_t0)}" for d in req.dropped_first[:3]),
         f"waiting          {req.slow} slow (> {num(fig.slow_ms, ' ms', 0)}), "
         f"{req.unanswered} unanswered at stop, {req.retried} retried by NGINX",
         f"stall            {num(fig.stall_s, ' s', 2)} from {num(fig.stall_at_s, ' s', 1)}  "

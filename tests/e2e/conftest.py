@@ -103,7 +103,8 @@ def assert_passes(proc: subprocess.CompletedProcess[str], *, expected: frozenset
     failed = {c["name"] for c in report["verdict"]["checks"] if not c["pass"]}
     said = [c for c in report["verdict"]["checks"] if c["name"] in failed ^ expected]
     assert failed == expected, (f"failed {sorted(failed)}, expected {sorted(expected)}: {said}; "
-                                f"like_for_like {report.get('like_for_like')}\n{proc.stderr[-3000:]}")
+                                f"like_for_like {report.get('like_for_like')}; first dropped "
+                                f"{report.get('requests', {}).get('dropped_first')}\n{proc.stderr[-3000:]}")
     assert proc.returncode == (1 if expected else 0), (proc.returncode, report["verdict"])
     return report
 

@@ -712,3 +712,18 @@ def test_the_stall_says_when_it_began() -> None:
 def test_mixed_fleet_window(events: list[Event], expected: tuple[float, float] | None) -> None:
     window = mixed_fleet_window(events, "v1", "v2", T0 + 10.0)
     assert window == (None if expected is None else (T0 + expected[0], T0 + expected[1]))
+
+
+def test_the_first_dropped_requests_are_kept_earliest_first_and_read_back() -> None:
+    from sandbox.results.model import Dropped, Requests
+    rows = [row(float(t), status=200) for t in range(5)]
+    rows += [row(3.5, status=502, instance="app-2"), row(1.5, unanswered=True)]
+    rows += [row(4.0 + i / 100, status=0) for i in range(12)]
+    req = measure(rows, ROLLOUT).requests
+    assert req.dropped == 14 and len(req.dropped_first) == 10
+    first, second = req.dropped_first[:2]
+    assert (first.t, first.status, first.error) == (T0 + 1.5, 0, "error")  # unanswered, sent first
+    assert (second.status, second.instance, second.path) == (502, "app-2", "/api/items/[id]")
+    assert second.describe(T0) == "+3.5 s GET /api/items/[id]: HTTP 502 error (from app-2)"
+    assert Requests.from_json(req.to_json()) == req
+    assert Dropped(T0, "POST", "/api/cart", 0, "", None).describe(None) == "POST /api/cart: no answer"
