@@ -222,7 +222,7 @@ _SUBCOMMANDS: dict[str, _Command] = {
                         without=("lb_retry", "strategy", "batch", "mode", "detach_lag_s", *_ROLL_ONLY),
                         own_flags=_add_compare_flags, defaults={"size": 9}),
     "doctor": _Command("run short real experiments on your image: what loses requests in rollouts, what to set",
-                       ("app",), also=("size", "ready_timeout", "paths", "users", "think_ms"),
+                       ("app",), also=("size", "ready_timeout", "paths", "users", "think_ms", "locustfile"),
                        own_flags=_add_doctor_flags),
 }
 

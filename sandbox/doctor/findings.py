@@ -7,6 +7,7 @@ doctor exit 1.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from sandbox.doctor.measure import (
     Capacity,
     Failure,
     KeepAlive,
+    LocustfileRun,
     LongLived,
     Measurements,
     Readiness,
@@ -55,7 +57,8 @@ class Finding:
 def judge(m: Measurements) -> list[Finding]:
     """Every finding of one run, in the order of the experiments."""
     out = [sigterm(m.stop, m.stop_timeout_s), pid1(m.pid1, m.stop), endpoint_lag(m),
-           readiness(m.readiness), keepalive(m.keepalive), long_requests(m.longest_request_s, m.stop_timeout_s)]
+           readiness(m.readiness), keepalive(m.keepalive),
+           long_requests(m.longest_request_s, m.stop_timeout_s, m.locustfile)]
     out += [long_lived(one) for one in m.long_lived]
     out.append(capacity(m.capacity))
     return out
@@ -174,9 +177,20 @@ def keepalive(k: KeepAlive) -> Finding:
                    _shown(k.race_failures))
 
 
-def long_requests(longest_s: float, stop_timeout_s: float) -> Finding:
-    """The longest request seen against the stop timeout."""
-    evidence = {"longest_request_s": round(longest_s, 3), "stop_timeout_s": stop_timeout_s}
+def long_requests(longest_s: float, stop_timeout_s: float, locust: LocustfileRun | None = None) -> Finding:
+    """The longest request seen (doctor's own; with ``--locustfile``, your locustfile's too) against
+    the stop timeout."""
+    found = _long_requests(longest_s, stop_timeout_s)
+    if locust is None:
+        return found
+    said = (f"; your locustfile: {locust.requests} requests in {locust.seconds:g} s, {locust.failed} failed, "
+            f"the longest {locust.longest_name} {locust.longest_s:.2f} s")
+    return dataclasses.replace(found, summary=found.summary + said,
+                               evidence={**found.evidence, "locustfile": dataclasses.asdict(locust)})
+
+
+def _long_requests(longest_s: float, stop_timeout_s: float) -> Finding:
+    evidence: dict[str, Any] = {"longest_request_s": round(longest_s, 3), "stop_timeout_s": stop_timeout_s}
     if longest_s >= stop_timeout_s:
         return Finding("long_requests", "FAIL", f"the longest request took {longest_s:.2f} s, at least the stop "
                        f"timeout ({stop_timeout_s:g} s): it is cut at SIGKILL", evidence,

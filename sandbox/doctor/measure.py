@@ -113,6 +113,18 @@ class Capacity:
 
 
 @dataclass(frozen=True)
+class LocustfileRun:
+    """Your locustfile run against doctor's fleet (``--locustfile``): what its requests took."""
+
+    locustfile: str
+    seconds: float
+    requests: int  # ended within the run (those the stop cut short are left out)
+    failed: int  # of those, not answered below 400
+    longest_s: float  # the longest answered request
+    longest_name: str  # its Locust name (method and path)
+
+
+@dataclass(frozen=True)
 class Measurements:
     """Everything one doctor run measured, with the contract it ran under."""
 
@@ -129,6 +141,7 @@ class Measurements:
     long_lived: list[LongLived]
     capacity: Capacity
     took_s: float = 0.0
+    locustfile: LocustfileRun | None = None  # with --locustfile: its requests count in longest_request_s
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)

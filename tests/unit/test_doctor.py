@@ -235,3 +235,12 @@ async def test_doctor_refuses_an_engine_that_is_not_plain_docker_before_touching
     with pytest.raises(UsageError, match=r"^engine: "):
         await doctor(load_settings({}), runtime=runtime, say=print)
     assert runtime.log == [] and runtime.containers == {}
+
+
+def test_your_locustfile_s_longest_request_is_judged_and_shown() -> None:
+    from sandbox.doctor.measure import LocustfileRun
+    locust = LocustfileRun("my.py", 15.0, requests=40, failed=1, longest_s=21.5, longest_name="POST /export")
+    f = finding(measurements(longest_request_s=21.5, locustfile=locust), "long_requests")
+    assert f.status == "FAIL" and f.evidence["longest_request_s"] == 21.5
+    assert "your locustfile: 40 requests in 15 s, 1 failed, the longest POST /export 21.50 s" in f.summary
+    assert f.evidence["locustfile"]["longest_name"] == "POST /export"
