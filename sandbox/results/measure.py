@@ -667,7 +667,8 @@ def drains(events: Sequence[Mapping[str, Any]]) -> tuple[Drain, ...]:
 def _drain(event: Mapping[str, Any]) -> Drain:
     detail = event.get("detail") or {}
     return Drain(event.get("instance"), opt_float(detail.get("duration_s")), opt_int(detail.get("in_flight")),
-                 bool(detail.get("timed_out")), detail.get("reason"))
+                 bool(detail.get("timed_out")), detail.get("reason"), opt_int(detail.get("long_lived")),
+                 opt_float(detail.get("long_lived_close_s")), opt_int(detail.get("long_lived_left")))
 
 
 # ------------------------------------------------------------- versions from the NGINX log

@@ -231,6 +231,12 @@ class Drain:
     in_flight: int | None = None
     timed_out: bool = False
     reason: str | None = None
+    # dynamic mode, replace: long-lived connections the LB held to it once its requests had drained
+    # (None: not counted), the seconds from its stop signal until the LB counted none open, and how
+    # many were still open when the wait ended (0 unless it timed out)
+    long_lived: int | None = None
+    long_lived_close_s: float | None = None
+    long_lived_left: int | None = None
 
     def to_json(self) -> Json:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -238,7 +244,8 @@ class Drain:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Drain:
         return cls(data.get("instance"), opt_float(data.get("duration_s")), opt_int(data.get("in_flight")),
-                   bool(data.get("timed_out")), data.get("reason"))
+                   bool(data.get("timed_out")), data.get("reason"), opt_int(data.get("long_lived")),
+                   opt_float(data.get("long_lived_close_s")), opt_int(data.get("long_lived_left")))
 
 
 @dataclass(frozen=True)
