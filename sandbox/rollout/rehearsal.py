@@ -42,7 +42,7 @@ from sandbox.fleet.engine import Engine, Instance, LbHandle
 from sandbox.fleet.images import ImageSet
 from sandbox.fleet.images import image_set as current_image_set
 from sandbox.fleet.loadbalancer import LbRow, LbState, LoadBalancer
-from sandbox.fleet.probes import Probe
+from sandbox.fleet.probes import Probe, long_lived_problem
 from sandbox.load.run import LoadRun, LoadSettings
 from sandbox.poll import poll
 from sandbox.results.measure import (
@@ -82,6 +82,8 @@ class Deps:
     load: Callable[[str, LoadSettings, Path], LoadRun] = LoadRun
     images: Callable[[Engine], Awaitable[ImageSet]] = _ensure_images
     probe: ProbeFactory = Probe
+    # the --ws-path / --sse-path check through the load balancer: what is wrong, or None
+    long_lived_check: Callable[..., Awaitable[str | None]] = long_lived_problem
     timing: Timing = field(default_factory=Timing)
     tick_s: float = 0.5  # how often the load's new rows are counted and shown
 
@@ -441,7 +443,11 @@ class Rehearsal:
 
     # -- run ----------------------------------------------------------------------------------
     async def run(self) -> Ran:
-        """Warmup, execute the plan (rolling back on failure), cooldown; Ctrl-C handled here."""
+        """Warmup, execute the plan (rolling back on failure), cooldown; Ctrl-C handled here.
+
+        Raises UsageError, before anything changes, when the --ws-users' path does not upgrade to
+        a WebSocket or the --sse-users' path answers no event stream."""
+        await self._check_long_lived_paths()
         started = time.time()
         self._workdir = Path(tempfile.mkdtemp(prefix=f"rolling-sandbox-{self.settings.project}-"))
         if self.report_dir is not None:
@@ -468,6 +474,15 @@ class Rehearsal:
                         peak=self.executor.peak, load=self.load.ran, load_alive=self.load.alive,
                         mixed_checks=mixed.finish(self.settings.mixed_checks, self._mixed_ran, outcome))
         return self._ran
+
+    async def _check_long_lived_paths(self) -> None:
+        s = self.settings
+        if not s.load or not (s.ws_users or s.sse_users):
+            return
+        problem = await self.deps.long_lived_check(self.balancer.url, ws_path=s.ws_path if s.ws_users else None,
+                                                   sse_path=s.sse_path if s.sse_users else None)
+        if problem:
+            raise UsageError(problem)
 
     async def _after_step(self, step: planner.Step) -> None:
         """The first time the attached set holds two versions, run every mixed check while the

@@ -4,7 +4,8 @@ Each v1 server, once detached and its requests drained, still holds WebSockets a
 (they never finish by themselves). The drain sends its stop signal (the toy closes WebSockets with
 1001 and ends its streams with ``retry:``), waits until the load balancer counts none open to it,
 and only then is the container stopped and removed: each drain in the report says how many were
-open and that 0 were left, with nothing timed out, cut or lost.
+open and that 0 were left, with nothing timed out, cut or lost. Before that, a ``--ws-path`` the
+app does not upgrade on is refused (one line, exit 2) with the fleet untouched.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ LOAD = ("--users", "4", "--ws-users", "6", "--sse-users", "4", "--warmup", "3", 
 
 def test_a_drain_waits_until_the_lb_counts_no_long_lived_connection_open(cli: Cli) -> None:
     cli.run("up", "--size", "3", "--port", str(cli.port), check=True)
+    # a --ws-path the app does not upgrade on: one line, exit 2, checked through the LB before any change
+    bad = cli.run("roll", "--to", "v2", "--ws-users", "2", "--ws-path", "/api/items", "--warmup", "1")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "--ws-path /api/items: " in bad.stderr and "not 101" in bad.stderr, bad.stderr
+    assert "v2" not in cli.run("status", check=True).stdout  # the fleet is still all v1
+
     proc = cli.run("roll", "--to", "v2", "--drain-timeout", "20", *LOAD)
     report = assert_passes(proc)
     assert report["lb_apply"] == "dynamic"
