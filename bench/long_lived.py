@@ -68,7 +68,7 @@ def row(mode: str, roll: Roll, proc: subprocess.CompletedProcess[str]) -> str:
         report: dict[str, Any] = json.loads(proc.stdout)
     except ValueError:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-        return f"{head} no report (exit {proc.returncode}): {tail[0]} |" + " |" * 11
+        return f"{head} no report (exit {proc.returncode}): {tail[0]} |" + " |" * 10
     ll = report.get("long_lived") or {}
     req = report["requests"]
     drains = report.get("drains") or []
