@@ -457,6 +457,7 @@ class Rehearsal:
         if self.settings.mixed_checks:
             self.executor.after_step = self._after_step
         interrupts = Interrupts(self.executor.stop_requested, self.progress.line)
+        watch = asyncio.create_task(self._watch_long_lived())
         try:
             with self.progress, interrupts.installed(self.install_sigint):
                 if self.settings.load:
@@ -469,6 +470,7 @@ class Rehearsal:
                 t_end = time.time()
                 await self.load.cooldown()
         finally:
+            watch.cancel()
             await self.load.stop()
         self._ran = Ran(outcome=outcome, message=message, started=started, t_start=t_start, t_end=t_end,
                         peak=self.executor.peak, load=self.load.ran, load_alive=self.load.alive,
@@ -483,6 +485,21 @@ class Rehearsal:
                                                    sse_path=s.sse_path if s.sse_users else None)
         if problem:
             raise UsageError(problem)
+
+    async def _watch_long_lived(self) -> None:
+        """Dynamic mode with long-lived users: the LB's open long-lived connections per version,
+        every ``tick_s``, to the live views (the dashboard's "open ws/sse" column)."""
+        s = self.settings
+        if not (s.load and (s.ws_users or s.sse_users) and self.balancer.dynamic):
+            return
+        while True:
+            try:
+                counts = await self.balancer.long_lived()
+            except BalancerError:
+                counts = None  # a live view can miss a tick; the rollout never waits on this
+            if counts is not None:
+                self.progress.long_lived(open_by_version(counts, self.prepared.instances, self.events))
+            await asyncio.sleep(max(self.deps.tick_s, 0.2))
 
     async def _after_step(self, step: planner.Step) -> None:
         """The first time the attached set holds two versions, run every mixed check while the
@@ -668,6 +685,22 @@ def _write_files(report: Report, report_dir: Path | None, out: dict[str, Any]) -
 
 
 # -- pure: records, report, exit code -------------------------------------------------------------
+def open_by_version(counts: Mapping[str, int], instances: Sequence[Instance], events: Sequence[Event]
+                    ) -> dict[str, int]:
+    """The LB's open connections per server address, summed per version: the address's version
+    from the servers at the start and the later events that name one (``?``: an unknown address)."""
+    version_at = {i.address: i.version for i in instances if i.address}
+    for e in events:
+        if e.get("address") and e.get("version") and e.get("phase") in ("start", "swap"):
+            version_at[str(e["address"])] = str(e["version"])
+    out: dict[str, int] = {}
+    for address, n in counts.items():
+        if n > 0:
+            version = version_at.get(address, "?")
+            out[version] = out.get(version, 0) + n
+    return out
+
+
 def error_ratio_problem(total: int, failed: int, max_ratio: float) -> str | None:
     """Why the rollout must stop, when enough requests were seen and too many failed; else None."""
     if total >= MIN_SAMPLE_FOR_ERROR_RATIO and failed / total > max_ratio:
