@@ -41,6 +41,14 @@ def test_a_drain_waits_until_the_lb_counts_no_long_lived_connection_open(cli: Cl
     for d in holding:
         assert d["long_lived_left"] == 0 and not d["timed_out"], d
         assert d["long_lived_close_s"] is not None and d["long_lived_close_s"] < 20, d
+    # in the controller's steps, each such server's drain (the LB at 0) came before its stop, and
+    # the stop found it already exited by itself (exit 0): the signal had gone out at the drain
+    steps: list[dict[str, Any]] = report["steps"]
+    for d in holding:
+        (drain,) = [s for s in steps if s["phase"] == "drain" and s["instance"] == d["instance"]]
+        (stop,) = [s for s in steps if s["phase"] == "stop" and s["instance"] == d["instance"]]
+        assert drain["detail"]["long_lived_left"] == 0 and drain["t"] <= stop["t"], (drain, stop)
+        assert stop["detail"]["exit_code"] == 0, stop
     # the first v1 server drained held its share of the 10 first connections; the users it closed
     # came back to the servers still attached, so the drains saw at least 10 in all
     assert sum(d["long_lived"] for d in drains) >= 10, drains
