@@ -97,6 +97,10 @@ def _paths(value: tuple[str, ...]) -> None:
             raise ValueError(f"{path!r} must start with / and have no spaces")
 
 
+def _path(value: str) -> None:
+    _paths((value,))
+
+
 def _locustfile(value: Path | None) -> None:
     if value is not None and not value.is_file():
         raise ValueError(f"{value} is not a file")
@@ -257,6 +261,12 @@ class Settings:
     sse_users: int = setting(0, group="load", flag="--sse-users", at_least=0, at_most=1000,
                              help="users holding an event stream (GET /events) open beside the HTTP users, "
                                   "reconnecting when it ends (default 0)")
+    ws_path: str = setting("/ws", group="load", flag="--ws-path", metavar="PATH", check=_path,
+                           help="the WebSocket path the --ws-users open on your app (default /ws, the toy's); "
+                                "a path that does not upgrade is refused before the rollout")
+    sse_path: str = setting("/events", group="load", flag="--sse-path", metavar="PATH", check=_path,
+                            help="the event-stream path the --sse-users open on your app (default /events, the "
+                                 "toy's); a path that answers no text/event-stream is refused before the rollout")
     warmup_s: float = setting(3.0, group="load", flag="--warmup", at_least=0, at_most=600, unit="seconds",
                               help="seconds of load before (default 3)")
     cooldown_s: float = setting(3.0, group="load", flag="--cooldown", at_least=0, at_most=600, unit="seconds",

@@ -412,6 +412,13 @@ class NginxBalancer:
             raise BalancerError("in-flight counts need --lb-apply dynamic")
         return parse_in_flight(await self._admin_call("GET", "inflight"))
 
+    async def long_lived(self) -> dict[str, int]:
+        """Open WebSockets and event streams the LB holds now per server address (dynamic mode
+        only; counted apart from :meth:`in_flight`, in the same ``ip:port count`` lines)."""
+        if not self.dynamic:
+            raise BalancerError("long-lived counts need --lb-apply dynamic")
+        return parse_in_flight(await self._admin_call("GET", "longlived"))
+
     def forget_container(self) -> None:
         """Look the admin address up again on the next call (the container was started again)."""
         self._admin = None

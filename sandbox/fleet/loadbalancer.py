@@ -97,6 +97,10 @@ class LoadBalancer(Protocol):
         """Requests in flight now per server address (``dynamic`` only)."""
         ...
 
+    async def long_lived(self) -> dict[str, int]:
+        """Open long-lived connections (WebSocket, event stream) now per server address (``dynamic`` only)."""
+        ...
+
     def forget_container(self) -> None:
         """Find the load balancer afresh on the next call: it was started again (it may have a new address)."""
         ...

@@ -104,3 +104,32 @@ class Probe:
                 return parse_metrics(await resp.text())
         except (TimeoutError, aiohttp.ClientError, OSError):
             return None
+
+
+async def long_lived_problem(url: str, *, ws_path: str | None = None, sse_path: str | None = None,
+                             timeout_s: float = 5.0) -> str | None:
+    """One WebSocket handshake on ``ws_path`` and one event-stream request on ``sse_path`` (None:
+    not tried) through ``url`` (the load balancer): what is wrong, in one line naming the flag, or
+    None when the WebSocket upgraded (101) and the stream answered 200 ``text/event-stream``.
+    Both are closed at once; nothing else is sent."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        if ws_path is not None:
+            try:
+                ws = await session.ws_connect(f"{url}{ws_path}", autoping=False)
+                await ws.close()
+            except aiohttp.WSServerHandshakeError as exc:
+                return (f"--ws-path {ws_path}: {url}{ws_path} answered {exc.status} to a WebSocket upgrade, "
+                        f"not 101 (give the path your app upgrades on)")
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                return f"--ws-path {ws_path}: no WebSocket at {url}{ws_path}: {type(exc).__name__}"
+        if sse_path is not None:
+            try:
+                async with session.get(f"{url}{sse_path}", headers={"Accept": "text/event-stream"}) as resp:
+                    kind = resp.headers.get("Content-Type", "")
+                    if resp.status != 200 or not kind.startswith("text/event-stream"):
+                        return (f"--sse-path {sse_path}: {url}{sse_path} answered {resp.status} "
+                                f"{kind or 'with no Content-Type'}, not 200 text/event-stream")
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                return f"--sse-path {sse_path}: no event stream at {url}{sse_path}: {type(exc).__name__}"
+    return None

@@ -48,7 +48,16 @@ from types import TracebackType
 from typing import IO
 
 from sandbox.errors import TrafficError
-from sandbox.load.longlived import ENV_LONG_LIVED_ROWS, ENV_SSE_USERS, ENV_WS_USERS, parse_long_lived_rows
+from sandbox.load.longlived import (
+    DEFAULT_SSE_PATH,
+    DEFAULT_WS_PATH,
+    ENV_LONG_LIVED_ROWS,
+    ENV_SSE_PATH,
+    ENV_SSE_USERS,
+    ENV_WS_PATH,
+    ENV_WS_USERS,
+    parse_long_lived_rows,
+)
 from sandbox.load.rows import (
     ENV_PARENT_PID,
     ENV_READY,
@@ -100,6 +109,8 @@ class LoadSettings:
     # Users holding a WebSocket / an event stream open beside the HTTP users (``longlived_locustfile.py``).
     ws_users: int = 0
     sse_users: int = 0
+    ws_path: str = DEFAULT_WS_PATH  # where the ws users connect (--ws-path)
+    sse_path: str = DEFAULT_SSE_PATH  # where the sse users connect (--sse-path)
 
     @property
     def long_lived_users(self) -> int:
@@ -242,6 +253,8 @@ class LoadRun:
                 "ROLLING_SANDBOX_PATHS": json.dumps(list(self.settings.paths)),
                 ENV_WS_USERS: str(self.settings.ws_users),
                 ENV_SSE_USERS: str(self.settings.sse_users),
+                ENV_WS_PATH: self.settings.ws_path,
+                ENV_SSE_PATH: self.settings.sse_path,
                 ENV_LONG_LIVED_ROWS: str(self.long_lived_path),
             }
         )

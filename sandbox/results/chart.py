@@ -1,4 +1,5 @@
-"""``chart.png``: version share, p99 latency and drops per second, with the steps drawn in.
+"""``chart.png``: version share, p99 latency and drops per second (and, with long-lived users, the
+connections open per version), with the steps drawn in.
 
 matplotlib is imported inside :func:`write_chart` only, so importing this module stays fast.
 """
@@ -59,11 +60,14 @@ def write_chart(report: Report, path: Path) -> Path:
     to_v = str(report.run.to_version or "")
     colors = _version_colors(from_v, to_v)
 
-    fig = Figure(figsize=(11, 7.5), dpi=100, layout="constrained")
+    # --ws-users / --sse-users: a fourth panel, the long-lived connections open per version
+    long_lived = any(b.long_lived_open for b in buckets)
+    fig = Figure(figsize=(11, 9.0 if long_lived else 7.5), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    share_ax, p99_ax, drop_ax = fig.subplots(
-        3, 1, sharex=True, gridspec_kw={"height_ratios": [2.0, 1.3, 1.0]}
-    )
+    ratios = [2.0, 1.3, 1.0, *([1.3] if long_lived else [])]
+    axes = list(fig.subplots(len(ratios), 1, sharex=True, gridspec_kw={"height_ratios": ratios}))
+    share_ax, p99_ax, drop_ax = axes[:3]
+    ll_ax = axes[3] if long_lived else None
     if buckets:
         window = report.figures.window
         end = max(buckets[-1].t + 1, window.duration_s if window else 0.0)
@@ -100,6 +104,13 @@ def write_chart(report: Report, path: Path) -> Path:
             color=DROP_COLOR,
             label="dropped",
         )
+        if ll_ax is not None:
+            for v in versions:
+                ll_ax.plot(xs[1:-1], [b.long_lived_open.get(v, 0) for b in buckets], color=colors.get(v, V1_COLOR),
+                           lw=1.6, label=f"{v} open")
+            ll_ax.set_ylabel("open ws/sse")
+            ll_ax.set_ylim(bottom=0)
+            ll_ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
         share_ax.set_xlim(0, end)
     else:
         share_ax.text(
@@ -118,12 +129,12 @@ def write_chart(report: Report, path: Path) -> Path:
     drop_ax.set_ylabel("dropped / s")
     drop_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     drop_ax.set_ylim(bottom=0, top=max(1.0, drop_ax.get_ylim()[1]))  # 0 dropped: a flat floor, not -0.05..0.05
-    drop_ax.set_xlabel("seconds since the load started")
-    for ax in (share_ax, p99_ax, drop_ax):
+    axes[-1].set_xlabel("seconds since the load started")
+    for ax in axes:
         ax.grid(True, axis="y", color="#dddddd", lw=0.6)
         ax.set_axisbelow(True)
 
-    phases_seen = _draw_steps(report, (share_ax, p99_ax, drop_ax))
+    phases_seen = _draw_steps(report, axes)
     handles, labels = share_ax.get_legend_handles_labels()
     for phase in phases_seen:
         handles.append(Line2D([], [], color=STEP_COLORS.get(phase, "#000000"), lw=1))

@@ -40,7 +40,17 @@ COMPARE_HEADERS = {
     "contract_violations": "contract violations",
     "sessions_lost": "sessions lost",
     "verdict": "verdict",
+    "ll_abnormal_closes": "ll abnormal",
+    "ll_messages_lost": "ll lost",
+    "ll_reconnect_p99_ms": "reconnect p99 ms",
+    "ll_peak_reconnects_per_s": "reconnects/s peak",
+    "ll_users_switched": "ll switched",
 }
+
+# the long-lived connections' columns (``--ws-users`` / ``--sse-users``), before the verdict, in a
+# table where some run had them; in ``compare.json`` always (None for a run without)
+LONG_LIVED_FIELDS = ("ll_abnormal_closes", "ll_messages_lost", "ll_reconnect_p99_ms", "ll_peak_reconnects_per_s",
+                     "ll_users_switched")
 
 
 def compare_row(report: Report) -> Json:
@@ -67,10 +77,28 @@ def compare_row(report: Report) -> Json:
         "mixed_fleet_s": exp.mixed_fleet_s,
         "users_exposed_share": exp.users_exposed_share,
         "requests_exposed_share": exp.requests_exposed_share,
+        **_long_lived(report),
         "pass": report.passed,
         "verdict": report.verdict.cell(),
         "failed_checks": report.verdict.failed_names,
     }
+
+
+def _long_lived(report: Report) -> Json:
+    ll = report.figures.long_lived
+    if not (ll.ran or report.run.long_lived_users):
+        return dict.fromkeys(LONG_LIVED_FIELDS)
+    return {"ll_abnormal_closes": ll.abnormal_closes, "ll_messages_lost": ll.messages_lost,
+            "ll_reconnect_p99_ms": ll.reconnect_p99_ms, "ll_peak_reconnects_per_s": ll.peak_reconnects_per_s,
+            "ll_users_switched": ll.users_switched}
+
+
+def compare_fields(reports: Sequence[Report]) -> tuple[str, ...]:
+    """The table's columns: :data:`COMPARE_FIELDS`, with :data:`LONG_LIVED_FIELDS` before the
+    verdict when some run had long-lived users."""
+    if not any(r.figures.long_lived.ran or r.run.long_lived_users for r in reports):
+        return COMPARE_FIELDS
+    return (*COMPARE_FIELDS[:-1], *LONG_LIVED_FIELDS, COMPARE_FIELDS[-1])
 
 
 def compare_json(reports: Sequence[Report]) -> dict[str, list[Json]]:
@@ -79,9 +107,9 @@ def compare_json(reports: Sequence[Report]) -> dict[str, list[Json]]:
 
 
 def compare_cells(reports: Sequence[Report]) -> list[list[str]]:
-    """The rows of the comparison table as text, one cell per :data:`COMPARE_FIELDS`."""
+    """The rows of the comparison table as text, one cell per :func:`compare_fields`."""
     return [
         [num(line.get(key)) if key not in ("strategy", "outcome", "verdict") else str(line.get(key) or "-")
-         for key in COMPARE_FIELDS]
+         for key in compare_fields(reports)]
         for line in compare_json(reports)["rows"]
     ]

@@ -9,6 +9,7 @@ Here they are summed: closes by kind and code, messages lost and duplicated, rec
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -40,4 +41,46 @@ def long_lived(rows: Sequence[LongLivedRow]) -> LongLived:
         reconnect_p50_ms=None if p50 is None else round(p50, 1),
         reconnect_p99_ms=None if p99 is None else round(p99, 1),
         peak_reconnects_per_s=max(per_second.values(), default=0),
+        **version_switches(rows),
     )
+
+
+def version_switches(rows: Sequence[LongLivedRow]) -> dict[str, int]:
+    """``users_switched``: users one of whose connections opened on another version than the one
+    before it (by the handshake's version); ``users_switched_back``: those who then opened one on
+    a version they had already left."""
+    by_user: dict[str, list[LongLivedRow]] = {}
+    for r in rows:
+        if r.get("t_open") is not None and r.get("version"):
+            by_user.setdefault(r["user"], []).append(r)
+    switched = back = 0
+    for conns in by_user.values():
+        versions = [str(r["version"]) for r in sorted(conns, key=lambda r: (float(r["t_open"] or 0.0), r["conn"]))]
+        left: set[str] = set()
+        went_back = False
+        for before, now in itertools.pairwise(versions):
+            if now != before:
+                went_back = went_back or now in left
+                left.add(before)
+        switched += bool(left)
+        back += went_back
+    return {"users_switched": switched, "users_switched_back": back}
+
+
+def open_per_second(rows: Sequence[LongLivedRow], start: float, seconds: int) -> list[dict[str, int]]:
+    """For each of ``seconds`` whole seconds from ``start``: the connections open at its end (opened
+    at or before it, ended after it), per handshake version (``?`` when the handshake named none)."""
+    out: list[dict[str, int]] = [{} for _ in range(seconds)]
+    for r in rows:
+        t_open = r.get("t_open")
+        if t_open is None:
+            continue
+        version = str(r.get("version") or "?")
+        first = max(0, math.ceil(float(t_open) - start - 1))  # the first second whose end is at or after t_open
+        for i in range(first, seconds):
+            end = start + i + 1
+            if end >= float(r["t_end"]):
+                break
+            if end >= float(t_open):
+                out[i][version] = out[i].get(version, 0) + 1
+    return out

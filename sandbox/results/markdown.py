@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sandbox.results.compare import COMPARE_FIELDS, COMPARE_HEADERS, compare_cells
+from sandbox.results.compare import COMPARE_HEADERS, compare_cells, compare_fields
 from sandbox.results.model import LongLived, MixedRecord, Phase, Report, Step, num
 from sandbox.results.text import pct, share_pct, versions_line
 
@@ -180,4 +180,4 @@ def _steps_section(steps: Sequence[Step]) -> list[str]:
 
 def compare_table(reports: Sequence[Report]) -> str:
     """The comparison of several reports as a Markdown table."""
-    return md_table([COMPARE_HEADERS[k] for k in COMPARE_FIELDS], compare_cells(reports)) + "\n"
+    return md_table([COMPARE_HEADERS[k] for k in compare_fields(reports)], compare_cells(reports)) + "\n"

@@ -34,7 +34,7 @@ import itertools
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from sandbox.fleet.loadbalancer import LbRow
@@ -530,6 +530,20 @@ def exposure(
     )
 
 
+def _with_long_lived_open(exp: Exposure, rows: Sequence[LongLivedRow], start: float) -> Exposure:
+    """``exp`` with each second of its timeline counting the long-lived connections open at its end,
+    per version (both versions of the rollout named, at 0 too); unchanged when none ran."""
+    from sandbox.results.long_lived import open_per_second
+
+    if not rows or not exp.timeline:
+        return exp
+    per_second = open_per_second(rows, start, len(exp.timeline))
+    named = [v for v in (exp.from_version, exp.to_version) if v]
+    return replace(exp, timeline=tuple(
+        replace(sec, long_lived_open={**dict.fromkeys(named, 0), **open_now})
+        for sec, open_now in zip(exp.timeline, per_second, strict=True)))
+
+
 def _span(bounds: tuple[float, float]) -> Span:
     start, end = bounds
     return Span(start, end, round(end - start, 3))
@@ -680,7 +694,8 @@ def drains(events: Sequence[Mapping[str, Any]]) -> tuple[Drain, ...]:
 def _drain(event: Mapping[str, Any]) -> Drain:
     detail = event.get("detail") or {}
     return Drain(event.get("instance"), opt_float(detail.get("duration_s")), opt_int(detail.get("in_flight")),
-                 bool(detail.get("timed_out")), detail.get("reason"))
+                 bool(detail.get("timed_out")), detail.get("reason"), opt_int(detail.get("long_lived")),
+                 opt_float(detail.get("long_lived_close_s")), opt_int(detail.get("long_lived_left")))
 
 
 # ------------------------------------------------------------- versions from the NGINX log
@@ -846,7 +861,7 @@ def measure(
         stall_s=round(stall[1], 3),
         stall_at_s=round(stall[0] - window[0], 3),
         slow_ms=settings.slow_ms,
-        exposure=exposure(ordered, ordered_events, window),
+        exposure=_with_long_lived_open(exposure(ordered, ordered_events, window), long_lived_rows, window[0]),
         phases=phases(ordered, ordered_events, window),
         like_for_like=like_for_like(ordered, ordered_events, window),
         drains=drains(ordered_events),

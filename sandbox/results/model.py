@@ -182,14 +182,21 @@ class Second:
     answers: Mapping[str, int]
     dropped: int = 0
     p99_ms: float | None = None
+    # long-lived connections (--ws-users/--sse-users) open at the second's end, per handshake version
+    # (empty: none ran; in the JSON only then absent)
+    long_lived_open: Mapping[str, int] = field(default_factory=dict)
 
     def to_json(self) -> Json:
-        return {"t": self.t, **self.answers, "dropped": self.dropped, "p99_ms": self.p99_ms}
+        out: Json = {"t": self.t, **self.answers, "dropped": self.dropped, "p99_ms": self.p99_ms}
+        if self.long_lived_open:
+            out["long_lived_open"] = dict(self.long_lived_open)
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Second:
-        answers = {str(k): int(v) for k, v in data.items() if k not in ("t", "dropped", "p99_ms")}
-        return cls(int(data["t"]), answers, int(data.get("dropped") or 0), opt_float(data.get("p99_ms")))
+        answers = {str(k): int(v) for k, v in data.items() if k not in ("t", "dropped", "p99_ms", "long_lived_open")}
+        open_now = {str(k): int(v) for k, v in (data.get("long_lived_open") or {}).items()}
+        return cls(int(data["t"]), answers, int(data.get("dropped") or 0), opt_float(data.get("p99_ms")), open_now)
 
 
 @dataclass(frozen=True)
@@ -268,6 +275,12 @@ class Drain:
     in_flight: int | None = None
     timed_out: bool = False
     reason: str | None = None
+    # dynamic mode, replace: long-lived connections the LB held to it once its requests had drained
+    # (None: not counted), the seconds from its stop signal until the LB counted none open, and how
+    # many were still open when the wait ended (0 unless it timed out)
+    long_lived: int | None = None
+    long_lived_close_s: float | None = None
+    long_lived_left: int | None = None
 
     def to_json(self) -> Json:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -275,7 +288,8 @@ class Drain:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Drain:
         return cls(data.get("instance"), opt_float(data.get("duration_s")), opt_int(data.get("in_flight")),
-                   bool(data.get("timed_out")), data.get("reason"))
+                   bool(data.get("timed_out")), data.get("reason"), opt_int(data.get("long_lived")),
+                   opt_float(data.get("long_lived_close_s")), opt_int(data.get("long_lived_left")))
 
 
 @dataclass(frozen=True)
@@ -297,6 +311,11 @@ class LongLived:
     reconnect_p50_ms: float | None = None  # from the end of a user's connection to its next one open
     reconnect_p99_ms: float | None = None
     peak_reconnects_per_s: int = 0  # the most reconnections opened within one second (the storm)
+    # users whose reconnection landed on a server of another version than their connection before
+    # (they ended on the other version mid-session), and those of them who later came back to a
+    # version they had left (the old one again: the forward-compatibility risk)
+    users_switched: int = 0
+    users_switched_back: int = 0
 
     @property
     def ran(self) -> bool:
@@ -314,6 +333,8 @@ class LongLived:
                          "duplicated"),
             ("reconnects", f"{self.reconnects}, p50 {num(self.reconnect_p50_ms, ' ms')}, p99 "
                            f"{num(self.reconnect_p99_ms, ' ms')}, peak {self.peak_reconnects_per_s}/s"),
+            ("versions", f"{self.users_switched} users reconnected to the other version, "
+                         f"{self.users_switched_back} of them back again"),
         ]
 
     def to_json(self) -> Json:

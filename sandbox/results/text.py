@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from sandbox.results.compare import COMPARE_FIELDS, COMPARE_HEADERS, compare_cells
+from sandbox.results.compare import COMPARE_HEADERS, compare_cells, compare_fields
 from sandbox.results.model import Drain, Phase, Report, num
 from sandbox.rollout.mixed import last_line
 
@@ -143,7 +143,7 @@ def _order_and_mixed_lines(report: Report) -> list[str]:
 
 def compare_text(reports: Sequence[Report]) -> str:
     """The comparison as aligned plain text for the terminal."""
-    header = [COMPARE_HEADERS[k] for k in COMPARE_FIELDS]
+    header = [COMPARE_HEADERS[k] for k in compare_fields(reports)]
     cells = compare_cells(reports)
     widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
 

@@ -532,10 +532,40 @@ class Executor:
         app_in_flight = int(m.get("app_requests_in_flight", 0)) if m else None
         if app_in_flight and not timed_out:
             log.warning("%s: the LB has nothing in flight to it but the app reports %d", inst.name, app_in_flight)
+        closing = await self._close_long_lived(inst) if self.settings.mode == "replace" else {}
         self.emit("drain", inst, batch=batch, detail={
-            "duration_s": round(end - t0, 3), "in_flight": counts[0], "timed_out": timed_out,
-            "idle_s": round(end - detached_at, 3), "signal": "lb", "app_in_flight": app_in_flight,
+            "duration_s": round(time.monotonic() - t0, 3), "in_flight": counts[0],
+            "timed_out": timed_out or bool(closing.get("long_lived_timed_out")),
+            "idle_s": round(end - detached_at, 3), "signal": "lb", "app_in_flight": app_in_flight, **closing,
         })
+
+    async def _close_long_lived(self, inst: Instance) -> dict[str, Any]:
+        """Dynamic mode, a detached server about to be stopped, its requests drained: when the LB
+        still holds long-lived connections to it (WebSockets, event streams, which never finish by
+        themselves), send its stop signal now (the app closes them properly: the toy sends
+        WebSocket close 1001 and ends its streams with ``retry:``) and wait until the LB counts 0
+        open, bounded by ``drain_timeout``; the stop step then removes it. What it saw, for the
+        drain event: how many were open, how long closing took, how many were left."""
+        address = inst.address or ""
+        first = (await self.balancer.long_lived()).get(address, 0)
+        if not first:
+            return {"long_lived": 0}
+        t0 = time.monotonic()
+        if inst.id not in self._signalled_at:  # a 'term' (--detach-lag) sent it already
+            await self.runtime.signal_stop(inst)
+            self._signalled_at[inst.id] = t0
+        left = [first]
+
+        async def all_closed() -> bool | None:
+            left.append((await self.balancer.long_lived()).get(address, 0))
+            return True if left[-1] == 0 else None
+
+        closed = await poll(all_closed, timeout=self.settings.drain_timeout, interval=self.timing.lb_poll_s)
+        if closed is None:
+            log.warning("%s: %d of %d long-lived connections still open at the LB after %.1f s",
+                        inst.name, left[-1], first, self.settings.drain_timeout)
+        return {"long_lived": first, "long_lived_close_s": round(time.monotonic() - t0, 3),
+                "long_lived_left": left[-1], "long_lived_timed_out": closed is None}
 
 
 async def ready_once(probe: Prober, runtime: Engine, images: ImageSet, inst: Instance, version: str) -> bool:

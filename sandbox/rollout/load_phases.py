@@ -73,7 +73,8 @@ class LoadPhases:
         self.load = self.make_load(url, LoadSettings(
             users=s.users, spawn_rate=s.spawn_rate, locustfile=s.locustfile, v2_mode=s.v2_mode,
             workers=s.load_workers, think_s=parse_think_ms(s.think_ms), timeout_s=s.client_timeout_s,
-            paths=paths, ws_users=s.ws_users, sse_users=s.sse_users), rows_path)
+            paths=paths, ws_users=s.ws_users, sse_users=s.sse_users, ws_path=s.ws_path, sse_path=s.sse_path),
+            rows_path)
         await self.load.start()
         self.events.append({"t": time.time(), "phase": "load-start", "instance": None})
         self._ticker = asyncio.create_task(self._tick(self.load))

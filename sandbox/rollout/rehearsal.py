@@ -42,7 +42,7 @@ from sandbox.fleet.engine import Engine, Instance, LbHandle
 from sandbox.fleet.images import ImageSet
 from sandbox.fleet.images import image_set as current_image_set
 from sandbox.fleet.loadbalancer import LbRow, LbState, LoadBalancer
-from sandbox.fleet.probes import Probe
+from sandbox.fleet.probes import Probe, long_lived_problem
 from sandbox.load.run import LoadRun, LoadSettings
 from sandbox.poll import poll
 from sandbox.results.measure import (
@@ -82,6 +82,8 @@ class Deps:
     load: Callable[[str, LoadSettings, Path], LoadRun] = LoadRun
     images: Callable[[Engine], Awaitable[ImageSet]] = _ensure_images
     probe: ProbeFactory = Probe
+    # the --ws-path / --sse-path check through the load balancer: what is wrong, or None
+    long_lived_check: Callable[..., Awaitable[str | None]] = long_lived_problem
     timing: Timing = field(default_factory=Timing)
     tick_s: float = 0.5  # how often the load's new rows are counted and shown
 
@@ -441,7 +443,11 @@ class Rehearsal:
 
     # -- run ----------------------------------------------------------------------------------
     async def run(self) -> Ran:
-        """Warmup, execute the plan (rolling back on failure), cooldown; Ctrl-C handled here."""
+        """Warmup, execute the plan (rolling back on failure), cooldown; Ctrl-C handled here.
+
+        Raises UsageError, before anything changes, when the --ws-users' path does not upgrade to
+        a WebSocket or the --sse-users' path answers no event stream."""
+        await self._check_long_lived_paths()
         started = time.time()
         self._workdir = Path(tempfile.mkdtemp(prefix=f"rolling-sandbox-{self.settings.project}-"))
         if self.report_dir is not None:
@@ -451,6 +457,7 @@ class Rehearsal:
         if self.settings.mixed_checks:
             self.executor.after_step = self._after_step
         interrupts = Interrupts(self.executor.stop_requested, self.progress.line)
+        watch = asyncio.create_task(self._watch_long_lived())
         try:
             with self.progress, interrupts.installed(self.install_sigint):
                 if self.settings.load:
@@ -463,11 +470,36 @@ class Rehearsal:
                 t_end = time.time()
                 await self.load.cooldown()
         finally:
+            watch.cancel()
             await self.load.stop()
         self._ran = Ran(outcome=outcome, message=message, started=started, t_start=t_start, t_end=t_end,
                         peak=self.executor.peak, load=self.load.ran, load_alive=self.load.alive,
                         mixed_checks=mixed.finish(self.settings.mixed_checks, self._mixed_ran, outcome))
         return self._ran
+
+    async def _check_long_lived_paths(self) -> None:
+        s = self.settings
+        if not s.load or not (s.ws_users or s.sse_users):
+            return
+        problem = await self.deps.long_lived_check(self.balancer.url, ws_path=s.ws_path if s.ws_users else None,
+                                                   sse_path=s.sse_path if s.sse_users else None)
+        if problem:
+            raise UsageError(problem)
+
+    async def _watch_long_lived(self) -> None:
+        """Dynamic mode with long-lived users: the LB's open long-lived connections per version,
+        every ``tick_s``, to the live views (the dashboard's "open ws/sse" column)."""
+        s = self.settings
+        if not (s.load and (s.ws_users or s.sse_users) and self.balancer.dynamic):
+            return
+        while True:
+            try:
+                counts = await self.balancer.long_lived()
+            except BalancerError:
+                counts = None  # a live view can miss a tick; the rollout never waits on this
+            if counts is not None:
+                self.progress.long_lived(open_by_version(counts, self.prepared.instances, self.events))
+            await asyncio.sleep(max(self.deps.tick_s, 0.2))
 
     async def _after_step(self, step: planner.Step) -> None:
         """The first time the attached set holds two versions, run every mixed check while the
@@ -653,6 +685,22 @@ def _write_files(report: Report, report_dir: Path | None, out: dict[str, Any]) -
 
 
 # -- pure: records, report, exit code -------------------------------------------------------------
+def open_by_version(counts: Mapping[str, int], instances: Sequence[Instance], events: Sequence[Event]
+                    ) -> dict[str, int]:
+    """The LB's open connections per server address, summed per version: the address's version
+    from the servers at the start and the later events that name one (``?``: an unknown address)."""
+    version_at = {i.address: i.version for i in instances if i.address}
+    for e in events:
+        if e.get("address") and e.get("version") and e.get("phase") in ("start", "swap"):
+            version_at[str(e["address"])] = str(e["version"])
+    out: dict[str, int] = {}
+    for address, n in counts.items():
+        if n > 0:
+            version = version_at.get(address, "?")
+            out[version] = out.get(version, 0) + n
+    return out
+
+
 def error_ratio_problem(total: int, failed: int, max_ratio: float) -> str | None:
     """Why the rollout must stop, when enough requests were seen and too many failed; else None."""
     if total >= MIN_SAMPLE_FOR_ERROR_RATIO and failed / total > max_ratio:

@@ -154,6 +154,10 @@ class Progress:
         self._last_traffic = now
         self._print(f"traffic        {figures_text(self.state.live)}, {monitor.total} total")
 
+    def long_lived(self, open_by_version: Mapping[str, int]) -> None:
+        """Open long-lived connections per version now (the dynamic LB's count; the live views only)."""
+        self.state.long_lived(open_by_version, time.time())
+
     async def before_step(self, step: Step) -> None:
         """The executor is about to run ``step``; with ``narrate``, explain the first batch's steps."""
         targets, detached = [r.slot for r in step.targets], [r.slot for r in step.detach]

@@ -207,6 +207,18 @@ class RolloutState:
         self.prune(now)
         self._changed()
 
+    def long_lived(self, open_by_version: Mapping[str, int], now: float) -> None:
+        """Open long-lived connections now per version, as the dynamic LB counts them (``live.long_lived``,
+        and ``live.long_lived_series``: ``[t, {version: open}]`` over time)."""
+        if self.t0 is None:
+            self.t0 = now
+        counts = {str(v): int(n) for v, n in open_by_version.items()}
+        self.live["long_lived"] = counts
+        series = self.live.setdefault("long_lived_series", [])
+        series.append([round(now - self.t0, 2), counts])
+        del series[:-SERIES_MAX]
+        self._changed()
+
     def prune(self, now: float) -> None:
         for name in [n for n, s in self.servers.items()
                      if s["state"] == "removed" and s["since"] is not None and now - s["since"] > REMOVED_LINGER_S]:

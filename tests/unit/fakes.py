@@ -292,6 +292,7 @@ class FakeBalancer:
         self.nginx_rows: list[LbRow] = []
         self.reject: Callable[[list[Upstream], dict[str, Any]], str | None] = lambda upstreams, changes: None
         self.counts: dict[str, int] = {}  # address -> requests in flight, as the dynamic LB reports them
+        self.long_lived_counts: dict[str, int] = {}  # address -> open long-lived connections (dynamic LB)
 
     @property
     def dynamic(self) -> bool:
@@ -299,6 +300,9 @@ class FakeBalancer:
 
     async def in_flight(self) -> dict[str, int]:
         return dict(self.counts)
+
+    async def long_lived(self) -> dict[str, int]:
+        return dict(self.long_lived_counts)
 
     def forget_container(self) -> None:
         self.runtime.log.append("lb forget")

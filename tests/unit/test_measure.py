@@ -382,11 +382,16 @@ def test_drains_from_events() -> None:
         event(1.0, "drain", "app-1", detail={"duration_s": 0.4, "in_flight": 2}),
         event(2.0, "drain", "app-2"),
         event(3.0, "drain", "app-3", detail={"duration_s": 30.0, "in_flight": 4, "timed_out": True}),
+        event(4.0, "drain", "app-4", detail={"duration_s": 0.9, "in_flight": 0, "long_lived": 5,
+                                             "long_lived_close_s": 0.31, "long_lived_left": 0}),
     ]
+    no_ll = {"long_lived": None, "long_lived_close_s": None, "long_lived_left": None}
     assert measured([], events)["drains"] == [
-        {"instance": "app-1", "duration_s": 0.4, "in_flight": 2, "timed_out": False, "reason": None},
-        {"instance": "app-2", "duration_s": None, "in_flight": None, "timed_out": False, "reason": None},
-        {"instance": "app-3", "duration_s": 30.0, "in_flight": 4, "timed_out": True, "reason": None},
+        {"instance": "app-1", "duration_s": 0.4, "in_flight": 2, "timed_out": False, "reason": None, **no_ll},
+        {"instance": "app-2", "duration_s": None, "in_flight": None, "timed_out": False, "reason": None, **no_ll},
+        {"instance": "app-3", "duration_s": 30.0, "in_flight": 4, "timed_out": True, "reason": None, **no_ll},
+        {"instance": "app-4", "duration_s": 0.9, "in_flight": 0, "timed_out": False, "reason": None,
+         "long_lived": 5, "long_lived_close_s": 0.31, "long_lived_left": 0},
     ]
 
 

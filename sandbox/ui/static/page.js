@@ -104,6 +104,13 @@ function renderFigures(s) {
   $("count-v2").textContent = (s.versions || {})[names[1]] || 0;
   $("rps-v1").textContent = fmt(rps[names[0]] || 0);
   $("rps-v2").textContent = fmt(rps[names[1]] || 0);
+  // open WebSockets and event streams per version (the dynamic LB's count), only when some ran
+  const ll = live.long_lived;
+  document.querySelectorAll(".ll").forEach((el) => { el.hidden = !ll; });
+  if (ll) {
+    $("ll-v1").textContent = ll[names[0]] || 0;
+    $("ll-v2").textContent = ll[names[1]] || 0;
+  }
   $("p99").textContent = live.p99_ms === null || live.p99_ms === undefined ? "–" : fmt(live.p99_ms) + " ms";
   $("dropped").textContent = live.dropped || 0;
   $("dropped").parentElement.classList.toggle("bad", (live.dropped || 0) > 0);
