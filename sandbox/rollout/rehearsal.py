@@ -305,6 +305,11 @@ class Rehearsal:
         return self._balancer
 
     @property
+    def steering(self) -> Steering | None:
+        """The steering of the run under way (None before ``run``)."""
+        return self._steering
+
+    @property
     def executor(self) -> Executor:
         if self._executor is None:
             raise RuntimeError("prepare() first")
@@ -471,7 +476,9 @@ class Rehearsal:
         interrupts = Interrupts(self.executor.stop_requested, self.progress.line)
         steering = self._steering = self._new_steering()
         try:
-            async with ControlServer(self.settings.project, steering):
+            async with ControlServer(self.settings.project, steering) as control:
+                if control.problem:
+                    self.progress.line(f"`sandbox pause` and the like cannot reach this rollout: {control.problem}")
                 with self.progress, interrupts.installed(self.install_sigint):
                     if self.settings.load:
                         await self._follow_client_timeout()

@@ -269,8 +269,17 @@ class ControlServer:
         self.path = socket_path(project)
         self.steering = steering
         self._server: asyncio.Server | None = None
+        self.problem: str | None = None  # why it could not serve (the rollout runs anyway, unsteerable)
 
     async def __aenter__(self) -> ControlServer:
+        try:
+            await self._listen()
+        except OSError as exc:
+            self.problem = f"cannot serve {self.path}: {exc.strerror or exc}"
+            log.warning("steering is off for this rollout: %s", self.problem)
+        return self
+
+    async def _listen(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # bound under a private name, made 0600, then renamed into place: never reachable with
         # wider permissions (we hold the project's lock, so a socket left there is a dead one's)
@@ -290,13 +299,13 @@ class ControlServer:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        if self._server is None:
+            return
+        self._server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 1.0)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
