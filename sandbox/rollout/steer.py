@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from sandbox.errors import Aborted, UsageError
+from sandbox.errors import Aborted, SandboxError, UsageError
 from sandbox.lock import lock_path
 from sandbox.rollout import plan as planner
 
@@ -43,7 +43,7 @@ log = logging.getLogger("sandbox.rollout.steer")
 Command = Literal["pause", "resume", "abort", "promote", "state"]
 COMMANDS: tuple[Command, ...] = ("pause", "resume", "abort", "promote", "state")
 State = Literal["running", "paused", "aborting", "rolling-back", "stopping", "ended"]
-ANSWER_TIMEOUT_S = 1.0  # the controller answers from its loop at once; a slower answer is an error
+ANSWER_TIMEOUT_S = 5.0  # the controller answers from its loop at once; this only bounds a stuck one
 MAX_REQUEST = 4096
 
 
@@ -330,10 +330,12 @@ class ControlServer:
 
 
 async def send(project: str, command: str, *, timeout_s: float = ANSWER_TIMEOUT_S) -> dict[str, Any]:
-    """Send ``command`` to ``project``'s running rollout; its answer. UsageError (exit 2) when no
-    rollout of that project is running (no socket, or nobody listening on it)."""
+    """Send ``command`` to ``project``'s running rollout; its answer, with ``answer_ms`` (the round
+    trip). UsageError (exit 2) when no rollout of that project is running (no socket, or nobody
+    listening on it)."""
     path = socket_path(project)
     nothing = f"project {project!r}: no rollout is running (nothing to {command})"
+    t0 = time.monotonic()
     try:
         async with asyncio.timeout(timeout_s):
             reader, writer = await asyncio.open_unix_connection(str(path))
@@ -349,11 +351,12 @@ async def send(project: str, command: str, *, timeout_s: float = ANSWER_TIMEOUT_
         raise UsageError(f"project {project!r}: its rollout is run by another user; only they can steer it "
                          f"({path})") from None
     except TimeoutError:
-        raise UsageError(f"project {project!r}: the rollout's controller did not answer within "
-                         f"{timeout_s:g} s ({path})") from None
+        raise SandboxError(f"project {project!r}: the rollout's controller did not answer within "
+                           f"{timeout_s:g} s ({path})") from None
     if not line:
         raise UsageError(nothing)
     answer: dict[str, Any] = json.loads(line)
+    answer["answer_ms"] = round((time.monotonic() - t0) * 1000, 1)  # the round trip, as this client saw it
     return answer
 
 
@@ -361,5 +364,5 @@ async def query(project: str) -> dict[str, Any] | None:
     """The running rollout's steering state, or None when none runs (for ``status``)."""
     try:
         return await send(project, "state", timeout_s=ANSWER_TIMEOUT_S)
-    except (UsageError, ValueError, OSError):
+    except (SandboxError, ValueError, OSError):
         return None
