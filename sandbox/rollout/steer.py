@@ -120,8 +120,8 @@ class Steering:
         self.state, self.paused_by, self.paused_since = "paused", who, self._clock()
         self._event("paused", who, reason="plan" if who == PLAN else "request")
         self._changed.set()
-        return self.answer(True, f"paused by {who}: " + (
-            "holding before the next step" if self.step is not None else "holding before the first step"))
+        return self.answer(True, f"by {who}, holding before the " + (
+            "next step" if self.step is not None else "first step"))
 
     def resume(self, who: Who) -> dict[str, Any]:
         if self.state != "paused":
@@ -141,12 +141,12 @@ class Steering:
             self.state = "aborting"
             self._event("abort", who)
             self._changed.set()
-            return self.answer(True, f"aborting, asked by {who}: rolls back once the step under way is done")
+            return self.answer(True, f"asked by {who}: rolls back once the step under way is done")
         self.state = "stopping"
         self._event("abort", who, detail="a rollback is not rolled back: it stops once its batch is done")
         self.stop.set()
         self._changed.set()
-        return self.answer(True, f"stopping, asked by {who}: the batch under way finishes, then it stops")
+        return self.answer(True, f"asked by {who}: the batch under way finishes, then it stops")
 
     def promote(self, who: Who) -> dict[str, Any]:
         if self.state not in ("running", "paused"):
@@ -243,7 +243,8 @@ class Steering:
 
     def _event(self, phase: str, who: Who, **detail: object) -> None:
         if self._emit is not None:
-            self._emit(phase, {"by": str(who), "pid": who.pid, "user": who.user, **detail})
+            fields: dict[str, object] = {"by": who.user, **({"pid": who.pid} if who.pid is not None else {})}
+            self._emit(phase, {**fields, **detail})
 
 
 # -- the socket -----------------------------------------------------------------------------------

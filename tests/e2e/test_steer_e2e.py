@@ -118,7 +118,7 @@ def test_pause_after_batch_holds_mixed_with_nothing_dropped_then_resume_complete
     assert len(during) > 20 and all(r["status"] == 200 for r in during), Counter(r["status"] for r in during)
     assert {r["version"] for r in during} == {"v1", "v2"}  # both served while paused
     resumed = next(s for s in report["steps"] if s["phase"] == "resumed")
-    assert resumed["detail"]["user"] and resumed["detail"]["pid"] != roll.proc.pid  # a second process asked
+    assert resumed["detail"]["by"] and resumed["detail"]["pid"] != roll.proc.pid  # a second process asked
     assert "resumed" in err and PLANNED in err
     status = cli.json("status", "--json")
     assert status["steering"] is None and {i["version"] for i in status["instances"]} == {"v2"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import getpass
+import json
 import os
 import stat
 from collections import Counter
@@ -57,7 +58,7 @@ async def test_pause_holds_the_gate_until_resume_and_says_who() -> None:
     assert s.resume(Who("bob", 7))["state"] == "running"
     await asyncio.wait_for(gate, 1)
     assert [p for p, _ in events] == ["paused", "resumed"]
-    assert events[0][1]["by"] == "alice (pid 42)" and events[1][1]["user"] == "bob"
+    assert events[0][1] == {"by": "alice", "pid": 42, "reason": "request"} and events[1][1]["by"] == "bob"
     assert s.resume(ALICE) == {**s.answer(True, "not paused: running, before batch 1"), "ok": True}
 
 
@@ -82,7 +83,7 @@ async def test_abort_from_pause_raises_aborted_at_the_gate() -> None:
 async def test_abort_while_running_stops_at_the_next_gate() -> None:
     s = Steering()
     await s.gate(STEP, 0)
-    assert s.abort(ALICE)["message"].startswith("aborting, asked by alice (pid 42)")
+    assert s.abort(ALICE)["message"].startswith("asked by alice (pid 42): rolls back")
     with pytest.raises(Aborted):
         await s.gate(STEP, 1)
 
@@ -269,7 +270,7 @@ async def test_pause_after_batch_holds_a_mixed_fleet_then_resume_completes() -> 
     steps = result.report["steps"]
     paused = next(e for e in steps if e["phase"] == "paused")
     resumed = next(e for e in steps if e["phase"] == "resumed")
-    assert paused["detail"]["reason"] == "plan" and resumed["detail"]["user"] == getpass.getuser()
+    assert paused["detail"]["reason"] == "plan" and resumed["detail"]["by"] == getpass.getuser()
     assert resumed["detail"]["pid"] == os.getpid()
     out = world.stream.getvalue()
     assert "paused after batch 1 as planned" in out and "resumed" in out
@@ -391,3 +392,34 @@ async def test_time_paused_does_not_count_against_the_deadline() -> None:
 
     result = await _rolling(world, settings(pause_after_batch=1, progress_deadline_s=0.25), steer_it)
     assert result.report["outcome"] == "completed"
+
+
+# --------------------------------------------------------------------------- what people see
+@pytest.mark.asyncio
+async def test_the_cli_answers_one_line_or_json_with_the_state_it_left(capsys: pytest.CaptureFixture[str]) -> None:
+    async with ControlServer("shop", Steering()):
+        assert await asyncio.to_thread(main, ["pause", "--project", "shop"]) == 0
+        line = capsys.readouterr().out
+        assert line == f"shop: paused: by {getpass.getuser()} (pid {os.getpid()}), holding before the first step\n"
+        assert await asyncio.to_thread(main, ["promote", "--project", "shop", "--json"]) == 0
+        answer = json.loads(capsys.readouterr().out)
+        assert (answer["state"], answer["promoted"], answer["ok"]) == ("running", True, True)
+        assert await asyncio.to_thread(main, ["abort", "--project", "shop"]) == 0
+        assert capsys.readouterr().out.startswith("shop: aborting: asked by ")
+        assert await asyncio.to_thread(main, ["pause", "--project", "shop"]) == 1  # refused: it is going back
+        assert capsys.readouterr().out.startswith("shop: aborting: cannot pause: aborting (asked by ")
+
+
+@pytest.mark.asyncio
+async def test_the_dry_run_shows_where_the_plan_pauses() -> None:
+    world = World()
+    rehearsal = Rehearsal(settings(pause_after_batch=2), runtime=world.runtime, progress=Progress(world.stream),
+                          deps=world.deps, install_sigint=False)
+    prepared = await rehearsal.prepare()
+    lines = prepared.describe().splitlines()
+    pause = next(i for i, line in enumerate(lines) if line.startswith("  -- pause"))
+    assert lines[pause] == ("  -- pause (--pause-after-batch 2): `sandbox resume` or `sandbox promote` goes on, "
+                            "`sandbox abort` rolls back")
+    assert lines[pause - 1].split()[:3] == ["batch", "2", "attach"] and lines[pause + 1].split()[:3] == [
+        "batch", "3", "detach"]
+    assert prepared.as_json()["pause_at"] == pause - 1  # the first line is the heading
