@@ -510,6 +510,10 @@ class Rehearsal:
                             on_pause_timeout=self.settings.on_pause_timeout, can_roll_back=self.kind == "roll",
                             stop=self.executor.stop_requested, emit=emit, say=self.progress.line)
         self.executor.gate = steering.gate
+        if self.settings.pause_after_batch and self.prepared.pause_at is None:
+            n = self.settings.pause_after_batch
+            self.progress.line(f"--pause-after-batch {n}: the plan has {self.prepared.batches or 'no'} batch(es), "
+                               f"none after batch {n}: no pause")
         return steering
 
     async def _after_step(self, step: planner.Step) -> None:

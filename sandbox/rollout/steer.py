@@ -201,6 +201,9 @@ class Steering:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
                     await self._wait_changed()
+        if self.state == "paused" and self.stop.is_set():  # Ctrl-C while paused: the batch winds down
+            self._unpause(Who("Ctrl-C"), None)
+            self.state = "stopping"
         if self.state == "aborting":
             raise Aborted(f"aborted by {self.aborted_by}")
 

@@ -140,6 +140,17 @@ async def test_a_stop_request_releases_a_pause() -> None:
     await asyncio.sleep(0.02)
     stop.set()  # Ctrl-C: the executor winds down
     await asyncio.wait_for(gate, 1)
+    assert s.state == "stopping" and s.resume(ALICE)["ok"] is False
+
+
+@pytest.mark.asyncio
+async def test_a_plan_with_no_batch_after_n_says_it_will_not_pause() -> None:
+    world = World()
+    result = await world.rehearse(settings(pause_after_batch=3))
+    assert result.report["outcome"] == "completed"
+    assert not any(e["phase"] == "paused" for e in result.report["steps"])
+    assert "--pause-after-batch 3: the plan has 3 batch(es), none after batch 3: no pause" in (
+        world.stream.getvalue())
 
 
 def test_unknown_command_is_refused() -> None:
