@@ -9,7 +9,7 @@ One 3-server toy fleet (`up --size 3`), rolled v1 -> v2 twice at the default loa
 
 - held `--hold` seconds (the controller's state asked over its socket every 2 s meanwhile), then
   `sandbox pause` (already paused: answered at once), then `sandbox resume`: the rollout completes;
-- held 10 s, then `sandbox abort`: the rollout rolls back to v1.
+- the fleet back on v1 without load, then held 10 s, then `sandbox abort`: the rollout rolls back to v1.
 
 For each command: the socket's round trip as the `sandbox` client measured it (`answer_ms`), and
 the whole `sandbox COMMAND` process (its Python start and imports included). For each pause: the
@@ -104,12 +104,15 @@ def main() -> None:
     args = parser.parse_args()
     project, port = f"bsteer{secrets.token_hex(3)}", free_port()
     up = [*PY, "up", "--project", project, "--size", "3", "--port", str(port)]
+    back = [*PY, "roll", "--project", project, "--to", "v1", "--no-load"]
     results: list[dict[str, Any]] = []
     try:
         if run(up).returncode != 0:
             raise SystemExit("up failed")
         with tempfile.TemporaryDirectory() as tmp:
             results.append(rollout(project, args.hold, "resume", Path(tmp) / "resume"))
+            if run(back).returncode != 0:
+                raise SystemExit("the roll back to v1 between the two runs failed")
             results.append(rollout(project, 10.0, "abort", Path(tmp) / "abort"))
         final = json.loads(run([*PY, "status", "--project", project, "--json"]).stdout)
         final_versions = sorted({i["version"] for i in final["instances"] if i["attached"]})
@@ -117,7 +120,8 @@ def main() -> None:
         run([*PY, "down", "--project", project])
     lines = header("Steering a running rollout: pause, resume, abort", "bench/steer.py", sys.argv[1:], [
         f"fleet: {shown(up)}; each rollout: {shown(results[0]['args'])} (default load: 20 users, "
-        "think 50-200 ms, warmup and cooldown 3 s)",
+        "think 50-200 ms, warmup and cooldown 3 s); between the two, the fleet back on v1 with "
+        f"{shown(back)}",
         "answer ms: the socket's round trip as the `sandbox` client measured it; process s: the whole "
         "`sandbox COMMAND` process, its Python start and imports included"])
     lines += ["| then | held paused s | requests in the pause | failed in the pause | versions served in the pause "
