@@ -152,3 +152,23 @@ def test_steering_a_project_with_no_rollout_is_one_line_exit_2(cli: Cli) -> None
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == f"sandbox: error: project {cli.project!r}: no rollout is running (nothing to pause)\n"
     assert cli.json("status", "--json")["steering"] is None
+
+
+def test_promote_skips_the_pause_and_a_pause_past_its_timeout_aborts(cli: Cli) -> None:
+    cli.run("up", "--size", "2", "--port", str(cli.port), check=True)
+    roll = Roll(cli, "--to", "v2", "--pause-after-batch", "1", "--no-load", "--json")
+    roll.wait_for(PLANNED)
+    answer, _ = steer(cli, "promote")
+    assert answer["ok"] and answer["promoted"] and answer["state"] == "running", answer
+    code, report, err = roll.end()
+    assert (code, report["outcome"]) == (0, "completed"), err[-3000:]
+    phases = [s["phase"] for s in report["steps"]]
+    assert phases.index("paused") < phases.index("promote") < phases.index("resumed")
+    # back the other way, paused, and nobody comes: --pause-timeout ends it as the default says (abort)
+    roll = Roll(cli, "--to", "v1", "--pause-after-batch", "1", "--pause-timeout", "2s", "--no-load", "--json")
+    code, report, err = roll.end()
+    assert (code, report["outcome"]) == (1, "rolled_back"), err[-3000:]
+    assert "aborted by --pause-timeout" in err
+    timed_out = next(s for s in report["steps"] if s["phase"] == "pause-timeout")
+    assert timed_out["detail"]["then"] == "abort" and timed_out["detail"]["paused_s"] >= 2
+    assert {i["version"] for i in cli.json("status", "--json")["instances"]} == {"v2"}
