@@ -34,6 +34,7 @@ from sandbox.fleet.engine import Engine
 from sandbox.results.junit import write_compare_junit, write_junit
 from sandbox.results.model import Report
 from sandbox.results.text import compare_text, summary_text
+from sandbox.rollout import steer
 from sandbox.rollout import strategies as registry
 from sandbox.rollout.rehearsal import RolloutResult, unchanged_text
 from sandbox.ui.dashboard import LiveView
@@ -77,6 +78,11 @@ _CONVERT: dict[type, Callable[[str], Any]] = {bool: _boolean, int: _integer, flo
 DEMO_PROJECT = "sandbox-demo"  # demo's own default, so it never touches the fleet of `sandbox up`
 _COMMON = ("project", "engine")  # every command's setting flags
 _ROLL_ONLY = ("to_version", "max_error_ratio", "auto_rollback", "set_env")
+_STEER_ONLY = ("pause_after_batch", "pause_timeout", "on_pause_timeout")  # compare runs its fleets unattended
+STEER_COMMANDS = {"pause": "pause the running rollout between two steps (traffic keeps flowing)",
+                  "resume": "resume a paused rollout",
+                  "abort": "abort the running rollout: roll back, as a failed rollout does",
+                  "promote": "skip the running rollout's remaining pauses (and resume it)"}
 
 
 def setting_flags(command: str) -> dict[str, str]:
@@ -219,11 +225,13 @@ _SUBCOMMANDS: dict[str, _Command] = {
                      own_flags=_add_demo_flags, defaults={"size": 9}, project=DEMO_PROJECT),
     "compare": _Command("run several strategies on fresh fleets under the same load; one table",
                         ("fleet", "swarm", "rollout", "load", "limits"),
-                        without=("lb_retry", "strategy", "batch", "mode", "detach_lag_s", *_ROLL_ONLY),
+                        without=("lb_retry", "strategy", "batch", "mode", "detach_lag_s", *_ROLL_ONLY,
+                                 *_STEER_ONLY),
                         own_flags=_add_compare_flags, defaults={"size": 9}),
     "doctor": _Command("run short real experiments on your image: what loses requests in rollouts, what to set",
                        ("app",), also=("size", "ready_timeout", "paths", "users", "think_ms", "locustfile"),
                        own_flags=_add_doctor_flags),
+    **{name: _Command(text, own_flags=_add_status_flags) for name, text in STEER_COMMANDS.items()},
 }
 
 
@@ -238,6 +246,8 @@ def _print_status(data: dict[str, Any]) -> None:
     lb = data["lb"]
     print(f"project {data['project']}: load balancer {lb['url']} ({lb['state']}, lb-apply {lb.get('lb_apply')}), "
           f"{len(lb['upstreams'])} attached")
+    if running := data.get("steering"):
+        print(f"rollout {running['state']}: {running['message']}")
     for inst in data["instances"]:
         mark = "attached" if inst["attached"] else "detached"
         print(f"  {inst['name']:<28} slot {inst['slot']:<3} {inst['version']}  {inst['state']:<8} "
@@ -405,14 +415,31 @@ async def _doctor(args: argparse.Namespace, settings: Settings, runtime: Engine,
     return code
 
 
+async def _steer(args: argparse.Namespace, settings: Settings) -> int:
+    """`sandbox pause|resume|abort|promote`: one line (or --json) with the state the command left."""
+    answer = await steer.send(settings.project, args.command)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print(f"{settings.project}: {answer.get('state')}: {answer.get('message')}")
+    return 0 if answer.get("ok") else EXIT_FAILURE
+
+
+async def _steer_handler(args: argparse.Namespace, settings: Settings, runtime: Engine, say: Say,
+                         view: LiveView) -> int:
+    return await _steer(args, settings)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Engine, Say, LiveView], Awaitable[int]]] = {
     "images": _images, "up": _up, "status": _status, "down": _down, "roll": _roll, "rollback": _roll,
-    "demo": _demo, "compare": _compare, "doctor": _doctor,
+    "demo": _demo, "compare": _compare, "doctor": _doctor, **dict.fromkeys(STEER_COMMANDS, _steer_handler),
 }
 
 
 async def _run(args: argparse.Namespace) -> int:
     settings = checked_settings(args)
+    if args.command in STEER_COMMANDS:  # the controller's socket only: no engine to connect, no dashboard
+        return await _steer(args, settings)
     # binds --dashboard-port (exit 2 when taken) before Docker is touched
     view = await LiveView.open(dashboard=getattr(args, "dashboard", False), port=getattr(args, "dashboard_port", None),
                                narrate=getattr(args, "narrate", False), say=_say)

@@ -30,6 +30,7 @@ from sandbox.results.markdown import compare_table
 from sandbox.results.model import Report
 from sandbox.results.verdict import compare_exit_code
 from sandbox.rollout import plan as planner
+from sandbox.rollout import steer
 from sandbox.rollout import strategies as registry
 from sandbox.rollout.executor import Executor
 from sandbox.rollout.rehearsal import Kind, Prepared, Rehearsal, RolloutResult, rehearse
@@ -155,6 +156,8 @@ async def status(settings: Settings, *, runtime: Engine) -> dict[str, Any]:
              "address": i.address, "attached": i.name in attached}
             for i in instances
         ],
+        # a rollout running now, as its controller answers (None: none runs)
+        "steering": await steer.query(settings.project),
     }
 
 

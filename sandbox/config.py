@@ -36,6 +36,7 @@ from sandbox.rollout.plan import Mode, Strategy, Version  # one definition each:
 LbApply = Literal["reload", "dynamic"]
 Engine = Literal["docker", "swarm"]
 FailureAction = Literal["pause", "rollback", "continue"]
+PauseTimeoutAction = Literal["abort", "resume"]
 SessionStore = Literal["memory", "shared"]
 Group = Literal["fleet", "app", "rollout", "swarm", "load", "limits"]
 
@@ -120,6 +121,30 @@ def _commands(value: tuple[str, ...]) -> None:
     for command in value:
         if not (isinstance(command, str) and command.strip()):
             raise ValueError(f"{command!r} must be a non-empty shell command")
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """``"10m"``, ``"90s"``, ``"1.5h"``, ``"250ms"`` or a bare number of seconds, in seconds;
+    ValueError otherwise."""
+    match = _DURATION_RE.match(str(text))
+    if match is None:
+        raise ValueError(f"{text!r} must be a duration like 90s, 10m, 1h (or seconds)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+
+
+def _pause_timeout(value: str) -> None:
+    seconds = parse_duration(value)
+    if not 0 < seconds <= 24 * 3600:
+        raise ValueError(f"{value!r} must be above 0 and at most 24h")
+
+
+def _pause_after_batch(value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{value!r} must be a batch number, 1 or more")
 
 
 def parse_env_pairs(pairs: Sequence[str], name: str = "set_env") -> dict[str, str]:
@@ -232,6 +257,25 @@ class Settings:
                                            at_most=3600, unit="seconds",
                                            help="seconds each mixed check may take before it is killed and fails "
                                                 "(default 60)")
+    # steering a running rollout (sandbox.rollout.steer): pause, resume, abort, promote
+    pause_after_batch: int | None = setting(None, group="rollout", flag="--pause-after-batch", metavar="N",
+                                            check=_pause_after_batch,
+                                            help="pause once batch N is attached, before the next batch starts; "
+                                                 "`sandbox resume` or `promote` goes on (default: no pause)")
+    pause_timeout: str = setting("10m", group="rollout", flag="--pause-timeout", metavar="DURATION",
+                                 check=_pause_timeout,
+                                 help="a pause longer than this ends as --on-pause-timeout says (default 10m)")
+    on_pause_timeout: PauseTimeoutAction = setting("abort", group="rollout", flag="--on-pause-timeout",
+                                                   help="what a pause past --pause-timeout does: abort (roll "
+                                                        "back; default) or resume")
+    min_ready_s: float = setting(0.0, group="rollout", flag="--min-ready-s", at_least=0, at_most=3600,
+                                 unit="seconds",
+                                 help="a new server must stay ready this long before it counts and is attached; "
+                                      "failing a check meanwhile fails the rollout (default 0)")
+    progress_deadline_s: float = setting(0.0, group="rollout", flag="--progress-deadline", at_least=0,
+                                         at_most=86400, unit="seconds",
+                                         help="fail and roll back when no step completes for this long, time "
+                                              "paused not counted (default 0: no deadline)")
     # swarm-native (compare on --engine swarm): Swarm's own `service update` config
     update_parallelism: int = setting(1, group="swarm", flag="--update-parallelism", at_least=1,
                                       help="swarm-native: tasks updated at once (default 1)")
@@ -324,6 +368,11 @@ class Settings:
             validate(self)
         except UsageError as exc:
             raise renamed(exc, self.origin) from None
+
+    @property
+    def pause_timeout_s(self) -> float:
+        """``pause_timeout`` in seconds."""
+        return parse_duration(self.pause_timeout)
 
     def called(self, name: str) -> str:
         """How the user named setting ``name``: its flag, variable or TOML key (its own name by default)."""
@@ -493,6 +542,9 @@ def validate(s: Settings) -> None:
     _check_mode(s)
     _check_client_timeout(s)
     _check_warmup(s)
+    _check(not s.progress_deadline_s or s.progress_deadline_s > s.min_ready_s, "progress_deadline_s",
+           f"{s.progress_deadline_s:g} must be longer than {s.called('min_ready_s')} ({s.min_ready_s:g}), "
+           "or no new server could ever count in time")
     _check(not s.load or s.min_requests > 0, "min_requests",
            "0 with the load on would pass a run that measured nothing: give 1 or more, or --no-load")
 

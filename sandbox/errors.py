@@ -11,6 +11,8 @@ SandboxError
  +-- RolloutError          a rollout could not go on (readiness, error ratio, drain)
  |    +-- ReadinessError   a new server did not become ready before its deadline
  |    +-- ErrorRatioExceeded  too many requests failed during the rollout
+ |    +-- ProgressDeadlineExceeded  no step completed within --progress-deadline
+ |    +-- Aborted          `sandbox abort` (or a pause past --pause-timeout): roll back
  +-- PlanError (ValueError)  settings, a fleet or a plan break a rule of the planner
  +-- TrafficError          the load generator could not be started, or died
  +-- NotFoundError         the project has no fleet (nothing to act on)
@@ -73,6 +75,14 @@ class ReadinessError(RolloutError):
 
 class ErrorRatioExceeded(RolloutError):
     """The share of failed requests during the rollout went above the configured limit."""
+
+
+class ProgressDeadlineExceeded(RolloutError):
+    """No step of the rollout completed within --progress-deadline (time paused not counted)."""
+
+
+class Aborted(RolloutError):
+    """Someone asked the running rollout to stop and go back (``sandbox abort``, or a pause that timed out)."""
 
 
 class PlanError(SandboxError, ValueError):

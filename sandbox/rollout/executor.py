@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Unpack
 
 from sandbox.config import Settings
-from sandbox.errors import BalancerError, ErrorRatioExceeded, Interrupted, ReadinessError, RolloutError
+from sandbox.errors import (
+    BalancerError,
+    ErrorRatioExceeded,
+    Interrupted,
+    ProgressDeadlineExceeded,
+    ReadinessError,
+    RolloutError,
+)
 from sandbox.fleet.engine import Engine, Instance
 from sandbox.fleet.images import ImageSet, app_code_tar
 from sandbox.fleet.loadbalancer import LoadBalancer, Upstream
@@ -114,6 +121,9 @@ class Executor:
         self.stop_requested = asyncio.Event()  # first Ctrl-C or SIGTERM: finish the batch under way, then stop
         # awaited before each step (the live views show it; `demo --narrate` pauses there)
         self.before_step: Callable[[planner.Step], Awaitable[None]] | None = None
+        # awaited between two steps, with the next step and its index: holds while the rollout is
+        # paused, raises Aborted after `sandbox abort` (sandbox.rollout.steer.Steering.gate)
+        self.gate: Callable[[planner.Step, int], Awaitable[None]] | None = None
         # awaited after each step, the load balancer as the step left it (the mixed checks run there)
         self.after_step: Callable[[planner.Step], Awaitable[None]] | None = None
         self.live = 0  # app containers alive now (for peak_instances)
@@ -244,12 +254,15 @@ class Executor:
         health: HealthCheck | None = None,
         from_version: str = "",
         instances: Sequence[Instance] | None = None,
+        deadline_s: float = 0.0,
     ) -> None:
         """Run ``steps`` (planned from ``instances``, read afresh when not given) in order.
 
         After a stop request (Ctrl-C, SIGTERM) the batch under way finishes (``planner.wind_down``),
-        then Interrupted; before each step, ErrorRatioExceeded when ``health`` says so.
-        The steps raise ReadinessError, BalancerError or EngineError."""
+        then Interrupted; before each step, ErrorRatioExceeded when ``health`` says so, and
+        whatever ``gate`` raises (Aborted). With ``deadline_s``, a step that does not complete
+        within that long of the last one (time held by the gate not counted) is cut short:
+        ProgressDeadlineExceeded. The steps raise ReadinessError, BalancerError or EngineError."""
         if instances is None:
             instances, _ = await self.fleet()
         self.live = len(instances)
@@ -258,6 +271,8 @@ class Executor:
         async with self._probe() as probe:
             run = _Run(to_version, from_version, env, probe, {i.id: i for i in instances})
             for done in range(len(steps) + 1):
+                if self.gate is not None and done < len(todo) and not winding_down:
+                    await self.gate(todo[done], done)
                 if self.stop_requested.is_set() and not winding_down and done < len(todo):
                     todo, winding_down = todo[:done] + planner.wind_down(todo, done), True
                 if done == len(todo):
@@ -268,16 +283,31 @@ class Executor:
                     raise ErrorRatioExceeded(reason)
                 if self.before_step is not None:
                     await self.before_step(step)
+                await self._run_step(run, step, deadline_s)
+                if self.after_step is not None:
+                    await self.after_step(step)
+        if winding_down:
+            raise Interrupted("interrupted")
+
+    async def _run_step(self, run: _Run, step: planner.Step, deadline_s: float) -> None:
+        """One step, again on a restored load balancer if it exited; cut short past ``deadline_s``."""
+        timer = asyncio.timeout(deadline_s or None)
+        try:
+            async with timer:
                 try:
                     await self._handlers[step.action](run, step)
                 except BalancerError:
                     if not await self.restore_lb():
                         raise
                     await self._handlers[step.action](run, step)  # the step again, on the restored LB
-                if self.after_step is not None:
-                    await self.after_step(step)
-        if winding_down:
-            raise Interrupted("interrupted")
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            self.emit("deadline", None, batch=step.batch_no,
+                      detail={"action": step.action, "progress_deadline_s": deadline_s})
+            raise ProgressDeadlineExceeded(
+                f"no progress for {deadline_s:g} s (--progress-deadline): step {step.action} of batch "
+                f"{step.batch_no} did not complete") from None
 
     # -- one handler per action ---------------------------------------------------------------
     async def _start(self, run: _Run, step: planner.Step) -> None:
@@ -451,9 +481,28 @@ class Executor:
             if successes >= self.settings.ready_successes:
                 break
             await asyncio.sleep(self.timing.poll_s)
+        if self.settings.min_ready_s:
+            await self._stay_ready(probe, inst, version)
         if self.settings.settle_s:
             await asyncio.sleep(self.settings.settle_s)
         return round(first_ok, 3) if first_ok is not None else None
+
+    async def _stay_ready(self, probe: Prober, inst: Instance, version: str) -> None:
+        """--min-ready-s: keep checking ``inst`` for that long after it turned ready; one failed
+        check, or its container stopping, is a ReadinessError (it never counted)."""
+        until = time.monotonic() + self.settings.min_ready_s
+        last_state_check = time.monotonic()
+        while (now := time.monotonic()) < until:
+            await asyncio.sleep(min(self.timing.poll_s, max(0.0, until - now)))
+            if not await self._ready_once(probe, inst, version):
+                seen = probe.last_failure(inst.probe_address) if inst.probe_address else None
+                held = self.settings.min_ready_s - (until - time.monotonic())
+                raise ReadinessError(
+                    f"{inst.name} ({version}) was ready, then failed a check {held:.1f} s later, within "
+                    f"--min-ready-s {self.settings.min_ready_s:g}" + (f": {seen}" if seen else ""))
+            if time.monotonic() - last_state_check > self.timing.state_check_s:
+                last_state_check = time.monotonic()
+                await self._check_running(inst, version)
 
     async def _check_running(self, inst: Instance, version: str) -> None:
         fresh = await self.runtime.refresh(self.project, inst)

@@ -261,6 +261,26 @@ def merge_reloads(steps: Sequence[Step]) -> list[Step]:
     return merged
 
 
+def pause_point(steps: Sequence[Step], after_batch: int | None) -> tuple[list[Step], int | None]:
+    """``steps`` made ready to pause once batch ``after_batch`` is done, and the index of the step
+    to pause before (None: no pause, the plan has no batch after it).
+
+    The pause falls where batch ``after_batch`` is attached and the next batch has not started: a
+    'reattach' that ends that batch and starts the next is split back into its 'attach' and its
+    'detach' (two changes to the load balancer instead of one, at that boundary only)."""
+    if after_batch is None:
+        return list(steps), None
+    out: list[Step] = []
+    for step in steps:
+        if step.action == "reattach" and step.batch_no == after_batch:
+            out += [Step("attach", step.targets, step.batch_no),
+                    Step("detach", step.detach, step.detach_batch or step.batch_no + 1)]
+        else:
+            out.append(step)
+    later = [i for i, step in enumerate(out) if step.batch_no > after_batch]
+    return out, (later[0] if later and later[0] > 0 else None)
+
+
 def wind_down(steps: Sequence[Step], done: int) -> list[Step]:
     """What to run after ``steps[:done]`` when the rollout is asked to stop (Ctrl-C, SIGTERM):
     the rest of the batch under way, so that every slot ends with its one server attached. A

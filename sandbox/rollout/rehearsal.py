@@ -34,7 +34,16 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 from sandbox.config import Settings, check_batch
-from sandbox.errors import BalancerError, Interrupted, NotFoundError, RolloutError, SandboxError, UsageError, hint
+from sandbox.errors import (
+    Aborted,
+    BalancerError,
+    Interrupted,
+    NotFoundError,
+    RolloutError,
+    SandboxError,
+    UsageError,
+    hint,
+)
 from sandbox.fleet import labels as L
 from sandbox.fleet import versions
 from sandbox.fleet.balancer import NginxBalancer, lb_read_timeout_s
@@ -60,6 +69,7 @@ from sandbox.rollout import mixed, strategies
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import Executor, ProbeFactory, Timing
 from sandbox.rollout.load_phases import LoadGenerator, LoadPhases
+from sandbox.rollout.steer import ControlServer, Steering
 from sandbox.ui.progress import Progress, make_progress
 
 log = logging.getLogger("sandbox.rollout.rehearsal")
@@ -109,6 +119,7 @@ class Prepared:
     seed: int | None = None  # --seed: the pick order is a shuffle seeded with it (None: slot order)
     mixed_checks: tuple[str, ...] = ()  # run once both versions are attached
     detach_lag_s: float = 0.0  # --detach-lag: each 'term' step waits this long before the detach
+    pause_at: int | None = None  # --pause-after-batch: the index of the step the rollout pauses before
 
     @property
     def pick_order(self) -> list[list[int]]:
@@ -131,6 +142,7 @@ class Prepared:
                 "size": self.size, "batches": self.batches, "peak_containers": self.peak,
                 "min_serving": self.floor, "seed": self.seed, "pick_order": self.pick_order,
                 "mixed_checks": list(self.mixed_checks), "detach_lag_s": self.detach_lag_s,
+                "pause_at": self.pause_at,
                 "steps": [{"batch": st.batch_no, "action": st.action, "targets": who(st.targets),
                            "detach": who(st.detach)} for st in self.steps]}
 
@@ -152,7 +164,10 @@ class Prepared:
         if self.mixed_checks:
             lines.append(f"  {len(self.mixed_checks)} mixed check(s), run once both versions are attached: "
                          + "; ".join(self.mixed_checks))
-        for step in self.steps:
+        for index, step in enumerate(self.steps):
+            if index == self.pause_at:
+                lines.append(f"  -- pause (--pause-after-batch {self.steps[index - 1].batch_no}): "
+                             "`sandbox resume` or `sandbox promote` goes on, `sandbox abort` rolls back")
             line = f"  batch {step.batch_no:<3} {step.action:<8} {who(step.targets)}"
             if step.detach:
                 line += f"; detach {who(step.detach)}"
@@ -283,12 +298,18 @@ class Rehearsal:
         self._prepared: Prepared | None = None
         self._ran: Ran | None = None
         self._mixed_ran: list[MixedRecord] | None = None  # the mixed checks' records, once the fleet mixed
+        self._steering: Steering | None = None  # while run() runs: pause, resume, abort, promote
 
     @property
     def balancer(self) -> LoadBalancer:
         if self._balancer is None:
             raise RuntimeError("prepare() first")
         return self._balancer
+
+    @property
+    def steering(self) -> Steering | None:
+        """The steering of the run under way (None before ``run``)."""
+        return self._steering
 
     @property
     def executor(self) -> Executor:
@@ -345,7 +366,8 @@ class Rehearsal:
         plan_settings = planner.PlanSettings(size=size, to_version=target, strategy=self.settings.strategy,
                                              batch=self.settings.batch, mode=self.settings.mode,
                                              seed=self.settings.seed, detach_lag_s=self.settings.detach_lag_s)
-        steps = planner.merge_reloads(planner.plan(servers, plan_settings))
+        steps, pause_at = planner.pause_point(planner.merge_reloads(planner.plan(servers, plan_settings)),
+                                              self.settings.pause_after_batch)
         try:
             sim: planner.Simulation | None = planner.simulate(servers, plan_settings, steps)
         except planner.PlanError:  # a fleet with stale upstreams (not repaired): no figures
@@ -360,7 +382,8 @@ class Rehearsal:
                                   mode=self.settings.mode, versions=tuple(self._executor.images.app),
                                   peak=sim.peak_containers if sim else None, floor=sim.min_serving if sim else None,
                                   batches=sim.batches if sim else None, seed=self.settings.seed,
-                                  mixed_checks=self.settings.mixed_checks, detach_lag_s=self.settings.detach_lag_s)
+                                  mixed_checks=self.settings.mixed_checks, detach_lag_s=self.settings.detach_lag_s,
+                                  pause_at=pause_at)
         return self._prepared
 
     async def _read_fleet(self) -> tuple[LbHandle, list[Instance]]:
@@ -457,20 +480,27 @@ class Rehearsal:
         if self.settings.mixed_checks:
             self.executor.after_step = self._after_step
         interrupts = Interrupts(self.executor.stop_requested, self.progress.line)
+        steering = self._steering = self._new_steering()
         watch = asyncio.create_task(self._watch_long_lived())
         try:
-            with self.progress, interrupts.installed(self.install_sigint):
-                if self.settings.load:
-                    await self._follow_client_timeout()
-                    await self.load.warmup(self.balancer.url, self._rows_path(), until=self.executor.stop_requested,
-                                           paths=tuple(self.settings.paths) if self.settings.paths
-                                           or self.executor.images.toy else ("/",))
-                t_start = time.time()
-                outcome, message = await self._execute(interrupts)
-                t_end = time.time()
-                await self.load.cooldown()
+            async with ControlServer(self.settings.project, steering) as control:
+                if control.problem:
+                    self.progress.line(f"`sandbox pause` and the like cannot reach this rollout: {control.problem}")
+                with self.progress, interrupts.installed(self.install_sigint):
+                    if self.settings.load:
+                        await self._follow_client_timeout()
+                        await self.load.warmup(self.balancer.url, self._rows_path(),
+                                               until=self.executor.stop_requested,
+                                               paths=tuple(self.settings.paths) if self.settings.paths
+                                               or self.executor.images.toy else ("/",))
+                    t_start = time.time()
+                    outcome, message = await self._execute(interrupts)
+                    steering.ended()
+                    t_end = time.time()
+                    await self.load.cooldown()
         finally:
             watch.cancel()
+            steering.ended()
             await self.load.stop()
         self._ran = Ran(outcome=outcome, message=message, started=started, t_start=t_start, t_end=t_end,
                         peak=self.executor.peak, load=self.load.ran, load_alive=self.load.alive,
@@ -500,6 +530,23 @@ class Rehearsal:
             if counts is not None:
                 self.progress.long_lived(open_by_version(counts, self.prepared.instances, self.events))
             await asyncio.sleep(max(self.deps.tick_s, 0.2))
+
+    def _new_steering(self) -> Steering:
+        """The steering of this run: the plan's pause, the pause timeout, events and lines for each
+        command (`sandbox pause` ...); the executor holds at its gate between steps."""
+        def emit(phase: str, detail: dict[str, object]) -> None:
+            self.executor.emit(phase, None, detail=detail)
+
+        steering = Steering(pause_at=self.prepared.pause_at, pause_after_batch=self.settings.pause_after_batch,
+                            pause_timeout_s=self.settings.pause_timeout_s,
+                            on_pause_timeout=self.settings.on_pause_timeout, can_roll_back=self.kind == "roll",
+                            stop=self.executor.stop_requested, emit=emit, say=self.progress.line)
+        self.executor.gate = steering.gate
+        if self.settings.pause_after_batch and self.prepared.pause_at is None:
+            n = self.settings.pause_after_batch
+            self.progress.line(f"--pause-after-batch {n}: the plan has {self.prepared.batches or 'no'} batch(es), "
+                               f"none after batch {n}: no pause")
+        return steering
 
     async def _after_step(self, step: planner.Step) -> None:
         """The first time the attached set holds two versions, run every mixed check while the
@@ -577,11 +624,16 @@ class Rehearsal:
         p = self.prepared
         try:
             await self.executor.execute(p.steps, p.target, env=p.env, instances=p.instances, from_version=p.source,
-                                        health=self._health if p.kind == "roll" else None)
+                                        health=self._health if p.kind == "roll" else None,
+                                        deadline_s=self.settings.progress_deadline_s)
+            if self._steering is not None and self._steering.state == "aborting":  # asked during the last step
+                raise Aborted(f"aborted by {self._steering.aborted_by}")
         except (RolloutError, BalancerError) as exc:
             self.executor.emit("failed", None, detail={"reason": str(exc)})
             self.progress.line(f"rollout failed: {exc}")
-            if self.settings.auto_rollback and p.kind == "roll":
+            if (self.settings.auto_rollback or isinstance(exc, Aborted)) and p.kind == "roll":
+                if self._steering is not None:
+                    self._steering.rolling_back()
                 return await self._roll_back(exc)
             return "failed", (f"rollout failed: {exc}. The fleet is consistent; {self._hint('rollback')} reverts "
                               f"it, {self._hint(f'roll --to {p.target}')} tries again.")

@@ -269,7 +269,8 @@ class LiveProgress(Progress):
 
 def _header_lines(snap: Mapping[str, Any]) -> list[str]:
     run, step, promise = snap["run"], snap["step"], snap["promise"]
-    title = f"{run.get('strategy') or 'rollout'} {run.get('from', '')} → {run.get('to', '')}  ({snap['phase']})"
+    shown = f"paused by {run['paused_by']}" if snap["phase"] == "paused" and run.get("paused_by") else snap["phase"]
+    title = f"{run.get('strategy') or 'rollout'} {run.get('from', '')} → {run.get('to', '')}  ({shown})"
     lines = [f"[bold]{title}[/]", batch_bar(snap["batch"]["current"], snap["batch"]["total"],
                                             finished=snap["phase"] in ("finishing", "ended"))]
     if step:

@@ -161,7 +161,7 @@ class RolloutState:
         if name and phase in STATE_OF_PHASE:
             self._server_event(name, phase, t, event)
         elif phase in ("load-start", "rollout-start", "rollout-end", "load-stop", "failed",
-                       "rollback-start", "rollback-end", "interrupted"):
+                       "rollback-start", "rollback-end", "interrupted", "paused", "resumed", "abort"):
             self._run_event(phase, event)
         self._log(t, _event_line(event))
         self._changed()
@@ -322,6 +322,13 @@ class RolloutState:
             self.run["failure"] = detail.get("reason")
         elif phase == "rollback-start":
             self.phase = "rolling back"
+        elif phase == "paused":  # `sandbox pause`, or the plan's --pause-after-batch
+            self.phase = "paused"
+            pid = detail.get("pid")
+            self.run["paused_by"] = f"{detail.get('by')}" + (f" (pid {pid})" if pid is not None else "")
+        elif phase in ("resumed", "abort") and self.phase == "paused":
+            self.phase = "rolling" if phase == "resumed" else "aborting"
+            self.run.pop("paused_by", None)
 
     def _log(self, t: float, text: str) -> None:
         rel = t - self.t0 if self.t0 is not None else 0.0

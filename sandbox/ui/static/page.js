@@ -23,7 +23,8 @@ function renderHeader(s) {
   $("title").textContent = s.table ? "rolling-sandbox · compare · " + s.table.length + " strategies"
     : "rolling-sandbox" + (run.strategy ? " · " + title : "");
   const phase = $("phase");
-  phase.textContent = s.phase === "waiting" ? "starting the fleet" : s.phase;
+  phase.textContent = s.phase === "waiting" ? "starting the fleet"
+    : s.phase === "paused" && run.paused_by ? "paused by " + run.paused_by : s.phase;
   phase.className = "pill " + String(s.phase).replace(/ /g, "-");
 }
 
