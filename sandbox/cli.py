@@ -76,7 +76,7 @@ def _number(text: str) -> float:
 _CONVERT: dict[type, Callable[[str], Any]] = {bool: _boolean, int: _integer, float: _number, Path: Path}
 DEMO_PROJECT = "sandbox-demo"  # demo's own default, so it never touches the fleet of `sandbox up`
 _COMMON = ("project", "engine")  # every command's setting flags
-_ROLL_ONLY = ("to_version", "max_error_ratio", "auto_rollback", "set_env")
+_ROLL_ONLY = ("to_version", "max_error_ratio", "auto_rollback", "set_env", "migrate", "migrate_at", "migrate_timeout_s")
 
 
 def setting_flags(command: str) -> dict[str, str]:

@@ -37,6 +37,8 @@ LbApply = Literal["reload", "dynamic"]
 Engine = Literal["docker", "swarm"]
 FailureAction = Literal["pause", "rollback", "continue"]
 SessionStore = Literal["memory", "shared"]
+MigrateAt = Literal["before", "after"]
+SERVICES: tuple[str, ...] = ("postgres",)  # what `up --service` can start beside the fleet
 Group = Literal["fleet", "app", "rollout", "swarm", "load", "limits"]
 
 GROUPS: tuple[Group, ...] = get_args(Group)
@@ -118,6 +120,14 @@ def _commands(value: tuple[str, ...]) -> None:
             raise ValueError(f"{command!r} must be a non-empty shell command")
 
 
+def _services(value: tuple[str, ...]) -> None:
+    for name in value:
+        if name not in SERVICES:
+            raise ValueError(f"{name!r} must be one of {', '.join(SERVICES)}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{', '.join(value)} names a service twice")
+
+
 def parse_env_pairs(pairs: Sequence[str], name: str = "set_env") -> dict[str, str]:
     """Turn ``["KEY=VALUE", ...]`` into a dict; raise UsageError naming ``name`` on a bad pair."""
     out: dict[str, str] = {}
@@ -150,6 +160,9 @@ class Settings:
     sessions: SessionStore = setting("memory", group="fleet", flag="--sessions",
                                      help="where carts live: memory (each server's own, lost with it; default) "
                                           "or shared (one Redis)")
+    services: tuple[str, ...] = setting((), group="fleet", flag="--service", metavar="NAME", check=_services,
+                                        help="start a service for the fleet (repeatable): postgres = a PostgreSQL "
+                                             "server on the project network, its DATABASE_URL given to every server")
     lb_retry: bool = setting(False, group="fleet", flag="--lb-retry",
                              help="let NGINX retry a failed connection on another server (its default; hides drops)")
     lb_apply: LbApply = setting("dynamic", group="fleet", flag="--lb-apply",
@@ -228,6 +241,16 @@ class Settings:
                                            at_most=3600, unit="seconds",
                                            help="seconds each mixed check may take before it is killed and fails "
                                                 "(default 60)")
+    migrate: str = setting("", group="rollout", flag="--migrate", metavar="CMD",
+                           help="a shell command run once in a one-off container of the target image, with the "
+                                "app's environment (DATABASE_URL), once: by default before the first batch; "
+                                "a failure stops the roll before anything changes")
+    migrate_at: MigrateAt = setting("before", group="rollout", flag="--migrate-at",
+                                    help="before: ahead of the first batch (default); after: once every server "
+                                         "is new (a contract step)")
+    migrate_timeout_s: float = setting(300.0, group="rollout", flag="--migrate-timeout", above=0, at_most=3600,
+                                       unit="seconds", help="seconds the migration may take before it is killed "
+                                                            "and fails (default 300)")
     # swarm-native (compare on --engine swarm): Swarm's own `service update` config
     update_parallelism: int = setting(1, group="swarm", flag="--update-parallelism", at_least=1,
                                       help="swarm-native: tasks updated at once (default 1)")

@@ -11,6 +11,7 @@ SandboxError
  +-- RolloutError          a rollout could not go on (readiness, error ratio, drain)
  |    +-- ReadinessError   a new server did not become ready before its deadline
  |    +-- ErrorRatioExceeded  too many requests failed during the rollout
+ |    +-- MigrationError   the --migrate command failed before the first batch (nothing changed)
  +-- PlanError (ValueError)  settings, a fleet or a plan break a rule of the planner
  +-- TrafficError          the load generator could not be started, or died
  +-- NotFoundError         the project has no fleet (nothing to act on)
@@ -73,6 +74,10 @@ class ReadinessError(RolloutError):
 
 class ErrorRatioExceeded(RolloutError):
     """The share of failed requests during the rollout went above the configured limit."""
+
+
+class MigrationError(RolloutError):
+    """The ``--migrate`` command failed before the first batch; nothing of the fleet was changed."""
 
 
 class PlanError(SandboxError, ValueError):

@@ -4,7 +4,9 @@
   (:func:`controller_address`), and denies every other; the token is checked too.
 - The shared session store requires a password (:func:`new_secret`) that the controller
   records in the fleet's app environment (``SESSION_PASSWORD_ENV``), where every server of
-  every later rollout gets it, and a fresh controller process finds it.
+  every later rollout gets it, and a fresh controller process finds it. The project's PostgreSQL
+  server (``up --service postgres``) is reached the same way: its ``DATABASE_URL``, with a fresh
+  password, is recorded in the app environment.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import socket
 from sandbox.errors import BalancerError
 
 SESSION_PASSWORD_ENV = "APP_REDIS_PASSWORD"
+DATABASE_URL_ENV = "DATABASE_URL"  # `up --service postgres`: the URL, password included, recorded the same way
 
 
 def controller_address(target_ip: str) -> str:

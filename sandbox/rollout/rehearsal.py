@@ -34,7 +34,16 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 from sandbox.config import Settings, check_batch
-from sandbox.errors import BalancerError, Interrupted, NotFoundError, RolloutError, SandboxError, UsageError, hint
+from sandbox.errors import (
+    BalancerError,
+    Interrupted,
+    MigrationError,
+    NotFoundError,
+    RolloutError,
+    SandboxError,
+    UsageError,
+    hint,
+)
 from sandbox.fleet import labels as L
 from sandbox.fleet import versions
 from sandbox.fleet.balancer import NginxBalancer, lb_read_timeout_s
@@ -56,7 +65,7 @@ from sandbox.results.model import MixedRecord, Report, Rollout
 from sandbox.results.records import Event, LongLivedRow, RequestRow
 from sandbox.results.report import build_report, clear_report_dir, write_report_dir
 from sandbox.results.verdict import Limits, exit_code, not_run
-from sandbox.rollout import mixed, strategies
+from sandbox.rollout import migrate, mixed, strategies
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import Executor, ProbeFactory, Timing
 from sandbox.rollout.load_phases import LoadGenerator, LoadPhases
@@ -171,7 +180,8 @@ class Ran:
     peak: int  # most app containers alive at once
     load: bool  # traffic ran
     load_alive: bool = True  # the load generator ran until it was asked to stop
-    mixed_checks: tuple[MixedRecord, ...] = ()  # one record per --mixed-check (mixed.py)
+    mixed_checks: tuple[MixedRecord, ...] = ()  # one record per --mixed-check (mixed.py), then --migrate's
+    migration_end: float | None = None  # unix time the --migrate command ended (None: it did not run)
 
 
 @dataclass(frozen=True)
@@ -281,6 +291,8 @@ class Rehearsal:
         self._prepared: Prepared | None = None
         self._ran: Ran | None = None
         self._mixed_ran: list[MixedRecord] | None = None  # the mixed checks' records, once the fleet mixed
+        self._migration: MixedRecord | None = None  # the --migrate command's record, once it ran
+        self._migration_end: float | None = None
 
     @property
     def balancer(self) -> LoadBalancer:
@@ -458,16 +470,49 @@ class Rehearsal:
                     await self.load.warmup(self.balancer.url, self._rows_path(), until=self.executor.stop_requested,
                                            paths=tuple(self.settings.paths) if self.settings.paths
                                            or self.executor.images.toy else ("/",))
+                if self._migrates("before"):
+                    self._migration = await self._migrate(batch=0)
+                    if self._migration.status != "passed":  # nothing changed yet: stop here, one line
+                        raise MigrationError(migrate.failure_line(self._migration))
                 t_start = time.time()
                 outcome, message = await self._execute(interrupts)
                 t_end = time.time()
+                if self._migrates("after"):
+                    self._migration = (await self._migrate(batch=self.prepared.batches or 0)
+                                       if outcome == "completed" else
+                                       migrate.not_run(self.settings.migrate,
+                                                       f"not run: the rollout ended ({outcome}) first"))
                 await self.load.cooldown()
         finally:
             await self.load.stop()
+        checks = mixed.finish(self.settings.mixed_checks, self._mixed_ran, outcome)
         self._ran = Ran(outcome=outcome, message=message, started=started, t_start=t_start, t_end=t_end,
                         peak=self.executor.peak, load=self.load.ran, load_alive=self.load.alive,
-                        mixed_checks=mixed.finish(self.settings.mixed_checks, self._mixed_ran, outcome))
+                        mixed_checks=(*checks, self._migration) if self._migration else checks,
+                        migration_end=self._migration_end)
         return self._ran
+
+    def _migrates(self, when: str) -> bool:
+        return bool(self.settings.migrate) and self.kind == "roll" and self.settings.migrate_at == when
+
+    async def _migrate(self, *, batch: int) -> MixedRecord:
+        """Run ``--migrate`` once in a one-off container of the target image with the new servers'
+        environment; its record (the rollout goes on or stops as the caller decides)."""
+        p, images = self.prepared, self.executor.images
+        command = self.settings.migrate
+        self.progress.line(f"migration ({'before the first batch' if batch == 0 else 'after the last batch'}): "
+                           f"{command} in a one-off {p.target} container")
+
+        async def run_once(cmd: str, timeout_s: float) -> tuple[int, str]:
+            return await self.runtime.run_once(self.settings.project, images.app[p.target], cmd, p.env,
+                                               timeout_s, toy=images.toy)
+
+        record = await migrate.run(command, run_once, timeout_s=self.settings.migrate_timeout_s, batch=batch)
+        self._migration_end = time.time()
+        self.executor.emit("migration", None, batch=batch, detail={
+            "status": record.status, "exit_code": record.exit_code, "duration_s": record.duration_s})
+        self.progress.line(f"migration {record.status} (exit {record.exit_code}, {record.duration_s:g} s)")
+        return record
 
     async def _after_step(self, step: planner.Step) -> None:
         """The first time the attached set holds two versions, run every mixed check while the
@@ -726,6 +771,9 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
                                 "faults": faults}
     if collected.load_end is not None:
         extra["load_generator"] = collected.load_end.to_json()
+    ran_migration = next((r for r in ran.mixed_checks if r.name == migrate.NAME), None)
+    if ran_migration is not None:
+        extra["migration"] = migrate.summary(ran_migration, ran.migration_end, collected.rows)
     return dataclasses.replace(report, extra=extra)
 
 

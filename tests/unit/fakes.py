@@ -135,6 +135,23 @@ class FakeRuntime:
         self._record("start_redis", project)
         return f"{project}-redis:6379"
 
+    async def ensure_db_image(self, *, say: Callable[[str], None] = print) -> str:
+        return "rolling-sandbox/postgres:test"
+
+    async def start_postgres(self, project: str, image: str, password: str) -> str:
+        self._record("start_postgres", project)
+        return f"postgresql://app:{password}@{project}-postgres:5432/postgres"
+
+    async def postgres_ready(self, project: str) -> tuple[bool, str]:
+        return True, ""
+
+    migrate_result: tuple[int, str] = (0, "")
+
+    async def run_once(self, project: str, image: str, command: str, env: Mapping[str, str],
+                       timeout_s: float, *, toy: bool = True) -> tuple[int, str]:
+        self._record("run_once", project, command)
+        return self.migrate_result
+
     async def admin_ip(self, lb: LbHandle, project: str) -> str | None:
         return "10.0.0.254"
 
