@@ -48,6 +48,7 @@ class FakeRuntime:
         self.state_volumes: dict[str, dict[str, str]] = {}  # project -> the labels start_lb recorded
         self.lb_image_files: dict[str, bytes] = {}  # path -> content: a new LB container's files (its image's)
         self.log: list[str] = []
+        self.run_once_calls: list[tuple[str, str, dict[str, str]]] = []  # (image, command, env) of run_once
         self.before: dict[str, Callable[..., None]] = {}
         self.latency_s = 0.001  # the engine takes a moment: a signal sent during a call lands during it
         self._ips = 0
@@ -150,6 +151,7 @@ class FakeRuntime:
     async def run_once(self, project: str, image: str, command: str, env: Mapping[str, str],
                        timeout_s: float, *, toy: bool = True) -> tuple[int, str]:
         self._record("run_once", project, command)
+        self.run_once_calls.append((image, command, dict(env)))
         return self.migrate_result
 
     async def admin_ip(self, lb: LbHandle, project: str) -> str | None:
