@@ -31,6 +31,7 @@ from sandbox.doctor.run import doctor as run_doctor
 from sandbox.errors import DEFAULT_PROJECT, EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, exit_code_for
 from sandbox.fleet import engines
 from sandbox.fleet.engine import Engine
+from sandbox.fleet.images import db_image_ref
 from sandbox.results.junit import write_compare_junit, write_junit
 from sandbox.results.model import Report
 from sandbox.results.text import compare_text, summary_text
@@ -298,7 +299,7 @@ def _specs(args: argparse.Namespace) -> list[str]:
 
 async def _images(args: argparse.Namespace, settings: Settings, runtime: Engine, say: Say, view: LiveView) -> int:
     image_set = await commands.images(runtime=runtime, force=args.force, prune=args.prune, say=say)
-    for ref in (image_set.base, image_set.lb, *image_set.app.values()):
+    for ref in (image_set.base, image_set.lb, *image_set.app.values(), db_image_ref()):
         print(ref)
     return 0
 

@@ -42,9 +42,10 @@ log = logging.getLogger("sandbox.commands")
 # -- images ---------------------------------------------------------------------------------------
 async def images(*, runtime: Engine, force: bool = False, prune: bool = False,
                  say: Callable[[str], None] = log.info) -> ImageSet:
-    """Build the images that are missing (all of them with ``force``); with ``prune``, then remove
-    older rolling-sandbox images no container uses."""
+    """Build the images that are missing (all of them with ``force``), the PostgreSQL one included;
+    with ``prune``, then remove older rolling-sandbox images no container uses."""
     image_set = await runtime.ensure_images(say=say, force=force)
+    await runtime.ensure_db_image(say=say, force=force)  # `up --service postgres`'s, so that it is there too
     if prune:
         removed = await runtime.prune_images()
         say(f"removed {len(removed)} older images" + (f": {', '.join(removed)}" if removed else ""))

@@ -176,9 +176,9 @@ class DockerBase(ABC):
         """Build the images of the set that are missing (all of them with ``force``)."""
         return await asyncio.to_thread(ensure_images, self.client, log=say, force=force)
 
-    async def ensure_db_image(self, *, say: Callable[[str], None] = log.info) -> str:
-        """The PostgreSQL image's ref, built first when missing."""
-        return await self._call(ensure_db_image, self.client, log=say)
+    async def ensure_db_image(self, *, say: Callable[[str], None] = log.info, force: bool = False) -> str:
+        """The PostgreSQL image's ref, built first when missing (again with ``force``)."""
+        return await self._call(ensure_db_image, self.client, log=say, force=force)
 
     async def prune_images(self) -> list[str]:
         """Remove older rolling-sandbox images no container uses; the tags removed."""

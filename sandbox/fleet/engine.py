@@ -165,8 +165,8 @@ class Engine(Protocol):
         on the project network."""
         ...
 
-    async def ensure_db_image(self, *, say: Callable[[str], None] = ...) -> str:
-        """The PostgreSQL image's ref, built first when missing."""
+    async def ensure_db_image(self, *, say: Callable[[str], None] = ..., force: bool = False) -> str:
+        """The PostgreSQL image's ref, built first when missing (again with ``force``)."""
         ...
 
     async def start_postgres(self, project: str, image: str, password: str) -> str:

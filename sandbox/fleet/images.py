@@ -419,12 +419,13 @@ def _debootstrap_unavailable() -> str | None:
     return None
 
 
-def ensure_db_image(client: docker.DockerClient, *, log: Callable[[str], None] = logger.info) -> str:
+def ensure_db_image(client: docker.DockerClient, *, log: Callable[[str], None] = logger.info,
+                    force: bool = False) -> str:
     """The PostgreSQL image's ref, built first when missing (debootstrap with Debian's ``postgresql``,
     else FROM ``debian:bookworm-slim``, as the base image is). Raises ImageBuildError, EngineError,
     UsageError (a bad ``ROLLING_SANDBOX_BASE_METHOD``)."""
     ref = db_image_ref()
-    if not _exists(client, ref):
+    if force or not _exists(client, ref):
         _build_base(client, ref, db_inputs(), log, packages=DB_PACKAGES, pull_dockerfile=PULL_DB_DOCKERFILE)
     return ref
 

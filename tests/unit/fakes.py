@@ -136,7 +136,7 @@ class FakeRuntime:
         self._record("start_redis", project)
         return f"{project}-redis:6379"
 
-    async def ensure_db_image(self, *, say: Callable[[str], None] = print) -> str:
+    async def ensure_db_image(self, *, say: Callable[[str], None] = print, force: bool = False) -> str:
         return "rolling-sandbox/postgres:test"
 
     async def start_postgres(self, project: str, image: str, password: str) -> str:
