@@ -116,6 +116,8 @@ class Prepared:
     seed: int | None = None  # --seed: the pick order is a shuffle seeded with it (None: slot order)
     mixed_checks: tuple[str, ...] = ()  # run once both versions are attached
     detach_lag_s: float = 0.0  # --detach-lag: each 'term' step waits this long before the detach
+    migrate: str = ""  # --migrate: run once in a one-off container of the target image ("" none)
+    migrate_at: str = "before"  # --migrate-at: before the first batch, or after the last
 
     @property
     def pick_order(self) -> list[list[int]]:
@@ -138,6 +140,7 @@ class Prepared:
                 "size": self.size, "batches": self.batches, "peak_containers": self.peak,
                 "min_serving": self.floor, "seed": self.seed, "pick_order": self.pick_order,
                 "mixed_checks": list(self.mixed_checks), "detach_lag_s": self.detach_lag_s,
+                "migrate": {"command": self.migrate, "at": self.migrate_at} if self.migrate else None,
                 "steps": [{"batch": st.batch_no, "action": st.action, "targets": who(st.targets),
                            "detach": who(st.detach)} for st in self.steps]}
 
@@ -156,6 +159,9 @@ class Prepared:
         if self.detach_lag_s:
             lines.append(f"  detach lag {self.detach_lag_s:g} s: each 'term' sends the stop signal, then waits "
                          "that long before the detach")
+        if self.migrate:
+            lines.append(f"  migration {'before the first batch' if self.migrate_at == 'before' else 'after the last'}"
+                         f", in a one-off {self.target} container: {self.migrate}")
         if self.mixed_checks:
             lines.append(f"  {len(self.mixed_checks)} mixed check(s), run once both versions are attached: "
                          + "; ".join(self.mixed_checks))
@@ -370,7 +376,9 @@ class Rehearsal:
                                   mode=self.settings.mode, versions=tuple(self._executor.images.app),
                                   peak=sim.peak_containers if sim else None, floor=sim.min_serving if sim else None,
                                   batches=sim.batches if sim else None, seed=self.settings.seed,
-                                  mixed_checks=self.settings.mixed_checks, detach_lag_s=self.settings.detach_lag_s)
+                                  mixed_checks=self.settings.mixed_checks, detach_lag_s=self.settings.detach_lag_s,
+                                  migrate=self.settings.migrate if self.kind == "roll" else "",
+                                  migrate_at=self.settings.migrate_at)
         return self._prepared
 
     async def _read_fleet(self) -> tuple[LbHandle, list[Instance]]:

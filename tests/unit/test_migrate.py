@@ -17,6 +17,8 @@ from sandbox.errors import MigrationError, RolloutError, UsageError
 from sandbox.fleet import sources
 from sandbox.results.records import RequestRow
 from sandbox.rollout import migrate
+from sandbox.rollout.rehearsal import Prepared, Rehearsal
+from sandbox.ui.progress import Progress
 from tests.unit.fakes import FakeRuntime
 from tests.unit.test_rehearsal import World, settings
 
@@ -178,3 +180,20 @@ async def test_a_rollback_runs_no_migration() -> None:
                                          "status": "completed"})
     await world.rehearse(replace(settings(), migrate="false"), kind="rollback")
     assert world.runtime.run_once_calls == []
+
+
+async def _plan(world: World, **extra: Any) -> Prepared:
+    return await Rehearsal(settings(**extra), runtime=world.runtime, progress=Progress(world.stream),
+                           deps=world.deps, install_sigint=False).prepare()
+
+
+@pytest.mark.asyncio
+async def test_the_dry_run_plan_says_when_the_migration_runs_and_runs_nothing() -> None:
+    world = World()
+    for at, said in (("before", "migration before the first batch"), ("after", "migration after the last")):
+        prepared = await _plan(world, migrate="python3 -m migrate expand", migrate_at=at)
+        assert f"  {said}, in a one-off v2 container: python3 -m migrate expand" in prepared.describe().splitlines()
+        assert prepared.as_json()["migrate"] == {"command": "python3 -m migrate expand", "at": at}
+    assert world.runtime.run_once_calls == [] and world.runtime.log == []
+    plain = await _plan(world)
+    assert plain.as_json()["migrate"] is None and "migration" not in plain.describe()
