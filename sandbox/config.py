@@ -316,6 +316,9 @@ class Settings:
     max_not_found: int = setting(0, group="limits", flag="--max-not-found", at_least=0,
                                  help="verdict: at most this many 404/410 answers from the rollout's start on, "
                                       "an endpoint one version lacks (default 0)")
+    max_migration_errors: int = setting(0, group="limits", flag="--max-migration-errors", at_least=0,
+                                        help="verdict (with a migration): at most this many error answers "
+                                             "(4xx/5xx) to requests sent after it ended, any version (default 0)")
     max_abnormal_closes: int = setting(0, group="limits", flag="--max-abnormal-closes", at_least=0,
                                        help="verdict: at most this many long-lived connections closed without the "
                                             "server's goodbye (WebSocket 1006, a cut event stream) (default 0)")

@@ -17,9 +17,10 @@ the first batch; the last batch's number: after it).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
-from sandbox.results.model import MixedRecord
+from sandbox.results.model import Check, MixedRecord
 from sandbox.results.records import RequestRow
 from sandbox.rollout.mixed import TAIL_CHARS, last_line
 
@@ -72,6 +73,19 @@ def answers_after(rows: Iterable[RequestRow], since: float) -> dict[str, dict[st
         seen["answers"] += 1
         seen["errors"] += row["status"] >= 400
     return dict(sorted(out.items()))
+
+
+def errors_check(block: Mapping[str, Any], limit: int) -> Check:
+    """The verdict's ``migration_errors``: error answers after the migration ended, every version's, at
+    most ``limit``; its note names them by version (the old version's are the incompatibility).
+    NOT_RUN when the migration did not run or no answer came after it."""
+    seen = block.get("by_version_after") or {}
+    if block.get("status") == "not_run" or not seen:
+        return Check("migration_errors", "NOT_RUN", None, limit, "no answer after a migration to judge")
+    errors = sum(int(n.get("errors", 0)) for n in seen.values())
+    note = ", ".join(f"{v} {n.get('errors', 0)} of {n.get('answers', 0)}" for v, n in seen.items())
+    return Check("migration_errors", "PASS" if errors <= limit else "FAIL", errors, limit,
+                 f"errors of the answers after it, by version: {note}")
 
 
 def summary(rec: MixedRecord, ended_at: float | None, rows: Iterable[RequestRow]) -> dict[str, object]:

@@ -61,7 +61,7 @@ from sandbox.results.measure import (
     attribute_versions,
     measure,
 )
-from sandbox.results.model import MixedRecord, Report, Rollout
+from sandbox.results.model import Check, MixedRecord, Report, Rollout, Verdict
 from sandbox.results.records import Event, LongLivedRow, RequestRow
 from sandbox.results.report import build_report, clear_report_dir, write_report_dir
 from sandbox.results.verdict import Limits, exit_code, not_run
@@ -781,7 +781,11 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
         extra["load_generator"] = collected.load_end.to_json()
     ran_migration = next((r for r in ran.mixed_checks if r.name == migrate.NAME), None)
     if ran_migration is not None:
-        extra["migration"] = migrate.summary(ran_migration, ran.migration_end, collected.rows)
+        block = migrate.summary(ran_migration, ran.migration_end, collected.rows)
+        extra["migration"] = block
+        judged = migrate.errors_check(block, settings.max_migration_errors) if ran.load else Check(
+            "migration_errors", "NOT_RUN", None, settings.max_migration_errors, "no load: nothing to judge")
+        report = dataclasses.replace(report, verdict=Verdict((*report.verdict.checks, judged)))
     return dataclasses.replace(report, extra=extra)
 
 

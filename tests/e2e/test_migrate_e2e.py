@@ -74,6 +74,8 @@ def test_expand_keeps_v1_working_and_the_database_is_the_projects_own(
     assert after["v1"]["answers"] > 0 and after["v1"]["errors"] == 0, after  # v1 served after it, without error
     assert after["v2"]["answers"] > 0 and after["v2"]["errors"] == 0, after
     assert report["requests"]["errors_4xx"] == 0
+    [judged] = [c for c in report["verdict"]["checks"] if c["name"] == "migration_errors"]
+    assert (judged["status"], judged["value"]) == ("PASS", 0)
     [case] = [c for c in ET.parse(junit).getroot().iter("testcase") if c.get("name") == "migration"]
     assert case.find("failure") is None and "migrate expand: done" in (case.findtext("system-out") or "")
     # the new servers got the fleet's DATABASE_URL from its record, and expect v2's schema
@@ -87,11 +89,14 @@ def test_breaking_makes_v1_answer_errors_named_per_version_not_drops(cli: Cli, t
     _up(cli)
     proc = cli.run("roll", "--to", "v2", "--migrate", "python3 -m migrate breaking", "--v2-mode", "breaking",
                    *LOAD, "--json", "--report", str(tmp_path / "r"))
-    report = assert_passes(proc, expected=frozenset({"contract_violations"}))  # v2's own rename, as before
+    # v2's own JSON rename, as before, and the errors after the migration: what it did to v1
+    report = assert_passes(proc, expected=frozenset({"contract_violations", "migration_errors"}))
     assert report["requests"]["dropped"] == 0  # the errors are answers, not drops
     after = _migration(report)["by_version_after"]
     assert after["v1"]["errors"] > 0, after  # the old version broke while the fleet was mixed
     assert after["v2"]["errors"] == 0, after
+    [judged] = [c for c in report["verdict"]["checks"] if c["name"] == "migration_errors"]
+    assert judged["value"] == after["v1"]["errors"] and f"v1 {after['v1']['errors']} of " in judged["note"]
     markdown = (tmp_path / "r" / "report.md").read_text()
     assert "## Migration" in markdown and f"| v1 | {after['v1']['answers']} | {after['v1']['errors']} |" in markdown
     assert "after it        v1" not in proc.stdout  # --json: the summary is not mixed into stdout

@@ -197,3 +197,26 @@ async def test_the_dry_run_plan_says_when_the_migration_runs_and_runs_nothing() 
     assert world.runtime.run_once_calls == [] and world.runtime.log == []
     plain = await _plan(world)
     assert plain.as_json()["migrate"] is None and "migration" not in plain.describe()
+
+
+@pytest.mark.parametrize(("seen", "limit", "status", "value"), [
+    ({"v1": {"answers": 169, "errors": 69}, "v2": {"answers": 312, "errors": 0}}, 0, "FAIL", 69),
+    ({"v1": {"answers": 169, "errors": 69}, "v2": {"answers": 312, "errors": 1}}, 70, "PASS", 70),
+    ({"v1": {"answers": 50, "errors": 0}, "v2": {"answers": 60, "errors": 0}}, 0, "PASS", 0),
+    ({}, 0, "NOT_RUN", None),
+])
+def test_the_migration_errors_check_judges_every_versions_errors_after_it(
+        seen: dict[str, Any], limit: int, status: str, value: int | None) -> None:
+    check = migrate.errors_check({"status": "passed", "by_version_after": seen}, limit)
+    assert (check.name, check.status, check.value, check.limit) == ("migration_errors", status, value, limit)
+    if seen:
+        assert check.reason and "v1 " + str(seen["v1"]["errors"]) + " of " + str(seen["v1"]["answers"]) in check.reason
+    assert migrate.errors_check({"status": "not_run", "by_version_after": seen}, 0).status == "NOT_RUN"
+
+
+@pytest.mark.asyncio
+async def test_without_load_the_migration_errors_are_not_run_never_passed() -> None:
+    world = World()
+    result = await world.rehearse(settings(migrate="python3 -m migrate expand"))
+    check = next(c for c in result.report["verdict"]["checks"] if c["name"] == "migration_errors")
+    assert check["status"] == "NOT_RUN" and check["skipped"] is True
