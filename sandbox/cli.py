@@ -239,6 +239,8 @@ def _print_status(data: dict[str, Any]) -> None:
     lb = data["lb"]
     print(f"project {data['project']}: load balancer {lb['url']} ({lb['state']}, lb-apply {lb.get('lb_apply')}), "
           f"{len(lb['upstreams'])} attached")
+    for name, service in (data.get("services") or {}).items():
+        print(f"  {name}: {service['address']} (database {service['database']}), DATABASE_URL of every server")
     for inst in data["instances"]:
         mark = "attached" if inst["attached"] else "detached"
         print(f"  {inst['name']:<28} slot {inst['slot']:<3} {inst['version']}  {inst['state']:<8} "

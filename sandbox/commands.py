@@ -173,6 +173,7 @@ async def status(settings: Settings, *, runtime: Engine) -> dict[str, Any]:
             "versions": (versions.from_label(lb.labels.get(L.LABEL_VERSIONS)) or ({}, True))[0] or None,
             "app": versions.spec_from_label(lb.labels.get(L.LABEL_VERSIONS)).as_dict(),
         },
+        "services": access.services(state.app_env if state else {}),
         "instances": [
             {"name": i.name, "slot": i.slot, "version": i.version, "state": i.state,
              "address": i.address, "attached": i.name in attached}

@@ -220,3 +220,12 @@ async def test_without_load_the_migration_errors_are_not_run_never_passed() -> N
     result = await world.rehearse(settings(migrate="python3 -m migrate expand"))
     check = next(c for c in result.report["verdict"]["checks"] if c["name"] == "migration_errors")
     assert check["status"] == "NOT_RUN" and check["skipped"] is True
+
+
+def test_status_names_the_database_from_the_fleets_record_without_its_password() -> None:
+    from sandbox.fleet.access import services
+    url = "postgresql://app:s3cret@t1-postgres:5432/postgres"
+    assert services({"DATABASE_URL": url, "APP_REDIS": "t1-redis:6379"}) == {
+        "postgres": {"address": "t1-postgres:5432", "database": "postgres"}}
+    assert "s3cret" not in repr(services({"DATABASE_URL": url}))
+    assert services({}) == {} and services({"DATABASE_URL": "not a url"}) == {}
