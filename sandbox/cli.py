@@ -31,6 +31,7 @@ from sandbox.doctor.run import doctor as run_doctor
 from sandbox.errors import DEFAULT_PROJECT, EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, exit_code_for
 from sandbox.fleet import engines
 from sandbox.fleet.engine import Engine
+from sandbox.fleet.images import db_image_ref
 from sandbox.results.junit import write_compare_junit, write_junit
 from sandbox.results.model import Report
 from sandbox.results.text import compare_text, summary_text
@@ -77,12 +78,12 @@ def _number(text: str) -> float:
 _CONVERT: dict[type, Callable[[str], Any]] = {bool: _boolean, int: _integer, float: _number, Path: Path}
 DEMO_PROJECT = "sandbox-demo"  # demo's own default, so it never touches the fleet of `sandbox up`
 _COMMON = ("project", "engine")  # every command's setting flags
-_ROLL_ONLY = ("to_version", "max_error_ratio", "auto_rollback", "set_env")
 _STEER_ONLY = ("pause_after_batch", "pause_timeout", "on_pause_timeout")  # compare runs its fleets unattended
 STEER_COMMANDS = {"pause": "pause the running rollout between two steps (traffic keeps flowing)",
                   "resume": "resume a paused rollout",
                   "abort": "abort the running rollout: roll back, as a failed rollout does",
                   "promote": "skip the running rollout's remaining pauses (and resume it)"}
+_ROLL_ONLY = ("to_version", "max_error_ratio", "auto_rollback", "set_env", "migrate", "migrate_at", "migrate_timeout_s")
 
 
 def setting_flags(command: str) -> dict[str, str]:
@@ -248,6 +249,8 @@ def _print_status(data: dict[str, Any]) -> None:
           f"{len(lb['upstreams'])} attached")
     if running := data.get("steering"):
         print(f"rollout {running['state']}: {running['message']}")
+    for name, service in (data.get("services") or {}).items():
+        print(f"  {name}: {service['address']} (database {service['database']}), DATABASE_URL of every server")
     for inst in data["instances"]:
         mark = "attached" if inst["attached"] else "detached"
         print(f"  {inst['name']:<28} slot {inst['slot']:<3} {inst['version']}  {inst['state']:<8} "
@@ -308,7 +311,7 @@ def _specs(args: argparse.Namespace) -> list[str]:
 
 async def _images(args: argparse.Namespace, settings: Settings, runtime: Engine, say: Say, view: LiveView) -> int:
     image_set = await commands.images(runtime=runtime, force=args.force, prune=args.prune, say=say)
-    for ref in (image_set.base, image_set.lb, *image_set.app.values()):
+    for ref in (image_set.base, image_set.lb, *image_set.app.values(), db_image_ref()):
         print(ref)
     return 0
 

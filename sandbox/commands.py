@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.config import STRATEGIES, Settings, check_port_free
-from sandbox.errors import SandboxError, UsageError, hint
+from sandbox.errors import RolloutError, SandboxError, UsageError, hint
 from sandbox.fleet import access, versions
 from sandbox.fleet import labels as L
 from sandbox.fleet.balancer import NginxBalancer, lb_read_timeout_s
@@ -25,6 +25,7 @@ from sandbox.fleet.engine import Engine
 from sandbox.fleet.images import ImageSet
 from sandbox.fleet.loadbalancer import LoadBalancer
 from sandbox.lock import locked
+from sandbox.poll import poll
 from sandbox.results.compare import compare_json
 from sandbox.results.markdown import compare_table
 from sandbox.results.model import Report
@@ -42,9 +43,10 @@ log = logging.getLogger("sandbox.commands")
 # -- images ---------------------------------------------------------------------------------------
 async def images(*, runtime: Engine, force: bool = False, prune: bool = False,
                  say: Callable[[str], None] = log.info) -> ImageSet:
-    """Build the images that are missing (all of them with ``force``); with ``prune``, then remove
-    older rolling-sandbox images no container uses."""
+    """Build the images that are missing (all of them with ``force``), the PostgreSQL one included;
+    with ``prune``, then remove older rolling-sandbox images no container uses."""
     image_set = await runtime.ensure_images(say=say, force=force)
+    await runtime.ensure_db_image(say=say, force=force)  # `up --service postgres`'s, so that it is there too
     if prune:
         removed = await runtime.prune_images()
         say(f"removed {len(removed)} older images" + (f": {', '.join(removed)}" if removed else ""))
@@ -74,6 +76,10 @@ async def up(settings: Settings, *, runtime: Engine, say: Callable[[str], None] 
             password = access.new_secret()  # recorded with the app env: every later server gets it
             app_env["APP_REDIS"] = await runtime.start_redis(project, image_set.base, password)
             app_env[access.SESSION_PASSWORD_ENV] = password
+        if "postgres" in settings.services:  # recorded with the app env: every later server gets it
+            db_image = await runtime.ensure_db_image(say=say)
+            app_env[access.DATABASE_URL_ENV] = await runtime.start_postgres(project, db_image, access.new_secret())
+            await wait_for_database(runtime, project, timeout_s=max(settings.ready_timeout, 60.0), say=say)
         balancer = NginxBalancer(runtime, project, settings.port)
         executor = Executor(runtime, balancer, settings, image_set)
         # the load balancer starts while the app containers do; the first attach waits for it
@@ -97,6 +103,23 @@ async def up(settings: Settings, *, runtime: Engine, say: Callable[[str], None] 
         raise
     say(f"{settings.size} servers on {version} behind http://127.0.0.1:{settings.port}")
     return await status(settings, runtime=runtime)
+
+
+async def wait_for_database(runtime: Engine, project: str, *, timeout_s: float,
+                            say: Callable[[str], None] = log.info) -> None:
+    """Wait until the project's PostgreSQL server accepts connections (``pg_isready``); raises
+    RolloutError naming what the probe last said when it does not within ``timeout_s``."""
+    last: list[str] = []
+
+    async def ready() -> bool | None:
+        ok, said = await runtime.postgres_ready(project)
+        last[:] = [said]
+        return True if ok else None
+
+    if await poll(ready, timeout=timeout_s, interval=0.3) is None:
+        raise RolloutError(f"the PostgreSQL server of {project!r} was not ready within {timeout_s:g} s"
+                           + (f": {last[0]}" if last and last[0] else ""))
+    say(f"postgres: {project}-postgres accepts connections")
 
 
 async def _start_lb(settings: Settings, runtime: Engine, balancer: LoadBalancer, image: str,
@@ -151,6 +174,7 @@ async def status(settings: Settings, *, runtime: Engine) -> dict[str, Any]:
             "versions": (versions.from_label(lb.labels.get(L.LABEL_VERSIONS)) or ({}, True))[0] or None,
             "app": versions.spec_from_label(lb.labels.get(L.LABEL_VERSIONS)).as_dict(),
         },
+        "services": access.services(state.app_env if state else {}),
         "instances": [
             {"name": i.name, "slot": i.slot, "version": i.version, "state": i.state,
              "address": i.address, "attached": i.name in attached}

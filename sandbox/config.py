@@ -38,6 +38,8 @@ Engine = Literal["docker", "swarm"]
 FailureAction = Literal["pause", "rollback", "continue"]
 PauseTimeoutAction = Literal["abort", "resume"]
 SessionStore = Literal["memory", "shared"]
+MigrateAt = Literal["before", "after"]
+SERVICES: tuple[str, ...] = ("postgres",)  # what `up --service` can start beside the fleet
 Group = Literal["fleet", "app", "rollout", "swarm", "load", "limits"]
 
 GROUPS: tuple[Group, ...] = get_args(Group)
@@ -145,6 +147,12 @@ def _pause_timeout(value: str) -> None:
 def _pause_after_batch(value: int | None) -> None:
     if value is not None and value < 1:
         raise ValueError(f"{value!r} must be a batch number, 1 or more")
+def _services(value: tuple[str, ...]) -> None:
+    for name in value:
+        if name not in SERVICES:
+            raise ValueError(f"{name!r} must be one of {', '.join(SERVICES)}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{', '.join(value)} names a service twice")
 
 
 def parse_env_pairs(pairs: Sequence[str], name: str = "set_env") -> dict[str, str]:
@@ -179,6 +187,9 @@ class Settings:
     sessions: SessionStore = setting("memory", group="fleet", flag="--sessions",
                                      help="where carts live: memory (each server's own, lost with it; default) "
                                           "or shared (one Redis)")
+    services: tuple[str, ...] = setting((), group="fleet", flag="--service", metavar="NAME", check=_services,
+                                        help="start a service for the fleet (repeatable): postgres = a PostgreSQL "
+                                             "server on the project network, its DATABASE_URL given to every server")
     lb_retry: bool = setting(False, group="fleet", flag="--lb-retry",
                              help="let NGINX retry a failed connection on another server (its default; hides drops)")
     lb_apply: LbApply = setting("dynamic", group="fleet", flag="--lb-apply",
@@ -276,6 +287,16 @@ class Settings:
                                          at_most=86400, unit="seconds",
                                          help="fail and roll back when no step completes for this long, time "
                                               "paused not counted (default 0: no deadline)")
+    migrate: str = setting("", group="rollout", flag="--migrate", metavar="CMD",
+                           help="a shell command run once in a one-off container of the target image, with the "
+                                "app's environment (DATABASE_URL), once: by default before the first batch; "
+                                "a failure stops the roll before anything changes")
+    migrate_at: MigrateAt = setting("before", group="rollout", flag="--migrate-at",
+                                    help="before: ahead of the first batch (default); after: once every server "
+                                         "is new (a contract step)")
+    migrate_timeout_s: float = setting(300.0, group="rollout", flag="--migrate-timeout", above=0, at_most=3600,
+                                       unit="seconds", help="seconds the migration may take before it is killed "
+                                                            "and fails (default 300)")
     # swarm-native (compare on --engine swarm): Swarm's own `service update` config
     update_parallelism: int = setting(1, group="swarm", flag="--update-parallelism", at_least=1,
                                       help="swarm-native: tasks updated at once (default 1)")
@@ -347,6 +368,9 @@ class Settings:
     max_not_found: int = setting(0, group="limits", flag="--max-not-found", at_least=0,
                                  help="verdict: at most this many 404/410 answers from the rollout's start on, "
                                       "an endpoint one version lacks (default 0)")
+    max_migration_errors: int = setting(0, group="limits", flag="--max-migration-errors", at_least=0,
+                                        help="verdict (with a migration): at most this many error answers "
+                                             "(4xx/5xx) to requests sent after it ended, any version (default 0)")
     max_abnormal_closes: int = setting(0, group="limits", flag="--max-abnormal-closes", at_least=0,
                                        help="verdict: at most this many long-lived connections closed without the "
                                             "server's goodbye (WebSocket 1006, a cut event stream) (default 0)")

@@ -13,6 +13,7 @@ SandboxError
  |    +-- ErrorRatioExceeded  too many requests failed during the rollout
  |    +-- ProgressDeadlineExceeded  no step completed within --progress-deadline
  |    +-- Aborted          `sandbox abort` (or a pause past --pause-timeout): roll back
+ |    +-- MigrationError   the --migrate command failed before the first batch (nothing changed)
  +-- PlanError (ValueError)  settings, a fleet or a plan break a rule of the planner
  +-- TrafficError          the load generator could not be started, or died
  +-- NotFoundError         the project has no fleet (nothing to act on)
@@ -83,6 +84,8 @@ class ProgressDeadlineExceeded(RolloutError):
 
 class Aborted(RolloutError):
     """Someone asked the running rollout to stop and go back (``sandbox abort``, or a pause that timed out)."""
+class MigrationError(RolloutError):
+    """The ``--migrate`` command failed before the first batch; nothing of the fleet was changed."""
 
 
 class PlanError(SandboxError, ValueError):

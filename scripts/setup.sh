@@ -2,7 +2,7 @@
 # Set up everything rolling-sandbox needs, idempotently:
 #   1. a virtual environment (.venv) with the package and its dependencies,
 #   2. a Docker engine that answers (on Debian as root: installs docker.io and starts dockerd),
-#   3. the images (base built offline with debootstrap, then app v1, app v2, lb).
+#   3. the images (base built offline with debootstrap, then app v1, app v2, lb; postgres, also with debootstrap).
 # Where something cannot be done here, it stops with one line saying what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

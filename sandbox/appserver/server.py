@@ -53,6 +53,7 @@ from typing import Any, Literal, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from .orders import Orders, SchemaMismatch, schema_of
 from .supervisor import exit_now, flag  # the one way both processes leave (standard library only)
 
 log = logging.getLogger("appserver")
@@ -124,6 +125,7 @@ class Settings:
     app_dir: str = "/srv/app"
     redis: str = ""  # APP_REDIS=host:port: carts live in that Redis (shared by every server), else in memory
     redis_password: str = ""  # APP_REDIS_PASSWORD: sent with AUTH on every new connection to that Redis
+    database_url: str = ""  # DATABASE_URL: orders are written to that PostgreSQL (see appserver.orders)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -145,6 +147,7 @@ class Settings:
             app_dir=env.get("APP_DIR", "/srv/app"),
             redis=env.get("APP_REDIS", "").strip(),
             redis_password=env.get("APP_REDIS_PASSWORD", ""),
+            database_url=env.get("DATABASE_URL", "").strip(),
         )
 
 
@@ -300,6 +303,8 @@ class Shop:
         self.instance = instance or f"{socket.gethostname()}/{secrets.token_hex(3)}"
         self.store: MemorySessions | RedisSessions = (
             RedisSessions(settings.redis, settings.redis_password) if settings.redis else MemorySessions())
+        self.orders = Orders(settings.database_url, schema_of(version, settings.breaking)) \
+            if settings.database_url else None
         self.requests_total = 0
         self.in_flight = 0
         self.long_lived = 0  # WebSocket and SSE connections open now
@@ -425,9 +430,21 @@ class Shop:
             return _json_error(404, "no such item")
         return web.json_response(self._item(int(raw), self.settings.breaking))
 
-    async def _cart(self) -> web.Response:
-        items = await self.store.items(_current_sid.get())
-        return web.json_response({"items": items, "count": len(items)})
+    async def _cart(self, order: int | None = None) -> web.Response:
+        sid = _current_sid.get()
+        items = await self.store.items(sid)
+        if self.orders is None:
+            return web.json_response({"items": items, "count": len(items)})
+        expected = {"X-Schema-Expected": self.orders.schema.name}
+        try:
+            if order is not None:
+                await self.orders.add(sid, order)
+            latest = await self.orders.latest(sid)
+        except SchemaMismatch as exc:  # the database changed under this version: an answer, not a crash
+            return web.json_response({"error": "schema mismatch", "schema_expected": self.orders.schema.name,
+                                      "detail": str(exc)}, status=409, headers=expected)
+        return web.json_response({"items": items, "count": len(items), "orders": latest,
+                                  "schema_expected": self.orders.schema.name}, headers=expected)
 
     async def _get_cart(self, request: web.Request) -> web.Response:
         return await self._cart()
@@ -441,7 +458,7 @@ class Shop:
         if not isinstance(item, int) or isinstance(item, bool):
             return _json_error(400, 'body must be {"item": <int>}')
         await self.store.add(_current_sid.get(), item)
-        return await self._cart()
+        return await self._cart(order=item)
 
     async def _slow(self, request: web.Request) -> web.Response:
         raw = request.query.get("ms", "0")
@@ -516,6 +533,8 @@ class Shop:
             # not ready without its shared session store: every request would answer 500 (0.8 s:
             # within the controller's 1 s probe budget, so that its error can say why)
             return web.json_response({"status": "no-session-store", "error": self.store.last_error}, status=503)
+        if state == "ready" and self.orders is not None and not await self.orders.ping(0.8):
+            return web.json_response({"status": "no-database"}, status=503)
         if state == "ready":
             return web.json_response({"status": state, "version": self.version})
         return web.json_response({"status": state}, status=503)

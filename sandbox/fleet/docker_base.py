@@ -33,7 +33,7 @@ from sandbox.errors import EngineError, GoneError, NotFoundError, PortInUseError
 from sandbox.fleet import labels as L
 from sandbox.fleet import tarball, versions
 from sandbox.fleet.engine import STATE_DIR, Instance, LbHandle
-from sandbox.fleet.images import ImageSet, ensure_images, prune_images
+from sandbox.fleet.images import ImageSet, ensure_db_image, ensure_images, prune_images
 
 log = logging.getLogger("sandbox.fleet.docker")
 
@@ -53,6 +53,24 @@ LB_HARDENING: dict[str, Any] = {
     "sysctls": {"net.ipv4.ip_unprivileged_port_start": "0"},  # port 80 without NET_BIND_SERVICE
 }
 REDIS_PORT = 6379
+POSTGRES_PORT = 5432
+POSTGRES_USER = "app"
+POSTGRES_DB = "postgres"
+POSTGRES_HOME = "/var/lib/postgresql"  # the postgres user's home in Debian's package: the data volume's mount
+# initdb on an empty volume (the password from the environment, never on a command line), every
+# client on the project network with a password (scram), then the server in the foreground as PID 1
+POSTGRES_SCRIPT = r"""set -eu
+bin=$(echo /usr/lib/postgresql/*/bin)
+data=/var/lib/postgresql/data
+if [ ! -s "$data/PG_VERSION" ]; then
+  umask 077
+  printf '%s\n' "$POSTGRES_PASSWORD" > /tmp/pwfile
+  "$bin/initdb" -D "$data" -U app --pwfile=/tmp/pwfile --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+  rm -f /tmp/pwfile
+  echo "host all all 0.0.0.0/0 scram-sha-256" >> "$data/pg_hba.conf"
+fi
+exec "$bin/postgres" -D "$data" -c listen_addresses='*' -c unix_socket_directories=/tmp
+"""
 DOCKER_THREADS = 32  # concurrent Docker API calls (and the client's connection pool)
 T = TypeVar("T")
 
@@ -67,6 +85,10 @@ def lb_name(project: str) -> str:
 
 def state_volume_name(project: str) -> str:
     return f"{project}-state"
+
+
+def postgres_name(project: str) -> str:
+    return f"{project}-postgres"
 
 
 def app_name(project: str, slot: int) -> str:
@@ -153,6 +175,10 @@ class DockerBase(ABC):
     async def ensure_images(self, *, force: bool = False, say: Callable[[str], None] = log.info) -> ImageSet:
         """Build the images of the set that are missing (all of them with ``force``)."""
         return await asyncio.to_thread(ensure_images, self.client, log=say, force=force)
+
+    async def ensure_db_image(self, *, say: Callable[[str], None] = log.info, force: bool = False) -> str:
+        """The PostgreSQL image's ref, built first when missing (again with ``force``)."""
+        return await self._call(ensure_db_image, self.client, log=say, force=force)
 
     async def prune_images(self) -> list[str]:
         """Remove older rolling-sandbox images no container uses; the tags removed."""
@@ -296,6 +322,68 @@ class DockerBase(ABC):
             )
         await self._call(start)
         return f"{name}:{REDIS_PORT}"
+
+    async def start_postgres(self, project: str, image: str, password: str) -> str:
+        """Start the project's PostgreSQL server (Debian's, from ``image``) on the project network only,
+        its data on a project volume that ``down`` removes, clients admitted with ``password``;
+        return its ``DATABASE_URL`` (the server may still be starting: see :meth:`postgres_ready`)."""
+        name = postgres_name(project)
+        def start() -> None:
+            self.client.containers.run(
+                image, ["sh", "-c", POSTGRES_SCRIPT], name=name, hostname=name, detach=True,
+                labels=L.project_labels(project, L.ROLE_POSTGRES), environment={"POSTGRES_PASSWORD": password},
+                network=network_name(project), user="postgres", tmpfs={"/tmp": "size=64m"},
+                mounts=[Mount(POSTGRES_HOME, f"{project}-postgres-data", type="volume",
+                              labels=L.project_labels(project, L.ROLE_VOLUME))],
+                cap_drop=["ALL"], security_opt=["no-new-privileges"], mem_limit="512m", pids_limit=256,
+            )
+        await self._call(start)
+        return f"postgresql://{POSTGRES_USER}:{password}@{name}:{POSTGRES_PORT}/{POSTGRES_DB}"
+
+    async def postgres_ready(self, project: str) -> tuple[bool, str]:
+        """Whether the project's PostgreSQL server accepts connections (``pg_isready``), with what it said;
+        raises NotFoundError when the project has no such container."""
+        def probe() -> tuple[bool, str]:
+            try:
+                container = self.client.containers.get(postgres_name(project))
+            except docker.errors.NotFound as exc:
+                raise NotFoundError(f"project {project!r} has no PostgreSQL server") from exc
+            if container.status != "running":
+                container.reload()
+                if container.status != "running":
+                    return False, f"{container.name} is {container.status}"
+            result = container.exec_run(["sh", "-c", f"$(echo /usr/lib/postgresql/*/bin)/pg_isready -q -h 127.0.0.1 "
+                                         f"-p {POSTGRES_PORT}"], user="postgres")
+            output = cast(bytes | None, result.output)
+            return result.exit_code == 0, (output or b"").decode(errors="replace").strip()
+        return await self._call(probe)
+
+    async def run_once(self, project: str, image: str, command: str, env: Mapping[str, str],
+                       timeout_s: float, *, toy: bool = True) -> tuple[int, str]:
+        """Run ``command`` (through ``sh -c``) once in a new container of ``image`` on the project network,
+        with ``env``; wait at most ``timeout_s``, remove the container; (exit code, output). A command
+        still running at the limit is killed and its exit code is 124. ``toy``: as the toy app's user;
+        your own images keep their USER."""
+        def run() -> tuple[int, str]:
+            container = self.client.containers.create(
+                image, ["sh", "-c", command], entrypoint=[], detach=True, environment=dict(env),
+                labels=L.project_labels(project, L.ROLE_MIGRATE), network=network_name(project),
+                user=APP_USER if toy else None, tmpfs={"/tmp": "size=16m"}, cap_drop=["ALL"],
+                security_opt=["no-new-privileges"], mem_limit="256m", pids_limit=128)
+            try:
+                container.start()
+                try:
+                    code = int(container.wait(timeout=timeout_s).get("StatusCode", 1))
+                except requests.RequestException:
+                    with suppress(docker.errors.APIError):
+                        container.kill()
+                    code = 124
+                logs: bytes = container.logs(stdout=True, stderr=True)
+                return code, logs.decode(errors="replace")
+            finally:
+                with suppress(docker.errors.APIError):
+                    container.remove(force=True, v=True)
+        return await self._call(run)
 
     async def start_again(self, lb: LbHandle) -> LbHandle:
         """Start a stopped container of the project (the load balancer after `docker stop`), as it was."""

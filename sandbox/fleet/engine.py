@@ -165,6 +165,24 @@ class Engine(Protocol):
         on the project network."""
         ...
 
+    async def ensure_db_image(self, *, say: Callable[[str], None] = ..., force: bool = False) -> str:
+        """The PostgreSQL image's ref, built first when missing (again with ``force``)."""
+        ...
+
+    async def start_postgres(self, project: str, image: str, password: str) -> str:
+        """Start the project's PostgreSQL server on the project network, its data on a project volume;
+        its ``DATABASE_URL``."""
+        ...
+
+    async def postgres_ready(self, project: str) -> tuple[bool, str]:
+        """Whether the project's PostgreSQL server accepts connections, and what the probe said."""
+        ...
+
+    async def run_once(self, project: str, image: str, command: str, env: Mapping[str, str],
+                       timeout_s: float, *, toy: bool = True) -> tuple[int, str]:
+        """Run ``command`` once in a new container of ``image`` on the project network; (exit code, output)."""
+        ...
+
     async def admin_ip(self, lb: LbHandle, project: str) -> str | None:
         """Where the controller reaches the load balancer's admin listener, or None."""
         ...

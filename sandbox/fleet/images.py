@@ -66,13 +66,17 @@ HARNESS_DIR = "/opt/rolling-sandbox"
 
 BASE_REPO = "rolling-sandbox/base"
 APP_REPO = "rolling-sandbox/app"
+OPTIONAL_APP_FILES = ("migrate.py",)  # a version's schema migrations (app_v2: `roll --migrate`)
 LB_REPO = "rolling-sandbox/lb"
+DB_REPO = "rolling-sandbox/postgres"
 
 SUITE = "bookworm"
 VARIANT = "minbase"
 PACKAGES: tuple[str, ...] = ("python3", "python3-aiohttp", "nginx-light", "libnginx-mod-http-lua", "lua-resty-core",
-                             "redis-server")  # redis-server: the shared session store (`--sessions shared`)
+                             "redis-server",  # the shared session store (`--sessions shared`)
+                             "python3-psycopg2")  # the toy app's PostgreSQL client (`--service postgres`)
 BASE_RECIPE = "1"  # bump when the way the base rootfs is made or trimmed changes
+DB_PACKAGES: tuple[str, ...] = ("postgresql",)  # Debian's server (`up --service postgres`), its own image
 PULL_FROM = "debian:bookworm-slim"
 METHOD_ENV = "ROLLING_SANDBOX_BASE_METHOD"
 MIRROR_ENV = "ROLLING_SANDBOX_DEBIAN_MIRROR"
@@ -106,6 +110,8 @@ RUN apt-get update \\
         {" ".join(PACKAGES)} \\
     && rm -rf /var/lib/apt/lists/* /usr/share/man/* /usr/share/info/*
 """
+
+PULL_DB_DOCKERFILE = PULL_BASE_DOCKERFILE.replace(" ".join(PACKAGES), " ".join(DB_PACKAGES))
 
 _TRIM = (
     "var/lib/apt/lists",
@@ -167,7 +173,8 @@ def _version_files(version: str) -> dict[str, bytes]:
     if version not in VERSIONS:
         raise UsageError(f"unknown app version {version!r} (expected one of {', '.join(VERSIONS)})")
     folder = SOURCES.app[version]
-    return {name: _read(folder / name) for name in ("app.py", "VERSION")}
+    names = ["app.py", "VERSION", *(name for name in OPTIONAL_APP_FILES if (folder / name).is_file())]
+    return {name: _read(folder / name) for name in names}
 
 
 def _lb_dockerfile() -> bytes:
@@ -184,6 +191,16 @@ def _files_parts(files: Mapping[str, bytes]) -> list[str | bytes]:
 def base_inputs() -> str:
     """Hash of the base image's inputs: recipe, suite, variant, packages."""
     return _digest(["base", BASE_RECIPE, SUITE, VARIANT, *sorted(PACKAGES)])
+
+
+def db_inputs() -> str:
+    """Hash of the PostgreSQL image's inputs: recipe, suite, variant, packages."""
+    return _digest(["postgres", BASE_RECIPE, SUITE, VARIANT, *sorted(DB_PACKAGES)])
+
+
+def db_image_ref() -> str:
+    """The PostgreSQL image's ref for this checkout (``rolling-sandbox/postgres:<hash12>``)."""
+    return f"{DB_REPO}:{db_inputs()[:12]}"
 
 
 def app_inputs(version: str, base_ref: str) -> str:
@@ -402,21 +419,33 @@ def _debootstrap_unavailable() -> str | None:
     return None
 
 
+def ensure_db_image(client: docker.DockerClient, *, log: Callable[[str], None] = logger.info,
+                    force: bool = False) -> str:
+    """The PostgreSQL image's ref, built first when missing (debootstrap with Debian's ``postgresql``,
+    else FROM ``debian:bookworm-slim``, as the base image is). Raises ImageBuildError, EngineError,
+    UsageError (a bad ``ROLLING_SANDBOX_BASE_METHOD``)."""
+    ref = db_image_ref()
+    if force or not _exists(client, ref):
+        _build_base(client, ref, db_inputs(), log, packages=DB_PACKAGES, pull_dockerfile=PULL_DB_DOCKERFILE)
+    return ref
+
+
 def _build_base(
-    client: docker.DockerClient, ref: str, inputs: str, log: Callable[[str], None]
+    client: docker.DockerClient, ref: str, inputs: str, log: Callable[[str], None],
+    *, packages: tuple[str, ...] = PACKAGES, pull_dockerfile: str = PULL_BASE_DOCKERFILE,
 ) -> None:
     method = _base_method()
     why_not = _debootstrap_unavailable()
     if method == "debootstrap" or (method == "auto" and why_not is None):
         if why_not is not None:
             raise ImageBuildError(f"cannot build {ref} with debootstrap: {why_not}")
-        _debootstrap_base(client, ref, inputs, log)
+        _debootstrap_base(client, ref, inputs, log, packages)
         return
     if method == "auto":
-        log(f"{why_not}: building the base image from {PULL_FROM} instead")
+        log(f"{why_not}: building {ref} from {PULL_FROM} instead")
     try:
         _docker_build(
-            client, ref, PULL_BASE_DOCKERFILE, {}, labels=_labels(inputs), buildargs=None, log=log
+            client, ref, pull_dockerfile, {}, labels=_labels(inputs), buildargs=None, log=log
         )
     except ImageBuildError as exc:
         if method == "pull":
@@ -497,7 +526,8 @@ def _run(cmd: list[str], what: str, timeout: float) -> None:
 
 
 def _debootstrap_base(
-    client: docker.DockerClient, ref: str, inputs: str, log: Callable[[str], None]
+    client: docker.DockerClient, ref: str, inputs: str, log: Callable[[str], None],
+    packages: tuple[str, ...] = PACKAGES,
 ) -> None:
     """debootstrap a rootfs, trim it, ``docker import`` it as ``ref``; raises ImageBuildError."""
     mirror = debian_mirror()
@@ -512,7 +542,7 @@ def _debootstrap_base(
             [
                 "debootstrap",
                 f"--variant={VARIANT}",
-                f"--include={','.join(PACKAGES)}",
+                f"--include={','.join(packages)}",
                 SUITE,
                 str(root),
                 mirror,
@@ -612,10 +642,10 @@ def prune_images(client: docker.DockerClient) -> list[str]:
     but not our names, and is never touched. The current set (with its stable alias
     tags) and images a container still uses are kept. Returns the tags removed.
     """
-    ours = (BASE_REPO + ":", APP_REPO + ":", LB_REPO + ":")
+    ours = (BASE_REPO + ":", APP_REPO + ":", LB_REPO + ":", DB_REPO + ":")
     current = image_set()
     keep_ids = set()
-    for ref in current.refs():
+    for ref in [*current.refs(), db_image_ref()]:
         with contextlib.suppress(docker.errors.ImageNotFound):
             keep_ids.add(client.images.get(ref).id)
     in_use = {c.attrs.get("Image") for c in client.containers.list(all=True)}

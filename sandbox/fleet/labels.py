@@ -28,6 +28,8 @@ ROLE_NETWORK = "network"
 ROLE_IMAGE = "image"
 ROLE_VOLUME = "volume"
 ROLE_REDIS = "redis"  # the shared session store (`--sessions shared`)
+ROLE_POSTGRES = "postgres"  # the project's database (`up --service postgres`)
+ROLE_MIGRATE = "migrate"  # a one-off migration container (`roll --migrate`)
 ROLE_STATE = "state"  # the project's state volume: the controller's record of the fleet, kept when the LB goes
 
 

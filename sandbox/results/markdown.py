@@ -8,6 +8,7 @@ from typing import Any
 from sandbox.results.compare import COMPARE_HEADERS, compare_cells, compare_fields
 from sandbox.results.model import LongLived, MixedRecord, Phase, Report, Step, num
 from sandbox.results.text import pct, share_pct, versions_line
+from sandbox.rollout.migrate import NAME as MIGRATION
 
 MEANINGS = (
     (
@@ -122,6 +123,7 @@ def markdown_page(report: Report, *, chart_name: str = "chart.png") -> str:
         "",
         *_verdict_section(report),
         *_mixed_section(report.run.mixed_checks),
+        *_migration_section(report.run.mixed_checks, report.extra.get("migration")),
         *_long_lived_section(report.figures.long_lived),
         *_phases_section(report.figures.phases),
         *_steps_section(report.run.steps),
@@ -131,8 +133,30 @@ def markdown_page(report: Report, *, chart_name: str = "chart.png") -> str:
     return "\n".join(parts) + "\n"
 
 
+def _migration_section(records: Sequence[MixedRecord], block: Any) -> list[str]:
+    """The ``--migrate`` command: how it ended, the answers by serving version after it, its output's tail."""
+    record = next((r for r in records if r.name == MIGRATION), None)
+    if record is None:
+        return []
+    when = "after the last batch" if record.batch else "before the first batch"
+    parts = ["## Migration", "", f"`{record.command}`, run once in a one-off container of the target image "
+             f"{when}: {record.summary()}", ""]
+    seen = block.get("by_version_after") if isinstance(block, Mapping) else None
+    if isinstance(seen, Mapping) and seen:
+        parts += ["Answers to requests sent after it ended, by the version that served them (an error is a "
+                  "4xx or 5xx answer: the old version's are what the migration did to it):", "",
+                  "| version | answers | errors |", "| --- | --- | --- |",
+                  *(f"| {v} | {n.get('answers', 0)} | {n.get('errors', 0)} |" for v, n in seen.items()
+                    if isinstance(n, Mapping)), ""]
+    for label, tail in (("output", record.stdout_tail), ("note", record.stderr_tail)):
+        if tail:
+            parts += [f"{label} (tail):", "", "```", tail.rstrip(), "```", ""]
+    return parts
+
+
 def _mixed_section(records: Sequence[MixedRecord]) -> list[str]:
     """Each mixed check: its command, how it ended, and the tail of its output."""
+    records = [r for r in records if r.name != MIGRATION]  # --migrate has its own section
     if not records:
         return []
     parts = ["## Mixed checks", "", "Run once, while both versions were attached, with `SANDBOX_URL` set.", ""]

@@ -6,9 +6,11 @@ Plain text, no colour codes. Every check prints itself (:meth:`sandbox.results.m
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sandbox.results.compare import COMPARE_HEADERS, compare_cells, compare_fields
-from sandbox.results.model import Drain, Phase, Report, num
+from sandbox.results.model import Drain, MixedRecord, Phase, Report, num
+from sandbox.rollout.migrate import NAME as MIGRATION
 from sandbox.rollout.mixed import last_line
 
 
@@ -131,13 +133,33 @@ def _order_and_mixed_lines(report: Report) -> list[str]:
     """The pick order, and one line per mixed check with the last line of a failing one's output."""
     run = report.run
     lines = [f"pick order       {run.order_text()}"] if run.seed is not None and run.pick_order else []
-    if run.mixed_checks:
+    checks = [r for r in run.mixed_checks if r.name != MIGRATION]
+    if checks:
         lines.append("mixed checks     run once both versions were attached (SANDBOX_URL = the load balancer)")
     for record in run.mixed_checks:
+        if record.name == MIGRATION:
+            lines += migration_lines(record, report.extra.get("migration"))
+            continue
         lines.append(f"  {record.name}: {record.summary()}")
         hint = last_line(record.stderr_tail or record.stdout_tail)
         if record.status in ("failed", "timed_out") and hint:
             lines.append(f"    {hint}")
+    return lines
+
+
+def migration_lines(record: MixedRecord, block: Any) -> list[str]:
+    """The ``--migrate`` command's line, then the answers by serving version from its end on: the
+    old version's errors there are what the migration did to the version still serving."""
+    when = "after the last batch" if record.batch else "before the first batch"
+    lines = [f"migration        {when}: {record.summary()}"]
+    hint = last_line(record.stderr_tail or record.stdout_tail)
+    if record.status in ("failed", "timed_out") and hint:
+        lines.append(f"    {hint}")
+    seen = block.get("by_version_after") if isinstance(block, Mapping) else None
+    if isinstance(seen, Mapping) and seen:
+        shown = ", ".join(f"{v} {n.get('errors', 0)} errors of {n.get('answers', 0)} answers"
+                          for v, n in seen.items() if isinstance(n, Mapping))
+        lines.append(f"  after it        {shown}  (4xx/5xx answers by serving version, sent after it ended)")
     return lines
 
 

@@ -80,6 +80,7 @@ class Limits:
     min_latency_samples: int = _DEFAULT.min_latency_samples
     max_violations: int = _DEFAULT.max_violations
     max_not_found: int = _DEFAULT.max_not_found
+    max_migration_errors: int = _DEFAULT.max_migration_errors
     min_requests: int = _DEFAULT.min_requests
     max_abnormal_closes: int = _DEFAULT.max_abnormal_closes
     max_messages_lost: int = _DEFAULT.max_messages_lost

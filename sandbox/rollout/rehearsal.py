@@ -38,6 +38,7 @@ from sandbox.errors import (
     Aborted,
     BalancerError,
     Interrupted,
+    MigrationError,
     NotFoundError,
     RolloutError,
     SandboxError,
@@ -61,11 +62,11 @@ from sandbox.results.measure import (
     attribute_versions,
     measure,
 )
-from sandbox.results.model import MixedRecord, Report, Rollout
+from sandbox.results.model import Check, MixedRecord, Report, Rollout, Verdict
 from sandbox.results.records import Event, LongLivedRow, RequestRow
 from sandbox.results.report import build_report, clear_report_dir, write_report_dir
 from sandbox.results.verdict import Limits, exit_code, not_run
-from sandbox.rollout import mixed, strategies
+from sandbox.rollout import migrate, mixed, strategies
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import Executor, ProbeFactory, Timing
 from sandbox.rollout.load_phases import LoadGenerator, LoadPhases
@@ -120,6 +121,8 @@ class Prepared:
     mixed_checks: tuple[str, ...] = ()  # run once both versions are attached
     detach_lag_s: float = 0.0  # --detach-lag: each 'term' step waits this long before the detach
     pause_at: int | None = None  # --pause-after-batch: the index of the step the rollout pauses before
+    migrate: str = ""  # --migrate: run once in a one-off container of the target image ("" none)
+    migrate_at: str = "before"  # --migrate-at: before the first batch, or after the last
 
     @property
     def pick_order(self) -> list[list[int]]:
@@ -143,6 +146,7 @@ class Prepared:
                 "min_serving": self.floor, "seed": self.seed, "pick_order": self.pick_order,
                 "mixed_checks": list(self.mixed_checks), "detach_lag_s": self.detach_lag_s,
                 "pause_at": self.pause_at,
+                "migrate": {"command": self.migrate, "at": self.migrate_at} if self.migrate else None,
                 "steps": [{"batch": st.batch_no, "action": st.action, "targets": who(st.targets),
                            "detach": who(st.detach)} for st in self.steps]}
 
@@ -161,6 +165,9 @@ class Prepared:
         if self.detach_lag_s:
             lines.append(f"  detach lag {self.detach_lag_s:g} s: each 'term' sends the stop signal, then waits "
                          "that long before the detach")
+        if self.migrate:
+            lines.append(f"  migration {'before the first batch' if self.migrate_at == 'before' else 'after the last'}"
+                         f", in a one-off {self.target} container: {self.migrate}")
         if self.mixed_checks:
             lines.append(f"  {len(self.mixed_checks)} mixed check(s), run once both versions are attached: "
                          + "; ".join(self.mixed_checks))
@@ -188,7 +195,8 @@ class Ran:
     peak: int  # most app containers alive at once
     load: bool  # traffic ran
     load_alive: bool = True  # the load generator ran until it was asked to stop
-    mixed_checks: tuple[MixedRecord, ...] = ()  # one record per --mixed-check (mixed.py)
+    mixed_checks: tuple[MixedRecord, ...] = ()  # one record per --mixed-check (mixed.py), then --migrate's
+    migration_end: float | None = None  # unix time the --migrate command ended (None: it did not run)
 
 
 @dataclass(frozen=True)
@@ -299,6 +307,8 @@ class Rehearsal:
         self._ran: Ran | None = None
         self._mixed_ran: list[MixedRecord] | None = None  # the mixed checks' records, once the fleet mixed
         self._steering: Steering | None = None  # while run() runs: pause, resume, abort, promote
+        self._migration: MixedRecord | None = None  # the --migrate command's record, once it ran
+        self._migration_end: float | None = None
 
     @property
     def balancer(self) -> LoadBalancer:
@@ -383,7 +393,9 @@ class Rehearsal:
                                   peak=sim.peak_containers if sim else None, floor=sim.min_serving if sim else None,
                                   batches=sim.batches if sim else None, seed=self.settings.seed,
                                   mixed_checks=self.settings.mixed_checks, detach_lag_s=self.settings.detach_lag_s,
-                                  pause_at=pause_at)
+                                  pause_at=pause_at,
+                                  migrate=self.settings.migrate if self.kind == "roll" else "",
+                                  migrate_at=self.settings.migrate_at)
         return self._prepared
 
     async def _read_fleet(self) -> tuple[LbHandle, list[Instance]]:
@@ -493,18 +505,29 @@ class Rehearsal:
                                                until=self.executor.stop_requested,
                                                paths=tuple(self.settings.paths) if self.settings.paths
                                                or self.executor.images.toy else ("/",))
+                    if self._migrates("before"):
+                        self._migration = await self._migrate(batch=0)
+                        if self._migration.status != "passed":  # nothing changed yet: stop here, one line
+                            raise MigrationError(migrate.failure_line(self._migration))
                     t_start = time.time()
                     outcome, message = await self._execute(interrupts)
                     steering.ended()
                     t_end = time.time()
+                    if self._migrates("after"):
+                        self._migration = (await self._migrate(batch=self.prepared.batches or 0)
+                                           if outcome == "completed" else
+                                           migrate.not_run(self.settings.migrate,
+                                                           f"not run: the rollout ended ({outcome}) first"))
                     await self.load.cooldown()
         finally:
             watch.cancel()
             steering.ended()
             await self.load.stop()
+        checks = mixed.finish(self.settings.mixed_checks, self._mixed_ran, outcome)
         self._ran = Ran(outcome=outcome, message=message, started=started, t_start=t_start, t_end=t_end,
                         peak=self.executor.peak, load=self.load.ran, load_alive=self.load.alive,
-                        mixed_checks=mixed.finish(self.settings.mixed_checks, self._mixed_ran, outcome))
+                        mixed_checks=(*checks, self._migration) if self._migration else checks,
+                        migration_end=self._migration_end)
         return self._ran
 
     async def _check_long_lived_paths(self) -> None:
@@ -547,6 +570,27 @@ class Rehearsal:
             self.progress.line(f"--pause-after-batch {n}: the plan has {self.prepared.batches or 'no'} batch(es), "
                                f"none after batch {n}: no pause")
         return steering
+    def _migrates(self, when: str) -> bool:
+        return bool(self.settings.migrate) and self.kind == "roll" and self.settings.migrate_at == when
+
+    async def _migrate(self, *, batch: int) -> MixedRecord:
+        """Run ``--migrate`` once in a one-off container of the target image with the new servers'
+        environment; its record (the rollout goes on or stops as the caller decides)."""
+        p, images = self.prepared, self.executor.images
+        command = self.settings.migrate
+        self.progress.line(f"migration ({'before the first batch' if batch == 0 else 'after the last batch'}): "
+                           f"{command} in a one-off {p.target} container")
+
+        async def run_once(cmd: str, timeout_s: float) -> tuple[int, str]:
+            return await self.runtime.run_once(self.settings.project, images.app[p.target], cmd, p.env,
+                                               timeout_s, toy=images.toy)
+
+        record = await migrate.run(command, run_once, timeout_s=self.settings.migrate_timeout_s, batch=batch)
+        self._migration_end = time.time()
+        self.executor.emit("migration", None, batch=batch, detail={
+            "status": record.status, "exit_code": record.exit_code, "duration_s": record.duration_s})
+        self.progress.line(f"migration {record.status} (exit {record.exit_code}, {record.duration_s:g} s)")
+        return record
 
     async def _after_step(self, step: planner.Step) -> None:
         """The first time the attached set holds two versions, run every mixed check while the
@@ -826,6 +870,13 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
                                 "faults": faults}
     if collected.load_end is not None:
         extra["load_generator"] = collected.load_end.to_json()
+    ran_migration = next((r for r in ran.mixed_checks if r.name == migrate.NAME), None)
+    if ran_migration is not None:
+        block = migrate.summary(ran_migration, ran.migration_end, collected.rows)
+        extra["migration"] = block
+        judged = migrate.errors_check(block, settings.max_migration_errors) if ran.load else Check(
+            "migration_errors", "NOT_RUN", None, settings.max_migration_errors, "no load: nothing to judge")
+        report = dataclasses.replace(report, verdict=Verdict((*report.verdict.checks, judged)))
     return dataclasses.replace(report, extra=extra)
 
 

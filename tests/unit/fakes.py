@@ -48,6 +48,7 @@ class FakeRuntime:
         self.state_volumes: dict[str, dict[str, str]] = {}  # project -> the labels start_lb recorded
         self.lb_image_files: dict[str, bytes] = {}  # path -> content: a new LB container's files (its image's)
         self.log: list[str] = []
+        self.run_once_calls: list[tuple[str, str, dict[str, str]]] = []  # (image, command, env) of run_once
         self.before: dict[str, Callable[..., None]] = {}
         self.latency_s = 0.001  # the engine takes a moment: a signal sent during a call lands during it
         self._ips = 0
@@ -134,6 +135,24 @@ class FakeRuntime:
     async def start_redis(self, project: str, image: str, password: str) -> str:
         self._record("start_redis", project)
         return f"{project}-redis:6379"
+
+    async def ensure_db_image(self, *, say: Callable[[str], None] = print, force: bool = False) -> str:
+        return "rolling-sandbox/postgres:test"
+
+    async def start_postgres(self, project: str, image: str, password: str) -> str:
+        self._record("start_postgres", project)
+        return f"postgresql://app:{password}@{project}-postgres:5432/postgres"
+
+    async def postgres_ready(self, project: str) -> tuple[bool, str]:
+        return True, ""
+
+    migrate_result: tuple[int, str] = (0, "")
+
+    async def run_once(self, project: str, image: str, command: str, env: Mapping[str, str],
+                       timeout_s: float, *, toy: bool = True) -> tuple[int, str]:
+        self._record("run_once", project, command)
+        self.run_once_calls.append((image, command, dict(env)))
+        return self.migrate_result
 
     async def admin_ip(self, lb: LbHandle, project: str) -> str | None:
         return "10.0.0.254"

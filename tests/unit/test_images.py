@@ -100,7 +100,7 @@ def _members(data: bytes) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
 
 def test_app_code_tar_contents_and_owner() -> None:
     members = _members(images.app_code_tar("v2"))
-    assert set(members) == {"app.py", "VERSION", "env.json"}
+    assert set(members) == {"app.py", "VERSION", "migrate.py", "env.json"}  # v2 ships its migrations
     for info, _ in members.values():
         assert (info.uid, info.gid, info.mode) == (10001, 10001, 0o644)
         assert info.isfile() and info.mtime > 0
