@@ -34,6 +34,7 @@ from sandbox.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CUT = "APP_LONG_LIVED_CUT=1"
+SPREAD_GOAL = 0.8  # the reconnect spread (p95 - p5) over the hint that counts as spread (see goal())
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,13 @@ def _ms(value: Any) -> str:
 
 def goal(ll: dict[str, Any]) -> str:
     """Issue 20's reconnect goal: p99 under 1 s, and the reconnects spread over the hint's jitter
-    window: p95 - p5 at least 0.9 x the hint (the p5-p95 width of a uniform wait below it)."""
+    window: p95 - p5 at least :data:`SPREAD_GOAL` x the hint. A uniform wait below the hint gives
+    0.9 x it on average (its p5-p95 width), so a well-spread storm lands near 0.9 either side by
+    sampling; a storm that comes back at once gives about 0."""
     p99, spread, hint = ll.get("reconnect_p99_ms"), ll.get("reconnect_spread_ms"), ll.get("reconnect_hint_ms")
     if p99 is None or spread is None or hint is None:
         return "-"
-    fast, spread_ok = float(p99) < 1000, float(spread) >= 0.9 * float(hint)
+    fast, spread_ok = float(p99) < 1000, float(spread) >= SPREAD_GOAL * float(hint)
     if fast and spread_ok:
         return "met"
     return "not met (" + ", ".join(w for w, bad in (("p99", not fast), ("spread", not spread_ok)) if bad) + ")"
@@ -154,8 +157,9 @@ def main() -> int:
              f"below the {args.reconnect_ms:,} ms hint included; the *peak* is the most reconnections opened within "
              "one second; the *spread* is p95 - p5 of the reconnect times, beside the hint the servers' goodbyes "
              "gave most often (`-` after cut connections: they carry none). The *reconnect goal* (issue 20): "
-             "reconnect p99 under 1,000 ms and a spread of at least 0.9 x the hint, the p5-p95 width of a "
-             "uniform wait below it.",
+             f"reconnect p99 under 1,000 ms and a spread of at least {SPREAD_GOAL} x the hint (a uniform wait "
+             "below the hint spreads over 0.9 x it on average, its p5-p95 width; a storm that comes back at once, "
+             "over about 0).",
              "", "Commands:", "", *commands, ""]
     publish(lines, args.out)
     return 0
