@@ -24,6 +24,8 @@ Switches that reproduce what real rollouts get wrong:
   seconds (default 75); shorter than the proxy's upstream keep-alive, it makes the race.
 - ``APP_LONG_LIVED_CUT=1``: on a graceful stop, WebSocket and SSE connections are
   aborted (no close frame, no end of stream) instead of closed.
+- ``APP_RECONNECT_MS=N``: the reconnect hint a graceful stop gives clients (default 1000): the
+  SSE ``retry:`` field, and ``retry=N`` in the WebSocket close frame's reason.
 
 Long requests: ``GET /api/slow?ms=N`` answers after N ms (other paths stay fast).
 Long-lived connections: ``GET /events`` (SSE, one ``tick`` event a second) and
@@ -63,7 +65,7 @@ SESSION_COOKIE = "sid"
 CONNECT_TIMEOUT_S = 2.0  # to the shared session store
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TICK_S = 1.0  # between two events of a long-lived connection
-RECONNECT_MS = 1000  # the SSE ``retry:`` a graceful stop gives clients
+RECONNECT_MS = 1000  # the default reconnect hint a graceful stop gives clients (APP_RECONNECT_MS)
 MAX_SLOW_MS = 600_000  # the longest /api/slow?ms= accepted
 SIGTERM_EXIT = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM ended
 StopMode = Literal["graceful", "exit-now", "ignore"]
@@ -122,6 +124,7 @@ class Settings:
     stop_mode: StopMode = "graceful"  # APP_STOP_MODE: what SIGTERM does (see the module docstring)
     ready_early_s: float = 0.0  # APP_READY_EARLY_S: / and /api/* answer 503 this long after start
     long_lived_cut: bool = False  # APP_LONG_LIVED_CUT=1: a stop aborts WebSocket/SSE connections
+    reconnect_ms: int = RECONNECT_MS  # APP_RECONNECT_MS: the SSE ``retry:`` and WebSocket ``retry=`` of a stop
     app_dir: str = "/srv/app"
     redis: str = ""  # APP_REDIS=host:port: carts live in that Redis (shared by every server), else in memory
     redis_password: str = ""  # APP_REDIS_PASSWORD: sent with AUTH on every new connection to that Redis
@@ -144,6 +147,7 @@ class Settings:
             stop_mode=_stop_mode(env),
             ready_early_s=_number(env, "APP_READY_EARLY_S", 0.0, 0, 3600),
             long_lived_cut=flag(env, "APP_LONG_LIVED_CUT"),
+            reconnect_ms=int(_number(env, "APP_RECONNECT_MS", RECONNECT_MS, 0, 3_600_000)),
             app_dir=env.get("APP_DIR", "/srv/app"),
             redis=env.get("APP_REDIS", "").strip(),
             redis_password=env.get("APP_REDIS_PASSWORD", ""),
@@ -486,7 +490,7 @@ class Shop:
             if self.settings.long_lived_cut:
                 _cut(request)
             else:
-                await response.write(f"event: bye\nretry: {RECONNECT_MS}\ndata: stopping\n\n".encode())
+                await response.write(f"event: bye\nretry: {self.settings.reconnect_ms}\ndata: stopping\n\n".encode())
                 await response.write_eof()
         except ConnectionError:  # the client went away
             pass
@@ -496,7 +500,8 @@ class Shop:
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
         """WebSocket: echoes text messages, sends a ``tick`` a second; on a stop, closes with
-        1001 (going away), or, with ``APP_LONG_LIVED_CUT``, aborts the connection."""
+        1001 (going away) and the reason ``retry=N`` (the reconnect hint in ms), or, with
+        ``APP_LONG_LIVED_CUT``, aborts the connection."""
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.long_lived += 1
@@ -523,7 +528,7 @@ class Shop:
             if self.settings.long_lived_cut:
                 _cut(request)
             else:
-                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server stopping")
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=f"retry={self.settings.reconnect_ms}".encode())
         except ConnectionError:  # the client went away
             pass
 

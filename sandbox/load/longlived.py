@@ -12,7 +12,8 @@ count each numbered message with a :class:`MessageTally`, and write one
   :data:`DEFAULT_RETRY_MS`, doubled per failed attempt in a row up to :data:`MAX_BACKOFF_MS`; so
   a fleet that closes every connection at once sees the reconnects spread over the hint's window.
 * :class:`SseParser` -- server-sent events from lines (``event:``, ``data:``, ``id:``, ``retry:``).
-* :func:`ws_close` -- the code and reason of a WebSocket close frame's payload.
+* :func:`ws_close` -- the code and reason of a WebSocket close frame's payload;
+  :func:`reason_retry_ms` -- the reconnect hint in that reason (``retry=N``, as the toy app sends).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, cast
@@ -45,8 +47,8 @@ ABNORMAL_WS_CODE = 1006
 SSE_END = "end"  # the stream ended after the server's goodbye (an event with ``retry:``)
 SSE_CUT = "cut"  # the stream ended (or broke) without it
 STOP = "stop"
-#: The reconnect bound when the server gives no hint (a WebSocket close carries none); the toy
-#: app's SSE hint is the same 1000 ms.
+#: The reconnect bound when the server gives no hint (a WebSocket close without ``retry=N`` in
+#: its reason); the toy app's default hint (``APP_RECONNECT_MS``) is the same 1000 ms.
 DEFAULT_RETRY_MS = 1000.0
 MAX_BACKOFF_MS = 10_000.0
 LONG_LIVED_RID_PREFIX = "ll-"
@@ -102,6 +104,16 @@ def ws_close(payload: bytes | None) -> tuple[int, str]:
     if not payload or len(payload) < 2:
         return 1005, ""
     return int.from_bytes(payload[:2], "big"), payload[2:].decode("utf-8", "replace")
+
+
+_RETRY_IN_REASON = re.compile(r"(?:^|[\s,;])retry=(\d{1,9})(?:$|[\s,;])")
+
+
+def reason_retry_ms(reason: str) -> float | None:
+    """The reconnect hint a WebSocket close reason carries as ``retry=N`` (ms), e.g. the toy
+    app's ``retry=500``; None when it carries none (the client then waits as without a hint)."""
+    match = _RETRY_IN_REASON.search(reason)
+    return None if match is None else float(match.group(1))
 
 
 def ws_close_kind(code: int) -> CloseKind:

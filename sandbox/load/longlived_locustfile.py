@@ -9,7 +9,8 @@ A user connects (``GET /ws`` with an upgrade, or ``GET /events`` with ``Accept:
 text/event-stream``), counts the server's numbered messages (:class:`~sandbox.load.longlived.MessageTally`),
 and when the connection ends writes its row (:class:`~sandbox.results.records.LongLivedRow`) to
 ``ROLLING_SANDBOX_LONG_LIVED_ROWS``, then reconnects as a well-behaved client does: after a random
-wait below the server's hint (SSE ``retry:``; 1 s for a WebSocket, whose close carries none),
+wait below the server's hint (SSE ``retry:``, or ``retry=N`` in a WebSocket close's reason; 1 s
+when there is none),
 doubled per failed attempt in a row (:func:`~sandbox.load.longlived.backoff_ms`). When the load
 stops, the user closes its connection itself (a ``stop`` row) and does not reconnect.
 """
@@ -51,6 +52,7 @@ from sandbox.load.longlived import (
     env_users,
     message_number,
     new_long_lived_rid,
+    reason_retry_ms,
     ws_close,
     ws_close_kind,
 )
@@ -162,8 +164,9 @@ class WebSocketUser(_LongLivedUser):
             while not _stopping():
                 opcode, data = ws.recv_data(control_frame=True)
                 if opcode == websocket.ABNF.OPCODE_CLOSE:
-                    code, _reason = ws_close(data)
+                    code, reason = ws_close(data)
                     attempt.close, attempt.code = ws_close_kind(code), str(code)
+                    attempt.retry_ms = reason_retry_ms(reason)
                     return
                 if opcode == websocket.ABNF.OPCODE_TEXT:
                     number = message_number(data)

@@ -4,7 +4,8 @@ Each :class:`~sandbox.results.records.LongLivedRow` was written by a ``--ws-user
 ``--sse-users`` user when its connection ended (``sandbox/load/longlived_locustfile.py``); the
 message numbering of each connection was accounted there (:class:`sandbox.load.longlived.MessageTally`).
 Here they are summed: closes by kind and code, messages lost and duplicated, reconnect times
-(p50/p99) and the peak of reconnections opened within one second.
+(p50/p99), the peak of reconnections opened within one second, and how widely the reconnects are
+spread (p95 - p5 of their times) beside the reconnect hint the servers gave.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def long_lived(rows: Sequence[LongLivedRow]) -> LongLived:
     times = [float(r["reconnect_ms"] or 0.0) for r in reconnects]
     per_second = Counter(math.floor(float(r["t_open"] or 0.0)) for r in reconnects)
     p50, p99 = percentile(times, 50), percentile(times, 99)
+    p5, p95 = percentile(times, 5), percentile(times, 95)
+    hints = Counter(float(hint) for r in opened if (hint := r.get("retry_ms")) is not None)
     return LongLived(
         users=len({r["user"] for r in rows}),
         opened=len(opened),
@@ -41,8 +44,15 @@ def long_lived(rows: Sequence[LongLivedRow]) -> LongLived:
         reconnect_p50_ms=None if p50 is None else round(p50, 1),
         reconnect_p99_ms=None if p99 is None else round(p99, 1),
         peak_reconnects_per_s=max(per_second.values(), default=0),
+        reconnect_spread_ms=None if p5 is None or p95 is None else round(p95 - p5, 1),
+        reconnect_hint_ms=reconnect_hint(hints),
         **version_switches(rows),
     )
+
+
+def reconnect_hint(hints: Counter[float]) -> float | None:
+    """The hint given most often (the larger on a tie); None when no goodbye carried one."""
+    return max(hints.items(), key=lambda kv: (kv[1], kv[0]))[0] if hints else None
 
 
 def version_switches(rows: Sequence[LongLivedRow]) -> dict[str, int]:

@@ -74,7 +74,9 @@ class LongLivedRow(TypedDict):
     close: str  # "clean", "abnormal", "stop" (still open when the load stopped) or "failed" (never opened)
     code: str  # "1000"/"1001"/"1006"/... (WebSocket), "end"/"cut" (event stream), "stop", or the failure
     reconnect_ms: float | None  # from the end of the user's previous open connection to this one's open
-    retry_ms: float | None  # the server's reconnect hint this connection ended with (SSE ``retry:``)
+    # the server's reconnect hint this connection ended with (SSE ``retry:``, or ``retry=N`` in a
+    # WebSocket close reason)
+    retry_ms: float | None
 
 
 Phase = Literal[
