@@ -78,7 +78,8 @@ def _number(text: str) -> float:
 _CONVERT: dict[type, Callable[[str], Any]] = {bool: _boolean, int: _integer, float: _number, Path: Path}
 DEMO_PROJECT = "sandbox-demo"  # demo's own default, so it never touches the fleet of `sandbox up`
 _COMMON = ("project", "engine")  # every command's setting flags
-_STEER_ONLY = ("pause_after_batch", "pause_timeout", "on_pause_timeout")  # compare runs its fleets unattended
+# compare runs its fleets unattended
+_STEER_ONLY = ("pause_after_batch", "pause_at_mixed", "pause_timeout", "on_pause_timeout")
 STEER_COMMANDS = {"pause": "pause the running rollout between two steps (traffic keeps flowing)",
                   "resume": "resume a paused rollout",
                   "abort": "abort the running rollout: roll back, as a failed rollout does",
