@@ -6,6 +6,7 @@ steering's planned pause, the mixed checks' environment and the settings."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from collections import Counter
 from typing import Any
@@ -17,7 +18,9 @@ from sandbox.errors import UsageError
 from sandbox.fleet import nginx_log
 from sandbox.fleet.balancer import admin_body, parse_admin_body, render, version_routes
 from sandbox.fleet.loadbalancer import ROUTE_COOKIE, ROUTE_HEADER, LbState, Upstream
+from sandbox.results.markdown import markdown_page
 from sandbox.results.measure import measure, routed_rids
+from sandbox.results.text import summary_text
 from sandbox.rollout import mixed, steer
 from sandbox.rollout import plan as planner
 from sandbox.rollout.rehearsal import Rehearsal
@@ -26,6 +29,7 @@ from sandbox.rollout.strategies import REGISTRY
 from sandbox.ui.progress import Progress
 from tests.unit.test_measure import MIXED, row
 from tests.unit.test_rehearsal import World, settings
+from tests.unit.test_report import _report
 from tests.unit.test_steer import _paused, _rolling
 
 MIXED_SET = [Upstream("p-app-1", "10.9.0.1:8000", "v1"), Upstream("p-app-2", "10.9.0.2:8000", "v2"),
@@ -237,3 +241,13 @@ def test_the_checks_environment_names_both_versions_and_how_to_reach_each() -> N
     assert env == {"SANDBOX_URL": "http://127.0.0.1:8080", "SANDBOX_PROJECT": "shop", "SANDBOX_VERSIONS": "v1,v2",
                    "SANDBOX_FROM": "v1", "SANDBOX_TO": "v2", "SANDBOX_VERSION_HEADER": "X-Sandbox-Version",
                    "SANDBOX_VERSION_COOKIE": "sandbox_version"}
+
+
+def test_the_report_says_how_many_requests_were_routed_only_when_some_were() -> None:
+    report = _report()
+    assert "routed" not in summary_text(report) and "routed by header" not in markdown_page(report)
+    routed = dataclasses.replace(report, figures=dataclasses.replace(
+        report.figures, exposure=dataclasses.replace(report.figures.exposure, requests_routed=7)))
+    assert "  routed         7 requests named their version" in summary_text(routed)
+    assert ("| requests routed by header or cookie (left out of the mixed window, saw both, downgrades, flips) "
+            "| 7 |") in markdown_page(routed)
