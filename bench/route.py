@@ -129,6 +129,8 @@ def one_mode(mode: str, each: int, hold_s: float, report_dir: Path) -> dict[str,
     during = [r for r in load if t0 + start["t"] <= r["t"] and (r.get("t_end") or r["t"]) <= t0 + end["t"]]
     return {"mode": mode, "up": up, "roll": roll, "rows": rows, "exit": proc.returncode,
             "outcome": report["outcome"], "dropped": report["requests"]["dropped"],
+            "failed_checks": [f"{c['name']} {c['value']} (limit {c['limit']})" for c in report["verdict"]["checks"]
+                              if not c["pass"]],
             "total": report["requests"]["total"], "routed": report["exposure"]["requests_routed"],
             "paused_s": round(end["t"] - start["t"], 1), "during": len(during),
             "during_failed": sum(1 for r in during if r["status"] != 200),
@@ -157,12 +159,13 @@ def main() -> None:
             agrees = str(row["log_agrees"]) if row["kind"] != "neither (balanced)" else "(not routed)"
             lines.append(f"| {r['mode']} | {row['kind']} | {row['sent']} | {answers} | {agrees} | {named} |")
     lines += ["", "| mode | held paused s | load requests in the pause (failed) | by version | run dropped (of all) "
-              "| exposure.requests_routed | outcome (exit) | after: v1, v2 asked by header |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| exposure.requests_routed | outcome (exit) | checks failed | after: v1, v2 asked by header |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         versions = ", ".join(f"{k} {v}" for k, v in sorted(r["during_versions"].items()))
         lines.append(f"| {r['mode']} | {r['paused_s']} | {r['during']} ({r['during_failed']}) | {versions} | "
                      f"{r['dropped']} ({r['total']}) | {r['routed']} | {r['outcome']} ({r['exit']}) | "
+                     f"{'; '.join(r['failed_checks']) or 'none'} | "
                      f"{r['after'][0]}, {r['after'][1]} |")
     publish(lines, args.out)
 
