@@ -67,6 +67,8 @@ def check_routing_while_paused(cli: Cli, client: docker.DockerClient) -> None:
     attached = Counter(i["version"] for i in status["instances"] if i["attached"])
     assert set(attached) == {"v1", "v2"}, status["instances"]  # paused mixed, every slot serving
     assert sum(attached.values()) == len({i["slot"] for i in status["instances"]})
+    said = cli.run("status", check=True).stdout
+    assert f"v1 and v2 attached: reach one with curl -H 'X-Sandbox-Version: v1' http://127.0.0.1:{cli.port}/" in said
     tag = secrets.token_hex(3)
     for version in ("v1", "v2"):
         answers = Counter(ask(cli, header=version, rid=f"route-{tag}-{version}-{n}")[:2] for n in range(EACH))

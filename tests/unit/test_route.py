@@ -251,3 +251,19 @@ def test_the_report_says_how_many_requests_were_routed_only_when_some_were() -> 
     assert "  routed         7 requests named their version" in summary_text(routed)
     assert ("| requests routed by header or cookie (left out of the mixed window, saw both, downgrades, flips) "
             "| 7 |") in markdown_page(routed)
+
+
+def test_status_says_how_to_reach_each_version_only_while_both_are_attached(capsys: pytest.CaptureFixture[str]) -> None:
+    from sandbox.cli import _print_status
+
+    def data(versions: list[str]) -> dict[str, Any]:
+        return {"project": "p", "lb": {"url": "http://127.0.0.1:8080", "state": "running", "upstreams": versions,
+                                       "lb_apply": "dynamic"},
+                "instances": [{"name": f"p-app-{n}", "slot": n, "version": v, "state": "running",
+                               "address": f"10.0.0.{n}:8000", "attached": True} for n, v in enumerate(versions, 1)]}
+
+    _print_status(data(["v1", "v2", "v1"]))
+    assert ("v1 and v2 attached: reach one with curl -H 'X-Sandbox-Version: v1' http://127.0.0.1:8080/ "
+            "(or cookie sandbox_version=v1)") in capsys.readouterr().out.splitlines()
+    _print_status(data(["v1", "v1"]))
+    assert "reach one" not in capsys.readouterr().out
