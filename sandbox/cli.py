@@ -32,6 +32,7 @@ from sandbox.errors import DEFAULT_PROJECT, EXIT_FAILURE, EXIT_USAGE, SandboxErr
 from sandbox.fleet import engines
 from sandbox.fleet.engine import Engine
 from sandbox.fleet.images import db_image_ref
+from sandbox.fleet.loadbalancer import ROUTE_COOKIE, ROUTE_HEADER
 from sandbox.results.junit import write_compare_junit, write_junit
 from sandbox.results.model import Report
 from sandbox.results.text import compare_text, summary_text
@@ -78,7 +79,8 @@ def _number(text: str) -> float:
 _CONVERT: dict[type, Callable[[str], Any]] = {bool: _boolean, int: _integer, float: _number, Path: Path}
 DEMO_PROJECT = "sandbox-demo"  # demo's own default, so it never touches the fleet of `sandbox up`
 _COMMON = ("project", "engine")  # every command's setting flags
-_STEER_ONLY = ("pause_after_batch", "pause_timeout", "on_pause_timeout")  # compare runs its fleets unattended
+# compare runs its fleets unattended
+_STEER_ONLY = ("pause_after_batch", "pause_at_mixed", "pause_timeout", "on_pause_timeout")
 STEER_COMMANDS = {"pause": "pause the running rollout between two steps (traffic keeps flowing)",
                   "resume": "resume a paused rollout",
                   "abort": "abort the running rollout: roll back, as a failed rollout does",
@@ -249,6 +251,10 @@ def _print_status(data: dict[str, Any]) -> None:
           f"{len(lb['upstreams'])} attached")
     if running := data.get("steering"):
         print(f"rollout {running['state']}: {running['message']}")
+    serving = sorted({i["version"] for i in data["instances"] if i["attached"]})
+    if len(serving) > 1:  # mixed: say how to reach each version on purpose (header routing)
+        print(f"{' and '.join(serving)} attached: reach one with "
+              f"curl -H '{ROUTE_HEADER}: {serving[0]}' {lb['url']}/ (or cookie {ROUTE_COOKIE}={serving[0]})")
     for name, service in (data.get("services") or {}).items():
         print(f"  {name}: {service['address']} (database {service['database']}), DATABASE_URL of every server")
     for inst in data["instances"]:

@@ -273,6 +273,9 @@ class Settings:
                                             check=_pause_after_batch,
                                             help="pause once batch N is attached, before the next batch starts; "
                                                  "`sandbox resume` or `promote` goes on (default: no pause)")
+    pause_at_mixed: bool = setting(False, group="rollout", flag="--pause-at-mixed",
+                                   help="pause at the first moment both versions serve (header X-Sandbox-Version "
+                                        "then reaches either); `sandbox resume` or `promote` goes on")
     pause_timeout: str = setting("10m", group="rollout", flag="--pause-timeout", metavar="DURATION",
                                  check=_pause_timeout,
                                  help="a pause longer than this ends as --on-pause-timeout says (default 10m)")
@@ -569,6 +572,9 @@ def validate(s: Settings) -> None:
     _check(not s.progress_deadline_s or s.progress_deadline_s > s.min_ready_s, "progress_deadline_s",
            f"{s.progress_deadline_s:g} must be longer than {s.called('min_ready_s')} ({s.min_ready_s:g}), "
            "or no new server could ever count in time")
+    _check(not (s.pause_at_mixed and s.pause_after_batch), "pause_at_mixed",
+           f"give {s.called('pause_at_mixed')} or {s.called('pause_after_batch')}, not both: a rollout has one "
+           "planned pause")
     _check(not s.load or s.min_requests > 0, "min_requests",
            "0 with the load on would pass a run that measured nothing: give 1 or more, or --no-load")
 

@@ -46,6 +46,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,7 @@ def render(project: str, state: LbState, *, admin_token: str = "", admin_from: s
             generation=shown.generation,
             state_block=state_lines(shown.to_json()),
             servers=shown.upstreams,
+            routes=version_routes(shown.upstreams),
             sticky=shown.sticky,
             retry=shown.retry,
             client_keepalive_s=shown.client_keepalive_s,
@@ -165,6 +167,28 @@ def render(project: str, state: LbState, *, admin_token: str = "", admin_from: s
     return text(hashlib.sha256(text("").encode()).hexdigest()[:16]) if dynamic else text("")
 
 
+def version_routes(upstreams: Sequence[Upstream]) -> list[dict[str, Any]]:
+    """Reload mode's upstream per version, for header routing: ``{"version", "key", "upstream",
+    "servers"}`` in the order the versions first appear (``key``: the version as a ``map`` key). With
+    two versions or more each has an upstream of its own, named by its rank (``app_version_1``),
+    never by the version's own spelling; with one, it is ``app``, every attached server."""
+    by_version: dict[str, list[Upstream]] = {}
+    for upstream in upstreams:
+        by_version.setdefault(upstream.version, []).append(upstream)
+    return [{"version": version, "key": _map_key(version), "servers": servers,
+             "upstream": f"app_version_{rank}" if len(by_version) > 1 else "app"}
+            for rank, (version, servers) in enumerate(by_version.items(), 1)]
+
+
+_MAP_WORDS = frozenset({"default", "hostnames", "include", "volatile"})  # a map's own parameters
+
+
+def _map_key(version: str) -> str:
+    """``version`` as a key of an NGINX ``map``: a name the map reads as one of its own parameters
+    is written with a backslash first (versions are letters, digits, dots, dashes, underscores)."""
+    return f"\\{version}" if version in _MAP_WORDS else version
+
+
 def config_id(config_text: str) -> str | None:
     """The id a dynamic config answers on ``GET /config`` (None for a reload-mode config)."""
     for line in config_text.splitlines():
@@ -175,8 +199,10 @@ def config_id(config_text: str) -> str | None:
 
 def admin_body(state: LbState) -> str:
     """The ``PUT /servers`` body for ``state``: the generation, the state as one JSON line (what
-    ``GET /servers`` gives back), then one attached ``ip:port`` per line."""
-    return "\n".join([str(state.generation), state.to_json(), *(u.address for u in state.upstreams)]) + "\n"
+    ``GET /servers`` gives back), then one attached server per line, ``ip:port version`` (the
+    version is what header routing matches)."""
+    return "\n".join([str(state.generation), state.to_json(),
+                      *(f"{u.address} {u.version}" for u in state.upstreams)]) + "\n"
 
 
 def parse_admin_body(text: str) -> LbState | None:
@@ -192,7 +218,8 @@ def parse_admin_body(text: str) -> LbState | None:
         generation = int(lines[0])
     except (IndexError, ValueError, TypeError) as exc:
         raise BalancerError(f"the load balancer's admin listener has an unreadable state: {exc}") from exc
-    if sorted(lines[2:]) != sorted(u.address for u in state.upstreams) or generation != state.generation:
+    attached = sorted(line.split()[0] for line in lines[2:])  # "ip:port version", or "ip:port" from before
+    if attached != sorted(u.address for u in state.upstreams) or generation != state.generation:
         raise BalancerError("the load balancer's attached set disagrees with its state line")
     return state
 

@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, TypedDict
+from typing import Any, NotRequired, Protocol, TypedDict
 
 from sandbox.fleet.engine import Instance
+
+ROUTE_HEADER = "X-Sandbox-Version"
+"""Header routing: a request with this header (or, without it, the cookie ``ROUTE_COOKIE``) naming a
+version goes to an attached server of that version, or gets 503 naming it when none is attached;
+the LB's log gives the version asked (``LbRow["route"]``)."""
+ROUTE_COOKIE = "sandbox_version"
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class LbRow(TypedDict):
     rid: str  # request id (X-Request-ID), "" when none
     status: int  # the status the client got
     servers: list[str]  # the ``ip:port`` of each server tried, in order: the last one answered
+    route: NotRequired[str]  # the version the request asked for (header routing); absent when none
 
 
 class LoadBalancer(Protocol):

@@ -29,6 +29,7 @@ class NginxRow(TypedDict):
     upstream_status: str  # "200", or "502, 200" on retry
     request_time: float
     upstream_response_time: str
+    route: str  # the version asked by header X-Sandbox-Version or cookie sandbox_version, "" when none
 
 
 def upstream_addresses(upstream_addr: str | None) -> list[str]:
@@ -40,9 +41,13 @@ def upstream_addresses(upstream_addr: str | None) -> list[str]:
 
 
 def to_row(raw: Mapping[str, Any]) -> LbRow:
-    """One decoded log line as the neutral row (missing fields: 0 and empty)."""
-    return {"time": float(raw.get("time") or 0.0), "rid": str(raw.get("rid") or ""),
-            "status": int(raw.get("status") or 0), "servers": upstream_addresses(raw.get("upstream_addr"))}
+    """One decoded log line as the neutral row (missing fields: 0 and empty; ``route`` only when
+    the request named a version)."""
+    row: LbRow = {"time": float(raw.get("time") or 0.0), "rid": str(raw.get("rid") or ""),
+                  "status": int(raw.get("status") or 0), "servers": upstream_addresses(raw.get("upstream_addr"))}
+    if raw.get("route"):
+        row["route"] = str(raw["route"])
+    return row
 
 
 def parse(text: str) -> list[LbRow]:

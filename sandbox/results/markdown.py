@@ -98,6 +98,8 @@ def _key_numbers(report: Report) -> list[tuple[str, str]]:
         ("users who saw both", f"{both}/{total} ({pct(both, total)})"),
         ("downgrades", f"{num(exp.downgrades)} (to {num(exp.users_downgraded)} users)"),
         ("version flips", num(exp.version_flips)),
+        *([("requests routed by header or cookie (left out of the mixed window, saw both, downgrades, flips)",
+            num(exp.requests_routed))] if exp.requests_routed else []),
         ("contract violations", num(exp.contract_violations)),
         ("sessions lost", num(exp.sessions_lost)),
         ("drains timed out", num(fig.drains_timed_out)),

@@ -483,10 +483,16 @@ def timeline(
     return tuple(Second(i, answers[i], dropped[i], _round(percentile(latencies[i], 99), 1)) for i in range(n))
 
 
+def routed_rids(nginx: Sequence[LbRow]) -> frozenset[str]:
+    """The request ids the LB logged as naming a version (header routing); "" never counts."""
+    return frozenset(n["rid"] for n in nginx if n.get("route") and n["rid"])
+
+
 def exposure(
     rows: Sequence[Mapping[str, Any]],
     events: Sequence[Mapping[str, Any]],
     window: tuple[float, float],
+    routed: frozenset[str] = frozenset(),
 ) -> Exposure:
     """What the mixed fleet reached, for :func:`measure`.
 
@@ -496,10 +502,15 @@ def exposure(
     ``requests_exposed`` (with their ``*_share`` of all users and requests) are
     those sent while the fleet was mixed (:func:`mixed_fleet_window`, lasting
     ``mixed_fleet_s``).
+
+    ``routed`` holds the request ids that named their version (header routing): those requests went
+    where they asked, so the crossing figures (``users_saw_both``, the downgrades, ``version_flips``,
+    ``mixed_window_s``) leave them out; ``requests_routed`` counts them.
     """
     from_v, to_v = rollout_direction(events)
     r_window = rollout_window(events)
-    inside = in_window(rows, r_window)
+    balanced = [r for r in rows if str(r.get("rid")) not in routed] if routed else rows
+    inside = in_window(balanced, r_window)
     m_window = mixed_fleet_window(events, from_v, to_v, window[1])
     exposed = in_window(rows, m_window)
     downgrades = downgrades_by_user(inside, from_v, to_v)
@@ -509,7 +520,7 @@ def exposure(
     return Exposure(
         from_version=from_v,
         to_version=to_v,
-        mixed_window_s=round(mixed_window_s(rows, from_v, to_v), 3),
+        mixed_window_s=round(mixed_window_s(balanced, from_v, to_v), 3),
         rollout_window=None if r_window is None else _span(r_window),
         users_total=users_total,
         users_saw_both=saw_both,
@@ -527,6 +538,7 @@ def exposure(
         contract_violations=sum(1 for r in rows if r.get("contract") == "violation"),
         sessions_lost=sessions_lost(rows, events),
         timeline=timeline(rows, window, (from_v, to_v)),
+        requests_routed=len(rows) - len(balanced),
     )
 
 
@@ -861,7 +873,8 @@ def measure(
         stall_s=round(stall[1], 3),
         stall_at_s=round(stall[0] - window[0], 3),
         slow_ms=settings.slow_ms,
-        exposure=_with_long_lived_open(exposure(ordered, ordered_events, window), long_lived_rows, window[0]),
+        exposure=_with_long_lived_open(exposure(ordered, ordered_events, window, routed_rids(lb_log)),
+                                       long_lived_rows, window[0]),
         phases=phases(ordered, ordered_events, window),
         like_for_like=like_for_like(ordered, ordered_events, window),
         drains=drains(ordered_events),

@@ -218,7 +218,8 @@ class Span:
 
 
 _EXPOSURE_INTS = ("users_total", "users_saw_both", "users_exposed", "requests_exposed", "users_hit", "downgrades",
-                  "users_downgraded", "version_flips", "contract_violations", "sessions_lost")
+                  "users_downgraded", "version_flips", "contract_violations", "sessions_lost",
+                  "requests_routed")
 _EXPOSURE_FLOATS = ("mixed_window_s", "users_saw_both_share", "mixed_fleet_s", "users_exposed_share",
                     "requests_exposed_share")
 
@@ -246,6 +247,10 @@ class Exposure:
     contract_violations: int = 0
     sessions_lost: int = 0
     timeline: tuple[Second, ...] = ()
+    # load requests that named their version (header X-Sandbox-Version or cookie sandbox_version, as
+    # the LB logged them): sent to that version on purpose, so left out of the crossing figures
+    # (users_saw_both, downgrades, users_downgraded, version_flips, mixed_window_s)
+    requests_routed: int = 0
 
     def to_json(self) -> Json:
         out = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -66,6 +66,9 @@ def _exposure_lines(report: Report) -> list[str]:
         f"  downgrades     {exp.downgrades} to {exp.users_downgraded} users  "
         f"(got {old} after {new}: forward-compatibility risk)",
         f"  version flips  {exp.version_flips}",
+        *([f"  routed         {exp.requests_routed} requests named their version (header X-Sandbox-Version or "
+           "cookie sandbox_version): left out of the three lines above and of the mixed window"]
+          if exp.requests_routed else []),
         f"contract         {exp.contract_violations} violations  (answers that broke the expected API)",
         f"sessions lost    {exp.sessions_lost}  (users whose session, in use during the rollout, died with its server)",
     ]

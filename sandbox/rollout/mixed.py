@@ -4,9 +4,11 @@
 them once, one after the other, the first time the load balancer's attached set
 holds servers of two versions (see :func:`is_mixed`), while the rollout waits, so
 the fleet stays mixed until the last one ends. Each runs through the shell (it is
-the user's command line) with ``SANDBOX_URL`` (the load balancer), ``SANDBOX_PROJECT``
-and ``SANDBOX_VERSIONS`` (the versions attached, comma-separated) added to the
-environment, in a session of its own, and is bounded by ``mixed_check_timeout_s``.
+the user's command line) with :func:`environment` added to its own (``SANDBOX_URL``, the load
+balancer; ``SANDBOX_PROJECT``; ``SANDBOX_VERSIONS``, the versions attached, comma-separated;
+``SANDBOX_FROM`` and ``SANDBOX_TO``, the rollout's versions; ``SANDBOX_VERSION_HEADER`` and
+``SANDBOX_VERSION_COOKIE``, the header and the cookie that send a request to one version on
+purpose), in a session of its own, and is bounded by ``mixed_check_timeout_s``.
 Its whole process group is killed when it ends, times out or is cancelled (Ctrl-C and
 SIGTERM reach the controller, never the check), so nothing a check started outlives it.
 Only the tail of its output is kept.
@@ -28,6 +30,7 @@ import signal
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
+from sandbox.fleet.loadbalancer import ROUTE_COOKIE, ROUTE_HEADER
 from sandbox.results.model import MixedRecord
 
 TAIL_CHARS = 2000  # of stdout and of stderr, each, kept in the report
@@ -37,6 +40,15 @@ NEVER_MIXED = "not run: the fleet never had both versions attached at once"
 def is_mixed(versions: Iterable[str]) -> bool:
     """True when the attached servers' ``versions`` hold at least two different versions."""
     return len(set(versions)) >= 2
+
+
+def environment(*, url: str, project: str, attached: Iterable[str], source: str, target: str) -> dict[str, str]:
+    """What a check (or any command run against the mixed fleet) gets in its environment: where the
+    fleet answers, which versions serve, and how to reach one of them on purpose, e.g.
+    ``curl -H "$SANDBOX_VERSION_HEADER: $SANDBOX_FROM" "$SANDBOX_URL/"``."""
+    return {"SANDBOX_URL": url, "SANDBOX_PROJECT": project, "SANDBOX_VERSIONS": ",".join(sorted(set(attached))),
+            "SANDBOX_FROM": source, "SANDBOX_TO": target,
+            "SANDBOX_VERSION_HEADER": ROUTE_HEADER, "SANDBOX_VERSION_COOKIE": ROUTE_COOKIE}
 
 
 def name_of(index: int) -> str:

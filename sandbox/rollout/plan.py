@@ -48,7 +48,8 @@ from sandbox.rollout.strategies import DEFAULT_STRATEGY, REGISTRY, RolloutStrate
 
 __all__ = [  # the planner, and the vocabulary it shares with the strategies (steps.py)
     "Action", "Mode", "PlanError", "PlanSettings", "Ref", "Server", "Simulation", "Step", "Strategy", "Version",
-    "check_settings", "limits", "merge_reloads", "pick_order", "plan", "signal_first", "simulate", "validate",
+    "check_settings", "limits", "merge_reloads", "mixed_pause_point", "pick_order", "plan", "signal_first",
+    "simulate", "validate",
 ]
 
 
@@ -279,6 +280,41 @@ def pause_point(steps: Sequence[Step], after_batch: int | None) -> tuple[list[St
             out.append(step)
     later = [i for i, step in enumerate(out) if step.batch_no > after_batch]
     return out, (later[0] if later and later[0] > 0 else None)
+
+
+def mixed_pause_point(fleet: Sequence[Server], settings: PlanSettings,
+                      steps: Sequence[Step]) -> tuple[list[Step], int | None]:
+    """``steps`` made ready to pause at the first moment both versions serve (``--pause-at-mixed``),
+    and the index of the step to pause before (None: the attached set never holds two versions,
+    as in blue-green's one switch, or only once the last step is done).
+
+    The moment is found by replaying ``steps`` over ``fleet``: the first step after which the
+    attached, live servers are of two versions. When that step is a 'reattach' it is split back
+    into its 'attach' and its 'detach', so the pause holds with every slot serving (as
+    :func:`pause_point` does). A fleet already mixed at the start pauses before the first step.
+    Raises PlanError when a step cannot be replayed (the plan itself is broken)."""
+    sim = _Sim(fleet, settings)
+
+    def mixed() -> bool:
+        return len({b.version for b in sim.boxes.values() if b.attached and b.alive}) >= 2
+
+    if mixed():
+        return list(steps), (0 if steps else None)
+    for index, step in enumerate(steps):
+        parts = ([Step("attach", step.targets, step.batch_no),
+                  Step("detach", step.detach, step.detach_batch or step.batch_no + 1)]
+                 if step.action == "reattach" else [step])
+        try:
+            sim.apply(parts[0])
+            if len(parts) == 2 and mixed():  # mixed once the attach half is done: pause before the detach
+                return [*steps[:index], *parts, *steps[index + 1:]], index + 1
+            for part in parts[1:]:
+                sim.apply(part)
+        except ValueError as exc:
+            raise PlanError(f"step {index + 1} ({step.action}): {exc}", field="steps") from None
+        if mixed():
+            return list(steps), (index + 1 if index + 1 < len(steps) else None)
+    return list(steps), None
 
 
 def wind_down(steps: Sequence[Step], done: int) -> list[Step]:

@@ -70,7 +70,7 @@ from sandbox.rollout import migrate, mixed, strategies
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import Executor, ProbeFactory, Timing
 from sandbox.rollout.load_phases import LoadGenerator, LoadPhases
-from sandbox.rollout.steer import ControlServer, Steering
+from sandbox.rollout.steer import PLAN, PLAN_MIXED, ControlServer, Steering
 from sandbox.ui.progress import Progress, make_progress
 
 log = logging.getLogger("sandbox.rollout.rehearsal")
@@ -120,7 +120,8 @@ class Prepared:
     seed: int | None = None  # --seed: the pick order is a shuffle seeded with it (None: slot order)
     mixed_checks: tuple[str, ...] = ()  # run once both versions are attached
     detach_lag_s: float = 0.0  # --detach-lag: each 'term' step waits this long before the detach
-    pause_at: int | None = None  # --pause-after-batch: the index of the step the rollout pauses before
+    pause_at: int | None = None  # --pause-after-batch, --pause-at-mixed: the index of the step it pauses before
+    pause_at_mixed: bool = False  # that pause is --pause-at-mixed's (the first moment both versions serve)
     migrate: str = ""  # --migrate: run once in a one-off container of the target image ("" none)
     migrate_at: str = "before"  # --migrate-at: before the first batch, or after the last
 
@@ -145,7 +146,7 @@ class Prepared:
                 "size": self.size, "batches": self.batches, "peak_containers": self.peak,
                 "min_serving": self.floor, "seed": self.seed, "pick_order": self.pick_order,
                 "mixed_checks": list(self.mixed_checks), "detach_lag_s": self.detach_lag_s,
-                "pause_at": self.pause_at,
+                "pause_at": self.pause_at, "pause_at_mixed": self.pause_at_mixed,
                 "migrate": {"command": self.migrate, "at": self.migrate_at} if self.migrate else None,
                 "steps": [{"batch": st.batch_no, "action": st.action, "targets": who(st.targets),
                            "detach": who(st.detach)} for st in self.steps]}
@@ -173,7 +174,9 @@ class Prepared:
                          + "; ".join(self.mixed_checks))
         for index, step in enumerate(self.steps):
             if index == self.pause_at:
-                lines.append(f"  -- pause (--pause-after-batch {self.steps[index - 1].batch_no}): "
+                why = ("--pause-at-mixed: both versions serve" if self.pause_at_mixed
+                       else f"--pause-after-batch {self.steps[index - 1].batch_no}")
+                lines.append(f"  -- pause ({why}): "
                              "`sandbox resume` or `sandbox promote` goes on, `sandbox abort` rolls back")
             line = f"  batch {step.batch_no:<3} {step.action:<8} {who(step.targets)}"
             if step.detach:
@@ -378,6 +381,11 @@ class Rehearsal:
                                              seed=self.settings.seed, detach_lag_s=self.settings.detach_lag_s)
         steps, pause_at = planner.pause_point(planner.merge_reloads(planner.plan(servers, plan_settings)),
                                               self.settings.pause_after_batch)
+        if self.settings.pause_at_mixed:
+            try:
+                steps, pause_at = planner.mixed_pause_point(servers, plan_settings, steps)
+            except planner.PlanError:  # a fleet with stale upstreams (not repaired): no planned pause
+                pause_at = None
         try:
             sim: planner.Simulation | None = planner.simulate(servers, plan_settings, steps)
         except planner.PlanError:  # a fleet with stale upstreams (not repaired): no figures
@@ -393,7 +401,7 @@ class Rehearsal:
                                   peak=sim.peak_containers if sim else None, floor=sim.min_serving if sim else None,
                                   batches=sim.batches if sim else None, seed=self.settings.seed,
                                   mixed_checks=self.settings.mixed_checks, detach_lag_s=self.settings.detach_lag_s,
-                                  pause_at=pause_at,
+                                  pause_at=pause_at, pause_at_mixed=self.settings.pause_at_mixed,
                                   migrate=self.settings.migrate if self.kind == "roll" else "",
                                   migrate_at=self.settings.migrate_at)
         return self._prepared
@@ -561,6 +569,7 @@ class Rehearsal:
             self.executor.emit(phase, None, detail=detail)
 
         steering = Steering(pause_at=self.prepared.pause_at, pause_after_batch=self.settings.pause_after_batch,
+                            planned=PLAN_MIXED if self.prepared.pause_at_mixed else PLAN,
                             pause_timeout_s=self.settings.pause_timeout_s,
                             on_pause_timeout=self.settings.on_pause_timeout, can_roll_back=self.kind == "roll",
                             stop=self.executor.stop_requested, emit=emit, say=self.progress.line)
@@ -569,6 +578,9 @@ class Rehearsal:
             n = self.settings.pause_after_batch
             self.progress.line(f"--pause-after-batch {n}: the plan has {self.prepared.batches or 'no'} batch(es), "
                                f"none after batch {n}: no pause")
+        if self.settings.pause_at_mixed and self.prepared.pause_at is None:
+            self.progress.line("--pause-at-mixed: this plan never has both versions attached before its last "
+                               "step: no pause")
         return steering
     def _migrates(self, when: str) -> bool:
         return bool(self.settings.migrate) and self.kind == "roll" and self.settings.migrate_at == when
@@ -602,8 +614,8 @@ class Rehearsal:
         shown = ", ".join(f"{n} on {v}" for v, n in sorted(attached.items()))
         self.progress.line(f"both versions attached ({shown}): running {len(self.settings.mixed_checks)} "
                            f"mixed check(s) against {self.balancer.url}; the rollout waits")
-        env = {"SANDBOX_URL": self.balancer.url, "SANDBOX_PROJECT": self.settings.project,
-               "SANDBOX_VERSIONS": ",".join(sorted(attached))}
+        env = mixed.environment(url=self.balancer.url, project=self.settings.project, attached=attached,
+                                source=self.prepared.source, target=self.prepared.target)
         for index, command in enumerate(self.settings.mixed_checks, 1):
             record = dataclasses.replace(
                 await mixed.run_check(command, index=index, env=env, timeout_s=self.settings.mixed_check_timeout_s),

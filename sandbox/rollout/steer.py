@@ -67,6 +67,7 @@ class Who:
 
 
 PLAN = Who("the plan (--pause-after-batch)")
+PLAN_MIXED = Who("the plan (--pause-at-mixed)")
 TIMEOUT = Who("--pause-timeout")
 Emit = Callable[[str, dict[str, object]], None]  # (phase, detail): an event of the rollout
 
@@ -76,10 +77,11 @@ class Steering:
 
     def __init__(self, *, pause_at: int | None = None, pause_after_batch: int | None = None,
                  pause_timeout_s: float = 600.0, on_pause_timeout: str = "abort", can_roll_back: bool = True,
-                 stop: asyncio.Event | None = None, emit: Emit | None = None,
+                 planned: Who = PLAN, stop: asyncio.Event | None = None, emit: Emit | None = None,
                  say: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.pause_at = pause_at  # the step index the plan pauses before (planner.pause_point)
         self.pause_after_batch = pause_after_batch
+        self.planned = planned  # who the plan's pause is by: PLAN (--pause-after-batch) or PLAN_MIXED
         self.pause_timeout_s = pause_timeout_s
         self.on_pause_timeout = on_pause_timeout
         self.can_roll_back = can_roll_back  # False (a rollback itself): abort stops at the batch's end
@@ -118,7 +120,7 @@ class Steering:
         if self.state != "running":
             return self.answer(False, f"cannot pause: {self.describe()}")
         self.state, self.paused_by, self.paused_since = "paused", who, self._clock()
-        self._event("paused", who, reason="plan" if who == PLAN else "request")
+        self._event("paused", who, reason="plan" if who == self.planned else "request")
         self._changed.set()
         return self.answer(True, f"by {who}, holding before the " + (
             "next step" if self.step is not None else "first step"))
@@ -187,11 +189,13 @@ class Steering:
         if self.stop.is_set() or self.state in ("rolling-back", "stopping", "ended"):
             return
         if index == self.pause_at and not self.promoted and self.state == "running":
-            self.pause(PLAN)
+            self.pause(self.planned)
             if self._say is not None:
-                self._say(f"paused after batch {self.pause_after_batch} as planned: `sandbox resume` goes on, "
-                          f"`sandbox abort` rolls back (after {self.pause_timeout_s:g} s: "
-                          f"{self.on_pause_timeout})")
+                where = ("at the first moment both versions serve, as planned (--pause-at-mixed; a request "
+                         "with header X-Sandbox-Version: NAME reaches version NAME)" if self.planned == PLAN_MIXED
+                         else f"after batch {self.pause_after_batch} as planned")
+                self._say(f"paused {where}: `sandbox resume` goes on, `sandbox abort` rolls back (after "
+                          f"{self.pause_timeout_s:g} s: {self.on_pause_timeout})")
         while self.state == "paused" and not self.stop.is_set():
             self._changed.clear()
             left = self.pause_timeout_s - (self._clock() - (self.paused_since or self._clock()))

@@ -322,7 +322,7 @@ class RolloutState:
             self.run["failure"] = detail.get("reason")
         elif phase == "rollback-start":
             self.phase = "rolling back"
-        elif phase == "paused":  # `sandbox pause`, or the plan's --pause-after-batch
+        elif phase == "paused":  # `sandbox pause`, or the plan's --pause-after-batch or --pause-at-mixed
             self.phase = "paused"
             pid = detail.get("pid")
             self.run["paused_by"] = f"{detail.get('by')}" + (f" (pid {pid})" if pid is not None else "")

@@ -222,7 +222,7 @@ def test_admin_body_round_trip() -> None:
                     app_env={"A": "1"})
     body = admin_body(state)
     lines = body.splitlines()
-    assert lines[0] == "7" and lines[2:] == ["10.9.0.1:8000", "10.9.0.2:8000", "10.9.0.3:8000"]
+    assert lines[0] == "7" and lines[2:] == ["10.9.0.1:8000 v1", "10.9.0.2:8000 v1", "10.9.0.3:8000 v1"]
     assert "\n" not in lines[1] and lines[1].startswith("{")  # one JSON line, stored as is by the LB
     assert parse_admin_body(body) == state
     assert parse_admin_body(admin_body(dynamic(generation=1))) == dynamic(generation=1)
