@@ -99,3 +99,20 @@ def test_breaking_breaks_v1_at_once_and_the_rollback_too(cli: Cli, tmp_path: Pat
     assert (judged["status"], judged["value"]) == ("FAIL", rehearsed["errors"])
     assert "contract" not in report
     assert json.loads((tmp_path / "r" / "report.json").read_text())["rollback_rehearsals"] == [rehearsed]
+
+
+def test_compare_migrate_shows_the_old_versions_errors_and_rollback_safety_per_strategy(
+        cli: Cli, tmp_path: Path) -> None:
+    proc = cli.run("compare", "--size", "3", "--strategies", "one-at-a-time,blue-green", "--service", "postgres",
+                   "--migrate", BREAKING, *LOAD, "--report", str(tmp_path / "cmp"), timeout=1200)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr[-3000:])  # breaking fails migration_errors in both
+    rows = {r["strategy"]: r for r in json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]}
+    for strategy, row in rows.items():
+        assert row["dropped"] == 0, (strategy, row)  # errors are answers, not drops
+        assert row["old_version_errors"] > 0 and row["rollback_safe"] == "no", (strategy, row)
+        assert row["failed_checks"] == ["migration_errors"], (strategy, row)
+    # blue-green switches at once (no mixed window to speak of): its old-version errors are the old
+    # fleet's, against the new schema, while the new fleet boots
+    assert rows["blue-green"]["mixed_window_s"] < rows["one-at-a-time"]["mixed_window_s"], rows
+    header = proc.stdout.splitlines()[0]
+    assert "old-version errors" in header and "rollback safe" in header, proc.stdout
