@@ -24,7 +24,8 @@ from tests.e2e.conftest import Cli, assert_passes
 pytestmark = pytest.mark.e2e
 
 # the machine is shared: latency is not what these tests judge (the contract's lock may hold a request)
-LOAD = ("--users", "10", "--warmup", "3", "--cooldown", "2", "--slow-ms", "30000", "--max-p99-ms", "60000")
+LOAD = ("--users", "10", "--warmup", "3", "--cooldown", "2", "--slow-ms", "30000", "--max-p99-ms", "60000",
+        "--max-stall-s", "5")
 EXPAND, CONTRACT, BREAKING = ("python3 -m migrate expand", "python3 -m migrate contract",
                               "python3 -m migrate breaking")
 

@@ -26,7 +26,8 @@ from tests.e2e.conftest import Cli, assert_passes
 pytestmark = pytest.mark.e2e
 
 # latency is not what these tests judge, and the machine is shared (a steady p99 of 770 ms was seen)
-LOAD = ("--users", "10", "--warmup", "3", "--cooldown", "2", "--slow-ms", "30000", "--max-p99-ms", "60000")
+LOAD = ("--users", "10", "--warmup", "3", "--cooldown", "2", "--slow-ms", "30000", "--max-p99-ms", "60000",
+        "--max-stall-s", "5")
 
 
 @pytest.fixture(scope="module", autouse=True)
