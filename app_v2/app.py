@@ -11,8 +11,9 @@ def item(item_id: int, breaking: bool) -> dict[str, int | str]:
 
 
 def orders_schema(breaking: bool) -> tuple[str, tuple[str, ...]]:
-    """The orders schema v2 expects (with ``DATABASE_URL``): a ``currency`` column (``migrate.py expand``
-    adds it beside v1's columns), and with ``breaking`` the name column as ``title`` (``migrate.py breaking``)."""
+    """The orders schema v2 expects (with ``DATABASE_URL``): ``title`` and ``currency`` beside sid and item,
+    whichever migration made them (``migrate.py expand``, which keeps v1's ``item_name`` in step with
+    ``title``, or ``breaking``, which renames it); the name says which ``--v2-mode`` served."""
     if breaking:
         return "orders-v2-breaking", ("title", "currency")
-    return "orders-v2-expand", ("item_name", "currency")
+    return "orders-v2-expand", ("title", "currency")

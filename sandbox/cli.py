@@ -85,7 +85,8 @@ STEER_COMMANDS = {"pause": "pause the running rollout between two steps (traffic
                   "resume": "resume a paused rollout",
                   "abort": "abort the running rollout: roll back, as a failed rollout does",
                   "promote": "skip the running rollout's remaining pauses (and resume it)"}
-_ROLL_ONLY = ("to_version", "max_error_ratio", "auto_rollback", "set_env", "migrate", "migrate_at", "migrate_timeout_s")
+_MIGRATE = ("migrate", "migrate_at", "migrate_timeout_s", "contract", "rollback_rehearsal_s")  # roll and compare
+_ROLL_ONLY = ("to_version", "max_error_ratio", "auto_rollback", "set_env", *_MIGRATE)
 
 
 def setting_flags(command: str) -> dict[str, str]:
@@ -228,7 +229,8 @@ _SUBCOMMANDS: dict[str, _Command] = {
                      own_flags=_add_demo_flags, defaults={"size": 9}, project=DEMO_PROJECT),
     "compare": _Command("run several strategies on fresh fleets under the same load; one table",
                         ("fleet", "swarm", "rollout", "load", "limits"),
-                        without=("lb_retry", "strategy", "batch", "mode", "detach_lag_s", *_ROLL_ONLY,
+                        without=("lb_retry", "strategy", "batch", "mode", "detach_lag_s",
+                                 *(name for name in _ROLL_ONLY if name not in _MIGRATE),
                                  *_STEER_ONLY),
                         own_flags=_add_compare_flags, defaults={"size": 9}),
     "doctor": _Command("run short real experiments on your image: what loses requests in rollouts, what to set",

@@ -300,6 +300,17 @@ class Settings:
     migrate_timeout_s: float = setting(300.0, group="rollout", flag="--migrate-timeout", above=0, at_most=3600,
                                        unit="seconds", help="seconds the migration may take before it is killed "
                                                             "and fails (default 300)")
+    contract: str = setting("", group="rollout", flag="--contract", metavar="CMD",
+                            help="a shell command run once in a one-off container of the target image, like "
+                                 "--migrate, once every server is new (the contract step of expand/contract); "
+                                 "its failure fails the verdict, the fleet stays on the new version")
+    rollback_rehearsal_s: float = setting(4.0, group="rollout", flag="--rehearse-rollback", at_least=0,
+                                          at_most=120, unit="seconds",
+                                          help="with --migrate or --contract: after the rollout and after the "
+                                               "contract, serve the old version's image against the database "
+                                               "for this long under the toy's request mix, off the load "
+                                               "balancer, and report whether a rollback would work "
+                                               "(default 4; 0: no rehearsal)")
     # swarm-native (compare on --engine swarm): Swarm's own `service update` config
     update_parallelism: int = setting(1, group="swarm", flag="--update-parallelism", at_least=1,
                                       help="swarm-native: tasks updated at once (default 1)")
@@ -374,6 +385,10 @@ class Settings:
     max_migration_errors: int = setting(0, group="limits", flag="--max-migration-errors", at_least=0,
                                         help="verdict (with a migration): at most this many error answers "
                                              "(4xx/5xx) to requests sent after it ended, any version (default 0)")
+    require_rollback_safe: bool = setting(False, group="limits", flag="--require-rollback-safe",
+                                          help="verdict: every rollback rehearsal must find the old version "
+                                               "working against the schema (default: shown, not judged; a "
+                                               "contract step makes a rollback unsafe by design)")
     max_abnormal_closes: int = setting(0, group="limits", flag="--max-abnormal-closes", at_least=0,
                                        help="verdict: at most this many long-lived connections closed without the "
                                             "server's goodbye (WebSocket 1006, a cut event stream) (default 0)")

@@ -10,7 +10,8 @@ server works, the database was changed under it.
 
 The first server to connect creates the baseline table (v1's schema) under an advisory lock,
 so a fleet booting at once does not race. psycopg2 (Debian's ``python3-psycopg2`` in the image)
-blocks: every call runs in a worker thread, through a small pool.
+blocks: every call runs in a worker thread, through a small pool; at most ``POOL_MAX`` calls run at
+once (the others wait their turn), so a burst never finds the pool exhausted.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ LOCK_ID = 21  # pg_advisory_xact_lock key while the baseline is created
 SCHEMA_ERRORS = ("42703", "42P01")  # undefined column, undefined table
 LATEST = 5  # orders listed in a cart answer
 POOL_MAX = 4
+CONNECT_TIMEOUT_S = 5  # a loaded machine takes seconds to open a connection (2 s timed out under load)
 
 
 class SchemaMismatch(Exception):
@@ -71,6 +73,7 @@ class Orders:
         self.schema = schema
         self._pool: Any = None
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(POOL_MAX)  # one per pooled connection
 
     def _db(self) -> Any:
         return importlib.import_module("psycopg2")
@@ -79,7 +82,7 @@ class Orders:
         with self._lock:
             if self._pool is None:
                 pool = importlib.import_module("psycopg2.pool").ThreadedConnectionPool(
-                    1, POOL_MAX, self.url, connect_timeout=2)
+                    1, POOL_MAX, self.url, connect_timeout=CONNECT_TIMEOUT_S)
                 conn = pool.getconn()
                 try:
                     with conn, conn.cursor() as cur:
@@ -91,6 +94,10 @@ class Orders:
             return self._pool.getconn()
 
     def _run(self, sql: str, args: tuple[Any, ...], fetch: bool) -> list[tuple[Any, ...]]:
+        with self._slots:
+            return self._run_one(sql, args, fetch)
+
+    def _run_one(self, sql: str, args: tuple[Any, ...], fetch: bool) -> list[tuple[Any, ...]]:
         db = self._db()
         conn = self._connection()
         broken = False

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from sandbox.results.model import Json, Report, num
+from sandbox.results.model import Json, Report, num, rollback_rehearsals
 
 COMPARE_FIELDS = (
     "strategy",
@@ -45,12 +45,20 @@ COMPARE_HEADERS = {
     "ll_reconnect_p99_ms": "reconnect p99 ms",
     "ll_peak_reconnects_per_s": "reconnects/s peak",
     "ll_users_switched": "ll switched",
+    "old_version_errors": "old-version errors",
+    "rollback_safe": "rollback safe",
 }
 
 # the long-lived connections' columns (``--ws-users`` / ``--sse-users``), before the verdict, in a
 # table where some run had them; in ``compare.json`` always (None for a run without)
 LONG_LIVED_FIELDS = ("ll_abnormal_closes", "ll_messages_lost", "ll_reconnect_p99_ms", "ll_peak_reconnects_per_s",
                      "ll_users_switched")
+
+# a roll with --migrate (and --contract): the old version's error answers after the migration ended
+# (while it still served: the incompatibility) and the rollback rehearsals' answers, before the
+# verdict in a table where some run had a migration; in ``compare.json`` always (None for a run without)
+MIGRATION_FIELDS = ("old_version_errors", "rollback_safe")
+TEXT_FIELDS = ("strategy", "outcome", "verdict", "rollback_safe")  # shown as given, not as numbers
 
 
 def compare_row(report: Report) -> Json:
@@ -78,6 +86,7 @@ def compare_row(report: Report) -> Json:
         "users_exposed_share": exp.users_exposed_share,
         "requests_exposed_share": exp.requests_exposed_share,
         **_long_lived(report),
+        **_migration(report),
         "pass": report.passed,
         "verdict": report.verdict.cell(),
         "failed_checks": report.verdict.failed_names,
@@ -93,12 +102,30 @@ def _long_lived(report: Report) -> Json:
             "ll_users_switched": ll.users_switched}
 
 
+def _migration(report: Report) -> Json:
+    """``old_version_errors``: the rolled-from version's error answers to requests sent after the
+    migration ended; ``rollback_safe``: each rollback rehearsal's answer, "yes", "no" or "unknown",
+    joined as "yes; after contract: no" (None without a migration)."""
+    block = report.extra.get("migration")
+    seen = block.get("by_version_after") if isinstance(block, Mapping) else None
+    old = seen.get(str(report.run.from_version)) if isinstance(seen, Mapping) else None
+    rehearsals = rollback_rehearsals(report.extra)
+    safe = "; ".join(r.answer if r.after == "rollout" else f"after {r.after}: {r.answer}" for r in rehearsals)
+    return {"old_version_errors": (int(old.get("errors", 0)) if isinstance(old, Mapping)
+                                   else 0 if isinstance(seen, Mapping) else None),
+            "rollback_safe": safe or None}
+
+
 def compare_fields(reports: Sequence[Report]) -> tuple[str, ...]:
     """The table's columns: :data:`COMPARE_FIELDS`, with :data:`LONG_LIVED_FIELDS` before the
-    verdict when some run had long-lived users."""
-    if not any(r.figures.long_lived.ran or r.run.long_lived_users for r in reports):
-        return COMPARE_FIELDS
-    return (*COMPARE_FIELDS[:-1], *LONG_LIVED_FIELDS, COMPARE_FIELDS[-1])
+    verdict when some run had long-lived users, and :data:`MIGRATION_FIELDS` when some run had
+    a migration."""
+    fields: tuple[str, ...] = COMPARE_FIELDS[:-1]
+    if any(r.figures.long_lived.ran or r.run.long_lived_users for r in reports):
+        fields += LONG_LIVED_FIELDS
+    if any("migration" in r.extra or "contract" in r.extra for r in reports):
+        fields += MIGRATION_FIELDS
+    return (*fields, COMPARE_FIELDS[-1])
 
 
 def compare_json(reports: Sequence[Report]) -> dict[str, list[Json]]:
@@ -109,7 +136,7 @@ def compare_json(reports: Sequence[Report]) -> dict[str, list[Json]]:
 def compare_cells(reports: Sequence[Report]) -> list[list[str]]:
     """The rows of the comparison table as text, one cell per :func:`compare_fields`."""
     return [
-        [num(line.get(key)) if key not in ("strategy", "outcome", "verdict") else str(line.get(key) or "-")
+        [num(line.get(key)) if key not in TEXT_FIELDS else str(line.get(key) or "-")
          for key in compare_fields(reports)]
         for line in compare_json(reports)["rows"]
     ]

@@ -6,9 +6,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sandbox.results.compare import COMPARE_HEADERS, compare_cells, compare_fields
-from sandbox.results.model import LongLived, MixedRecord, Phase, Report, Step, num
+from sandbox.results.model import (
+    LongLived,
+    MixedRecord,
+    Phase,
+    Report,
+    RollbackRehearsal,
+    Step,
+    num,
+    rollback_rehearsals,
+)
 from sandbox.results.text import pct, share_pct, versions_line
+from sandbox.rollout.migrate import CONTRACT
 from sandbox.rollout.migrate import NAME as MIGRATION
+from sandbox.rollout.migrate import STEPS as SCHEMA_STEPS
 
 MEANINGS = (
     (
@@ -126,6 +137,8 @@ def markdown_page(report: Report, *, chart_name: str = "chart.png") -> str:
         *_verdict_section(report),
         *_mixed_section(report.run.mixed_checks),
         *_migration_section(report.run.mixed_checks, report.extra.get("migration")),
+        *_migration_section(report.run.mixed_checks, report.extra.get("contract"), CONTRACT),
+        *_rollback_section(rollback_rehearsals(report.extra)),
         *_long_lived_section(report.figures.long_lived),
         *_phases_section(report.figures.phases),
         *_steps_section(report.run.steps),
@@ -135,13 +148,15 @@ def markdown_page(report: Report, *, chart_name: str = "chart.png") -> str:
     return "\n".join(parts) + "\n"
 
 
-def _migration_section(records: Sequence[MixedRecord], block: Any) -> list[str]:
-    """The ``--migrate`` command: how it ended, the answers by serving version after it, its output's tail."""
-    record = next((r for r in records if r.name == MIGRATION), None)
+def _migration_section(records: Sequence[MixedRecord], block: Any, name: str = MIGRATION) -> list[str]:
+    """The ``--migrate`` command (or, ``name`` contract, ``--contract``): how it ended, the answers by
+    serving version after it, its output's tail."""
+    record = next((r for r in records if r.name == name), None)
     if record is None:
         return []
     when = "after the last batch" if record.batch else "before the first batch"
-    parts = ["## Migration", "", f"`{record.command}`, run once in a one-off container of the target image "
+    title = "Contract step" if name == CONTRACT else "Migration"
+    parts = [f"## {title}", "", f"`{record.command}`, run once in a one-off container of the target image "
              f"{when}: {record.summary()}", ""]
     seen = block.get("by_version_after") if isinstance(block, Mapping) else None
     if isinstance(seen, Mapping) and seen:
@@ -156,9 +171,22 @@ def _migration_section(records: Sequence[MixedRecord], block: Any) -> list[str]:
     return parts
 
 
+def _rollback_section(rehearsals: Sequence[RollbackRehearsal]) -> list[str]:
+    """The rollback rehearsals: the old version's image served against the database after the
+    rollout (and after the contract step), off the load balancer, and whether a rollback would work."""
+    if not rehearsals:
+        return []
+    rows = [(r.after, r.version, r.requests if r.status == "ran" else "-", r.errors if r.status == "ran" else "-",
+             r.answer, r.first_error or r.reason or "") for r in rehearsals]
+    return ["## Rollback safety", "",
+            "The old version's image served against the database as it was then, off the load balancer, "
+            "under the toy's request mix (an error is a 4xx/5xx answer or none):", "",
+            md_table(["after", "old version", "requests", "errors", "rollback safe", "first error"], rows), ""]
+
+
 def _mixed_section(records: Sequence[MixedRecord]) -> list[str]:
     """Each mixed check: its command, how it ended, and the tail of its output."""
-    records = [r for r in records if r.name != MIGRATION]  # --migrate has its own section
+    records = [r for r in records if r.name not in SCHEMA_STEPS]  # --migrate and --contract have their own
     if not records:
         return []
     parts = ["## Mixed checks", "", "Run once, while both versions were attached, with `SANDBOX_URL` set.", ""]

@@ -490,6 +490,61 @@ class MixedRecord:
 
 
 @dataclass(frozen=True)
+class RollbackRehearsal:
+    """One rehearsal of a rollback (``--rehearse-rollback``): the old version's image served, off
+    the load balancer, against the database as it was ``after`` the rollout (or the contract step),
+    under the toy's request mix. ``status``: ``ran``, ``failed`` (the rehearsal itself could not
+    run: ``reason`` says why) or ``not_run``. Safe when it ran, answered, and no answer was an
+    error (a 4xx or 5xx, or no answer at all)."""
+
+    after: str  # "rollout" or "contract"
+    version: str  # the old version, whose image was served
+    status: str
+    requests: int = 0
+    errors: int = 0
+    first_error: str | None = None
+    duration_s: float | None = None
+    reason: str | None = None
+
+    @property
+    def safe(self) -> bool | None:
+        """True (a rollback would work), False (it would not), None (not known: it did not run)."""
+        if self.status != "ran" or self.requests == 0:
+            return None
+        return self.errors == 0
+
+    @property
+    def answer(self) -> str:
+        """``yes``, ``no`` or ``unknown``: what ``rollback_safe`` says."""
+        safe = self.safe
+        return "unknown" if safe is None else "yes" if safe else "no"
+
+    def line(self) -> str:
+        """"after the contract: v1 against the schema: 212 requests, 97 errors: rollback safe: no (first: ...)"."""
+        head = f"after the {self.after}: {self.version} against the schema"
+        if self.status != "ran":
+            return f"{head}: {self.status.replace('_', ' ')} ({self.reason}): rollback safe: unknown"
+        text = f"{head}: {self.requests} requests, {self.errors} errors: rollback safe: {self.answer}"
+        return f"{text} (first: {self.first_error})" if self.first_error else text
+
+    def to_json(self) -> Json:
+        return {"after": self.after, "version": self.version, "status": self.status, "requests": self.requests,
+                "errors": self.errors, "first_error": self.first_error, "duration_s": self.duration_s,
+                "reason": self.reason, "rollback_safe": self.answer}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RollbackRehearsal:
+        return cls(str(data.get("after")), str(data.get("version")), str(data.get("status")),
+                   int(data.get("requests") or 0), int(data.get("errors") or 0), data.get("first_error"),
+                   opt_float(data.get("duration_s")), data.get("reason"))
+
+
+def rollback_rehearsals(extra: Mapping[str, Any]) -> list[RollbackRehearsal]:
+    """The rollback rehearsals of a report (its ``rollback_rehearsals`` block), in the order they ran."""
+    return [RollbackRehearsal.from_json(r) for r in extra.get("rollback_rehearsals") or [] if isinstance(r, Mapping)]
+
+
+@dataclass(frozen=True)
 class Rollout:
     """What was rolled, how, and how it ended: the run's record beside its figures."""
 

@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sandbox.results.compare import COMPARE_HEADERS, compare_cells, compare_fields
-from sandbox.results.model import Drain, MixedRecord, Phase, Report, num
-from sandbox.rollout.migrate import NAME as MIGRATION
+from sandbox.results.model import Drain, MixedRecord, Phase, Report, num, rollback_rehearsals
+from sandbox.rollout.migrate import STEPS as SCHEMA_STEPS
 from sandbox.rollout.mixed import last_line
 
 
@@ -126,6 +126,7 @@ def summary_text(report: Report) -> str:
         lines.append("phases")
         lines.extend(_phase_line(name, phase) for name, phase in report.figures.phases.items())
     lines.extend(_order_and_mixed_lines(report))
+    lines.extend(rollback_lines(report))
     lines.append("checks")
     lines.extend(f"  {check.line()}" for check in report.verdict.checks)
     lines.append(report.verdict.line())
@@ -136,12 +137,12 @@ def _order_and_mixed_lines(report: Report) -> list[str]:
     """The pick order, and one line per mixed check with the last line of a failing one's output."""
     run = report.run
     lines = [f"pick order       {run.order_text()}"] if run.seed is not None and run.pick_order else []
-    checks = [r for r in run.mixed_checks if r.name != MIGRATION]
+    checks = [r for r in run.mixed_checks if r.name not in SCHEMA_STEPS]
     if checks:
         lines.append("mixed checks     run once both versions were attached (SANDBOX_URL = the load balancer)")
     for record in run.mixed_checks:
-        if record.name == MIGRATION:
-            lines += migration_lines(record, report.extra.get("migration"))
+        if record.name in SCHEMA_STEPS:
+            lines += migration_lines(record, report.extra.get(record.name))
             continue
         lines.append(f"  {record.name}: {record.summary()}")
         hint = last_line(record.stderr_tail or record.stdout_tail)
@@ -154,7 +155,7 @@ def migration_lines(record: MixedRecord, block: Any) -> list[str]:
     """The ``--migrate`` command's line, then the answers by serving version from its end on: the
     old version's errors there are what the migration did to the version still serving."""
     when = "after the last batch" if record.batch else "before the first batch"
-    lines = [f"migration        {when}: {record.summary()}"]
+    lines = [f"{record.name:<16} {when}: {record.summary()}"]
     hint = last_line(record.stderr_tail or record.stdout_tail)
     if record.status in ("failed", "timed_out") and hint:
         lines.append(f"    {hint}")
@@ -164,6 +165,16 @@ def migration_lines(record: MixedRecord, block: Any) -> list[str]:
                           for v, n in seen.items() if isinstance(n, Mapping))
         lines.append(f"  after it        {shown}  (4xx/5xx answers by serving version, sent after it ended)")
     return lines
+
+
+def rollback_lines(report: Report) -> list[str]:
+    """One line per rollback rehearsal: the old version served against the schema, its requests,
+    errors and first error, and whether a rollback would work."""
+    rehearsals = rollback_rehearsals(report.extra)
+    if not rehearsals:
+        return []
+    return ["rollback         rehearsed: the old version's image served against the database, off the LB",
+            *(f"  {r.line()}" for r in rehearsals)]
 
 
 def compare_text(reports: Sequence[Report]) -> str:

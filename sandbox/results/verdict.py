@@ -54,6 +54,7 @@ from sandbox.results.model import (
     LongLived,
     MixedRecord,
     Report,
+    RollbackRehearsal,
     Rollout,
     Seconds,
     Status,
@@ -259,3 +260,23 @@ def not_run(judged: Verdict, reason: str) -> Verdict:
     """``judged``'s checks, each NOT_RUN with ``reason`` (a run that rehearsed nothing)."""
     return Verdict(tuple(dataclasses.replace(c, status="NOT_RUN", value=None, reason=reason)
                          for c in judged.checks))
+
+
+def rollback_safe(rehearsal: RollbackRehearsal, required: bool) -> Check:
+    """The verdict's ``rollback_safe_after_<rollout|contract>``: its figure is the old version's
+    errors (limit 0). Safe passes. Unsafe fails with ``--require-rollback-safe``; without it, it
+    is shown (SKIP, saying so), not judged: after a contract step a rollback cannot work, by design.
+    NOT_RUN when it did not run or failed to."""
+    name = f"rollback_safe_after_{rehearsal.after}"
+    if rehearsal.safe is None:
+        why = rehearsal.reason or "no answer"
+        return Check(name, "NOT_RUN", None, 0, f"rollback to {rehearsal.version} not rehearsed: {why}")
+    what = (f"{rehearsal.version} served against the schema: {rehearsal.errors} errors of "
+            f"{rehearsal.requests} requests")
+    if rehearsal.safe:
+        return Check(name, "PASS", 0, 0, f"{what}: rollback safe")
+    first = f" (first: {rehearsal.first_error})" if rehearsal.first_error else ""
+    if required:
+        return Check(name, "FAIL", rehearsal.errors, 0, f"{what}: a rollback would break{first}")
+    return Check(name, "SKIP", rehearsal.errors, 0,
+                 f"{what}: a rollback would break{first}; shown, not judged (--require-rollback-safe judges it)")

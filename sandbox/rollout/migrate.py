@@ -25,30 +25,32 @@ from sandbox.results.records import RequestRow
 from sandbox.rollout.mixed import TAIL_CHARS, last_line
 
 NAME = "migration"
+CONTRACT = "contract"  # ``--contract CMD``: run the same way once every server is new
+STEPS = (NAME, CONTRACT)  # the records of the schema steps, shown apart from the mixed checks
 TIMED_OUT = 124  # the exit code of a migration killed at --migrate-timeout (as timeout(1) says it)
 
 RunOnce = Callable[[str, float], Awaitable[tuple[int, str]]]  # (command, timeout) -> (exit code, output)
 
 
 def record(command: str, exit_code: int, output: str, duration_s: float, *, batch: int,
-           timeout_s: float, tail: int = TAIL_CHARS) -> MixedRecord:
+           timeout_s: float, tail: int = TAIL_CHARS, name: str = NAME) -> MixedRecord:
     """The report's record of one migration run: passed on exit 0, timed_out on 124, else failed."""
     status = "passed" if exit_code == 0 else "timed_out" if exit_code == TIMED_OUT else "failed"
     err = f"(killed after {timeout_s:g} s)" if status == "timed_out" else ""
-    return MixedRecord(NAME, command, status, exit_code=exit_code, duration_s=round(duration_s, 3),
+    return MixedRecord(name, command, status, exit_code=exit_code, duration_s=round(duration_s, 3),
                        stdout_tail=output[-tail:], stderr_tail=err, batch=batch)
 
 
-async def run(command: str, run_once: RunOnce, *, timeout_s: float, batch: int) -> MixedRecord:
-    """Run the migration with ``run_once`` and return its record."""
+async def run(command: str, run_once: RunOnce, *, timeout_s: float, batch: int, name: str = NAME) -> MixedRecord:
+    """Run the migration (or, ``name`` :data:`CONTRACT`, the contract step) with ``run_once``; its record."""
     t0 = time.monotonic()
     code, output = await run_once(command, timeout_s)
-    return record(command, code, output, time.monotonic() - t0, batch=batch, timeout_s=timeout_s)
+    return record(command, code, output, time.monotonic() - t0, batch=batch, timeout_s=timeout_s, name=name)
 
 
-def not_run(command: str, reason: str) -> MixedRecord:
-    """The record of a migration that did not run (the rollout ended first), and why."""
-    return MixedRecord(NAME, command, "not_run", reason=reason)
+def not_run(command: str, reason: str, name: str = NAME) -> MixedRecord:
+    """The record of a migration (or contract step) that did not run (the rollout ended first), and why."""
+    return MixedRecord(name, command, "not_run", reason=reason)
 
 
 def failure_line(rec: MixedRecord) -> str:
@@ -89,8 +91,8 @@ def errors_check(block: Mapping[str, Any], limit: int) -> Check:
 
 
 def summary(rec: MixedRecord, ended_at: float | None, rows: Iterable[RequestRow]) -> dict[str, object]:
-    """The report's ``migration`` block: the command, when it ran and how it ended, and the answers
-    by serving version from its end on."""
+    """The report's ``migration`` (or ``contract``) block: the command, when it ran and how it ended,
+    and the answers by serving version from its end on."""
     return {"command": rec.command, "status": rec.status, "exit_code": rec.exit_code,
             "duration_s": rec.duration_s, "at": "before" if rec.batch == 0 else "after",
             "ended_at": ended_at,

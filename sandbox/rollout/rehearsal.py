@@ -62,11 +62,11 @@ from sandbox.results.measure import (
     attribute_versions,
     measure,
 )
-from sandbox.results.model import Check, MixedRecord, Report, Rollout, Verdict
+from sandbox.results.model import Check, MixedRecord, Report, RollbackRehearsal, Rollout, Verdict
 from sandbox.results.records import Event, LongLivedRow, RequestRow
 from sandbox.results.report import build_report, clear_report_dir, write_report_dir
-from sandbox.results.verdict import Limits, exit_code, not_run
-from sandbox.rollout import migrate, mixed, strategies
+from sandbox.results.verdict import Limits, exit_code, not_run, rollback_safe
+from sandbox.rollout import migrate, mixed, rollback_safety, strategies
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import Executor, ProbeFactory, Timing
 from sandbox.rollout.load_phases import LoadGenerator, LoadPhases
@@ -124,6 +124,8 @@ class Prepared:
     pause_at_mixed: bool = False  # that pause is --pause-at-mixed's (the first moment both versions serve)
     migrate: str = ""  # --migrate: run once in a one-off container of the target image ("" none)
     migrate_at: str = "before"  # --migrate-at: before the first batch, or after the last
+    contract: str = ""  # --contract: run once every server is new ("" none)
+    rollback_rehearsal_s: float = 0.0  # --rehearse-rollback: seconds of each rollback rehearsal (0: none)
 
     @property
     def pick_order(self) -> list[list[int]]:
@@ -148,6 +150,7 @@ class Prepared:
                 "mixed_checks": list(self.mixed_checks), "detach_lag_s": self.detach_lag_s,
                 "pause_at": self.pause_at, "pause_at_mixed": self.pause_at_mixed,
                 "migrate": {"command": self.migrate, "at": self.migrate_at} if self.migrate else None,
+                "contract": self.contract or None, "rollback_rehearsal_s": self.rollback_rehearsal_s or None,
                 "steps": [{"batch": st.batch_no, "action": st.action, "targets": who(st.targets),
                            "detach": who(st.detach)} for st in self.steps]}
 
@@ -169,6 +172,13 @@ class Prepared:
         if self.migrate:
             lines.append(f"  migration {'before the first batch' if self.migrate_at == 'before' else 'after the last'}"
                          f", in a one-off {self.target} container: {self.migrate}")
+        if self.contract:
+            lines.append(f"  contract step once every server is {self.target}, in a one-off {self.target} container: "
+                         f"{self.contract}")
+        if self.rollback_rehearsal_s:
+            after = "the rollout and the contract step" if self.contract else "the rollout"
+            lines.append(f"  rollback rehearsal after {after}: {self.source} served against the schema for "
+                         f"{self.rollback_rehearsal_s:g} s, off the load balancer")
         if self.mixed_checks:
             lines.append(f"  {len(self.mixed_checks)} mixed check(s), run once both versions are attached: "
                          + "; ".join(self.mixed_checks))
@@ -200,6 +210,8 @@ class Ran:
     load_alive: bool = True  # the load generator ran until it was asked to stop
     mixed_checks: tuple[MixedRecord, ...] = ()  # one record per --mixed-check (mixed.py), then --migrate's
     migration_end: float | None = None  # unix time the --migrate command ended (None: it did not run)
+    contract_end: float | None = None  # unix time the --contract command ended (None: it did not run)
+    rollback_rehearsals: tuple[RollbackRehearsal, ...] = ()  # --rehearse-rollback: after the rollout, the contract
 
 
 @dataclass(frozen=True)
@@ -312,6 +324,9 @@ class Rehearsal:
         self._steering: Steering | None = None  # while run() runs: pause, resume, abort, promote
         self._migration: MixedRecord | None = None  # the --migrate command's record, once it ran
         self._migration_end: float | None = None
+        self._contract: MixedRecord | None = None  # the --contract command's record, once it ran
+        self._contract_end: float | None = None
+        self._rollbacks: list[RollbackRehearsal] = []  # the rollback rehearsals, once they ran
 
     @property
     def balancer(self) -> LoadBalancer:
@@ -403,7 +418,11 @@ class Rehearsal:
                                   mixed_checks=self.settings.mixed_checks, detach_lag_s=self.settings.detach_lag_s,
                                   pause_at=pause_at, pause_at_mixed=self.settings.pause_at_mixed,
                                   migrate=self.settings.migrate if self.kind == "roll" else "",
-                                  migrate_at=self.settings.migrate_at)
+                                  migrate_at=self.settings.migrate_at,
+                                  contract=self.settings.contract if self.kind == "roll" else "",
+                                  rollback_rehearsal_s=self.settings.rollback_rehearsal_s
+                                  if self.kind == "roll" and (self.settings.migrate or self.settings.contract)
+                                  else 0.0)
         return self._prepared
 
     async def _read_fleet(self) -> tuple[LbHandle, list[Instance]]:
@@ -526,16 +545,18 @@ class Rehearsal:
                                            if outcome == "completed" else
                                            migrate.not_run(self.settings.migrate,
                                                            f"not run: the rollout ended ({outcome}) first"))
+                    await self._after_rollout(outcome)
                     await self.load.cooldown()
         finally:
             watch.cancel()
             steering.ended()
             await self.load.stop()
         checks = mixed.finish(self.settings.mixed_checks, self._mixed_ran, outcome)
+        steps = tuple(r for r in (self._migration, self._contract) if r is not None)
         self._ran = Ran(outcome=outcome, message=message, started=started, t_start=t_start, t_end=t_end,
                         peak=self.executor.peak, load=self.load.ran, load_alive=self.load.alive,
-                        mixed_checks=(*checks, self._migration) if self._migration else checks,
-                        migration_end=self._migration_end)
+                        mixed_checks=(*checks, *steps), migration_end=self._migration_end,
+                        contract_end=self._contract_end, rollback_rehearsals=tuple(self._rollbacks))
         return self._ran
 
     async def _check_long_lived_paths(self) -> None:
@@ -585,24 +606,68 @@ class Rehearsal:
     def _migrates(self, when: str) -> bool:
         return bool(self.settings.migrate) and self.kind == "roll" and self.settings.migrate_at == when
 
-    async def _migrate(self, *, batch: int) -> MixedRecord:
-        """Run ``--migrate`` once in a one-off container of the target image with the new servers'
-        environment; its record (the rollout goes on or stops as the caller decides)."""
+    async def _migrate(self, *, batch: int, name: str = migrate.NAME) -> MixedRecord:
+        """Run ``--migrate`` (or, ``name`` contract, ``--contract``) once in a one-off container of the
+        target image with the new servers' environment; its record (the rollout goes on or stops as
+        the caller decides)."""
         p, images = self.prepared, self.executor.images
-        command = self.settings.migrate
-        self.progress.line(f"migration ({'before the first batch' if batch == 0 else 'after the last batch'}): "
+        command = self.settings.contract if name == migrate.CONTRACT else self.settings.migrate
+        self.progress.line(f"{name} ({'before the first batch' if batch == 0 else 'after the last batch'}): "
                            f"{command} in a one-off {p.target} container")
 
         async def run_once(cmd: str, timeout_s: float) -> tuple[int, str]:
             return await self.runtime.run_once(self.settings.project, images.app[p.target], cmd, p.env,
                                                timeout_s, toy=images.toy)
 
-        record = await migrate.run(command, run_once, timeout_s=self.settings.migrate_timeout_s, batch=batch)
-        self._migration_end = time.time()
-        self.executor.emit("migration", None, batch=batch, detail={
+        record = await migrate.run(command, run_once, timeout_s=self.settings.migrate_timeout_s, batch=batch,
+                                   name=name)
+        if name == migrate.CONTRACT:
+            self._contract_end = time.time()
+        else:
+            self._migration_end = time.time()
+        self.executor.emit(name, None, batch=batch, detail={
             "status": record.status, "exit_code": record.exit_code, "duration_s": record.duration_s})
-        self.progress.line(f"migration {record.status} (exit {record.exit_code}, {record.duration_s:g} s)")
+        self.progress.line(f"{name} {record.status} (exit {record.exit_code}, {record.duration_s:g} s)")
         return record
+
+    async def _after_rollout(self, outcome: str) -> None:
+        """After a roll that changes the schema: rehearse a rollback against it, then run the contract
+        step (``--contract``, only once every server is new) and rehearse the rollback again."""
+        s, p = self.settings, self.prepared
+        if self.kind != "roll" or not (s.migrate or s.contract):
+            return
+        if outcome != "completed":
+            if s.contract:
+                self._contract = migrate.not_run(s.contract, f"not run: the rollout ended ({outcome}) first",
+                                                 name=migrate.CONTRACT)
+            return
+        await self._rehearse_rollback("rollout")
+        if s.contract:
+            self._contract = await self._migrate(batch=p.batches or 0, name=migrate.CONTRACT)
+            await self._rehearse_rollback("contract")
+
+    async def _rehearse_rollback(self, after: str) -> None:
+        """Serve the old version's image against the database as it is now, off the load balancer,
+        under the toy's request mix (:mod:`sandbox.rollout.rollback_safety`); record whether it worked."""
+        s, p, images = self.settings, self.prepared, self.executor.images
+        if not s.rollback_rehearsal_s:
+            return
+        if not images.toy:
+            self._rollbacks.append(rollback_safety.not_run(
+                after, p.source, "your own app: the rehearsal sends the toy app's requests"))
+            return
+        self.progress.line(f"rollback rehearsal after the {after}: {p.source} served against the schema for "
+                           f"{s.rollback_rehearsal_s:g} s, off the load balancer")
+        env = dict(self.balancer.state.app_env)
+
+        async def run_once(image: str, cmd: str, env: Mapping[str, str], timeout_s: float) -> tuple[int, str]:
+            return await self.runtime.run_once(s.project, image, cmd, env, timeout_s, toy=True)
+
+        record = await rollback_safety.rehearse(after, p.source, images.app[p.source], env, run_once,
+                                                seconds=s.rollback_rehearsal_s)
+        self._rollbacks.append(record)
+        self.executor.emit("rollback-rehearsal", None, detail=record.to_json())
+        self.progress.line(f"rollback rehearsal {record.line()}")
 
     async def _after_step(self, step: planner.Step) -> None:
         """The first time the attached set holds two versions, run every mixed check while the
@@ -889,6 +954,13 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
         judged = migrate.errors_check(block, settings.max_migration_errors) if ran.load else Check(
             "migration_errors", "NOT_RUN", None, settings.max_migration_errors, "no load: nothing to judge")
         report = dataclasses.replace(report, verdict=Verdict((*report.verdict.checks, judged)))
+    ran_contract = next((r for r in ran.mixed_checks if r.name == migrate.CONTRACT), None)
+    if ran_contract is not None:
+        extra["contract"] = migrate.summary(ran_contract, ran.contract_end, collected.rows)
+    if ran.rollback_rehearsals:
+        extra["rollback_rehearsals"] = [r.to_json() for r in ran.rollback_rehearsals]
+        safety = tuple(rollback_safe(r, settings.require_rollback_safe) for r in ran.rollback_rehearsals)
+        report = dataclasses.replace(report, verdict=Verdict((*report.verdict.checks, *safety)))
     return dataclasses.replace(report, extra=extra)
 
 

@@ -140,7 +140,7 @@ def test_each_setting_is_defined_once_with_its_group_help_and_variable() -> None
         "max_dropped": 0, "max_stall_s": 1.0, "slow_ms": 2000.0, "max_slow": 0, "max_p99_ratio": 3.0,
         "max_p99_ms": 250.0, "min_latency_samples": 200, "max_violations": 0, "max_not_found": 0,
         "max_migration_errors": 0, "min_requests": 100, "max_abnormal_closes": 0, "max_messages_lost": 0,
-        "max_reconnect_p99_ms": 2000.0}
+        "max_reconnect_p99_ms": 2000.0, "require_rollback_safe": False}
     assert sum(len(defaults.group(g)) for g in GROUPS) == len(SETTINGS)
     names = [alias for one in SETTINGS.values()  # what an error may call each setting: never two at once
              for alias in {one.name, one.spec.item, *(f.removeprefix("--") for f in one.flags)} - {""}]
