@@ -647,7 +647,9 @@ class Rehearsal:
                                f"127.0.0.1 (started by an older sandbox); {self._hint('down')} and `up` again")
 
     async def _run_hooks(self, event: hooks.Event, batch: int | None = None) -> list[MixedRecord]:
-        """Run ``event``'s hooks on the host (none: nothing), record and show each run; their records."""
+        """Run ``event``'s hooks on the host (none: nothing), record and show each run; their records.
+        A failure is said here for post-rollout and on-rollback; pre-rollout's and post-batch's
+        failures stop the rollout, whose own line names them."""
         p = self.prepared
         commands = hooks.of(p.hooks, event)
         if not commands:
@@ -662,8 +664,9 @@ class Rehearsal:
             self.executor.emit("hook", None, batch=batch, detail={
                 "name": record.name, "event": event, "status": record.status, "exit_code": record.exit_code,
                 "duration_s": record.duration_s})
-            if record.status in ("failed", "timed_out"):
-                self.progress.line(hooks.failure_line(record, "see the report"))
+            if record.status in ("failed", "timed_out") and event in ("post-rollout", "on-rollback"):
+                self.progress.line(hooks.failure_line(record, "the verdict fails" if event == "post-rollout"
+                                                      else "the rollback goes on"))
         return records
 
     async def _after_step(self, step: planner.Step) -> None:
