@@ -677,8 +677,8 @@ class Rehearsal:
             await self._mixed_after_step(step)
         if self._rolling_back or not hooks.of(self.prepared.hooks, "post-batch"):
             return
-        steps = self.prepared.steps
-        if step != next(s for s in reversed(steps) if s.batch_no == step.batch_no):
+        last = next((s for s in reversed(self.prepared.steps) if s.batch_no == step.batch_no), None)
+        if step != last:  # not the batch's last step (nor a wind-down's stand-in for it: Ctrl-C ends the rollout)
             return
         bad = hooks.failed(await self._run_hooks("post-batch", batch=step.batch_no))
         if bad is not None:

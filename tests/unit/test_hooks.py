@@ -21,7 +21,7 @@ from sandbox.results.junit import junit_xml
 from sandbox.results.markdown import markdown_page
 from sandbox.results.model import Report
 from sandbox.results.text import summary_text
-from sandbox.rollout import hooks
+from sandbox.rollout import hooks, strategies
 from sandbox.rollout.rehearsal import Rehearsal
 from sandbox.ui.progress import Progress
 from tests.unit.test_rehearsal import World, settings
@@ -322,3 +322,16 @@ async def test_hook_runs_are_in_the_summary_the_markdown_and_junit() -> None:
     assert cases["hook_post_batch_b3"].findtext("system-out") == "checked 3\n"
     assert cases["hook_post_rollout"].find("failure") is not None
     assert cases["hook_post_rollout"].findtext("system-err") == "smoke broke\n"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("strategy", strategies.NAMES)
+async def test_post_batch_runs_once_after_each_batch_of_every_strategy(strategy: str, tmp_path: Path) -> None:
+    world, out = World(n=4), tmp_path / "env"
+    extra: dict[str, Any] = {"strategy": strategy, "batch": 2 if strategy == "rolling" else 1}
+    prepared = await Rehearsal(settings(**extra), runtime=world.runtime, progress=Progress(world.stream),
+                               deps=world.deps, install_sigint=False).prepare()
+    result = await World(n=4).rehearse(settings(hooks=(f"post-batch={_writer(out)}",), **extra))
+    assert result.report["outcome"] == "completed", result.message
+    batches = sorted({s.batch_no for s in prepared.steps})
+    assert [int(e["SANDBOX_BATCH"]) for e in _lines(out)] == batches
