@@ -14,6 +14,7 @@ import json
 import shlex
 import socket
 import struct
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -25,11 +26,13 @@ import pytest
 
 from sandbox.fleet import labels as L
 from sandbox.fleet.images import ensure_db_image
-from tests.e2e.conftest import Cli, assert_passes
+from tests.e2e.conftest import Cli
 
 pytestmark = pytest.mark.e2e
 
 LOAD = ("--users", "5", "--warmup", "2", "--cooldown", "1")
+# what a loaded machine may fail by wall-clock alone; these tests judge the hooks, not the latency
+TIMING = frozenset({"stall_s", "slow", "p99_ratio"})
 
 # What a hook saw, one JSON line per run: its environment, what SANDBOX_URL answered, and what the
 # server at DATABASE_URL answered to PostgreSQL's SSLRequest ('S' or 'N': a PostgreSQL server).
@@ -48,6 +51,22 @@ if db.port:
 with open(sys.argv[1], "a") as out:
     out.write(json.dumps(seen) + "\n")
 '''
+
+
+def _judged(proc: subprocess.CompletedProcess[str], *, failing: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The JSON report of a run whose verdict fails every check of ``failing``, and beside them at
+    most the timing checks; exit code 1 when any failed, else 0."""
+    report: dict[str, Any] = json.loads(proc.stdout)
+    failed = {c["name"] for c in report["verdict"]["checks"] if not c["pass"]}
+    assert failing <= failed <= failing | TIMING, (failed, proc.stderr[-3000:])
+    assert proc.returncode == (1 if failed else 0), (proc.returncode, failed)
+    return report
+
+
+def _hook(path: Path, out: Path) -> str:
+    """A hook command that appends what it saw to ``out`` (the script ``HOOK``, written to ``path``)."""
+    path.write_text(HOOK)
+    return f"{shlex.quote(sys.executable)} {shlex.quote(str(path))} {shlex.quote(str(out))}"
 
 
 def _fleet(cli: Cli) -> list[tuple[str, int, str, bool]]:
@@ -80,9 +99,9 @@ def test_a_post_batch_hook_failing_at_batch_2_rolls_back(cli: Cli, tmp_path: Pat
     junit, out = tmp_path / "junit.xml", tmp_path / "rollback.jsonl"
     fail_at_2 = '[ "$SANDBOX_BATCH" != 2 ] || { echo "smoke test failed after batch $SANDBOX_BATCH"; exit 7; }'
     proc = cli.run("roll", "--to", "v2", "--hook", f"post-batch={fail_at_2}",
-                   "--hook", f"on-rollback={shlex.quote(sys.executable)} -c {shlex.quote(HOOK)} {out}",
+                   "--hook", f"on-rollback={_hook(tmp_path / 'hook.py', out)}",
                    *LOAD, "--json", "--junit", str(junit), "--report", str(tmp_path / "r"))
-    report = assert_passes(proc, expected=frozenset({"outcome", "hook_post_batch_b2"}))
+    report = _judged(proc, failing=frozenset({"outcome", "hook_post_batch_b2"}))
     assert report["outcome"] == "rolled_back"
     assert [(slot, version, attached) for _, slot, version, attached in _fleet(cli)] == [
         (1, "v1", True), (2, "v1", True), (3, "v1", True)]
@@ -118,10 +137,11 @@ def test_hooks_see_the_fleet_and_reach_its_database_from_the_host(
     port = int(db.labels[L.LABEL_PORT])
     assert db.attrs["HostConfig"]["PortBindings"] == {"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
     out = tmp_path / "hooks.jsonl"
-    hook = f"{shlex.quote(sys.executable)} -c {shlex.quote(HOOK)} {out}"
+    hook = _hook(tmp_path / "hook.py", out)
     args = [a for event in ("pre-rollout", "post-batch", "post-rollout", "on-rollback")
             for a in ("--hook", f"{event}={hook}")]
-    report = assert_passes(cli.run("roll", "--to", "v2", *args, *LOAD, "--json", "--report", str(tmp_path / "r")))
+    report = _judged(cli.run("roll", "--to", "v2", *args, *LOAD, "--json", "--report", str(tmp_path / "r")))
+    assert report["outcome"] == "completed"
     seen: list[dict[str, Any]] = [json.loads(x) for x in out.read_text().splitlines()]
     assert [(s["SANDBOX_EVENT"], s["SANDBOX_BATCH"]) for s in seen] == [
         ("pre-rollout", "0"), ("post-batch", "1"), ("post-batch", "2"), ("post-rollout", "0")]
