@@ -21,10 +21,11 @@ from sandbox.results.junit import junit_xml
 from sandbox.results.markdown import markdown_page
 from sandbox.results.model import Report
 from sandbox.results.text import summary_text
-from sandbox.rollout import hooks, strategies
+from sandbox.rollout import hooks, steer, strategies
 from sandbox.rollout.rehearsal import Rehearsal
 from sandbox.ui.progress import Progress
 from tests.unit.test_rehearsal import World, settings
+from tests.unit.test_steer import _paused, _rolling
 
 
 # -- parsing and validation --------------------------------------------------------------------------
@@ -335,3 +336,22 @@ async def test_post_batch_runs_once_after_each_batch_of_every_strategy(strategy:
     assert result.report["outcome"] == "completed", result.message
     batches = sorted({s.batch_no for s in prepared.steps})
     assert [int(e["SANDBOX_BATCH"]) for e in _lines(out)] == batches
+
+
+@pytest.mark.asyncio
+async def test_sandbox_abort_runs_the_on_rollback_hook_as_the_rollback_starts(tmp_path: Path) -> None:
+    world, out = World(), tmp_path / "env"
+
+    async def abort(world: World) -> None:
+        await _paused(world)
+        assert (await steer.send("p", "abort"))["state"] == "aborting"
+
+    result = await _rolling(world, settings(pause_after_batch=1, hooks=(f"on-rollback={_writer(out)}",
+                                                                        f"post-batch={_writer(out)}")), abort)
+    assert result.report["outcome"] == "rolled_back" and world.attached_versions() == {"v1"}
+    assert [(e["SANDBOX_EVENT"], e["SANDBOX_BATCH"]) for e in _lines(out)] == [("post-batch", "1"),
+                                                                              ("on-rollback", "0")]
+    records = {r["name"]: r["status"] for r in result.report["mixed_checks"] if r.get("event")}
+    assert records == {"hook_post_batch_b1": "passed", "hook_on_rollback": "passed"}
+    phases = [e["phase"] for e in result.report["steps"]]
+    assert phases.index("abort") < phases.index("rollback-start") < phases.index("hook", phases.index("abort"))
