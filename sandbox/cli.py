@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import sys
+import textwrap
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -52,6 +53,13 @@ class _Parser(argparse.ArgumentParser):
                   if " " in self.prog else f"sandbox: error: {message}\n")
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help, never wrapped inside a hyphenated word (``post-batch``, ``--max-stall-s``)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 def _integer(text: str) -> int:
     """A whole number; its range is checked with the setting it fills (``config.validate``)."""
     try:
@@ -87,6 +95,7 @@ STEER_COMMANDS = {"pause": "pause the running rollout between two steps (traffic
                   "promote": "skip the running rollout's remaining pauses (and resume it)"}
 _MIGRATE = ("migrate", "migrate_at", "migrate_timeout_s", "contract", "rollback_rehearsal_s")  # roll and compare
 _ROLL_ONLY = ("to_version", "max_error_ratio", "auto_rollback", "set_env", *_MIGRATE)
+_HOOKS = ("hooks", "hook_timeout_s")  # roll and demo run them; rollback and compare take none
 
 
 def setting_flags(command: str) -> dict[str, str]:
@@ -129,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rolling-sandbox {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, command in _SUBCOMMANDS.items():
-        p = sub.add_parser(name, parents=[common], help=command.help)
+        p = sub.add_parser(name, parents=[common], help=command.help, formatter_class=_Formatter)
         if command.own_flags is not None:
             command.own_flags(p)
         _add_settings(p, setting_flags(name), command.project)
@@ -222,7 +231,7 @@ _SUBCOMMANDS: dict[str, _Command] = {
     "roll": _Command("roll the fleet to another version under live traffic", ("rollout", "load", "limits"),
                      own_flags=_add_roll_flags),
     "rollback": _Command("return to the version before the last roll", ("rollout", "load", "limits"),
-                         without=_ROLL_ONLY, own_flags=_add_report_flags),
+                         without=(*_ROLL_ONLY, *_HOOKS), own_flags=_add_report_flags),
     "demo": _Command("workshop demo: up 9, roll to v2 under load, report, down",
                      ("fleet", "app", "rollout", "load", "limits"),
                      without=("lb_retry", "version", "app_env", "mode", *_ROLL_ONLY),
@@ -231,7 +240,7 @@ _SUBCOMMANDS: dict[str, _Command] = {
                         ("fleet", "swarm", "rollout", "load", "limits"),
                         without=("lb_retry", "strategy", "batch", "mode", "detach_lag_s",
                                  *(name for name in _ROLL_ONLY if name not in _MIGRATE),
-                                 *_STEER_ONLY),
+                                 *_STEER_ONLY, *_HOOKS),
                         own_flags=_add_compare_flags, defaults={"size": 9}),
     "doctor": _Command("run short real experiments on your image: what loses requests in rollouts, what to set",
                        ("app",), also=("size", "ready_timeout", "paths", "users", "think_ms", "locustfile"),

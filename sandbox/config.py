@@ -30,7 +30,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 from sandbox.errors import DEFAULT_PROJECT, PortInUseError, UsageError
 from sandbox.fleet.versions import TOY_VERSIONS, AppSpec, check_declared, check_name, check_spec, parse_pairs
 from sandbox.load.rows import DEFAULT_THINK_MS, V2Mode, parse_think_ms
-from sandbox.rollout import strategies
+from sandbox.rollout import hooks, strategies
 from sandbox.rollout.plan import Mode, Strategy, Version  # one definition each: the planner's
 
 LbApply = Literal["reload", "dynamic"]
@@ -311,6 +311,17 @@ class Settings:
                                                "for this long under the toy's request mix, off the load "
                                                "balancer, and report whether a rollback would work "
                                                "(default 4; 0: no rehearsal)")
+    hooks: tuple[str, ...] = setting((), group="rollout", flag="--hook", metavar="EVENT=CMD", split="\n",
+                                     check=hooks.check,
+                                     help="run CMD on the host through sh -c at EVENT, one of pre-rollout "
+                                          "(a failure stops before anything changes), post-batch (a failure "
+                                          "rolls back), post-rollout (a failure fails the verdict) and "
+                                          "on-rollback, with SANDBOX_URL, SANDBOX_PROJECT, SANDBOX_VERSIONS, "
+                                          "SANDBOX_BATCH and DATABASE_URL set (repeatable: an event's commands "
+                                          "run in order)")
+    hook_timeout_s: float = setting(60.0, group="rollout", flag="--hook-timeout", above=0, at_most=3600,
+                                    unit="seconds", help="seconds each hook may take before it is killed and "
+                                                         "fails (default 60)")
     # swarm-native (compare on --engine swarm): Swarm's own `service update` config
     update_parallelism: int = setting(1, group="swarm", flag="--update-parallelism", at_least=1,
                                       help="swarm-native: tasks updated at once (default 1)")

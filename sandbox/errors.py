@@ -14,6 +14,8 @@ SandboxError
  |    +-- ProgressDeadlineExceeded  no step completed within --progress-deadline
  |    +-- Aborted          `sandbox abort` (or a pause past --pause-timeout): roll back
  |    +-- MigrationError   the --migrate command failed before the first batch (nothing changed)
+ |    +-- HookError        a --hook failed: pre-rollout (nothing changed) or post-batch (roll back)
+ |    +-- DatabaseDown     the fleet's PostgreSQL server is not running at `roll` (nothing changed)
  +-- PlanError (ValueError)  settings, a fleet or a plan break a rule of the planner
  +-- TrafficError          the load generator could not be started, or died
  +-- NotFoundError         the project has no fleet (nothing to act on)
@@ -86,6 +88,16 @@ class Aborted(RolloutError):
     """Someone asked the running rollout to stop and go back (``sandbox abort``, or a pause that timed out)."""
 class MigrationError(RolloutError):
     """The ``--migrate`` command failed before the first batch; nothing of the fleet was changed."""
+
+
+class HookError(RolloutError):
+    """A ``--hook`` failed: a pre-rollout one stops the roll before anything changes, a post-batch
+    one rolls back as a failed batch does."""
+
+
+class DatabaseDown(RolloutError):
+    """The fleet was started with ``--service postgres`` and its server is gone, stopped or not
+    answering when a rollout begins; nothing of the fleet was changed."""
 
 
 class PlanError(SandboxError, ValueError):

@@ -34,6 +34,7 @@ from sandbox.fleet import labels as L
 from sandbox.fleet import tarball, versions
 from sandbox.fleet.engine import STATE_DIR, Instance, LbHandle
 from sandbox.fleet.images import ImageSet, ensure_db_image, ensure_images, prune_images
+from sandbox.ports import free_port
 
 log = logging.getLogger("sandbox.fleet.docker")
 
@@ -324,21 +325,43 @@ class DockerBase(ABC):
         return f"{name}:{REDIS_PORT}"
 
     async def start_postgres(self, project: str, image: str, password: str) -> str:
-        """Start the project's PostgreSQL server (Debian's, from ``image``) on the project network only,
-        its data on a project volume that ``down`` removes, clients admitted with ``password``;
-        return its ``DATABASE_URL`` (the server may still be starting: see :meth:`postgres_ready`)."""
+        """Start the project's PostgreSQL server (Debian's, from ``image``) on the project network,
+        its port also published on 127.0.0.1 only (a free port, recorded in the container's port
+        label: the host's hooks reach it, nothing beyond the host), its data on a project volume
+        that ``down`` removes, clients admitted with ``password``; return its ``DATABASE_URL`` (the
+        server may still be starting: see :meth:`postgres_ready`)."""
         name = postgres_name(project)
         def start() -> None:
-            self.client.containers.run(
-                image, ["sh", "-c", POSTGRES_SCRIPT], name=name, hostname=name, detach=True,
-                labels=L.project_labels(project, L.ROLE_POSTGRES), environment={"POSTGRES_PASSWORD": password},
-                network=network_name(project), user="postgres", tmpfs={"/tmp": "size=64m"},
-                mounts=[Mount(POSTGRES_HOME, f"{project}-postgres-data", type="volume",
-                              labels=L.project_labels(project, L.ROLE_VOLUME))],
-                cap_drop=["ALL"], security_opt=["no-new-privileges"], mem_limit="512m", pids_limit=256,
-            )
+            for attempt in range(3):  # another process may take the free port before Docker binds it
+                port = free_port()
+                try:
+                    self.client.containers.run(
+                        image, ["sh", "-c", POSTGRES_SCRIPT], name=name, hostname=name, detach=True,
+                        labels=L.project_labels(project, L.ROLE_POSTGRES, **{L.LABEL_PORT: str(port)}),
+                        environment={"POSTGRES_PASSWORD": password}, network=network_name(project),
+                        ports={f"{POSTGRES_PORT}/tcp": ("127.0.0.1", port)}, user="postgres",
+                        tmpfs={"/tmp": "size=64m"},
+                        mounts=[Mount(POSTGRES_HOME, f"{project}-postgres-data", type="volume",
+                                      labels=L.project_labels(project, L.ROLE_VOLUME))],
+                        cap_drop=["ALL"], security_opt=["no-new-privileges"], mem_limit="512m", pids_limit=256,
+                    )
+                    return
+                except docker.errors.APIError as exc:
+                    taken = "address already in use" in str(exc) or "port is already allocated" in str(exc)
+                    if not taken or attempt == 2:
+                        raise
+                    self._remove_by_name(name)
         await self._call(start)
         return f"postgresql://{POSTGRES_USER}:{password}@{name}:{POSTGRES_PORT}/{POSTGRES_DB}"
+
+    async def postgres_host_port(self, project: str) -> int | None:
+        """The port on 127.0.0.1 the project's PostgreSQL server publishes (its port label); None
+        when the project has no such container, or one started before servers published it."""
+        def port() -> int | None:
+            found = self.client.containers.list(all=True, filters=L.project_filter(project, L.ROLE_POSTGRES))
+            text = found[0].labels.get(L.LABEL_PORT) if found else None
+            return int(text) if text and text.isdigit() else None
+        return await self._call(port)
 
     async def postgres_ready(self, project: str) -> tuple[bool, str]:
         """Whether the project's PostgreSQL server accepts connections (``pg_isready``), with what it said;

@@ -170,8 +170,12 @@ class Engine(Protocol):
         ...
 
     async def start_postgres(self, project: str, image: str, password: str) -> str:
-        """Start the project's PostgreSQL server on the project network, its data on a project volume;
-        its ``DATABASE_URL``."""
+        """Start the project's PostgreSQL server on the project network (its port also published on
+        127.0.0.1 for the host's hooks), its data on a project volume; its ``DATABASE_URL``."""
+        ...
+
+    async def postgres_host_port(self, project: str) -> int | None:
+        """The port on 127.0.0.1 the project's PostgreSQL server publishes, or None."""
         ...
 
     async def postgres_ready(self, project: str) -> tuple[bool, str]:

@@ -139,6 +139,7 @@ def markdown_page(report: Report, *, chart_name: str = "chart.png") -> str:
         *_migration_section(report.run.mixed_checks, report.extra.get("migration")),
         *_migration_section(report.run.mixed_checks, report.extra.get("contract"), CONTRACT),
         *_rollback_section(rollback_rehearsals(report.extra)),
+        *_hooks_section(report.run.mixed_checks),
         *_long_lived_section(report.figures.long_lived),
         *_phases_section(report.figures.phases),
         *_steps_section(report.run.steps),
@@ -186,7 +187,7 @@ def _rollback_section(rehearsals: Sequence[RollbackRehearsal]) -> list[str]:
 
 def _mixed_section(records: Sequence[MixedRecord]) -> list[str]:
     """Each mixed check: its command, how it ended, and the tail of its output."""
-    records = [r for r in records if r.name not in SCHEMA_STEPS]  # --migrate and --contract have their own
+    records = [r for r in records if r.name not in SCHEMA_STEPS and r.event is None]  # schema steps, hooks: own
     if not records:
         return []
     parts = ["## Mixed checks", "", "Run once, while both versions were attached, with `SANDBOX_URL` set.", ""]
@@ -195,6 +196,25 @@ def _mixed_section(records: Sequence[MixedRecord]) -> list[str]:
         for label, tail in (("stdout", r.stdout_tail), ("stderr", r.stderr_tail)):
             if tail:
                 parts += [f"{label} (tail):", "", "```", tail.rstrip(), "```", ""]
+    return parts
+
+
+def _hooks_section(records: Sequence[MixedRecord]) -> list[str]:
+    """Each hook run: its event (and batch), command, how it ended, and the tail of its output."""
+    records = [r for r in records if r.event is not None]
+    if not records:
+        return []
+    parts = ["## Hooks", "", "Run on the host with `SANDBOX_URL`, `SANDBOX_PROJECT`, `SANDBOX_VERSIONS`, "
+             "`SANDBOX_BATCH` and `DATABASE_URL` set.", "",
+             md_table(["hook", "event", "batch", "result", "exit code", "duration", "command"],
+                      [[r.name, r.event, "" if r.batch is None else r.batch,
+                        r.status + (f" ({r.reason})" if r.reason else ""),
+                        "" if r.exit_code is None else r.exit_code, num(r.duration_s, " s", 3), f"`{r.command}`"]
+                       for r in records]), ""]
+    for r in records:
+        for label, tail in (("stdout", r.stdout_tail), ("stderr", r.stderr_tail)):
+            if tail:
+                parts += [f"{r.name} {label} (tail):", "", "```", tail.rstrip(), "```", ""]
     return parts
 
 

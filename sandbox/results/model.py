@@ -455,7 +455,8 @@ class Step:
 
 @dataclass(frozen=True)
 class MixedRecord:
-    """One ``--mixed-check`` command: how it ended (``passed``, ``failed``, ``timed_out``, ``not_run``)."""
+    """One ``--mixed-check`` command (or ``--migrate``'s, or a ``--hook``'s): how it ended
+    (``passed``, ``failed``, ``timed_out``, ``not_run``)."""
 
     name: str
     command: str
@@ -467,8 +468,9 @@ class MixedRecord:
     reason: str | None = None
     attached: Mapping[str, int] | None = None  # servers attached by version when it ran
     batch: int | None = None  # the batch after whose attach it ran
+    event: str | None = None  # a --hook's event (pre-rollout, post-batch, post-rollout, on-rollback)
 
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("reason", "attached", "batch")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("reason", "attached", "batch", "event")
 
     def to_json(self) -> Json:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -479,7 +481,8 @@ class MixedRecord:
         return cls(str(data.get("name")), str(data.get("command")), str(data.get("status")),
                    opt_int(data.get("exit_code")), opt_float(data.get("duration_s")),
                    str(data.get("stdout_tail") or ""), str(data.get("stderr_tail") or ""), data.get("reason"),
-                   data.get("attached"), opt_int(data.get("batch")))
+                   data.get("attached"), opt_int(data.get("batch")),
+                   str(data["event"]) if data.get("event") is not None else None)
 
     def summary(self) -> str:
         """One line for people: "FAIL exit 3 in 0.2 s: CMD" or "NOT RUN CMD (why)"."""

@@ -134,20 +134,32 @@ def summary_text(report: Report) -> str:
 
 
 def _order_and_mixed_lines(report: Report) -> list[str]:
-    """The pick order, and one line per mixed check with the last line of a failing one's output."""
+    """The pick order, one line per mixed check with the last line of a failing one's output, the
+    migration's lines, then one line per hook run."""
     run = report.run
     lines = [f"pick order       {run.order_text()}"] if run.seed is not None and run.pick_order else []
-    checks = [r for r in run.mixed_checks if r.name not in SCHEMA_STEPS]
+    checks = [r for r in run.mixed_checks if r.name not in SCHEMA_STEPS and r.event is None]
     if checks:
         lines.append("mixed checks     run once both versions were attached (SANDBOX_URL = the load balancer)")
     for record in run.mixed_checks:
         if record.name in SCHEMA_STEPS:
             lines += migration_lines(record, report.extra.get(record.name))
-            continue
-        lines.append(f"  {record.name}: {record.summary()}")
-        hint = last_line(record.stderr_tail or record.stdout_tail)
-        if record.status in ("failed", "timed_out") and hint:
-            lines.append(f"    {hint}")
+        elif record.event is None:
+            lines += _record_lines(record)
+    runs = [r for r in run.mixed_checks if r.event is not None]
+    if runs:
+        lines.append("hooks            run on the host (--hook EVENT=CMD)")
+    for record in runs:
+        lines += _record_lines(record)
+    return lines
+
+
+def _record_lines(record: MixedRecord) -> list[str]:
+    """A mixed check's or a hook's line, and the last line of a failing one's output."""
+    lines = [f"  {record.name}: {record.summary()}"]
+    hint = last_line(record.stderr_tail or record.stdout_tail)
+    if record.status in ("failed", "timed_out") and hint:
+        lines.append(f"    {hint}")
     return lines
 
 

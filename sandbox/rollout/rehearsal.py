@@ -37,6 +37,8 @@ from sandbox.config import Settings, check_batch
 from sandbox.errors import (
     Aborted,
     BalancerError,
+    DatabaseDown,
+    HookError,
     Interrupted,
     MigrationError,
     NotFoundError,
@@ -45,8 +47,8 @@ from sandbox.errors import (
     UsageError,
     hint,
 )
+from sandbox.fleet import access, versions
 from sandbox.fleet import labels as L
-from sandbox.fleet import versions
 from sandbox.fleet.balancer import NginxBalancer, lb_read_timeout_s
 from sandbox.fleet.engine import Engine, Instance, LbHandle
 from sandbox.fleet.images import ImageSet
@@ -66,7 +68,7 @@ from sandbox.results.model import Check, MixedRecord, Report, RollbackRehearsal,
 from sandbox.results.records import Event, LongLivedRow, RequestRow
 from sandbox.results.report import build_report, clear_report_dir, write_report_dir
 from sandbox.results.verdict import Limits, exit_code, not_run, rollback_safe
-from sandbox.rollout import migrate, mixed, rollback_safety, strategies
+from sandbox.rollout import hooks, migrate, mixed, rollback_safety, strategies
 from sandbox.rollout import plan as planner
 from sandbox.rollout.executor import Executor, ProbeFactory, Timing
 from sandbox.rollout.load_phases import LoadGenerator, LoadPhases
@@ -126,6 +128,7 @@ class Prepared:
     migrate_at: str = "before"  # --migrate-at: before the first batch, or after the last
     contract: str = ""  # --contract: run once every server is new ("" none)
     rollback_rehearsal_s: float = 0.0  # --rehearse-rollback: seconds of each rollback rehearsal (0: none)
+    hooks: tuple[hooks.Hook, ...] = ()  # --hook EVENT=CMD, in the order given (roll only)
 
     @property
     def pick_order(self) -> list[list[int]]:
@@ -151,6 +154,7 @@ class Prepared:
                 "pause_at": self.pause_at, "pause_at_mixed": self.pause_at_mixed,
                 "migrate": {"command": self.migrate, "at": self.migrate_at} if self.migrate else None,
                 "contract": self.contract or None, "rollback_rehearsal_s": self.rollback_rehearsal_s or None,
+                "hooks": [{"event": h.event, "command": h.command} for h in self.hooks],
                 "steps": [{"batch": st.batch_no, "action": st.action, "targets": who(st.targets),
                            "detach": who(st.detach)} for st in self.steps]}
 
@@ -179,6 +183,7 @@ class Prepared:
             after = "the rollout and the contract step" if self.contract else "the rollout"
             lines.append(f"  rollback rehearsal after {after}: {self.source} served against the schema for "
                          f"{self.rollback_rehearsal_s:g} s, off the load balancer")
+        lines.extend(f"  hook {h.event}: {h.command}" for h in self.hooks)
         if self.mixed_checks:
             lines.append(f"  {len(self.mixed_checks)} mixed check(s), run once both versions are attached: "
                          + "; ".join(self.mixed_checks))
@@ -208,7 +213,7 @@ class Ran:
     peak: int  # most app containers alive at once
     load: bool  # traffic ran
     load_alive: bool = True  # the load generator ran until it was asked to stop
-    mixed_checks: tuple[MixedRecord, ...] = ()  # one record per --mixed-check (mixed.py), then --migrate's
+    mixed_checks: tuple[MixedRecord, ...] = ()  # one record per --mixed-check (mixed.py), --migrate's, each hook run's
     migration_end: float | None = None  # unix time the --migrate command ended (None: it did not run)
     contract_end: float | None = None  # unix time the --contract command ended (None: it did not run)
     rollback_rehearsals: tuple[RollbackRehearsal, ...] = ()  # --rehearse-rollback: after the rollout, the contract
@@ -327,6 +332,9 @@ class Rehearsal:
         self._contract: MixedRecord | None = None  # the --contract command's record, once it ran
         self._contract_end: float | None = None
         self._rollbacks: list[RollbackRehearsal] = []  # the rollback rehearsals, once they ran
+        self._hook_runs: list[MixedRecord] = []  # each --hook run's record, in the order they ran
+        self._rolling_back = False  # the rollback's steps run no post-batch hook
+        self._database_url = ""  # DATABASE_URL as the host reaches it (hooks), once run() found it
 
     @property
     def balancer(self) -> LoadBalancer:
@@ -364,6 +372,7 @@ class Rehearsal:
         await self._recreate_balancer()
         lb, listed = await self._read_fleet()
         state = await self._start_balancer(lb)
+        await self._check_database(state)
         names = await self._fleet_images(build=False)
         size, target = self._checked(state, listed, names)  # before anything is built
         if not names.toy:  # both ways of the roll run from local images, never pulled from a registry
@@ -422,8 +431,29 @@ class Rehearsal:
                                   contract=self.settings.contract if self.kind == "roll" else "",
                                   rollback_rehearsal_s=self.settings.rollback_rehearsal_s
                                   if self.kind == "roll" and (self.settings.migrate or self.settings.contract)
-                                  else 0.0)
+                                  else 0.0,
+                                  hooks=hooks.parse_all(self.settings.hooks) if self.kind == "roll" else ())
         return self._prepared
+
+    async def _check_database(self, state: LbState) -> None:
+        """A fleet started with ``--service postgres`` whose server is gone, stopped or does not
+        answer within a few seconds: DatabaseDown, before anything changes (new servers could not
+        become ready, and the rollback that followed would fail too)."""
+        if not state.app_env.get(access.DATABASE_URL_ENV):
+            return
+        project, said = self.settings.project, [""]
+
+        async def ready() -> bool | None:
+            try:
+                ok, said[0] = await self.runtime.postgres_ready(project)
+            except NotFoundError:
+                ok, said[0] = False, "its container is gone"
+            return True if ok else None
+
+        if await poll(ready, timeout=5.0, interval=0.5) is None:
+            raise DatabaseDown(f"the fleet's PostgreSQL server is down ({said[0] or 'no answer'}): start it "
+                               f"again (docker start {project}-postgres) or {self._hint('down')} and `up` again; "
+                               "nothing was changed")
 
     async def _read_fleet(self) -> tuple[LbHandle, list[Instance]]:
         """The load balancer's container and the app containers; the balancer is reached once."""
@@ -516,7 +546,7 @@ class Rehearsal:
             self.report_dir.mkdir(parents=True, exist_ok=True)
             clear_report_dir(self.report_dir)  # no earlier run's report beside this run's rows
         self._seed_progress()
-        if self.settings.mixed_checks:
+        if self.settings.mixed_checks or hooks.of(self.prepared.hooks, "post-batch"):
             self.executor.after_step = self._after_step
         interrupts = Interrupts(self.executor.stop_requested, self.progress.line)
         steering = self._steering = self._new_steering()
@@ -532,6 +562,10 @@ class Rehearsal:
                                                until=self.executor.stop_requested,
                                                paths=tuple(self.settings.paths) if self.settings.paths
                                                or self.executor.images.toy else ("/",))
+                    await self._find_database_url()
+                    bad = hooks.failed(await self._run_hooks("pre-rollout"))
+                    if bad is not None:  # nothing changed yet: stop here, one line
+                        raise HookError(hooks.failure_line(bad, "the fleet was not changed"))
                     if self._migrates("before"):
                         self._migration = await self._migrate(batch=0)
                         if self._migration.status != "passed":  # nothing changed yet: stop here, one line
@@ -546,16 +580,24 @@ class Rehearsal:
                                            migrate.not_run(self.settings.migrate,
                                                            f"not run: the rollout ended ({outcome}) first"))
                     await self._after_rollout(outcome)
+                    if outcome == "completed":
+                        await self._run_hooks("post-rollout")
+                    else:
+                        self._hook_runs += hooks.not_run("post-rollout", hooks.of(self.prepared.hooks, "post-rollout"),
+                                                         f"not run: the rollout ended ({outcome})")
                     await self.load.cooldown()
         finally:
             watch.cancel()
             steering.ended()
             await self.load.stop()
         checks = mixed.finish(self.settings.mixed_checks, self._mixed_ran, outcome)
+        if not self._rolling_back:
+            self._hook_runs += hooks.not_run("on-rollback", hooks.of(self.prepared.hooks, "on-rollback"),
+                                             "not run: no rollback started")
         steps = tuple(r for r in (self._migration, self._contract) if r is not None)
         self._ran = Ran(outcome=outcome, message=message, started=started, t_start=t_start, t_end=t_end,
                         peak=self.executor.peak, load=self.load.ran, load_alive=self.load.alive,
-                        mixed_checks=(*checks, *steps), migration_end=self._migration_end,
+                        mixed_checks=(*checks, *steps, *self._hook_runs), migration_end=self._migration_end,
                         contract_end=self._contract_end, rollback_rehearsals=tuple(self._rollbacks))
         return self._ran
 
@@ -669,7 +711,57 @@ class Rehearsal:
         self.executor.emit("rollback-rehearsal", None, detail=record.to_json())
         self.progress.line(f"rollback rehearsal {record.line()}")
 
+    async def _find_database_url(self) -> None:
+        """With hooks and a fleet database: its URL as the host reaches it (127.0.0.1 and the port its
+        server publishes), said when the server publishes none (started before servers did)."""
+        app_url = self.balancer.state.app_env.get(access.DATABASE_URL_ENV, "")
+        if not (self.prepared.hooks and app_url):
+            return
+        self._database_url = hooks.host_database_url(app_url, await self.runtime.postgres_host_port(
+            self.settings.project))
+        if not self._database_url:
+            self.progress.line("hooks get DATABASE_URL empty: this fleet's PostgreSQL publishes no port on "
+                               f"127.0.0.1 (started by an older sandbox); {self._hint('down')} and `up` again")
+
+    async def _run_hooks(self, event: hooks.Event, batch: int | None = None) -> list[MixedRecord]:
+        """Run ``event``'s hooks on the host (none: nothing), record and show each run; their records.
+        A failure is said here for post-rollout and on-rollback; pre-rollout's and post-batch's
+        failures stop the rollout, whose own line names them."""
+        p = self.prepared
+        commands = hooks.of(p.hooks, event)
+        if not commands:
+            return []
+        self.progress.line(f"{event} hook(s)" + (f" after batch {batch}" if batch is not None else "")
+                           + f": {'; '.join(commands)}")
+        env = hooks.environment(url=self.balancer.url, project=self.settings.project, source=p.source,
+                                target=p.target, event=event, batch=batch, database_url=self._database_url)
+        records = await hooks.run(event, commands, env=env, timeout_s=self.settings.hook_timeout_s, batch=batch)
+        self._hook_runs += records
+        for record in records:
+            self.executor.emit("hook", None, batch=batch, detail={
+                "name": record.name, "event": event, "status": record.status, "exit_code": record.exit_code,
+                "duration_s": record.duration_s})
+            if record.status in ("failed", "timed_out") and event in ("post-rollout", "on-rollback"):
+                self.progress.line(hooks.failure_line(record, "the verdict fails" if event == "post-rollout"
+                                                      else "the rollback goes on"))
+        return records
+
     async def _after_step(self, step: planner.Step) -> None:
+        """After each step: the mixed checks (the first time the fleet is mixed), then, once a batch's
+        last step is done, its post-batch hooks; a failing one raises HookError, which rolls back as
+        a failed batch does. The rollback's own steps run neither."""
+        if self.settings.mixed_checks:
+            await self._mixed_after_step(step)
+        if self._rolling_back or not hooks.of(self.prepared.hooks, "post-batch"):
+            return
+        last = next((s for s in reversed(self.prepared.steps) if s.batch_no == step.batch_no), None)
+        if step != last:  # not the batch's last step (nor a wind-down's stand-in for it: Ctrl-C ends the rollout)
+            return
+        bad = hooks.failed(await self._run_hooks("post-batch", batch=step.batch_no))
+        if bad is not None:
+            raise HookError(hooks.failure_line(bad, "rolling back as a failed batch does"))
+
+    async def _mixed_after_step(self, step: planner.Step) -> None:
         """The first time the attached set holds two versions, run every mixed check while the
         rollout waits (so the fleet stays mixed); a failing one is recorded, the rollout goes on."""
         attached = Counter(u.version for u in self.balancer.state.upstreams)
@@ -770,8 +862,10 @@ class Rehearsal:
     async def _roll_back(self, cause: BaseException) -> tuple[str, str]:
         """Back to the source version with the same care; (outcome, message)."""
         source, executor = self.prepared.source, self.executor
+        self._rolling_back = True
         executor.emit("rollback-start", None, version=source)
         self.progress.line(f"rolling back to {source}")
+        await self._run_hooks("on-rollback")  # reported; the rollback goes on whatever it says
         await executor.restore_lb()  # a load balancer that exited (the cause, maybe) is started again first
         listed = await self.runtime.instances(self.settings.project)
         await executor.reconcile(listed)

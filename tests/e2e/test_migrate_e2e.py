@@ -57,7 +57,8 @@ def test_expand_keeps_v1_working_and_the_database_is_the_projects_own(
     _up(cli)
     [db] = client.containers.list(filters=L.project_filter(cli.project, L.ROLE_POSTGRES))
     assert db.image.tags and db.image.tags[0] == db_image
-    assert db.attrs["HostConfig"]["PortBindings"] in (None, {})  # on the project network only
+    port = db.labels[L.LABEL_PORT]  # published on 127.0.0.1 only, for the host's hooks (test_hooks_e2e.py)
+    assert db.attrs["HostConfig"]["PortBindings"] == {"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": port}]}
     assert list(db.attrs["NetworkSettings"]["Networks"]) == [f"{cli.project}-net"]
     [volume] = [m for m in db.attrs["Mounts"] if m["Type"] == "volume"]
     assert client.volumes.get(volume["Name"]).attrs["Labels"][L.LABEL_PROJECT] == cli.project

@@ -146,6 +146,11 @@ class FakeRuntime:
     async def postgres_ready(self, project: str) -> tuple[bool, str]:
         return True, ""
 
+    postgres_port: int | None = None  # the port start_postgres published on 127.0.0.1
+
+    async def postgres_host_port(self, project: str) -> int | None:
+        return self.postgres_port
+
     migrate_result: tuple[int, str] = (0, "")
 
     async def run_once(self, project: str, image: str, command: str, env: Mapping[str, str],
