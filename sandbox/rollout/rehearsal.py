@@ -872,7 +872,9 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
         extra["load_generator"] = collected.load_end.to_json()
     ran_migration = next((r for r in ran.mixed_checks if r.name == migrate.NAME), None)
     if ran_migration is not None:
-        block = migrate.summary(ran_migration, ran.migration_end, collected.rows)
+        # an app that sends no X-App-Version (your own image) has its answers' versions in NGINX's log only
+        served = attribute_versions(collected.rows, collected.nginx_rows, collected.history)
+        block = migrate.summary(ran_migration, ran.migration_end, served)
         extra["migration"] = block
         judged = migrate.errors_check(block, settings.max_migration_errors) if ran.load else Check(
             "migration_errors", "NOT_RUN", None, settings.max_migration_errors, "no load: nothing to judge")
