@@ -6,7 +6,8 @@ two releases built offline, rolled v1 -> v2 with `roll --migrate "alembic upgrad
   rolled back with nothing dropped, and the database stays at revision 0001;
 - with it, Alembic runs once in a one-off v2 container before the first batch (its own output is in the
   report and JUnit), v1 keeps answering without error against the expanded schema, nothing is dropped,
-  and `alembic current` says the database is at 0002.
+  and `alembic current` says the database is at 0002;
+- the rollback that follows works: v1 boots against revision 0002 and serves it, nothing dropped.
 """
 
 from __future__ import annotations
@@ -108,9 +109,17 @@ def test_alembic_upgrade_head_rolls_the_example_with_nothing_dropped(
     [case] = [c for c in ET.parse(junit).getroot().iter("testcase") if c.get("name") == "migration"]
     assert case.find("failure") is None and alembic_said in (case.findtext("system-out") or "")
     assert client.containers.list(all=True, filters=L.project_filter(cli.project, L.ROLE_MIGRATE)) == []
+    stops = [e for e in report["steps"] if e["phase"] == "stop"]  # SIGTERM: each v1 server finished and exited 0
+    assert len(stops) == 3 and all(e["detail"]["exit_code"] == 0 for e in stops), stops
 
     assert _alembic_current(client, cli.project) == "0002 (head)"
     assert _get(cli, "/") == {"version": "v2", "revision": "0002"}
     status, created = _post_order(cli, {"item": "flat white", "customer": "ada"})
     assert status == 201 and created["version"] == "v2", created
     assert (created["order"]["customer"], created["order"]["status"]) == ("ada", "placed")  # 0002's default
+
+    # the expand keeps the rollback open: v1 boots against revision 0002 and serves it, nothing dropped
+    report = assert_passes(cli.run("rollback", *LOAD, timeout=600))
+    assert (report["to_version"], report["outcome"], report["requests"]["dropped"]) == ("v1", "completed", 0)
+    assert _get(cli, "/") == {"version": "v1", "revision": "0002"}
+    assert _get(cli, "/api/orders")["orders"][0]["item"] == "flat white"  # v2's order, read by v1
