@@ -872,7 +872,7 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
         extra["load_generator"] = collected.load_end.to_json()
     ran_migration = next((r for r in ran.mixed_checks if r.name == migrate.NAME), None)
     if ran_migration is not None:
-        # an app that sends no X-App-Version (your own image) has its answers' versions in NGINX's log only
+        # your own image's rows carry no version (collect() clears any header): NGINX's log names who served each
         served = attribute_versions(collected.rows, collected.nginx_rows, collected.history)
         block = migrate.summary(ran_migration, ran.migration_end, served)
         extra["migration"] = block

@@ -1,6 +1,7 @@
-"""The report's ``migration`` block for an app that sends no ``X-App-Version`` (your own image, e.g.
-examples/alembic-orders): the answers after the migration are counted by the version NGINX's log says
-served them, as every other figure of the report is, so ``migration_errors`` judges them."""
+"""The report's ``migration`` block for your own image (e.g. examples/alembic-orders), whose rows carry no
+version (``collect`` clears any header: your version names are yours): the answers after the migration
+are counted by the version NGINX's log says served them, as every other figure of the report is, so
+``migration_errors`` judges them."""
 
 from __future__ import annotations
 
