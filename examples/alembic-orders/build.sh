@@ -2,7 +2,7 @@
 # Build the two releases of the orders example as local images, offline except for the wheels fetched
 # here: rolling-sandbox-example/alembic-orders:v1 and :v2, FROM the sandbox's own base image.
 #   v1 ships Alembic revision 0001 (the orders table); v2 ships 0001 and 0002 (adds customer and status).
-# An image whose inputs (this directory's files, the pinned wheels, the base image) are unchanged is kept:
+# An image whose inputs (this script, the files it copies, the pinned wheels, the base image) are unchanged is kept:
 # its label io.rolling-sandbox.inputs holds their hash, and a second run fetches and builds nothing.
 # Run from anywhere; PYTHON is the interpreter with the sandbox installed (default .venv/bin/python).
 # Remove them with: docker image rm rolling-sandbox-example/alembic-orders:v1 rolling-sandbox-example/alembic-orders:v2
@@ -28,7 +28,7 @@ for version in v1 v2; do
     for rev in $(revisions "$version"); do
         files="$files $(cd "$here" && echo app/migrations/versions/${rev}_*.py)"
     done
-    inputs=$( (echo "$base $version"; cd "$here" && sha256sum $files) | sha256sum | cut -c1-12)
+    inputs=$( (echo "$base $version"; cd "$here" && sha256sum build.sh $files) | sha256sum | cut -c1-12)
     if [ "$(docker image inspect -f '{{index .Config.Labels "io.rolling-sandbox.inputs"}}' "$ref" 2>/dev/null)" = "$inputs" ]; then
         echo "$ref is up to date (inputs $inputs)"
         continue
