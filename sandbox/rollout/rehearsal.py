@@ -1043,7 +1043,9 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
         extra["load_generator"] = collected.load_end.to_json()
     ran_migration = next((r for r in ran.mixed_checks if r.name == migrate.NAME), None)
     if ran_migration is not None:
-        block = migrate.summary(ran_migration, ran.migration_end, collected.rows)
+        # your own image's rows carry no version (collect() clears any header): NGINX's log names who served each
+        served = attribute_versions(collected.rows, collected.nginx_rows, collected.history)
+        block = migrate.summary(ran_migration, ran.migration_end, served)
         extra["migration"] = block
         judged = migrate.errors_check(block, settings.max_migration_errors) if ran.load else Check(
             "migration_errors", "NOT_RUN", None, settings.max_migration_errors, "no load: nothing to judge")
