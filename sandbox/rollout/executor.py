@@ -12,6 +12,7 @@ each action has one small handler, and each step emits an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -24,6 +25,7 @@ from sandbox.config import Settings
 from sandbox.errors import (
     BalancerError,
     ErrorRatioExceeded,
+    GoneError,
     Interrupted,
     ProgressDeadlineExceeded,
     ReadinessError,
@@ -185,6 +187,25 @@ class Executor:
             log.info("taking %s out of the load balancer: no running container has that address", ", ".join(stale))
             await self.balancer.apply(keep)
         return stale
+
+    async def start_stopped(self, stopped: Sequence[Instance]) -> tuple[list[Instance], list[tuple[Instance, str]]]:
+        """Start again the app servers an engine restart stopped (``stopped``: exited containers of
+        the project) and wait until each is ready on its own version. Returns (the ones ready, as they
+        run now: their addresses may be new; (server, why) for each that is not, removed so the plan
+        rebuilds its slot as it would a dead one). Nothing is attached here."""
+        async with self._probe() as probe:
+            async def one(inst: Instance) -> Instance | tuple[Instance, str]:
+                try:
+                    self._born[inst.id] = time.monotonic()
+                    started = await self.runtime.start_app_again(self.project, inst)
+                    await self._wait_ready(probe, started, started.version)
+                    return started
+                except (ReadinessError, GoneError) as exc:
+                    with contextlib.suppress(GoneError):
+                        await self.runtime.kill_app(inst)
+                    return inst, str(exc)
+            done = await asyncio.gather(*(one(i) for i in stopped))
+        return ([d for d in done if isinstance(d, Instance)], [d for d in done if not isinstance(d, Instance)])
 
     async def notice_dead(self, run: _Run | None = None) -> list[str]:
         """Take out every attached server whose container stopped under us (killed, crashed),

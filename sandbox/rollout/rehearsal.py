@@ -37,6 +37,7 @@ from sandbox.config import Settings, check_batch
 from sandbox.errors import (
     Aborted,
     BalancerError,
+    EngineUnreachable,
     Interrupted,
     MigrationError,
     NotFoundError,
@@ -336,9 +337,10 @@ class Rehearsal:
     # -- repair, prepare ----------------------------------------------------------------------
     async def repair(self) -> None:
         """Bring the fleet to where a plan can be made from it, saying each change: create a removed
-        load balancer again or start a stopped one, build the images, re-attach a set the load
-        balancer lost (from Docker's labels, the rest from the fleet's record), take stale upstreams
-        out. A bad batch, target or mode is refused before any of it.
+        load balancer again or start a stopped one, build the images, start again the session store,
+        database and app servers an engine restart stopped (each server waited for until ready),
+        re-attach a set the load balancer lost (from Docker's labels, the rest from the fleet's
+        record), take stale upstreams out. A bad batch, target or mode is refused before any of it.
 
         Raises NotFoundError (no fleet), UsageError (a bad batch, target or mode, nothing to roll
         back), BalancerError (a restarted load balancer that does not answer).
@@ -353,13 +355,43 @@ class Rehearsal:
             await self.runtime.resolve_versions(self.settings.project,
                                                 {v: names.app[v] for v in (target, source) if v in names.app}, {})
         image_set = await self._fleet_images(build=True)
+        self._executor = self._new_executor(image_set)
+        await self._start_services()
+        listed = await self._start_servers(listed)
         if self.balancer.lost:
             await self.balancer.repair_lost_set(listed, size)
             self.progress.line("the load balancer had lost its attached set (restarted?): "
                                f"re-attached {len(self.balancer.state.upstreams)} servers from Docker's labels")
-        self._executor = self._new_executor(image_set)
         for name in await self._executor.reconcile(listed):
             self.progress.line(f"took {name} out of the load balancer: its container is gone or not running")
+
+    async def _start_services(self) -> None:
+        """Start the session store and the database again when they are stopped (an engine restart
+        stops every container; only the load balancer has a restart policy)."""
+        for service in await self.runtime.stopped_services(self.settings.project):
+            self.progress.line(f"{service.name} was {service.state} (the Docker engine restarted?): starting it again")
+            await self.runtime.start_again(service)
+
+    async def _start_servers(self, listed: list[Instance]) -> list[Instance]:
+        """Start again the app servers that exited (an engine restart stops them all), each waited for
+        until ready on its version; one that does not come back is removed, and the plan rebuilds its
+        slot. Returns the app containers as they are now (a server started again may have a new
+        address: a set the load balancer kept follows it)."""
+        stopped = [i for i in listed if i.state == "exited"]
+        if not stopped:
+            return listed
+        self.progress.line(f"{len(stopped)} app server(s) had stopped (the Docker engine restarted?): starting them "
+                           f"again: {', '.join(i.name for i in stopped)}")
+        ready, failed = await self.executor.start_stopped(stopped)
+        for inst, why in failed:
+            self.progress.line(f"{inst.name} did not come back ({why}): removed; the plan starts a new server "
+                               f"in slot {inst.slot}")
+        moved = {i.name: i.address for i in ready if i.address}
+        kept = list(self.balancer.state.upstreams)
+        followed = [dataclasses.replace(u, address=moved.get(u.name) or u.address) for u in kept]
+        if not self.balancer.lost and followed != kept:
+            await self.balancer.apply(followed)
+        return await self.runtime.instances(self.settings.project)
 
     async def prepare(self) -> Prepared:
         """Read the fleet and the load balancer, pick the target, plan; changes nothing (``--dry-run``
@@ -650,6 +682,12 @@ class Rehearsal:
         try:
             with interrupts.cutting():
                 outcome, message = await self._execute_or_roll_back()
+        except EngineUnreachable as exc:  # every later call fails too: no record, no rollback, one line
+            again = f"roll --to {p.target}" if p.kind == "roll" else "rollback"
+            raise EngineUnreachable(
+                f"{exc}, mid-{p.kind}: it was stopped or restarted, and stopped the load balancer and every "
+                f"server with it. Once it answers again, {self._hint(again)} starts them again and resumes; "
+                f"{self._hint('status')} shows what is stopped") from exc
         except (Interrupted, asyncio.CancelledError):
             interrupts.uncancel()
             self.executor.emit("interrupted", None)
@@ -707,6 +745,8 @@ class Rehearsal:
         try:
             await executor.execute(back, source, env=dict(self.balancer.state.app_env),
                                    from_version=self.prepared.target, instances=listed)
+        except EngineUnreachable:
+            raise
         except SandboxError as exc:
             executor.emit("failed", None, detail={"reason": f"rollback: {exc}"})
             return "failed", (f"rollout failed ({cause}) and so did the rollback ({exc}); "
