@@ -684,10 +684,11 @@ class Rehearsal:
                 outcome, message = await self._execute_or_roll_back()
         except EngineUnreachable as exc:  # every later call fails too: no record, no rollback, one line
             again = f"roll --to {p.target}" if p.kind == "roll" else "rollback"
+            detail = str(exc).removeprefix("the Docker engine stopped answering: ")
             raise EngineUnreachable(
-                f"{exc}, mid-{p.kind}: it was stopped or restarted, and stopped the load balancer and every "
-                f"server with it. Once it answers again, {self._hint(again)} starts them again and resumes; "
-                f"{self._hint('status')} shows what is stopped") from exc
+                f"the Docker engine stopped answering mid-{p.kind} (stopped or restarted: that stops the load "
+                f"balancer and every server): {detail}. Once it answers again, {self._hint(again)} starts them "
+                f"again and resumes; {self._hint('status')} shows what is stopped") from exc
         except (Interrupted, asyncio.CancelledError):
             interrupts.uncancel()
             self.executor.emit("interrupted", None)

@@ -97,8 +97,9 @@ async def test_an_engine_that_stops_answering_mid_roll_ends_it_in_one_line_witho
     with pytest.raises(EngineUnreachable) as caught:
         await world.rehearse(settings())
     text = str(caught.value)
-    assert text.startswith("the Docker engine stopped answering: ('Connection aborted.'"), text
-    assert "mid-roll: it was stopped or restarted" in text and "\n" not in text
+    assert text.startswith("the Docker engine stopped answering mid-roll (stopped or restarted: that stops the "
+                           "load balancer and every server): ('Connection aborted.', FileNotFoundError(2)). "), text
+    assert "\n" not in text
     assert "`sandbox roll --to v2 --project p` starts them again and resumes" in text
     assert "`sandbox status --project p` shows what is stopped" in text
     assert calls["stop"] == 1 and not [line for line in world.runtime.log if line.startswith("start 1 v1")]
