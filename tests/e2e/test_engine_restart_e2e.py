@@ -1,0 +1,212 @@
+"""A real Docker engine restart mid-roll, on a private engine this test starts, restarts and ends.
+
+The shared engine is never restarted (other fleets run on it): ``tests/e2e/private_engine.py``
+starts a second ``dockerd`` in a network namespace of its own (why: its docstring), loads the
+fleet's images into it, and every ``sandbox`` command and request of this test runs in that
+namespace with ``DOCKER_HOST`` naming its socket. The engine gets SIGTERM mid-roll (by the pid it
+wrote), and is started again with the same arguments once it exited, as ``systemctl restart
+docker`` does. The running roll must end with one line naming it; ``status`` shows what the engine
+stopped; the next ``roll`` starts the load balancer, Redis and the app servers again and completes:
+every slot serves v2 through the load balancer, and sessions kept in Redis work. The host's network
+(``docker0``, iptables, the shared engine's networks) is the same after as before.
+
+It runs in the shared phase: nothing of it is visible to the other fleets (its own engine,
+namespace, bridges, 127.0.0.1 and iptables; the host's firewall is never written).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from sandbox.fleet import labels as L
+from sandbox.fleet.images import ImageSet
+from tests.conftest import free_port
+from tests.e2e.conftest import REPO, Cli, assert_passes, project_objects
+from tests.e2e.private_engine import PrivateEngine, host_network, leaks, private_engine
+
+pytestmark = pytest.mark.e2e
+
+SIZE = 4
+LOAD = ("--users", "10", "--warmup", "1", "--cooldown", "1")
+
+# Requests from inside the engine's namespace: GET PATH -> {status, headers}, or the session check
+# (one cart item, then GETs with the cookie: each server that answers must see it).
+CLIENT = r"""
+import json, sys, urllib.request, http.cookiejar
+port, what = int(sys.argv[1]), sys.argv[2]
+base = f"http://127.0.0.1:{port}"
+if what == "session":
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    post = urllib.request.Request(base + "/api/cart", data=b'{"item": 7}', method="POST",
+                                  headers={"Content-Type": "application/json"})
+    first = json.loads(opener.open(post, timeout=10).read())
+    seen = []
+    for _ in range(int(sys.argv[3])):
+        with opener.open(base + "/api/cart", timeout=10) as resp:
+            seen.append({"items": json.loads(resp.read())["items"], "instance": resp.headers["X-Instance"],
+                         "version": resp.headers["X-App-Version"], "session": resp.headers["X-Session-State"]})
+    print(json.dumps({"first": first["items"], "seen": seen}))
+else:
+    with urllib.request.urlopen(base + what, timeout=10) as resp:
+        print(json.dumps({"status": resp.status, "headers": dict(resp.headers)}))
+"""
+
+
+@dataclass
+class PrivateCli(Cli):
+    """``python -m sandbox`` for one project on the private engine, in its network namespace."""
+
+    engine: PrivateEngine | None = None
+
+    def _env(self) -> dict[str, str]:
+        assert self.engine is not None
+        return {**os.environ, "PYTHONUNBUFFERED": "1", "DOCKER_HOST": self.engine.host}
+
+    def _cmd(self, *args: str) -> list[str]:
+        assert self.engine is not None
+        return self.engine.wrap([sys.executable, "-m", "sandbox", *args, "--project", self.project])
+
+    def run(self, *args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(self._cmd(*args), cwd=REPO, env=self._env(), capture_output=True, text=True,
+                              timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"sandbox {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(self._cmd(*args), cwd=REPO, env=self._env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def client(self, *args: str) -> dict[str, Any]:
+        assert self.engine is not None
+        proc = subprocess.run(self.engine.wrap([sys.executable, "-c", CLIENT, str(self.port), *args]),
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return dict(json.loads(proc.stdout))
+
+    def get(self, path: str = "/") -> tuple[int, dict[str, str], bytes]:
+        answer = self.client(path)
+        return int(answer["status"]), dict(answer["headers"]), b""
+
+
+def read_until(proc: subprocess.Popen[str], word: str, timeout: float = 180) -> str:
+    """The controller's stderr up to a line holding ``word``."""
+    assert proc.stderr is not None
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+        if word in line:
+            return seen
+    raise AssertionError(f"no {word!r} line:\n{seen}")
+
+
+def load_left(engine: PrivateEngine) -> list[str]:
+    """Command lines of Locust processes still running in the engine's network namespace (where only
+    this test's controllers run one)."""
+    ns = os.readlink(engine.netns)
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or os.readlink(proc / "ns" / "net") != ns:
+                continue
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "locust" in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def states(engine: PrivateEngine, project: str) -> dict[str, str]:
+    """Role -> sorted states of the project's containers on the private engine."""
+    with engine.client() as c:
+        found: dict[str, list[str]] = {}
+        for container in c.containers.list(all=True, filters=L.project_filter(project)):
+            found.setdefault(container.labels[L.LABEL_ROLE], []).append(container.status)
+    return {role: ",".join(sorted(s)) for role, s in found.items()}
+
+
+def test_roll_after_a_real_engine_restart_mid_roll(client: docker.DockerClient, image_set: ImageSet) -> None:
+    host_before = host_network(client)
+    project = f"t{secrets.token_hex(4)}"
+    with private_engine(client, image_set.refs()) as engine:
+        cli = PrivateCli(project=project, port=free_port(), engine=engine)
+        roll: subprocess.Popen[str] | None = None
+        try:
+            cli.run("up", "--size", str(SIZE), "--port", str(cli.port), "--sessions", "shared", check=True)
+            engine.record_bridges()
+            assert states(engine, project) == {"lb": "running", "redis": "running", "app": ",".join(["running"] * SIZE)}
+
+            roll = cli.start("roll", "--to", "v2", *LOAD, "--json")
+            read_until(roll, " attach ")  # slot 1 is on v2: the fleet is mixed
+            engine.restart()  # SIGTERM to the pid it wrote, wait for its exit, start it again
+            out, err = roll.communicate(timeout=300)
+            assert roll.returncode == 1, (roll.returncode, err)
+            assert "Traceback" not in err, err
+            errors = [ln for ln in err.splitlines() if ln.startswith("sandbox: error:")]
+            assert len(errors) == 1, err
+            assert errors[0].startswith("sandbox: error: the Docker engine stopped answering mid-roll (stopped or "
+                                        "restarted: that stops the load balancer and every server): "), errors
+            assert f"`sandbox roll --to v2 --project {project}` starts them again and resumes" in errors[0], errors
+            assert out == "", out  # no report: the run was cut short, not judged
+            assert load_left(engine) == [], "the roll left its Locust processes running"
+
+            # the engine stopped everything: the LB's on-failure policy does not start it after a clean exit
+            stopped = states(engine, project)
+            assert stopped["lb"] == "exited" and stopped["redis"] == "exited", stopped
+            assert set(stopped["app"].split(",")) == {"exited"}, stopped
+            status = cli.json("status", "--json")
+            assert status["lb"]["state"] == "exited" and status["lb"]["upstreams"] == [], status["lb"]
+            assert status["stopped"] == [{"name": f"{project}-redis", "role": "redis", "state": "exited"}], status
+            assert {i["state"] for i in status["instances"]} == {"exited"}, status["instances"]
+            versions = sorted(i["version"] for i in status["instances"])
+            assert versions.count("v2") >= 1 and "v1" in versions, versions  # stopped mid-roll, mixed
+            text = cli.run("status", check=True).stdout
+            assert f"{project}-redis" in text and "`sandbox roll" in text and "starts them again first" in text, text
+
+            resumed = cli.run("roll", "--to", "v2", *LOAD, "--json")
+            said = resumed.stderr
+            assert "the load balancer was exited: starting it again" in said, said
+            assert f"{project}-redis was exited (the Docker engine restarted?): starting it again" in said, said
+            assert "app server(s) had stopped (the Docker engine restarted?): starting them again" in said, said
+            assert "did not come back" not in said, said
+            report = assert_passes(resumed)
+            assert report["outcome"] == "completed", report["outcome"]
+
+            status = cli.json("status", "--json")
+            instances = status["instances"]
+            assert status["lb"]["state"] == "running" and status["stopped"] == [], status
+            assert sorted(i["slot"] for i in instances) == list(range(1, SIZE + 1)), instances
+            assert all(i["state"] == "running" and i["attached"] and i["version"] == "v2" for i in instances), instances
+            assert sorted(status["lb"]["upstreams"]) == sorted(i["address"] for i in instances)
+            sessions = cli.client("session", "16")
+            assert sessions["first"] == [7], sessions
+            assert all(s["items"] == [7] and s["version"] == "v2" and s["session"] == "resumed"
+                       for s in sessions["seen"]), sessions
+            assert len({s["instance"] for s in sessions["seen"]}) >= 2, sessions  # kept across servers: in Redis
+        finally:
+            if roll is not None and roll.poll() is None:
+                roll.kill()
+                roll.communicate(timeout=30)
+            cli.run("down", timeout=300)
+            with engine.client() as c:
+                left = [x.name for x in c.containers.list(all=True, filters=L.project_filter(project))]
+            assert left == [], left
+    assert leaks(engine) == [], leaks(engine)
+    assert project_objects(client, project) == []  # nothing of it ever reached the shared engine
+    assert host_network(client) == host_before
