@@ -356,8 +356,7 @@ class Rehearsal:
                                                 {v: names.app[v] for v in (target, source) if v in names.app}, {})
         image_set = await self._fleet_images(build=True)
         self._executor = self._new_executor(image_set)
-        await self._start_services()
-        listed = await self._start_servers(listed)
+        listed = await self._start_what_stopped()
         if self.balancer.lost:
             await self.balancer.repair_lost_set(listed, size)
             self.progress.line("the load balancer had lost its attached set (restarted?): "
@@ -365,32 +364,11 @@ class Rehearsal:
         for name in await self._executor.reconcile(listed):
             self.progress.line(f"took {name} out of the load balancer: its container is gone or not running")
 
-    async def _start_services(self) -> None:
-        """Start the session store and the database again when they are stopped (an engine restart
-        stops every container; only the load balancer has a restart policy)."""
-        for service in await self.runtime.stopped_services(self.settings.project):
-            self.progress.line(f"{service.name} was {service.state} (the Docker engine restarted?): starting it again")
-            await self.runtime.start_again(service)
-
-    async def _start_servers(self, listed: list[Instance]) -> list[Instance]:
-        """Start again the app servers that exited (an engine restart stops them all), each waited for
-        until ready on its version; one that does not come back is removed, and the plan rebuilds its
-        slot. Returns the app containers as they are now (a server started again may have a new
-        address: a set the load balancer kept follows it)."""
-        stopped = [i for i in listed if i.state == "exited"]
-        if not stopped:
-            return listed
-        self.progress.line(f"{len(stopped)} app server(s) had stopped (the Docker engine restarted?): starting them "
-                           f"again: {', '.join(i.name for i in stopped)}")
-        ready, failed = await self.executor.start_stopped(stopped)
-        for inst, why in failed:
-            self.progress.line(f"{inst.name} did not come back ({why}): removed; the plan starts a new server "
-                               f"in slot {inst.slot}")
-        moved = {i.name: i.address for i in ready if i.address}
-        kept = list(self.balancer.state.upstreams)
-        followed = [dataclasses.replace(u, address=moved.get(u.name) or u.address) for u in kept]
-        if not self.balancer.lost and followed != kept:
-            await self.balancer.apply(followed)
+    async def _start_what_stopped(self) -> list[Instance]:
+        """Start again what an engine restart stopped (the session store, the database, the app servers,
+        each server waited for until ready), saying each; the app containers as they are now."""
+        for line in (await self.executor.start_what_stopped()).lines():
+            self.progress.line(line)
         return await self.runtime.instances(self.settings.project)
 
     async def prepare(self) -> Prepared:
@@ -734,8 +712,8 @@ class Rehearsal:
         source, executor = self.prepared.source, self.executor
         executor.emit("rollback-start", None, version=source)
         self.progress.line(f"rolling back to {source}")
-        await executor.restore_lb()  # a load balancer that exited (the cause, maybe) is started again first
-        listed = await self.runtime.instances(self.settings.project)
+        await executor.restore_lb()  # a load balancer that exited (the cause, maybe) is started again first,
+        listed = await self.runtime.instances(self.settings.project)  # and what an engine restart stopped with it
         await executor.reconcile(listed)
         listed, servers = await executor.fleet(listed)
         strategy = strategies.of(self.settings.strategy).rollback_strategy

@@ -182,8 +182,8 @@ def test_roll_after_a_real_engine_restart_mid_roll(client: docker.DockerClient, 
             resumed = cli.run("roll", "--to", "v2", *LOAD, "--json")
             said = resumed.stderr
             assert "the load balancer was exited: starting it again" in said, said
-            assert f"{project}-redis was exited (the Docker engine restarted?): starting it again" in said, said
-            assert "app server(s) had stopped (the Docker engine restarted?): starting them again" in said, said
+            assert f"{project}-redis was stopped (the Docker engine restarted?): started it again" in said, said
+            assert "app server(s) had stopped (the Docker engine restarted?): started them again" in said, said
             assert "did not come back" not in said, said
             report = assert_passes(resumed)
             assert report["outcome"] == "completed", report["outcome"]

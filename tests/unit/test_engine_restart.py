@@ -49,8 +49,8 @@ async def test_roll_after_an_engine_restart_starts_what_it_stopped_then_rolls_on
     assert world.attached_versions() == {"v2"} and len(world.balancer.state.upstreams) == 3
     assert world.runtime.services["p-redis"].state == "running"
     said = world.stream.getvalue()
-    assert "p-redis was exited (the Docker engine restarted?): starting it again" in said
-    assert "3 app server(s) had stopped (the Docker engine restarted?): starting them again: a1, a2, a3" in said
+    assert "p-redis was stopped (the Docker engine restarted?): started it again" in said
+    assert "3 app server(s) had stopped (the Docker engine restarted?): started them again: a1, a2, a3" in said
 
 
 @pytest.mark.asyncio
@@ -129,3 +129,50 @@ def test_status_names_what_is_stopped_and_what_starts_it(capsys: pytest.CaptureF
     assert out.rstrip().endswith("3 container(s) of the fleet are stopped (an engine restart stops them all): "
                                  "`sandbox roll --project t1` or `sandbox rollback --project t1` starts them "
                                  "again first"), out
+
+
+@pytest.mark.asyncio
+async def test_an_engine_back_before_the_controller_noticed_is_repaired_in_the_same_roll() -> None:
+    """The engine restarts while the first v2 server boots and answers again before the controller's
+    next Docker call: its next change of the load balancer fails (the LB was stopped), and the same
+    roll starts the LB, Redis and the stopped servers again (never rebuilding them), then goes on."""
+    world = World(n=3)
+    failures = ["the load balancer's admin listener did not answer PUT /servers: ClientConnectorError"]
+
+    def restart(slot: int, version: str) -> None:
+        if version == "v2" and "p-redis" not in world.runtime.services:
+            held = list(world.balancer.state.upstreams)
+            engine_restarted(world)
+            world.balancer.state.upstreams, world.balancer.lost = held, False  # what this controller holds
+
+    world.runtime.before["start"] = restart
+    world.balancer.reject = lambda upstreams, changes: (
+        failures.pop() if failures and "p-redis" in world.runtime.services else None)  # once, after the restart
+    result = await world.rehearse(settings())
+    assert result.report["outcome"] == "completed", world.stream.getvalue()
+    log = world.runtime.log
+    assert log.count("start_again p-lb") == 1 and "start_again p-redis" in log, log
+    assert "start_again a2" in log and "start_again a3" in log, log  # started again, then replaced by the plan
+    assert log.index("start_again a3") < log.index("stop a2"), log
+    assert world.attached_versions() == {"v2"} and len(world.balancer.state.upstreams) == 3
+    (restored,) = [e for e in result.report["steps"] if e["phase"] == "lb-restored"]
+    assert restored["detail"]["started_again"] == ["p-redis", "a2", "a3"], restored
+
+
+@pytest.mark.asyncio
+async def test_a_server_killed_mid_roll_is_replaced_by_the_rollback_not_started_again() -> None:
+    """Only an exited load balancer says the engine stopped everything: a server that died alone
+    (the load balancer running) is never started again; the rollback replaces it."""
+    world = World(n=3)
+
+    def kill(slot: int, version: str) -> None:
+        a3 = world.runtime.containers.get("a3")
+        if version == "v2" and a3 is not None and a3.state == "running":
+            world.runtime.containers["a3"] = replace(a3, state="exited", ip=None)
+
+    world.runtime.before["start"] = kill
+    result = await world.rehearse(settings())
+    log = world.runtime.log
+    assert not [line for line in log if line.startswith("start_again")], log
+    assert result.report["outcome"] in ("completed", "rolled_back"), world.stream.getvalue()
+    assert "a3" not in {u.name for u in world.balancer.state.upstreams}
