@@ -29,7 +29,7 @@ from sandbox.doctor import output as doctor_output
 from sandbox.doctor.measure import LongLivedKind
 from sandbox.doctor.run import DOCKER_ONLY, check_long_path
 from sandbox.doctor.run import doctor as run_doctor
-from sandbox.errors import DEFAULT_PROJECT, EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, exit_code_for
+from sandbox.errors import DEFAULT_PROJECT, EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, exit_code_for, hint
 from sandbox.fleet import engines
 from sandbox.fleet.engine import Engine
 from sandbox.fleet.images import db_image_ref
@@ -268,10 +268,17 @@ def _print_status(data: dict[str, Any]) -> None:
               f"curl -H '{ROUTE_HEADER}: {serving[0]}' {lb['url']}/ (or cookie {ROUTE_COOKIE}={serving[0]})")
     for name, service in (data.get("services") or {}).items():
         print(f"  {name}: {service['address']} (database {service['database']}), DATABASE_URL of every server")
+    for service in data.get("stopped") or []:
+        print(f"  {service['name']:<28} {service['role']:<8} {service['state']}")
     for inst in data["instances"]:
         mark = "attached" if inst["attached"] else "detached"
         print(f"  {inst['name']:<28} slot {inst['slot']:<3} {inst['version']}  {inst['state']:<8} "
               f"{inst['address'] or '-':<22} {mark}")
+    stopped = (lb["state"] != "running") + len(data.get("stopped") or []) + sum(
+        i["state"] == "exited" for i in data["instances"])
+    if stopped:
+        print(f"{stopped} container(s) of the fleet are stopped (an engine restart stops them all): "
+              f"{hint('roll', data['project'])} or {hint('rollback', data['project'])} starts them again first")
 
 
 Say = Callable[[str], None]

@@ -175,6 +175,9 @@ async def status(settings: Settings, *, runtime: Engine) -> dict[str, Any]:
             "app": versions.spec_from_label(lb.labels.get(L.LABEL_VERSIONS)).as_dict(),
         },
         "services": access.services(state.app_env if state else {}),
+        # the session store or database when not running (an engine restart stops them; `roll` starts them)
+        "stopped": [{"name": h.name, "role": h.labels.get(L.LABEL_ROLE, ""), "state": h.state}
+                    for h in await runtime.stopped_services(settings.project)],
         "instances": [
             {"name": i.name, "slot": i.slot, "version": i.version, "state": i.state,
              "address": i.address, "attached": i.name in attached}

@@ -5,6 +5,7 @@ SandboxError
  |    +-- PortInUseError   the requested load balancer port is already bound
  +-- EngineError           the Docker engine is missing, unreachable or refused a call
  |    +-- GoneError        a container or network vanished while the sandbox was using it
+ |    +-- EngineUnreachable  the engine stopped answering mid-call (restarted, stopped, its socket gone)
  +-- ImageBuildError       an image could not be built
  +-- BalancerError         NGINX rejected a config or could not be reloaded
  |    +-- BalancerConflict  the load balancer's state changed under this controller (another writer)
@@ -53,6 +54,11 @@ class EngineError(SandboxError):
 
 class GoneError(EngineError):
     """A container or network vanished while the sandbox was using it (removed by hand, or crashed)."""
+
+
+class EngineUnreachable(EngineError):
+    """The Docker engine stopped answering while the sandbox was using it: it was stopped or is
+    restarting (its socket gone, the connection cut). What it ran is as the engine left it."""
 
 
 class ImageBuildError(SandboxError):

@@ -171,10 +171,12 @@ def version_routes(upstreams: Sequence[Upstream]) -> list[dict[str, Any]]:
     """Reload mode's upstream per version, for header routing: ``{"version", "key", "upstream",
     "servers"}`` in the order the versions first appear (``key``: the version as a ``map`` key). With
     two versions or more each has an upstream of its own, named by its rank (``app_version_1``),
-    never by the version's own spelling; with one, it is ``app``, every attached server."""
+    never by the version's own spelling; with one, it is ``app``, every attached server. A server
+    whose version is not known ("", as swarm-native's tasks) is in ``app`` only: no request names it."""
     by_version: dict[str, list[Upstream]] = {}
     for upstream in upstreams:
-        by_version.setdefault(upstream.version, []).append(upstream)
+        if upstream.version:
+            by_version.setdefault(upstream.version, []).append(upstream)
     return [{"version": version, "key": _map_key(version), "servers": servers,
              "upstream": f"app_version_{rank}" if len(by_version) > 1 else "app"}
             for rank, (version, servers) in enumerate(by_version.items(), 1)]

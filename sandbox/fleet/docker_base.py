@@ -29,7 +29,7 @@ import requests
 from docker.models.containers import Container
 from docker.types import Mount
 
-from sandbox.errors import EngineError, GoneError, NotFoundError, PortInUseError, hint
+from sandbox.errors import EngineError, EngineUnreachable, GoneError, NotFoundError, PortInUseError, hint
 from sandbox.fleet import labels as L
 from sandbox.fleet import tarball, versions
 from sandbox.fleet.engine import STATE_DIR, Instance, LbHandle
@@ -153,7 +153,7 @@ class DockerBase(ABC):
         except docker.errors.DockerException as exc:
             raise EngineError(f"docker: {short(exc)}") from exc
         except requests.exceptions.RequestException as exc:  # the engine went away mid-call
-            raise EngineError(f"the Docker engine stopped answering: {short(exc)}") from exc
+            raise EngineUnreachable(f"the Docker engine stopped answering: {short(exc)}") from exc
 
     def _send_stop_signal(self, container_id: str | None) -> str | None:
         """Send a container its stop signal (its configured one, SIGTERM by default) and return it;
@@ -198,6 +198,15 @@ class DockerBase(ABC):
     def _lb(self, project: str) -> LbHandle | None:
         found = self.client.containers.list(all=True, filters=L.project_filter(project, L.ROLE_LB))
         return handle(found[0]) if found else None
+
+    async def stopped_services(self, project: str) -> list[LbHandle]:
+        """The project's session store and database containers that are not running (an engine
+        restart stops them: they have no restart policy), in name order."""
+        def stopped() -> list[LbHandle]:
+            found = [c for role in (L.ROLE_REDIS, L.ROLE_POSTGRES)
+                     for c in self.client.containers.list(all=True, filters=L.project_filter(project, role))]
+            return sorted((handle(c) for c in found if c.status != "running"), key=lambda h: h.name)
+        return await self._call(stopped)
 
     async def admin_ip(self, lb: LbHandle, project: str) -> str | None:
         """Where the controller reaches the LB's admin listener: its address in the project
@@ -409,7 +418,8 @@ class DockerBase(ABC):
         return await self._call(run)
 
     async def start_again(self, lb: LbHandle) -> LbHandle:
-        """Start a stopped container of the project (the load balancer after `docker stop`), as it was."""
+        """Start a stopped container of the project (the load balancer after `docker stop`, the session
+        store after an engine restart), as it was."""
         def start() -> LbHandle:
             container = self.client.containers.get(lb.id)
             container.start()

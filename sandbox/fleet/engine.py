@@ -144,6 +144,11 @@ class Engine(Protocol):
         """One line on why a server is not running: state, exit code, last log line."""
         ...
 
+    async def start_app_again(self, project: str, instance: Instance) -> Instance:
+        """Start a stopped app server again, as it was (an engine restart stopped it); return it as it
+        runs now (its address may be new)."""
+        ...
+
     # -- load balancer and session store ------------------------------------------------------
     async def start_lb(self, project: str, port: int, image: str,
                        extra_labels: dict[str, str] | None = None) -> LbHandle:
@@ -151,7 +156,11 @@ class Engine(Protocol):
         ...
 
     async def start_again(self, lb: LbHandle) -> LbHandle:
-        """Start a stopped load balancer again, as it was."""
+        """Start a stopped load balancer (or session store, or database) again, as it was."""
+        ...
+
+    async def stopped_services(self, project: str) -> list[LbHandle]:
+        """The project's session store and database that are not running (an engine restart stops them)."""
         ...
 
     async def recreate_lb(self, project: str, image: str) -> LbHandle | None:

@@ -159,6 +159,16 @@ class DockerEngine(DockerBase):
                 return None
         return await self._call(get)
 
+    async def start_app_again(self, project: str, instance: Instance) -> Instance:
+        """Start a stopped app container again, as it was; it as it runs now (a new address, maybe).
+        Raises GoneError when it was removed."""
+        def start() -> Instance:
+            container = self.client.containers.get(instance.id)
+            container.start()
+            container.reload()
+            return self._describe(container, project, instance.version)
+        return await self._call(start)
+
     async def stop_app(self, instance: Instance, grace_s: float) -> int | None:
         """SIGTERM, wait up to ``grace_s``, SIGKILL, then remove with its volume; return the exit code."""
         def stop() -> int | None:

@@ -342,6 +342,10 @@ class SwarmEngine(DockerBase):
             return self._describe_service(service, self._network_id(project), self._gateway_ips())
         return await self._call(get)
 
+    async def start_app_again(self, project: str, instance: Instance) -> Instance:
+        """Swarm starts a service's task again itself (its restart policy): the service as it is now."""
+        return await self.refresh(project, instance) or instance
+
     async def stop_app(self, instance: Instance, grace_s: float) -> int | None:
         """Scale to 0 (Swarm: SIGTERM, then SIGKILL after ``stop_grace_period``), read the task's
         exit code, remove the service. ``grace_s`` beyond the service's own grace is waited for too."""

@@ -12,6 +12,7 @@ each action has one small handler, and each step emits an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -24,6 +25,7 @@ from sandbox.config import Settings
 from sandbox.errors import (
     BalancerError,
     ErrorRatioExceeded,
+    GoneError,
     Interrupted,
     ProgressDeadlineExceeded,
     ReadinessError,
@@ -92,6 +94,26 @@ class _Run:
 
     def targets(self, refs: Iterable[planner.Ref]) -> list[Instance]:
         return [self.resolve(r) for r in refs]
+
+
+@dataclass
+class Restarted:
+    """What :meth:`Executor.start_what_stopped` started again (names), and how the app servers came back."""
+
+    services: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)  # the app servers found exited
+    ready: list[Instance] = field(default_factory=list)
+    failed: list[tuple[Instance, str]] = field(default_factory=list)  # (server, why): removed
+
+    def lines(self) -> list[str]:
+        """One line per thing done, as the progress and the log say them."""
+        out = [f"{name} was stopped (the Docker engine restarted?): started it again" for name in self.services]
+        if self.stopped:
+            out.append(f"{len(self.stopped)} app server(s) had stopped (the Docker engine restarted?): started them "
+                       f"again: {', '.join(self.stopped)}")
+        out += [f"{inst.name} did not come back ({why}): removed; the plan starts a new server in slot {inst.slot}"
+                for inst, why in self.failed]
+        return out
 
 
 class Executor:
@@ -186,6 +208,40 @@ class Executor:
             await self.balancer.apply(keep)
         return stale
 
+    async def start_what_stopped(self, run: _Run | None = None) -> Restarted:
+        """Start again what an engine restart stopped: the session store and database, then every app
+        server that exited, each waited for until ready on its own version (one that is not is removed,
+        and the plan rebuilds its slot as it would a dead one's). A set the load balancer kept follows
+        the servers' new addresses, and so do ``run``'s; nothing new is attached here."""
+        services = await self.runtime.stopped_services(self.project)
+        for service in services:
+            await self.runtime.start_again(service)
+        stopped = [i for i in await self.runtime.instances(self.project) if i.state == "exited"]
+        if not stopped:
+            return Restarted(services=[s.name for s in services])
+        async with self._probe() as probe:
+            async def one(inst: Instance) -> Instance | tuple[Instance, str]:
+                try:
+                    self._born[inst.id] = time.monotonic()
+                    started = await self.runtime.start_app_again(self.project, inst)
+                    await self._wait_ready(probe, started, started.version)
+                    return started
+                except (ReadinessError, GoneError) as exc:
+                    with contextlib.suppress(GoneError):
+                        await self.runtime.kill_app(inst)
+                    return inst, str(exc)
+            done = await asyncio.gather(*(one(i) for i in stopped))
+        ready = [d for d in done if isinstance(d, Instance)]
+        moved = {i.name: i.address for i in ready if i.address}
+        kept = list(self.balancer.state.upstreams)
+        followed = [dataclasses.replace(u, address=moved.get(u.name) or u.address) for u in kept]
+        if not self.balancer.lost and followed != kept:
+            await self.balancer.apply(followed)
+        if run is not None:
+            run.by_id.update({i.id: i for i in ready if i.id in run.by_id})
+        return Restarted(services=[s.name for s in services], stopped=[i.name for i in stopped],
+                         ready=ready, failed=[d for d in done if not isinstance(d, Instance)])
+
     async def notice_dead(self, run: _Run | None = None) -> list[str]:
         """Take out every attached server whose container stopped under us (killed, crashed),
         with a ``died`` event naming it; its later steps (detach, drain, stop) then find it out.
@@ -212,11 +268,12 @@ class Executor:
             self.emit("died", inst, address=attached[inst.name], detail={"exit": info})
         return [i.name for i in dead]
 
-    async def restore_lb(self) -> bool:
-        """When the load balancer container exited (killed, crashed), say so, start it again and
-        give it the fleet's state as this controller holds it (the attached set and settings),
-        with ``lb-exited`` and ``lb-restored`` events spanning the outage. Returns False when it
-        is running (the problem is elsewhere)."""
+    async def restore_lb(self, run: _Run | None = None) -> bool:
+        """When the load balancer container exited (killed, crashed, stopped by an engine restart), say
+        so, start it again and give it the fleet's state as this controller holds it (the attached set
+        and settings), then start what the engine stopped with it (:meth:`start_what_stopped`), with
+        ``lb-exited`` and ``lb-restored`` events spanning the outage. Returns False when it is running
+        (the problem is elsewhere)."""
         lb = await self.runtime.lb(self.project)
         if lb is None or lb.state == "running":
             return False
@@ -240,8 +297,12 @@ class Executor:
         if not await poll(pushed, timeout=self.timing.lb_restart_s, interval=0.2):  # NGINX takes a moment
             raise BalancerError(f"the load balancer exited and, started again, does not answer: "
                                 f"{last[0] if last else '?'}")
+        restarted = await self.start_what_stopped(run)  # an engine restart stopped them with it
+        for line in restarted.lines():
+            log.warning("%s", line)
         now = time.time()
-        self.emit("lb-restored", None, detail={"outage_s": round(now - died_at, 3), "attached": len(attached)})
+        self.emit("lb-restored", None, detail={"outage_s": round(now - died_at, 3), "attached": len(attached),
+                                               "started_again": [*restarted.services, *restarted.stopped]})
         return True
 
     # -- executing a plan ---------------------------------------------------------------------
@@ -278,7 +339,12 @@ class Executor:
                 if done == len(todo):
                     break
                 step = todo[done]
-                await self.notice_dead(run)  # first: a server that died is named, whatever stops the rollout
+                try:
+                    await self.notice_dead(run)  # first: a server that died is named, whatever stops the rollout
+                except BalancerError:  # the LB went with it: an engine restart stops everything
+                    if not await self.restore_lb(run):
+                        raise
+                    await self.notice_dead(run)  # what the engine stopped runs again: only real deaths are left
                 if health is not None and (reason := health()):
                     raise ErrorRatioExceeded(reason)
                 if self.before_step is not None:
@@ -297,7 +363,7 @@ class Executor:
                 try:
                     await self._handlers[step.action](run, step)
                 except BalancerError:
-                    if not await self.restore_lb():
+                    if not await self.restore_lb(run):
                         raise
                     await self._handlers[step.action](run, step)  # the step again, on the restored LB
         except TimeoutError:

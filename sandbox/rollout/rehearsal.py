@@ -38,6 +38,7 @@ from sandbox.errors import (
     Aborted,
     BalancerError,
     DatabaseDown,
+    EngineUnreachable,
     HookError,
     Interrupted,
     MigrationError,
@@ -362,9 +363,10 @@ class Rehearsal:
     # -- repair, prepare ----------------------------------------------------------------------
     async def repair(self) -> None:
         """Bring the fleet to where a plan can be made from it, saying each change: create a removed
-        load balancer again or start a stopped one, build the images, re-attach a set the load
-        balancer lost (from Docker's labels, the rest from the fleet's record), take stale upstreams
-        out. A bad batch, target or mode is refused before any of it.
+        load balancer again or start a stopped one, build the images, start again the session store,
+        database and app servers an engine restart stopped (each server waited for until ready),
+        re-attach a set the load balancer lost (from Docker's labels, the rest from the fleet's
+        record), take stale upstreams out. A bad batch, target or mode is refused before any of it.
 
         Raises NotFoundError (no fleet), UsageError (a bad batch, target or mode, nothing to roll
         back), BalancerError (a restarted load balancer that does not answer).
@@ -380,13 +382,21 @@ class Rehearsal:
             await self.runtime.resolve_versions(self.settings.project,
                                                 {v: names.app[v] for v in (target, source) if v in names.app}, {})
         image_set = await self._fleet_images(build=True)
+        self._executor = self._new_executor(image_set)
+        listed = await self._start_what_stopped()
         if self.balancer.lost:
             await self.balancer.repair_lost_set(listed, size)
             self.progress.line("the load balancer had lost its attached set (restarted?): "
                                f"re-attached {len(self.balancer.state.upstreams)} servers from Docker's labels")
-        self._executor = self._new_executor(image_set)
         for name in await self._executor.reconcile(listed):
             self.progress.line(f"took {name} out of the load balancer: its container is gone or not running")
+
+    async def _start_what_stopped(self) -> list[Instance]:
+        """Start again what an engine restart stopped (the session store, the database, the app servers,
+        each server waited for until ready), saying each; the app containers as they are now."""
+        for line in (await self.executor.start_what_stopped()).lines():
+            self.progress.line(line)
+        return await self.runtime.instances(self.settings.project)
 
     async def prepare(self) -> Prepared:
         """Read the fleet and the load balancer, pick the target, plan; changes nothing (``--dry-run``
@@ -819,6 +829,13 @@ class Rehearsal:
         try:
             with interrupts.cutting():
                 outcome, message = await self._execute_or_roll_back()
+        except EngineUnreachable as exc:  # every later call fails too: no record, no rollback, one line
+            again = f"roll --to {p.target}" if p.kind == "roll" else "rollback"
+            detail = str(exc).removeprefix("the Docker engine stopped answering: ")
+            raise EngineUnreachable(
+                f"the Docker engine stopped answering mid-{p.kind} (stopped or restarted: that stops the load "
+                f"balancer and every server): {detail}. Once it answers again, {self._hint(again)} starts them "
+                f"again and resumes; {self._hint('status')} shows what is stopped") from exc
         except (Interrupted, asyncio.CancelledError):
             interrupts.uncancel()
             self.executor.emit("interrupted", None)
@@ -866,8 +883,8 @@ class Rehearsal:
         executor.emit("rollback-start", None, version=source)
         self.progress.line(f"rolling back to {source}")
         await self._run_hooks("on-rollback")  # reported; the rollback goes on whatever it says
-        await executor.restore_lb()  # a load balancer that exited (the cause, maybe) is started again first
-        listed = await self.runtime.instances(self.settings.project)
+        await executor.restore_lb()  # a load balancer that exited (the cause, maybe) is started again first,
+        listed = await self.runtime.instances(self.settings.project)  # and what an engine restart stopped with it
         await executor.reconcile(listed)
         listed, servers = await executor.fleet(listed)
         strategy = strategies.of(self.settings.strategy).rollback_strategy
@@ -878,6 +895,8 @@ class Rehearsal:
         try:
             await executor.execute(back, source, env=dict(self.balancer.state.app_env),
                                    from_version=self.prepared.target, instances=listed)
+        except EngineUnreachable:
+            raise
         except SandboxError as exc:
             executor.emit("failed", None, detail={"reason": f"rollback: {exc}"})
             return "failed", (f"rollout failed ({cause}) and so did the rollback ({exc}); "

@@ -69,7 +69,8 @@ async def _follow(runtime: SwarmEngine, balancer: LoadBalancer, service_id: str,
         want, running = await runtime.serving(balancer.project, service_id)
         peak[0] = max(peak[0], running)
         if want != current:
-            await balancer.apply([Upstream(name=k[:12], address=v, version=versions.get(k, "?"))
+            # version "": not known here (the admin body takes a version name or none, never "?")
+            await balancer.apply([Upstream(name=k[:12], address=v, version=versions.get(k, ""))
                                   for k, v in sorted(want.items())])
             for k in want.keys() - current.keys():
                 events.append({"t": time.time(), "phase": "attach", "instance": k[:12], "address": want[k]})

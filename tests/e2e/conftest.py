@@ -68,13 +68,12 @@ class Cli:
 
     project: str
     port: int
-    env: dict[str, str] | None = None  # the environment its commands run with (default: this process's)
 
     def run(self, *args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "sandbox", *args]
         if "--project" not in args:
             cmd += ["--project", self.project]
-        env = {**(self.env if self.env is not None else os.environ), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
@@ -119,16 +118,15 @@ def project_objects(client: docker.DockerClient, project: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def new_project(client: docker.DockerClient, env: dict[str, str] | None = None) -> Iterator[Cli]:
-    """A unique project on ``client``'s engine (``env`` names it to the commands, when not this process's);
-    everything it created is removed afterwards."""
+def new_project(client: docker.DockerClient) -> Iterator[Cli]:
+    """A unique project; everything it created is removed afterwards."""
     project = f"t{secrets.token_hex(4)}"
-    c = Cli(project=project, port=free_port(), env=env)
+    c = Cli(project=project, port=free_port())
     try:
         yield c
     finally:
         subprocess.run([sys.executable, "-m", "sandbox", "down", "--project", project],
-                       cwd=REPO, env=env, capture_output=True, timeout=300)
+                       cwd=REPO, capture_output=True, timeout=300)
         assert project_objects(client, project) == []
 
 

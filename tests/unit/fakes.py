@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sandbox.errors import BalancerError, EngineError, NotFoundError, UsageError, hint
+from sandbox.errors import BalancerError, EngineError, GoneError, NotFoundError, UsageError, hint
 from sandbox.fleet.engine import STATE_DIR, Instance, LbHandle
 from sandbox.fleet.images import ImageSet
 from sandbox.fleet.loadbalancer import LbRow, LbState, Upstream
@@ -56,6 +56,7 @@ class FakeRuntime:
         self.specs: list[tuple[AppSpec | None, bool]] = []  # (spec, toy) of each start_app
         self.healths: dict[str, str] = {}  # version -> Docker health status (absent: no HEALTHCHECK)
         self.graces: dict[str, float] = {}  # name -> the grace its stop_app was given
+        self.services: dict[str, LbHandle] = {}  # name -> the session store or database (start_again, stopped_services)
 
     # -- set-up helpers for tests -------------------------------------------------------------
     def up(self, size: int, version: str = "v1") -> list[Instance]:
@@ -179,9 +180,25 @@ class FakeRuntime:
 
     async def start_again(self, lb: LbHandle) -> LbHandle:
         self.log.append(f"start_again {lb.name}")
+        if lb.name in self.services:
+            self.services[lb.name] = replace(lb, state="running")
+            return self.services[lb.name]
         project = next(p for p, found in self.lbs.items() if found.id == lb.id)
         self.lbs[project] = replace(lb, state="running")
         return self.lbs[project]
+
+    async def stopped_services(self, project: str) -> list[LbHandle]:
+        return sorted((h for h in self.services.values() if h.state != "running"), key=lambda h: h.name)
+
+    async def start_app_again(self, project: str, instance: Instance) -> Instance:
+        self._record("start_again", instance.name)
+        await asyncio.sleep(self.latency_s)
+        if instance.id not in self.containers:
+            raise GoneError(f"docker: no such container {instance.name}")
+        self._ips += 1  # a container started again may get another address
+        started = replace(self.containers[instance.id], state="running", ip=f"10.0.0.{self._ips}")
+        self.containers[instance.id] = started
+        return started
 
     async def lb_port(self, project: str) -> int | None:
         lb = self.lbs.get(project)

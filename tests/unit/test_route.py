@@ -267,3 +267,16 @@ def test_status_says_how_to_reach_each_version_only_while_both_are_attached(caps
             "(or cookie sandbox_version=v1)") in capsys.readouterr().out.splitlines()
     _print_status(data(["v1", "v1"]))
     assert "reach one" not in capsys.readouterr().out
+
+
+def test_servers_of_no_known_version_get_no_route_and_a_valid_admin_body() -> None:
+    """swarm-native attaches tasks whose version it does not know (version ""): reload mode gives them
+    no route of their own (a "" map key would repeat the map's own ""), and the admin body's line is
+    the address alone, which the dynamic LB accepts (a "?" was refused: bad version name)."""
+    from sandbox.fleet.balancer import admin_body, version_routes
+    from sandbox.fleet.loadbalancer import LbState, Upstream
+    ups = [Upstream(name="a", address="10.0.1.4:8000", version=""), Upstream(name="b", address="10.0.1.5:8000",
+                                                                          version="")]
+    assert version_routes(ups) == []
+    lines = admin_body(LbState(upstreams=ups)).splitlines()
+    assert [line.strip() for line in lines[2:]] == ["10.0.1.4:8000", "10.0.1.5:8000"]
