@@ -12,7 +12,7 @@ controller does not see the engine go (held through the restart), the same roll 
 engine stopped and ends with every slot serving. The host's network (``docker0``, iptables, the
 shared engine's networks) is the same after as before, in each test.
 
-It runs in the shared phase: nothing of it is visible to the other fleets (its own engine,
+It runs beside every other test: nothing of it is visible to the other fleets (its own engine,
 namespace, bridges, 127.0.0.1 and iptables; the host's firewall is never written).
 """
 
