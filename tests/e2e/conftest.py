@@ -13,6 +13,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -107,6 +108,21 @@ def assert_passes(proc: subprocess.CompletedProcess[str], *, expected: frozenset
                                 f"{report.get('requests', {}).get('dropped_first')}\n{proc.stderr[-3000:]}")
     assert proc.returncode == (1 if expected else 0), (proc.returncode, report["verdict"])
     return report
+
+
+def wait_for_line(proc: subprocess.Popen[str], word: str, timeout: float = 120) -> str:
+    """Read the controller's stderr until a line holding ``word``; what was read."""
+    assert proc.stderr is not None
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+        if word in line:
+            return seen
+    raise AssertionError(f"no {word!r} line:\n{seen}")
 
 
 def project_objects(client: docker.DockerClient, project: str) -> list[str]:

@@ -23,8 +23,6 @@ import json
 import os
 import secrets
 import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,28 +32,13 @@ import pytest
 from sandbox.fleet import labels as L
 from sandbox.fleet.images import ImageSet
 from tests.conftest import free_port
-from tests.e2e.conftest import assert_passes, project_objects
+from tests.e2e.conftest import assert_passes, project_objects, wait_for_line
 from tests.e2e.private_engine import PrivateCli, PrivateEngine, host_network, leaks, private_engine, started
 
 pytestmark = pytest.mark.e2e
 
 SIZE = 4
 LOAD = ("--users", "10", "--warmup", "1", "--cooldown", "1")
-
-def read_until(proc: subprocess.Popen[str], word: str, timeout: float = 180) -> str:
-    """The controller's stderr up to a line holding ``word``."""
-    assert proc.stderr is not None
-    seen = ""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        seen += line
-        if word in line:
-            return seen
-    raise AssertionError(f"no {word!r} line:\n{seen}")
-
 
 def load_left(engine: PrivateEngine) -> list[str]:
     """Command lines of Locust processes still running in the engine's network namespace (where only
@@ -134,7 +117,7 @@ def test_roll_after_a_real_engine_restart_mid_roll(client: docker.DockerClient, 
         engine, project = cli.engine, cli.project
         assert engine is not None
         roll = cli.start("roll", "--to", "v2", *LOAD, "--json")
-        read_until(roll, " attach ")  # slot 1 is on v2: the fleet is mixed
+        wait_for_line(roll, " attach ", timeout=180)  # slot 1 is on v2: the fleet is mixed
         engine.restart()  # SIGTERM to the pid it wrote, wait for its exit, start it again
         out, err = roll.communicate(timeout=300)
         assert roll.returncode == 1, (roll.returncode, err)
@@ -181,7 +164,7 @@ def test_an_engine_restart_the_roll_did_not_see_is_repaired_by_the_same_roll(
         engine = cli.engine
         assert engine is not None
         roll = cli.start("roll", "--to", "v2", *LOAD, "--json")
-        read_until(roll, " attach ")
+        wait_for_line(roll, " attach ", timeout=180)
         roll.send_signal(signal.SIGSTOP)
         try:
             engine.restart()

@@ -21,7 +21,7 @@ import docker
 import pytest
 
 from sandbox.fleet import labels as L
-from tests.e2e.conftest import REPO, Cli
+from tests.e2e.conftest import REPO, Cli, wait_for_line
 
 pytestmark = pytest.mark.e2e
 
@@ -65,21 +65,6 @@ def start_roll(cli: Cli, *args: str, env: dict[str, str] | None = None) -> subpr
     _STARTED.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}))
     return _STARTED[-1]
-
-
-def wait_for_line(proc: subprocess.Popen[str], word: str, timeout: float = 120) -> str:
-    """Read the controller's stderr until a line holding ``word``; what was read."""
-    assert proc.stderr is not None
-    seen = ""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        seen += line
-        if word in line:
-            return seen
-    raise AssertionError(f"no {word!r} line:\n{seen}")
 
 
 def test_controller_sigkilled_then_roll_resumes(cli: Cli, client: docker.DockerClient) -> None:
