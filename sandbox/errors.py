@@ -13,6 +13,7 @@ SandboxError
  |    +-- ErrorRatioExceeded  too many requests failed during the rollout
  |    +-- ProgressDeadlineExceeded  no step completed within --progress-deadline
  |    +-- Aborted          `sandbox abort` (or a pause past --pause-timeout): roll back
+ |    |    +-- AnalysisFailed  a canary step's analysis failed: roll back, as an abort does
  |    +-- MigrationError   the --migrate command failed before the first batch (nothing changed)
  +-- PlanError (ValueError)  settings, a fleet or a plan break a rule of the planner
  +-- TrafficError          the load generator could not be started, or died
@@ -84,6 +85,12 @@ class ProgressDeadlineExceeded(RolloutError):
 
 class Aborted(RolloutError):
     """Someone asked the running rollout to stop and go back (``sandbox abort``, or a pause that timed out)."""
+
+
+class AnalysisFailed(Aborted):
+    """A canary step's analysis failed (or stayed inconclusive past its extensions): the rollout
+    aborts and rolls back, as ``sandbox abort`` does."""
+
 class MigrationError(RolloutError):
     """The ``--migrate`` command failed before the first batch; nothing of the fleet was changed."""
 

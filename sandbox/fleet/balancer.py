@@ -179,6 +179,19 @@ def admin_body(state: LbState) -> str:
     return "\n".join([str(state.generation), state.to_json(), *(u.address for u in state.upstreams)]) + "\n"
 
 
+def canary_body(new: LbState, old: LbState) -> str:
+    """The ``PUT /canary`` body for ``new``: its weight in hundredths of a percent and stickiness, then
+    the addresses of its canary version's servers in ``new`` and ``old`` (sent before the attached
+    set changes, so a server being attached already counts as the canary's); empty: no canary."""
+    canary = new.canary
+    if canary is None:
+        return ""
+    version = str(canary["version"])
+    weight = round(float(canary["weight"]) * 100)
+    addresses = sorted({u.address for state in (new, old) for u in state.upstreams if u.version == version})
+    return "\n".join([f"{max(0, min(10000, weight))} {1 if canary.get('sticky') else 0}", *addresses]) + "\n"
+
+
 def parse_admin_body(text: str) -> LbState | None:
     """The state a ``GET /servers`` answer holds; None when nothing was ever PUT.
 
@@ -360,6 +373,8 @@ class NginxBalancer:
         if text != self._installed:
             await self._install(text)
             await self._wait_config(config_id(text) or "")
+        if new.canary is not None or self.state.canary is not None:
+            await self._admin_call("PUT", "canary", body=canary_body(new, self.state))
         try:
             await self._put(new)
         except BalancerConflict:

@@ -62,12 +62,13 @@ from sandbox.results.measure import (
     attribute_versions,
     measure,
 )
-from sandbox.results.model import Check, MixedRecord, Report, Rollout, Verdict
+from sandbox.results.model import CanaryStep, Check, MixedRecord, Report, Rollout, Verdict
 from sandbox.results.records import Event, LongLivedRow, RequestRow
 from sandbox.results.report import build_report, clear_report_dir, write_report_dir
 from sandbox.results.verdict import Limits, exit_code, not_run
-from sandbox.rollout import migrate, mixed, strategies
+from sandbox.rollout import canary, migrate, mixed, strategies
 from sandbox.rollout import plan as planner
+from sandbox.rollout.canary import CanaryRun
 from sandbox.rollout.executor import Executor, ProbeFactory, Timing
 from sandbox.rollout.load_phases import LoadGenerator, LoadPhases
 from sandbox.rollout.steer import ControlServer, Steering
@@ -123,6 +124,7 @@ class Prepared:
     pause_at: int | None = None  # --pause-after-batch: the index of the step the rollout pauses before
     migrate: str = ""  # --migrate: run once in a one-off container of the target image ("" none)
     migrate_at: str = "before"  # --migrate-at: before the first batch, or after the last
+    note: str = ""  # one line said at plan time (a canary in reload mode: what it cannot do)
 
     @property
     def pick_order(self) -> list[list[int]]:
@@ -160,6 +162,8 @@ class Prepared:
         lines = [f"{self.kind} {self.source} -> {self.target} with {self.strategy}: {len(self.steps)} steps"
                  + (f" in {self.batches} batches; at most {self.peak} containers, at least {self.floor} of "
                     f"{self.size} servers serving" if self.peak is not None else "")]
+        if self.note:
+            lines.append("  " + self.note)
         if self.seed is not None:
             lines.append("  " + self.order_line())
         if self.detach_lag_s:
@@ -197,6 +201,7 @@ class Ran:
     load_alive: bool = True  # the load generator ran until it was asked to stop
     mixed_checks: tuple[MixedRecord, ...] = ()  # one record per --mixed-check (mixed.py), then --migrate's
     migration_end: float | None = None  # unix time the --migrate command ended (None: it did not run)
+    canary: tuple[CanaryStep, ...] = ()  # --strategy canary: each step's weight and analysis
 
 
 @dataclass(frozen=True)
@@ -309,6 +314,7 @@ class Rehearsal:
         self._steering: Steering | None = None  # while run() runs: pause, resume, abort, promote
         self._migration: MixedRecord | None = None  # the --migrate command's record, once it ran
         self._migration_end: float | None = None
+        self._canary: CanaryRun | None = None  # --strategy canary: weights, holds, analyses
 
     @property
     def balancer(self) -> LoadBalancer:
@@ -375,9 +381,12 @@ class Rehearsal:
         instances, servers = await self._executor.fleet(listed)
         plan_settings = planner.PlanSettings(size=size, to_version=target, strategy=self.settings.strategy,
                                              batch=self.settings.batch, mode=self.settings.mode,
-                                             seed=self.settings.seed, detach_lag_s=self.settings.detach_lag_s)
-        steps, pause_at = planner.pause_point(planner.merge_reloads(planner.plan(servers, plan_settings)),
-                                              self.settings.pause_after_batch)
+                                             seed=self.settings.seed, detach_lag_s=self.settings.detach_lag_s,
+                                             weights=self.settings.canary_weights)
+        planned = planner.plan(servers, plan_settings)
+        if not strategies.of(self.settings.strategy).weighted:  # a canary holds each weight where the plan says
+            planned = planner.merge_reloads(planned)
+        steps, pause_at = planner.pause_point(planned, self.settings.pause_after_batch)
         try:
             sim: planner.Simulation | None = planner.simulate(servers, plan_settings, steps)
         except planner.PlanError:  # a fleet with stale upstreams (not repaired): no figures
@@ -395,8 +404,15 @@ class Rehearsal:
                                   mixed_checks=self.settings.mixed_checks, detach_lag_s=self.settings.detach_lag_s,
                                   pause_at=pause_at,
                                   migrate=self.settings.migrate if self.kind == "roll" else "",
-                                  migrate_at=self.settings.migrate_at)
+                                  migrate_at=self.settings.migrate_at,
+                                  note=self._canary_note(state, size))
         return self._prepared
+
+    def _canary_note(self, state: LbState, size: int) -> str:
+        """A weighted strategy in reload mode: the one line on what it cannot do (weights: the server count)."""
+        if self.kind != "roll" or not strategies.of(self.settings.strategy).weighted or state.lb_apply == "dynamic":
+            return ""
+        return canary.reload_note(size, self.settings.canary_weights)
 
     async def _read_fleet(self) -> tuple[LbHandle, list[Instance]]:
         """The load balancer's container and the app containers; the balancer is reached once."""
@@ -415,6 +431,9 @@ class Rehearsal:
         """The fleet's size and the target version, once the batch, the target and the mode hold."""
         size = state.size or len({i.slot for i in listed})
         check_batch(self.settings.strategy, self.settings.batch, size)
+        if self.settings.sticky_canary and state.lb_apply != "dynamic":
+            raise UsageError("sticky_canary: needs the dynamic load balancer, which picks the version per user; "
+                             "this fleet runs --lb-apply reload (`up --lb-apply dynamic`)")
         target = self._target(state, image_set.app)
         if not image_set.toy and self.settings.mode == "in-place":
             raise UsageError("mode: in-place swaps the toy app's code; your own images roll with --mode replace")
@@ -493,6 +512,7 @@ class Rehearsal:
             self.executor.after_step = self._after_step
         interrupts = Interrupts(self.executor.stop_requested, self.progress.line)
         steering = self._steering = self._new_steering()
+        self._canary = self._new_canary(steering)
         watch = asyncio.create_task(self._watch_long_lived())
         try:
             async with ControlServer(self.settings.project, steering) as control:
@@ -527,7 +547,8 @@ class Rehearsal:
         self._ran = Ran(outcome=outcome, message=message, started=started, t_start=t_start, t_end=t_end,
                         peak=self.executor.peak, load=self.load.ran, load_alive=self.load.alive,
                         mixed_checks=(*checks, self._migration) if self._migration else checks,
-                        migration_end=self._migration_end)
+                        migration_end=self._migration_end,
+                        canary=tuple(self._canary.records) if self._canary else ())
         return self._ran
 
     async def _check_long_lived_paths(self) -> None:
@@ -570,6 +591,38 @@ class Rehearsal:
             self.progress.line(f"--pause-after-batch {n}: the plan has {self.prepared.batches or 'no'} batch(es), "
                                f"none after batch {n}: no pause")
         return steering
+    def _new_canary(self, steering: Steering) -> CanaryRun | None:
+        """A weighted strategy's weights, holds and analyses, hooked to the executor (a roll only)."""
+        p = self.prepared
+        if self.kind != "roll" or not strategies.of(p.strategy).weighted:
+            return None
+        if p.note:
+            self.progress.line(p.note)
+
+        def emit(phase: str, batch: int, detail: dict[str, Any]) -> None:
+            self.executor.emit(phase, None, batch=batch, detail=detail)
+
+        run = CanaryRun(self.settings, self.balancer, steps=p.steps, size=p.size, old=p.source, new=p.target,
+                        steering=steering, emit=emit, say=self.progress.line, mixed=lambda: self._mixed_ran or ())
+        if self.settings.step_pause_s is None:
+            steering.promote_note = "the canary goes on to its next step"
+        self.load.on_rows.append(run.add_rows)
+        gate, after = self.executor.gate, self.executor.after_step
+
+        async def canary_gate(step: planner.Step, index: int) -> None:
+            if steering.state in ("running", "paused"):  # a pause stretches a canary's hold
+                await run.gate(step, index)
+            if gate is not None:
+                await gate(step, index)
+
+        async def canary_after(step: planner.Step) -> None:
+            if after is not None:
+                await after(step)
+            await run.after_step(step)
+
+        self.executor.gate, self.executor.after_step = canary_gate, canary_after
+        return run
+
     def _migrates(self, when: str) -> bool:
         return bool(self.settings.migrate) and self.kind == "roll" and self.settings.migrate_at == when
 
@@ -672,13 +725,21 @@ class Rehearsal:
                                         deadline_s=self.settings.progress_deadline_s)
             if self._steering is not None and self._steering.state == "aborting":  # asked during the last step
                 raise Aborted(f"aborted by {self._steering.aborted_by}")
+            if self._canary is not None:
+                await self._canary.finish()
         except (RolloutError, BalancerError) as exc:
             self.executor.emit("failed", None, detail={"reason": str(exc)})
             self.progress.line(f"rollout failed: {exc}")
             if (self.settings.auto_rollback or isinstance(exc, Aborted)) and p.kind == "roll":
                 if self._steering is not None:
                     self._steering.rolling_back()
-                return await self._roll_back(exc)
+                if self._canary is not None:
+                    await self._canary.to_old()
+                try:
+                    return await self._roll_back(exc)
+                finally:
+                    if self._canary is not None:
+                        await self._canary.clear()
             return "failed", (f"rollout failed: {exc}. The fleet is consistent; {self._hint('rollback')} reverts "
                               f"it, {self._hint(f'roll --to {p.target}')} tries again.")
         return "completed", ""
@@ -861,7 +922,7 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
         long_lived_users=settings.ws_users + settings.sse_users if ran.load else 0,
         load=ran.load, load_alive=ran.load_alive and not died if ran.load else None,
         seed=prepared.seed, pick_order=tuple(map(tuple, prepared.pick_order)), mixed_checks=ran.mixed_checks,
-        detach_lag_s=prepared.detach_lag_s,
+        detach_lag_s=prepared.detach_lag_s, canary=ran.canary,
     )
     report = build_report(run=run, figures=figures, steps=collected.events, limits=Limits.from_settings(settings))
     faults: list[DiedServer | LbOutage] = [*died_servers(collected.events, collected.nginx_rows),

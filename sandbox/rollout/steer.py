@@ -89,6 +89,8 @@ class Steering:
         self._clock = clock
         self.state: State = "running"
         self.promoted = False
+        self.promotions = 0  # promote commands taken (a manual canary step ends at each)
+        self.promote_note: str | None = None  # what a promote does, when not "no more pauses" (a manual canary)
         self.paused_by: Who | None = None
         self.paused_since: float | None = None  # clock()
         self.paused_s = 0.0  # time spent paused, all pauses
@@ -152,11 +154,12 @@ class Steering:
         if self.state not in ("running", "paused"):
             return self.answer(False, f"cannot promote: {self.describe()}")
         self.promoted = True
+        self.promotions += 1
         self._event("promote", who)
         if self.state == "paused":
             self._unpause(who, "resumed")
         self._changed.set()
-        return self.answer(True, f"promoted by {who}: no more pauses, running to the end")
+        return self.answer(True, f"promoted by {who}: {self.promote_note or 'no more pauses, running to the end'}")
 
     def answer(self, ok: bool, message: str) -> dict[str, Any]:
         out: dict[str, Any] = {"ok": ok, "state": self.state, "message": message, "promoted": self.promoted,
