@@ -78,7 +78,8 @@ def analyse(rows: Sequence[Mapping[str, Any]], *, old: str, new: str, step: int,
                         samples={new: n.answers, old: o.answers}, window_s=round(window_s, 1),
                         extensions=extensions, criteria=criteria,
                         reason="; ".join(f"{c.name}: {c.detail}" for c in criteria
-                                         if c.status in ("FAIL", "INCONCLUSIVE")) or None)
+                                         if c.status == {FAILED: "FAIL", INCONCLUSIVE: "INCONCLUSIVE"}.get(outcome))
+                        or None)
     return outcome, record
 
 

@@ -218,9 +218,9 @@ class Span:
 
 
 _EXPOSURE_INTS = ("users_total", "users_saw_both", "users_exposed", "requests_exposed", "users_hit", "downgrades",
-                  "users_downgraded", "version_flips", "contract_violations", "sessions_lost")
+                  "users_downgraded", "version_flips", "contract_violations", "sessions_lost", "users_failed")
 _EXPOSURE_FLOATS = ("mixed_window_s", "users_saw_both_share", "mixed_fleet_s", "users_exposed_share",
-                    "requests_exposed_share")
+                    "requests_exposed_share", "users_failed_share")
 
 
 @dataclass(frozen=True)
@@ -245,6 +245,10 @@ class Exposure:
     version_flips: int = 0
     contract_violations: int = 0
     sessions_lost: int = 0
+    # users who met a failure: a dropped request or an answer that broke their contract (how far a
+    # breaking version reached), and their share of all users
+    users_failed: int = 0
+    users_failed_share: float | None = None
     timeline: tuple[Second, ...] = ()
 
     def to_json(self) -> Json:
