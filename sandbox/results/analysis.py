@@ -117,3 +117,34 @@ def _mixed(records: Sequence[MixedRecord]) -> Criterion:
     failed = [r.name for r in ran if r.status != "passed"]
     return Criterion("mixed_checks", "FAIL" if failed else "PASS", len(failed), 0, None,
                      f"failed: {', '.join(failed)}" if failed else f"{len(ran)} passed")
+
+
+# --------------------------------------------------------------------------- the table every output shows
+
+TABLE_HEAD = ("step", "weight", "share", "answers new/old", "error ratio new/old", "p99 ratio",
+              "violations", "mixed checks", "extended", "status")
+
+
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.1f} %"
+
+
+def table_row(step: CanaryStep, new: str, old: str) -> tuple[str, ...]:
+    """One canary step as the summary, report.md and JUnit show it (``TABLE_HEAD``'s columns)."""
+    by = {c.name: c for c in step.criteria}
+
+    def cell(name: str, shown: str) -> str:
+        c = by.get(name)
+        return "-" if c is None else f"{shown} {c.status}" if shown else c.status
+
+    err = by.get("error_ratio")
+    err_text = "-" if err is None or err.value is None else (
+        f"{_pct(float(err.value))}/{_pct(None if err.baseline is None else float(err.baseline))}")
+    p99 = by.get("p99_ratio")
+    viol = by.get("contract_violations")
+    return (str(step.step), f"{step.weight} %", _pct(step.observed_share),
+            f"{step.samples.get(new, 0)}/{step.samples.get(old, 0)}",
+            cell("error_ratio", err_text),
+            cell("p99_ratio", "-" if p99 is None or p99.value is None else f"{p99.value}"),
+            cell("contract_violations", "" if viol is None else str(viol.value)), cell("mixed_checks", ""),
+            str(step.extensions), step.status)

@@ -322,6 +322,10 @@ class RolloutState:
             self.run["failure"] = detail.get("reason")
         elif phase == "rollback-start":
             self.phase = "rolling back"
+        elif phase == "canary-weight":  # --strategy canary: the weight now, and each step's analysis
+            self.run["canary_weight"] = detail.get("weight")
+        elif phase == "canary-analysis":
+            self.run.setdefault("canary", []).append(dict(detail))
         elif phase == "paused":  # `sandbox pause`, or the plan's --pause-after-batch
             self.phase = "paused"
             pid = detail.get("pid")
