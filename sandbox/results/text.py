@@ -67,7 +67,9 @@ def _exposure_lines(report: Report) -> list[str]:
         f"  downgrades     {exp.downgrades} to {exp.users_downgraded} users  "
         f"(got {old} after {new}: forward-compatibility risk)",
         f"  version flips  {exp.version_flips}",
-        f"contract         {exp.contract_violations} violations  (answers that broke the expected API)",
+        f"contract         {exp.contract_violations} violations  (answers that broke the expected API); "
+        f"{exp.users_failed}/{exp.users_total} users met a failure ({share_pct(exp.users_failed_share)}: "
+        "a dropped request or a broken contract)",
         f"sessions lost    {exp.sessions_lost}  (users whose session, in use during the rollout, died with its server)",
     ]
 

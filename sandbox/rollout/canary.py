@@ -41,6 +41,14 @@ from sandbox.rollout.steer import Steering
 LOOK_S = 1.0  # how often a held step's analysis is looked at
 
 
+def plan_note(size: int, weights: Sequence[int], step_pause: str) -> str:
+    """Dynamic mode's line at plan time: the servers at each weight, and how long each step is held."""
+    steps = ", ".join(f"{w} % ({strategies.canary_new(size, w)} new, {strategies.canary_old(size, w)} old)"
+                      for w in weights)
+    held = "until `sandbox promote`" if step_pause == "manual" else f"{step_pause} (--step-pause)"
+    return f"canary: {steps}; each step below 100 % held {held}, then its analysis decides"
+
+
 def reload_note(size: int, weights: Sequence[int]) -> str:
     """Reload mode's one line at plan time: the shares it gives instead of the weights."""
     parts = []

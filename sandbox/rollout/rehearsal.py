@@ -409,9 +409,12 @@ class Rehearsal:
         return self._prepared
 
     def _canary_note(self, state: LbState, size: int) -> str:
-        """A weighted strategy in reload mode: the one line on what it cannot do (weights: the server count)."""
-        if self.kind != "roll" or not strategies.of(self.settings.strategy).weighted or state.lb_apply == "dynamic":
+        """A weighted strategy's line at plan time: its servers per weight and its holds; in reload mode,
+        what it cannot do (weights: the server count)."""
+        if self.kind != "roll" or not strategies.of(self.settings.strategy).weighted:
             return ""
+        if state.lb_apply == "dynamic":
+            return canary.plan_note(size, self.settings.canary_weights, self.settings.step_pause)
         return canary.reload_note(size, self.settings.canary_weights)
 
     async def _read_fleet(self) -> tuple[LbHandle, list[Instance]]:

@@ -121,3 +121,18 @@ def test_a_manual_step_waits_for_promote_from_a_second_process(fleet: Cli) -> No
     assert steps[0]["reason"] == "promoted by `sandbox promote`"
     assert report["outcome"] == "completed" and report["requests"]["dropped"] == 0
     assert versions(fleet) == {"v2"}
+
+
+def test_reload_mode_says_what_it_cannot_at_plan_time_and_refuses_sticky(cli: Cli) -> None:
+    cli.run("up", "--size", "3", "--port", str(cli.port), "--lb-apply", "reload", check=True)
+    dry = cli.run("roll", "--to", "v2", "--strategy", "canary", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert ("--lb-apply reload: no weights, the new version's share is its servers' share (5: 1 of 4 (25 %), "
+            "25: 1 of 4 (25 %), 50: 2 of 4 (50 %)); exact weights and --sticky-canary need --lb-apply dynamic"
+            ) in dry.stdout
+    sticky = cli.run("roll", "--to", "v2", "--strategy", "canary", "--sticky-canary")
+    assert sticky.returncode == 2 and sticky.stderr.strip().splitlines()[-1].startswith(
+        "sandbox: error: sticky_canary: needs the dynamic load balancer"), sticky.stderr
+    bad = cli.run("roll", "--to", "v2", "--strategy", "canary", "--steps", "5,50")
+    assert bad.returncode == 2 and "--steps: '5,50' must end at 100" in bad.stderr, bad.stderr
+    assert versions(cli) == {"v1"}  # nothing changed

@@ -8,7 +8,7 @@ from sandbox.config import Settings
 from sandbox.errors import UsageError
 from sandbox.fleet.balancer import canary_body
 from sandbox.fleet.loadbalancer import LbState, Upstream
-from sandbox.rollout.canary import reload_note
+from sandbox.rollout.canary import plan_note, reload_note
 from sandbox.rollout.plan import PlanError, PlanSettings, Server, limits, plan, simulate, validate
 from sandbox.rollout.strategies import canary_new, canary_old, check_weights
 
@@ -119,3 +119,10 @@ def test_reload_mode_says_what_it_gives_instead_of_weights() -> None:
     assert note.startswith("--lb-apply reload: no weights")
     assert "5: 1 of 10 (10 %)" in note and "50: 5 of 10 (50 %)" in note and "100:" not in note
     assert "--sticky-canary need --lb-apply dynamic" in note
+
+
+def test_the_plan_says_the_servers_and_the_hold_of_each_step() -> None:
+    assert plan_note(9, (5, 25, 50, 100), "30s") == (
+        "canary: 5 % (1 new, 9 old), 25 % (3 new, 7 old), 50 % (5 new, 5 old), 100 % (9 new, 0 old); "
+        "each step below 100 % held 30s (--step-pause), then its analysis decides")
+    assert "held until `sandbox promote`" in plan_note(3, (50, 100), "manual")
