@@ -214,9 +214,11 @@ class CanaryRun:
                                                                  "reason": record.reason})
 
     async def _while_paused(self) -> float:
+        """Held while paused (the pause timeout as the steering says); the seconds it held."""
         t0 = self._clock()
-        while self.steering.state == "paused":
-            await asyncio.sleep(min(self._look_s, 0.2))
+        await self.steering.wait_while_paused()
+        if self.steering.state == "paused":  # a stop request (Ctrl-C): the gate winds down
+            await asyncio.sleep(self._look_s)
         return self._clock() - t0
 
     def _analyse(self, k: int, window_s: float, extensions: int) -> tuple[str, CanaryStep]:

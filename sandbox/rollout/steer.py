@@ -195,6 +195,16 @@ class Steering:
                 self._say(f"paused after batch {self.pause_after_batch} as planned: `sandbox resume` goes on, "
                           f"`sandbox abort` rolls back (after {self.pause_timeout_s:g} s: "
                           f"{self.on_pause_timeout})")
+        await self.wait_while_paused()
+        if self.state == "paused" and self.stop.is_set():  # Ctrl-C while paused: the batch winds down
+            self._unpause(Who("Ctrl-C"), None)
+            self.state = "stopping"
+        if self.state == "aborting":
+            raise Aborted(f"aborted by {self.aborted_by}")
+
+    async def wait_while_paused(self) -> None:
+        """Hold while paused; a pause longer than ``pause_timeout_s`` ends as ``on_pause_timeout`` says.
+        Returns at once after a stop request (also awaited by a canary's hold: ``rollout.canary``)."""
         while self.state == "paused" and not self.stop.is_set():
             self._changed.clear()
             left = self.pause_timeout_s - (self._clock() - (self.paused_since or self._clock()))
@@ -204,11 +214,6 @@ class Steering:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
                     await self._wait_changed()
-        if self.state == "paused" and self.stop.is_set():  # Ctrl-C while paused: the batch winds down
-            self._unpause(Who("Ctrl-C"), None)
-            self.state = "stopping"
-        if self.state == "aborting":
-            raise Aborted(f"aborted by {self.aborted_by}")
 
     async def _wait_changed(self) -> None:
         stop = asyncio.ensure_future(self.stop.wait())

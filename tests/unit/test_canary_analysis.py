@@ -236,3 +236,15 @@ def test_a_rollback_sends_everything_to_the_old_version_first() -> None:
 def test_step_of_maps_batches_to_steps(batch: int) -> None:
     run, _, _ = canary_run(Settings(**SETTINGS), Steering(), Clock())
     assert run.step_of(batch) == batch - 1 and run.step_of(0) is None and run.step_of(4) is None
+
+
+def test_a_pause_during_the_hold_stretches_it_and_times_out_as_the_steering_says() -> None:
+    async def pause_then_time_out(steering: Steering) -> None:
+        await asyncio.sleep(0.02)
+        steering.pause(Who("alice", 42))
+
+    steering = Steering(pause_timeout_s=0.05, on_pause_timeout="abort")
+    run, _, _, error = asyncio.run(hold(Settings(**{**SETTINGS, "step_pause": "manual"}), rows("v2", 60)
+                                        + rows("v1", 540), steering=steering, during=pause_then_time_out))
+    assert error is None and steering.state == "aborting"  # the gate rolls back next
+    assert run.records[0].status == "aborted"
