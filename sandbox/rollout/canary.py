@@ -88,6 +88,7 @@ class CanaryRun:
         self._rows: list[RequestRow] = []
         self._since: float | None = None  # rows sent from then on are kept
         self._promotions = 0
+        self.active = True  # False once the rollout rolls back: its steps set no weight
 
     # -- the rows ---------------------------------------------------------------------------------
     def add_rows(self, rows: Sequence[RequestRow]) -> None:
@@ -103,12 +104,12 @@ class CanaryRun:
 
     async def after_step(self, step: planner.Step) -> None:
         k = self.step_of(step.batch_no)
-        if step.action in ("attach", "reattach") and k is not None:
+        if self.active and step.action in ("attach", "reattach") and k is not None:
             await self._apply(k)
 
     async def gate(self, step: planner.Step, index: int) -> None:
         """Before ``step``: hold every earlier step not held yet (their weights set first)."""
-        k = self.step_of(step.batch_no)
+        k = self.step_of(step.batch_no) if self.active else None
         for j in range(k or 0):
             if j not in self._held:
                 await self._apply(j)
@@ -125,7 +126,9 @@ class CanaryRun:
         await self.clear()
 
     async def to_old(self) -> None:
-        """Before a rollback: every request to the old version (weight 0)."""
+        """Before a rollback: every request to the old version (weight 0); the rollback's own steps
+        (the same executor's) set no weight."""
+        self.active = False
         if self.weighted and self._applied:
             await self._set_weight(0)
 

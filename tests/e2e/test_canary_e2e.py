@@ -81,14 +81,19 @@ def test_an_inconclusive_step_is_extended_then_fails_and_rolls_back(fleet: Cli) 
     to_v1(fleet)
     proc = fleet.run("roll", "--to", "v2", "--strategy", "canary", "--steps", "50,100", "--step-pause", "1s",
                      "--max-step-extensions", "2", "--users", "1", "--warmup", "2", "--cooldown", "1",
-                     "--max-p99-ms", "2000", "--json")
-    report = assert_passes(proc, expected=frozenset({"outcome", "requests_measured"}))
+                     "--max-p99-ms", "2000", "--min-requests", "1", "--json")
+    report = assert_passes(proc, expected=frozenset({"outcome"}))
     [step] = canary(report)
     assert (step["status"], step["extensions"]) == ("failed", 2), step
     assert "still inconclusive after 2 extension(s)" in step["reason"]
     assert {c["name"]: c["status"] for c in step["criteria"]}["error_ratio"] == "INCONCLUSIVE"
     assert proc.stderr.count("extended by 1 s") == 2
     assert report["outcome"] == "rolled_back" and report["requests"]["dropped"] == 0
+    # the rollback sets no weight: every canary-weight event comes before it, the last one 0 (all to v1)
+    phases = [s["phase"] for s in report["steps"]]
+    weights = [s for s in report["steps"] if s["phase"] == "canary-weight"]
+    assert [w["detail"]["weight"] for w in weights] == [50]
+    assert phases.index("canary-weight") < phases.index("rollback-start")
     assert versions(fleet) == {"v1"}
 
 

@@ -226,6 +226,8 @@ def test_a_rollback_sends_everything_to_the_old_version_first() -> None:
         run, balancer, _ = canary_run(Settings(**SETTINGS), Steering(), Clock())
         await run.after_step(Step("attach", (), 1))
         await run.to_old()
+        await run.after_step(Step("attach", (), 2))  # the rollback's own attach: no weight
+        await run.gate(Step("detach", (), 3), 7)  # nor a hold
         await run.clear()
         return balancer
 
