@@ -24,6 +24,10 @@ closed. ``GET /servers`` gives the state back to a fresh process, ``GET /infligh
 the LB has in flight per server (:meth:`NginxBalancer.in_flight`), an app-independent drain signal.
 Every ``PUT`` names the generation the controller last saw (compare-and-set): the LB answers 409
 to any other, so a stale writer never overwrites a newer state silently.
+A canary's weight is its own admin field, ``PUT /canary`` (:func:`canary_body`: the weight in
+hundredths of a percent, sticky or not, the canary version's addresses), sent before the set
+whenever ``LbState.canary`` is or was set; the Lua balancer splits the attached list by it
+(``canary_split``) before it picks a server.
 
 **The record**. What the fleet needs besides its attached set (size, app environment, settings,
 the last rollout record) is also written, whenever it changes, to ``RECORD_FILE`` on the
