@@ -161,7 +161,8 @@ class RolloutState:
         if name and phase in STATE_OF_PHASE:
             self._server_event(name, phase, t, event)
         elif phase in ("load-start", "rollout-start", "rollout-end", "load-stop", "failed",
-                       "rollback-start", "rollback-end", "interrupted", "paused", "resumed", "abort"):
+                       "rollback-start", "rollback-end", "interrupted", "paused", "resumed", "abort",
+                       "canary-weight", "canary-analysis"):
             self._run_event(phase, event)
         self._log(t, _event_line(event))
         self._changed()

@@ -250,3 +250,16 @@ def test_a_pause_during_the_hold_stretches_it_and_times_out_as_the_steering_says
                                         + rows("v1", 540), steering=steering, during=pause_then_time_out))
     assert error is None and steering.state == "aborting"  # the gate rolls back next
     assert run.records[0].status == "aborted"
+
+
+def test_the_live_state_has_the_weight_and_each_steps_analysis() -> None:
+    from sandbox.ui.state import RolloutState
+
+    state = RolloutState()
+    state.event({"t": 1.0, "phase": "rollout-start", "instance": None, "detail": {"strategy": "canary"}})
+    state.event({"t": 2.0, "phase": "canary-weight", "instance": None, "batch": 1, "detail": {"weight": 5}})
+    state.event({"t": 9.0, "phase": "canary-analysis", "instance": None, "batch": 1,
+                 "detail": {"step": 1, "weight": 5, "status": "passed", "observed_share": 0.05}})
+    run = state.snapshot()["run"]
+    assert run["canary_weight"] == 5 and run["canary"] == [
+        {"step": 1, "weight": 5, "status": "passed", "observed_share": 0.05}]
