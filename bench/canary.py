@@ -9,12 +9,14 @@ One 9-server toy fleet (`up --size 9`, dynamic load balancer), four rollouts, ea
    per step, the share of answers from v2 over the step's window against its weight, with the
    statistical bound for the answers counted (3 standard deviations of a binomial share:
    3 x sqrt(w (1 - w) / n)); the run's dropped requests;
-2. the same with `--sticky-canary`: the downgrades (answers from v1 to a user after a v2 one);
+2. the same with `--sticky-canary` and 100 users at think 500-1000 ms (about the default load's
+   request rate, spread over more users: a sticky share is a share of users, and with 20 users
+   the 5 % step gets no user at all about one time in three, 0.95^20): the downgrades (answers
+   from v1 to a user after a v2 one);
 3. and 4. `--v2-mode breaking` (v2 renames a JSON field the v1 clients read) under canary with
-   `--sticky-canary`, then under one-at-a-time, each with 100 users at think 500-1000 ms (about the
-   default load's request rate, spread over more users, so that a share of users is finer than
-   5 %): where each stopped, and the share of users who met a failure (a dropped request or an
-   answer that broke their contract: `users_failed_share` in the report's exposure figures).
+   `--sticky-canary`, then under one-at-a-time, each with the same 100 users: where each stopped,
+   and the share of users who met a failure (a dropped request or an answer that broke their
+   contract: `users_failed_share` in the report's exposure figures).
 
 Between two rollouts the fleet goes back to v1 with no load (`roll --to v1 --strategy double-half
 --no-load`) when it is not there already.
@@ -99,6 +101,11 @@ def breaking_row(name: str, report: dict[str, Any], code: int) -> str:
             f"{report['requests']['dropped']} |")
 
 
+def failed_checks(report: dict[str, Any]) -> str:
+    failed = [c for c in report["verdict"]["checks"] if not c["pass"]]
+    return ", ".join(f"{c['name']} {c['value']} (limit {c['limit']})" for c in failed) or "none"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--step-pause", default="30s", help="--step-pause of the canary rollouts")
@@ -112,7 +119,7 @@ def main() -> None:
             raise SystemExit("up failed")
         healthy_args, healthy, healthy_code = roll(project, canary)
         back = back_to_v1(project)
-        sticky_args, sticky, sticky_code = roll(project, [*canary, "--sticky-canary"])
+        sticky_args, sticky, sticky_code = roll(project, [*canary, "--sticky-canary", *BREAKING_LOAD])
         back_to_v1(project)
         broken_args, broken, broken_code = roll(project, [*canary, "--sticky-canary", "--v2-mode", "breaking",
                                                           *BREAKING_LOAD])
@@ -130,16 +137,19 @@ def main() -> None:
     lines += ["| step | weight | share of answers from v2 | v2 answers of all | share - weight (points) "
               "| bound (points) | within | extended | status |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *share_rows(healthy), "",
-              f"- outcome {healthy['outcome']} (exit {healthy_code}); requests {healthy['requests']['total']}, "
+              f"- outcome {healthy['outcome']} (exit {healthy_code}; verdict checks failed: "
+              f"{failed_checks(healthy)}); requests {healthy['requests']['total']}, "
               f"dropped {healthy['requests']['dropped']}; peak containers {healthy['peak_instances']}", "",
               f"2. {shown(sticky_args)}", "",
               "| step | weight | share of answers from v2 | v2 answers of all | share - weight (points) "
               "| bound (points) | within | extended | status |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *share_rows(sticky), "",
-              f"- outcome {sticky['outcome']} (exit {sticky_code}); downgrades "
+              f"- outcome {sticky['outcome']} (exit {sticky_code}; verdict checks failed: {failed_checks(sticky)}); "
+              f"downgrades "
               f"{sticky['exposure']['downgrades']} ({sticky['exposure']['users_downgraded']} users); requests "
-              f"{sticky['requests']['total']}, dropped {sticky['requests']['dropped']} (with sticky users the "
-              "share moves by whole users: 20 users, 5 points each)", "",
+              f"{sticky['requests']['total']}, dropped {sticky['requests']['dropped']}; users who met v2 "
+              f"{sticky['exposure']['users_saw_both']} of {sticky['exposure']['users_total']} (a sticky share "
+              "moves by whole users: 1 point each here)", "",
               "3. and 4. a breaking v2:", "", f"- canary: {shown(broken_args)}", f"- one-at-a-time: {shown(one_args)}",
               "", "| strategy | outcome | stopped at | users who met a failure | contract violations | dropped |",
               "| --- | --- | --- | --- | --- | --- |",
