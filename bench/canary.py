@@ -72,14 +72,16 @@ def bound_pp(weight: int, answers: int) -> float | None:
     return round(300 * math.sqrt(w * (1 - w) / answers), 2)
 
 
-def share_rows(report: dict[str, Any]) -> list[str]:
+def share_rows(report: dict[str, Any], users: int | None = None) -> list[str]:
+    """One row per step; the bound over ``users`` when given (a sticky share is a share of users, each
+    user's requests going to one version), else over the answers."""
     rows = []
     for step in report.get("canary", []):
         new = sum(step["samples"].get(v, 0) for v in ("v2",))
         total = sum(step["samples"].values())
         share = step["observed_share"]
         diff = None if share is None else round(100 * share - step["weight"], 2)
-        bound = bound_pp(step["weight"], total)
+        bound = bound_pp(step["weight"], users or total)
         allowed = max(2.0, bound or 0.0)
         within = "-" if diff is None or step["weight"] >= 100 else ("yes" if abs(diff) <= allowed else "NO")
         rows.append(f"| {step['step']} | {step['weight']} % | {'-' if share is None else f'{100 * share:.2f} %'} "
@@ -140,10 +142,12 @@ def main() -> None:
               f"- outcome {healthy['outcome']} (exit {healthy_code}; verdict checks failed: "
               f"{failed_checks(healthy)}); requests {healthy['requests']['total']}, "
               f"dropped {healthy['requests']['dropped']}; peak containers {healthy['peak_instances']}", "",
-              f"2. {shown(sticky_args)}", "",
+              f"2. {shown(sticky_args)} (bound: over the {sticky['exposure']['users_total']} users, not the "
+              "answers: a sticky user's requests all go to one version)", "",
               "| step | weight | share of answers from v2 | v2 answers of all | share - weight (points) "
               "| bound (points) | within | extended | status |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *share_rows(sticky), "",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+              *share_rows(sticky, users=sticky["exposure"]["users_total"]), "",
               f"- outcome {sticky['outcome']} (exit {sticky_code}; verdict checks failed: {failed_checks(sticky)}); "
               f"downgrades "
               f"{sticky['exposure']['downgrades']} ({sticky['exposure']['users_downgraded']} users); requests "
