@@ -320,7 +320,8 @@ class Settings:
                               check=_step_pause,
                               help="canary: how long each step lasts before its analysis decides (default 30s); "
                                    "manual: each step waits for `sandbox promote`")
-    max_step_extensions: int = setting(3, group="rollout", flag="--max-step-extensions", at_least=0, at_most=20,
+    max_step_extensions: int = setting(3, group="rollout", flag="--max-step-extensions", metavar="N", at_least=0,
+                                       at_most=20,
                                        help="canary: how many times an inconclusive step (too few answers) is "
                                             "extended by --step-pause before it fails (default 3)")
     sticky_canary: bool = setting(False, group="rollout", flag="--sticky-canary",
