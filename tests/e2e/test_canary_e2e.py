@@ -57,7 +57,8 @@ def test_a_healthy_canary_completes_with_shares_near_the_weights(fleet: Cli) -> 
         assert s["samples"]["v2"] >= 60 and s["samples"]["v1"] >= 60
         assert {c["name"]: c["status"] for c in s["criteria"]} == {
             "error_ratio": "PASS", "p99_ratio": "PASS", "contract_violations": "PASS", "mixed_checks": "SKIP"}
-    assert steps[2]["observed_share"] == 1.0
+    # the step at 100 is recorded when its old servers are stopped: its window may hold no answer yet
+    assert steps[2]["observed_share"] in (None, 1.0) and steps[2]["samples"].get("v1", 0) == 0
     assert report["requests"]["dropped"] == 0
     assert "canary" in proc.stderr and "canary step 1 of 3: 20 % of requests to v2" in proc.stderr
     assert versions(fleet) == {"v2"}
