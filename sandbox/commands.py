@@ -171,6 +171,7 @@ async def status(settings: Settings, *, runtime: Engine) -> dict[str, Any]:
             "client_keepalive_s": state.client_keepalive_s if state else None,
             "lb_apply": state.lb_apply if state else None,
             "rollout": state.rollout if state else None,
+            "canary": state.canary if state else None,  # a canary's weight while one runs
             "versions": (versions.from_label(lb.labels.get(L.LABEL_VERSIONS)) or ({}, True))[0] or None,
             "app": versions.spec_from_label(lb.labels.get(L.LABEL_VERSIONS)).as_dict(),
         },

@@ -144,6 +144,31 @@ def _pause_timeout(value: str) -> None:
         raise ValueError(f"{value!r} must be above 0 and at most 24h")
 
 
+def parse_steps(text: str) -> tuple[int, ...]:
+    """``"5,25,50,100"`` as (5, 25, 50, 100); ValueError unless they rise from 1 to 100 and end at 100."""
+    try:
+        weights = tuple(int(part) for part in str(text).replace(" ", "").split(","))
+    except ValueError:
+        raise ValueError(f"{text!r} must be whole percentages separated by commas, e.g. 5,25,50,100") from None
+    strategies.check_weights(weights)
+    return weights
+
+
+def _steps(value: str) -> None:
+    parse_steps(value)
+
+
+MANUAL = "manual"  # --step-pause manual: each canary step waits for `sandbox promote`
+
+
+def _step_pause(value: str) -> None:
+    if value == MANUAL:
+        return
+    seconds = parse_duration(value)
+    if not 0 < seconds <= 24 * 3600:
+        raise ValueError(f"{value!r} must be a duration above 0 and at most 24h, or manual")
+
+
 def _pause_after_batch(value: int | None) -> None:
     if value is not None and value < 1:
         raise ValueError(f"{value!r} must be a batch number, 1 or more")
@@ -290,6 +315,20 @@ class Settings:
                                          at_most=86400, unit="seconds",
                                          help="fail and roll back when no step completes for this long, time "
                                               "paused not counted (default 0: no deadline)")
+    # --strategy canary (sandbox.rollout.canary): weights, the time at each step and its analysis
+    steps: str = setting("5,25,50,100", group="rollout", flag="--steps", metavar="W1,W2,...", check=_steps,
+                         help="canary: the new version's share of requests, in percent, at each step, rising to 100 "
+                              "(default 5,25,50,100)")
+    step_pause: str = setting("30s", group="rollout", flag="--step-pause", metavar="DURATION|manual",
+                              check=_step_pause,
+                              help="canary: how long each step lasts before its analysis decides (default 30s); "
+                                   "manual: each step waits for `sandbox promote`")
+    max_step_extensions: int = setting(3, group="rollout", flag="--max-step-extensions", metavar="N", at_least=0,
+                                       at_most=20,
+                                       help="canary: how many times an inconclusive step (too few answers) is "
+                                            "extended by --step-pause before it fails (default 3)")
+    sticky_canary: bool = setting(False, group="rollout", flag="--sticky-canary",
+                                  help="canary: a user who got the new version stays on it (dynamic mode)")
     migrate: str = setting("", group="rollout", flag="--migrate", metavar="CMD",
                            help="a shell command run once in a one-off container of the target image, with the "
                                 "app's environment (DATABASE_URL), once: by default before the first batch; "
@@ -421,6 +460,16 @@ class Settings:
             validate(self)
         except UsageError as exc:
             raise renamed(exc, self.origin) from None
+
+    @property
+    def canary_weights(self) -> tuple[int, ...]:
+        """``steps`` as percentages."""
+        return parse_steps(self.steps)
+
+    @property
+    def step_pause_s(self) -> float | None:
+        """``step_pause`` in seconds; None for manual."""
+        return None if self.step_pause == MANUAL else parse_duration(self.step_pause)
 
     @property
     def pause_timeout_s(self) -> float:
@@ -601,6 +650,8 @@ def validate(s: Settings) -> None:
     _check(not (s.pause_at_mixed and s.pause_after_batch), "pause_at_mixed",
            f"give {s.called('pause_at_mixed')} or {s.called('pause_after_batch')}, not both: a rollout has one "
            "planned pause")
+    _check(not s.sticky_canary or strategies.of(s.strategy).weighted, "sticky_canary",
+           f"applies to a strategy that sends a share by weight (canary), not {s.strategy}")
     _check(not s.load or s.min_requests > 0, "min_requests",
            "0 with the load on would pass a run that measured nothing: give 1 or more, or --no-load")
 

@@ -14,6 +14,7 @@ SandboxError
  |    +-- ErrorRatioExceeded  too many requests failed during the rollout
  |    +-- ProgressDeadlineExceeded  no step completed within --progress-deadline
  |    +-- Aborted          `sandbox abort` (or a pause past --pause-timeout): roll back
+ |    |    +-- AnalysisFailed  a canary step's analysis failed: roll back, as an abort does
  |    +-- MigrationError   the --migrate command failed before the first batch (nothing changed)
  |    +-- HookError        a --hook failed: pre-rollout (nothing changed) or post-batch (roll back)
  |    +-- DatabaseDown     the fleet's PostgreSQL server is not running at `roll` (nothing changed)
@@ -92,6 +93,12 @@ class ProgressDeadlineExceeded(RolloutError):
 
 class Aborted(RolloutError):
     """Someone asked the running rollout to stop and go back (``sandbox abort``, or a pause that timed out)."""
+
+
+class AnalysisFailed(Aborted):
+    """A canary step's analysis failed (or stayed inconclusive past its extensions): the rollout
+    aborts and rolls back, as ``sandbox abort`` does."""
+
 class MigrationError(RolloutError):
     """The ``--migrate`` command failed before the first batch; nothing of the fleet was changed."""
 

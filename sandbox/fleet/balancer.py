@@ -24,6 +24,10 @@ closed. ``GET /servers`` gives the state back to a fresh process, ``GET /infligh
 the LB has in flight per server (:meth:`NginxBalancer.in_flight`), an app-independent drain signal.
 Every ``PUT`` names the generation the controller last saw (compare-and-set): the LB answers 409
 to any other, so a stale writer never overwrites a newer state silently.
+A canary's weight is its own admin field, ``PUT /canary`` (:func:`canary_body`: the weight in
+hundredths of a percent, sticky or not, the canary version's addresses), sent before the set
+whenever ``LbState.canary`` is or was set; the Lua balancer splits the attached list by it
+(``canary_split``) before it picks a server.
 
 **The record**. What the fleet needs besides its attached set (size, app environment, settings,
 the last rollout record) is also written, whenever it changes, to ``RECORD_FILE`` on the
@@ -205,6 +209,19 @@ def admin_body(state: LbState) -> str:
     version is what header routing matches)."""
     return "\n".join([str(state.generation), state.to_json(),
                       *(f"{u.address} {u.version}" for u in state.upstreams)]) + "\n"
+
+
+def canary_body(new: LbState, old: LbState) -> str:
+    """The ``PUT /canary`` body for ``new``: its weight in hundredths of a percent and stickiness, then
+    the addresses of its canary version's servers in ``new`` and ``old`` (sent before the attached
+    set changes, so a server being attached already counts as the canary's); empty: no canary."""
+    canary = new.canary
+    if canary is None:
+        return ""
+    version = str(canary["version"])
+    weight = round(float(canary["weight"]) * 100)
+    addresses = sorted({u.address for state in (new, old) for u in state.upstreams if u.version == version})
+    return "\n".join([f"{max(0, min(10000, weight))} {1 if canary.get('sticky') else 0}", *addresses]) + "\n"
 
 
 def parse_admin_body(text: str) -> LbState | None:
@@ -389,6 +406,8 @@ class NginxBalancer:
         if text != self._installed:
             await self._install(text)
             await self._wait_config(config_id(text) or "")
+        if new.canary is not None or self.state.canary is not None:
+            await self._admin_call("PUT", "canary", body=canary_body(new, self.state))
         try:
             await self._put(new)
         except BalancerConflict:

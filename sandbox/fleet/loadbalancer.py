@@ -47,9 +47,15 @@ class LbState:
     retry: bool = False  # retry a failed request on the next server (NGINX's default) or not
     app_env: dict[str, str] = field(default_factory=dict)  # `up --env`: every server of this fleet gets it
     lb_apply: str = "reload"  # "reload" or "dynamic" (a state without the field is a reload one)
+    # --strategy canary: {"version", "weight" (percent of requests to that version's servers), "sticky"};
+    # dynamic mode only (PUT /canary); None: every attached server alike
+    canary: dict[str, Any] | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        data = asdict(self)
+        if data["canary"] is None:  # no canary: the state (and a config rendered from it) as before canaries
+            del data["canary"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> LbState:

@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
+from sandbox.results import analysis
 from sandbox.results.files import write_text_atomic
 from sandbox.results.model import Report, Rollout
 from sandbox.results.verdict import judged_in_compare
@@ -103,7 +104,29 @@ def _suite(root: ET.Element, name: str, classname: str, report: Report, *,
                 ET.SubElement(case, "system-err").text = record.stderr_tail
         elif check.passed:
             ET.SubElement(case, "system-out").text = text
-    return len(checks), failures, skipped
+    steps = _canary_cases(suite, classname, report, judged=judged)
+    suite.set("tests", str(len(checks) + steps[0]))
+    suite.set("failures", str(failures + steps[1]))
+    return len(checks) + steps[0], failures + steps[1], skipped
+
+
+def _canary_cases(suite: ET.Element, classname: str, report: Report, *, judged: bool) -> tuple[int, int]:
+    """One ``<testcase>`` per canary step (``canary_step_1`` ...): failed when its analysis failed;
+    returns (cases, failures)."""
+    run = report.run
+    failures = 0
+    for step in run.canary:
+        case = ET.SubElement(suite, "testcase", classname=classname, name=f"canary_step_{step.step}")
+        case.set("time", f"{step.window_s:.3f}")
+        cells = dict(zip(analysis.TABLE_HEAD, analysis.table_row(step, str(run.to_version), str(run.from_version)),
+                         strict=True))
+        text = "; ".join(f"{k} {v}" for k, v in cells.items()) + (f": {step.reason}" if step.reason else "")
+        if step.status == "failed" and judged:
+            failures += 1
+            ET.SubElement(case, "failure", message=text, type="CanaryAnalysisFailed").text = text
+        else:
+            ET.SubElement(case, "system-out").text = text
+    return len(run.canary), failures
 
 
 def write_junit(report: Report, path: Path) -> Path:

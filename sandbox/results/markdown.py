@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sandbox.results import analysis
 from sandbox.results.compare import COMPARE_HEADERS, compare_cells, compare_fields
 from sandbox.results.model import (
     LongLived,
@@ -135,6 +136,7 @@ def markdown_page(report: Report, *, chart_name: str = "chart.png") -> str:
         f"![chart]({chart_name})",
         "",
         *_verdict_section(report),
+        *_canary_section(report),
         *_mixed_section(report.run.mixed_checks),
         *_migration_section(report.run.mixed_checks, report.extra.get("migration")),
         *_migration_section(report.run.mixed_checks, report.extra.get("contract"), CONTRACT),
@@ -183,6 +185,22 @@ def _rollback_section(rehearsals: Sequence[RollbackRehearsal]) -> list[str]:
             "The old version's image served against the database as it was then, off the load balancer, "
             "under the toy's request mix (an error is a 4xx/5xx answer or none):", "",
             md_table(["after", "old version", "requests", "errors", "rollback safe", "first error"], rows), ""]
+
+
+def _canary_section(report: Report) -> list[str]:
+    """The canary's steps: weight, observed share, answers per version, each criterion and its status."""
+    run = report.run
+    if not run.canary:
+        return []
+    new, old = str(run.to_version), str(run.from_version)
+    rows = [list(analysis.table_row(s, new, old)) for s in run.canary]
+    notes = [f"- step {s.step}: {s.reason}" for s in run.canary if s.status == "failed" and s.reason]
+    return ["## Canary", "",
+            f"At each step the load balancer sent *weight* of the requests to {new}; *share* is the share of "
+            f"answers that came from {new} over the step's window, then each criterion compares {new} with "
+            f"{old} over that same window (error ratio, p99 by the `--max-p99-ms` rule, contract violations, "
+            "mixed checks). INCONCLUSIVE (too few answers) extends the step, never passes it; a FAIL aborts.",
+            "", md_table(list(analysis.TABLE_HEAD), rows), "", *notes, *([""] if notes else [])]
 
 
 def _mixed_section(records: Sequence[MixedRecord]) -> list[str]:

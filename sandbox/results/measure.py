@@ -537,6 +537,9 @@ def exposure(
         version_flips=version_flips(inside, from_v, to_v),
         contract_violations=sum(1 for r in rows if r.get("contract") == "violation"),
         sessions_lost=sessions_lost(rows, events),
+        users_failed=len(failed := {str(r.get("user")) for r in rows
+                                    if is_dropped(r) or r.get("contract") == "violation"}),
+        users_failed_share=_share(len(failed), users_total),
         timeline=timeline(rows, window, (from_v, to_v)),
         requests_routed=len(rows) - len(balanced),
     )

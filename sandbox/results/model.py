@@ -219,9 +219,9 @@ class Span:
 
 _EXPOSURE_INTS = ("users_total", "users_saw_both", "users_exposed", "requests_exposed", "users_hit", "downgrades",
                   "users_downgraded", "version_flips", "contract_violations", "sessions_lost",
-                  "requests_routed")
+                  "requests_routed", "users_failed")
 _EXPOSURE_FLOATS = ("mixed_window_s", "users_saw_both_share", "mixed_fleet_s", "users_exposed_share",
-                    "requests_exposed_share")
+                    "requests_exposed_share", "users_failed_share")
 
 
 @dataclass(frozen=True)
@@ -246,6 +246,10 @@ class Exposure:
     version_flips: int = 0
     contract_violations: int = 0
     sessions_lost: int = 0
+    # users who met a failure: a dropped request or an answer that broke their contract (how far a
+    # breaking version reached), and their share of all users
+    users_failed: int = 0
+    users_failed_share: float | None = None
     timeline: tuple[Second, ...] = ()
     # load requests that named their version (header X-Sandbox-Version or cookie sandbox_version, as
     # the LB logged them): sent to that version on purpose, so left out of the crossing figures
@@ -548,6 +552,60 @@ def rollback_rehearsals(extra: Mapping[str, Any]) -> list[RollbackRehearsal]:
 
 
 @dataclass(frozen=True)
+class Criterion:
+    """One criterion of a canary step's analysis: PASS, FAIL, INCONCLUSIVE (too few answers to
+    judge) or SKIP (nothing to judge: no --mixed-check)."""
+
+    name: str  # error_ratio, p99_ratio, contract_violations, mixed_checks
+    status: str
+    value: float | int | None = None  # the new version's figure
+    limit: float | int | None = None
+    baseline: float | int | None = None  # the old version's figure over the same window
+    detail: str | None = None
+
+    def to_json(self) -> Json:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Criterion:
+        return cls(str(data.get("name")), str(data.get("status")), data.get("value"), data.get("limit"),
+                   data.get("baseline"), data.get("detail"))
+
+
+@dataclass(frozen=True)
+class CanaryStep:
+    """One step of a canary: its weight, what the users got, and the analysis that let it go on
+    (``passed``), stopped it (``failed``), or was cut short (``promoted``, ``aborted``); ``last``
+    is the step at 100, which has no old version to compare with (``status`` ``done``)."""
+
+    step: int  # 1-based
+    weight: int  # percent of requests sent to the new version
+    status: str  # passed, failed, promoted, aborted, done, not_measured
+    observed_share: float | None = None  # share of answers from the new version in the window
+    samples: Mapping[str, int] = field(default_factory=dict)  # answers per version in the window
+    window_s: float = 0.0
+    extensions: int = 0  # times the step was extended because it was inconclusive
+    criteria: tuple[Criterion, ...] = ()
+    reason: str | None = None
+    new_servers: int | None = None  # new servers attached at this step
+    old_servers: int | None = None
+
+    def to_json(self) -> Json:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["samples"] = dict(self.samples)
+        out["criteria"] = [c.to_json() for c in self.criteria]
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CanaryStep:
+        return cls(int(data.get("step") or 0), int(data.get("weight") or 0), str(data.get("status")),
+                   opt_float(data.get("observed_share")), dict(data.get("samples") or {}),
+                   float(data.get("window_s") or 0.0), int(data.get("extensions") or 0),
+                   tuple(Criterion.from_json(c) for c in data.get("criteria") or []), data.get("reason"),
+                   opt_int(data.get("new_servers")), opt_int(data.get("old_servers")))
+
+
+@dataclass(frozen=True)
 class Rollout:
     """What was rolled, how, and how it ended: the run's record beside its figures."""
 
@@ -572,6 +630,7 @@ class Rollout:
     detach_lag_s: float | None = None  # --detach-lag: the stop signal went out this long before each detach
     pick_order: tuple[tuple[int, ...], ...] = ()
     mixed_checks: tuple[MixedRecord, ...] = ()
+    canary: tuple[CanaryStep, ...] = ()  # --strategy canary: each step's weight and analysis
     steps: tuple[Step, ...] = ()
     steps_t0: float | None = None
     unavoidable_s: float | None = None
@@ -846,6 +905,8 @@ class Report:
             "overhead_ratio": run.overhead_ratio,
             "verdict": self.verdict.to_json(),
         })
+        if run.canary:
+            out["canary"] = [c.to_json() for c in run.canary]
         out.update(self.extra)
         return out
 
@@ -853,7 +914,7 @@ class Report:
     def from_json(cls, data: Mapping[str, Any]) -> Report:
         """A report read back from its JSON (a stored one, or one passed between processes)."""
         known = {*_HEAD, *_FIGURE_KEYS, "pick_order", "mixed_checks", "steps", "steps_t0", "unavoidable_s",
-                 "overhead_ratio", "verdict"}
+                 "overhead_ratio", "verdict", "canary"}
         run = Rollout(
             **{k: data.get(k) for k in _HEAD},
             pick_order=tuple(tuple(b) for b in data.get("pick_order") or []),
@@ -862,6 +923,7 @@ class Report:
             steps_t0=opt_float(data.get("steps_t0")),
             unavoidable_s=opt_float(data.get("unavoidable_s")),
             overhead_ratio=opt_float(data.get("overhead_ratio")),
+            canary=tuple(CanaryStep.from_json(c) for c in data.get("canary") or []),
         )
         return cls(run, Figures.from_json(data), Verdict.from_json(data.get("verdict") or {}),
                    {k: v for k, v in data.items() if k not in known})

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sandbox.results import analysis
 from sandbox.results.compare import COMPARE_HEADERS, compare_cells, compare_fields
 from sandbox.results.model import Drain, MixedRecord, Phase, Report, num, rollback_rehearsals
 from sandbox.rollout.migrate import STEPS as SCHEMA_STEPS
@@ -69,7 +70,9 @@ def _exposure_lines(report: Report) -> list[str]:
         *([f"  routed         {exp.requests_routed} requests named their version (header X-Sandbox-Version or "
            "cookie sandbox_version): left out of the three lines above and of the mixed window"]
           if exp.requests_routed else []),
-        f"contract         {exp.contract_violations} violations  (answers that broke the expected API)",
+        f"contract         {exp.contract_violations} violations  (answers that broke the expected API); "
+        f"{exp.users_failed}/{exp.users_total} users met a failure ({share_pct(exp.users_failed_share)}: "
+        "a dropped request or a broken contract)",
         f"sessions lost    {exp.sessions_lost}  (users whose session, in use during the rollout, died with its server)",
     ]
 
@@ -127,10 +130,25 @@ def summary_text(report: Report) -> str:
         lines.extend(_phase_line(name, phase) for name, phase in report.figures.phases.items())
     lines.extend(_order_and_mixed_lines(report))
     lines.extend(rollback_lines(report))
+    lines.extend(canary_lines(report))
     lines.append("checks")
     lines.extend(f"  {check.line()}" for check in report.verdict.checks)
     lines.append(report.verdict.line())
     return "\n".join(lines)
+
+
+def canary_lines(report: Report) -> list[str]:
+    """The canary's steps: weight, the share of answers from the new version, each criterion."""
+    run = report.run
+    if not run.canary:
+        return []
+    new, old = str(run.to_version), str(run.from_version)
+    rows = [analysis.TABLE_HEAD, *(analysis.table_row(s, new, old) for s in run.canary)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(analysis.TABLE_HEAD))]
+    lines = [f"canary           each step: its weight, the share of answers from {new}, new against old"]
+    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines += [f"  step {s.step}: {s.reason}" for s in run.canary if s.status == "failed" and s.reason]
+    return lines
 
 
 def _order_and_mixed_lines(report: Report) -> list[str]:

@@ -55,6 +55,7 @@ class LoadPhases:
         self.load: LoadRun | None = None
         self.died_at: float | None = None  # when the load generator was seen dead mid-run
         self._ticker: asyncio.Task[None] | None = None
+        self.on_rows: list[Callable[[list[RequestRow]], None]] = []  # given the new rows at each tick (the canary)
 
     @property
     def ran(self) -> bool:
@@ -83,7 +84,10 @@ class LoadPhases:
 
     async def _tick(self, load: LoadRun) -> None:
         while True:
-            self.monitor.add(load.new_rows())
+            rows = load.new_rows()
+            self.monitor.add(rows)
+            for listener in self.on_rows:
+                listener(rows)
             if self.show is not None:
                 self.show(self.monitor)
             self._check_alive(load)

@@ -43,8 +43,15 @@ from dataclasses import dataclass
 from typing import get_args
 
 from sandbox.errors import PlanError
-from sandbox.rollout.steps import Action, Batch, Mode, Ref, Server, Step, Version, ref
-from sandbox.rollout.strategies import DEFAULT_STRATEGY, REGISTRY, RolloutStrategy, Strategy
+from sandbox.rollout.steps import Action, Mode, Ref, Server, Step, Version, ref
+from sandbox.rollout.strategies import (
+    DEFAULT_STRATEGY,
+    DEFAULT_WEIGHTS,
+    REGISTRY,
+    RolloutStrategy,
+    Strategy,
+    check_weights,
+)
 
 __all__ = [  # the planner, and the vocabulary it shares with the strategies (steps.py)
     "Action", "Mode", "PlanError", "PlanSettings", "Ref", "Server", "Simulation", "Step", "Strategy", "Version",
@@ -64,6 +71,7 @@ class PlanSettings:
     mode: Mode = "replace"
     seed: int | None = None  # None: slots in order; else the pick order is a shuffle seeded with it
     detach_lag_s: float = 0.0  # > 0: each server is sent its stop signal this long before its detach
+    weights: tuple[int, ...] = DEFAULT_WEIGHTS  # canary only: the new version's share at each step (--steps)
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,10 @@ def check_settings(settings: PlanSettings) -> None:
     if lag and (settings.mode == "in-place" or not REGISTRY[settings.strategy].graceful):
         raise PlanError(f"detach_lag_s: applies to mode replace with a strategy that drains, not "
                         f"{settings.strategy} in {settings.mode}", field="detach_lag_s")
+    try:
+        check_weights(settings.weights)
+    except ValueError as exc:
+        raise PlanError(f"weights: {exc}", field="weights") from None
     if settings.mode == "in-place" and not REGISTRY[settings.strategy].in_place:
         raise PlanError(
             f"mode: 'in-place' is not possible with strategy {settings.strategy!r}, which runs "
@@ -116,7 +128,7 @@ def limits(settings: PlanSettings) -> tuple[int, int]:
     A batch larger than the fleet counts as the whole fleet.
     """
     check_settings(settings)
-    return _strategy(settings).limits(settings.batch, settings.size)
+    return _strategy(settings).bounds(settings.batch, settings.size, settings.weights)
 
 
 def _strategy(settings: PlanSettings) -> RolloutStrategy:
@@ -207,10 +219,8 @@ def plan(fleet: Sequence[Server], settings: PlanSettings) -> list[Step]:
     strategy = _strategy(settings)
     steps = _settle_steps(triage, settings, batch_no=1)
     batch_no = 1 if steps else 0
-    size = strategy.effective_batch(settings.batch, settings.size)
-    for start in range(0, len(triage.to_rebuild), size):
-        batch_no += 1
-        steps += strategy.rebuild(Batch(triage.to_rebuild[start : start + size]), settings.mode, batch_no)
+    steps += strategy.roll(triage.to_rebuild, batch=settings.batch, size=settings.size, mode=settings.mode,
+                           weights=settings.weights, first_batch=batch_no + 1)
     return signal_first(steps) if settings.detach_lag_s else steps
 
 

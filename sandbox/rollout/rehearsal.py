@@ -65,12 +65,13 @@ from sandbox.results.measure import (
     attribute_versions,
     measure,
 )
-from sandbox.results.model import Check, MixedRecord, Report, RollbackRehearsal, Rollout, Verdict
+from sandbox.results.model import CanaryStep, Check, MixedRecord, Report, RollbackRehearsal, Rollout, Verdict
 from sandbox.results.records import Event, LongLivedRow, RequestRow
 from sandbox.results.report import build_report, clear_report_dir, write_report_dir
 from sandbox.results.verdict import Limits, exit_code, not_run, rollback_safe
-from sandbox.rollout import hooks, migrate, mixed, rollback_safety, strategies
+from sandbox.rollout import canary, hooks, migrate, mixed, rollback_safety, strategies
 from sandbox.rollout import plan as planner
+from sandbox.rollout.canary import CanaryRun
 from sandbox.rollout.executor import Executor, ProbeFactory, Timing
 from sandbox.rollout.load_phases import LoadGenerator, LoadPhases
 from sandbox.rollout.steer import PLAN, PLAN_MIXED, ControlServer, Steering
@@ -130,6 +131,7 @@ class Prepared:
     contract: str = ""  # --contract: run once every server is new ("" none)
     rollback_rehearsal_s: float = 0.0  # --rehearse-rollback: seconds of each rollback rehearsal (0: none)
     hooks: tuple[hooks.Hook, ...] = ()  # --hook EVENT=CMD, in the order given (roll only)
+    note: str = ""  # one line said at plan time (a canary in reload mode: what it cannot do)
 
     @property
     def pick_order(self) -> list[list[int]]:
@@ -169,6 +171,8 @@ class Prepared:
         lines = [f"{self.kind} {self.source} -> {self.target} with {self.strategy}: {len(self.steps)} steps"
                  + (f" in {self.batches} batches; at most {self.peak} containers, at least {self.floor} of "
                     f"{self.size} servers serving" if self.peak is not None else "")]
+        if self.note:
+            lines.append("  " + self.note)
         if self.seed is not None:
             lines.append("  " + self.order_line())
         if self.detach_lag_s:
@@ -218,6 +222,7 @@ class Ran:
     migration_end: float | None = None  # unix time the --migrate command ended (None: it did not run)
     contract_end: float | None = None  # unix time the --contract command ended (None: it did not run)
     rollback_rehearsals: tuple[RollbackRehearsal, ...] = ()  # --rehearse-rollback: after the rollout, the contract
+    canary: tuple[CanaryStep, ...] = ()  # --strategy canary: each step's weight and analysis
 
 
 @dataclass(frozen=True)
@@ -336,6 +341,7 @@ class Rehearsal:
         self._hook_runs: list[MixedRecord] = []  # each --hook run's record, in the order they ran
         self._rolling_back = False  # the rollback's steps run no post-batch hook
         self._database_url = ""  # DATABASE_URL as the host reaches it (hooks), once run() found it
+        self._canary: CanaryRun | None = None  # --strategy canary: weights, holds, analyses
 
     @property
     def balancer(self) -> LoadBalancer:
@@ -412,9 +418,12 @@ class Rehearsal:
         instances, servers = await self._executor.fleet(listed)
         plan_settings = planner.PlanSettings(size=size, to_version=target, strategy=self.settings.strategy,
                                              batch=self.settings.batch, mode=self.settings.mode,
-                                             seed=self.settings.seed, detach_lag_s=self.settings.detach_lag_s)
-        steps, pause_at = planner.pause_point(planner.merge_reloads(planner.plan(servers, plan_settings)),
-                                              self.settings.pause_after_batch)
+                                             seed=self.settings.seed, detach_lag_s=self.settings.detach_lag_s,
+                                             weights=self.settings.canary_weights)
+        planned = planner.plan(servers, plan_settings)
+        if not strategies.of(self.settings.strategy).weighted:  # a canary holds each weight where the plan says
+            planned = planner.merge_reloads(planned)
+        steps, pause_at = planner.pause_point(planned, self.settings.pause_after_batch)
         if self.settings.pause_at_mixed:
             try:
                 steps, pause_at = planner.mixed_pause_point(servers, plan_settings, steps)
@@ -442,7 +451,8 @@ class Rehearsal:
                                   rollback_rehearsal_s=self.settings.rollback_rehearsal_s
                                   if self.kind == "roll" and (self.settings.migrate or self.settings.contract)
                                   else 0.0,
-                                  hooks=hooks.parse_all(self.settings.hooks) if self.kind == "roll" else ())
+                                  hooks=hooks.parse_all(self.settings.hooks) if self.kind == "roll" else (),
+                                  note=self._canary_note(state, size))
         return self._prepared
 
     async def _check_database(self, state: LbState) -> None:
@@ -465,6 +475,15 @@ class Rehearsal:
                                f"again (docker start {project}-postgres) or {self._hint('down')} and `up` again; "
                                "nothing was changed")
 
+    def _canary_note(self, state: LbState, size: int) -> str:
+        """A weighted strategy's line at plan time: its servers per weight and its holds; in reload mode,
+        what it cannot do (weights: the server count)."""
+        if self.kind != "roll" or not strategies.of(self.settings.strategy).weighted:
+            return ""
+        if state.lb_apply == "dynamic":
+            return canary.plan_note(size, self.settings.canary_weights, self.settings.step_pause)
+        return canary.reload_note(size, self.settings.canary_weights)
+
     async def _read_fleet(self) -> tuple[LbHandle, list[Instance]]:
         """The load balancer's container and the app containers; the balancer is reached once."""
         project = self.settings.project
@@ -482,6 +501,9 @@ class Rehearsal:
         """The fleet's size and the target version, once the batch, the target and the mode hold."""
         size = state.size or len({i.slot for i in listed})
         check_batch(self.settings.strategy, self.settings.batch, size)
+        if self.settings.sticky_canary and state.lb_apply != "dynamic":
+            raise UsageError("sticky_canary: needs the dynamic load balancer, which picks the version per user; "
+                             "this fleet runs --lb-apply reload (`up --lb-apply dynamic`)")
         target = self._target(state, image_set.app)
         if not image_set.toy and self.settings.mode == "in-place":
             raise UsageError("mode: in-place swaps the toy app's code; your own images roll with --mode replace")
@@ -560,6 +582,7 @@ class Rehearsal:
             self.executor.after_step = self._after_step
         interrupts = Interrupts(self.executor.stop_requested, self.progress.line)
         steering = self._steering = self._new_steering()
+        self._canary = self._new_canary(steering)
         watch = asyncio.create_task(self._watch_long_lived())
         try:
             async with ControlServer(self.settings.project, steering) as control:
@@ -608,7 +631,8 @@ class Rehearsal:
         self._ran = Ran(outcome=outcome, message=message, started=started, t_start=t_start, t_end=t_end,
                         peak=self.executor.peak, load=self.load.ran, load_alive=self.load.alive,
                         mixed_checks=(*checks, *steps, *self._hook_runs), migration_end=self._migration_end,
-                        contract_end=self._contract_end, rollback_rehearsals=tuple(self._rollbacks))
+                        contract_end=self._contract_end, rollback_rehearsals=tuple(self._rollbacks),
+                        canary=tuple(self._canary.records) if self._canary else ())
         return self._ran
 
     async def _check_long_lived_paths(self) -> None:
@@ -655,6 +679,38 @@ class Rehearsal:
             self.progress.line("--pause-at-mixed: this plan never has both versions attached before its last "
                                "step: no pause")
         return steering
+    def _new_canary(self, steering: Steering) -> CanaryRun | None:
+        """A weighted strategy's weights, holds and analyses, hooked to the executor (a roll only)."""
+        p = self.prepared
+        if self.kind != "roll" or not strategies.of(p.strategy).weighted:
+            return None
+        if p.note:
+            self.progress.line(p.note)
+
+        def emit(phase: str, batch: int, detail: dict[str, Any]) -> None:
+            self.executor.emit(phase, None, batch=batch, detail=detail)
+
+        run = CanaryRun(self.settings, self.balancer, steps=p.steps, size=p.size, old=p.source, new=p.target,
+                        steering=steering, emit=emit, say=self.progress.line, mixed=lambda: self._mixed_ran or ())
+        if self.settings.step_pause_s is None:
+            steering.promote_note = "the canary goes on to its next step"
+        self.load.on_rows.append(run.add_rows)
+        gate, after = self.executor.gate, self.executor.after_step
+
+        async def canary_gate(step: planner.Step, index: int) -> None:
+            if steering.state in ("running", "paused"):  # a pause stretches a canary's hold
+                await run.gate(step, index)
+            if gate is not None:
+                await gate(step, index)
+
+        async def canary_after(step: planner.Step) -> None:
+            if after is not None:
+                await after(step)
+            await run.after_step(step)
+
+        self.executor.gate, self.executor.after_step = canary_gate, canary_after
+        return run
+
     def _migrates(self, when: str) -> bool:
         return bool(self.settings.migrate) and self.kind == "roll" and self.settings.migrate_at == when
 
@@ -858,13 +914,21 @@ class Rehearsal:
                                         deadline_s=self.settings.progress_deadline_s)
             if self._steering is not None and self._steering.state == "aborting":  # asked during the last step
                 raise Aborted(f"aborted by {self._steering.aborted_by}")
+            if self._canary is not None:
+                await self._canary.finish()
         except (RolloutError, BalancerError) as exc:
             self.executor.emit("failed", None, detail={"reason": str(exc)})
             self.progress.line(f"rollout failed: {exc}")
             if (self.settings.auto_rollback or isinstance(exc, Aborted)) and p.kind == "roll":
                 if self._steering is not None:
                     self._steering.rolling_back()
-                return await self._roll_back(exc)
+                if self._canary is not None:
+                    await self._canary.to_old()
+                try:
+                    return await self._roll_back(exc)
+                finally:
+                    if self._canary is not None:
+                        await self._canary.clear()
             return "failed", (f"rollout failed: {exc}. The fleet is consistent; {self._hint('rollback')} reverts "
                               f"it, {self._hint(f'roll --to {p.target}')} tries again.")
         return "completed", ""
@@ -1051,7 +1115,7 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
         long_lived_users=settings.ws_users + settings.sse_users if ran.load else 0,
         load=ran.load, load_alive=ran.load_alive and not died if ran.load else None,
         seed=prepared.seed, pick_order=tuple(map(tuple, prepared.pick_order)), mixed_checks=ran.mixed_checks,
-        detach_lag_s=prepared.detach_lag_s,
+        detach_lag_s=prepared.detach_lag_s, canary=ran.canary,
     )
     report = build_report(run=run, figures=figures, steps=collected.events, limits=Limits.from_settings(settings))
     faults: list[DiedServer | LbOutage] = [*died_servers(collected.events, collected.nginx_rows),

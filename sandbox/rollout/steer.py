@@ -91,6 +91,8 @@ class Steering:
         self._clock = clock
         self.state: State = "running"
         self.promoted = False
+        self.promotions = 0  # promote commands taken (a manual canary step ends at each)
+        self.promote_note: str | None = None  # what a promote does, when not "no more pauses" (a manual canary)
         self.paused_by: Who | None = None
         self.paused_since: float | None = None  # clock()
         self.paused_s = 0.0  # time spent paused, all pauses
@@ -154,11 +156,12 @@ class Steering:
         if self.state not in ("running", "paused"):
             return self.answer(False, f"cannot promote: {self.describe()}")
         self.promoted = True
+        self.promotions += 1
         self._event("promote", who)
         if self.state == "paused":
             self._unpause(who, "resumed")
         self._changed.set()
-        return self.answer(True, f"promoted by {who}: no more pauses, running to the end")
+        return self.answer(True, f"promoted by {who}: {self.promote_note or 'no more pauses, running to the end'}")
 
     def answer(self, ok: bool, message: str) -> dict[str, Any]:
         out: dict[str, Any] = {"ok": ok, "state": self.state, "message": message, "promoted": self.promoted,
@@ -196,6 +199,16 @@ class Steering:
                          else f"after batch {self.pause_after_batch} as planned")
                 self._say(f"paused {where}: `sandbox resume` goes on, `sandbox abort` rolls back (after "
                           f"{self.pause_timeout_s:g} s: {self.on_pause_timeout})")
+        await self.wait_while_paused()
+        if self.state == "paused" and self.stop.is_set():  # Ctrl-C while paused: the batch winds down
+            self._unpause(Who("Ctrl-C"), None)
+            self.state = "stopping"
+        if self.state == "aborting":
+            raise Aborted(f"aborted by {self.aborted_by}")
+
+    async def wait_while_paused(self) -> None:
+        """Hold while paused; a pause longer than ``pause_timeout_s`` ends as ``on_pause_timeout`` says.
+        Returns at once after a stop request (also awaited by a canary's hold: ``rollout.canary``)."""
         while self.state == "paused" and not self.stop.is_set():
             self._changed.clear()
             left = self.pause_timeout_s - (self._clock() - (self.paused_since or self._clock()))
@@ -205,11 +218,6 @@ class Steering:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
                     await self._wait_changed()
-        if self.state == "paused" and self.stop.is_set():  # Ctrl-C while paused: the batch winds down
-            self._unpause(Who("Ctrl-C"), None)
-            self.state = "stopping"
-        if self.state == "aborting":
-            raise Aborted(f"aborted by {self.aborted_by}")
 
     async def _wait_changed(self) -> None:
         stop = asyncio.ensure_future(self.stop.wait())

@@ -39,11 +39,14 @@ dashboard take it from here (tests/unit/test_strategies.py plans with it).
 
 from __future__ import annotations
 
+import itertools
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import ClassVar, TypeVar
 
 from sandbox.errors import PlanError, UsageError
-from sandbox.rollout.steps import Batch, Mode, Ref, Step, steps, switch
+from sandbox.rollout.steps import Batch, Mode, Ref, Server, Step, ref, steps, switch
 
 Strategy = str  # a strategy's name: one of NAMES (the registry checks it, not the type)
 
@@ -59,6 +62,7 @@ class RolloutStrategy(ABC):
     switches: ClassVar[bool] = False  # it attaches and detaches in one reload (a 'switch' step)
     judged_in_compare: ClassVar[bool] = True  # compare's exit code holds it to its verdict
     titled_batch_of_one: ClassVar[bool] = False  # the report's title says "batch 1" too
+    weighted: ClassVar[bool] = False  # it sends a share of requests by weight, step by step (--steps)
 
     # -- the batch -------------------------------------------------------------------------------
     def effective_batch(self, batch: int, size: int) -> int:
@@ -77,6 +81,21 @@ class RolloutStrategy(ABC):
     @abstractmethod
     def limits(self, batch: int, size: int) -> tuple[int, int]:
         """(max_unavailable, max_surge) it allows, as in Kubernetes."""
+
+    def bounds(self, batch: int, size: int, weights: Sequence[int]) -> tuple[int, int]:
+        """(max_unavailable, max_surge) for a plan with these canary ``weights`` (only the canary
+        looks at them)."""
+        return self.limits(batch, size)
+
+    def roll(self, rebuild: Sequence[tuple[int, Server | None]], *, batch: int, size: int, mode: Mode,
+             weights: Sequence[int], first_batch: int) -> list[Step]:
+        """The steps that rebuild ``rebuild`` (slot, old server or None), batch after batch, numbered
+        from ``first_batch``: chunks of ``effective_batch`` by default."""
+        out: list[Step] = []
+        chunk = self.effective_batch(batch, size)
+        for n, start in enumerate(range(0, len(rebuild), chunk)):
+            out += self.rebuild(Batch(tuple(rebuild[start:start + chunk])), mode, first_batch + n)
+        return out
 
     def settle(self, keep: list[Ref], live: list[Ref], gone: list[Ref], batch_no: int) -> list[Step]:
         """Bring detached target-version servers (``keep``) in; take surplus ones (``gone``) out."""
@@ -250,6 +269,90 @@ class Naive(RolloutStrategy):
 
     def promise(self, floor: int, peak: int, size: int) -> str:
         return "none: naive kills servers while they still get traffic"
+
+
+DEFAULT_WEIGHTS: tuple[int, ...] = (5, 25, 50, 100)  # --steps: the canary's share of requests, step by step
+
+
+def canary_new(size: int, weight: int) -> int:
+    """New servers the canary runs at ``weight`` % in a fleet of ``size``: enough to carry that share,
+    ceil(size x weight / 100), at least 1 (and all of them at 100)."""
+    return size if weight >= 100 else min(size, max(1, math.ceil(size * weight / 100)))
+
+
+def canary_old(size: int, weight: int) -> int:
+    """Old servers it keeps at ``weight`` %: enough to carry the rest, ceil(size x (100 - weight) / 100),
+    at least 1 below 100, none at 100. With ``canary_new`` that is size or size + 1 servers."""
+    return 0 if weight >= 100 else max(1, math.ceil(size * (100 - weight) / 100))
+
+
+def check_weights(weights: Sequence[int]) -> None:
+    """Raise ValueError unless ``weights`` rise strictly from 1 to at most 100 and end at 100."""
+    if not weights:
+        raise ValueError("must name at least one step, e.g. 5,25,50,100")
+    for w in weights:
+        if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= 100:
+            raise ValueError(f"{w!r} is not a whole percentage from 1 to 100")
+    if any(b <= a for a, b in itertools.pairwise(weights)):
+        raise ValueError(f"{','.join(map(str, weights))} must rise step by step")
+    if weights[-1] != 100:
+        raise ValueError(f"{','.join(map(str, weights))} must end at 100 (the whole fleet on the new version)")
+
+
+@_registered
+class Canary(RolloutStrategy):
+    """A share of the requests by weight (``--steps``), step by step, with an analysis at each step.
+
+    At weight w the fleet runs ``canary_new(size, w)`` new servers and ``canary_old(size, w)`` old
+    ones: each step starts the new servers it lacks, attaches them, then detaches, drains and stops
+    the old ones it no longer needs (capacity never dips; at most one slot holds both, plus the new
+    servers of the step being started). Batch k is step k (a step with nothing to start or stop has
+    no batch: only its weight changes). The weights themselves are the load balancer's (dynamic
+    mode; reload mode has only the server count), set by the rehearsal (``rollout.canary``)."""
+
+    name = "canary"
+    help = "a share of requests by weight (--steps 5,25,50,100), an analysis of new against old at each step"
+    weighted = True
+
+    def limits(self, batch: int, size: int) -> tuple[int, int]:
+        return self.bounds(batch, size, DEFAULT_WEIGHTS)
+
+    def bounds(self, batch: int, size: int, weights: Sequence[int]) -> tuple[int, int]:
+        old, surge = size, 0
+        for w in weights:
+            surge = max(surge, canary_new(size, w) + old - size)
+            old = canary_old(size, w)
+        return (0, surge)
+
+    def replace(self, batch: Batch, batch_no: int) -> list[Step]:
+        return _start_first(batch, batch_no)
+
+    def roll(self, rebuild: Sequence[tuple[int, Server | None]], *, batch: int, size: int, mode: Mode,
+             weights: Sequence[int], first_batch: int) -> list[Step]:
+        """Step k starts the next new servers (in ``rebuild``'s order) and stops the old ones beyond
+        what weight k needs; servers already new (a resumed canary) count towards each step."""
+        m = len(rebuild)
+        done = size - m  # slots already on the new version
+        started = retired = 0
+        out: list[Step] = []
+        for k, w in enumerate(weights):
+            start_to = min(m, max(0, canary_new(size, w) - done))
+            retire_to = min(start_to, max(0, m - canary_old(size, w)))
+            new = [Ref(slot) for slot, _ in rebuild[started:start_to]]
+            gone = [ref(s) for _, s in rebuild[retired:retire_to] if s is not None]
+            live = [ref(s) for _, s in rebuild[retired:retire_to] if s is not None and s.attached]
+            out += steps(first_batch + k, ("start", new), ("ready", new), ("attach", new), ("detach", live),
+                         ("drain", gone), ("stop", gone))
+            started, retired = start_to, retire_to
+        return out
+
+    @property
+    def rollback_strategy(self) -> Strategy:
+        """A canary rolls back like surge: an old server started and attached before each new one leaves."""
+        return Surge.name
+
+    def promise(self, floor: int, peak: int, size: int) -> str:
+        return f"a share of requests by weight; capacity never below {floor} of {size}, at most {peak} containers"
 
 
 NAMES: tuple[Strategy, ...] = tuple(REGISTRY)

@@ -270,6 +270,8 @@ class LiveProgress(Progress):
 def _header_lines(snap: Mapping[str, Any]) -> list[str]:
     run, step, promise = snap["run"], snap["step"], snap["promise"]
     shown = f"paused by {run['paused_by']}" if snap["phase"] == "paused" and run.get("paused_by") else snap["phase"]
+    if run.get("canary_weight") is not None and not snap["result"]:
+        shown += f", canary {run['canary_weight']} %"  # --strategy canary: the weight now
     title = f"{run.get('strategy') or 'rollout'} {run.get('from', '')} → {run.get('to', '')}  ({shown})"
     lines = [f"[bold]{title}[/]", batch_bar(snap["batch"]["current"], snap["batch"]["total"],
                                             finished=snap["phase"] in ("finishing", "ended"))]

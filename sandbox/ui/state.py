@@ -161,7 +161,8 @@ class RolloutState:
         if name and phase in STATE_OF_PHASE:
             self._server_event(name, phase, t, event)
         elif phase in ("load-start", "rollout-start", "rollout-end", "load-stop", "failed",
-                       "rollback-start", "rollback-end", "interrupted", "paused", "resumed", "abort"):
+                       "rollback-start", "rollback-end", "interrupted", "paused", "resumed", "abort",
+                       "canary-weight", "canary-analysis"):
             self._run_event(phase, event)
         self._log(t, _event_line(event))
         self._changed()
@@ -322,6 +323,10 @@ class RolloutState:
             self.run["failure"] = detail.get("reason")
         elif phase == "rollback-start":
             self.phase = "rolling back"
+        elif phase == "canary-weight":  # --strategy canary: the weight now, and each step's analysis
+            self.run["canary_weight"] = detail.get("weight")
+        elif phase == "canary-analysis":
+            self.run.setdefault("canary", []).append(dict(detail))
         elif phase == "paused":  # `sandbox pause`, or the plan's --pause-after-batch or --pause-at-mixed
             self.phase = "paused"
             pid = detail.get("pid")

@@ -19,7 +19,7 @@ SANDBOX = Path(strategies.__file__).resolve().parents[1]
 
 
 def test_the_registry_lists_every_strategy_once_in_the_clis_order() -> None:
-    assert NAMES == ("one-at-a-time", "rolling", "surge", "double-half", "blue-green", "naive")
+    assert NAMES == ("one-at-a-time", "rolling", "surge", "double-half", "blue-green", "naive", "canary")
     assert DEFAULT_STRATEGY == "one-at-a-time"
     assert all(REGISTRY[name].name == name and REGISTRY[name].help for name in NAMES)
 
@@ -56,7 +56,7 @@ def test_the_detector_finds_each_kind_of_comparison() -> None:
         'BATCHED = ("rolling", "surge", "naive")',
         'd = s in NAMES',
         'phase = "rolling"',
-        'e = s == "canary"',
+        'e = s == "pairs"',
     ])
     assert name_comparisons(source) == [1, 2, 3, 3, 4]
 
@@ -110,7 +110,7 @@ def test_which_strategies_are_batched_in_place_graceful_and_judged() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_a_rollback_drains(name: str) -> None:
     back = of(of(name).rollback_strategy)
-    assert back.graceful and back.name == ("rolling" if name == "naive" else name)
+    assert back.graceful and back.name == {"naive": "rolling", "canary": "surge"}.get(name, name)
 
 
 @pytest.mark.parametrize(("name", "batch", "label", "titled"), [
@@ -138,7 +138,7 @@ def test_a_name_outside_the_registry_is_judged_and_never_planned() -> None:
     with pytest.raises(PlanError, match="not one of one-at-a-time"):
         other.limits(1, 3)
     with pytest.raises(PlanError, match="strategy"):
-        plan(fleet_of(3), PlanSettings(3, "v2", "canary"))
+        plan(fleet_of(3), PlanSettings(3, "v2", "pairs"))
 
 
 # --------------------------------------------------------------------------- adding one

@@ -25,6 +25,9 @@ function renderHeader(s) {
   const phase = $("phase");
   phase.textContent = s.phase === "waiting" ? "starting the fleet"
     : s.phase === "paused" && run.paused_by ? "paused by " + run.paused_by : s.phase;
+  if (run.canary_weight !== undefined && run.canary_weight !== null && s.phase === "rolling") {
+    phase.textContent += " · canary " + run.canary_weight + " %";  // --strategy canary: the weight now
+  }
   phase.className = "pill " + String(s.phase).replace(/ /g, "-");
 }
 
