@@ -30,7 +30,7 @@ from sandbox.doctor.measure import LongLivedKind
 from sandbox.doctor.run import DOCKER_ONLY, check_long_path
 from sandbox.doctor.run import doctor as run_doctor
 from sandbox.errors import DEFAULT_PROJECT, EXIT_FAILURE, EXIT_USAGE, SandboxError, UsageError, exit_code_for, hint
-from sandbox.fleet import engines
+from sandbox.fleet import cluster, engines
 from sandbox.fleet.engine import Engine
 from sandbox.fleet.images import db_image_ref
 from sandbox.fleet.loadbalancer import ROUTE_COOKIE, ROUTE_HEADER
@@ -102,7 +102,7 @@ def setting_flags(command: str) -> dict[str, str]:
     """The settings ``command`` takes as flags, each with its flag, in definition order."""
     takes = _SUBCOMMANDS[command]
     return {s.name: s.flags[0] for s in SETTINGS.values()
-            if s.flags and (s.name in _COMMON or s.name in takes.also
+            if s.flags and ((s.name in _COMMON and s.name not in takes.without) or s.name in takes.also
                             or (s.spec.group in takes.groups and s.name not in takes.without))}
 
 
@@ -147,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_status_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("up", "down", "status"),
+                   help="up: start the workers and join them; down: remove them (and the swarm up made); "
+                        "status: the nodes")
+    p.add_argument("--nodes", type=_integer, default=3, metavar="N",
+                   help="nodes in the swarm, the local engine (the manager) included: N-1 workers (default: 3)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -228,6 +237,8 @@ _SUBCOMMANDS: dict[str, _Command] = {
     "status": _Command("show the fleet and the load balancer", own_flags=_add_status_flags),
     "down": _Command("remove this project's containers and network"),
     "images": _Command("build the images that are missing", own_flags=_add_images_flags),
+    "cluster": _Command("a multi-node swarm on this machine: worker nodes are engines in containers",
+                        without=_COMMON, own_flags=_add_cluster_flags),
     "roll": _Command("roll the fleet to another version under live traffic", ("rollout", "load", "limits"),
                      own_flags=_add_roll_flags),
     "rollback": _Command("return to the version before the last roll", ("rollout", "load", "limits"),
@@ -272,8 +283,9 @@ def _print_status(data: dict[str, Any]) -> None:
         print(f"  {service['name']:<28} {service['role']:<8} {service['state']}")
     for inst in data["instances"]:
         mark = "attached" if inst["attached"] else "detached"
+        node = f"  on {inst['node']}" if inst.get("node") else ""
         print(f"  {inst['name']:<28} slot {inst['slot']:<3} {inst['version']}  {inst['state']:<8} "
-              f"{inst['address'] or '-':<22} {mark}")
+              f"{inst['address'] or '-':<22} {mark}{node}")
     stopped = (lb["state"] != "running") + len(data.get("stopped") or []) + sum(
         i["state"] == "exited" for i in data["instances"])
     if stopped:
@@ -463,7 +475,33 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Engine, Say, LiveVie
 }
 
 
+async def _cluster(args: argparse.Namespace) -> int:
+    """`sandbox cluster up|down|status`: the nodes (or what down removed), as text or --json."""
+    if args.action == "down":
+        removed = await cluster.down(say=_say)
+        print(json.dumps(removed) if args.json else
+              f"cluster removed: {removed['nodes']} worker(s), {removed['volumes']} volume(s), "
+              f"{removed['networks']} network(s)")
+        return 0
+    nodes = await (cluster.up(args.nodes, say=_say) if args.action == "up" else cluster.status())
+    if args.json:
+        print(json.dumps([n.as_json() for n in nodes], indent=2))
+    elif not nodes:
+        print("no cluster: sandbox cluster up --nodes 3 starts one")
+    else:
+        for n in nodes:
+            print(f"  {n.hostname:<24} {n.role:<8} {n.state:<10} {n.availability:<7} {n.address:<16} "
+                  f"{n.tasks} task(s)")
+    return 0
+
+
+# commands on the engine itself, not on a fleet: no settings beyond their own flags
+ENGINE_COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {"cluster": _cluster}
+
+
 async def _run(args: argparse.Namespace) -> int:
+    if args.command in ENGINE_COMMANDS:
+        return await ENGINE_COMMANDS[args.command](args)
     settings = checked_settings(args)
     if args.command in STEER_COMMANDS:  # the controller's socket only: no engine to connect, no dashboard
         return await _steer(args, settings)

@@ -181,7 +181,7 @@ async def status(settings: Settings, *, runtime: Engine) -> dict[str, Any]:
                     for h in await runtime.stopped_services(settings.project)],
         "instances": [
             {"name": i.name, "slot": i.slot, "version": i.version, "state": i.state,
-             "address": i.address, "attached": i.name in attached}
+             "address": i.address, "attached": i.name in attached, **({"node": i.node} if i.node else {})}
             for i in instances
         ],
         # a rollout running now, as its controller answers (None: none runs)

@@ -155,13 +155,13 @@ class DockerBase(ABC):
         except requests.exceptions.RequestException as exc:  # the engine went away mid-call
             raise EngineUnreachable(f"the Docker engine stopped answering: {short(exc)}") from exc
 
-    def _send_stop_signal(self, container_id: str | None) -> str | None:
-        """Send a container its stop signal (its configured one, SIGTERM by default) and return it;
-        None when it is gone or no longer running."""
+    def _send_stop_signal(self, container_id: str | None, client: docker.DockerClient | None = None) -> str | None:
+        """Send a container (of ``client``'s engine, this one's by default) its stop signal (its
+        configured one, SIGTERM by default) and return it; None when it is gone or no longer running."""
         if not container_id:
             return None
         try:
-            c = self.client.containers.get(container_id)
+            c = (client or self.client).containers.get(container_id)
             signal = str(c.attrs.get("Config", {}).get("StopSignal") or "SIGTERM")
             c.kill(signal=signal)
             return signal

@@ -35,6 +35,10 @@ class Instance:
     created: str
     probe_ip: str | None = None  # where the controller reaches it, when not at ``ip`` (Swarm: see swarm.py)
     port: int = APP_PORT  # the port the app listens on (--app-port)
+    # a relay that reaches ``address`` for the controller (``host:port/probe/``: a Swarm task on
+    # another node, probed through the load balancer's admin listener), when no ``probe_ip`` does
+    probe_via: str | None = None
+    node: str = ""  # the Swarm node that runs it (its hostname); "" on one engine
 
     @property
     def address(self) -> str | None:
@@ -43,8 +47,13 @@ class Instance:
 
     @property
     def probe_address(self) -> str | None:
-        """``ip:port`` the controller's probes use: ``probe_ip`` when set, else ``address``."""
-        return f"{self.probe_ip}:{self.port}" if self.probe_ip else self.address
+        """Where the controller's probes go: ``probe_ip:port`` when set, else through ``probe_via``
+        (``host:port/probe/ip:port``, an HTTP relay), else ``address``."""
+        if self.probe_ip:
+            return f"{self.probe_ip}:{self.port}"
+        if self.probe_via and self.address:
+            return f"{self.probe_via}{self.address}"
+        return self.address
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ APP_REPO = "rolling-sandbox/app"
 OPTIONAL_APP_FILES = ("migrate.py",)  # a version's schema migrations (app_v2: `roll --migrate`)
 LB_REPO = "rolling-sandbox/lb"
 DB_REPO = "rolling-sandbox/postgres"
+NODE_REPO = "rolling-sandbox/node"  # `sandbox cluster up`: a Docker engine in a container
 
 SUITE = "bookworm"
 VARIANT = "minbase"
@@ -76,6 +77,7 @@ PACKAGES: tuple[str, ...] = ("python3", "python3-aiohttp", "nginx-light", "libng
                              "redis-server",  # the shared session store (`--sessions shared`)
                              "python3-psycopg2")  # the toy app's PostgreSQL client (`--service postgres`)
 BASE_RECIPE = "1"  # bump when the way the base rootfs is made or trimmed changes
+NODE_PACKAGES: tuple[str, ...] = ("docker.io", "iptables", "ca-certificates")  # a cluster node: Debian's engine
 DB_PACKAGES: tuple[str, ...] = ("postgresql",)  # Debian's server (`up --service postgres`), its own image
 PULL_FROM = "debian:bookworm-slim"
 METHOD_ENV = "ROLLING_SANDBOX_BASE_METHOD"
@@ -112,6 +114,7 @@ RUN apt-get update \\
 """
 
 PULL_DB_DOCKERFILE = PULL_BASE_DOCKERFILE.replace(" ".join(PACKAGES), " ".join(DB_PACKAGES))
+PULL_NODE_DOCKERFILE = PULL_BASE_DOCKERFILE.replace(" ".join(PACKAGES), " ".join(NODE_PACKAGES))
 
 _TRIM = (
     "var/lib/apt/lists",
@@ -196,6 +199,16 @@ def base_inputs() -> str:
 def db_inputs() -> str:
     """Hash of the PostgreSQL image's inputs: recipe, suite, variant, packages."""
     return _digest(["postgres", BASE_RECIPE, SUITE, VARIANT, *sorted(DB_PACKAGES)])
+
+
+def node_inputs() -> str:
+    """Hash of the cluster node image's inputs: recipe, suite, variant, packages."""
+    return _digest(["node", BASE_RECIPE, SUITE, VARIANT, *sorted(NODE_PACKAGES)])
+
+
+def node_image_ref() -> str:
+    """The cluster node image's ref for this checkout (``rolling-sandbox/node:<hash12>``)."""
+    return f"{NODE_REPO}:{node_inputs()[:12]}"
 
 
 def db_image_ref() -> str:
@@ -430,6 +443,16 @@ def ensure_db_image(client: docker.DockerClient, *, log: Callable[[str], None] =
     return ref
 
 
+def ensure_node_image(client: docker.DockerClient, *, log: Callable[[str], None] = logger.info,
+                      force: bool = False) -> str:
+    """The cluster node image's ref (Debian's ``docker.io``), built first when missing, as the
+    PostgreSQL image is. Raises ImageBuildError, EngineError, UsageError."""
+    ref = node_image_ref()
+    if force or not _exists(client, ref):
+        _build_base(client, ref, node_inputs(), log, packages=NODE_PACKAGES, pull_dockerfile=PULL_NODE_DOCKERFILE)
+    return ref
+
+
 def _build_base(
     client: docker.DockerClient, ref: str, inputs: str, log: Callable[[str], None],
     *, packages: tuple[str, ...] = PACKAGES, pull_dockerfile: str = PULL_BASE_DOCKERFILE,
@@ -642,10 +665,10 @@ def prune_images(client: docker.DockerClient) -> list[str]:
     but not our names, and is never touched. The current set (with its stable alias
     tags) and images a container still uses are kept. Returns the tags removed.
     """
-    ours = (BASE_REPO + ":", APP_REPO + ":", LB_REPO + ":", DB_REPO + ":")
+    ours = (BASE_REPO + ":", APP_REPO + ":", LB_REPO + ":", DB_REPO + ":", NODE_REPO + ":")
     current = image_set()
     keep_ids = set()
-    for ref in [*current.refs(), db_image_ref()]:
+    for ref in [*current.refs(), db_image_ref(), node_image_ref()]:
         with contextlib.suppress(docker.errors.ImageNotFound):
             keep_ids.add(client.images.get(ref).id)
     in_use = {c.attrs.get("Image") for c in client.containers.list(all=True)}

@@ -21,6 +21,10 @@ LABEL_ENGINE = f"{PREFIX}.engine"  # "docker" or "swarm": the runtime that start
 LABEL_VERSIONS = f"{PREFIX}.versions"  # JSON {"toy", "versions": {name: image}} (lb only)
 LABEL_APP_PORT = f"{PREFIX}.app-port"  # the port the app listens on (app only)
 LABEL_INPUTS = f"{PREFIX}.inputs"  # hash of an image's build inputs (images only)
+LABEL_NODE = f"{PREFIX}.node"  # a cluster worker's hostname (its container, its Swarm node)
+LABEL_NODE_SOCKET = f"{PREFIX}.node-socket"  # a cluster worker's engine socket on this machine
+LABEL_SWARM_INIT = f"{PREFIX}.swarm-init"  # "true" on the cluster network when `cluster up` made the swarm
+LABEL_GWBRIDGE_MADE = f"{PREFIX}.gwbridge-made"  # "true" when docker_gwbridge did not exist before it
 
 ROLE_APP = "app"
 ROLE_LB = "lb"
@@ -30,6 +34,7 @@ ROLE_VOLUME = "volume"
 ROLE_REDIS = "redis"  # the shared session store (`--sessions shared`)
 ROLE_POSTGRES = "postgres"  # the project's database (`up --service postgres`)
 ROLE_MIGRATE = "migrate"  # a one-off migration container (`roll --migrate`)
+ROLE_NODE = "node"  # a cluster worker: an engine in a container (`sandbox cluster up`)
 ROLE_STATE = "state"  # the project's state volume: the controller's record of the fleet, kept when the LB goes
 
 

@@ -84,7 +84,17 @@ class Probe:
         return True
 
     async def accepts(self, address: str) -> bool:
-        """True when a TCP connection to ``address`` (``ip:port``) is accepted."""
+        """True when a TCP connection to ``address`` (``ip:port``) is accepted. Through a relay
+        (``host:port/probe/ip:port``) no TCP reaches the server: there, any answer but the relay's
+        own 502 or 504 (it could not connect) counts."""
+        if "/" in address:
+            try:
+                async with self.session.get(f"http://{address}/") as resp:
+                    if resp.status in (502, 504):
+                        return self._failed(address, f"the relay could not connect ({resp.status})")
+                    return self._passed(address)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                return self._failed(address, f"the relay did not answer: {type(exc).__name__}: {exc}")
         host, _, port = address.rpartition(":")
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), self._timeout.total)

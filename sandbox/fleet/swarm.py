@@ -52,6 +52,8 @@ from docker.utils import parse_bytes
 
 from sandbox.errors import EngineError, UsageError
 from sandbox.fleet import labels as L
+from sandbox.fleet.balancer import ADMIN_PORT
+from sandbox.fleet.cluster import Cluster, node_client
 from sandbox.fleet.docker_base import APP_USER, DockerBase, app_name, network_name, short
 from sandbox.fleet.engine import APP_PORT, Instance, LbHandle
 from sandbox.fleet.versions import AppSpec
@@ -128,13 +130,17 @@ def task_container_id(task: Mapping[str, Any] | None) -> str | None:
 
 
 def to_instance(service: Mapping[str, Any], task: Mapping[str, Any] | None, network_id: str,
-                gateway_ips: Mapping[str, str]) -> Instance:
+                gateway_ips: Mapping[str, str], *, where: Placement | None = None) -> Instance:
     """The :class:`Instance` a one-replica app service is: its id and name, its task's state and
-    overlay address, and (``gateway_ips``: container id -> address on docker_gwbridge) its probe address."""
+    overlay address, and (``gateway_ips``: container id -> address on docker_gwbridge) its probe
+    address. ``where`` (several nodes): the node of its task; a task on another node than this
+    engine's is probed through ``where.relay`` (the load balancer's admin listener) instead."""
     spec = service.get("Spec", {})
     labels = spec.get("Labels") or {}
     state = container_state(task)
     cid = task_container_id(task)
+    node_id = str((task or {}).get("NodeID", ""))
+    remote = where is not None and bool(node_id) and node_id != where.local
     return Instance(
         id=str(service.get("ID", "")),
         name=str(spec.get("Name", "")),
@@ -143,9 +149,22 @@ def to_instance(service: Mapping[str, Any], task: Mapping[str, Any] | None, netw
         state=state,
         ip=task_ip(task, network_id) if state == "running" else None,
         created=str(service.get("CreatedAt", "")),
-        probe_ip=gateway_ips.get(cid) if cid and state == "running" else None,
+        probe_ip=gateway_ips.get(cid) if cid and state == "running" and not remote else None,
         port=int(labels.get(L.LABEL_APP_PORT, APP_PORT)),
+        probe_via=where.relay if remote and where is not None and state == "running" else None,
+        node=where.names.get(node_id, "") if where is not None else "",
     )
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What places a task on a node: this engine's node id, every node's hostname by id, and the
+    relay prefix (``ip:port/probe/``) that reaches a task on another node (None before the
+    project's load balancer runs)."""
+
+    local: str
+    names: Mapping[str, str]
+    relay: str | None = None
 
 
 def serving_addresses(tasks: list[dict[str, Any]], network_id: str) -> dict[str, str]:
@@ -243,6 +262,17 @@ class SwarmEngine(DockerBase):
     engine = "swarm"
     network_driver: ClassVar[dict[str, Any]] = {"driver": "overlay", "attachable": True}
 
+    def __init__(self, client: docker.DockerClient) -> None:
+        super().__init__(client)
+        self._node_clients: dict[str, docker.DockerClient] = {}  # a cluster worker's socket -> its client
+        self._copied: set[str] = set()  # image ids already on every cluster worker
+        self._local: str | None = None  # this engine's Swarm node id, once read
+
+    def _local_node(self) -> str:
+        if self._local is None:
+            self._local = str((self.client.info().get("Swarm") or {}).get("NodeID", ""))
+        return self._local
+
     @classmethod
     def connect(cls) -> Self:
         """Connect as DockerBase does, then require a swarm manager (UsageError naming `docker swarm init`)."""
@@ -274,8 +304,48 @@ class SwarmEngine(DockerBase):
     def _app_services(self, project: str) -> list[Service]:
         return self.client.services.list(filters=L.project_filter(project, L.ROLE_APP))
 
-    def _describe_service(self, service: Service, network_id: str, gw: Mapping[str, str]) -> Instance:
-        return to_instance(service.attrs, latest_task(service.tasks()), network_id, gw)
+    def _describe_service(self, service: Service, network_id: str, gw: Mapping[str, str],
+                          where: Placement | None = None) -> Instance:
+        return to_instance(service.attrs, latest_task(service.tasks()), network_id, gw, where=where)
+
+    # -- several nodes ------------------------------------------------------------------------
+    def _placement(self, project: str, gw: Mapping[str, str]) -> Placement | None:
+        """None on a one-node swarm (every task is on this engine); else this engine's node, the
+        nodes' hostnames, and the relay through the project's load balancer."""
+        nodes = self.client.nodes.list()
+        if len(nodes) < 2:
+            return None
+        local = self._local_node()
+        names = {str(n.id): str(n.attrs.get("Description", {}).get("Hostname", "")) for n in nodes}
+        lb = self._lb(project)
+        lb_ip = gw.get(lb.id) if lb is not None else None
+        return Placement(local, names, f"{lb_ip}:{ADMIN_PORT}/probe/" if lb_ip else None)
+
+    def _task_client(self, task: Mapping[str, Any] | None) -> docker.DockerClient | None:
+        """The engine that runs ``task``'s container: this one, or a cluster worker's (through its
+        socket, ``sandbox cluster up``); None for a node of a swarm the sandbox did not make."""
+        node_id = str((task or {}).get("NodeID", ""))
+        if not node_id or node_id == self._local_node():
+            return self.client
+        try:
+            hostname = self.client.nodes.get(node_id).attrs.get("Description", {}).get("Hostname", "")
+        except docker.errors.NotFound:
+            return None
+        socket = Cluster(self.client).sockets().get(hostname)
+        if not socket:
+            return None
+        if socket not in self._node_clients:
+            self._node_clients[socket] = node_client(socket, timeout=60)
+        return self._node_clients[socket]
+
+    def _on_every_node(self, image_id: str) -> None:
+        """Copy the image onto each cluster worker that lacks it (once per image and process): a
+        service names its image by id, which a node without it cannot pull."""
+        if image_id in self._copied:
+            return
+        if len(self.client.nodes.list()) > 1:
+            Cluster(self.client, say=log.info).copy_images([image_id])
+        self._copied.add(image_id)
 
     async def app_states(self, project: str) -> dict[str, str]:
         """Service name -> its task's state (a service is not a container name)."""
@@ -288,7 +358,8 @@ class SwarmEngine(DockerBase):
     def _instances(self, project: str) -> list[Instance]:
         services = self._app_services(project)
         network_id, gw = self._network_id(project), self._gateway_ips()
-        out = [self._describe_service(s, network_id, gw) for s in services]
+        where = self._placement(project, gw) if services else None
+        out = [self._describe_service(s, network_id, gw, where) for s in services]
         return sorted(out, key=lambda i: (i.slot, i.created))
 
     # -- app services -------------------------------------------------------------------------
@@ -305,6 +376,7 @@ class SwarmEngine(DockerBase):
         spec: AppSpec | None, toy: bool,
     ) -> Instance:
         image_id = self.client.images.get(image).id or image  # by id: Swarm then does not try to pull
+        self._on_every_node(image_id)
         kwargs = app_service_spec(project, slot, version, image_id, env, from_version, spec=spec, toy=toy)
         created = self.client.api.create_service(**kwargs)
         service = self.client.services.get(created["ID"])
@@ -319,12 +391,14 @@ class SwarmEngine(DockerBase):
             state = container_state(task)
             if state == "exited" or (state == "running" and task_ip(task, network_id)):
                 gw = self._gateway_ips()
-                inst = to_instance(service.attrs, task, network_id, gw)
-                if state == "exited" or inst.probe_ip:
+                inst = to_instance(service.attrs, task, network_id, gw, where=self._placement(project, gw))
+                if state == "exited" or inst.probe_ip or inst.probe_via:
                     return inst
             if time.monotonic() > deadline:
-                raise EngineError(f"{service.name}: no task ran within {TASK_START_TIMEOUT_S:g} s "
-                                  f"(task state {(task or {}).get('Status', {}).get('State', 'none')})")
+                status = (task or {}).get("Status", {})
+                err = f", {status['Err']}" if status.get("Err") else ""
+                raise EngineError(f"{service.name}: no task ran with an address the controller can probe within "
+                                  f"{TASK_START_TIMEOUT_S:g} s (task state {status.get('State', 'none')}{err})")
             time.sleep(POLL_S)
 
     def _service(self, instance: Instance) -> Service | None:
@@ -339,7 +413,8 @@ class SwarmEngine(DockerBase):
             service = self._service(instance)
             if service is None:
                 return None
-            return self._describe_service(service, self._network_id(project), self._gateway_ips())
+            gw = self._gateway_ips()
+            return self._describe_service(service, self._network_id(project), gw, self._placement(project, gw))
         return await self._call(get)
 
     async def start_app_again(self, project: str, instance: Instance) -> Instance:
@@ -371,7 +446,10 @@ class SwarmEngine(DockerBase):
         def signal() -> None:
             service = self._service(instance)
             if service is not None:
-                self._send_stop_signal(task_container_id(latest_task(service.tasks())))
+                task = latest_task(service.tasks())
+                client = self._task_client(task)
+                if client is not None:
+                    self._send_stop_signal(task_container_id(task), client)
         await self._call(signal)
 
     async def kill_app(self, instance: Instance) -> None:
@@ -380,10 +458,11 @@ class SwarmEngine(DockerBase):
             service = self._service(instance)
             if service is None:
                 return
-            cid = task_container_id(latest_task(service.tasks()))
-            if cid:
+            task = latest_task(service.tasks())
+            cid, client = task_container_id(task), self._task_client(task)
+            if cid and client is not None:
                 with suppress(docker.errors.NotFound):
-                    self.client.containers.get(cid).remove(force=True)
+                    client.containers.get(cid).remove(force=True)
             self._remove_service(service)
         await self._call(kill)
 
@@ -399,14 +478,16 @@ class SwarmEngine(DockerBase):
     async def health(self, instance: Instance) -> str | None:
         """The HEALTHCHECK status of the service's task container (``starting``, ``healthy``,
         ``unhealthy``), or None without one. Swarm itself calls such a task running only once
-        it is healthy; the container is inspected on this node (see the README for several)."""
+        it is healthy; the container is inspected on the node that runs it (a cluster worker's
+        through its socket; a node of a swarm the sandbox did not make: None, unknown)."""
         def get() -> str | None:
             service = self._service(instance)
-            cid = task_container_id(latest_task(service.tasks())) if service is not None else None
-            if cid is None:
+            task = latest_task(service.tasks()) if service is not None else None
+            cid, client = task_container_id(task), self._task_client(task)
+            if cid is None or client is None:
                 return None
             try:
-                health = (self.client.containers.get(cid).attrs.get("State") or {}).get("Health")
+                health = (client.containers.get(cid).attrs.get("State") or {}).get("Health")
             except docker.errors.NotFound:
                 return None
             return str(health.get("Status")) if health else None
@@ -438,6 +519,7 @@ class SwarmEngine(DockerBase):
         :func:`app_healthcheck` if asked; return its id."""
         def create() -> str:
             image_id = self.client.images.get(image).id or image
+            self._on_every_node(image_id)
             spec = app_service_spec(project, 0, version, image_id, env, replicas=replicas,
                                     name=f"{project}-app")
             if healthcheck:
@@ -458,6 +540,7 @@ class SwarmEngine(DockerBase):
         """``service update --image`` with ``policy`` (parallelism, delay, order, failure action, grace)."""
         def run() -> None:
             image_id = self.client.images.get(image).id or image
+            self._on_every_node(image_id)
             self.client.services.get(service_id).update(
                 image=image_id, update_config=update_config(policy), stop_grace_period=int(policy.stop_grace_s * NANO))
         await self._call(run)

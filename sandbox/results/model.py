@@ -443,8 +443,9 @@ class Step:
     batch: int | None = None
     address: str | None = None
     detail: Mapping[str, Any] | None = None
+    node: str | None = None  # the Swarm node of the server (several nodes only)
 
-    EXTRA: ClassVar[tuple[str, ...]] = ("version", "slot", "batch", "address", "detail")
+    EXTRA: ClassVar[tuple[str, ...]] = ("version", "slot", "batch", "address", "detail", "node")
 
     def to_json(self) -> Json:
         out: Json = {"t": self.t, "phase": self.phase, "instance": self.instance}

@@ -97,6 +97,7 @@ class EventFields(TypedDict, total=False):
     slot: int | None
     batch: int | None
     detail: dict[str, object]  # e.g. {"duration_s": .., "in_flight": ..} for drain
+    node: str  # the Swarm node that runs the server (several nodes only)
 
 
 class Event(EventFields):

@@ -171,6 +171,8 @@ class Executor:
             event["slot"] = instance.slot
             event["version"] = instance.version
             event["address"] = instance.address
+            if instance.node:
+                event["node"] = instance.node
         event = {**event, **extra}
         self.events.append(event)
         if self._on_event is not None:

@@ -114,10 +114,11 @@ def test_compare_rejects_a_bad_strategy_list_before_docker(capsys: pytest.Captur
 
 
 def test_every_command_has_one_handler() -> None:
-    from sandbox.cli import COMMANDS
+    from sandbox.cli import COMMANDS, ENGINE_COMMANDS
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(COMMANDS) == set(sub.choices)  # type: ignore[arg-type]
+    assert not set(COMMANDS) & set(ENGINE_COMMANDS)
+    assert set(COMMANDS) | set(ENGINE_COMMANDS) == set(sub.choices)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("argv, project, report", [
