@@ -150,6 +150,10 @@ def node_run_kwargs(hostname: str, image: str, socket_dir: Path, cgroup_parent: 
         "image": image,
         "name": container_name(hostname),
         "hostname": hostname,
+        # a node started again (it was stopped: a node lost, then back) finds its engine's pid files
+        # from before, naming pids that may now be other processes: they go first
+        "entrypoint": ["sh", "-c", "rm -f /var/run/docker.pid /var/run/docker/containerd/containerd.pid; "
+                                   'exec "$@"', "node"],
         "command": ["dockerd", "--host", "unix:///var/run/docker.sock",
                     "--host", f"unix://{NODE_SOCKET_DIR}/docker.sock",
                     "--storage-driver", "overlay2", "--cgroup-parent", cgroup_parent, "--log-level", "warn"],
@@ -193,10 +197,11 @@ class Cluster:
         found = self.client.networks.list(filters=L.project_filter(CLUSTER, L.ROLE_NETWORK))
         return found[0] if found else None
 
-    def sockets(self) -> dict[str, str]:
-        """Worker hostname -> its engine's socket on this machine."""
+    def sockets(self, *, running: bool = False) -> dict[str, str]:
+        """Worker hostname -> its engine's socket on this machine (``running``: only the workers
+        whose container runs: a stopped one's engine is gone with it)."""
         return {c.labels.get(L.LABEL_NODE, ""): c.labels.get(L.LABEL_NODE_SOCKET, "")
-                for c in self.node_containers()}
+                for c in self.node_containers() if not running or c.status == "running"}
 
     def status(self) -> list[Node]:
         """The swarm's nodes (the manager first), with the cluster's containers; [] without a swarm."""
@@ -308,11 +313,9 @@ class Cluster:
                 raise EngineError(f"cluster up: node {hostname}'s engine did not answer within "
                                   f"{ENGINE_START_TIMEOUT_S:g} s: {self._last_log(container)}")
             time.sleep(POLL_S)
-        own_ip = self.client.containers.get(container_name(hostname)).attrs["NetworkSettings"]["Networks"][NETWORK][
-            "IPAddress"]
-        try:
+        try:  # by interface: a node started again may have another address there, and rejoins with it
             node.swarm.join(remote_addrs=[f"{manager_addr}:{SWARM_PORT}"], join_token=token,
-                            listen_addr=f"{own_ip}:{SWARM_PORT}", advertise_addr=own_ip)
+                            listen_addr=f"0.0.0.0:{SWARM_PORT}", advertise_addr="eth0")
         except docker.errors.APIError as exc:
             raise EngineError(f"cluster up: node {hostname} could not join the swarm at {manager_addr}: "
                               f"{_short(exc)}") from exc

@@ -50,7 +50,7 @@ from docker.types import (
 )
 from docker.utils import parse_bytes
 
-from sandbox.errors import EngineError, UsageError
+from sandbox.errors import EngineError, ReadinessError, UsageError
 from sandbox.fleet import labels as L
 from sandbox.fleet.balancer import ADMIN_PORT
 from sandbox.fleet.cluster import Cluster, node_client
@@ -141,6 +141,8 @@ def to_instance(service: Mapping[str, Any], task: Mapping[str, Any] | None, netw
     cid = task_container_id(task)
     node_id = str((task or {}).get("NodeID", ""))
     remote = where is not None and bool(node_id) and node_id != where.local
+    if remote and where is not None and node_id in where.down and state != "gone":
+        state = "exited"  # its node is down: the task's container is gone with it, whatever Swarm says yet
     return Instance(
         id=str(service.get("ID", "")),
         name=str(spec.get("Name", "")),
@@ -165,6 +167,7 @@ class Placement:
     local: str
     names: Mapping[str, str]
     relay: str | None = None
+    down: frozenset[str] = frozenset()  # nodes that are not ready, or whose worker container stopped
 
 
 def serving_addresses(tasks: list[dict[str, Any]], network_id: str) -> dict[str, str]:
@@ -319,7 +322,25 @@ class SwarmEngine(DockerBase):
         names = {str(n.id): str(n.attrs.get("Description", {}).get("Hostname", "")) for n in nodes}
         lb = self._lb(project)
         lb_ip = gw.get(lb.id) if lb is not None else None
-        return Placement(local, names, f"{lb_ip}:{ADMIN_PORT}/probe/" if lb_ip else None)
+        return Placement(local, names, f"{lb_ip}:{ADMIN_PORT}/probe/" if lb_ip else None,
+                         down=frozenset(self._down_nodes(nodes, names)))
+
+    def _down_nodes(self, nodes: list[Any], names: Mapping[str, str]) -> set[str]:
+        """Node ids that are down: not ``ready`` in Swarm's view, or a cluster worker whose container
+        is not running (seen at once; Swarm notices a lost node only after its heartbeats stop)."""
+        down = {str(n.id) for n in nodes if n.attrs.get("Status", {}).get("State") != "ready"}
+        alive = Cluster(self.client).sockets(running=True)
+        ours = Cluster(self.client).sockets()
+        return down | {node_id for node_id, name in names.items() if name in ours and name not in alive}
+
+    def _node_down(self, task: Mapping[str, Any] | None) -> str | None:
+        """The hostname of ``task``'s node when that node is down, else None."""
+        node_id = str((task or {}).get("NodeID", ""))
+        if not node_id or node_id == self._local_node():
+            return None
+        nodes = self.client.nodes.list()
+        names = {str(n.id): str(n.attrs.get("Description", {}).get("Hostname", "")) for n in nodes}
+        return names.get(node_id, node_id[:12]) if node_id in self._down_nodes(nodes, names) else None
 
     def _task_client(self, task: Mapping[str, Any] | None) -> docker.DockerClient | None:
         """The engine that runs ``task``'s container: this one, or a cluster worker's (through its
@@ -331,8 +352,8 @@ class SwarmEngine(DockerBase):
             hostname = self.client.nodes.get(node_id).attrs.get("Description", {}).get("Hostname", "")
         except docker.errors.NotFound:
             return None
-        socket = Cluster(self.client).sockets().get(hostname)
-        if not socket:
+        socket = Cluster(self.client).sockets(running=True).get(hostname)
+        if not socket:  # not a worker of ours, or its container (its engine) is gone
             return None
         if socket not in self._node_clients:
             self._node_clients[socket] = node_client(socket, timeout=60)
@@ -378,6 +399,12 @@ class SwarmEngine(DockerBase):
         image_id = self.client.images.get(image).id or image  # by id: Swarm then does not try to pull
         self._on_every_node(image_id)
         kwargs = app_service_spec(project, slot, version, image_id, env, from_version, spec=spec, toy=toy)
+        nodes = self.client.nodes.list()
+        if len(nodes) > 1:  # never on a node seen down: Swarm still schedules there until its heartbeats time out
+            names = {str(n.id): str(n.attrs.get("Description", {}).get("Hostname", "")) for n in nodes}
+            down = sorted(self._down_nodes(nodes, names))
+            if down:
+                kwargs["task_template"]["Placement"] = {"Constraints": [f"node.id!={node_id}" for node_id in down]}
         created = self.client.api.create_service(**kwargs)
         service = self.client.services.get(created["ID"])
         return self._wait_task(project, service)
@@ -389,6 +416,8 @@ class SwarmEngine(DockerBase):
         while True:
             task = latest_task(service.tasks())
             state = container_state(task)
+            if state == "created" and (lost := self._node_down(task)):
+                raise ReadinessError(f"{service.name}: its task was placed on node {lost}, which is down")
             if state == "exited" or (state == "running" and task_ip(task, network_id)):
                 gw = self._gateway_ips()
                 inst = to_instance(service.attrs, task, network_id, gw, where=self._placement(project, gw))
@@ -427,6 +456,9 @@ class SwarmEngine(DockerBase):
         def stop() -> int | None:
             service = self._service(instance)
             if service is None:
+                return None
+            if self._node_down(latest_task(service.tasks())):  # nothing there to stop: the node took it
+                self._remove_service(service)
                 return None
             service.scale(0)
             deadline = time.monotonic() + max(grace_s, STOP_GRACE_S) + 10
@@ -500,6 +532,8 @@ class SwarmEngine(DockerBase):
             if service is None:
                 return "service is gone"
             task = latest_task(service.tasks()) or {}
+            if lost := self._node_down(task):
+                return f"its node {lost} is down (the task ran there)"
             status = task.get("Status", {})
             code = (status.get("ContainerStatus") or {}).get("ExitCode")
             text = f"task {status.get('State', 'none')}, exit code {code}"

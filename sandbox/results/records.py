@@ -86,6 +86,8 @@ Phase = Literal[
     "start", "ready", "attach", "detach", "drain", "stop", "kill", "swap", "switch", "term",
     # outcomes
     "failed", "rollback-start", "rollback-end", "interrupted",
+    # a server that died while attached, and the servers that then replace the dead ones
+    "died", "heal-start", "heal-end",
 ]
 
 

@@ -128,6 +128,7 @@ def summary_text(report: Report) -> str:
     if report.figures.phases and report.figures.requests.total:
         lines.append("phases")
         lines.extend(_phase_line(name, phase) for name, phase in report.figures.phases.items())
+    lines.extend(fault_lines(report))
     lines.extend(_order_and_mixed_lines(report))
     lines.extend(rollback_lines(report))
     lines.extend(canary_lines(report))
@@ -135,6 +136,22 @@ def summary_text(report: Report) -> str:
     lines.extend(f"  {check.line()}" for check in report.verdict.checks)
     lines.append(report.verdict.line())
     return "\n".join(lines)
+
+
+def fault_lines(report: Report) -> list[str]:
+    """A node lost, and each server that died while attached, with the requests lost to it; then
+    the slots served again (``heal-start``)."""
+    faults = [f for f in report.extra.get("faults") or [] if isinstance(f, Mapping)]
+    t0 = report.run.steps_t0 or 0.0  # the faults' times are unix times; the steps' are since the first step
+    lines = [f"node lost        {f['node']} at {num(float(f['t']) - t0, ' s', 1)}: {len(f['servers'])} server(s) "
+             f"died with it ({', '.join(f['servers'])}), {f['lost_requests']} requests lost to them"
+             for f in faults if f.get("fault") == "node_lost"]
+    lines += [f"server died      {f['instance']} at {num(float(f['t']) - t0, ' s', 1)} ({f.get('exit')}), "
+              f"{f['lost_requests']} requests lost to it" for f in faults if f.get("fault") == "died"]
+    healed = [s for s in report.run.steps if s.phase == "heal-start"]
+    lines += [f"replaced         slot(s) {', '.join(map(str, (s.detail or {}).get('slots') or []))} of the dead "
+              f"server(s), by a fresh {s.version} server each, from {num(s.t, ' s', 1)}" for s in healed]
+    return lines
 
 
 def canary_lines(report: Report) -> list[str]:

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 from sandbox.config import Settings, check_batch
 from sandbox.errors import (
@@ -914,6 +914,7 @@ class Rehearsal:
                                         deadline_s=self.settings.progress_deadline_s)
             if self._steering is not None and self._steering.state == "aborting":  # asked during the last step
                 raise Aborted(f"aborted by {self._steering.aborted_by}")
+            await self._replace_the_dead()
             if self._canary is not None:
                 await self._canary.finish()
         except (RolloutError, BalancerError) as exc:
@@ -935,6 +936,31 @@ class Rehearsal:
 
     def _hint(self, command: str) -> str:
         return hint(command, self.settings.project)
+
+    async def _replace_the_dead(self) -> None:
+        """Servers that died while the rollout ran (a crash, a Swarm node lost) leave their slots
+        empty once it ends: plan again from the live fleet to the target, as a resumed rollout
+        would (a fresh server per empty slot, one batch at a time, on the nodes that remain), and
+        run it, between ``heal-start`` and ``heal-end`` events naming the slots. Nothing when none died."""
+        p = self.prepared
+        if not any(e.get("phase") == "died" for e in self.executor.events):
+            return
+        listed = await self.runtime.instances(self.settings.project)
+        await self.executor.reconcile(listed)
+        listed, servers = await self.executor.fleet(listed)
+        weighted = strategies.of(self.settings.strategy).weighted  # a canary's weights are spent: one at a time
+        steps = planner.merge_reloads(planner.plan(servers, planner.PlanSettings(
+            size=p.size, to_version=p.target, strategy="one-at-a-time" if weighted else self.settings.strategy,
+            batch=min(self.settings.batch, max(1, p.size - 1)), mode=self.settings.mode, seed=self.settings.seed,
+            detach_lag_s=p.detach_lag_s)))
+        if not steps:
+            return
+        slots = sorted({ref.slot for step in steps for ref in step.targets if step.action == "start"})
+        self.executor.emit("heal-start", None, version=p.target, detail={"slots": slots})
+        self.progress.line(f"replacing the servers that died: slot(s) {', '.join(map(str, slots))}")
+        await self.executor.execute(steps, p.target, env=p.env, instances=listed, from_version=p.source,
+                                    deadline_s=self.settings.progress_deadline_s)
+        self.executor.emit("heal-end", None, version=p.target)
 
     def _health(self) -> str | None:
         total, failed = self.load.monitor.since_mark()
@@ -1118,8 +1144,9 @@ def rollout_report(settings: Settings, prepared: Prepared, ran: Ran, collected: 
         detach_lag_s=prepared.detach_lag_s, canary=ran.canary,
     )
     report = build_report(run=run, figures=figures, steps=collected.events, limits=Limits.from_settings(settings))
-    faults: list[DiedServer | LbOutage] = [*died_servers(collected.events, collected.nginx_rows),
-                                            *lb_outages(collected.events, collected.rows)]
+    died_here = died_servers(collected.events, collected.nginx_rows)
+    faults: list[DiedServer | NodeLost | LbOutage] = [*died_here, *nodes_lost(died_here),
+                                                      *lb_outages(collected.events, collected.rows)]
     extra: dict[str, object] = {"attribution": attribution(collected.rows, collected.nginx_rows, collected.history),
                                 "faults": faults}
     if collected.load_end is not None:
@@ -1152,6 +1179,33 @@ class DiedServer(TypedDict):
     t: float
     exit: object  # how it exited, as the engine told it (``Engine.exit_info``)
     lost_requests: int
+    node: NotRequired[str]  # the Swarm node it ran on (several nodes)
+
+
+class NodeLost(TypedDict):
+    """A Swarm node lost while the rollout ran, in ``report.json``'s ``faults``: the servers that died
+    with it and the requests lost to them (what that node was serving, no more)."""
+
+    fault: Literal["node_lost"]
+    node: str
+    t: float  # when the first of its servers was noticed dead
+    servers: list[str]
+    lost_requests: int
+
+
+def nodes_lost(died: Sequence[DiedServer]) -> list[NodeLost]:
+    """The died servers grouped by node, for servers that ran on one (pure)."""
+    out: dict[str, NodeLost] = {}
+    for d in died:
+        node = d.get("node")
+        if not node:
+            continue
+        lost = out.setdefault(node, {"fault": "node_lost", "node": node, "t": d["t"], "servers": [],
+                                     "lost_requests": 0})
+        lost["t"] = min(lost["t"], d["t"])
+        lost["servers"].append(str(d["instance"]))
+        lost["lost_requests"] += d["lost_requests"]
+    return list(out.values())
 
 
 class LbOutage(TypedDict):
@@ -1186,8 +1240,11 @@ def died_servers(events: Sequence[Event], nginx_rows: Sequence[LbRow]) -> list[D
         lost = sum(1 for r in nginx_rows
                    if address and address in r["servers"]
                    and r["status"] >= 500 and r["time"] >= float(e["t"]) - 30)
-        out.append({"fault": "died", "instance": e.get("instance"), "address": address, "t": e["t"],
-                    "exit": (e.get("detail") or {}).get("exit"), "lost_requests": lost})
+        died: DiedServer = {"fault": "died", "instance": e.get("instance"), "address": address, "t": e["t"],
+                            "exit": (e.get("detail") or {}).get("exit"), "lost_requests": lost}
+        if e.get("node"):
+            died["node"] = str(e.get("node"))
+        out.append(died)
     return out
 
 

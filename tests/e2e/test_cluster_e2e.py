@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from sandbox.fleet import cluster
 from sandbox.fleet import labels as L
 from sandbox.fleet.images import ImageSet, ensure_node_image
 from tests.conftest import free_port
-from tests.e2e.conftest import REPO, project_objects
+from tests.e2e.conftest import REPO, project_objects, wait_for_line
 from tests.e2e.private_engine import PrivateCli, PrivateEngine, host_network, leaks, private_engine
 
 pytestmark = pytest.mark.e2e
@@ -115,3 +116,56 @@ def test_a_three_node_cluster_rolls_across_its_nodes_and_goes_away(engine: Priva
         assert sorted(n.name for n in c.networks.list()) == networks_before  # docker_gwbridge and ingress too
         engine_dirs = list(cluster.SOCKET_ROOT.glob(f"{str(c.info()['ID']).replace(':', '')[:12]}*"))
     assert engine_dirs == [] or not any(Path(d).iterdir() for d in engine_dirs)
+
+
+def test_a_worker_lost_mid_rollout_is_named_and_the_fleet_ends_consistent(engine: PrivateEngine) -> None:
+    cli = PrivateCli(project="tnodelost", port=free_port(), engine=engine)
+    try:
+        made = sandbox_cluster(engine, "up", "--nodes", "3")
+        assert made.returncode == 0, made.stderr
+        cli.run("up", "--engine", "swarm", "--size", "6", "--port", str(cli.port), check=True)
+        before = json.loads(cli.run("status", "--json", check=True).stdout)["instances"]
+        on_lost = sorted(i["name"] for i in before if i.get("node") == "worker-1")
+        assert on_lost, before  # Swarm spread the six over the three nodes
+        roll = cli.start("roll", "--to", "v2", "--strategy", "one-at-a-time", "--users", "20", "--warmup", "2",
+                         "--cooldown", "2", "--json")
+        wait_for_line(roll, "attach", timeout=300)  # the first new server is in: the rollout is under way
+        with engine.client() as c:
+            c.containers.get(cluster.container_name("worker-1")).kill()  # its engine, and its tasks, are gone
+        out, err = roll.communicate(timeout=900)
+        assert out.strip(), err[-4000:]
+        report: dict[str, Any] = json.loads(out)
+        # the rollout went on with the nodes that remain, and replaced what died with the node
+        assert report["outcome"] == "completed", err[-3000:]
+        lost = [f for f in report["faults"] if f["fault"] == "node_lost"]
+        assert [f["node"] for f in lost] == ["worker-1"], report["faults"]
+        died = [f for f in report["faults"] if f["fault"] == "died"]
+        assert {d["instance"] for d in died} == set(lost[0]["servers"]) and all(d["node"] == "worker-1" for d in died)
+        assert set(lost[0]["servers"]) & set(on_lost) or any(d["instance"] not in on_lost for d in died)
+        assert "its node worker-1 is down" in str(died[0]["exit"])
+        # counted, not hidden: what the users lost is in dropped, and no more than what went to the lost servers
+        assert 0 <= lost[0]["lost_requests"] <= report["requests"]["dropped"], (lost, report["requests"])
+        # a new server that died leaves its slot empty once the plan is done: one more pass fills it (an old
+        # one's slot is rebuilt by the plan in its turn anyway)
+        phases = [s["phase"] for s in report["steps"]]
+        new_died = any(s["phase"] == "died" and s.get("version") == "v2" for s in report["steps"])
+        assert phases.count("heal-start") == (1 if new_died else 0), phases
+        text = cli.run("status", check=True).stdout
+        after = json.loads(cli.run("status", "--json", check=True).stdout)
+        running = [i for i in after["instances"] if i["state"] == "running"]
+        assert len(running) == 6 and {i["version"] for i in running} == {"v2"}, text
+        assert all(i["attached"] for i in running) and "worker-1" not in {i["node"] for i in running}, text
+        assert sorted(after["lb"]["upstreams"]) == sorted(i["address"] for i in running), text
+        # the node comes back: its engine starts again and rejoins the swarm on its own
+        with engine.client() as c:
+            c.containers.get(cluster.container_name("worker-1")).start()
+        deadline = time.monotonic() + 120
+        while True:
+            nodes = {n["hostname"]: n["state"] for n in json.loads(sandbox_cluster(engine, "status", "--json").stdout)}
+            if nodes.get("worker-1") == "ready":
+                break
+            assert time.monotonic() < deadline, nodes
+            time.sleep(2)
+    finally:
+        cli.run("down", timeout=300)
+        sandbox_cluster(engine, "down")

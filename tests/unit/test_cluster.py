@@ -63,6 +63,7 @@ def test_a_worker_node_gets_what_an_engine_needs_and_no_more(tmp_path: Path) -> 
     assert kw["security_opt"] == ["seccomp=unconfined", "apparmor=unconfined"]
     assert kw["volumes"]["rolling-sandbox-cluster-worker-2-data"] == {"bind": "/var/lib/docker", "mode": "rw"}
     assert kw["volumes"][str(tmp_path / "w2")]["bind"] == cluster.NODE_SOCKET_DIR
+    assert kw["entrypoint"][:2] == ["sh", "-c"] and "rm -f /var/run/docker.pid" in kw["entrypoint"][2]
     assert kw["command"][:5] == ["dockerd", "--host", "unix:///var/run/docker.sock",
                                  "--host", f"unix://{cluster.NODE_SOCKET_DIR}/docker.sock"]
     assert kw["command"][kw["command"].index("--cgroup-parent") + 1] == "/rolling-sandbox-worker-2"
