@@ -860,7 +860,7 @@ class Rehearsal:
                                      ready_successes=self.settings.ready_successes)
             attached = {u.name for u in self.balancer.state.upstreams}
             for inst in self.prepared.instances:
-                self.progress.seed(inst.name, inst.slot, inst.version, inst.name in attached)
+                self.progress.seed(inst.name, inst.slot, inst.version, inst.name in attached, inst.node)
 
     def _rows_path(self) -> Path:
         return (self.report_dir or self._workdir or Path(".")) / "requests.jsonl"

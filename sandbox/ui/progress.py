@@ -126,8 +126,8 @@ class Progress:
     def _print(self, text: str) -> None:
         print(f"[{time.time() - self.t0:6.1f}s] {text}", file=self.stream, flush=True)
 
-    def seed(self, name: str, slot: int, version: str, attached: bool) -> None:
-        self.state.seed(name, slot, version, attached)
+    def seed(self, name: str, slot: int, version: str, attached: bool, node: str = "") -> None:
+        self.state.seed(name, slot, version, attached, node)
 
     def fleet_mode(self, *, lb_apply: str, ready_successes: int) -> None:
         self.state.fleet_mode(lb_apply=lb_apply, ready_successes=ready_successes)

@@ -35,6 +35,7 @@ STEP_OF_ACTION = {
 STATE_OF_PHASE = {
     "start": "starting", "ready": "ready", "attach": "attached", "detach": "draining",
     "drain": "drained", "stop": "removed", "kill": "removed", "swap": "starting", "term": "stopping",
+    "died": "removed",  # crashed, or lost with its Swarm node
 }
 REMOVED_LINGER_S = 3.0  # a removed server stays (faded) this long, then leaves the grid
 SERIES_MAX = 600  # points kept in the share-over-time series
@@ -145,9 +146,10 @@ class RolloutState:
         self.run.update(lb_apply=lb_apply, ready_successes=ready_successes)
         self._changed()
 
-    def seed(self, name: str, slot: int, version: str, attached: bool) -> None:
+    def seed(self, name: str, slot: int, version: str, attached: bool, node: str = "") -> None:
         self.servers[name] = {"name": name, "slot": slot, "version": version,
-                              "state": "attached" if attached else "idle", "in_flight": None, "since": None}
+                              "state": "attached" if attached else "idle", "in_flight": None, "since": None,
+                              "node": node}
         self.size = max(self.size, slot)
         self._changed()
 
@@ -286,6 +288,7 @@ class RolloutState:
             "step": dict(self.step) if self.step else None,
             "steps": [label for _, label in SEED_STEPS],
             "slots": self.slots(), "versions": self.versions(), "live": copy.deepcopy(self.live),
+            "nodes": sorted({str(s["node"]) for s in self.servers.values() if s.get("node")}),
             "narration": self.narration, "log": list(self.log[-8:]),
             "result": copy.deepcopy(self.result), "compare": copy.deepcopy(self.compare),
             "table": copy.deepcopy(self.table),
@@ -298,6 +301,8 @@ class RolloutState:
         s["state"] = STATE_OF_PHASE[phase]
         if event.get("version"):
             s["version"] = event.get("version")
+        if event.get("node"):
+            s["node"] = event.get("node")
         if event.get("slot") is not None:
             s["slot"] = event.get("slot")
             self.size = max(self.size, int(event["slot"] or 0))

@@ -109,3 +109,18 @@ def test_the_relay_is_on_the_admin_listener_only() -> None:
     assert "location ~ \"^/probe/(?<probe_target>" in admin and "allow 172.18.0.1;" in admin
     assert "/probe/" not in text[:text.index(f"listen {ADMIN_PORT};")]  # never on the users' port
 
+
+
+def test_the_dashboard_has_a_column_per_node_and_a_lost_server_leaves_it() -> None:
+    from sandbox.ui.state import RolloutState
+
+    state = RolloutState()
+    state.seed("p-app-1", 1, "v1", True, "vm")
+    state.seed("p-app-2", 2, "v1", True, "worker-1")
+    state.seed("p-app-3", 3, "v1", True, "")  # one engine: no node
+    state.event({"t": 1.0, "phase": "start", "instance": "p-app-1-new", "slot": 1, "version": "v2", "node": "worker-2"})
+    state.event({"t": 2.0, "phase": "died", "instance": "p-app-2", "slot": 2, "version": "v1", "node": "worker-1"})
+    snap = state.snapshot()
+    assert snap["nodes"] == ["vm", "worker-1", "worker-2"]
+    servers = {s["name"]: s for slot in snap["slots"] for s in slot["servers"]}
+    assert servers["p-app-1-new"]["node"] == "worker-2" and servers["p-app-2"]["state"] == "removed"

@@ -81,6 +81,27 @@ function renderSlots(s) {
   });
 }
 
+// several Swarm nodes (sandbox cluster up): one column per node, its servers in it
+function renderNodes(s) {
+  const nodes = s.nodes || [];
+  $("nodes-box").hidden = nodes.length === 0;
+  if (!nodes.length) return;
+  const box = $("nodes");
+  const cols = new Map([...box.children].map((c) => [c.dataset.node, c]));
+  for (const [node, col] of cols) if (!nodes.includes(node)) col.remove();
+  const servers = s.slots.flatMap((slot) => slot.servers);
+  nodes.forEach((node) => {
+    let col = cols.get(node);
+    if (!col) {
+      col = el("div", "node-col");
+      col.dataset.node = node;
+      col.append(el("div", "slot-no", node), el("div", "servers"));
+      box.append(col);
+    }
+    renderServers(col.querySelector(".servers"), servers.filter((sv) => sv.node === node));
+  });
+}
+
 function renderServers(box, servers) {
   const rows = new Map([...box.children].map((r) => [r.dataset.name, r]));
   const names = servers.map((sv) => sv.name);
@@ -243,6 +264,7 @@ function render(s) {
   renderHeader(s);
   renderWhere(s);
   renderSlots(s);
+  renderNodes(s);
   renderFigures(s);
   renderChart(s);
   renderResult(s);
