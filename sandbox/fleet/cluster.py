@@ -450,9 +450,19 @@ def _toy_images(client: docker.DockerClient, say: Callable[[str], None]) -> list
     return [images.app[v] for v in sorted(images.app)]
 
 
+def machine_problem(euid: int | None = None) -> str | None:
+    """What this machine lacks for a cluster, before any engine is asked: root, the kernel's modules."""
+    if (os.geteuid() if euid is None else euid) != 0:
+        return "cluster up needs root (each node's engine socket on this machine is root's)"
+    return missing_kernel_support()
+
+
 async def up(nodes: int, *, say: Callable[[str], None] = print) -> list[Node]:
-    """``sandbox cluster up --nodes N``: the nodes as ``status`` then shows them."""
+    """``sandbox cluster up --nodes N``: the nodes as ``status`` then shows them. Bad input and a
+    machine that cannot run a cluster are UsageError (one line) before an engine is asked."""
     check_nodes(nodes)
+    if problem := machine_problem():
+        raise UsageError(f"cluster up: {problem}")
 
     def run() -> list[Node]:
         client = _client()

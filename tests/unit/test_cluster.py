@@ -23,6 +23,22 @@ def test_node_counts_out_of_bounds_are_one_line_exit_2(nodes: int, capsys: pytes
     assert code == 2 and f"--nodes {nodes}: a cluster has 2 to 8 nodes" in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(("euid", "kernel", "needle"), [
+    (1000, None, "cluster up needs root"),
+    (0, "the kernel has no vxlan module loaded (Swarm's overlay network between nodes needs it; modprobe vxlan)",
+     "no vxlan module"),
+])
+def test_a_machine_that_cannot_run_a_cluster_is_one_line_exit_2_before_any_engine(
+        euid: int, kernel: str | None, needle: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cluster.os, "geteuid", lambda: euid)
+    monkeypatch.setattr(cluster, "missing_kernel_support", lambda: kernel)
+    monkeypatch.setattr(cluster, "_client", lambda: pytest.fail("an engine was asked"))
+    code = main(["cluster", "up", "--nodes", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+
+
 def test_node_counts_in_bounds_pass() -> None:
     for nodes in range(cluster.MIN_NODES, cluster.MAX_NODES + 1):
         cluster.check_nodes(nodes)
