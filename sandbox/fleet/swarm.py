@@ -15,6 +15,12 @@ plan and the measurement do not know which engine runs. What changes:
 - the host cannot route to an overlay address, so ``Instance.probe_ip`` is the task
   container's address on ``docker_gwbridge`` (reachable from the node it runs on): the
   controller's health and drain probes go there, NGINX uses the overlay address;
+- on several nodes (``sandbox cluster``, :mod:`sandbox.fleet.cluster`) a task on another node
+  is probed through the load balancer's relay instead (``Instance.probe_via``: ``GET
+  /probe/IP:PORT/PATH`` on its admin listener), its container is read, signalled and killed
+  through that node's engine socket, every image a service names is copied to each worker
+  first, and a node seen down (its worker container stopped, or Swarm calls it not ready) has
+  its tasks reported exited and gets no new one;
 - stop scales the service to 0 (Swarm sends SIGTERM and waits ``stop_grace_period``),
   reads the task's exit code, then removes the service; kill removes the task's
   container at once, then the service;
