@@ -164,6 +164,11 @@ def to_instance(service: Mapping[str, Any], task: Mapping[str, Any] | None, netw
     )
 
 
+def node_names(nodes: list[Any]) -> dict[str, str]:
+    """Swarm node id -> its hostname (``docker node ls``'s names), for the nodes given."""
+    return {str(n.id): str(n.attrs.get("Description", {}).get("Hostname", "")) for n in nodes}
+
+
 @dataclass(frozen=True)
 class Placement:
     """What places a task on a node: this engine's node id, every node's hostname by id, and the
@@ -325,7 +330,7 @@ class SwarmEngine(DockerBase):
         if len(nodes) < 2:
             return None
         local = self._local_node()
-        names = {str(n.id): str(n.attrs.get("Description", {}).get("Hostname", "")) for n in nodes}
+        names = node_names(nodes)
         lb = self._lb(project)
         lb_ip = gw.get(lb.id) if lb is not None else None
         return Placement(local, names, f"{lb_ip}:{ADMIN_PORT}/probe/" if lb_ip else None,
@@ -345,7 +350,7 @@ class SwarmEngine(DockerBase):
         if not node_id or node_id == self._local_node():
             return None
         nodes = self.client.nodes.list()
-        names = {str(n.id): str(n.attrs.get("Description", {}).get("Hostname", "")) for n in nodes}
+        names = node_names(nodes)
         return names.get(node_id, node_id[:12]) if node_id in self._down_nodes(nodes, names) else None
 
     def _task_client(self, task: Mapping[str, Any] | None) -> docker.DockerClient | None:
@@ -407,7 +412,7 @@ class SwarmEngine(DockerBase):
         kwargs = app_service_spec(project, slot, version, image_id, env, from_version, spec=spec, toy=toy)
         nodes = self.client.nodes.list()
         if len(nodes) > 1:  # never on a node seen down: Swarm still schedules there until its heartbeats time out
-            names = {str(n.id): str(n.attrs.get("Description", {}).get("Hostname", "")) for n in nodes}
+            names = node_names(nodes)
             down = sorted(self._down_nodes(nodes, names))
             if down:
                 kwargs["task_template"]["Placement"] = {"Constraints": [f"node.id!={node_id}" for node_id in down]}
