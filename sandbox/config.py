@@ -422,8 +422,8 @@ class Settings:
     max_p99_ratio: float = setting(3.0, group="limits", flag="--max-p99-ratio", at_least=1, at_most=1000,
                                    help="verdict: over --max-p99-ms, rollout p99 at most this times a warmup's "
                                         "already over it (default 3)")
-    max_p99_ms: float = setting(250.0, group="limits", flag="--max-p99-ms", above=0, at_most=600_000, unit="ms",
-                                help="verdict: rollout p99 at most this many ms (default 250)")
+    max_p99_ms: float = setting(500.0, group="limits", flag="--max-p99-ms", above=0, at_most=600_000, unit="ms",
+                                help="verdict: rollout p99 at most this many ms (default 500)")
     min_latency_samples: int = setting(200, group="limits", flag="--min-latency-samples", at_least=1,
                                        help="verdict: the p99 checks need this many requests in each phase, "
                                                        "else they are skipped (default 200)")

@@ -120,7 +120,8 @@ def p99_check(like: LikeForLike, limits: Limits, *, load: bool) -> P99:
     - FAIL when R > ``max_p99_ms`` (users feel it) and either S <= ``max_p99_ms`` (the fleet was
       fine before: the rollout made it slow) or R / S > ``max_p99_ratio`` (a fleet already over
       the bound before the rollout fails only when the rollout multiplied its p99).
-    - PASS otherwise: a rise that stays under ``max_p99_ms`` (2 ms to 20 ms while servers boot on
+    - PASS otherwise: a rise that stays under ``max_p99_ms`` (100 to 330 ms while double-half creates
+      9 containers at once on 2 cores; 2 ms to 20 ms while servers boot on
       a shared machine) is noise users cannot feel, whatever its ratio.
     """
     steady, rollout = like.steady, like.rollout

@@ -123,7 +123,7 @@ def test_your_own_images_run_on_either_engine() -> None:
 
 def test_the_verdicts_latency_limits() -> None:
     s = Settings()
-    assert (s.max_p99_ms, s.min_latency_samples) == (250.0, 200)
+    assert (s.max_p99_ms, s.min_latency_samples) == (500.0, 200)
     assert Settings(max_p99_ms=600_000, min_latency_samples=1).max_p99_ms == 600_000
 
 
@@ -138,7 +138,7 @@ def test_each_setting_is_defined_once_with_its_group_help_and_variable() -> None
             assert getattr(load_settings(environ={one.env: text}), one.name) == getattr(defaults, one.name)
     assert defaults.group("limits") == {
         "max_dropped": 0, "max_stall_s": 1.0, "slow_ms": 2000.0, "max_slow": 0, "max_p99_ratio": 3.0,
-        "max_p99_ms": 250.0, "min_latency_samples": 200, "max_violations": 0, "max_not_found": 0,
+        "max_p99_ms": 500.0, "min_latency_samples": 200, "max_violations": 0, "max_not_found": 0,
         "max_migration_errors": 0, "min_requests": 100, "max_abnormal_closes": 0, "max_messages_lost": 0,
         "max_reconnect_p99_ms": 2000.0, "require_rollback_safe": False}
     assert sum(len(defaults.group(g)) for g in GROUPS) == len(SETTINGS)
@@ -149,10 +149,10 @@ def test_each_setting_is_defined_once_with_its_group_help_and_variable() -> None
 
 def test_group_tables_in_the_file(tmp_path: Path) -> None:
     toml = tmp_path / "sandbox.toml"
-    toml.write_text('[sandbox]\nsize = 4\n[fleet]\nport = 9001\n[limits]\nmax-p99-ms = 500\n'
+    toml.write_text('[sandbox]\nsize = 4\n[fleet]\nport = 9001\n[limits]\nmax-p99-ms = 450\n'
                     '[load]\nusers = 5\n[app]\napp_env = { A = "1" }\n')
     s = load_settings(config_path=toml, environ={})
-    assert (s.size, s.port, s.max_p99_ms, s.users, dict(s.app_env)) == (4, 9001, 500.0, 5, {"A": "1"})
+    assert (s.size, s.port, s.max_p99_ms, s.users, dict(s.app_env)) == (4, 9001, 450.0, 5, {"A": "1"})
     toml.write_text("[limits]\nsize = 4\n")
     with pytest.raises(UsageError, match=r"'size' belongs in \[fleet\], not \[limits\]"):
         load_settings(config_path=toml, environ={})

@@ -164,10 +164,10 @@ def slower_rollout(latency: float, *, every: int = 25, name: str = "/") -> list[
 
 
 def test_a_rise_users_cannot_feel_passes_whatever_its_ratio() -> None:
-    ratio = check(report_of(slower_rollout(40.0)), "p99_ratio")  # 10 ms -> 40 ms: 4x, far under 250 ms
+    ratio = check(report_of(slower_rollout(40.0)), "p99_ratio")  # 10 ms -> 40 ms: 4x, far under 500 ms
     assert (ratio["value"], ratio["pass"], ratio["status"]) == (4.0, True, "PASS")
     assert ratio["note"] == "steady p99 10.0 ms; 200 rollout and 60 steady answers of the same requests"
-    assert (ratio["rollout_p99_ms"], ratio["steady_p99_ms"], ratio["max_p99_ms"]) == (40.0, 10.0, 250.0)
+    assert (ratio["rollout_p99_ms"], ratio["steady_p99_ms"], ratio["max_p99_ms"]) == (40.0, 10.0, 500.0)
     assert ratio["samples"] == {"steady": 60, "rollout": 200}
 
 
@@ -175,7 +175,7 @@ def test_a_rise_users_feel_fails() -> None:
     report = report_of(slower_rollout(800.0))
     assert failed_names(report) == ["p99_ratio"]
     assert summary_text(report).splitlines()[-1] == (
-        "FAIL: p99_ratio 800.0 ms, 80.00x steady (max 250 ms; 3.00x if steady was over it)")
+        "FAIL: p99_ratio 800.0 ms, 80.00x steady (max 500 ms; 3.00x if steady was over it)")
     assert report_of(slower_rollout(800.0), limits=limits(max_p99_ms=1000)).passed is True
 
 
@@ -207,11 +207,12 @@ def like(steady_ms: float | None, rollout_ms: float | None, steady_n: int = 1000
     (like(2.0, 800.0, 1000, 199), True, "SKIP"),  # too few rollout answers
     (like(None, None, 0, 0), True, "SKIP"),  # nothing answered
     (like(2.0, 20.0), True, "PASS"),  # 10x, but 20 ms: a rise nobody feels (servers booting on 2 cores)
-    (like(10.0, 250.0), True, "PASS"),  # at the bound
+    (like(20.0, 331.0), True, "PASS"),  # 16x: 9 containers created at once on 2 cores (bench/SOAK_DEFAULT_9.md)
+    (like(10.0, 500.0), True, "PASS"),  # at the bound
     (like(5.0, 800.0), True, "FAIL"),  # 800 ms: users feel it
-    (like(100.0, 260.0), True, "FAIL"),  # over the bound from a steady fleet under it, though only 2.6x
-    (like(300.0, 800.0), True, "PASS"),  # the fleet was over the bound already; the rollout did not triple it
-    (like(300.0, 1000.0), True, "FAIL"),  # ... and now it did
+    (like(200.0, 520.0), True, "FAIL"),  # over the bound from a steady fleet under it, though only 2.6x
+    (like(600.0, 1600.0), True, "PASS"),  # the fleet was over the bound already; the rollout did not triple it
+    (like(600.0, 2000.0), True, "FAIL"),  # ... and now it did
     (like(2.0, 800.0), False, "PASS"),  # no load: nothing measured, and it says so
 ])
 def test_the_p99_rule(figures: LikeForLike, load: bool, status: Status) -> None:
