@@ -5,7 +5,7 @@ for Kubernetes), joined to a swarm whose manager is the local engine.
 
 - each worker is a container of the local engine running Debian's ``dockerd`` (the node image,
   ``rolling-sandbox/node:<hash12>``, built offline like the base image), with what an engine needs
-  and nothing more: ``SYS_ADMIN`` and ``NET_ADMIN``, no seccomp or AppArmor profile, the host's
+  and nothing more: ``SYS_ADMIN``, ``NET_ADMIN`` and ``SYS_PTRACE``, no seccomp or AppArmor profile, the host's
   cgroup namespace and ``/sys/fs/cgroup`` (``--privileged`` is refused on this kind of machine),
   a volume of its own at ``/var/lib/docker`` (overlay2 needs a real filesystem under it), its
   containers under a cgroup parent of its own;
@@ -59,7 +59,9 @@ ENGINE_START_TIMEOUT_S = 90.0
 JOIN_TIMEOUT_S = 60.0
 POLL_S = 0.3
 SWARM_PORT = 2377
-NODE_CAPS = ("SYS_ADMIN", "NET_ADMIN")
+# SYS_PTRACE: without it, `docker exec` in a node (a HEALTHCHECK: Swarm's own update waits on it) fails
+# "error executing setns process": root there may not open the namespaces of a process of another user
+NODE_CAPS = ("SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE")
 NODE_SECURITY = ("seccomp=unconfined", "apparmor=unconfined")
 KERNEL_NEEDS = {"vxlan": "Swarm's overlay network between nodes", "overlay": "each node's overlay2 storage"}
 

@@ -75,7 +75,7 @@ def test_the_swarm_state_the_engine_may_be_in(swarm_info: dict[str, Any], proble
 def test_a_worker_node_gets_what_an_engine_needs_and_no_more(tmp_path: Path) -> None:
     kw = cluster.node_run_kwargs("worker-2", "rolling-sandbox/node:abc", tmp_path / "w2", "/rolling-sandbox-worker-2")
     assert "privileged" not in kw  # refused on this kind of machine; the capabilities below are enough
-    assert kw["cap_add"] == ["SYS_ADMIN", "NET_ADMIN"] and kw["cgroupns"] == "host"
+    assert kw["cap_add"] == ["SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE"] and kw["cgroupns"] == "host"
     assert kw["security_opt"] == ["seccomp=unconfined", "apparmor=unconfined"]
     assert kw["volumes"]["rolling-sandbox-cluster-worker-2-data"] == {"bind": "/var/lib/docker", "mode": "rw"}
     assert kw["volumes"][str(tmp_path / "w2")]["bind"] == cluster.NODE_SOCKET_DIR
