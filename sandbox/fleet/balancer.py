@@ -79,6 +79,7 @@ STATE_CHUNK = 2048  # characters of state JSON per line (well under NGINX's 4 Ki
 CONFIG_ID_MARK = "# rolling-sandbox-config-id: "
 RECORD_FILE = f"{STATE_DIR}/fleet.json"  # the controller's record of the fleet (see the module's docstring)
 ADMIN_PORT = 8081
+NGINX_PID = "/run/nginx.pid"  # lb/nginx.conf.j2's pid directive
 EXPECT_HEADER = "X-Sandbox-Expect-Generation"  # PUT /servers: the generation the writer last saw
 ADMIN_TIMEOUT_S = 5.0
 APPLY_MODES = ("reload", "dynamic")
@@ -440,10 +441,14 @@ class NginxBalancer:
         """Check ``text`` with ``nginx -t``, rename it over the live config, reload gracefully."""
         lb = await self._container()
         await self.runtime.put_file(lb, STAGING_CONF, text.encode())
-        # one exec: check, then an atomic rename over the live file, then a graceful reload;
+        # one exec: check, then an atomic rename over the live file, then a graceful reload (once
+        # NGINX has written its pid: a container started a moment ago may not have yet, and `nginx -s
+        # reload` then fails 'invalid PID number ""', seen while a compare started its fourth fleet);
         # the exit code says which part failed (a rejected config is never installed)
         script = (f"nginx -t -c {STAGING_CONF} 2>&1 || exit 10; "
-                  f"mv -f {STAGING_CONF} {LIVE_CONF} || exit 11; nginx -s reload 2>&1 || exit 12")
+                  f"mv -f {STAGING_CONF} {LIVE_CONF} || exit 11; "
+                  f"i=0; while [ ! -s {NGINX_PID} ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; "
+                  "nginx -s reload 2>&1 || exit 12")
         code, out = await self.runtime.exec(lb, ["sh", "-c", script])
         if code == 10:
             raise BalancerError(f"nginx -t rejected the new config: {_last_line(out)}")
