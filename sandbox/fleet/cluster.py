@@ -205,6 +205,10 @@ class Cluster:
         return {c.labels.get(L.LABEL_NODE, ""): c.labels.get(L.LABEL_NODE_SOCKET, "")
                 for c in self.node_containers() if not running or c.status == "running"}
 
+    def stopped_workers(self) -> set[str]:
+        """Hostnames of the workers whose container is not running (their engine is gone with it)."""
+        return {c.labels.get(L.LABEL_NODE, "") for c in self.node_containers() if c.status != "running"}
+
     def status(self) -> list[Node]:
         """The swarm's nodes (the manager first), with the cluster's containers; [] without a swarm."""
         info = self.client.info()
@@ -298,7 +302,7 @@ class Cluster:
     def _join(self, hostname: str, manager_addr: str, token: str) -> None:
         """Wait for the worker's engine, join it, wait until the manager sees it ready; raise
         EngineError naming the node and what its engine said otherwise."""
-        socket = next((s for h, s in self.sockets().items() if h == hostname), "")
+        socket = self.sockets().get(hostname, "")
         deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
         node = None
         while node is None:

@@ -340,9 +340,8 @@ class SwarmEngine(DockerBase):
         """Node ids that are down: not ``ready`` in Swarm's view, or a cluster worker whose container
         is not running (seen at once; Swarm notices a lost node only after its heartbeats stop)."""
         down = {str(n.id) for n in nodes if n.attrs.get("Status", {}).get("State") != "ready"}
-        alive = Cluster(self.client).sockets(running=True)
-        ours = Cluster(self.client).sockets()
-        return down | {node_id for node_id, name in names.items() if name in ours and name not in alive}
+        stopped = Cluster(self.client).stopped_workers()  # one listing of the cluster's worker containers
+        return down | {node_id for node_id, name in names.items() if name in stopped}
 
     def _node_down(self, task: Mapping[str, Any] | None) -> str | None:
         """The hostname of ``task``'s node when that node is down, else None."""
